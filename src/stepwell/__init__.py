@@ -1,0 +1,1 @@
+"""stepwell: durable functions for Python."""
