@@ -1,0 +1,160 @@
+"""Domain models shared by every layer.
+
+They are plain dataclasses with no behaviour that touches I/O, so the store, the runtime, the
+server and user code can pass them around freely. Times are UTC epoch milliseconds everywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+RunStatus = Literal["queued", "running", "completed", "failed", "cancelled", "skipped"]
+ACTIVE_STATUSES: tuple[RunStatus, ...] = ("queued", "running")
+TERMINAL_STATUSES: tuple[RunStatus, ...] = ("completed", "failed", "cancelled", "skipped")
+
+# Step kinds recorded with each memo, so a replay can tell a sleep memo from a run memo.
+StepKind = Literal["run", "sleep", "wait", "send", "invoke"]
+
+EVENT_DEDUPE_WINDOW_MS = 24 * 3600 * 1000
+MAX_EVENT_NAME_LENGTH = 256
+
+# System events (Inngest's names, so SDK apps interoperate).
+FUNCTION_FAILED = "inngest/function.failed"
+FUNCTION_FINISHED = "inngest/function.finished"
+FUNCTION_CANCELLED = "inngest/function.cancelled"
+FUNCTION_INVOKED = "inngest/function.invoked"
+SCHEDULED_TIMER = "inngest/scheduled.timer"
+
+
+class InvalidEventError(ValueError):
+    """An event that cannot be accepted; nothing is stored for it."""
+
+
+@dataclass(slots=True)
+class Event:
+    """An event, or, used as a trigger, an event name with an optional `if_` filter.
+
+    API.md uses one name for both (`stepwell.Event("shop/order.created", if_="...")` as a trigger,
+    `ctx.event` as the received event), so one class serves both roles.
+    """
+
+    name: str
+    data: dict[str, Any] = field(default_factory=dict)
+    id: str = ""
+    ts: int = 0
+    user: dict[str, Any] = field(default_factory=dict)
+    if_: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire shape (Inngest's), used in storage, expressions and HTTP."""
+        return {"name": self.name, "data": self.data, "id": self.id, "ts": self.ts,
+                "user": self.user}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Event:
+        return cls(name=raw["name"], data=raw.get("data") or {}, id=raw.get("id") or "",
+                   ts=int(raw.get("ts") or 0), user=raw.get("user") or {})
+
+
+def validate_event_payload(raw: object) -> None:
+    """Reject what cannot be an event, naming the field and what is allowed."""
+    if not isinstance(raw, dict):
+        raise InvalidEventError(
+            f"an event must be an object with 'name' and 'data', got {type(raw).__name__}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidEventError("event has no 'name': a non-empty string is required")
+    if len(name) > MAX_EVENT_NAME_LENGTH:
+        raise InvalidEventError(
+            f"event name is {len(name)} characters; at most {MAX_EVENT_NAME_LENGTH} are allowed")
+    data = raw.get("data")
+    if data is not None and not isinstance(data, dict):
+        raise InvalidEventError(
+            f"event '{name}' has 'data' of type {type(data).__name__}; it must be an object")
+    user = raw.get("user")
+    if user is not None and not isinstance(user, dict):
+        raise InvalidEventError(f"event '{name}' has 'user' that is not an object")
+    eid = raw.get("id")
+    if eid is not None and (not isinstance(eid, str)):
+        raise InvalidEventError(f"event '{name}' has an 'id' that is not a string")
+    ts = raw.get("ts")
+    if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float)):
+        raise InvalidEventError(f"event '{name}' has a 'ts' that is not epoch milliseconds")
+    unknown = set(raw) - {"name", "data", "id", "ts", "user", "v"}
+    if unknown:
+        raise InvalidEventError(
+            f"event '{name}' has unknown fields {sorted(unknown)}; allowed: name, data, id, ts, "
+            "user, v")
+
+
+def hash_step_id(step_id: str, occurrence: int) -> str:
+    """Inngest's step hashing: sha1 of the id, with ':n' for the n-th repeat (n >= 1).
+
+    Using the same scheme as the official SDKs lets native and SDK-driven runs share one state
+    format.
+    """
+    key = step_id if occurrence == 0 else f"{step_id}:{occurrence}"
+    return hashlib.sha1(key.encode()).hexdigest()
+
+
+@dataclass(slots=True)
+class Memo:
+    """The stored outcome of one step."""
+
+    hash: str
+    step_id: str
+    kind: StepKind
+    seq: int                    # order in which the handler first reached this step
+    data: Any = None            # JSON value; for a sleep, None
+    error: dict[str, Any] | None = None
+    fingerprint: str = ""       # hash of the step's arguments, to catch non-determinism
+    due_at: int | None = None   # a sleep's wake time (the memo counts only once it has passed)
+    attempts: int = 1
+    started_at: int = 0
+    ended_at: int = 0
+    pending: bool = False       # a wait or invoke not yet resolved (outcome still unknown)
+
+
+@dataclass(slots=True)
+class StepInfo:
+    """One step on a run's timeline, as users see it."""
+
+    id: str
+    kind: str
+    status: str                  # completed | failed | sleeping | waiting | errored
+    attempts: int
+    output: Any = None
+    error: dict[str, Any] | None = None
+    started_at: int = 0
+    ended_at: int | None = None
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Run:
+    """A run as users see it (`engine.wait`, `engine.runs`, the HTTP API)."""
+
+    id: str
+    function_id: str
+    status: RunStatus
+    event_id: str | None
+    created_at: int
+    started_at: int | None = None
+    ended_at: int | None = None
+    output: Any = None
+    error: dict[str, Any] | None = None
+    steps: list[StepInfo] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    event_ids: list[str] = field(default_factory=list)
+    parent_run_id: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+def error_dict(exc: BaseException, *, stack: str = "") -> dict[str, Any]:
+    """The serialised shape of an error (Inngest's: name, message, stack)."""
+    return {"name": type(exc).__name__, "message": str(exc), "stack": stack}

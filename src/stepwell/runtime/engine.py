@@ -1,0 +1,522 @@
+"""The engine: owns the store, the clock, the worker loop and the run sessions.
+
+One `Engine` per process. It ingests events, leases due queue items (its own new runs directly,
+without a polling round trip), drives each run with a `RunSession`, fires timers and cron ticks,
+renews its leases and reclaims those of dead workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from stepwell.core.config import ConfigError, CronTrigger, FunctionSpec
+from stepwell.core.models import (
+    SCHEDULED_TIMER,
+    TERMINAL_STATUSES,
+    Event,
+    InvalidEventError,
+    Run,
+    validate_event_payload,
+)
+from stepwell.core.routing import Router
+from stepwell.runtime import scripts
+from stepwell.runtime.clock import Clock, SystemClock, wall_ms
+from stepwell.runtime.scripts import Dispatch, Effects, Placement, Routing
+from stepwell.runtime.session import RunSession
+from stepwell.runtime.views import run_view
+from stepwell.sdk.app import App, Function
+from stepwell.store.base import QueueItem, RunRow, RunState, Store, Tx
+from stepwell.store.sqlite import SqliteStore
+
+R = TypeVar("R")
+log = logging.getLogger("stepwell.engine")
+DEFAULT_DB = "sqlite:///.stepwell/stepwell.db"
+UNPROCESSED_GRACE_MS = 5_000
+
+
+def open_store(url: str, *, fsync: bool = True) -> Store:
+    """The backend for a database URL."""
+    if url.startswith("sqlite:") or "://" not in url:
+        return SqliteStore(url, fsync=fsync)
+    if url.startswith(("postgres://", "postgresql://")):
+        raise ConfigError("the Postgres backend is not available yet; use sqlite:///path.db")
+    raise ConfigError(f"unsupported database URL {url!r}; use sqlite:///path.db")
+
+
+def _owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Engine:
+    """Runs the functions of one or more apps. See API.md, "Running it"."""
+
+    def __init__(self, *apps: App, db: str | None = None, clock: Clock | None = None,
+                 worker: bool = True, lease_seconds: float = 30.0, max_concurrency: int = 1000,
+                 fsync: bool = True, sync_threads: int = 64, poll_seconds: float = 1.0) -> None:
+        self.apps = list(apps)
+        self.functions: dict[str, Function] = {}
+        for app in apps:
+            for fn in app.functions.values():
+                if fn.qualified_id in self.functions:
+                    raise ConfigError(f"function '{fn.qualified_id}' is defined twice")
+                self.functions[fn.qualified_id] = fn
+        for fn in self.functions.values():
+            unsupported = fn.spec.flow_control_options
+            if unsupported:
+                raise ConfigError(
+                    f"function '{fn.qualified_id}': flow-control options {unsupported} are "
+                    "validated but not enforced by this version of stepwell yet")
+        self.routing = Routing(Router(f.spec for f in self.functions.values()),
+                               {k: f.spec for k, f in self.functions.items()})
+        self.db = db or DEFAULT_DB
+        self.store = open_store(self.db, fsync=fsync)
+        self.clock: Clock = clock or SystemClock()
+        self.worker = worker
+        self.owner = _owner_id()
+        self.lease_ms = int(lease_seconds * 1000)
+        self.max_concurrency = max_concurrency
+        self.poll_seconds = poll_seconds
+        self.step_pool = ThreadPoolExecutor(sync_threads, thread_name_prefix="stepwell-step")
+        self.handler_pool = ThreadPoolExecutor(sync_threads, thread_name_prefix="stepwell-fn")
+        self._sessions: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        self._finished: dict[str, asyncio.Event] = {}
+        self._running = False
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        if self._running:
+            return
+        if isinstance(self.store, SqliteStore) and self.store.path != ":memory:":
+            Path(self.store.path).parent.mkdir(parents=True, exist_ok=True)
+        await self.store.open()
+        self._running = True
+        attach = getattr(self.clock, "attach", None)
+        if attach is not None:
+            attach(self)
+        await self._register_crons()
+        if self.worker:
+            await self._reclaim_dead_local_workers()
+            self._tasks = [asyncio.create_task(self._work_loop(), name="stepwell-worker"),
+                           asyncio.create_task(self._maintenance_loop(),
+                                               name="stepwell-maintenance")]
+
+    async def stop(self) -> None:
+        if not self._running:
+            return
+        self._running = False
+        self._wake.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for task in list(self._sessions) + list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._sessions, *self._background, return_exceptions=True)
+        detach = getattr(self.clock, "detach", None)
+        if detach is not None:
+            detach(self)
+        await self.store.close()
+        self.step_pool.shutdown(wait=False, cancel_futures=True)
+        self.handler_pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- the Host interface used by sessions -------------------------------------------------
+
+    def lease_until(self) -> int:
+        return wall_ms() + self.lease_ms
+
+    def _placement(self) -> Placement:
+        capacity = self.max_concurrency - len(self._sessions) if self.worker else 0
+        return Placement(self.owner if self.worker else None, self.clock.now(),
+                         self.lease_until(), max(capacity, 0))
+
+    async def commit(self, fn: Callable[[Tx, Placement, Effects], R]) -> R:
+        """Run a script in a write transaction, then act on what it asked for."""
+
+        def script(tx: Tx) -> tuple[R, Effects]:
+            effects = Effects()
+            return fn(tx, self._placement(), effects), effects
+
+        value, effects = await self.store.write(script)
+        self._apply(effects)
+        return value
+
+    async def read(self, fn: Callable[[Tx], R]) -> R:
+        return await self.store.read(fn)
+
+    def find_function(self, ref: object) -> Function | None:
+        if isinstance(ref, Function):
+            return self.functions.get(ref.qualified_id)
+        if not isinstance(ref, str):
+            return None
+        if ref in self.functions:
+            return self.functions[ref]
+        matches = [f for f in self.functions.values() if f.id == ref]
+        return matches[0] if len(matches) == 1 else None
+
+    def _apply(self, effects: Effects) -> None:
+        for dispatch in effects.dispatch:
+            self._spawn_session(self._run_dispatch(dispatch))
+        if effects.emitted:
+            self._spawn_background(self._ingest_stored(effects.emitted))
+        for run_id in effects.finished_runs:
+            waiter = self._finished.get(run_id)
+            if waiter is not None:
+                waiter.set()
+
+    def _spawn_session(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._sessions.add(task)
+        task.add_done_callback(self._session_done)
+
+    def _session_done(self, task: asyncio.Task[None]) -> None:
+        self._sessions.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("run session crashed", exc_info=task.exception())
+        self._wake.set()
+
+    def _spawn_background(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background work failed", exc_info=task.exception())
+
+    # --- events ------------------------------------------------------------------------------
+
+    async def send(self, *args: Any) -> str | list[str]:
+        """Send events: `(name, data)`, an `Event`, a dict, or a list of these. Returns the id
+        (or ids). Events are durable once this returns."""
+        single, events = self._normalize_send(args)
+        if not events:
+            return []
+        now = self.clock.now()
+        for event in events:
+            event.id = event.id or scripts.new_id()
+            event.ts = event.ts or now
+        routing = self.routing
+        await self.commit(lambda tx, place, effects: scripts.ingest_events(
+            tx, events, now, routing, place, effects))
+        ids = [e.id for e in events]
+        return ids[0] if single else ids
+
+    @staticmethod
+    def _normalize_send(args: tuple[Any, ...]) -> tuple[bool, list[Event]]:
+        if len(args) == 2 and isinstance(args[0], str):
+            raw_items: list[Any] = [{"name": args[0], "data": args[1]}]
+            single = True
+        elif len(args) == 1:
+            single = not isinstance(args[0], list | tuple)
+            raw_items = [args[0]] if single else list(args[0])
+        else:
+            raise InvalidEventError(
+                "send() takes (name, data), an Event, a dict, or a list of these")
+        events = []
+        for raw in raw_items:
+            payload = raw.to_dict() if isinstance(raw, Event) else raw
+            validate_event_payload(payload)
+            events.append(Event.from_dict(payload))
+        return single, events
+
+    async def _ingest_stored(self, events: list[Event]) -> None:
+        now, routing = self.clock.now(), self.routing
+        await self.commit(lambda tx, place, effects: scripts.ingest_events(
+            tx, events, now, routing, place, effects, already_stored=True))
+
+    # --- runs --------------------------------------------------------------------------------
+
+    async def runs(self, event_id: str | None = None, function_id: str | None = None,
+                   status: str | None = None, limit: int = 1000) -> list[Run]:
+        """Runs, newest first, filtered by event, function (`fn-id` or `app/fn-id`) or status."""
+        if function_id is not None and "/" not in function_id:
+            fn = self.find_function(function_id)
+            if fn is not None:
+                function_id = fn.qualified_id
+        rows = await self.store.read(lambda tx: tx.list_runs(
+            event_id=event_id, function_id=function_id, status=status, limit=limit))
+        return [run_view(RunState(row, []), now=self.clock.now()) for row in rows]
+
+    async def get_run(self, run_id: str) -> Run | None:
+        state = await self.store.read(lambda tx: tx.load_run_state(run_id))
+        return None if state is None else run_view(state, now=self.clock.now())
+
+    async def wait(self, run_id: str, timeout: float = 30.0) -> Run:
+        """The run once it has ended; `timeout` is in real seconds (TimeoutError after)."""
+        waiter = self._finished.setdefault(run_id, asyncio.Event())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            while True:
+                run = await self.get_run(run_id)
+                if run is None:
+                    raise KeyError(f"no run {run_id!r}")
+                if run.status in TERMINAL_STATUSES:
+                    return run
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise TimeoutError(f"run {run_id} is still {run.status} after {timeout}s")
+                try:
+                    await asyncio.wait_for(waiter.wait(), min(remaining, 0.25))
+                except TimeoutError:
+                    pass
+                waiter.clear()
+        finally:
+            self._finished.pop(run_id, None)
+
+    async def cancel(self, run_id: str, reason: str = "cancelled by request") -> bool:
+        """Cancel a queued or running run; it stops at its next step boundary."""
+        now, routing = self.clock.now(), self.routing
+        return await self.commit(lambda tx, place, effects: scripts.cancel_run(
+            tx, run_id, now, place, effects, reason=reason, routing=routing))
+
+    # --- idle detection (tests, VirtualClock) ------------------------------------------------
+
+    async def idle(self) -> None:
+        """Wait (in real time) until no work is running or ready."""
+        quiet = 0
+        while quiet < 2:
+            busy = bool(self._sessions or self._background or self.store.pending_writes())
+            if not busy:
+                now = self.clock.now()
+                busy = await self.store.read(lambda tx: tx.count_ready(now)) > 0
+                if busy:
+                    self._wake.set()
+            quiet = 0 if busy else quiet + 1
+            await asyncio.sleep(0.001)
+
+    async def next_due_at(self) -> int | None:
+        return await self.store.read(lambda tx: tx.next_due_at())
+
+    # --- the worker --------------------------------------------------------------------------
+
+    async def _work_loop(self) -> None:
+        while self._running:
+            self._wake.clear()
+            room = self.max_concurrency - len(self._sessions)
+            items: list[QueueItem] = []
+            if room > 0:
+                now, owner, until = self.clock.now(), self.owner, self.lease_until()
+                try:
+                    items = await self.store.write(
+                        lambda tx: tx.claim_due(now, owner, until, room))
+                except Exception:
+                    log.exception("claiming work failed; retrying")
+                for item in items:
+                    self._spawn_session(self._handle_item(item))
+            if items and len(items) >= room:
+                await asyncio.sleep(0)
+                continue
+            if items:
+                continue
+            await self._sleep_until_due()
+
+    async def _sleep_until_due(self) -> None:
+        try:
+            due = await self.next_due_at()
+        except Exception:
+            due = None
+        waits: list[asyncio.Task[Any]] = [asyncio.create_task(self._wake.wait())]
+        if due is not None:
+            waits.append(asyncio.create_task(self.clock.sleep_until(due)))
+        try:
+            await asyncio.wait(waits, timeout=self.poll_seconds,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+
+    async def _maintenance_loop(self) -> None:
+        interval = max(self.lease_ms / 3000, 0.05)
+        while self._running:
+            await asyncio.sleep(interval)
+            try:
+                await self._maintain()
+            except Exception:
+                log.exception("maintenance failed; will retry")
+
+    async def _maintain(self) -> None:
+        owner, until, wall = self.owner, self.lease_until(), wall_ms()
+        released = await self.store.write(lambda tx: (tx.renew_leases(owner, until),
+                                                      tx.release_expired_leases(wall))[1])
+        if released:
+            self._wake.set()
+        before = self.clock.now() - UNPROCESSED_GRACE_MS
+        stale = await self.store.read(lambda tx: tx.unprocessed_events(before, 500))
+        if stale:
+            await self._ingest_stored(stale)
+
+    async def _reclaim_dead_local_workers(self) -> None:
+        """Leases held by a dead process on this host are released at once, not after expiry."""
+        host = socket.gethostname()
+
+        def owners(tx: Tx) -> list[str]:
+            return tx.lease_owners()
+
+        dead = []
+        for owner in await self.store.read(owners):
+            parts = owner.split(":")
+            if len(parts) == 3 and parts[0] == host and parts[1].isdigit() and owner != self.owner:
+                if not _pid_alive(int(parts[1])):
+                    dead.append(owner)
+        if dead:
+            await self.store.write(lambda tx: [tx.release_leases_of(o) for o in dead])
+
+    async def _handle_item(self, item: QueueItem) -> None:
+        if item.kind == "exec" and item.run_id is not None:
+            state = await self.store.read(lambda tx: tx.load_run_state(item.run_id or ""))
+            await self._execute(item.id, state)
+        elif item.kind == "cron":
+            await self._fire_cron(item)
+        elif item.kind == "timeout":
+            await self._fire_timeout(item)
+        else:
+            log.error("unknown queue item kind %r; dropping it", item.kind)
+            await self._drop(item.id)
+
+    async def _drop(self, item_id: int) -> None:
+        owner, now = self.owner, self.clock.now()
+        await self.store.write(lambda tx: tx.release_item(item_id, owner, None, now))
+
+    async def _run_dispatch(self, dispatch: Dispatch) -> None:
+        if dispatch.new_run is not None:
+            new = dispatch.new_run
+            row = RunRow(new.id, new.function_id, new.status, new.event_ids, new.created_at,
+                         new.started_at, None, None, None, [], new.parent_run_id,
+                         new.parent_step)
+            await self._execute(dispatch.item_id, RunState(row, dispatch.events), started=True)
+            return
+        state = await self.store.read(lambda tx: tx.load_run_state(dispatch.run_id))
+        await self._execute(dispatch.item_id, state)
+
+    async def _execute(self, item_id: int, state: RunState | None, *,
+                       started: bool = False) -> None:
+        if state is None or state.run.status not in ("queued", "running"):
+            await self._drop(item_id)
+            return
+        fn = self.functions.get(state.run.function_id)
+        if fn is None:
+            # Another deployment's function: leave it for a worker that has it.
+            log.warning("run %s belongs to unknown function %s; releasing it", state.run.id,
+                        state.run.function_id)
+            owner, now = self.owner, self.clock.now()
+            await self.store.write(lambda tx: tx.release_item(item_id, owner, now + 60_000, now))
+            return
+        if not started and state.run.started_at is None:
+            if not await self._start(item_id, state, fn.spec):
+                return
+        await RunSession(self, fn, state, item_id).execute()
+
+    async def _start(self, item_id: int, state: RunState, spec: FunctionSpec) -> bool:
+        run, now = state.run, self.clock.now()
+        routing = self.routing
+        if spec.timeout_start_ms is not None and now - run.created_at > spec.timeout_start_ms:
+            await self.commit(lambda tx, place, effects: scripts.cancel_run(
+                tx, run.id, now, place, effects, routing=routing,
+                reason=f"did not start within timeouts.start ({spec.timeout_start_ms} ms)"))
+            return False
+        owner, until = self.owner, self.lease_until()
+
+        def script(tx: Tx, place: Placement, effects: Effects) -> bool:
+            scripts.hold(tx, item_id, owner, until)
+            if not tx.start_run(run.id, now):
+                return False
+            if spec.timeout_finish_ms is not None:
+                scripts.schedule_finish_timeout(tx, run.id, now, spec.timeout_finish_ms)
+            return True
+
+        try:
+            ok = await self.commit(script)
+        except scripts.LeaseLost:
+            return False
+        run.status, run.started_at = "running", now
+        return ok
+
+    async def _fire_timeout(self, item: QueueItem) -> None:
+        payload = item.payload or {}
+        which = payload.get("which", "finish")
+        run_id, now, routing = item.run_id or "", self.clock.now(), self.routing
+
+        def script(tx: Tx, place: Placement, effects: Effects) -> None:
+            run = tx.get_run(run_id)
+            tx.release_item(item.id, self.owner, None, now)
+            if run is None or run.status not in ("queued", "running"):
+                return
+            if which == "start" and run.started_at is not None:
+                return
+            scripts.cancel_run(tx, run_id, now, place, effects, routing=routing,
+                               reason=f"timed out: timeouts.{which} "
+                                      f"({payload.get('after_ms')} ms) elapsed")
+
+        await self.commit(script)
+
+    # --- cron --------------------------------------------------------------------------------
+
+    def _crons(self) -> Iterable[tuple[str, int, CronTrigger, FunctionSpec]]:
+        for qid, fn in self.functions.items():
+            for index, trigger in enumerate(fn.spec.triggers):
+                if isinstance(trigger, CronTrigger):
+                    yield f"cron:{qid}:{index}", index, trigger, fn.spec
+
+    async def _register_crons(self) -> None:
+        now = self.clock.now()
+        entries = [(key, trig.schedule.next_after(now), {"function_id": spec.qualified_id,
+                                                         "index": index})
+                   for key, index, trig, spec in self._crons()]
+        if entries:
+            await self.store.write(lambda tx: [
+                tx.enqueue("cron", key, due, payload=payload) for key, due, payload in entries])
+
+    async def _fire_cron(self, item: QueueItem) -> None:
+        payload = item.payload or {}
+        fn = self.functions.get(str(payload.get("function_id")))
+        index = int(payload.get("index", 0))
+        trigger = fn.spec.triggers[index] if fn and index < len(fn.spec.triggers) else None
+        if fn is None or not isinstance(trigger, CronTrigger):
+            await self._drop(item.id)
+            return
+        now = self.clock.now()
+        tick = item.due_at
+        # A deterministic id: if this tick is fired twice (a lease lost mid-way), the event
+        # de-duplication makes the second firing start nothing.
+        event = Event(name=SCHEDULED_TIMER, data={"cron": trigger.source},
+                      id=f"{item.unique_key}:{tick}", ts=tick)
+        next_due = trigger.schedule.next_after(max(now, tick))
+        spec, owner = fn.spec, self.owner
+
+        def script(tx: Tx, place: Placement, effects: Effects) -> None:
+            if tx.insert_event(event, now, now - 86_400_000, processed=True):
+                scripts.create_run(tx, spec, [event], now, place, effects)
+            tx.release_item(item.id, owner, next_due, now)
+
+        await self.commit(script)
+

@@ -1,0 +1,262 @@
+"""Transaction scripts: each function here runs inside one store transaction.
+
+They combine the store's domain operations with the pure decisions of `core` (routing, wait
+matching), so that "store the event, start its runs, resolve the waits it satisfies" or "commit
+this step and keep the lease" is atomic. They must not touch anything but the `Tx`, their
+arguments and their return value: the store may run a script again if its group fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ulid import ULID
+
+from stepwell.core.config import FunctionSpec
+from stepwell.core.expressions import compile_expression
+from stepwell.core.models import (
+    EVENT_DEDUPE_WINDOW_MS,
+    FUNCTION_CANCELLED,
+    FUNCTION_FAILED,
+    FUNCTION_FINISHED,
+    Event,
+    Memo,
+    RunStatus,
+)
+from stepwell.core.routing import Router, event_match_keys, match_key, path_value
+from stepwell.store.base import NewRun, Tx, WaitRow
+
+
+def new_id() -> str:
+    return str(ULID())
+
+
+class LeaseLost(Exception):
+    """The worker no longer holds the run's queue item (cancelled, or reclaimed after a stall)."""
+
+
+@dataclass(slots=True)
+class Dispatch:
+    """An exec item this process leased inside a script and should start right away."""
+
+    item_id: int
+    run_id: str
+    new_run: NewRun | None = None          # set when the run was just created (nothing to load)
+    events: list[Event] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Effects:
+    """What a script asks the runtime to do after it commits."""
+
+    dispatch: list[Dispatch] = field(default_factory=list)
+    emitted: list[Event] = field(default_factory=list)     # stored unprocessed: ingest next
+    finished_runs: list[str] = field(default_factory=list)
+    event_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Placement:
+    """Where new exec items go: leased to this process (fast path) or left for any worker."""
+
+    owner: str | None
+    now: int
+    lease_until: int
+    capacity: int                            # how many more runs this process may take now
+
+    def take(self) -> str | None:
+        if self.owner is None or self.capacity <= 0:
+            return None
+        self.capacity -= 1
+        return self.owner
+
+
+def enqueue_exec(tx: Tx, run_id: str, due_at: int, place: Placement, effects: Effects) -> None:
+    """Queue the run to execute at `due_at`; if it is due now and this process has room, lease
+    it to this process right away (no polling round trip)."""
+    owner = place.take() if due_at <= place.now else None
+    leased = tx.enqueue("exec", f"exec:{run_id}", due_at, run_id=run_id, owner=owner,
+                        lease_until=place.lease_until if owner else None)
+    if leased is not None:
+        effects.dispatch.append(Dispatch(leased, run_id))
+    elif owner is not None:
+        place.capacity += 1
+
+
+# --- events ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """The engine's static view of its functions, handed to ingestion scripts."""
+
+    router: Router
+    functions: dict[str, FunctionSpec]
+
+
+def ingest_events(tx: Tx, events: list[Event], now: int, routing: Routing, place: Placement,
+                  effects: Effects, *, already_stored: bool = False) -> None:
+    """Store events (de-duplicated by id for 24h) and process each: start the runs it triggers,
+    resolve the waits it satisfies, apply the cancellations it asks for."""
+    for event in events:
+        if already_stored:
+            if not tx.mark_event_processed(event.id):
+                continue
+        elif not tx.insert_event(event, now, now - EVENT_DEDUPE_WINDOW_MS, processed=True):
+            continue
+        effects.event_ids.append(event.id)
+        process_event(tx, event, now, routing, place, effects)
+
+
+def process_event(tx: Tx, event: Event, now: int, routing: Routing, place: Placement,
+                  effects: Effects) -> None:
+    payload = event.to_dict()
+    for spec in routing.router.route(payload):
+        create_run(tx, spec, [event], now, place, effects)
+    keys = event_match_keys(payload)
+    if keys is None:
+        keys = [match_key(p, path_value(payload, p)) for p in tx.match_paths(event.name)]
+    for wait in tx.find_waits(event.name, keys):
+        if wait.expires_at is not None and wait.expires_at < now:
+            continue
+        if wait.expr is not None:
+            condition = compile_expression(wait.expr)
+            if not condition.matches(wait.event_ctx, payload):
+                continue
+        if not tx.delete_wait(wait.id):
+            continue
+        if wait.kind == "cancel":
+            cancel_run(tx, wait.run_id, now, place, effects, routing=routing,
+                       reason=f"cancelled by event '{event.name}' ({event.id})")
+        elif wait.step_hash is not None and tx.resolve_memo(
+                wait.run_id, wait.step_hash, {"data": payload}, now):
+            enqueue_exec(tx, wait.run_id, now, place, effects)
+
+
+def create_run(tx: Tx, spec: FunctionSpec, events: list[Event], now: int, place: Placement,
+               effects: Effects, *, parent: tuple[str, str] | None = None) -> str:
+    owner = place.take()
+    run = NewRun(new_id(), spec.qualified_id, [e.id for e in events], now,
+                 parent_run_id=parent[0] if parent else None,
+                 parent_step=parent[1] if parent else None)
+    if owner is not None:
+        # Leased to this process: it starts now, so it is `running` from the first write.
+        run.status, run.started_at = "running", now
+    tx.insert_run(run)
+    item = tx.enqueue("exec", f"exec:{run.id}", now, run_id=run.id, owner=owner,
+                      lease_until=place.lease_until if owner else None)
+    if owner is not None and item is not None:
+        effects.dispatch.append(Dispatch(item, run.id, run, list(events)))
+        if spec.timeout_finish_ms is not None:
+            schedule_finish_timeout(tx, run.id, now, spec.timeout_finish_ms)
+    if spec.timeout_start_ms is not None and owner is None:
+        tx.enqueue("timeout", f"timeout:{run.id}:start", now + spec.timeout_start_ms,
+                   run_id=run.id, payload={"which": "start", "after_ms": spec.timeout_start_ms})
+    first = events[0].to_dict()
+    for rule in spec.cancel_on:
+        tx.insert_wait(WaitRow(
+            run_id=run.id, kind="cancel", event_name=rule.event,
+            expires_at=None if rule.timeout_ms is None else now + rule.timeout_ms,
+            match_key=None if rule.match_path is None else match_key(
+                rule.match_path, path_value(first, rule.match_path)),
+            expr=None if rule.condition is None else rule.condition.source, event_ctx=first))
+    return run.id
+
+
+def schedule_finish_timeout(tx: Tx, run_id: str, started_at: int, finish_ms: int) -> None:
+    tx.enqueue("timeout", f"timeout:{run_id}:finish", started_at + finish_ms, run_id=run_id,
+               payload={"which": "finish", "after_ms": finish_ms})
+
+
+def store_emitted(tx: Tx, events: list[Event], now: int, effects: Effects) -> None:
+    """Store events produced by the engine itself; they are processed in a following script
+    (and by recovery if the process dies in between)."""
+    for event in events:
+        if tx.insert_event(event, now, now - EVENT_DEDUPE_WINDOW_MS, processed=False):
+            effects.emitted.append(event)
+
+
+# --- run lifecycle ---------------------------------------------------------------------------
+
+
+def hold(tx: Tx, item_id: int | None, owner: str, lease_until: int) -> None:
+    """Renew the lease, or abort the script: a step must never commit without it."""
+    if item_id is not None and not tx.renew_lease(item_id, owner, lease_until):
+        raise LeaseLost(f"queue item {item_id} is no longer held by {owner}")
+
+
+def commit_memo(tx: Tx, run_id: str, memo: Memo, item_id: int | None, owner: str,
+                lease_until: int) -> bool:
+    """A step's outcome; False if it was already committed (by a previous holder)."""
+    hold(tx, item_id, owner, lease_until)
+    return tx.insert_memo(run_id, memo)
+
+
+@dataclass(slots=True)
+class Ending:
+    """How a run ended, with what its parent (invoke) and the system events need."""
+
+    run_id: str
+    function_id: str
+    status: RunStatus
+    output: Any = None
+    error: dict[str, Any] | None = None
+    parent_run_id: str | None = None
+    parent_step: str | None = None
+    event: dict[str, Any] | None = None
+
+
+def end_run(tx: Tx, ending: Ending, now: int, place: Placement, routing: Routing,
+            effects: Effects) -> bool:
+    """Move the run to its final status (compare-and-set), clean its queue items and waits,
+    resolve the parent's invoke and emit the system events."""
+    if not tx.finish_run(ending.run_id, ending.status, now, output=ending.output,
+                         error=ending.error):
+        return False
+    tx.delete_items(run_id=ending.run_id)
+    tx.delete_run_waits(ending.run_id)
+    effects.finished_runs.append(ending.run_id)
+    if ending.parent_run_id and ending.parent_step:
+        outcome = ({"data": ending.output} if ending.status == "completed" else
+                   {"error": ending.error or {"name": "Cancelled", "message": ending.status}})
+        if tx.resolve_memo(ending.parent_run_id, ending.parent_step, outcome, now):
+            enqueue_exec(tx, ending.parent_run_id, now, place, effects)
+    system: list[Event] = []
+    base = {"function_id": ending.function_id, "run_id": ending.run_id,
+            "event": ending.event or {}}
+    if ending.status == "failed":
+        system.append(_system_event(FUNCTION_FAILED, {**base, "error": ending.error}, now))
+    elif ending.status == "cancelled" and routing.router.subscribed(FUNCTION_CANCELLED):
+        system.append(_system_event(FUNCTION_CANCELLED, {**base, "error": ending.error}, now))
+    if routing.router.subscribed(FUNCTION_FINISHED):
+        data = {**base, "result": ending.output} if ending.status == "completed" else {
+            **base, "error": ending.error}
+        system.append(_system_event(FUNCTION_FINISHED, data, now))
+    if system:
+        store_emitted(tx, system, now, effects)
+    return True
+
+
+def _system_event(name: str, data: dict[str, Any], now: int) -> Event:
+    return Event(name=name, data=data, id=new_id(), ts=now)
+
+
+def cancel_run(tx: Tx, run_id: str, now: int, place: Placement, effects: Effects, *,
+               reason: str, routing: Routing | None = None) -> bool:
+    run = tx.get_run(run_id)
+    if run is None or run.status not in ("queued", "running"):
+        return False
+    events = tx.get_events(run.event_ids[:1])
+    ending = Ending(run_id, run.function_id, "cancelled",
+                    error={"name": "Cancelled", "message": reason, "stack": ""},
+                    parent_run_id=run.parent_run_id, parent_step=run.parent_step,
+                    event=events[0].to_dict() if events else None)
+    return end_run(tx, ending, now, place, routing or _NO_ROUTING, effects)
+
+
+_NO_ROUTING = Routing(Router(()), {})
+
+
+ScriptFactory = Callable[[Tx], Any]

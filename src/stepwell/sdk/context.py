@@ -1,0 +1,81 @@
+"""What a handler receives besides `step`: the event(s), ids, attempt, logger, failure info."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from stepwell.core.models import Event
+
+# The attempt of the step currently executing, set by the runtime around the step's callable.
+current_attempt: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "stepwell_attempt", default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class FailureInfo:
+    """`ctx.error` in an `on_failure` handler."""
+
+    name: str
+    message: str
+    stack: str = ""
+
+
+class ReplayAwareLogger:
+    """`ctx.logger`: logs once per real execution, stays quiet while replaying memoized steps."""
+
+    def __init__(self, logger: logging.Logger, replaying: Callable[[], bool],
+                 extra: dict[str, Any]) -> None:
+        self._logger = logger
+        self._replaying = replaying
+        self._extra = extra
+
+    def _log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if self._replaying():
+            return
+        kwargs.setdefault("extra", self._extra)
+        kwargs.setdefault("stacklevel", 3)
+        self._logger.log(level, msg, *args, **kwargs)
+
+    def debug(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self._log(logging.DEBUG, msg, *args, **kwargs)
+
+    def info(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self._log(logging.INFO, msg, *args, **kwargs)
+
+    def warning(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self._log(logging.WARNING, msg, *args, **kwargs)
+
+    def error(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self._log(logging.ERROR, msg, *args, **kwargs)
+
+    def exception(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("exc_info", True)
+        self._log(logging.ERROR, msg, *args, **kwargs)
+
+
+class Context:
+    """The run as the handler sees it."""
+
+    def __init__(self, *, event: Event, events: list[Event], run_id: str, function_id: str,
+                 logger: ReplayAwareLogger, function_attempt: int,
+                 error: FailureInfo | None = None) -> None:
+        self.event = event
+        self.events = events
+        self.run_id = run_id
+        self.function_id = function_id
+        self.logger = logger
+        self.error = error
+        self._function_attempt = function_attempt
+
+    @property
+    def attempt(self) -> int:
+        """0-based attempt of the step now executing (or of the handler outside steps)."""
+        step_attempt = current_attempt.get()
+        return self._function_attempt if step_attempt is None else step_attempt
+
+    def __repr__(self) -> str:
+        return f"Context(run_id={self.run_id!r}, function_id={self.function_id!r})"

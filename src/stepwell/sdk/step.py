@@ -1,0 +1,189 @@
+"""The step API handlers use: `step.run`, `step.sleep`, `step.wait_for_event`, ...
+
+`Step` only validates arguments and packs them into a request; the runtime's driver decides
+whether the step is memoized, must execute, or suspends the run. Sync handlers get a `SyncStep`,
+a thin blocking wrapper over the same `Step` (so there is one implementation of each step).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from stepwell.core.durations import DurationError, parse_duration_ms, parse_timestamp_ms
+from stepwell.core.expressions import (
+    Expression,
+    ExpressionError,
+    compile_expression,
+    match_expression,
+)
+from stepwell.core.models import Event, InvalidEventError, validate_event_payload
+from stepwell.sdk.errors import InvalidStepError
+
+MAX_SLEEP_MS = 366 * 24 * 3600 * 1000
+
+
+@dataclass(slots=True)
+class StepRequest:
+    """What a step call asks of the runtime. `kind` picks which fields matter."""
+
+    kind: str                                   # run | sleep | wait | send | invoke
+    step_id: str
+    fn: Callable[..., Any] | None = None
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    sleep_ms: int | None = None                 # sleep: relative
+    until_ms: int | None = None                 # sleep_until: absolute
+    event_name: str = ""                        # wait
+    match_path: str | None = None               # wait
+    condition: Expression | None = None         # wait: remaining `if` condition
+    timeout_ms: int | None = None               # wait / invoke
+    events: list[dict[str, Any]] = field(default_factory=list)   # send
+    function: Any = None                        # invoke: Function or id
+    data: dict[str, Any] | None = None          # invoke
+
+
+class StepDriver(Protocol):
+    async def perform(self, request: StepRequest) -> Any: ...
+
+
+def _check_id(step_id: object) -> str:
+    if not isinstance(step_id, str) or not step_id:
+        raise InvalidStepError(f"a step id must be a non-empty string, got {step_id!r}")
+    return step_id
+
+
+def _duration(step_id: str, what: str, value: object) -> int:
+    try:
+        ms = parse_duration_ms(value, what=what)  # type: ignore[arg-type]
+    except DurationError as exc:
+        raise InvalidStepError(f"step '{step_id}': {exc}") from None
+    if ms > MAX_SLEEP_MS:
+        raise InvalidStepError(f"step '{step_id}': {what} is longer than a year (the maximum)")
+    return ms
+
+
+def normalize_events(step_id: str, events: object) -> list[dict[str, Any]]:
+    """`send_event` accepts an Event, a dict or a list of these."""
+    items = events if isinstance(events, list | tuple) else [events]
+    out = []
+    for item in items:
+        raw = item.to_dict() if isinstance(item, Event) else item
+        try:
+            validate_event_payload(raw)
+        except InvalidEventError as exc:
+            raise InvalidStepError(f"step '{step_id}': {exc}") from None
+        assert isinstance(raw, dict)
+        out.append(dict(raw))
+    if not out:
+        raise InvalidStepError(f"step '{step_id}': send_event needs at least one event")
+    return out
+
+
+class Step:
+    """Async step API (for `async def` handlers)."""
+
+    def __init__(self, driver: StepDriver) -> None:
+        self._driver = driver
+
+    async def run(self, step_id: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run `fn(*args, **kwargs)` (sync or async) once; its JSON result is memoized."""
+        _check_id(step_id)
+        if not callable(fn):
+            raise InvalidStepError(f"step '{step_id}': fn must be callable, got {fn!r}")
+        return await self._driver.perform(
+            StepRequest("run", step_id, fn=fn, args=args, kwargs=kwargs))
+
+    async def sleep(self, step_id: str, duration: str | int | float | datetime.timedelta) -> None:
+        """Durable sleep (up to a year)."""
+        ms = _duration(_check_id(step_id), "sleep duration", duration)
+        await self._driver.perform(StepRequest("sleep", step_id, sleep_ms=ms))
+
+    async def sleep_until(self, step_id: str, when: datetime.datetime | str | int | float) -> None:
+        """Durable sleep until an aware datetime, ISO-8601 string or epoch milliseconds."""
+        _check_id(step_id)
+        try:
+            until = parse_timestamp_ms(when, what="sleep_until time")
+        except DurationError as exc:
+            raise InvalidStepError(f"step '{step_id}': {exc}") from None
+        await self._driver.perform(StepRequest("sleep", step_id, until_ms=until))
+
+    async def wait_for_event(self, step_id: str, *, event: str,
+                             timeout: str | int | float | datetime.timedelta,
+                             match: str | None = None, if_: str | None = None) -> Event | None:
+        """The first matching event after this step is reached, or None on timeout."""
+        _check_id(step_id)
+        if not isinstance(event, str) or not event:
+            raise InvalidStepError(f"step '{step_id}': event must be a non-empty event name")
+        ms = _duration(step_id, "timeout", timeout)
+        condition = None
+        try:
+            if match is not None:
+                match_expression(match)
+            if if_ is not None:
+                condition = compile_expression(if_)
+        except ExpressionError as exc:
+            raise InvalidStepError(f"step '{step_id}': {exc}") from None
+        result = await self._driver.perform(StepRequest(
+            "wait", step_id, event_name=event, match_path=match, condition=condition,
+            timeout_ms=ms))
+        return None if result is None else Event.from_dict(result)
+
+    async def send_event(self, step_id: str, events: Event | dict[str, Any] | list[Any]
+                         ) -> list[str]:
+        """Send events (once, even on replay); returns their ids."""
+        batch = normalize_events(_check_id(step_id), events)
+        ids: list[str] = await self._driver.perform(StepRequest("send", step_id, events=batch))
+        return ids
+
+    async def invoke(self, step_id: str, *, function: Any, data: dict[str, Any] | None = None,
+                     timeout: str | int | float | datetime.timedelta | None = None) -> Any:
+        """Run another function as a child run and return its output (StepError if it failed)."""
+        _check_id(step_id)
+        if data is not None and not isinstance(data, dict):
+            raise InvalidStepError(f"step '{step_id}': invoke data must be an object")
+        ms = None if timeout is None else _duration(step_id, "timeout", timeout)
+        return await self._driver.perform(StepRequest(
+            "invoke", step_id, function=function, data=data or {}, timeout_ms=ms))
+
+
+class SyncStep:
+    """Blocking step API for plain `def` handlers, which run on a worker thread.
+
+    Each call hands the same coroutine `Step` would run to the engine's loop and blocks on it.
+    """
+
+    def __init__(self, step: Step, loop: asyncio.AbstractEventLoop) -> None:
+        self._step = step
+        self._loop = loop
+
+    def _call(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def run(self, step_id: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return self._call(self._step.run(step_id, fn, *args, **kwargs))
+
+    def sleep(self, step_id: str, duration: str | int | float | datetime.timedelta) -> None:
+        self._call(self._step.sleep(step_id, duration))
+
+    def sleep_until(self, step_id: str, when: datetime.datetime | str | int | float) -> None:
+        self._call(self._step.sleep_until(step_id, when))
+
+    def wait_for_event(self, step_id: str, *, event: str,
+                       timeout: str | int | float | datetime.timedelta,
+                       match: str | None = None, if_: str | None = None) -> Event | None:
+        result: Event | None = self._call(self._step.wait_for_event(
+            step_id, event=event, timeout=timeout, match=match, if_=if_))
+        return result
+
+    def send_event(self, step_id: str, events: Event | dict[str, Any] | list[Any]) -> list[str]:
+        ids: list[str] = self._call(self._step.send_event(step_id, events))
+        return ids
+
+    def invoke(self, step_id: str, *, function: Any, data: dict[str, Any] | None = None,
+               timeout: str | int | float | datetime.timedelta | None = None) -> Any:
+        return self._call(self._step.invoke(step_id, function=function, data=data,
+                                            timeout=timeout))

@@ -1,0 +1,217 @@
+"""The storage interface, in domain terms.
+
+A backend provides a `Store`: an async façade whose `write` runs a *transaction script* (a plain
+function of a `Tx`) atomically, and whose `read` runs a read-only one. Scripts from many runs are
+committed together (group commit), which is where throughput comes from; a script must therefore
+touch nothing but the `Tx` and its own locals, because the backend may run it again (alone) if
+another script in the same group fails.
+
+Every `Tx` method documents its atomicity guarantee: the compare-and-set ones return whether the
+change happened, so two workers can never both complete the same step or the same run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from stepwell.core.models import Event, Memo, RunStatus
+
+R = TypeVar("R")
+
+
+@dataclass(slots=True)
+class NewRun:
+    id: str
+    function_id: str
+    event_ids: list[str]
+    created_at: int
+    status: RunStatus = "queued"
+    started_at: int | None = None
+    parent_run_id: str | None = None
+    parent_step: str | None = None          # hashed step id in the parent (invoke)
+    error: dict[str, Any] | None = None     # for runs created already `skipped`
+
+
+@dataclass(slots=True)
+class RunRow:
+    id: str
+    function_id: str
+    status: RunStatus
+    event_ids: list[str]
+    created_at: int
+    started_at: int | None
+    ended_at: int | None
+    output: Any
+    error: dict[str, Any] | None
+    warnings: list[str]
+    parent_run_id: str | None
+    parent_step: str | None
+
+
+@dataclass(slots=True)
+class QueueItem:
+    """Work to do at or after `due_at`; `unique_key` keeps one item per purpose.
+
+    Kinds: `exec` (run or resume a run; key `exec:<run>`), `cron` (fire a schedule; key
+    `cron:<fn>:<n>`), `timeout` (enforce `timeouts.finish` / `start`; key `timeout:<run>:<which>`).
+    """
+
+    id: int
+    kind: str
+    unique_key: str
+    due_at: int
+    run_id: str | None = None
+    payload: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class WaitRow:
+    """A pending `wait_for_event` (kind `wait`) or `cancel_on` rule (kind `cancel`).
+
+    `match_key` is `"<path>=<json value>"` for waits with a `match`, so an incoming event is
+    matched by index lookup; `expr` is the remaining condition, evaluated with `event` bound to
+    `event_ctx` (the run's triggering event) and `async` to the incoming event.
+    """
+
+    run_id: str
+    kind: str
+    event_name: str
+    expires_at: int | None
+    step_hash: str | None = None
+    match_key: str | None = None
+    expr: str | None = None
+    event_ctx: dict[str, Any] | None = None
+    id: int = 0
+
+
+@dataclass(slots=True)
+class RunState:
+    """What an executor needs to replay a run."""
+
+    run: RunRow
+    events: list[Event]
+    memos: dict[str, Memo] = field(default_factory=dict)
+    failures: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+class Tx(Protocol):
+    """One transaction. All methods are synchronous; the backend runs them on its own thread."""
+
+    # --- events --------------------------------------------------------------------------
+    def insert_event(self, event: Event, received_at: int, dedupe_after: int,
+                     processed: bool) -> bool:
+        """Store an event. False (nothing written) if its id was stored after `dedupe_after`."""
+
+    def mark_event_processed(self, event_id: str) -> bool:
+        """Compare-and-set processed 0 -> 1; False if another worker processed it first."""
+
+    def unprocessed_events(self, received_before: int, limit: int) -> list[Event]: ...
+
+    def get_events(self, ids: Sequence[str]) -> list[Event]: ...
+
+    def list_events(self, name: str | None, limit: int) -> list[tuple[Event, int]]: ...
+
+    # --- runs ----------------------------------------------------------------------------
+    def insert_run(self, run: NewRun) -> None: ...
+
+    def start_run(self, run_id: str, now: int) -> bool:
+        """queued/running -> running (sets started_at once). False if the run is no longer active."""
+
+    def finish_run(self, run_id: str, status: RunStatus, now: int, *, output: Any = None,
+                   error: dict[str, Any] | None = None) -> bool:
+        """Active -> terminal status, compare-and-set. False if it had already ended."""
+
+    def add_run_warning(self, run_id: str, warning: str) -> None: ...
+
+    def get_run(self, run_id: str) -> RunRow | None: ...
+
+    def list_runs(self, *, event_id: str | None = None, function_id: str | None = None,
+                  status: str | None = None, limit: int = 100) -> list[RunRow]: ...
+
+    def load_run_state(self, run_id: str) -> RunState | None: ...
+
+    # --- steps ---------------------------------------------------------------------------
+    def insert_memo(self, run_id: str, memo: Memo) -> bool:
+        """Insert-if-absent: False if this step already has a memo (never overwritten)."""
+
+    def resolve_memo(self, run_id: str, step_hash: str, outcome: dict[str, Any],
+                     now: int) -> bool:
+        """Compare-and-set a pending memo's outcome; False if it was already resolved (an
+        event and a timeout racing: exactly one wins)."""
+
+    def insert_step_failure(self, run_id: str, step_hash: str, step_id: str, attempt: int,
+                            error: dict[str, Any], at: int) -> None: ...
+
+    # --- queue ---------------------------------------------------------------------------
+    def enqueue(self, kind: str, unique_key: str, due_at: int, *, run_id: str | None = None,
+                payload: dict[str, Any] | None = None, owner: str | None = None,
+                lease_until: int | None = None) -> int | None:
+        """Insert, or for an existing key move its due time earlier and, if it is leased, flag it
+        to run again when its holder releases it. Returns the id if this call leased it to
+        `owner`, else None."""
+
+    def claim_due(self, now: int, owner: str, lease_until: int, limit: int) -> list[QueueItem]:
+        """Lease up to `limit` unleased items due at or before `now`, oldest first."""
+
+    def renew_lease(self, item_id: int, owner: str, lease_until: int) -> bool:
+        """Compare-and-set on the owner: False means the lease was lost (or the item deleted)."""
+
+    def renew_leases(self, owner: str, lease_until: int) -> int: ...
+
+    def release_item(self, item_id: int, owner: str, due_at: int | None, now: int) -> bool:
+        """Give back a leased item: delete it (`due_at` None) or re-arm it for `due_at`; if it was
+        flagged to run again meanwhile, re-arm it for `now` instead. False if not held."""
+
+    def delete_items(self, *, run_id: str) -> None: ...
+
+    def release_expired_leases(self, wall_now: int) -> int: ...
+
+    def lease_owners(self) -> list[str]: ...
+
+    def release_leases_of(self, owner: str) -> int:
+        """Release every item a (dead) worker holds."""
+
+    def next_due_at(self) -> int | None: ...
+
+    def count_ready(self, now: int) -> int: ...
+
+    # --- waits ---------------------------------------------------------------------------
+    def insert_wait(self, wait: WaitRow) -> None: ...
+
+    def match_paths(self, event_name: str) -> list[str]:
+        """Distinct `match` paths among pending waits for this event name."""
+
+    def find_waits(self, event_name: str, match_keys: Sequence[str]) -> list[WaitRow]:
+        """Pending waits for the name whose match_key is one of `match_keys` or is null."""
+
+    def delete_wait(self, wait_id: int) -> bool:
+        """Compare-and-set delete: False if another event (or a timeout) took it first."""
+
+    def delete_step_wait(self, run_id: str, step_hash: str) -> bool: ...
+
+    def delete_run_waits(self, run_id: str) -> None: ...
+
+
+class Store(Protocol):
+    """An opened storage backend."""
+
+    url: str
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def write(self, script: Callable[[Tx], R]) -> R:
+        """Run `script` in a write transaction, possibly grouped with others."""
+
+    async def read(self, script: Callable[[Tx], R]) -> R:
+        """Run `script` against a consistent read-only snapshot."""
+
+    def pending_writes(self) -> int:
+        """Scripts submitted but not yet committed (for idle detection)."""
+
+
+class StoreError(RuntimeError):
+    """The database is unreachable, corrupt, or from an incompatible stepwell version."""
