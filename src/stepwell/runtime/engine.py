@@ -266,6 +266,15 @@ class Engine:
             event_id=event_id, function_id=function_id, status=status, limit=limit))
         return [run_view(RunState(row, []), now=self.clock.now()) for row in rows]
 
+    async def events(self, name: str | None = None, limit: int = 100
+                     ) -> list[tuple[Event, int]]:
+        """Stored events, newest first, with the time each was received (epoch ms)."""
+        return await self.store.read(lambda tx: tx.list_events(name, limit))
+
+    async def get_event(self, event_id: str) -> Event | None:
+        found = await self.store.read(lambda tx: tx.get_events([event_id]))
+        return found[0] if found else None
+
     async def get_run(self, run_id: str) -> Run | None:
         state = await self.store.read(lambda tx: tx.load_run_state(run_id))
         return None if state is None else run_view(state, now=self.clock.now())
