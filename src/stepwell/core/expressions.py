@@ -1,10 +1,9 @@
 """CEL expressions for trigger ``if``, ``wait_for_event``/``cancel_on`` conditions and keys.
 
-Inngest writes these in Google CEL with two variables, ``event`` and ``async``. We run them on
-the ``cel`` package (a Rust CEL core), which already gives the behaviour Inngest had to add to
-cel-go by hand: ``1 == 1.0`` and ``150.5 > 100`` compare numerically, and ``==`` between
-different types is simply false. Ordering different types (``"a" > 5``) is an evaluation error,
-which :meth:`Expression.matches` turns into "no match", as Inngest's overloads would.
+Inngest writes these in Google CEL with two map variables, ``event`` and ``async``. The ``cel``
+package (a Rust CEL core) already behaves as Inngest needs: ``150 > 100.5`` compares numerically
+and ``==`` between different types is false. Ordering different types (``"a" > 5``) is an
+evaluation error, which :meth:`Expression.matches` turns into "no match", like Inngest does.
 
 Three things are added here:
 
@@ -279,8 +278,9 @@ def _to_plain(value: Any) -> Any:
         return value
     if kind is list:
         return [_to_plain(item) for item in value]
-    if kind is dict:
-        return {_to_plain(k): _to_plain(v) for k, v in value.items()}
+    if kind is dict:  # CEL maps come back in a different order on each run: sort for stable keys
+        items = sorted(value.items(), key=lambda kv: (type(kv[0]).__name__, kv[0]))
+        return {_to_plain(k): _to_plain(v) for k, v in items}
     if isinstance(value, cel.OptionalValue):
         return _to_plain(value.value()) if value.has_value() else None
     if isinstance(value, datetime.datetime):
