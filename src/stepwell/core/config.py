@@ -238,7 +238,7 @@ class _Checker:
         if isinstance(value, Mapping):
             allowed = [f.name for f in fields(cls)]  # type: ignore[arg-type]
             aliases = {"if": "if_", "maxSize": "max_size"}
-            raw = {aliases.get(k, k): v for k, v in value.items()}
+            raw = {aliases.get(str(k), str(k)): v for k, v in value.items()}
             unknown = sorted(set(raw) - set(allowed))
             if unknown:
                 raise self.fail(option, f"has unknown keys {unknown}; allowed keys: {allowed}")

@@ -8,12 +8,14 @@ renews its leases and reclaims those of dead workers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import os
 import socket
 import uuid
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -94,8 +96,12 @@ class Engine:
         self.lease_ms = int(lease_seconds * 1000)
         self.max_concurrency = max_concurrency
         self.poll_seconds = poll_seconds
-        self.step_pool = ThreadPoolExecutor(sync_threads, thread_name_prefix="stepwell-step")
-        self.handler_pool = ThreadPoolExecutor(sync_threads, thread_name_prefix="stepwell-fn")
+        # Two pools: sync handlers block their thread while waiting on their steps, so sharing
+        # one pool with the step callables could deadlock.
+        self.step_pool: Executor = ThreadPoolExecutor(sync_threads,
+                                                      thread_name_prefix="stepwell-step")
+        self.handler_pool: Executor = ThreadPoolExecutor(sync_threads,
+                                                         thread_name_prefix="stepwell-fn")
         self._sessions: set[asyncio.Task[None]] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -294,10 +300,8 @@ class Engine:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise TimeoutError(f"run {run_id} is still {run.status} after {timeout}s")
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(waiter.wait(), min(remaining, 0.25))
-                except TimeoutError:
-                    pass
                 waiter.clear()
         finally:
             self._finished.pop(run_id, None)
@@ -316,12 +320,14 @@ class Engine:
         while quiet < 2:
             busy = bool(self._sessions or self._background or self.store.pending_writes())
             if not busy:
-                now = self.clock.now()
-                busy = await self.store.read(lambda tx: tx.count_ready(now)) > 0
+                busy = await self.store.read(self._count_ready) > 0
                 if busy:
                     self._wake.set()
             quiet = 0 if busy else quiet + 1
             await asyncio.sleep(0.001)
+
+    def _count_ready(self, tx: Tx) -> int:
+        return tx.count_ready(self.clock.now())
 
     async def next_due_at(self) -> int | None:
         return await self.store.read(lambda tx: tx.next_due_at())
@@ -334,10 +340,10 @@ class Engine:
             room = self.max_concurrency - len(self._sessions)
             items: list[QueueItem] = []
             if room > 0:
-                now, owner, until = self.clock.now(), self.owner, self.lease_until()
+                claim = functools.partial(_claim, now=self.clock.now(), owner=self.owner,
+                                          lease_until=self.lease_until(), limit=room)
                 try:
-                    items = await self.store.write(
-                        lambda tx: tx.claim_due(now, owner, until, room))
+                    items = await self.store.write(claim)
                 except Exception:
                     log.exception("claiming work failed; retrying")
                 for item in items:
@@ -394,9 +400,9 @@ class Engine:
         dead = []
         for owner in await self.store.read(owners):
             parts = owner.split(":")
-            if len(parts) == 3 and parts[0] == host and parts[1].isdigit() and owner != self.owner:
-                if not _pid_alive(int(parts[1])):
-                    dead.append(owner)
+            if (len(parts) == 3 and parts[0] == host and parts[1].isdigit()
+                    and owner != self.owner and not _pid_alive(int(parts[1]))):
+                dead.append(owner)
         if dead:
             await self.store.write(lambda tx: [tx.release_leases_of(o) for o in dead])
 
@@ -440,9 +446,9 @@ class Engine:
             owner, now = self.owner, self.clock.now()
             await self.store.write(lambda tx: tx.release_item(item_id, owner, now + 60_000, now))
             return
-        if not started and state.run.started_at is None:
-            if not await self._start(item_id, state, fn.spec):
-                return
+        if (not started and state.run.started_at is None
+                and not await self._start(item_id, state, fn.spec)):
+            return
         await RunSession(self, fn, state, item_id).execute()
 
     async def _start(self, item_id: int, state: RunState, spec: FunctionSpec) -> bool:
@@ -529,3 +535,6 @@ class Engine:
 
         await self.commit(script)
 
+
+def _claim(tx: Tx, *, now: int, owner: str, lease_until: int, limit: int) -> list[QueueItem]:
+    return tx.claim_due(now, owner, lease_until, limit)

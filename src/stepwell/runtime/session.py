@@ -10,6 +10,7 @@ no step is executing, and hands its queue item back for the time it should resum
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import hashlib
@@ -173,10 +174,8 @@ class RunSession:
             return scripts.end_run(tx, ending, now, place, routing, effects)
 
         routing = self.host.routing
-        try:
+        with contextlib.suppress(LeaseLost):
             await self.host.commit(script)
-        except LeaseLost:
-            pass
 
     async def _retry_function(self, exc: Exception) -> None:
         """An error outside any step: retry the handler like a step, with its own counter."""
@@ -196,10 +195,8 @@ class RunSession:
             if item is not None:
                 tx.release_item(item, owner, due, now)
 
-        try:
+        with contextlib.suppress(LeaseLost):
             await self.host.commit(script)
-        except LeaseLost:
-            pass
 
     def _retry_due(self, exc: BaseException, key: str, failures: int, now: int) -> int:
         if isinstance(exc, RetryAfterError):

@@ -117,7 +117,7 @@ class Tx(Protocol):
     def insert_run(self, run: NewRun) -> None: ...
 
     def start_run(self, run_id: str, now: int) -> bool:
-        """queued/running -> running (sets started_at once). False if the run is no longer active."""
+        """queued/running -> running (sets started_at once); False if no longer active."""
 
     def finish_run(self, run_id: str, status: RunStatus, now: int, *, output: Any = None,
                    error: dict[str, Any] | None = None) -> bool:
