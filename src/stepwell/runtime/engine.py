@@ -146,6 +146,12 @@ class Engine:
         for task in list(self._sessions) + list(self._background):
             task.cancel()
         await asyncio.gather(*self._sessions, *self._background, return_exceptions=True)
+        if self.worker:
+            # Hand back what this process held so another (or the next) process resumes it now
+            # rather than after the lease expires.
+            owner = self.owner
+            with contextlib.suppress(Exception):
+                await self.store.write(lambda tx: tx.release_leases_of(owner))
         detach = getattr(self.clock, "detach", None)
         if detach is not None:
             detach(self)

@@ -1,0 +1,320 @@
+"""The service layer: the one door the HTTP server, the CLI and the dashboard go through.
+
+It wraps an `Engine` and speaks in plain, JSON-ready dicts shaped like Inngest's REST API v1, so
+that no transport ever touches the store or hand-builds a response shape, and every transport
+reports the same problem with the same words. Failures are raised as `ServiceError` subclasses that
+carry the HTTP status a transport should use; nothing here knows about HTTP itself.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import asdict
+from typing import Any, Final
+
+from stepwell.core.config import CronTrigger, EventTrigger, Trigger
+from stepwell.core.expressions import ExpressionError, compile_expression
+from stepwell.core.models import (
+    ACTIVE_STATUSES,
+    TERMINAL_STATUSES,
+    Event,
+    InvalidEventError,
+    Run,
+    RunStatus,
+    StepInfo,
+)
+from stepwell.runtime.engine import Engine
+
+# Inngest's run statuses, plus the two stepwell has that Inngest folds into others.
+STATUS_NAMES: Final[dict[RunStatus, str]] = {
+    "queued": "Queued", "running": "Running", "completed": "Completed", "failed": "Failed",
+    "cancelled": "Cancelled", "skipped": "Skipped",
+}
+MAX_LIMIT: Final = 1000
+# Bulk cancellation reads this many active runs of one function at most per status.
+BULK_CANCEL_SCAN: Final = 100_000
+
+
+class ServiceError(Exception):
+    """A request the service cannot satisfy; `status` is the HTTP status that describes it."""
+
+    status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(ServiceError):
+    status = 400
+
+
+class NotFound(ServiceError):
+    status = 404
+
+
+class Conflict(ServiceError):
+    status = 409
+
+
+def iso(ms: int | None) -> str | None:
+    """Epoch ms as Inngest writes times: RFC 3339 in UTC with milliseconds."""
+    if ms is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(value: object, field: str) -> int:
+    """An RFC 3339 string or epoch ms, as epoch ms (times in request bodies)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+        else:
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=datetime.UTC)
+            return int(moment.timestamp() * 1000)
+    raise InvalidInput(f"'{field}' must be an RFC 3339 time such as 2026-01-01T00:00:00Z "
+                       "or epoch milliseconds")
+
+
+def parse_status(value: str) -> RunStatus:
+    """A run status filter, accepting our names and Inngest's capitalised ones."""
+    lowered = value.strip().lower()
+    for status in STATUS_NAMES:
+        if status == lowered:
+            return status
+    raise InvalidInput(f"unknown run status {value!r}; use one of "
+                       f"{', '.join(STATUS_NAMES)}")
+
+
+def parse_limit(value: object, default: int) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        limit = int(str(value))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidInput(f"'limit' must be an integer from 1 to {MAX_LIMIT}, got {value!r}")
+    return limit
+
+
+def step_dict(step: StepInfo) -> dict[str, Any]:
+    out = asdict(step)
+    out["started_at"] = iso(step.started_at) if step.started_at else None
+    out["ended_at"] = iso(step.ended_at)
+    return out
+
+
+def run_dict(run: Run, *, steps: bool = True) -> dict[str, Any]:
+    """Inngest's v1 run shape first, then what stepwell adds (timeline, error, warnings).
+
+    Inngest's `run_started_at` is when the run was created (queued), so ours is too; the moment
+    a worker first picked it up is the extra `started_at`. A failed run's `output` is its error,
+    as in Inngest, so a client reading only `output` still sees why.
+    """
+    app_id, _, fn_id = run.function_id.partition("/")
+    output = run.output
+    if output is None and run.status == "failed":
+        output = run.error
+    out: dict[str, Any] = {
+        "run_id": run.id,
+        "run_started_at": iso(run.created_at),
+        "ended_at": iso(run.ended_at),
+        "status": STATUS_NAMES[run.status],
+        "output": output,
+        "event_id": run.event_id,
+        "function_id": run.function_id,
+        "app_id": app_id if fn_id else None,
+        "started_at": iso(run.started_at),
+        "error": run.error,
+        "warnings": list(run.warnings),
+        "event_ids": list(run.event_ids),
+        "parent_run_id": run.parent_run_id,
+    }
+    if steps:
+        out["steps"] = [step_dict(s) for s in run.steps]
+    return out
+
+
+def event_dict(event: Event, received_at: int | None = None) -> dict[str, Any]:
+    """Inngest's v1 event shape (`internal_id`, `receivedAt` and the event itself)."""
+    return {"internal_id": event.id, "id": event.id, "name": event.name, "data": event.data,
+            "user": event.user, "ts": event.ts,
+            "receivedAt": iso(received_at if received_at is not None else event.ts)}
+
+
+def trigger_dict(trigger: Trigger) -> dict[str, Any]:
+    """A trigger as Inngest's function config writes it (`event`+`expression`, or `cron`)."""
+    if isinstance(trigger, CronTrigger):
+        return {"cron": trigger.source}
+    assert isinstance(trigger, EventTrigger)
+    out: dict[str, Any] = {"event": trigger.name}
+    if trigger.condition is not None:
+        out["expression"] = trigger.condition.source
+    return out
+
+
+class Service:
+    """Use cases over one engine; every method returns JSON-ready values or raises
+    `ServiceError`."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def start(self) -> None:
+        """Start the engine (idempotent), for servers that own its lifecycle."""
+        await self.engine.start()
+
+    async def stop(self) -> None:
+        """Stop the engine cleanly (idempotent): workers drain, the store is closed."""
+        await self.engine.stop()
+
+    # --- events ------------------------------------------------------------------------------
+
+    async def send_events(self, body: object) -> list[str]:
+        """Ingest Inngest's event API body: one event object or an array of them.
+
+        All events are validated before any is stored, so a bad item in a batch stores nothing
+        and the caller can fix it and resend the whole batch.
+        """
+        items: list[object]
+        if isinstance(body, list):
+            items = body
+        elif isinstance(body, dict):
+            items = [body]
+        else:
+            raise InvalidInput("the body must be an event object or an array of event objects, "
+                               f"got {type(body).__name__}")
+        try:
+            ids = await self.engine.send(items)
+        except InvalidEventError as exc:
+            where = "" if len(items) == 1 else " (the batch was not stored)"
+            raise InvalidInput(f"{exc}{where}") from exc
+        assert isinstance(ids, list)
+        return ids
+
+    async def list_events(self, name: str | None = None, limit: int = 20
+                          ) -> list[dict[str, Any]]:
+        found = await self.engine.events(name or None, limit)
+        return [event_dict(event, received) for event, received in found]
+
+    async def get_event(self, event_id: str) -> dict[str, Any]:
+        event = await self.engine.get_event(event_id)
+        if event is None:
+            raise NotFound(f"no event with id {event_id!r}")
+        return event_dict(event)
+
+    async def event_runs(self, event_id: str) -> list[dict[str, Any]]:
+        """The runs an event started (Inngest: `GET /v1/events/{id}/runs`)."""
+        if await self.engine.get_event(event_id) is None:
+            raise NotFound(f"no event with id {event_id!r}")
+        runs = await self.engine.runs(event_id=event_id, limit=MAX_LIMIT)
+        return [run_dict(run, steps=False) for run in runs]
+
+    # --- runs --------------------------------------------------------------------------------
+
+    async def get_run(self, run_id: str) -> dict[str, Any]:
+        run = await self.engine.get_run(run_id)
+        if run is None:
+            raise NotFound(f"no run with id {run_id!r}")
+        return run_dict(run)
+
+    async def list_runs(self, *, function_id: str | None = None, status: str | None = None,
+                        event_id: str | None = None, limit: int = 100
+                        ) -> list[dict[str, Any]]:
+        """Runs, newest first; `status` takes our names or Inngest's (`Running`...)."""
+        wanted = parse_status(status) if status else None
+        runs = await self.engine.runs(event_id=event_id or None,
+                                      function_id=function_id or None, status=wanted,
+                                      limit=limit)
+        return [run_dict(run, steps=False) for run in runs]
+
+    async def cancel_run(self, run_id: str) -> dict[str, Any]:
+        """Cancel one run. Cancelling a cancelled run is a no-op; a finished one is a conflict.
+
+        The run stops at its next step boundary (a step already executing completes), so the
+        returned status may still be `Running` for a moment.
+        """
+        run = await self.engine.get_run(run_id)
+        if run is None:
+            raise NotFound(f"no run with id {run_id!r}")
+        if run.status == "cancelled":
+            return run_dict(run)
+        if run.status in TERMINAL_STATUSES:
+            raise Conflict(f"run {run_id} has already ended ({run.status}); "
+                           "only queued or running runs can be cancelled")
+        if not await self.engine.cancel(run_id):
+            after = await self.engine.get_run(run_id)
+            if after is None or after.status != "cancelled":
+                state = after.status if after else "gone"
+                raise Conflict(f"run {run_id} ended ({state}) before it could be cancelled")
+        after = await self.engine.get_run(run_id)
+        assert after is not None
+        return run_dict(after)
+
+    async def bulk_cancel(self, body: object) -> dict[str, Any]:
+        """Inngest's `POST /v1/cancellations`: cancel the active runs of one function created
+        in a time window, optionally only those whose triggering event matches `if`.
+
+        Inngest records the cancellation and applies it asynchronously; stepwell applies it at
+        once and reports how many runs it cancelled in `cancelled`.
+        """
+        if not isinstance(body, dict):
+            raise InvalidInput("the body must be an object with app_id, function_id, "
+                               "started_before and optionally started_after and if")
+        app_id, fn_id = body.get("app_id"), body.get("function_id")
+        if not isinstance(app_id, str) or not app_id:
+            raise InvalidInput("'app_id' is required")
+        if not isinstance(fn_id, str) or not fn_id:
+            raise InvalidInput("'function_id' is required")
+        qualified = fn_id if fn_id.startswith(f"{app_id}/") else f"{app_id}/{fn_id}"
+        if qualified not in self.engine.functions:
+            raise NotFound(f"no function {qualified!r} is registered")
+        if body.get("started_before") is None:
+            raise InvalidInput("'started_before' is required")
+        before = parse_time(body["started_before"], "started_before")
+        raw_after = body.get("started_after")
+        after = parse_time(raw_after, "started_after") if raw_after is not None else None
+        if after is not None and after > before:
+            raise InvalidInput("'started_after' must be before 'started_before'")
+        condition = None
+        if body.get("if") is not None:
+            try:
+                condition = compile_expression(body["if"])
+            except ExpressionError as exc:
+                raise InvalidInput(f"invalid 'if' expression: {exc}") from exc
+        cancelled: list[str] = []
+        for status in ACTIVE_STATUSES:
+            for run in await self.engine.runs(function_id=qualified, status=status,
+                                              limit=BULK_CANCEL_SCAN):
+                if run.created_at > before or (after is not None and run.created_at < after):
+                    continue
+                if condition is not None:
+                    event = await self.engine.get_event(run.event_id) if run.event_id else None
+                    if event is None or not condition.matches(event.to_dict()):
+                        continue
+                if await self.engine.cancel(run.id):
+                    cancelled.append(run.id)
+        return {"function_id": qualified, "app_id": app_id, "started_after": iso(after),
+                "started_before": iso(before), "if": body.get("if"),
+                "cancelled": len(cancelled), "run_ids": cancelled}
+
+    # --- functions ---------------------------------------------------------------------------
+
+    def list_functions(self) -> list[dict[str, Any]]:
+        out = []
+        for qid, fn in sorted(self.engine.functions.items()):
+            spec = fn.spec
+            out.append({"id": qid, "slug": qid, "app_id": spec.app_id, "function_id": spec.id,
+                        "name": spec.name, "triggers": [trigger_dict(t) for t in spec.triggers],
+                        "retries": spec.retries, "failure_of": spec.failure_of})
+        return out
+
+    def health(self) -> dict[str, Any]:
+        return {"status": 200, "message": "OK", "functions": len(self.engine.functions)}
