@@ -25,13 +25,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # the sibling example modules
 
-import loops  # noqa: E402
-import parallel  # noqa: E402
-import shop  # noqa: E402
-import transfer  # noqa: E402
+import loops
+import parallel
+import shop
+import transfer
 
-import stepwell  # noqa: E402
-from stepwell.testing import VirtualClock  # noqa: E402
+import stepwell
+from stepwell.testing import VirtualClock
 
 DB_PATH = Path(".stepwell") / "demo.db"
 OVERALL_TIMEOUT_S = 20.0
@@ -55,13 +55,13 @@ def short(value: Any, width: int = 70) -> str:
 
 
 def offset(ms: int) -> str:
-    """+0s, +45s, +1h05m, +1d01h."""
-    seconds = max(ms, 0) // 1000
-    days, rest = divmod(seconds, 86_400)
-    hours, rest = divmod(rest, 3_600)
+    """+12ms, +45s, +1m05s, +1h05m, +25h00m."""
+    ms = max(ms, 0)
+    if ms < 1000:
+        return f"+{ms}ms"
+    seconds = ms // 1000
+    hours, rest = divmod(seconds, 3_600)
     minutes, secs = divmod(rest, 60)
-    if days:
-        return f"+{days}d{hours:02d}h"
     if hours:
         return f"+{hours}h{minutes:02d}m"
     if minutes:
@@ -69,15 +69,18 @@ def offset(ms: int) -> str:
     return f"+{secs}s"
 
 
-def step_result(step: stepwell.StepInfo) -> str:
+def step_result(step: stepwell.StepInfo, run: stepwell.Run, start: int) -> str:
     if step.error is not None:
         return f"error {step.error.get('name')}: {step.error.get('message')}"
     if step.kind == "sleep":
-        return "slept"
+        if run.ended_at is not None and (step.ended_at or 0) > run.ended_at:
+            return "interrupted: the run ended during the sleep"
+        return f"slept until {offset((step.ended_at or start) - start)}"
     if step.kind == "wait":
+        when = offset((step.ended_at or start) - start)
         if step.output is None:
-            return "timed out -> None"
-        return f"got {step.output.get('name')} {short(step.output.get('data'), 40)}"
+            return f"timed out at {when} -> None"
+        return f"{when}: got {step.output.get('name')} {short(step.output.get('data'), 40)}"
     return "-> " + short(step.output, 50)
 
 
@@ -93,15 +96,17 @@ async def describe(engine: stepwell.Engine, outcome: Outcome) -> bool:
         if event is not None:
             print(f"      event    {event.name} {short(event.data, 55)}")
     start = run.started_at or run.created_at
+    if run.steps:
+        print(f"      {'at':>8}  {'step':<20} {'kind':<5} {'tries':<8} result")
     for step in run.steps:
         attempts = f"x{step.attempts}"
-        if step.failures:
+        if step.failures and step.error is None:
             last = step.failures[-1].get("error") or {}
             attempts += f" ({len(step.failures)} failed: {last.get('message')})"
         print(f"      {offset(step.started_at - start):>8}  {step.id:<20} {step.kind:<5} "
-              f"{attempts:<8} {step_result(step)}")
+              f"{attempts:<8} {step_result(step, run, start)}")
     if run.status == "completed":
-        print(f"      output   {short(run.output)}")
+        print(f"      output   {short(run.output, 90)}")
     elif run.error is not None:
         print(f"      error    {run.error.get('name')}: {run.error.get('message')}")
     if run.ended_at is not None:
@@ -176,7 +181,9 @@ async def part_two(db_url: str) -> list[Outcome]:
     print("\nPART 2: the order example with its real durations (sleep 1h, wait up to 24h for")
     print("the payment) on a VirtualClock: the engine is the same, only time is simulated,")
     print("so a day of waiting takes milliseconds.\n")
-    clock = VirtualClock()
+    # The simulated day is placed in the 26 hours before now, so every timestamp this part
+    # stores in demo.db is in the past, consistent with part 1 for whoever inspects the file.
+    clock = VirtualClock(start=int(time.time() * 1000) - 26 * 3_600_000)
     transfer.bank.outages = 2
     t0 = clock.now()
 
@@ -204,7 +211,7 @@ async def part_two(db_url: str) -> list[Outcome]:
         await engine.idle()
         say("payments arrive for A-9999 (matches no order) and A-1001 (resumes its run)")
         await clock.advance("24h")
-        say("24h later: A-1002 was never paid -> its wait timed out and cancel-order ran")
+        say("A-1002 was never paid: its 24h wait timed out (at +25h) and cancel-order ran")
         print()
         plan = [(paid, "process-order", "completed", "order A-1001: paid after the sleep"),
                 (unpaid, "process-order", "completed",

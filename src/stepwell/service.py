@@ -23,7 +23,9 @@ from stepwell.core.models import (
     RunStatus,
     StepInfo,
 )
+from stepwell.runtime.engine import DEFAULT_DB as DEFAULT_DB  # re-exported for transports
 from stepwell.runtime.engine import Engine
+from stepwell.sdk.app import App
 
 # Inngest's run statuses, plus the two stepwell has that Inngest folds into others.
 STATUS_NAMES: Final[dict[RunStatus, str]] = {
@@ -166,6 +168,13 @@ class Service:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+
+    @classmethod
+    def for_apps(cls, apps: list[App], *, db: str = DEFAULT_DB, **engine_options: Any
+                 ) -> Service:
+        """A service over a new (not yet started) engine, so that transports never need to
+        import the runtime themselves. Raises `ConfigError` for invalid function options."""
+        return cls(Engine(*apps, db=db, **engine_options))
 
     async def start(self) -> None:
         """Start the engine (idempotent), for servers that own its lifecycle."""

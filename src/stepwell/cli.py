@@ -1,0 +1,385 @@
+"""The `stepwell` command line: a thin shell over the service layer and the HTTP API.
+
+`stepwell dev` runs an engine and the HTTP server in one process; every other command is an
+HTTP client of that server, so it works the same against a local dev server or a remote one and
+never opens the database itself (two writers on one SQLite file from a CLI would be a footgun).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any, TypeVar
+
+import click
+import httpx
+import uvicorn
+
+from stepwell.core.config import ConfigError
+from stepwell.sdk.app import App
+from stepwell.server.app import create_app
+from stepwell.service import DEFAULT_DB, Service
+
+DEFAULT_URL = "http://127.0.0.1:8288"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@click.group()
+def main() -> None:
+    """stepwell: durable functions for Python, in the Inngest model."""
+
+
+# --- loading user code -----------------------------------------------------------------------
+
+
+def split_target(target: str) -> tuple[str, str | None]:
+    """`path/to/file.py:attr` or `package.module:attr`; the attribute part is optional."""
+    head, sep, attr = target.rpartition(":")
+    if sep and head and attr.isidentifier():
+        return head, attr
+    return target, None
+
+
+def import_target(where: str) -> ModuleType:
+    """Import a Python file (its directory goes on `sys.path`, so its own imports work) or a
+    module name (resolved from the current directory, as `python -m` would)."""
+    path = Path(where)
+    if where.endswith(".py") or path.is_file():
+        if not path.is_file():
+            raise click.ClickException(f"no such file: {where}")
+        path = path.resolve()
+        sys.path.insert(0, str(path.parent))
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        if spec is None or spec.loader is None:
+            raise click.ClickException(f"cannot import {where}: not a Python file")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = module
+        _run_user_code(where, lambda: spec.loader.exec_module(module))  # type: ignore[union-attr]
+        return module
+    sys.path.insert(0, os.getcwd())
+    try:
+        found = importlib.util.find_spec(where)
+    except (ImportError, ValueError):
+        found = None
+    if found is None:
+        raise click.ClickException(f"{where!r} is neither a Python file nor an importable module")
+    loaded: list[ModuleType] = []
+    _run_user_code(where, lambda: loaded.append(importlib.import_module(where)))
+    return loaded[0]
+
+
+def _run_user_code(where: str, load: Callable[[], object]) -> None:
+    """Import-time errors in the user's code keep their traceback (it is the user's bug);
+    stepwell configuration errors are already written for people, so they are shown alone."""
+    try:
+        load()
+    except ConfigError as exc:
+        raise click.ClickException(f"{where}: {exc}") from exc
+    except Exception as exc:
+        raise click.ClickException(f"cannot import {where}:\n{traceback.format_exc()}") from exc
+
+
+def load_apps(target: str) -> list[App]:
+    """The `stepwell.App` objects named by `target` (see `stepwell dev --help`)."""
+    where, attr = split_target(target)
+    module = import_target(where)
+    if attr is not None:
+        if not hasattr(module, attr):
+            raise click.ClickException(f"{where} has no attribute {attr!r}")
+        value = getattr(module, attr)
+        values = list(value) if isinstance(value, list | tuple) else [value]
+        if not values or not all(isinstance(v, App) for v in values):
+            raise click.ClickException(
+                f"{where}:{attr} must be a stepwell.App or a list of them, "
+                f"got {type(value).__name__}")
+        return values
+    apps: list[App] = []
+    for value in vars(module).values():
+        if isinstance(value, App) and all(value is not a for a in apps):
+            apps.append(value)
+    if not apps:
+        raise click.ClickException(f"no stepwell.App found in {where}; name one with "
+                                   f"{where}:<attribute>")
+    return apps
+
+
+# --- stepwell dev ----------------------------------------------------------------------------
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Bind before starting anything, so a busy port fails fast with a clear message."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+                                   ) from exc
+
+
+def banner(url: str, db: str, apps: Sequence[App]) -> str:
+    lines = [f"stepwell dev server running at {url}  (db: {db})", "functions:"]
+    example = None
+    for app in apps:
+        for fn in app.functions.values():
+            triggers = ", ".join(
+                getattr(t, "name", None) or f"cron {getattr(t, 'source', '?')}"
+                for t in fn.spec.triggers)
+            lines.append(f"  {fn.qualified_id:<40} <- {triggers}")
+            example = example or next((getattr(t, "name", None) for t in fn.spec.triggers
+                                       if "*" not in getattr(t, "name", "*")), None)
+    if len(lines) == 2:
+        lines.append("  (none)")
+    if example:
+        lines.append(f"send an event:  stepwell send {example} --data '{{}}'")
+    lines.append("press Ctrl+C to stop")
+    return "\n".join(lines)
+
+
+async def serve(service: Service, sock: socket.socket, apps: Sequence[App], db: str) -> None:
+    """Engine, then server; on SIGINT/SIGTERM the server drains and the engine stops cleanly."""
+    config = uvicorn.Config(create_app(service), lifespan="off", log_level="warning",
+                            access_log=False, timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    loop = asyncio.get_running_loop()
+
+    def request_exit() -> None:
+        server.should_exit = True
+
+    # uvicorn swaps in its own handlers while serving and re-raises caught signals when it
+    # returns; ours only set a flag, so that re-raise cannot interrupt the engine's shutdown.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, request_exit)
+    await service.start()
+    try:
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        click.echo(banner(f"http://{shown}:{port}", db, apps))
+        await server.serve(sockets=[sock])
+    finally:
+        await service.stop()
+        click.echo("stepwell stopped")
+
+
+@main.command()
+@click.argument("target", metavar="PATH_OR_MODULE[:ATTR]")
+@click.option("--db", default=DEFAULT_DB, show_default=True, help="Database URL.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8288, show_default=True, type=click.IntRange(0, 65535))
+def dev(target: str, db: str, host: str, port: int) -> None:
+    """Run the engine and HTTP server for the apps in a file or module.
+
+    Without ATTR every stepwell.App defined at the top level is served; ATTR may name one App
+    or a list of Apps.
+    """
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    apps = load_apps(target)
+    try:
+        service = Service.for_apps(apps, db=db)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    sock = listen(host, port)
+    try:
+        asyncio.run(serve(service, sock, apps, db))
+    finally:
+        sock.close()
+
+
+# --- HTTP client commands --------------------------------------------------------------------
+
+
+def url_option(fn: F) -> F:
+    return click.option("--url", envvar="STEPWELL_URL", default=DEFAULT_URL, show_default=True,
+                        help="The stepwell server (env STEPWELL_URL).")(fn)
+
+
+def json_option(fn: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(fn)
+
+
+def call(method: str, base: str, path: str, *, body: Any = None,
+         params: dict[str, Any] | None = None) -> Any:
+    """One request; unreachable servers and error replies become one-line CLI errors."""
+    base = base.rstrip("/")
+    query = {k: v for k, v in (params or {}).items() if v is not None}
+    try:
+        reply = httpx.request(method, base + path, json=body, params=query, timeout=30)
+    except httpx.TransportError as exc:
+        raise click.ClickException(
+            f"cannot reach stepwell at {base}: is `stepwell dev` running?") from exc
+    try:
+        payload = reply.json()
+    except ValueError:
+        payload = None
+    if reply.is_error:
+        detail = payload.get("error") if isinstance(payload, dict) else None
+        raise click.ClickException(f"{detail or reply.text or reply.reason_phrase} "
+                                   f"(HTTP {reply.status_code})")
+    return payload
+
+
+def parse_data(ctx: click.Context, param: click.Parameter, value: str) -> dict[str, Any]:
+    try:
+        data = json.loads(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"not valid JSON ({exc}): {value}") from exc
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"must be a JSON object such as '{{\"id\": 1}}', "
+                                 f"got {type(data).__name__}")
+    return data
+
+
+@main.command()
+@click.argument("name")
+@click.option("--data", default="{}", callback=parse_data, metavar="JSON",
+              help="The event's data, a JSON object.")
+@click.option("--id", "event_id", default=None, help="Event id (for de-duplication).")
+@url_option
+@json_option
+def send(name: str, data: dict[str, Any], event_id: str | None, url: str,
+         as_json: bool) -> None:
+    """Send an event; prints its id."""
+    event: dict[str, Any] = {"name": name, "data": data}
+    if event_id:
+        event["id"] = event_id
+    reply = call("POST", url, "/e/dev", body=event)
+    click.echo(json.dumps(reply) if as_json else reply["ids"][0])
+
+
+@main.group()
+def runs() -> None:
+    """List, show and cancel runs."""
+
+
+def short_time(value: str | None) -> str:
+    return value.replace("T", " ").removesuffix("Z")[:19] if value else "-"
+
+
+def duration(start: str | None, end: str | None) -> str:
+    if not start or not end:
+        return "-"
+    delta = (datetime.datetime.fromisoformat(end.replace("Z", "+00:00"))
+             - datetime.datetime.fromisoformat(start.replace("Z", "+00:00")))
+    ms = int(delta.total_seconds() * 1000)
+    if ms < 1000:
+        return f"{ms}ms"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """Plain aligned columns (no dependency on a rich-text library)."""
+    body = [list(headers), *[list(r) for r in rows]]
+    widths = [max(len(row[i]) for row in body) for i in range(len(headers))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+                     .rstrip() for row in body)
+
+
+def compact(value: Any, width: int = 60) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+@runs.command("list")
+@click.option("--function", "function_id", default=None, help="Function id (fn or app/fn).")
+@click.option("--status", default=None, help="queued, running, completed, failed, cancelled, "
+                                             "skipped.")
+@click.option("--event", "event_id", default=None, help="Runs started by this event id.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
+@url_option
+@json_option
+def runs_list(function_id: str | None, status: str | None, event_id: str | None, limit: int,
+              url: str, as_json: bool) -> None:
+    """Runs, newest first."""
+    reply = call("GET", url, "/v1/runs", params={"function_id": function_id, "status": status,
+                                                 "event_id": event_id, "limit": limit})
+    found = reply["data"]
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    if not found:
+        click.echo("no runs")
+        return
+    click.echo(table(
+        ["RUN ID", "FUNCTION", "STATUS", "STARTED", "DURATION", "EVENT"],
+        [[r["run_id"], r["function_id"], r["status"], short_time(r["run_started_at"]),
+          duration(r["run_started_at"], r["ended_at"]), r["event_id"] or "-"] for r in found]))
+
+
+def show_run(run: dict[str, Any]) -> str:
+    fields = [("run", run["run_id"]), ("function", run["function_id"]),
+              ("status", run["status"]), ("event", run["event_id"] or "-"),
+              ("queued", short_time(run["run_started_at"])),
+              ("started", short_time(run.get("started_at"))),
+              ("ended", short_time(run["ended_at"])),
+              ("duration", duration(run["run_started_at"], run["ended_at"]))]
+    if run.get("parent_run_id"):
+        fields.append(("parent", run["parent_run_id"]))
+    if run["status"] == "Completed":
+        fields.append(("output", json.dumps(run["output"], default=str)))
+    error = run.get("error")
+    if error:
+        fields.append(("error", f"{error.get('name', 'Error')}: {error.get('message', '')}"))
+    lines = [f"{key:<9} {value}" for key, value in fields]
+    lines += [f"warning   {w}" for w in run.get("warnings", [])]
+    steps = run.get("steps") or []
+    lines.append("")
+    if not steps:
+        lines.append("no steps")
+    else:
+        lines.append(table(
+            ["STEP", "KIND", "STATUS", "ATTEMPTS", "DURATION", "OUTPUT / ERROR"],
+            [[s["id"], s["kind"], s["status"], str(s["attempts"]),
+              duration(s["started_at"], s["ended_at"]),
+              compact(s["output"]) if not s.get("error") else
+              f"{s['error'].get('name', 'Error')}: {s['error'].get('message', '')}"]
+             for s in steps]))
+    return "\n".join(lines)
+
+
+@runs.command("show")
+@click.argument("run_id")
+@url_option
+@json_option
+def runs_show(run_id: str, url: str, as_json: bool) -> None:
+    """A run: status, output or error, and its step timeline."""
+    run = call("GET", url, f"/v1/runs/{run_id}")["data"]
+    click.echo(json.dumps(run, indent=2) if as_json else show_run(run))
+
+
+@runs.command("cancel")
+@click.argument("run_id")
+@url_option
+@json_option
+def runs_cancel(run_id: str, url: str, as_json: bool) -> None:
+    """Cancel a queued or running run (it stops at its next step boundary)."""
+    run = call("POST", url, f"/v1/runs/{run_id}/cancel")["data"]
+    if as_json:
+        click.echo(json.dumps(run, indent=2))
+    elif run["status"] == "Cancelled":
+        click.echo(f"cancelled run {run_id}")
+    else:
+        click.echo(f"cancellation requested: run {run_id} is {run['status']} and stops at its "
+                   "next step")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""The ASGI app: Inngest's event API and REST API v1, plus stepwell's own routes.
+
+Handlers are thin: they decode the request, call the service layer, and wrap its JSON-ready
+result in Inngest's envelope (`{"data": ..., "metadata": ...}` for v1 routes). Every failure,
+including unknown routes, oversize bodies and bugs, answers `{"error": "...", "status": N}` so
+SDKs and scripts always get JSON they can show to a person.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from stepwell.server.openapi import openapi_document
+from stepwell.service import InvalidInput, Service, ServiceError, iso, parse_limit
+
+log = logging.getLogger("stepwell.server")
+
+# Inngest's event API accepts request bodies up to 3 MiB; so do we, and say so when refused.
+MAX_BODY_BYTES: Final = 3 * 1024 * 1024
+DEFAULT_EVENT_LIMIT: Final = 20       # Inngest's default page size for GET /v1/events
+DEFAULT_RUN_LIMIT: Final = 100
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class PayloadTooLarge(ServiceError):
+    status = 413
+
+
+class Unauthorized(ServiceError):
+    status = 401
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status}, status_code=status)
+
+
+def envelope(data: Any) -> JSONResponse:
+    """Inngest's v1 envelope. Nothing is cached, so `cached_until` is the fetch time."""
+    now = iso(int(time.time() * 1000))
+    return JSONResponse({"data": data, "metadata": {"fetched_at": now, "cached_until": now}})
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+async def read_json(request: Request) -> Any:
+    """The request body as JSON, refusing bodies over `MAX_BODY_BYTES` before reading them all
+    (the declared length is checked first; a body without one is counted as it streams in)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"the request body is {int(declared)} bytes; at most "
+                              f"{MAX_BODY_BYTES} bytes (3 MiB) are accepted")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise PayloadTooLarge(f"the request body is over {MAX_BODY_BYTES} bytes (3 MiB), "
+                                  "the most that is accepted")
+    if not body.strip():
+        raise InvalidInput("the request body is empty; send JSON")
+    try:
+        return json.loads(bytes(body), parse_constant=_reject_constant)
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"the request body is not UTF-8 text: {exc}") from exc
+    except ValueError as exc:
+        raise InvalidInput(f"the request body is not valid JSON: {exc}") from exc
+
+
+def _query(request: Request, name: str) -> str | None:
+    value = request.query_params.get(name)
+    return value if value else None
+
+
+def create_app(service: Service, *, event_keys: Collection[str] | None = None,
+               manage_engine: bool = False) -> Starlette:
+    """The server's ASGI app over `service`.
+
+    `event_keys=None` is dev mode: any key in `POST /e/{key}` is accepted, as the Inngest dev
+    server does. With `manage_engine=True` the app starts the engine on ASGI startup and stops it
+    on shutdown, for running it under a plain ASGI server (`stepwell dev` manages it itself).
+    """
+    keys = None if event_keys is None else frozenset(event_keys)
+
+    async def send_events(request: Request) -> Response:
+        key = request.path_params["key"]
+        if keys is not None and key not in keys:
+            raise Unauthorized("event key not found: send events to /e/<your event key>")
+        ids = await service.send_events(await read_json(request))
+        return JSONResponse({"ids": ids, "status": 200})
+
+    async def get_run(request: Request) -> Response:
+        return envelope(await service.get_run(request.path_params["run_id"]))
+
+    async def cancel_run(request: Request) -> Response:
+        return envelope(await service.cancel_run(request.path_params["run_id"]))
+
+    async def list_runs(request: Request) -> Response:
+        limit = parse_limit(request.query_params.get("limit"), DEFAULT_RUN_LIMIT)
+        runs = await service.list_runs(function_id=_query(request, "function_id"),
+                                       status=_query(request, "status"),
+                                       event_id=_query(request, "event_id"), limit=limit)
+        return envelope(runs)
+
+    async def list_events(request: Request) -> Response:
+        limit = parse_limit(request.query_params.get("limit"), DEFAULT_EVENT_LIMIT)
+        return envelope(await service.list_events(_query(request, "name"), limit))
+
+    async def get_event(request: Request) -> Response:
+        return envelope(await service.get_event(request.path_params["event_id"]))
+
+    async def event_runs(request: Request) -> Response:
+        return envelope(await service.event_runs(request.path_params["event_id"]))
+
+    async def bulk_cancel(request: Request) -> Response:
+        return envelope(await service.bulk_cancel(await read_json(request)))
+
+    async def functions(request: Request) -> Response:
+        return envelope(service.list_functions())
+
+    async def health(request: Request) -> Response:
+        return JSONResponse(service.health())
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(openapi_document())
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/e/{key}", send_events, methods=["POST"]),
+        Route("/v1/events", list_events, methods=["GET"]),
+        Route("/v1/events/{event_id}", get_event, methods=["GET"]),
+        Route("/v1/events/{event_id}/runs", event_runs, methods=["GET"]),
+        Route("/v1/runs", list_runs, methods=["GET"]),
+        Route("/v1/runs/{run_id}", get_run, methods=["GET"]),
+        Route("/v1/runs/{run_id}", cancel_run, methods=["DELETE"]),  # Inngest's cancel
+        Route("/v1/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
+        Route("/v1/cancellations", bulk_cancel, methods=["POST"]),
+        Route("/v1/functions", functions, methods=["GET"]),
+    ]
+
+    async def on_service_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ServiceError)
+        return error_response(exc.status, exc.message)
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        message = exc.detail
+        if exc.status_code == 404:
+            message = f"no route {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"method {request.method} is not allowed on {request.url.path}"
+        return error_response(exc.status_code, message)
+
+    async def on_crash(request: Request, exc: Exception) -> Response:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if manage_engine:
+            await service.start()
+        try:
+            yield
+        finally:
+            if manage_engine:
+                await service.stop()
+
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={
+        ServiceError: on_service_error, HTTPException: on_http_error, Exception: on_crash})

@@ -1,0 +1,103 @@
+"""The OpenAPI document served at `/openapi.json`.
+
+API.md promises that stepwell's additions to Inngest's API are described by a document the server
+publishes; it is written by hand (not generated) because the routes are few and their shapes are
+Inngest's, which no schema library would infer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _ok(description: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"$ref": "#/components/schemas/Envelope"}
+    if data is not None:
+        schema = {"allOf": [schema, {"properties": {"data": data}}]}
+    return {"200": {"description": description,
+                    "content": {"application/json": {"schema": schema}}},
+            "default": {"$ref": "#/components/responses/Error"}}
+
+
+def _param(name: str, where: str = "query", required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": where, "required": required or where == "path",
+            "schema": {"type": "string"}}
+
+
+_RUN = {"$ref": "#/components/schemas/Run"}
+_RUNS = {"type": "array", "items": _RUN}
+
+
+def openapi_document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "stepwell", "version": "1",
+                 "description": "Inngest's event API and REST API v1, plus stepwell additions "
+                                "(marked x-stepwell)."},
+        "paths": {
+            "/e/{key}": {"post": {
+                "summary": "Send one event or an array of events (Inngest event API)",
+                "parameters": [_param("key", "path")],
+                "requestBody": {"content": {"application/json": {"schema": {"oneOf": [
+                    {"$ref": "#/components/schemas/EventIn"},
+                    {"type": "array", "items": {"$ref": "#/components/schemas/EventIn"}}]}}}},
+                "responses": {"200": {"description": '{"ids": [...], "status": 200}'},
+                              "default": {"$ref": "#/components/responses/Error"}}}},
+            "/v1/events": {"get": {"summary": "Events, newest first",
+                                   "parameters": [_param("name"), _param("limit")],
+                                   "responses": _ok("events")}},
+            "/v1/events/{event_id}": {"get": {"summary": "One event",
+                                              "parameters": [_param("event_id", "path")],
+                                              "responses": _ok("the event")}},
+            "/v1/events/{event_id}/runs": {"get": {
+                "summary": "The runs an event started", "parameters": [_param("event_id", "path")],
+                "responses": _ok("runs", _RUNS)}},
+            "/v1/runs": {"get": {
+                "summary": "Runs, newest first", "x-stepwell": True,
+                "parameters": [_param("function_id"), _param("status"), _param("event_id"),
+                               _param("limit")],
+                "responses": _ok("runs", _RUNS)}},
+            "/v1/runs/{run_id}": {
+                "get": {"summary": "One run with its step timeline",
+                        "parameters": [_param("run_id", "path")], "responses": _ok("run", _RUN)},
+                "delete": {"summary": "Cancel a run", "parameters": [_param("run_id", "path")],
+                           "responses": _ok("the run after cancelling", _RUN)}},
+            "/v1/runs/{run_id}/cancel": {"post": {
+                "summary": "Cancel a run", "x-stepwell": True,
+                "parameters": [_param("run_id", "path")],
+                "responses": _ok("the run after cancelling", _RUN)}},
+            "/v1/cancellations": {"post": {
+                "summary": "Cancel the active runs of a function created in a time window",
+                "requestBody": {"content": {"application/json": {"schema": {
+                    "type": "object", "required": ["app_id", "function_id", "started_before"],
+                    "properties": {k: {"type": "string"} for k in (
+                        "app_id", "function_id", "started_after", "started_before", "if")}}}}},
+                "responses": _ok("what was cancelled")}},
+            "/v1/functions": {"get": {"summary": "Registered functions", "x-stepwell": True,
+                                      "responses": _ok("functions")}},
+            "/health": {"get": {"summary": "Liveness", "x-stepwell": True,
+                                "responses": {"200": {"description": "OK"}}}},
+        },
+        "components": {
+            "schemas": {
+                "Envelope": {"type": "object", "properties": {
+                    "data": {}, "metadata": {"type": "object", "properties": {
+                        "fetched_at": {"type": "string"}, "cached_until": {"type": "string"}}}}},
+                "EventIn": {"type": "object", "required": ["name"], "properties": {
+                    "name": {"type": "string"}, "data": {"type": "object"},
+                    "id": {"type": "string"}, "ts": {"type": "integer"},
+                    "user": {"type": "object"}, "v": {"type": "string"}}},
+                "Run": {"type": "object", "properties": {
+                    "run_id": {"type": "string"}, "run_started_at": {"type": "string"},
+                    "ended_at": {"type": ["string", "null"]},
+                    "status": {"enum": ["Queued", "Running", "Completed", "Failed",
+                                        "Cancelled", "Skipped"]},
+                    "output": {}, "event_id": {"type": ["string", "null"]},
+                    "function_id": {"type": "string"}, "error": {}, "steps": {"type": "array"},
+                    "warnings": {"type": "array", "items": {"type": "string"}}}},
+            },
+            "responses": {"Error": {"description": "an error", "content": {"application/json": {
+                "schema": {"type": "object", "properties": {
+                    "error": {"type": "string"}, "status": {"type": "integer"}}}}}}},
+        },
+    }
