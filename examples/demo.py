@@ -72,9 +72,9 @@ def offset(ms: int) -> str:
 def step_result(step: stepwell.StepInfo, run: stepwell.Run, start: int) -> str:
     if step.error is not None:
         return f"error {step.error.get('name')}: {step.error.get('message')}"
+    if step.status == "interrupted":
+        return f"interrupted: the run ended during this {step.kind}"
     if step.kind == "sleep":
-        if run.ended_at is not None and (step.ended_at or 0) > run.ended_at:
-            return "interrupted: the run ended during the sleep"
         return f"slept until {offset((step.ended_at or start) - start)}"
     if step.kind == "wait":
         when = offset((step.ended_at or start) - start)
@@ -110,7 +110,7 @@ async def describe(engine: stepwell.Engine, outcome: Outcome) -> bool:
     elif run.error is not None:
         print(f"      error    {run.error.get('name')}: {run.error.get('message')}")
     if run.ended_at is not None:
-        print(f"      took     {offset(run.ended_at - start)}")
+        print(f"      took     {offset(run.ended_at - start)[1:]}")
     return ok
 
 

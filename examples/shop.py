@@ -61,6 +61,8 @@ db = ShopDB()
     id="process-order",
     trigger="shop/order.created",
     # Cancel this order's run as soon as the order is cancelled (matching on data.orderId).
+    # (API.md's version of this function also sets rate_limit and throttle: left out until the
+    # engine enforces flow control; see examples/README.md.)
     cancel_on=[Cancel(event="shop/order.cancelled", match="data.orderId")],
 )
 async def process_order(ctx: stepwell.Context, step: stepwell.Step) -> dict[str, Any]:

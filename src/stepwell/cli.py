@@ -324,6 +324,16 @@ def runs_list(function_id: str | None, status: str | None, event_id: str | None,
           duration(r["run_started_at"], r["ended_at"]), r["event_id"] or "-"] for r in found]))
 
 
+def error_line(error: dict[str, Any]) -> str:
+    return f"{error.get('name', 'Error')}: {error.get('message', '')}"
+
+
+def step_detail(step: dict[str, Any]) -> str:
+    if step.get("error"):
+        return error_line(step["error"])
+    return "-" if step["output"] is None else compact(step["output"])
+
+
 def show_run(run: dict[str, Any]) -> str:
     fields = [("run", run["run_id"]), ("function", run["function_id"]),
               ("status", run["status"]), ("event", run["event_id"] or "-"),
@@ -337,7 +347,7 @@ def show_run(run: dict[str, Any]) -> str:
         fields.append(("output", json.dumps(run["output"], default=str)))
     error = run.get("error")
     if error:
-        fields.append(("error", f"{error.get('name', 'Error')}: {error.get('message', '')}"))
+        fields.append(("error", error_line(error)))
     lines = [f"{key:<9} {value}" for key, value in fields]
     lines += [f"warning   {w}" for w in run.get("warnings", [])]
     steps = run.get("steps") or []
@@ -348,10 +358,7 @@ def show_run(run: dict[str, Any]) -> str:
         lines.append(table(
             ["STEP", "KIND", "STATUS", "ATTEMPTS", "DURATION", "OUTPUT / ERROR"],
             [[s["id"], s["kind"], s["status"], str(s["attempts"]),
-              duration(s["started_at"], s["ended_at"]),
-              compact(s["output"]) if not s.get("error") else
-              f"{s['error'].get('name', 'Error')}: {s['error'].get('message', '')}"]
-             for s in steps]))
+              duration(s["started_at"], s["ended_at"]), step_detail(s)] for s in steps]))
     return "\n".join(lines)
 
 

@@ -270,3 +270,49 @@ async def test_logger_is_quiet_on_replay(make_engine: Any, clock: VirtualClock,
         await engine.wait(run.id)
     messages = [r.getMessage() for r in caplog.records if r.name == "stepwell.run"]
     assert messages == ["start", "after a", "after nap"]
+
+
+async def test_resolved_wait_resumes_without_waiting_for_a_poll(make_engine: Any,
+                                                                clock: VirtualClock) -> None:
+    """With polling effectively off, the run can only finish if the event wakes it directly."""
+    app = stepwell.App("t")
+
+    @app.function(id="w", trigger="t/start")
+    async def w(ctx: stepwell.Context, step: stepwell.Step) -> bool:
+        return (await step.wait_for_event("wait", event="t/go", timeout="1h")) is not None
+
+    async with make_engine(app, poll_seconds=3600) as engine:
+        run = await only_run(engine, await engine.send("t/start", {}))
+        await clock.advance("1m")
+        await engine.send("t/go", {})
+        run = await engine.wait(run.id, timeout=10)
+    assert run.output is True
+
+
+async def test_cancelled_run_shows_interrupted_steps(make_engine: Any,
+                                                     clock: VirtualClock) -> None:
+    app = stepwell.App("t")
+
+    @app.function(id="s", trigger="t/s")
+    async def s(ctx: stepwell.Context, step: stepwell.Step) -> None:
+        await step.sleep("nap", "1h")
+
+    @app.function(id="p", trigger="t/p")
+    async def p(ctx: stepwell.Context, step: stepwell.Step) -> None:
+        await step.wait_for_event("pay", event="t/pay", timeout="1h")
+
+    async with make_engine(app) as engine:
+        sleeper = await only_run(engine, await engine.send("t/s", {}))
+        waiter = await only_run(engine, await engine.send("t/p", {}))
+        await clock.advance("10m")
+        current = await engine.get_run(sleeper.id)
+        assert current is not None and [st.status for st in current.steps] == ["sleeping"]
+        await engine.cancel(sleeper.id)
+        await engine.cancel(waiter.id)
+        await clock.advance("2h")
+        sleeper = await engine.wait(sleeper.id)
+        waiter = await engine.wait(waiter.id)
+    for run in (sleeper, waiter):
+        [st] = run.steps
+        assert st.status == "interrupted"
+        assert st.ended_at == run.ended_at

@@ -198,6 +198,8 @@ class Engine:
             self._spawn_session(self._run_dispatch(dispatch))
         if effects.emitted:
             self._spawn_background(self._ingest_stored(effects.emitted))
+        if effects.wake:
+            self._wake.set()
         for run_id in effects.finished_runs:
             waiter = self._finished.get(run_id)
             if waiter is not None:

@@ -55,6 +55,7 @@ class Effects:
     emitted: list[Event] = field(default_factory=list)     # stored unprocessed: ingest next
     finished_runs: list[str] = field(default_factory=list)
     event_ids: list[str] = field(default_factory=list)
+    wake: bool = False          # ready work was queued for any worker: poll now
 
 
 @dataclass(slots=True)
@@ -81,8 +82,11 @@ def enqueue_exec(tx: Tx, run_id: str, due_at: int, place: Placement, effects: Ef
                         lease_until=place.lease_until if owner else None)
     if leased is not None:
         effects.dispatch.append(Dispatch(leased, run_id))
-    elif owner is not None:
+        return
+    if owner is not None:
         place.capacity += 1
+    if due_at <= place.now:
+        effects.wake = True
 
 
 # --- events ----------------------------------------------------------------------------------

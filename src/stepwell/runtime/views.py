@@ -2,31 +2,37 @@
 
 from __future__ import annotations
 
-from stepwell.core.models import Run, StepInfo
+from stepwell.core.models import TERMINAL_STATUSES, Memo, Run, StepInfo
 from stepwell.store.base import RunState
 
 FUNCTION_KEY = "__function__"
 
 
-def _status(kind: str, pending: bool, failed: bool, due_at: int | None, now: int) -> str:
-    if failed:
-        return "failed"
-    if pending:
-        return "waiting" if kind == "wait" else "invoking"
-    if kind == "sleep" and due_at is not None and due_at > now:
-        return "sleeping"
-    return "completed"
+def _status(memo: Memo, run_ended_at: int | None, now: int) -> tuple[str, int | None]:
+    """A step's status and end time. A run that ended while a step was still sleeping, waiting
+    or invoking (it was cancelled) shows that step as interrupted at the run's end."""
+    if memo.error is not None:
+        return "failed", memo.ended_at
+    unfinished = memo.pending or (memo.kind == "sleep" and memo.due_at is not None and (
+        memo.due_at > (run_ended_at if run_ended_at is not None else now)))
+    if not unfinished:
+        return "completed", memo.ended_at
+    if run_ended_at is not None:
+        return "interrupted", run_ended_at
+    if memo.kind == "sleep":
+        return "sleeping", None
+    return ("waiting" if memo.kind == "wait" else "invoking"), None
 
 
 def run_view(state: RunState, *, now: int) -> Run:
     row = state.run
     steps: list[StepInfo] = []
+    ended_at = row.ended_at if row.status in TERMINAL_STATUSES else None
     for memo in sorted(state.memos.values(), key=lambda m: (m.seq, m.started_at)):
+        status, step_end = _status(memo, ended_at, now)
         steps.append(StepInfo(
-            id=memo.step_id, kind=memo.kind,
-            status=_status(memo.kind, memo.pending, memo.error is not None, memo.due_at, now),
-            attempts=memo.attempts, output=memo.data, error=memo.error,
-            started_at=memo.started_at, ended_at=None if memo.pending else memo.ended_at,
+            id=memo.step_id, kind=memo.kind, status=status, attempts=memo.attempts,
+            output=memo.data, error=memo.error, started_at=memo.started_at, ended_at=step_end,
             failures=state.failures.get(memo.hash, [])))
     for step_hash, failures in state.failures.items():
         if step_hash in state.memos:

@@ -9,7 +9,6 @@ SDKs and scripts always get JSON they can show to a person.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
@@ -23,8 +22,6 @@ from starlette.routing import Route
 
 from stepwell.server.openapi import openapi_document
 from stepwell.service import InvalidInput, Service, ServiceError, iso, parse_limit
-
-log = logging.getLogger("stepwell.server")
 
 # Inngest's event API accepts request bodies up to 3 MiB; so do we, and say so when refused.
 MAX_BODY_BYTES: Final = 3 * 1024 * 1024
@@ -72,9 +69,11 @@ async def read_json(request: Request) -> Any:
     if not body.strip():
         raise InvalidInput("the request body is empty; send JSON")
     try:
-        return json.loads(bytes(body), parse_constant=_reject_constant)
+        text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"the request body is not UTF-8 text: {exc}") from exc
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
     except ValueError as exc:
         raise InvalidInput(f"the request body is not valid JSON: {exc}") from exc
 
@@ -165,7 +164,7 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
         return error_response(exc.status_code, message)
 
     async def on_crash(request: Request, exc: Exception) -> Response:
-        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        # Starlette re-raises after this reply, so the ASGI server logs the traceback once.
         return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
 
     @asynccontextmanager

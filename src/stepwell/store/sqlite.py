@@ -410,7 +410,10 @@ class SqliteTx:
             "INSERT INTO queue (unique_key, kind, run_id, due_at, payload, owner, lease_until) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (unique_key) DO UPDATE SET "
             "due_at = min(queue.due_at, excluded.due_at), "
-            "rerun = CASE WHEN queue.owner IS NULL THEN queue.rerun ELSE 1 END "
+            "rerun = CASE WHEN queue.owner IS NULL THEN queue.rerun ELSE 1 END, "
+            "lease_until = CASE WHEN queue.owner IS NULL THEN excluded.lease_until "
+            "ELSE queue.lease_until END, "
+            "owner = coalesce(queue.owner, excluded.owner) "
             "RETURNING id, owner",
             (unique_key, kind, run_id, due_at, None if payload is None else dumps(payload),
              owner, lease_until)).fetchone()
