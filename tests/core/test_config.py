@@ -1,4 +1,4 @@
-"""Definition-time validation: every bad option fails with the function, option and what's allowed."""
+"""Definition-time validation: bad options fail naming the function, option and what is allowed."""
 
 from __future__ import annotations
 

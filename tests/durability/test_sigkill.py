@@ -35,7 +35,7 @@ from typing import Any
 WORKER = Path(__file__).with_name("worker_app.py")
 SEED = int(os.environ.get("STEPWELL_SIGKILL_SEED", "4242"))
 SEND_COUNT = 200
-TARGET_KILLS = 20            # kills of a started engine (after its "ready" line)
+TARGET_KILLS = 30            # kills of a started engine (after its "ready" line)
 MIN_KILLS = 15
 EARLY_KILL_RATE = 0.15       # some incarnations are killed during start-up instead
 KILL_DELAY_S = (0.02, 0.3)   # after "ready"

@@ -43,7 +43,7 @@ FUNCTION_ID = "durability/chain"
 STEPS: list[tuple[str, str]] = [("load", "run"), ("enrich", "run"), ("nap", "sleep"),
                                 ("combine", "run"), ("finish", "run")]
 SENDERS = 4                   # concurrent senders, so several sends are in flight at a kill
-SEND_PAUSE_S = (0.0, 0.2)     # pause between two sends of one sender: spreads the load in time
+SEND_PAUSE_S = (0.05, 0.35)    # pause between two sends of one sender: spreads the load in time
 STEP_WORK_S = (0.002, 0.03)   # how long a step body "works": widens the window for a kill
 
 

@@ -15,7 +15,8 @@ import pytest
 
 from stepwell.core.models import Event, Memo
 from stepwell.store.base import NewRun, WaitRow
-from stepwell.store.sqlite import SqliteTx, migrate
+from stepwell.store.sqlite import migrate
+from stepwell.store.sqlite_tx import SqliteTx
 
 HOT_TABLES = ("runs", "queue", "waits", "memos", "step_failures", "events")
 

@@ -64,6 +64,9 @@ class QueueItem:
     due_at: int
     run_id: str | None = None
     payload: dict[str, Any] | None = None
+    priority_at: int = 0
+    concurrency: list[tuple[str, int]] = field(default_factory=list)   # (key, limit) held
+    owner: str | None = None
 
 
 @dataclass(slots=True)
@@ -147,13 +150,40 @@ class Tx(Protocol):
     # --- queue ---------------------------------------------------------------------------
     def enqueue(self, kind: str, unique_key: str, due_at: int, *, run_id: str | None = None,
                 payload: dict[str, Any] | None = None, owner: str | None = None,
-                lease_until: int | None = None) -> int | None:
+                lease_until: int | None = None, priority_at: int | None = None,
+                concurrency: Sequence[tuple[str, int]] = ()) -> int | None:
         """Insert, or for an existing key move its due time earlier and, if it is leased, flag it
         to run again when its holder releases it. Returns the id if this call leased it to
-        `owner`, else None."""
+        `owner`, else None. `priority_at` orders ready items (default: `due_at`);
+        `concurrency` lists the (key, limit) slots the item holds while it is leased."""
 
     def claim_due(self, now: int, owner: str, lease_until: int, limit: int) -> list[QueueItem]:
-        """Lease up to `limit` unleased items due at or before `now`, oldest first."""
+        """Lease up to `limit` ready (due, unblocked) items in priority order."""
+
+    def count_held(self, key: str) -> int:
+        """Leased items holding a slot of this concurrency key."""
+
+    def block_item(self, item_id: int, owner: str) -> None:
+        """Park a claimed item until a slot of one of its keys frees (FIFO per key)."""
+
+    def unblock_all(self) -> int:
+        """Let every blocked item be reconsidered (a safety net against a missed wake-up)."""
+
+    def get_item(self, unique_key: str) -> QueueItem | None: ...
+
+    def update_item(self, item_id: int, due_at: int, payload: dict[str, Any]) -> None: ...
+
+    def get_flow(self, key: str) -> tuple[float | None, str | None, int | None] | None:
+        """Flow-control state: (number, text, expiry) stored under a key."""
+
+    def put_flow(self, key: str, *, num: float | None = None, text: str | None = None,
+                 expires_at: int | None = None) -> None: ...
+
+    def add_batch_event(self, batch_key: str, event_id: str) -> int:
+        """Append an event to a pending batch; returns the batch's size."""
+
+    def take_batch(self, batch_key: str) -> list[str]:
+        """Remove and return a batch's event ids, oldest first."""
 
     def renew_lease(self, item_id: int, owner: str, lease_until: int) -> bool:
         """Compare-and-set on the owner: False means the lease was lost (or the item deleted)."""
@@ -162,7 +192,8 @@ class Tx(Protocol):
 
     def release_item(self, item_id: int, owner: str, due_at: int | None, now: int) -> bool:
         """Give back a leased item: delete it (`due_at` None) or re-arm it for `due_at`; if it was
-        flagged to run again meanwhile, re-arm it for `now` instead. False if not held."""
+        flagged to run again meanwhile, re-arm it for `now` instead. False if not held. The
+        concurrency slots it held are freed (waking the oldest item blocked on each)."""
 
     def delete_items(self, *, run_id: str) -> None: ...
 

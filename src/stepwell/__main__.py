@@ -1,0 +1,5 @@
+"""`python -m stepwell` is the `stepwell` command."""
+
+from stepwell.cli import main
+
+main()

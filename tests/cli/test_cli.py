@@ -1,0 +1,295 @@
+"""The `stepwell` command line against a real `stepwell dev` subprocess.
+
+The server listens on port 0 (the OS picks a free port, no race) and the tests read the URL from
+its banner; every wait polls a condition against a deadline instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+DEADLINE_S = 30.0
+APP_SOURCE = textwrap.dedent("""
+    import stepwell
+
+    app = stepwell.App("demo")
+
+    @app.function(id="hello", trigger="demo/hello")
+    async def hello(ctx, step):
+        name = await step.run("pick-name", lambda: ctx.event.data.get("name", "world"))
+        return {"greeting": f"hello {name}"}
+
+    @app.function(id="slow", trigger="demo/slow")
+    async def slow(ctx, step):
+        await step.run("first", lambda: 1)
+        await step.sleep("nap", "1h")
+        return "woke"
+
+    other = stepwell.App("other")
+
+    @other.function(id="noop", trigger="other/noop")
+    def noop(ctx, step):
+        return None
+
+    just_other = [other]
+""")
+
+
+def stepwell_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "stepwell.cli", *args]
+
+
+def clean_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("STEPWELL_URL", None)
+    return env
+
+
+def cli(*args: str, url: str | None = None, cwd: Path | None = None
+        ) -> subprocess.CompletedProcess[str]:
+    extra = ["--url", url] if url else []
+    return subprocess.run(stepwell_cmd(*args, *extra), capture_output=True, text=True,
+                          timeout=DEADLINE_S, env=clean_env(), cwd=cwd)
+
+
+def wait_for(condition: Callable[[], Any], what: str) -> Any:
+    """Poll `condition` until it returns something truthy, failing after the deadline."""
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@dataclass
+class DevServer:
+    proc: subprocess.Popen[str]
+    lines: queue.Queue[str] = field(default_factory=queue.Queue)
+    seen: list[str] = field(default_factory=list)
+    url: str = ""
+    reader: threading.Thread | None = None
+
+    def output(self) -> str:
+        while True:
+            try:
+                self.seen.append(self.lines.get_nowait())
+            except queue.Empty:
+                return "".join(self.seen)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=DEADLINE_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        finally:
+            if self.reader is not None:
+                self.reader.join(timeout=DEADLINE_S)  # it ends at EOF, once the process exits
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+
+
+def start_dev(target: str, cwd: Path) -> DevServer:
+    proc = subprocess.Popen(
+        stepwell_cmd("dev", target, "--port", "0", "--db", f"sqlite:///{cwd / 'sw.db'}"),
+        cwd=cwd, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = DevServer(proc)
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            server.lines.put(line)
+
+    server.reader = threading.Thread(target=pump, daemon=True)
+    server.reader.start()
+
+    def url_from_banner() -> str | None:
+        if proc.poll() is not None:
+            raise AssertionError(f"stepwell dev exited {proc.returncode}:\n{server.output()}")
+        for line in server.output().splitlines():
+            if "running at " in line:
+                return line.split("running at ")[1].split()[0]
+        return None
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(server.url + "/health", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        server.url = wait_for(url_from_banner, "the dev server banner")
+        wait_for(healthy, "/health")
+    except BaseException:
+        server.stop(signal.SIGKILL)
+        raise
+    return server
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
+    cwd = tmp_path_factory.mktemp("dev")
+    (cwd / "demo_app.py").write_text(APP_SOURCE)
+    server = start_dev("demo_app.py", cwd)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def runs_json(url: str, *args: str) -> list[dict[str, Any]]:
+    result = cli("runs", "list", "--json", *args, url=url)
+    assert result.returncode == 0, result.stderr
+    return list(json.loads(result.stdout))
+
+
+def test_banner_lists_every_function(dev: DevServer) -> None:
+    out = dev.output()
+    for fn in ("demo/hello", "demo/slow", "other/noop"):
+        assert fn in out
+
+
+def test_send_then_list_and_show(dev: DevServer) -> None:
+    sent = cli("send", "demo/hello", "--data", '{"name": "ada"}', url=dev.url)
+    assert sent.returncode == 0, sent.stderr
+    event_id = sent.stdout.strip()
+    assert len(event_id) == 26  # a ULID, alone on its line
+
+    def completed() -> dict[str, Any] | None:
+        found = runs_json(dev.url, "--event", event_id)
+        return found[0] if found and found[0]["status"] == "Completed" else None
+
+    run = wait_for(completed, "the run to complete")
+    listed = cli("runs", "list", "--function", "hello", url=dev.url)
+    assert listed.returncode == 0, listed.stderr
+    header, *rows = listed.stdout.splitlines()
+    assert header.split() == ["RUN", "ID", "FUNCTION", "STATUS", "STARTED", "DURATION", "EVENT"]
+    row = next(r for r in rows if r.startswith(run["run_id"]))
+    assert "demo/hello" in row and "Completed" in row and event_id in row
+
+    shown = cli("runs", "show", run["run_id"], url=dev.url)
+    assert shown.returncode == 0, shown.stderr
+    assert "Completed" in shown.stdout
+    assert '{"greeting": "hello ada"}' in shown.stdout
+    assert "pick-name" in shown.stdout  # the step timeline
+    as_json = json.loads(cli("runs", "show", run["run_id"], "--json", url=dev.url).stdout)
+    assert as_json["output"] == {"greeting": "hello ada"}
+
+
+def test_send_with_id_deduplicates(dev: DevServer) -> None:
+    first = cli("send", "demo/hello", "--id", "order-42", url=dev.url)
+    second = cli("send", "demo/hello", "--id", "order-42", url=dev.url)
+    assert first.stdout.strip() == second.stdout.strip() == "order-42"
+    wait_for(lambda: runs_json(dev.url, "--event", "order-42"), "the run")
+    assert len(runs_json(dev.url, "--event", "order-42")) == 1
+
+
+def test_cancel_a_running_run(dev: DevServer) -> None:
+    event_id = cli("send", "demo/slow", url=dev.url).stdout.strip()
+
+    def sleeping() -> dict[str, Any] | None:
+        found = runs_json(dev.url, "--event", event_id)
+        return found[0] if found and found[0]["status"] == "Running" else None
+
+    run = wait_for(sleeping, "the run to start")
+    result = cli("runs", "cancel", run["run_id"], url=dev.url)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"cancelled run {run['run_id']}"
+    assert run["run_id"] in cli("runs", "list", "--status", "cancelled", url=dev.url).stdout
+    assert "Cancelled" in cli("runs", "show", run["run_id"], url=dev.url).stdout
+
+
+def test_unknown_run_is_a_one_line_error(dev: DevServer) -> None:
+    for args in (("runs", "show", "nope"), ("runs", "cancel", "nope")):
+        result = cli(*args, url=dev.url)
+        assert result.returncode == 1
+        assert "no run with id 'nope'" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_bad_status_filter_is_reported(dev: DevServer) -> None:
+    result = cli("runs", "list", "--status", "sleepy", url=dev.url)
+    assert result.returncode == 1 and "unknown run status" in result.stderr
+
+
+@pytest.mark.parametrize(("data", "words"), [("{bad", "not valid JSON"),
+                                             ("[1, 2]", "must be a JSON object")])
+def test_bad_data_exits_2(data: str, words: str) -> None:
+    result = cli("send", "demo/hello", "--data", data, url="http://127.0.0.1:9")
+    assert result.returncode == 2
+    assert words in result.stderr and "--data" in result.stderr
+
+
+def unused_port() -> int:
+    with socket.socket() as sock:  # bound, never listening: connections are refused
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("args", [("runs", "list"), ("runs", "show", "x"),
+                                  ("runs", "cancel", "x"), ("send", "demo/hello")])
+def test_unreachable_server(args: tuple[str, ...]) -> None:
+    url = f"http://127.0.0.1:{unused_port()}"
+    result = cli(*args, url=url)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"Error: cannot reach stepwell at {url}: is `stepwell dev` running?")
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_dev_shuts_down_cleanly_on_signal(tmp_path: Path, sig: int) -> None:
+    (tmp_path / "one_app.py").write_text(APP_SOURCE)
+    server = start_dev("one_app.py:just_other", tmp_path)
+    out = server.output()
+    assert "other/noop" in out and "demo/hello" not in out  # only the named list's apps
+    assert server.stop(sig) == 0
+    assert server.output().rstrip().endswith("stepwell stopped")
+    assert "Traceback" not in server.output()
+
+
+def test_dev_loads_a_module_by_name(tmp_path: Path) -> None:
+    (tmp_path / "mod_app.py").write_text(APP_SOURCE)
+    server = start_dev("mod_app:app", tmp_path)
+    try:
+        assert "demo/hello" in server.output() and "other/noop" not in server.output()
+    finally:
+        assert server.stop() == 0
+
+
+@pytest.mark.parametrize(("files", "target", "words"), [
+    ({}, "missing.py", "no such file"),
+    ({}, "no_such_module", "neither a Python file nor an importable module"),
+    ({"empty.py": "x = 1\n"}, "empty.py", "no stepwell.App found"),
+    ({"demo.py": APP_SOURCE}, "demo.py:nothing", "has no attribute 'nothing'"),
+    ({"bad.py": "x = 1\n"}, "bad.py:x", "must be a stepwell.App"),
+    ({"boom.py": "raise RuntimeError('kaboom')\n"}, "boom.py", "kaboom"),
+])
+def test_dev_reports_load_errors(tmp_path: Path, files: dict[str, str], target: str,
+                                 words: str) -> None:
+    for name, source in files.items():
+        (tmp_path / name).write_text(source)
+    result = cli("dev", target, "--port", "0", cwd=tmp_path)
+    assert result.returncode == 1
+    assert words in result.stderr
