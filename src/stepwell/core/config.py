@@ -342,6 +342,9 @@ def _keyed(check: _Checker, option: str, value: object, cls: type[Any],
     scope = getattr(cfg, "scope", "fn")
     if scope not in ("fn", "env", "account"):
         raise check.fail(f"{option}.scope", f"is {scope!r}; allowed: 'fn', 'env', 'account'")
+    if scope != "fn" and key is None:
+        raise check.fail(f"{option}.key", f"is required with scope '{scope}' (the key is what "
+                         "functions share)")
     return KeyedLimit(limit, period, burst, key, scope)
 
 

@@ -29,7 +29,7 @@ from stepwell.core.models import (
     validate_event_payload,
 )
 from stepwell.core.routing import Router
-from stepwell.runtime import scripts
+from stepwell.runtime import admission, scripts
 from stepwell.runtime.clock import Clock, SystemClock, wall_ms
 from stepwell.runtime.scripts import Dispatch, Effects, Placement, Routing
 from stepwell.runtime.session import RunSession
@@ -80,12 +80,6 @@ class Engine:
                 if fn.qualified_id in self.functions:
                     raise ConfigError(f"function '{fn.qualified_id}' is defined twice")
                 self.functions[fn.qualified_id] = fn
-        for fn in self.functions.values():
-            unsupported = fn.spec.flow_control_options
-            if unsupported:
-                raise ConfigError(
-                    f"function '{fn.qualified_id}': flow-control options {unsupported} are "
-                    "validated but not enforced by this version of stepwell yet")
         self.routing = Routing(Router(f.spec for f in self.functions.values()),
                                {k: f.spec for k, f in self.functions.items()})
         self.db = db or DEFAULT_DB
@@ -239,7 +233,7 @@ class Engine:
             event.id = event.id or scripts.new_id()
             event.ts = event.ts or now
         routing = self.routing
-        await self.commit(lambda tx, place, effects: scripts.ingest_events(
+        await self.commit(lambda tx, place, effects: admission.ingest_events(
             tx, events, now, routing, place, effects))
         ids = [e.id for e in events]
         return ids[0] if single else ids
@@ -264,7 +258,7 @@ class Engine:
 
     async def _ingest_stored(self, events: list[Event]) -> None:
         now, routing = self.clock.now(), self.routing
-        await self.commit(lambda tx, place, effects: scripts.ingest_events(
+        await self.commit(lambda tx, place, effects: admission.ingest_events(
             tx, events, now, routing, place, effects, already_stored=True))
 
     # --- runs --------------------------------------------------------------------------------
@@ -390,8 +384,9 @@ class Engine:
     async def _maintain(self) -> None:
         owner, until, wall = self.owner, self.lease_until(), wall_ms()
         released = await self.store.write(lambda tx: (tx.renew_leases(owner, until),
-                                                      tx.release_expired_leases(wall))[1])
-        if released:
+                                                      tx.release_expired_leases(wall),
+                                                      tx.unblock_all())[1:])
+        if any(released):
             self._wake.set()
         before = self.clock.now() - UNPROCESSED_GRACE_MS
         stale = await self.store.read(lambda tx: tx.unprocessed_events(before, 500))
@@ -422,6 +417,8 @@ class Engine:
             await self._fire_cron(item)
         elif item.kind == "timeout":
             await self._fire_timeout(item)
+        elif item.kind in ("batch", "debounce"):
+            await self._fire_flow(item)
         else:
             log.error("unknown queue item kind %r; dropping it", item.kind)
             await self._drop(item.id)
@@ -484,6 +481,22 @@ class Engine:
         run.status, run.started_at = "running", now
         return ok
 
+    async def _fire_flow(self, item: QueueItem) -> None:
+        """A batch's timeout or a debounce window ended: start the run it was holding back."""
+        fn = self.functions.get(str((item.payload or {}).get("function_id")))
+        if fn is None:
+            await self._drop(item.id)
+            return
+        spec, owner, now, routing = fn.spec, self.owner, self.clock.now(), self.routing
+
+        def script(tx: Tx, place: Placement, effects: Effects) -> None:
+            if item.kind == "batch":
+                admission.flush_batch(tx, spec, item.unique_key, now, place, effects, routing)
+            else:
+                admission.fire_debounce(tx, spec, item, owner, now, place, effects, routing)
+
+        await self.commit(script)
+
     async def _fire_timeout(self, item: QueueItem) -> None:
         payload = item.payload or {}
         which = payload.get("which", "finish")
@@ -534,15 +547,15 @@ class Engine:
         event = Event(name=SCHEDULED_TIMER, data={"cron": trigger.source},
                       id=f"{item.unique_key}:{tick}", ts=tick)
         next_due = trigger.schedule.next_after(max(now, tick))
-        spec, owner = fn.spec, self.owner
+        spec, owner, routing = fn.spec, self.owner, self.routing
 
         def script(tx: Tx, place: Placement, effects: Effects) -> None:
             if tx.insert_event(event, now, now - 86_400_000, processed=True):
-                scripts.create_run(tx, spec, [event], now, place, effects)
+                admission.admit(tx, spec, event, now, place, effects, routing=routing)
             tx.release_item(item.id, owner, next_due, now)
 
         await self.commit(script)
 
 
 def _claim(tx: Tx, *, now: int, owner: str, lease_until: int, limit: int) -> list[QueueItem]:
-    return tx.claim_due(now, owner, lease_until, limit)
+    return admission.claim(tx, now, owner, lease_until, limit)

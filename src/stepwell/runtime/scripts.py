@@ -15,7 +15,6 @@ from typing import Any
 from ulid import ULID
 
 from stepwell.core.config import FunctionSpec
-from stepwell.core.expressions import compile_expression
 from stepwell.core.models import (
     EVENT_DEDUPE_WINDOW_MS,
     FUNCTION_CANCELLED,
@@ -25,7 +24,7 @@ from stepwell.core.models import (
     Memo,
     RunStatus,
 )
-from stepwell.core.routing import Router, event_match_keys, match_key, path_value
+from stepwell.core.routing import Router, match_key, path_value
 from stepwell.store.base import NewRun, Tx, WaitRow
 
 
@@ -100,64 +99,48 @@ class Routing:
     functions: dict[str, FunctionSpec]
 
 
-def ingest_events(tx: Tx, events: list[Event], now: int, routing: Routing, place: Placement,
-                  effects: Effects, *, already_stored: bool = False) -> None:
-    """Store events (de-duplicated by id for 24h) and process each: start the runs it triggers,
-    resolve the waits it satisfies, apply the cancellations it asks for."""
-    for event in events:
-        if already_stored:
-            if not tx.mark_event_processed(event.id):
-                continue
-        elif not tx.insert_event(event, now, now - EVENT_DEDUPE_WINDOW_MS, processed=True):
-            continue
-        effects.event_ids.append(event.id)
-        process_event(tx, event, now, routing, place, effects)
+@dataclass(slots=True)
+class Admission:
+    """Where flow control put a new run: when it may start, its place in the backlog, and the
+    concurrency slots it must hold while executing."""
 
-
-def process_event(tx: Tx, event: Event, now: int, routing: Routing, place: Placement,
-                  effects: Effects) -> None:
-    payload = event.to_dict()
-    for spec in routing.router.route(payload):
-        create_run(tx, spec, [event], now, place, effects)
-    keys = event_match_keys(payload)
-    if keys is None:
-        keys = [match_key(p, path_value(payload, p)) for p in tx.match_paths(event.name)]
-    for wait in tx.find_waits(event.name, keys):
-        if wait.expires_at is not None and wait.expires_at < now:
-            continue
-        if wait.expr is not None:
-            condition = compile_expression(wait.expr)
-            if not condition.matches(wait.event_ctx, payload):
-                continue
-        if not tx.delete_wait(wait.id):
-            continue
-        if wait.kind == "cancel":
-            cancel_run(tx, wait.run_id, now, place, effects, routing=routing,
-                       reason=f"cancelled by event '{event.name}' ({event.id})")
-        elif wait.step_hash is not None and tx.resolve_memo(
-                wait.run_id, wait.step_hash, {"data": payload}, now):
-            enqueue_exec(tx, wait.run_id, now, place, effects)
+    due_at: int
+    priority_at: int
+    concurrency: list[tuple[str, int]] = field(default_factory=list)
+    run_id: str = field(default_factory=lambda: new_id())
 
 
 def create_run(tx: Tx, spec: FunctionSpec, events: list[Event], now: int, place: Placement,
-               effects: Effects, *, parent: tuple[str, str] | None = None) -> str:
-    owner = place.take()
-    run = NewRun(new_id(), spec.qualified_id, [e.id for e in events], now,
+               effects: Effects, *, parent: tuple[str, str] | None = None,
+               admission: Admission | None = None) -> str:
+    """Insert a run and its exec item. A run due now with no concurrency limit is leased to this
+    process at once (the fast path); a delayed or concurrency-limited one waits in the queue,
+    whose claim order (priority, then age) keeps limited keys FIFO."""
+    adm = admission or Admission(now, now)
+    owner = place.take() if adm.due_at <= now and not adm.concurrency else None
+    run = NewRun(adm.run_id, spec.qualified_id, [e.id for e in events], now,
                  parent_run_id=parent[0] if parent else None,
                  parent_step=parent[1] if parent else None)
     if owner is not None:
         # Leased to this process: it starts now, so it is `running` from the first write.
         run.status, run.started_at = "running", now
     tx.insert_run(run)
-    item = tx.enqueue("exec", f"exec:{run.id}", now, run_id=run.id, owner=owner,
-                      lease_until=place.lease_until if owner else None)
+    item = tx.enqueue("exec", f"exec:{run.id}", adm.due_at, run_id=run.id, owner=owner,
+                      lease_until=place.lease_until if owner else None,
+                      priority_at=adm.priority_at, concurrency=adm.concurrency)
     if owner is not None and item is not None:
         effects.dispatch.append(Dispatch(item, run.id, run, list(events)))
         if spec.timeout_finish_ms is not None:
             schedule_finish_timeout(tx, run.id, now, spec.timeout_finish_ms)
-    if spec.timeout_start_ms is not None and owner is None:
-        tx.enqueue("timeout", f"timeout:{run.id}:start", now + spec.timeout_start_ms,
-                   run_id=run.id, payload={"which": "start", "after_ms": spec.timeout_start_ms})
+    else:
+        if owner is not None:
+            place.capacity += 1
+        if adm.due_at <= now:
+            effects.wake = True
+        if spec.timeout_start_ms is not None:
+            tx.enqueue("timeout", f"timeout:{run.id}:start", now + spec.timeout_start_ms,
+                       run_id=run.id,
+                       payload={"which": "start", "after_ms": spec.timeout_start_ms})
     first = events[0].to_dict()
     for rule in spec.cancel_on:
         tx.insert_wait(WaitRow(
@@ -166,6 +149,15 @@ def create_run(tx: Tx, spec: FunctionSpec, events: list[Event], now: int, place:
             match_key=None if rule.match_path is None else match_key(
                 rule.match_path, path_value(first, rule.match_path)),
             expr=None if rule.condition is None else rule.condition.source, event_ctx=first))
+    return run.id
+
+
+def record_unstarted_run(tx: Tx, spec: FunctionSpec, events: list[Event], now: int,
+                         status: RunStatus, error: dict[str, Any]) -> str:
+    """A run that flow control refused (skipped) or could not place (failed), kept visible."""
+    run = NewRun(new_id(), spec.qualified_id, [e.id for e in events], now, status=status,
+                 error=error)
+    tx.insert_run(run)
     return run.id
 
 

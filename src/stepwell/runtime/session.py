@@ -31,7 +31,7 @@ from stepwell.core.models import (
 )
 from stepwell.core.routing import match_key, path_value
 from stepwell.core.serialize import NotSerializableError, to_json_value
-from stepwell.runtime import scripts
+from stepwell.runtime import admission, scripts
 from stepwell.runtime.scripts import Effects, Ending, LeaseLost, Placement
 from stepwell.sdk.context import Context, FailureInfo, ReplayAwareLogger, current_attempt
 from stepwell.sdk.errors import (
@@ -486,12 +486,12 @@ class RunSession:
                     pending=True)
         child_event = Event(name=FUNCTION_INVOKED, data=dict(request.data or {}),
                             id=scripts.new_id(), ts=now)
-        spec, run_id = target.spec, self.run_id
+        spec, run_id, routing = target.spec, self.run_id, self.host.routing
 
         def start_child(tx: Tx, place: Placement, effects: Effects) -> None:
             tx.insert_event(child_event, now, now, processed=True)
-            scripts.create_run(tx, spec, [child_event], now, place, effects,
-                               parent=(run_id, step_hash))
+            admission.start_run(tx, spec, [child_event], now, place, effects,
+                                routing=routing, parent=(run_id, step_hash))
 
         await self._checkpoint(memo, start_child)
         self._in_flight -= 1

@@ -213,7 +213,7 @@ class SqliteTx:
                 payload: dict[str, Any] | None = None, owner: str | None = None,
                 lease_until: int | None = None, priority_at: int | None = None,
                 concurrency: Sequence[tuple[str, int]] = ()) -> int | None:
-        (ck1, cl1), (ck2, cl2) = (list(concurrency) + [(None, None), (None, None)])[:2]
+        (ck1, cl1), (ck2, cl2) = [*concurrency, (None, None), (None, None)][:2]
         row = self.c.execute(
             "INSERT INTO queue (unique_key, kind, run_id, due_at, payload, owner, lease_until, "
             "priority_at, ck1, cl1, ck2, cl2) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -347,6 +347,11 @@ class SqliteTx:
             return None
         return QueueItem(row[0], row[1], row[2], row[3], row[4], loads(row[5]),
                          priority_at=row[6], owner=row[7])
+
+    def delete_item(self, item_id: int) -> None:
+        freed = self._held_keys("id=?", (item_id,))
+        self.c.execute("DELETE FROM queue WHERE id=?", (item_id,))
+        self._wake(freed)
 
     def update_item(self, item_id: int, due_at: int, payload: dict[str, Any]) -> None:
         self.c.execute("UPDATE queue SET due_at=?, priority_at=?, payload=? WHERE id=?",

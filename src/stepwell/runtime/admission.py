@@ -1,0 +1,245 @@
+"""Admission: how an event becomes runs, through flow control.
+
+Each function's options are applied in a fixed order, inside the transaction that stores the
+event: batch (collect) -> idempotency and rate limit (skip) -> debounce (postpone) -> singleton
+(skip or cancel the active run) -> throttle (delay, FIFO) -> priority and concurrency (the run's
+place in the backlog). The decisions themselves are pure functions in `core.flow`; this module
+loads and stores their state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stepwell.core.config import FunctionSpec
+from stepwell.core.expressions import compile_expression
+from stepwell.core.flow import (
+    FlowKeyError,
+    batch_is_full,
+    concurrency_blocked_by,
+    debounce_due,
+    evaluate_key,
+    priority_offset_ms,
+    rate_limit_gcra,
+    throttle_gcra,
+)
+from stepwell.core.models import EVENT_DEDUPE_WINDOW_MS, Event
+from stepwell.core.routing import event_match_keys, match_key, path_value
+from stepwell.runtime.scripts import (
+    Admission,
+    Effects,
+    Placement,
+    Routing,
+    cancel_run,
+    create_run,
+    enqueue_exec,
+    record_unstarted_run,
+)
+from stepwell.store.base import QueueItem, Tx
+
+IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
+
+
+def ingest_events(tx: Tx, events: list[Event], now: int, routing: Routing, place: Placement,
+                  effects: Effects, *, already_stored: bool = False) -> None:
+    """Store events (de-duplicated by id for 24h) and process each: start the runs it triggers,
+    resolve the waits it satisfies, apply the cancellations it asks for."""
+    for event in events:
+        if already_stored:
+            if not tx.mark_event_processed(event.id):
+                continue
+        elif not tx.insert_event(event, now, now - EVENT_DEDUPE_WINDOW_MS, processed=True):
+            continue
+        effects.event_ids.append(event.id)
+        process_event(tx, event, now, routing, place, effects)
+
+
+def process_event(tx: Tx, event: Event, now: int, routing: Routing, place: Placement,
+                  effects: Effects) -> None:
+    payload = event.to_dict()
+    for spec in routing.router.route(payload):
+        admit(tx, spec, event, now, place, effects, routing=routing)
+    keys = event_match_keys(payload)
+    if keys is None:
+        keys = [match_key(p, path_value(payload, p)) for p in tx.match_paths(event.name)]
+    for wait in tx.find_waits(event.name, keys):
+        if wait.expires_at is not None and wait.expires_at < now:
+            continue
+        if wait.expr is not None:
+            condition = compile_expression(wait.expr)
+            if not condition.matches(wait.event_ctx, payload):
+                continue
+        if not tx.delete_wait(wait.id):
+            continue
+        if wait.kind == "cancel":
+            cancel_run(tx, wait.run_id, now, place, effects, routing=routing,
+                       reason=f"cancelled by event '{event.name}' ({event.id})")
+        elif wait.step_hash is not None and tx.resolve_memo(
+                wait.run_id, wait.step_hash, {"data": payload}, now):
+            enqueue_exec(tx, wait.run_id, now, place, effects)
+
+
+def _skip(tx: Tx, spec: FunctionSpec, events: list[Event], now: int, name: str,
+          message: str) -> None:
+    record_unstarted_run(tx, spec, events, now, "skipped",
+                         {"name": name, "message": message, "stack": ""})
+
+
+def _key_failed(tx: Tx, spec: FunctionSpec, events: list[Event], now: int,
+                exc: FlowKeyError) -> None:
+    record_unstarted_run(tx, spec, events, now, "failed",
+                         {"name": "FlowControlKeyError", "message": str(exc), "stack": ""})
+
+
+def admit(tx: Tx, spec: FunctionSpec, event: Event, now: int, place: Placement,
+          effects: Effects, *, routing: Routing, parent: tuple[str, str] | None = None) -> None:
+    """Start `spec` for one triggering event, through the function's flow control."""
+    payload = event.to_dict()
+    qid = spec.qualified_id
+    try:
+        if spec.batch is not None and parent is None:
+            condition = spec.batch.condition
+            if condition is None or condition.matches(payload):
+                _collect_batch(tx, spec, event, now, place, effects, routing)
+                return
+        if spec.idempotency is not None:
+            key = f"idem:{qid}:{evaluate_key(spec.idempotency, payload, option='idempotency')}"
+            state = tx.get_flow(key)
+            if state is not None and state[2] is not None and state[2] > now:
+                _skip(tx, spec, [event], now, "Idempotent",
+                      f"an earlier event with the same idempotency key "
+                      f"'{spec.idempotency.source}' started a run within 24h")
+                return
+            tx.put_flow(key, expires_at=now + IDEMPOTENCY_WINDOW_MS)
+        if spec.rate_limit is not None:
+            rl = spec.rate_limit
+            key = f"rate:{qid}:{evaluate_key(rl.key, payload, option='rate_limit')}"
+            state = tx.get_flow(key)
+            allowed, tat = rate_limit_gcra(rl.limit, rl.period_ms).allows(
+                None if state is None else state[0], now)
+            if not allowed:
+                _skip(tx, spec, [event], now, "RateLimited",
+                      f"rate limit of {rl.limit} per {rl.period_ms} ms reached"
+                      + (f" for key '{rl.key.source}'" if rl.key else ""))
+                return
+            tx.put_flow(key, num=tat, expires_at=int(tat))
+        if spec.debounce is not None and parent is None:
+            _debounce(tx, spec, event, now)
+            return
+        start_run(tx, spec, [event], now, place, effects, routing=routing, parent=parent)
+    except FlowKeyError as exc:
+        _key_failed(tx, spec, [event], now, exc)
+
+
+def start_run(tx: Tx, spec: FunctionSpec, events: list[Event], now: int, place: Placement,
+              effects: Effects, *, routing: Routing, parent: tuple[str, str] | None = None
+              ) -> str | None:
+    """The last stages: singleton, throttle, priority, concurrency; then the run exists."""
+    payload = events[0].to_dict()
+    qid = spec.qualified_id
+    admission = Admission(now, now)
+    try:
+        if spec.singleton is not None:
+            single = spec.singleton
+            key = f"single:{qid}:{evaluate_key(single.key, payload, option='singleton')}"
+            state = tx.get_flow(key)
+            holder = None if state is None else state[1]
+            active = holder is not None and (run := tx.get_run(holder)) is not None and (
+                run.status in ("queued", "running"))
+            if active and single.mode == "skip":
+                _skip(tx, spec, events, now, "Singleton",
+                      f"run {holder} is still active for this singleton key")
+                return None
+            if active and holder is not None:
+                cancel_run(tx, holder, now, place, effects, routing=routing,
+                           reason="replaced by a newer run (singleton mode 'cancel')")
+            tx.put_flow(key, text=admission.run_id)
+        if spec.throttle is not None:
+            th = spec.throttle
+            key = f"throttle:{qid}:{evaluate_key(th.key, payload, option='throttle')}"
+            state = tx.get_flow(key)
+            start, tat = throttle_gcra(th.limit, th.period_ms, th.burst).schedule(
+                None if state is None else state[0], now)
+            tx.put_flow(key, num=tat, expires_at=int(tat))
+            admission.due_at = start
+        admission.priority_at = admission.due_at - priority_offset_ms(spec.priority, payload)
+        for limit in spec.concurrency:
+            value = evaluate_key(limit.key, payload, option="concurrency")
+            scope = {"fn": qid, "env": "env", "account": "account"}[limit.scope]
+            admission.concurrency.append((f"c:{scope}:{value}", limit.limit))
+    except FlowKeyError as exc:
+        _key_failed(tx, spec, events, now, exc)
+        return None
+    return create_run(tx, spec, events, now, place, effects, parent=parent, admission=admission)
+
+
+def _collect_batch(tx: Tx, spec: FunctionSpec, event: Event, now: int, place: Placement,
+                   effects: Effects, routing: Routing) -> None:
+    batch = spec.batch
+    assert batch is not None
+    key = f"batch:{spec.qualified_id}:{evaluate_key(batch.key, event.to_dict(), option='batch')}"
+    size = tx.add_batch_event(key, event.id)
+    if batch_is_full(size, batch.max_size):
+        flush_batch(tx, spec, key, now, place, effects, routing)
+    elif size == 1:
+        tx.enqueue("batch", key, now + batch.timeout_ms,
+                   payload={"function_id": spec.qualified_id})
+
+
+def flush_batch(tx: Tx, spec: FunctionSpec, key: str, now: int, place: Placement,
+                effects: Effects, routing: Routing) -> None:
+    """One run with every event collected under the key (if any are left)."""
+    item = tx.get_item(key)
+    if item is not None:
+        tx.delete_item(item.id)
+    events = tx.get_events(tx.take_batch(key))
+    if events:
+        start_run(tx, spec, events, now, place, effects, routing=routing)
+
+
+def _debounce(tx: Tx, spec: FunctionSpec, event: Event, now: int) -> None:
+    debounce = spec.debounce
+    assert debounce is not None
+    key = (f"debounce:{spec.qualified_id}:"
+           f"{evaluate_key(debounce.key, event.to_dict(), option='debounce')}")
+    item = tx.get_item(key)
+    if item is None:
+        tx.enqueue("debounce", key, now + debounce.period_ms,
+                   payload={"function_id": spec.qualified_id, "event_id": event.id,
+                            "first_at": now})
+        return
+    payload: dict[str, Any] = dict(item.payload or {})
+    due = debounce_due(now, int(payload.get("first_at", now)), debounce.period_ms,
+                       debounce.timeout_ms)
+    payload["event_id"] = event.id
+    tx.update_item(item.id, due, payload)
+
+
+def fire_debounce(tx: Tx, spec: FunctionSpec, item: QueueItem, owner: str, now: int,
+                  place: Placement, effects: Effects, routing: Routing) -> None:
+    """The quiet period ended: one run with the last event. If an event postponed the window
+    after this item was claimed, re-arm it instead."""
+    current = tx.get_item(item.unique_key)
+    if current is None or current.id != item.id:
+        return
+    if current.due_at > now:
+        tx.release_item(item.id, owner, current.due_at, now)
+        return
+    tx.release_item(item.id, owner, None, now)
+    events = tx.get_events([str((current.payload or {}).get("event_id", ""))])
+    if events:
+        start_run(tx, spec, events, now, place, effects, routing=routing)
+
+
+def claim(tx: Tx, now: int, owner: str, lease_until: int, limit: int) -> list[QueueItem]:
+    """Lease ready items in priority order; those whose concurrency key is full are parked
+    (blocked) in order, to be woken FIFO as slots free."""
+    out = []
+    for item in tx.claim_due(now, owner, lease_until, limit):
+        if item.concurrency:
+            held = [tx.count_held(key) - 1 for key, _ in item.concurrency]
+            if concurrency_blocked_by(held, [n for _, n in item.concurrency]) is not None:
+                tx.block_item(item.id, owner)
+                continue
+        out.append(item)
+    return out
