@@ -242,7 +242,7 @@ class SqliteTx:
                            concurrency=[(k, n) for k, n in ((r[7], r[8]), (r[9], r[10]))
                                         if k is not None])
                  for r in rows]
-        items.sort(key=lambda i: (i.priority_at, i.id))
+        items.sort(key=lambda i: (i.priority_at if i.priority_at is not None else i.due_at, i.id))
         return items
 
     def count_held(self, key: str) -> int:

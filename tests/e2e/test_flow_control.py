@@ -1,0 +1,345 @@
+"""Flow control on the virtual clock: each option's semantics, keys, and edge cases."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import stepwell
+from stepwell.testing import VirtualClock
+
+
+def record_starts(app: stepwell.App, clock: VirtualClock, **options: Any) -> list[tuple[Any, int]]:
+    """Define function 'f' on app/go that records (event data "n", start time) in a step."""
+    starts: list[tuple[Any, int]] = []
+
+    @app.function(id="f", trigger="app/go", **options)
+    async def f(ctx: stepwell.Context, step: stepwell.Step) -> Any:
+        await step.run("start", lambda: starts.append((ctx.event.data.get("n"), clock.now())))
+        return ctx.event.data.get("n")
+
+    return starts
+
+
+async def test_throttle_worked_example(make_engine: Any, clock: VirtualClock) -> None:
+    """Inngest's example: limit 2 per 6s, burst 1; 6 events 0.5s apart start 3 runs at once,
+    then one every 3s. None is dropped; order is FIFO."""
+    app = stepwell.App("t")
+    starts = record_starts(app, clock, throttle=stepwell.Throttle(limit=2, period="6s", burst=1))
+    async with make_engine(app) as engine:
+        t0 = clock.now()
+        for n in range(6):
+            await engine.send("app/go", {"n": n})
+            await clock.advance("500ms")
+        await clock.advance("20s")
+        runs = await engine.runs(function_id="f")
+    assert sorted(r.status for r in runs) == ["completed"] * 6
+    assert [n for n, _ in starts] == [0, 1, 2, 3, 4, 5]
+    assert [t - t0 for _, t in starts] == [0, 500, 1000, 3000, 6000, 9000]
+
+
+async def test_throttle_is_per_key(make_engine: Any, clock: VirtualClock) -> None:
+    app = stepwell.App("t")
+    starts = record_starts(app, clock, throttle={"limit": 1, "period": "10s", "burst": 1,
+                                                 "key": "event.data.user"})
+    async with make_engine(app) as engine:
+        t0 = clock.now()
+        for n, user in enumerate(["a", "a", "a", "b"]):
+            await engine.send("app/go", {"n": n, "user": user})
+        await clock.advance("1m")
+    by_n = {n: t - t0 for n, t in starts}
+    # limit 1 + burst 1: two at once per key, then one per 10s; key "b" is not held back.
+    assert by_n == {0: 0, 1: 0, 2: 10_000, 3: 0}
+
+
+async def test_rate_limit_skips_excess_and_records_them(make_engine: Any,
+                                                        clock: VirtualClock) -> None:
+    app = stepwell.App("t")
+    starts = record_starts(app, clock, rate_limit={"limit": 2, "period": "1m",
+                                                   "key": "event.data.userId"})
+    async with make_engine(app) as engine:
+        for n in range(4):
+            await engine.send("app/go", {"n": n, "userId": 7})
+        await engine.send("app/go", {"n": 10, "userId": 8})
+        await clock.advance("30s")           # one slot back every period / limit = 30s
+        await engine.send("app/go", {"n": 4, "userId": 7})
+        await engine.send("app/go", {"n": 5, "userId": 7})
+        await clock.advance("1s")
+        runs = await engine.runs(function_id="f")
+    assert sorted(n for n, _ in starts) == [0, 1, 4, 10]
+    skipped = [r for r in runs if r.status == "skipped"]
+    assert len(skipped) == 3
+    assert all(r.error is not None and r.error["name"] == "RateLimited" for r in skipped)
+
+
+async def test_debounce_runs_once_with_the_last_event(make_engine: Any,
+                                                      clock: VirtualClock) -> None:
+    app = stepwell.App("t")
+    starts = record_starts(app, clock, debounce={"period": "10s", "key": "event.data.productId"})
+    async with make_engine(app) as engine:
+        t0 = clock.now()
+        for n in range(3):
+            await engine.send("app/go", {"n": n, "productId": "p1"})
+            await clock.advance("5s")
+        await engine.send("app/go", {"n": 99, "productId": "p2"})
+        await clock.advance("30s")
+    assert sorted(starts) == [(2, t0 + 20_000), (99, t0 + 25_000)]
+
+
+async def test_debounce_timeout_caps_the_delay(make_engine: Any, clock: VirtualClock) -> None:
+    app = stepwell.App("t")
+    starts = record_starts(app, clock, debounce=stepwell.Debounce(period="10s", timeout="25s"))
+    async with make_engine(app) as engine:
+        t0 = clock.now()
+        for n in range(8):                    # an event every 5s would postpone forever
+            await engine.send("app/go", {"n": n})
+            await clock.advance("5s")
+        await clock.advance("1m")
+    # events at 0, 5, ... 20s keep postponing; the cap fires at 25s with the last (n=4);
+    # the later events open a new window
+    assert starts[0] == (4, t0 + 25_000)
+    assert starts[1] == (7, t0 + 45_000)
+
+
+async def test_batch_by_size_timeout_key_and_if(make_engine: Any, clock: VirtualClock) -> None:
+    app = stepwell.App("t")
+    batches: list[tuple[list[Any], int]] = []
+
+    @app.function(id="b", trigger="app/item",
+                  batch={"max_size": 3, "timeout": "5s", "key": "event.data.shop",
+                         "if_": "event.data.bulk == true"})
+    async def b(ctx: stepwell.Context, step: stepwell.Step) -> int:
+        ns = [e.data["n"] for e in ctx.events]
+        await step.run("record", lambda: batches.append((ns, clock.now())))
+        return len(ns)
+
+    async with make_engine(app) as engine:
+        t0 = clock.now()
+        for n in range(4):
+            await engine.send("app/item", {"n": n, "shop": "s1", "bulk": True})
+        await engine.send("app/item", {"n": 10, "shop": "s2", "bulk": True})
+        await engine.send("app/item", {"n": 20, "shop": "s1", "bulk": False})
+        await clock.advance("10s")
+    assert sorted(batches) == sorted([([0, 1, 2], t0), ([20], t0), ([3], t0 + 5000),
+                                      ([10], t0 + 5000)])
+
+
+async def test_priority_changes_nothing_without_a_backlog(make_engine: Any,
+                                                      clock: VirtualClock) -> None:
+    """The seed's priority expression, `===` as written, under a concurrency limit of 1."""
+    app = stepwell.App("t")
+    order: list[str] = []
+
+    @app.function(id="report", trigger="app/report", concurrency=1,
+                  priority={"run": "event.data.plan === 'enterprise' ? 100 : 0"})
+    async def report(ctx: stepwell.Context, step: stepwell.Step) -> None:
+        await step.run("make", lambda: order.append(ctx.event.data["who"]))
+        await step.sleep("slow", "1s")
+
+    async with make_engine(app) as engine:
+        for who, plan in [("f1", "free"), ("f2", "free"), ("e1", "enterprise"), ("f3", "free")]:
+            await engine.send("app/report", {"who": who, "plan": plan})
+            await clock.advance("10s")
+        await clock.advance("1m")
+    # f1 ran at once; the rest queued while f1... the limit holds one *executing* run at a
+    # time, but sleeping runs free their slot, so arrivals 10s apart run in arrival order.
+    assert order == ["f1", "f2", "e1", "f3"]
+
+
+async def test_priority_reorders_a_real_backlog(make_engine: Any, clock: VirtualClock) -> None:
+    app = stepwell.App("t")
+    order: list[str] = []
+    gate = asyncio.Event()
+
+    async def hold(who: str) -> None:
+        order.append(who)
+        if who == "first":
+            await gate.wait()
+
+    @app.function(id="report", trigger="app/report", concurrency=1,
+                  priority={"run": "event.data.plan == 'enterprise' ? 100 : 0"})
+    async def report(ctx: stepwell.Context, step: stepwell.Step) -> None:
+        await step.run("make", hold, ctx.event.data["who"])
+
+    async with make_engine(app) as engine:
+        await engine.send("app/report", {"who": "first", "plan": "free"})
+        await asyncio.wait_for(_until(lambda: order == ["first"]), 10)
+        # (the clock cannot advance while "first" holds its step open: advance() waits for
+        # the engine to be idle; the arrivals are simultaneous and ordered by priority alone)
+        for who, plan in [("f1", "free"), ("f2", "free"), ("e1", "enterprise")]:
+            await engine.send("app/report", {"who": who, "plan": plan})
+        gate.set()
+        await engine.idle()
+    assert order == ["first", "e1", "f1", "f2"]
+
+
+async def _until(condition: Any) -> None:
+    while not condition():
+        await asyncio.sleep(0.001)
+
+
+async def test_concurrency_limits_executing_runs_per_key_fifo(make_engine: Any,
+                                                               clock: VirtualClock) -> None:
+    app = stepwell.App("t")
+    running: dict[str, int] = {}
+    peak: dict[str, int] = {}
+    order: list[int] = []
+    gates: dict[int, asyncio.Event] = {}
+
+    async def work(key: str, n: int) -> None:
+        running[key] = running.get(key, 0) + 1
+        peak[key] = max(peak.get(key, 0), running[key])
+        order.append(n)
+        gates[n] = asyncio.Event()
+        await gates[n].wait()
+        running[key] -= 1
+
+    @app.function(id="c", trigger="app/c", concurrency=stepwell.Concurrency(
+        limit=2, key="event.data.key"))
+    async def c(ctx: stepwell.Context, step: stepwell.Step) -> None:
+        await step.run("work", work, ctx.event.data["key"], ctx.event.data["n"])
+
+    async with make_engine(app) as engine:
+        for n in range(6):
+            await engine.send("app/c", {"key": "a", "n": n})
+        await engine.send("app/c", {"key": "b", "n": 100})
+        await asyncio.wait_for(_until(lambda: len(order) == 3), 10)
+        assert sorted(order) == [0, 1, 100]      # key "a" saturated, key "b" not starved
+        for _ in range(4):
+            first_open = next(n for n in order if n < 100 and not gates[n].is_set())
+            gates[first_open].set()
+            await asyncio.wait_for(_until(lambda k=len(order): len(order) > k), 10)
+        for gate in gates.values():
+            gate.set()
+        await engine.idle()
+        for gate in gates.values():
+            gate.set()
+        await engine.idle()
+    assert peak == {"a": 2, "b": 1}
+    assert [n for n in order if n < 100] == [0, 1, 2, 3, 4, 5]
+
+
+async def test_concurrency_counts_executing_steps_not_sleeping_runs(
+        make_engine: Any, clock: VirtualClock) -> None:
+    app = stepwell.App("t")
+    started: list[int] = []
+
+    @app.function(id="s", trigger="app/s", concurrency=1)
+    async def s(ctx: stepwell.Context, step: stepwell.Step) -> None:
+        await step.run("start", lambda: started.append(ctx.event.data["n"]))
+        await step.sleep("nap", "1h")
+
+    async with make_engine(app) as engine:
+        for n in range(5):
+            await engine.send("app/s", {"n": n})
+        await engine.idle()
+        assert sorted(started) == [0, 1, 2, 3, 4]   # all sleeping at once with limit 1
+        await clock.advance("2h")
+        runs = await engine.runs(function_id="s")
+    assert {r.status for r in runs} == {"completed"}
+
+
+async def test_idempotency_one_run_per_key_per_24h(make_engine: Any, clock: VirtualClock) -> None:
+    app = stepwell.App("t")
+    starts = record_starts(app, clock, idempotency="event.data.userId + '-' + event.data.org")
+    async with make_engine(app) as engine:
+        await engine.send("app/go", {"n": 1, "userId": "u", "org": "o"})
+        await engine.send("app/go", {"n": 2, "userId": "u", "org": "o"})
+        await engine.send("app/go", {"n": 3, "userId": "u", "org": "p"})
+        await clock.advance("24h")
+        await engine.send("app/go", {"n": 4, "userId": "u", "org": "o"})
+        await clock.advance("1s")
+        runs = await engine.runs(function_id="f")
+    assert sorted(n for n, _ in starts) == [1, 3, 4]
+    [skipped] = [r for r in runs if r.status == "skipped"]
+    assert skipped.error is not None and skipped.error["name"] == "Idempotent"
+
+
+async def test_singleton_skip_and_cancel(make_engine: Any, clock: VirtualClock) -> None:
+    app = stepwell.App("t")
+
+    @app.function(id="skip", trigger="app/s", singleton={"key": "event.data.k", "mode": "skip"})
+    async def skip(ctx: stepwell.Context, step: stepwell.Step) -> Any:
+        await step.sleep("nap", "1m")
+        return ctx.event.data["n"]
+
+    @app.function(id="cancel", trigger="app/s", singleton={"key": "event.data.k",
+                                                           "mode": "cancel"})
+    async def cancel(ctx: stepwell.Context, step: stepwell.Step) -> Any:
+        await step.sleep("nap", "1m")
+        return ctx.event.data["n"]
+
+    async with make_engine(app) as engine:
+        await engine.send("app/s", {"k": "x", "n": 1})
+        await clock.advance("10s")
+        await engine.send("app/s", {"k": "x", "n": 2})
+        await engine.send("app/s", {"k": "y", "n": 3})
+        await clock.advance("2m")
+        await engine.send("app/s", {"k": "x", "n": 4})
+        await clock.advance("2m")
+        skips = {(r.status, r.output) for r in await engine.runs(function_id="skip")}
+        cancels = {(r.status, r.output) for r in await engine.runs(function_id="cancel")}
+    assert skips == {("completed", 1), ("skipped", None), ("completed", 3), ("completed", 4)}
+    assert cancels == {("cancelled", None), ("completed", 2), ("completed", 3),
+                       ("completed", 4)}
+
+
+async def test_start_timeout_counts_time_waiting_on_throttle(make_engine: Any,
+                                                             clock: VirtualClock) -> None:
+    app = stepwell.App("t")
+    starts = record_starts(app, clock, throttle={"limit": 1, "period": "1m", "burst": 1},
+                           timeouts={"start": "90s"})
+    async with make_engine(app) as engine:
+        for n in range(4):
+            await engine.send("app/go", {"n": n})
+        await clock.advance("5m")
+        runs = await engine.runs(function_id="f")
+    # slots at 0, 0 (burst), 1m, 2m: the last would start after 2m > 90s and is cancelled
+    assert sorted(n for n, _ in starts) == [0, 1, 2]
+    [cancelled] = [r for r in runs if r.status == "cancelled"]
+    assert cancelled.error is not None and "timeouts.start" in cancelled.error["message"]
+
+
+async def test_key_failure_fails_the_run_naming_expression_and_event(
+        make_engine: Any, clock: VirtualClock) -> None:
+    app = stepwell.App("t")
+    record_starts(app, clock, rate_limit={"limit": 1, "period": "1m",
+                                          "key": "event.data.userId"})
+    async with make_engine(app) as engine:
+        event_id = await engine.send("app/go", {"n": 1})
+        await engine.send("app/go", {"n": 2, "userId": {"nested": True}})
+        await engine.idle()
+        runs = await engine.runs(function_id="f")
+    assert {r.status for r in runs} == {"failed"}
+    messages = sorted(r.error["message"] for r in runs if r.error)
+    assert all("event.data.userId" in m and "app/go" in m for m in messages)
+    assert any(event_id in m for m in messages)
+    assert any("must be a string or a number" in m for m in messages)
+
+
+async def test_flow_state_survives_a_restart(db_url: str, clock: VirtualClock) -> None:
+    """A debounce window and a throttle backlog are in the store, not in memory."""
+    def build() -> tuple[stepwell.App, list[tuple[Any, int]], list[tuple[Any, int]]]:
+        app = stepwell.App("t")
+        debounced = record_starts(app, clock, debounce={"period": "10s"})
+        throttled: list[tuple[Any, int]] = []
+
+        @app.function(id="th", trigger="app/th", throttle={"limit": 1, "period": "1m"})
+        async def th(ctx: stepwell.Context, step: stepwell.Step) -> None:
+            await step.run("s", lambda: throttled.append((ctx.event.data["n"], clock.now())))
+
+        return app, debounced, throttled
+
+    app, _, _ = build()
+    async with stepwell.Engine(app, db=db_url, clock=clock) as engine:
+        t0 = clock.now()
+        await engine.send("app/go", {"n": 1})
+        for n in range(4):
+            await engine.send("app/th", {"n": n})
+        await clock.advance("5s")
+    app, debounced, throttled = build()
+    async with stepwell.Engine(app, db=db_url, clock=clock) as engine:
+        await engine.send("app/go", {"n": 2})
+        await clock.advance("5m")
+    assert debounced == [(2, t0 + 15_000)]
+    assert [(n, t - t0) for n, t in throttled] == [(2, 60_000), (3, 120_000)]
