@@ -174,7 +174,8 @@ async def test_priority_reorders_a_real_backlog(make_engine: Any, clock: Virtual
 
 
 async def _until(condition: Any) -> None:
-    while not condition():
+    """Poll a condition (the caller bounds it with a deadline)."""
+    while not condition():  # noqa: ASYNC110 - polling a plain predicate, not an event
         await asyncio.sleep(0.001)
 
 
@@ -208,7 +209,8 @@ async def test_concurrency_limits_executing_runs_per_key_fifo(make_engine: Any,
         for _ in range(4):
             first_open = next(n for n in order if n < 100 and not gates[n].is_set())
             gates[first_open].set()
-            await asyncio.wait_for(_until(lambda k=len(order): len(order) > k), 10)
+            seen = len(order)
+            await asyncio.wait_for(_until(lambda seen=seen: len(order) > seen), 10)
         for gate in gates.values():
             gate.set()
         await engine.idle()
