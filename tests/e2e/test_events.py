@@ -140,7 +140,7 @@ async def test_invoke_returns_child_output_or_raises(make_engine: Any,
         run = await engine.wait(run.id)
     assert run.status == "completed"
     assert run.output == {"ok": 2, "by_id": 11,
-                          "errors": ["NonRetriableError", "InvokeTimeoutError",
+                          "errors": ["NonRetriableError", "InngestInvokeTimeoutError",
                                      "FunctionNotFoundError"]}
 
 

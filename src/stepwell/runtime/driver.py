@@ -1,0 +1,246 @@
+"""What every executor does to a run's stored state, whatever runs the handler.
+
+A `RunDriver` holds one claimed run (its state and queue-item lease) and turns step outcomes
+into transaction scripts: checkpoint a memo, record a failed attempt, register a wait, start a
+child run, end the run, hand the item back. The in-process executor (`session.RunSession`) and
+the HTTP executor for official-SDK apps (`remote.RemoteExecutor`) both build on it, so the two
+share one state format and one set of guarantees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from stepwell.core.backoff import retry_delay_ms
+from stepwell.core.config import FunctionSpec
+from stepwell.core.models import FUNCTION_INVOKED, Event, Memo, RunStatus
+from stepwell.core.routing import match_key, path_value
+from stepwell.runtime import admission, scripts
+from stepwell.runtime.scripts import Effects, Ending, LeaseLost, Placement
+from stepwell.store.base import RunState, Tx, WaitRow
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
+    from stepwell.runtime.clock import Clock
+
+R = TypeVar("R")
+FUNCTION_KEY = "__function__"      # failure counter of code outside steps
+INVOKE_TIMEOUT_ERROR = {
+    "name": "InngestInvokeTimeoutError", "stack": "",
+    "message": "Timed out waiting for invoked function to complete"}
+log = logging.getLogger("stepwell.run")
+
+
+class Target(Protocol):
+    """Anything invocable: a native or a remote function."""
+
+    spec: FunctionSpec
+
+
+class Host(Protocol):
+    """What an executor needs from the engine."""
+
+    clock: Clock
+    owner: str
+    routing: scripts.Routing
+    step_pool: Executor
+    handler_pool: Executor
+
+    def lease_until(self) -> int: ...
+
+    async def commit(self, fn: Callable[[Tx, Placement, Effects], R]) -> R: ...
+
+    async def read(self, fn: Callable[[Tx], R]) -> R: ...
+
+    def find_function(self, ref: object) -> Target | None: ...
+
+
+class RunDriver:
+    """One claimed run: its state, its lease, and the scripts that change it."""
+
+    def __init__(self, host: Host, spec: FunctionSpec, state: RunState,
+                 item_id: int | None) -> None:
+        self.host = host
+        self.spec = spec
+        self.state = state
+        self.run_id = state.run.id
+        self.item_id = item_id
+        self.memos = state.memos
+        self.failures = state.failures
+
+    def now(self) -> int:
+        return self.host.clock.now()
+
+    @property
+    def first_event(self) -> dict[str, Any]:
+        return self.state.events[0].to_dict() if self.state.events else {}
+
+    def _held(self, fn: Callable[[Tx, Placement, Effects], R]) -> Callable[
+            [Tx, Placement, Effects], R]:
+        """Wrap a script so it first renews (compare-and-set) this worker's lease."""
+        owner, until, item = self.host.owner, self.host.lease_until(), self.item_id
+
+        def script(tx: Tx, place: Placement, effects: Effects) -> R:
+            scripts.hold(tx, item, owner, until)
+            return fn(tx, place, effects)
+
+        return script
+
+    async def checkpoint(self, memo: Memo,
+                         extra: Callable[[Tx, Placement, Effects], None] | None = None) -> None:
+        """Commit a step's memo (and `extra` effects) once; LeaseLost if it already exists."""
+        run_id = self.run_id
+
+        def script(tx: Tx, place: Placement, effects: Effects) -> bool:
+            if not tx.insert_memo(run_id, memo):
+                return False
+            if extra is not None:
+                extra(tx, place, effects)
+            return True
+
+        if not await self.host.commit(self._held(script)):
+            raise LeaseLost(f"step {memo.step_id} of run {run_id} was committed elsewhere")
+        self.memos[memo.hash] = memo
+
+    async def record_failure(self, step_hash: str, step_id: str, attempt: int,
+                             error: dict[str, Any]) -> None:
+        run_id, now = self.run_id, self.now()
+
+        def script(tx: Tx, place: Placement, effects: Effects) -> None:
+            tx.insert_step_failure(run_id, step_hash, step_id, attempt, error, now)
+
+        await self.host.commit(self._held(script))
+        self.failures.setdefault(step_hash, []).append(
+            {"attempt": attempt, "error": error, "at": now})
+
+    def retry_due(self, key: str, failures: int, *, after_ms: int | None = None) -> int:
+        """When the next attempt may start: a requested time, else backoff with jitter."""
+        now = self.now()
+        if after_ms is not None:
+            return max(now, after_ms)
+        return now + retry_delay_ms(failures, seed=f"{self.run_id}:{key}")
+
+    async def end(self, status: RunStatus, *, output: Any = None,
+                  error: dict[str, Any] | None = None) -> None:
+        run = self.state.run
+        ending = Ending(run.id, run.function_id, status, output=output, error=error,
+                        parent_run_id=run.parent_run_id, parent_step=run.parent_step,
+                        event=self.first_event or None)
+        now, routing = self.now(), self.host.routing
+        with contextlib.suppress(LeaseLost):
+            await self.host.commit(self._held(
+                lambda tx, place, effects: scripts.end_run(tx, ending, now, place, routing,
+                                                           effects)))
+
+    async def retry_function(self, error: dict[str, Any], *, after_ms: int | None = None) -> None:
+        """An error outside any step: retry the whole invocation like a step, or fail the run
+        once the function's retries are used up."""
+        failures = len(self.failures.get(FUNCTION_KEY, ()))
+        if failures >= self.spec.retries:
+            await self.end("failed", error=error)
+            return
+        due = self.retry_due(FUNCTION_KEY, failures + 1, after_ms=after_ms)
+        with contextlib.suppress(LeaseLost):
+            await self.record_failure(FUNCTION_KEY, FUNCTION_KEY, failures, error)
+            await self.release(due)
+
+    async def release(self, due: int | None) -> None:
+        """Hand the queue item back: deleted (nothing scheduled) or due again at `due`."""
+        owner, item, now = self.host.owner, self.item_id, self.now()
+        if item is None:
+            return
+        await self.host.commit(lambda tx, place, effects: tx.release_item(item, owner, due, now))
+
+    async def warn(self, text: str) -> None:
+        run_id = self.run_id
+        log.warning("run %s: %s", run_id, text)
+        await self.host.commit(lambda tx, place, effects: tx.add_run_warning(run_id, text))
+
+    async def resolve_timeout(self, memo: Memo) -> Memo:
+        """A wait or invoke whose time is up: resolve it (unless an event won the race)."""
+        run_id, step_hash, now = self.run_id, memo.hash, self.now()
+        outcome: dict[str, Any] = ({"data": None} if memo.kind == "wait"
+                                   else {"error": dict(INVOKE_TIMEOUT_ERROR)})
+
+        def script(tx: Tx, place: Placement, effects: Effects) -> Memo | None:
+            if tx.resolve_memo(run_id, step_hash, outcome, now):
+                tx.delete_step_wait(run_id, step_hash)
+                return None
+            state = tx.load_run_state(run_id)
+            return None if state is None else state.memos.get(step_hash)
+
+        fresh = await self.host.commit(script)
+        if fresh is None:
+            memo.pending, memo.data, memo.error = False, outcome.get("data"), outcome.get("error")
+            memo.ended_at = now
+            return memo
+        self.memos[step_hash] = fresh
+        return fresh
+
+    async def sleep(self, step_hash: str, step_id: str, seq: int, due: int) -> Memo:
+        memo = Memo(step_hash, step_id, "sleep", seq, due_at=due, started_at=self.now(),
+                    ended_at=due)
+        await self.checkpoint(memo)
+        return memo
+
+    async def wait_for_event(self, step_hash: str, step_id: str, seq: int, *, event_name: str,
+                             timeout_ms: int, match_path: str | None,
+                             condition: str | None) -> int:
+        """Register a wait; returns when it times out."""
+        now = self.now()
+        due = now + timeout_ms
+        event = self.first_event
+        key = None if match_path is None else match_key(match_path,
+                                                        path_value(event, match_path))
+        wait = WaitRow(run_id=self.run_id, kind="wait", event_name=event_name, expires_at=due,
+                       step_hash=step_hash, match_key=key, expr=condition, event_ctx=event)
+        memo = Memo(step_hash, step_id, "wait", seq, due_at=due, started_at=now, pending=True)
+        await self.checkpoint(memo, lambda tx, place, effects: tx.insert_wait(wait))
+        return due
+
+    async def send_events(self, step_hash: str, step_id: str, seq: int,
+                          raw_events: list[dict[str, Any]]) -> list[str]:
+        now = self.now()
+        events = []
+        for raw in raw_events:
+            event = Event.from_dict(raw)
+            event.id = event.id or scripts.new_id()
+            event.ts = event.ts or now
+            events.append(event)
+        ids = [e.id for e in events]
+        memo = Memo(step_hash, step_id, "send", seq, data=ids, started_at=now, ended_at=now)
+        await self.checkpoint(memo, lambda tx, place, effects: scripts.store_emitted(
+            tx, events, now, effects))
+        return ids
+
+    async def invoke(self, step_hash: str, step_id: str, seq: int, *, ref: object,
+                     data: dict[str, Any], timeout_ms: int | None) -> Memo:
+        """Start the target as a child run (its end resolves this step), or, when no such
+        function exists, record the step as failed. Returns the memo."""
+        now = self.now()
+        target = self.host.find_function(ref)
+        if target is None:
+            error = {"name": "FunctionNotFoundError", "stack": "",
+                     "message": f"step '{step_id}': no function {ref!r} is registered (give a "
+                                "function object, 'fn-id', 'app-id/fn-id' or an SDK app's "
+                                "composite id)"}
+            memo = Memo(step_hash, step_id, "invoke", seq, error=error, started_at=now,
+                        ended_at=now)
+            await self.checkpoint(memo)
+            return memo
+        due = None if timeout_ms is None else now + timeout_ms
+        memo = Memo(step_hash, step_id, "invoke", seq, due_at=due, started_at=now, pending=True)
+        child = Event(name=FUNCTION_INVOKED, data=dict(data), id=scripts.new_id(), ts=now)
+        spec, run_id, routing = target.spec, self.run_id, self.host.routing
+
+        def start_child(tx: Tx, place: Placement, effects: Effects) -> None:
+            tx.insert_event(child, now, now, processed=True)
+            admission.start_run(tx, spec, [child], now, place, effects, routing=routing,
+                                parent=(run_id, step_hash))
+
+        await self.checkpoint(memo, start_child)
+        return memo
