@@ -203,11 +203,18 @@ class FunctionSpec:
     idempotency: Expression | None = None
     singleton: SingletonSpec | None = None
     failure_of: str | None = None     # set on the generated on_failure function
+    remote: bool = False              # served by an official-SDK app over HTTP
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def qualified_id(self) -> str:
         return f"{self.app_id}/{self.id}"
+
+    @property
+    def public_id(self) -> str:
+        """The id other parties use: an SDK app's composite id (`app-fn`), already unique,
+        or `app/fn` for native functions."""
+        return self.id if self.remote else self.qualified_id
 
     @property
     def flow_control_options(self) -> list[str]:
@@ -369,7 +376,7 @@ def build_spec(app_id: str, fn_id: str, *, trigger: object, name: str | None = N
                timeouts: object = None, concurrency: object = None, throttle: object = None,
                rate_limit: object = None, debounce: object = None, batch: object = None,
                priority: object = None, idempotency: object = None, singleton: object = None,
-               failure_of: str | None = None) -> FunctionSpec:
+               failure_of: str | None = None, remote: bool = False) -> FunctionSpec:
     """Validate every option of a function definition; raise `ConfigError` on the first problem."""
     if not isinstance(fn_id, str) or not _ID_RE.match(fn_id):
         raise ConfigError(
@@ -377,7 +384,7 @@ def build_spec(app_id: str, fn_id: str, *, trigger: object, name: str | None = N
             "and start with a letter or digit")
     check = _Checker(fn_id)
     raw_triggers = trigger if isinstance(trigger, list | tuple) else [trigger]
-    if not raw_triggers or trigger is None:
+    if (not raw_triggers and not remote) or trigger is None:
         raise check.fail("trigger", "is missing: give an event name, stepwell.Cron(...) or a list")
     triggers = tuple(_trigger(check, t) for t in raw_triggers)
     rules: tuple[CancelRule, ...] = ()
@@ -436,7 +443,7 @@ def build_spec(app_id: str, fn_id: str, *, trigger: object, name: str | None = N
             check, "rate_limit", rate_limit, RateLimit, True),
         debounce=spec_debounce, batch=spec_batch, priority=spec_priority,
         idempotency=check.optional_expression("idempotency", idempotency),
-        singleton=spec_singleton, failure_of=failure_of)
+        singleton=spec_singleton, failure_of=failure_of, remote=remote)
 
 
 def normalize_triggers(value: Sequence[object] | object) -> list[object]:

@@ -38,7 +38,8 @@ log = logging.getLogger("stepwell.run")
 class Target(Protocol):
     """Anything invocable: a native or a remote function."""
 
-    spec: FunctionSpec
+    @property
+    def spec(self) -> FunctionSpec: ...
 
 
 class Host(Protocol):
@@ -46,9 +47,11 @@ class Host(Protocol):
 
     clock: Clock
     owner: str
-    routing: scripts.Routing
     step_pool: Executor
     handler_pool: Executor
+
+    @property
+    def routing(self) -> scripts.Routing: ...
 
     def lease_until(self) -> int: ...
 

@@ -14,10 +14,12 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
+
+import httpx
 
 from stepwell.core.config import ConfigError, CronTrigger, FunctionSpec
 from stepwell.core.models import (
@@ -28,9 +30,11 @@ from stepwell.core.models import (
     Run,
     validate_event_payload,
 )
-from stepwell.core.routing import Router
+from stepwell.core.protocol import ProtocolError
 from stepwell.runtime import admission, scripts
 from stepwell.runtime.clock import Clock, SystemClock, wall_ms
+from stepwell.runtime.registry import Registry, registration_checksum
+from stepwell.runtime.remote import RemoteExecutor, RemoteFunction, RemoteSettings
 from stepwell.runtime.scripts import Dispatch, Effects, Placement, Routing
 from stepwell.runtime.session import RunSession
 from stepwell.runtime.views import run_view
@@ -72,16 +76,13 @@ class Engine:
 
     def __init__(self, *apps: App, db: str | None = None, clock: Clock | None = None,
                  worker: bool = True, lease_seconds: float = 30.0, max_concurrency: int = 1000,
-                 fsync: bool = True, sync_threads: int = 64, poll_seconds: float = 1.0) -> None:
+                 fsync: bool = True, sync_threads: int = 64, poll_seconds: float = 1.0,
+                 remote: RemoteSettings | None = None) -> None:
         self.apps = list(apps)
-        self.functions: dict[str, Function] = {}
-        for app in apps:
-            for fn in app.functions.values():
-                if fn.qualified_id in self.functions:
-                    raise ConfigError(f"function '{fn.qualified_id}' is defined twice")
-                self.functions[fn.qualified_id] = fn
-        self.routing = Routing(Router(f.spec for f in self.functions.values()),
-                               {k: f.spec for k, f in self.functions.items()})
+        self.registry = Registry(apps)
+        self.functions: dict[str, Function] = self.registry.native
+        self.remote_settings = remote or RemoteSettings()
+        self._http: httpx.AsyncClient | None = None
         self.db = db or DEFAULT_DB
         self.store = open_store(self.db, fsync=fsync)
         self.clock: Clock = clock or SystemClock()
@@ -122,6 +123,7 @@ class Engine:
         attach = getattr(self.clock, "attach", None)
         if attach is not None:
             attach(self)
+        await self._load_apps()
         await self._register_crons()
         if self.worker:
             await self._reclaim_dead_local_workers()
@@ -146,6 +148,9 @@ class Engine:
             owner = self.owner
             with contextlib.suppress(Exception):
                 await self.store.write(lambda tx: tx.release_leases_of(owner))
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
         detach = getattr(self.clock, "detach", None)
         if detach is not None:
             detach(self)
@@ -177,15 +182,46 @@ class Engine:
     async def read(self, fn: Callable[[Tx], R]) -> R:
         return await self.store.read(fn)
 
-    def find_function(self, ref: object) -> Function | None:
-        if isinstance(ref, Function):
-            return self.functions.get(ref.qualified_id)
-        if not isinstance(ref, str):
-            return None
-        if ref in self.functions:
-            return self.functions[ref]
-        matches = [f for f in self.functions.values() if f.id == ref]
-        return matches[0] if len(matches) == 1 else None
+    @property
+    def routing(self) -> Routing:
+        return self.registry.routing
+
+    def find_function(self, ref: object) -> Function | RemoteFunction | None:
+        return self.registry.find(ref)
+
+    # --- official-SDK apps -------------------------------------------------------------------
+
+    async def register_app(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Apply an SDK app's registration (`POST /fn/register`): validate every function,
+        store the app, and start routing events to it. Raises ProtocolError on a bad body."""
+        checksum = registration_checksum(body)
+        registration = self.registry.load_app(body, checksum)
+        now = self.clock.now()
+        modified = await self.store.write(lambda tx: tx.save_app(
+            registration.app_id, registration.url, body, checksum, now))
+        await self._register_crons()
+        return {"ok": True, "modified": modified, "app_id": registration.app_id,
+                "functions": [f.spec.id for f in registration.functions]}
+
+    async def _load_apps(self) -> None:
+        """Pick up apps synced through any process (and at start-up)."""
+        apps = await self.store.read(lambda tx: tx.list_apps())
+        changed = False
+        for app_id, _url, body, checksum in apps:
+            if self.registry.checksums.get(app_id) == checksum:
+                continue
+            try:
+                self.registry.load_app(body, checksum)
+                changed = True
+            except (ProtocolError, ConfigError) as exc:
+                log.error("stored app %s cannot be loaded: %s", app_id, exc)
+        if changed:
+            await self._register_crons()
+
+    def http_client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=self.remote_settings.timeout_s)
+        return self._http
 
     def _apply(self, effects: Effects) -> None:
         for dispatch in effects.dispatch:
@@ -388,6 +424,7 @@ class Engine:
                                                       tx.unblock_all())[1:])
         if any(released):
             self._wake.set()
+        await self._load_apps()
         before = self.clock.now() - UNPROCESSED_GRACE_MS
         stale = await self.store.read(lambda tx: tx.unprocessed_events(before, 500))
         if stale:
@@ -443,7 +480,7 @@ class Engine:
         if state is None or state.run.status not in ("queued", "running"):
             await self._drop(item_id)
             return
-        fn = self.functions.get(state.run.function_id)
+        fn = self.registry.get(state.run.function_id)
         if fn is None:
             # Another deployment's function: leave it for a worker that has it.
             log.warning("run %s belongs to unknown function %s; releasing it", state.run.id,
@@ -454,7 +491,11 @@ class Engine:
         if (not started and state.run.started_at is None
                 and not await self._start(item_id, state, fn.spec)):
             return
-        await RunSession(self, fn, state, item_id).execute()
+        if isinstance(fn, RemoteFunction):
+            await RemoteExecutor(self, fn, state, item_id, self.http_client(),
+                                 self.remote_settings).execute()
+        else:
+            await RunSession(self, fn, state, item_id).execute()
 
     async def _start(self, item_id: int, state: RunState, spec: FunctionSpec) -> bool:
         run, now = state.run, self.clock.now()
@@ -483,7 +524,7 @@ class Engine:
 
     async def _fire_flow(self, item: QueueItem) -> None:
         """A batch's timeout or a debounce window ended: start the run it was holding back."""
-        fn = self.functions.get(str((item.payload or {}).get("function_id")))
+        fn = self.registry.get(str((item.payload or {}).get("function_id")))
         if fn is None:
             await self._drop(item.id)
             return
@@ -517,24 +558,18 @@ class Engine:
 
     # --- cron --------------------------------------------------------------------------------
 
-    def _crons(self) -> Iterable[tuple[str, int, CronTrigger, FunctionSpec]]:
-        for qid, fn in self.functions.items():
-            for index, trigger in enumerate(fn.spec.triggers):
-                if isinstance(trigger, CronTrigger):
-                    yield f"cron:{qid}:{index}", index, trigger, fn.spec
-
     async def _register_crons(self) -> None:
         now = self.clock.now()
         entries = [(key, trig.schedule.next_after(now), {"function_id": spec.qualified_id,
                                                          "index": index})
-                   for key, index, trig, spec in self._crons()]
+                   for key, index, trig, spec in self.registry.crons()]
         if entries:
             await self.store.write(lambda tx: [
                 tx.enqueue("cron", key, due, payload=payload) for key, due, payload in entries])
 
     async def _fire_cron(self, item: QueueItem) -> None:
         payload = item.payload or {}
-        fn = self.functions.get(str(payload.get("function_id")))
+        fn = self.registry.get(str(payload.get("function_id")))
         index = int(payload.get("index", 0))
         trigger = fn.spec.triggers[index] if fn and index < len(fn.spec.triggers) else None
         if fn is None or not isinstance(trigger, CronTrigger):

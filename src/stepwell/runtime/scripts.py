@@ -220,7 +220,9 @@ def end_run(tx: Tx, ending: Ending, now: int, place: Placement, routing: Routing
         if tx.resolve_memo(ending.parent_run_id, ending.parent_step, outcome, now):
             enqueue_exec(tx, ending.parent_run_id, now, place, effects)
     system: list[Event] = []
-    base = {"function_id": ending.function_id, "run_id": ending.run_id,
+    spec = routing.functions.get(ending.function_id)
+    public_id = spec.public_id if spec is not None else ending.function_id
+    base = {"function_id": public_id, "run_id": ending.run_id,
             "event": ending.event or {}}
     if ending.status == "failed":
         system.append(_system_event(FUNCTION_FAILED, {**base, "error": ending.error}, now))

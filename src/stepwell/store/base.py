@@ -210,6 +210,16 @@ class Tx(Protocol):
 
     def count_ready(self, now: int) -> int: ...
 
+    # --- apps (official-SDK apps) ---------------------------------------------------------------
+    def save_app(self, app_id: str, url: str, config: dict[str, Any], checksum: str,
+                 now: int) -> bool:
+        """Store an app's latest registration; True if it changed (checksum differs)."""
+
+    def list_apps(self) -> list[tuple[str, str, dict[str, Any], str]]:
+        """(app id, url, registration body, checksum) of every synced app."""
+
+    def delete_app(self, app_id: str) -> bool: ...
+
     # --- waits ---------------------------------------------------------------------------
     def insert_wait(self, wait: WaitRow) -> None: ...
 

@@ -382,6 +382,24 @@ class SqliteTx:
                               (batch_key,)).fetchall()
         return [event_id for _, event_id in sorted(rows)]
 
+    # --- apps (official-SDK apps) ---------------------------------------------------------------
+    def save_app(self, app_id: str, url: str, config: dict[str, Any], checksum: str,
+                 now: int) -> bool:
+        row = self.c.execute("SELECT checksum FROM apps WHERE app_id=?", (app_id,)).fetchone()
+        self.c.execute(
+            "INSERT INTO apps (app_id, url, config, checksum, synced_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (app_id) DO UPDATE SET url=excluded.url, config=excluded.config, "
+            "checksum=excluded.checksum, synced_at=excluded.synced_at",
+            (app_id, url, dumps(config), checksum, now))
+        return row is None or row[0] != checksum
+
+    def list_apps(self) -> list[tuple[str, str, dict[str, Any], str]]:
+        rows = self.c.execute("SELECT app_id, url, config, checksum FROM apps ORDER BY app_id")
+        return [(r[0], r[1], loads(r[2]), r[3]) for r in rows]
+
+    def delete_app(self, app_id: str) -> bool:
+        return self.c.execute("DELETE FROM apps WHERE app_id=?", (app_id,)).rowcount == 1
+
     # --- waits -------------------------------------------------------------------------------
     def insert_wait(self, wait: WaitRow) -> None:
         self.c.execute(

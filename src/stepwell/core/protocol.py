@@ -1,0 +1,310 @@
+"""The Inngest SDK protocol, as pure functions: registration bodies to function specs, memos to
+the `steps` map the SDKs replay from, response opcodes to typed ops, and request signing.
+
+See shared/reference/inngest-protocol.md; section numbers below refer to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import rfc8785
+
+from stepwell.core.config import Cancel, ConfigError, Cron, FunctionSpec, build_spec
+from stepwell.core.durations import DurationError, parse_duration_ms, parse_timestamp_ms
+from stepwell.core.models import Event, Memo
+
+# Keys a registered function may carry (§1.2); anything else is rejected so a typo or an
+# unsupported feature is reported at sync time instead of silently ignored.
+KNOWN_FUNCTION_KEYS = frozenset({
+    "id", "name", "triggers", "steps", "concurrency", "throttle", "rateLimit", "debounce",
+    "batchEvents", "priority", "cancel", "idempotency", "singleton", "timeouts", "checkpoint",
+    "retries", "optimizeParallelism"})
+KNOWN_APP_KEYS = frozenset({
+    "appName", "appname", "app_name", "deployType", "deploy_type", "url", "sdk", "v",
+    "framework", "capabilities", "appVersion", "app_version", "featureObservations",
+    "functions", "deployId", "deploy_id", "env", "platform"})
+_MATCH_RE = re.compile(r"^\s*(event|async)\.([A-Za-z_][\w.]*)\s*==\s*(event|async)\.(\2)\s*$")
+
+
+class ProtocolError(ValueError):
+    """A registration or SDK response that does not follow the protocol."""
+
+
+@dataclass(frozen=True)
+class RemoteFunctionSpec:
+    spec: FunctionSpec
+    url: str
+
+
+@dataclass(frozen=True)
+class Registration:
+    app_id: str
+    url: str
+    functions: list[RemoteFunctionSpec]
+
+
+def _duration(value: Any) -> Any:
+    return value
+
+
+def _concurrency(raw: Any) -> Any:
+    if raw is None:
+        return None
+    items = raw if isinstance(raw, list) else [raw]
+    out = []
+    for item in items:
+        if isinstance(item, int) and not isinstance(item, bool):
+            item = {"limit": item}
+        if isinstance(item, Mapping):
+            if item.get("limit") == 0:          # Inngest: 0 means "no limit"
+                continue
+            out.append({k: v for k, v in item.items() if v is not None})
+        else:
+            out.append(item)
+    return out or None
+
+
+def _renamed(raw: Any, names: Mapping[str, str]) -> Any:
+    if not isinstance(raw, Mapping):
+        return raw
+    return {names.get(k, k): v for k, v in raw.items() if v is not None}
+
+
+def match_path_of(expression: str | None) -> str | None:
+    """`event.data.x == async.data.x` (either way round) is a `match` on `data.x`: waits and
+    cancellations written that way are matched by index rather than by evaluation."""
+    if not expression:
+        return None
+    m = _MATCH_RE.match(expression)
+    if m is None or m.group(1) == m.group(3):
+        return None
+    return m.group(2)
+
+
+def parse_registration(body: Any) -> Registration:
+    """Validate a `/fn/register` body and build a spec for every function (§1.2)."""
+    if not isinstance(body, Mapping):
+        raise ProtocolError("registration body must be a JSON object")
+    unknown = sorted(set(body) - KNOWN_APP_KEYS)
+    if unknown:
+        raise ProtocolError(f"registration has unknown keys {unknown}")
+    app_id = body.get("appName") or body.get("appname") or body.get("app_name")
+    if not isinstance(app_id, str) or not app_id:
+        raise ProtocolError("App ID required: 'appName' must be a non-empty string")
+    url = body.get("url")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise ProtocolError(f"app '{app_id}': 'url' must be the app's http(s) serve URL")
+    functions = body.get("functions")
+    if not isinstance(functions, list):
+        raise ProtocolError(f"app '{app_id}': 'functions' must be an array")
+    specs = [_function_spec(app_id, url, raw) for raw in functions]
+    ids = [s.spec.id for s in specs]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise ProtocolError(f"app '{app_id}': function ids {dupes} are registered twice")
+    return Registration(app_id, url, specs)
+
+
+def _function_spec(app_id: str, app_url: str, raw: Any) -> RemoteFunctionSpec:
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("id"), str):
+        raise ProtocolError(f"app '{app_id}': every function needs a string 'id'")
+    fn_id = raw["id"]
+    unknown = sorted(set(raw) - KNOWN_FUNCTION_KEYS)
+    if unknown:
+        raise ProtocolError(f"function '{fn_id}': unknown options {unknown}; known: "
+                            f"{sorted(KNOWN_FUNCTION_KEYS)}")
+    triggers: list[Any] = []
+    for trig in raw.get("triggers") or []:
+        if isinstance(trig, Mapping) and "cron" in trig:
+            triggers.append(Cron(str(trig["cron"])))
+        elif isinstance(trig, Mapping) and "event" in trig:
+            triggers.append(Event(str(trig["event"]), if_=trig.get("expression") or None))
+        else:
+            raise ProtocolError(f"function '{fn_id}': trigger {trig!r} has neither 'event' nor "
+                                "'cron'")
+    step = (raw.get("steps") or {}).get("step") or {}
+    url = ((step.get("runtime") or {}).get("url")) or f"{app_url}?fnId={fn_id}&stepId=step"
+    retries = (step.get("retries") or {}).get("attempts", raw.get("retries", 4))
+    cancels = []
+    for rule in raw.get("cancel") or []:
+        if not isinstance(rule, Mapping):
+            raise ProtocolError(f"function '{fn_id}': cancel rule {rule!r} is not an object")
+        expression = rule.get("if")
+        path = match_path_of(expression)
+        cancels.append(Cancel(event=rule.get("event", ""), match=path,
+                              if_=None if path else expression, timeout=rule.get("timeout")))
+    try:
+        spec = build_spec(
+            app_id, fn_id, name=raw.get("name"), trigger=triggers, retries=retries,
+            cancel_on=cancels or None,
+            timeouts=_renamed(raw.get("timeouts"), {}),
+            concurrency=_concurrency(raw.get("concurrency")),
+            throttle=_renamed(raw.get("throttle"), {}),
+            rate_limit=_renamed(raw.get("rateLimit"), {}),
+            debounce=_renamed(raw.get("debounce"), {}),
+            batch=_renamed(raw.get("batchEvents"), {"maxSize": "max_size", "if": "if_"}),
+            priority=_renamed(raw.get("priority"), {}),
+            idempotency=raw.get("idempotency") or None,
+            singleton=_renamed(raw.get("singleton"), {}), remote=True)
+    except ConfigError as exc:
+        raise ProtocolError(str(exc)) from None
+    return RemoteFunctionSpec(spec, url)
+
+
+# --- call requests (§2, §4) ----------------------------------------------------------------
+
+
+def memo_value(memo: Memo) -> Any:
+    """A resolved memo as the SDKs expect it in `steps` (§4)."""
+    if memo.kind == "sleep":
+        return None
+    if memo.kind == "wait":
+        return memo.data              # the event itself (not wrapped), or null on timeout
+    if memo.error is not None:
+        return {"error": memo.error}
+    return {"data": memo.data}
+
+
+def steps_map(memos: Iterable[Memo], now: int) -> tuple[dict[str, Any], list[str]]:
+    """The `steps` map and `ctx.stack` for a call: only steps whose outcome is known."""
+    done = [m for m in memos if not m.pending and not (
+        m.kind == "sleep" and m.due_at is not None and m.due_at > now)]
+    done.sort(key=lambda m: (m.seq, m.ended_at))
+    return {m.hash: memo_value(m) for m in done}, [m.hash for m in done]
+
+
+def canonical_json(value: Any) -> bytes:
+    """RFC 8785 canonical JSON: the Python SDK verifies signatures over this form (§6)."""
+    return rfc8785.dumps(value)
+
+
+# --- responses (§3) --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Op:
+    id: str
+    op: str
+    name: str = ""
+    display_name: str = ""
+    data: Any = None
+    error: dict[str, Any] | None = None
+    opts: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_ops(body: Any) -> list[Op]:
+    """The opcodes of a 206 response (an array, or a single legacy object)."""
+    items = body if isinstance(body, list) else [body]
+    ops = []
+    for item in items:
+        if not isinstance(item, Mapping) or not isinstance(item.get("op"), str):
+            raise ProtocolError(f"SDK response opcode {str(item)[:200]!r} has no 'op'")
+        step_id = item.get("id")
+        if not isinstance(step_id, str) or not step_id:
+            raise ProtocolError(f"SDK response opcode {item['op']} has no step 'id'")
+        error = item.get("error")
+        ops.append(Op(step_id, item["op"], str(item.get("name") or ""),
+                      str(item.get("displayName") or item.get("name") or ""),
+                      item.get("data"), error if isinstance(error, dict) else None,
+                      item.get("opts") or {}))
+    return ops
+
+
+def sleep_until(op: Op, now: int) -> int:
+    """A Sleep op carries a duration ("3s", TS) or an ISO time (PY) in `name`, or
+    `opts.duration`."""
+    value = op.opts.get("duration") or op.name
+    try:
+        return now + parse_duration_ms(value, what="sleep")
+    except DurationError:
+        pass
+    try:
+        return parse_timestamp_ms(value, what="sleep")
+    except DurationError as exc:
+        raise ProtocolError(f"Sleep op {op.id}: {exc}") from None
+
+
+def wait_request(op: Op) -> tuple[str, int, str | None, str | None]:
+    """(event name, timeout ms, match path, remaining condition) of a WaitForEvent op."""
+    event = op.opts.get("event") or op.name
+    if not isinstance(event, str) or not event:
+        raise ProtocolError(f"WaitForEvent op {op.id} names no event")
+    timeout = op.opts.get("timeout")
+    try:
+        timeout_ms = 0 if not timeout else parse_duration_ms(timeout, what="timeout")
+    except DurationError as exc:
+        raise ProtocolError(f"WaitForEvent op {op.id}: {exc}") from None
+    expression = op.opts.get("if") or None
+    path = match_path_of(expression)
+    return event, timeout_ms, path, None if path else expression
+
+
+def invoke_request(op: Op) -> tuple[str, dict[str, Any], int | None]:
+    """(target composite id, event data, timeout ms) of an InvokeFunction op."""
+    target = op.opts.get("function_id")
+    if not isinstance(target, str) or not target:
+        raise ProtocolError(f"InvokeFunction op {op.id} has no opts.function_id")
+    payload = op.opts.get("payload") or {}
+    data = payload.get("data") if isinstance(payload, Mapping) else None
+    timeout = op.opts.get("timeout")
+    try:
+        timeout_ms = None if not timeout else parse_duration_ms(timeout, what="timeout")
+    except DurationError as exc:
+        raise ProtocolError(f"InvokeFunction op {op.id}: {exc}") from None
+    return target, dict(data) if isinstance(data, Mapping) else {}, timeout_ms
+
+
+def sdk_error(body: Any, status: int) -> dict[str, Any]:
+    """The error of a failed call, from the SDK's JSON body when it has one."""
+    if isinstance(body, Mapping):
+        name = str(body.get("name") or "Error")
+        message = str(body.get("message") or body.get("error") or "")
+        return {"name": name, "message": message, "stack": str(body.get("stack") or ""),
+                "error": f"invalid status code: {status}"}
+    text = "" if body is None else str(body)[:1000]
+    return {"name": "Error", "message": text or f"invalid status code: {status}", "stack": "",
+            "error": f"invalid status code: {status}"}
+
+
+# --- signing (§6) ----------------------------------------------------------------------------
+
+_PREFIX_RE = re.compile(r"^signkey-[A-Za-z0-9]+-")
+
+
+def signing_secret(key: str) -> str:
+    """The hex part of a signing key (`signkey-prod-<hex>` or bare hex)."""
+    return _PREFIX_RE.sub("", key)
+
+
+def sign(body: bytes, key: str, t: int) -> str:
+    """`X-Inngest-Signature` for a request body at unix time `t`."""
+    mac = hmac.new(signing_secret(key).encode(), body + str(t).encode(), hashlib.sha256)
+    return f"t={t}&s={mac.hexdigest()}"
+
+
+def hashed_key(key: str) -> str:
+    """What SDKs send as `Authorization: Bearer ...`: sha256 of the hex-decoded key."""
+    secret = signing_secret(key)
+    try:
+        raw = bytes.fromhex(secret)
+    except ValueError:
+        raw = secret.encode()
+    return hashlib.sha256(raw).hexdigest()
+
+
+def bearer_ok(header: str | None, keys: Iterable[str]) -> bool:
+    """Constant-time check of an SDK's bearer token against the configured signing keys."""
+    if not header or not header.lower().startswith("bearer "):
+        return False
+    token = _PREFIX_RE.sub("", header[7:].strip())
+    ok = False
+    for key in keys:
+        for candidate in (hashed_key(key), signing_secret(key)):
+            ok |= hmac.compare_digest(token.encode(), candidate.encode())
+    return ok

@@ -1,0 +1,309 @@
+"""The HTTP executor: drives functions served by the official Inngest SDKs.
+
+Each call POSTs the run's event(s) and resolved memos to the app; the SDK replays its handler
+and answers with the function's result (200), the opcodes of the steps it reached (206), or an
+error. Opcodes map onto the same state transitions the in-process executor uses (`RunDriver`):
+StepRun/StepFailed commit a memo, StepError schedules a retry, Sleep/WaitForEvent/InvokeFunction
+suspend the run, StepPlanned steps are executed in parallel by targeted calls. See
+shared/reference/inngest-protocol.md, sections 2-4.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import httpx
+
+from stepwell.core.config import FunctionSpec
+from stepwell.core.models import Memo
+from stepwell.core.protocol import (
+    Op,
+    ProtocolError,
+    canonical_json,
+    invoke_request,
+    parse_ops,
+    sdk_error,
+    sign,
+    sleep_until,
+    steps_map,
+    wait_request,
+)
+from stepwell.runtime.driver import FUNCTION_KEY, Host, RunDriver
+from stepwell.runtime.scripts import LeaseLost
+from stepwell.store.base import RunState
+
+log = logging.getLogger("stepwell.remote")
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RemoteFunction:
+    """A function served by an SDK app at `url` (its step URL)."""
+
+    spec: FunctionSpec
+    url: str
+
+    @property
+    def qualified_id(self) -> str:
+        return self.spec.qualified_id
+
+
+@dataclass(frozen=True)
+class RemoteSettings:
+    """How this server calls SDK apps."""
+
+    signing_key: str | None = None
+    server_kind: str = "dev"
+    timeout_s: float = 300.0
+
+
+@dataclass
+class CallResult:
+    """One SDK response, classified."""
+
+    kind: str                        # done | ops | error
+    output: Any = None
+    ops: list[Op] | None = None
+    error: dict[str, Any] | None = None
+    retry: bool = True
+    retry_at: int | None = None
+
+
+def with_step(url: str, step_id: str) -> str:
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "stepId"]
+    query.append(("stepId", step_id))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _retry_after(value: str | None, now: int) -> int | None:
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return now + int(value.strip()) * 1000
+    try:
+        return int(email.utils.parsedate_to_datetime(value).timestamp() * 1000)
+    except (TypeError, ValueError):
+        pass
+    try:
+        from stepwell.core.durations import parse_timestamp_ms
+
+        return parse_timestamp_ms(value)
+    except ValueError:
+        return None
+
+
+class RemoteExecutor(RunDriver):
+    """One claimed run of an SDK-served function."""
+
+    def __init__(self, host: Host, fn: RemoteFunction, state: RunState, item_id: int | None,
+                 client: httpx.AsyncClient, settings: RemoteSettings) -> None:
+        super().__init__(host, fn.spec, state, item_id)
+        self.fn = fn
+        self.client = client
+        self.settings = settings
+        self._dues: list[int | None] = []
+
+    async def execute(self) -> None:
+        try:
+            while True:
+                result = await self._call("step", disable_immediate=False)
+                if not await self._handle(result, top=True):
+                    return
+                if self._dues:
+                    dues = [d for d in self._dues if d is not None]
+                    await self.release(min(dues) if dues else None)
+                    return
+        except LeaseLost:
+            log.info("run %s: lease lost (cancelled or reclaimed); stopping", self.run_id)
+
+    async def _handle(self, result: CallResult, *, top: bool) -> bool:
+        """Apply one response; False once the run has ended or was handed back."""
+        if result.kind == "done":
+            await self.end("completed", output=result.output)
+            return False
+        if result.kind == "error":
+            assert result.error is not None
+            if not result.retry:
+                await self.end("failed", error=result.error)
+            else:
+                await self.retry_function(result.error, after_ms=result.retry_at)
+            return False
+        planned: list[Op] = []
+        for op in result.ops or []:
+            if op.op == "StepPlanned":
+                planned.append(op)
+            elif op.op == "RunComplete":
+                await self.end("completed", output=op.data)
+                return False
+            else:
+                await self._apply(op)
+        if planned:
+            # Parallel steps: each runs in its own targeted call, concurrently.
+            results = await asyncio.gather(*(
+                self._call(op.id, disable_immediate=True) for op in planned))
+            for op, sub in zip(planned, results, strict=True):
+                if sub.kind == "ops":
+                    for inner in sub.ops or []:
+                        if inner.op not in ("StepPlanned", "RunComplete"):
+                            await self._apply(inner)
+                elif sub.kind == "error":
+                    await self._step_error(op, sub.error or {}, retry=sub.retry,
+                                           after_ms=sub.retry_at)
+        return True
+
+    def _seq(self) -> int:
+        return len(self.memos)
+
+    async def _apply(self, op: Op) -> None:
+        existing = self.memos.get(op.id)
+        if existing is not None:
+            await self._replayed(existing)
+            return
+        try:
+            if op.op in ("StepRun", "Step"):
+                await self.checkpoint(Memo(op.id, op.display_name or op.id, "run", self._seq(),
+                                           data=op.data, attempts=self._attempt(op.id) + 1,
+                                           started_at=self.now(), ended_at=self.now()))
+            elif op.op == "StepError":
+                await self._step_error(op, op.error or {}, retry=True)
+            elif op.op == "StepFailed":
+                await self._step_error(op, op.error or {}, retry=False)
+            elif op.op == "Sleep":
+                due = sleep_until(op, self.now())
+                await self.sleep(op.id, op.display_name or op.id, self._seq(), due)
+                if due > self.now():
+                    self._dues.append(due)
+            elif op.op == "WaitForEvent":
+                event, timeout_ms, path, condition = wait_request(op)
+                self._dues.append(await self.wait_for_event(
+                    op.id, op.display_name or op.id, self._seq(), event_name=event,
+                    timeout_ms=timeout_ms, match_path=path, condition=condition))
+            elif op.op == "InvokeFunction":
+                target, data, invoke_timeout = invoke_request(op)
+                memo = await self.invoke(op.id, op.display_name or op.id, self._seq(),
+                                         ref=target, data=data, timeout_ms=invoke_timeout)
+                if memo.pending:
+                    self._dues.append(memo.due_at)
+            else:
+                raise ProtocolError(f"opcode {op.op} is not supported by stepwell")
+        except ProtocolError as exc:
+            error = {"name": "ProtocolError", "message": str(exc), "stack": ""}
+            await self.checkpoint(Memo(op.id, op.display_name or op.id, "run", self._seq(),
+                                       error=error, started_at=self.now(),
+                                       ended_at=self.now()))
+
+    async def _replayed(self, memo: Memo) -> None:
+        """The SDK reported a step we already know (it is still sleeping, waiting or invoking):
+        keep waiting, or resolve a wait/invoke whose time is up and go on."""
+        now = self.now()
+        if memo.kind == "sleep" and memo.due_at is not None and memo.due_at > now:
+            self._dues.append(memo.due_at)
+        elif memo.pending:
+            if memo.due_at is None or memo.due_at > now:
+                self._dues.append(memo.due_at)
+            elif (await self.resolve_timeout(memo)).pending:
+                self._dues.append(None)
+
+    def _attempt(self, step_hash: str) -> int:
+        return len(self.failures.get(step_hash, ()))
+
+    async def _step_error(self, op: Op, error: dict[str, Any], *, retry: bool,
+                          after_ms: int | None = None) -> None:
+        attempt = self._attempt(op.id)
+        await self.record_failure(op.id, op.display_name or op.id, attempt, error)
+        if retry and attempt < self.spec.retries:
+            self._dues.append(self.retry_due(op.id, attempt + 1, after_ms=after_ms))
+            return
+        await self.checkpoint(Memo(op.id, op.display_name or op.id, "run", self._seq(),
+                                   error=error, attempts=attempt + 1, started_at=self.now(),
+                                   ended_at=self.now()))
+
+    def _discovery_attempt(self) -> int:
+        """A call retries whichever step is in backoff (or the handler itself)."""
+        retrying = [len(f) for h, f in self.failures.items() if h not in self.memos]
+        return max(retrying, default=0)
+
+    # --- the HTTP call -----------------------------------------------------------------------
+
+    def _request_body(self, step_id: str, disable_immediate: bool) -> dict[str, Any]:
+        steps, stack = steps_map(self.memos.values(), self.now())
+        events = [e.to_dict() for e in self.state.events] or [{"name": "", "data": {}}]
+        attempt = (self._attempt(step_id) if step_id != "step" else self._discovery_attempt())
+        ctx = {"run_id": self.run_id, "attempt": attempt, "max_attempts": self.spec.retries + 1,
+               "disable_immediate_execution": disable_immediate, "use_api": False,
+               "stack": {"stack": stack, "current": len(stack)}, "env": "",
+               "step_id": step_id}
+        return {"event": events[0], "events": events, "steps": steps, "ctx": ctx,
+                "version": 2, "use_api": False}
+
+    async def _call(self, step_id: str, *, disable_immediate: bool) -> CallResult:
+        body = self._request_body(step_id, disable_immediate)
+        raw = canonical_json(body)
+        if len(raw) > MAX_REQUEST_BYTES:
+            # Too large to send inline: the SDK fetches events and memos from /v0/runs.
+            body.update(events=[], steps={}, use_api=True)
+            body["ctx"]["use_api"] = True
+            raw = canonical_json(body)
+        headers = {"content-type": "application/json", "x-run-id": self.run_id,
+                   "x-inngest-req-version": "2", "x-inngest-step-id": step_id,
+                   "x-inngest-server-kind": self.settings.server_kind}
+        if self.settings.signing_key:
+            headers["x-inngest-signature"] = sign(raw, self.settings.signing_key,
+                                                  int(time.time()))
+        url = with_step(self.fn.url, step_id)
+        try:
+            response = await self.client.post(url, content=raw, headers=headers,
+                                              timeout=self.settings.timeout_s)
+        except httpx.HTTPError as exc:
+            return CallResult("error", error={
+                "name": "SDKUnreachable", "stack": "",
+                "message": f"calling {url} failed: {type(exc).__name__}: {exc}"})
+        return self._classify(response, url)
+
+    def _classify(self, response: httpx.Response, url: str) -> CallResult:
+        now = self.now()
+        if "x-inngest-sdk" not in response.headers:
+            return CallResult("error", error={
+                "name": "NotAnSDKResponse", "stack": "",
+                "message": f"{url} answered HTTP {response.status_code} without an "
+                           "x-inngest-sdk header: is an Inngest SDK app served there?"})
+        status, text = response.status_code, response.text
+        if status == 201:
+            # Streaming: keep-alive whitespace, then {"status", "headers", "body"}.
+            try:
+                wrapped = json.loads(text.strip())
+                inner = httpx.Response(int(wrapped["status"]),
+                                       headers={**wrapped.get("headers", {}),
+                                                "x-inngest-sdk": response.headers["x-inngest-sdk"]},
+                                       content=str(wrapped.get("body", "")).encode())
+            except (ValueError, KeyError, TypeError):
+                return CallResult("error", error={"name": "ProtocolError", "stack": "",
+                                                  "message": "malformed streamed SDK response"})
+            return self._classify(inner, url)
+        try:
+            body = json.loads(text) if text else None
+        except ValueError:
+            body = text
+        no_retry = response.headers.get("x-inngest-no-retry")
+        if status == 200:
+            return CallResult("done", output=body)
+        if status == 206:
+            try:
+                return CallResult("ops", ops=parse_ops(body if body is not None else []))
+            except ProtocolError as exc:
+                return CallResult("error", error={"name": "ProtocolError", "stack": "",
+                                                  "message": str(exc)})
+        retry = no_retry != "true" if no_retry is not None else True
+        return CallResult("error", error=sdk_error(body, status), retry=retry,
+                          retry_at=_retry_after(response.headers.get("retry-after"), now))
+
+
+__all__ = ["FUNCTION_KEY", "RemoteExecutor", "RemoteFunction", "RemoteSettings"]
