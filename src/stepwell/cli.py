@@ -31,7 +31,7 @@ import uvicorn
 from stepwell.core.config import ConfigError
 from stepwell.sdk.app import App
 from stepwell.server.app import create_app
-from stepwell.service import DEFAULT_DB, Service
+from stepwell.service import DEFAULT_DB, Service, ServiceError
 
 DEFAULT_URL = "http://127.0.0.1:8288"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -148,10 +148,14 @@ def banner(url: str, db: str, apps: Sequence[App]) -> str:
     return "\n".join(lines)
 
 
-async def serve(service: Service, sock: socket.socket, apps: Sequence[App], db: str) -> None:
+async def serve(service: Service, sock: socket.socket, apps: Sequence[App], db: str, *,
+                sync_urls: Sequence[str] = (), event_keys: Sequence[str] = (),
+                signing_keys: Sequence[str] = ()) -> None:
     """Engine, then server; on SIGINT/SIGTERM the server drains and the engine stops cleanly."""
-    config = uvicorn.Config(create_app(service), lifespan="off", log_level="warning",
-                            access_log=False, timeout_graceful_shutdown=5)
+    app = create_app(service, event_keys=list(event_keys) or None,
+                     signing_keys=list(signing_keys) or None)
+    config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     loop = asyncio.get_running_loop()
 
@@ -164,39 +168,103 @@ async def serve(service: Service, sock: socket.socket, apps: Sequence[App], db: 
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, request_exit)
     await service.start()
+    syncing: list[asyncio.Task[None]] = []
     try:
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         click.echo(banner(f"http://{shown}:{port}", db, apps))
+        syncing = [asyncio.create_task(sync_when_up(service, url, signing_keys))
+                   for url in sync_urls]
         await server.serve(sockets=[sock])
     finally:
+        for task in syncing:
+            task.cancel()
         await service.stop()
         click.echo("stepwell stopped")
 
 
-@main.command()
-@click.argument("target", metavar="PATH_OR_MODULE[:ATTR]")
-@click.option("--db", default=DEFAULT_DB, show_default=True, help="Database URL.")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8288, show_default=True, type=click.IntRange(0, 65535))
-def dev(target: str, db: str, host: str, port: int) -> None:
-    """Run the engine and HTTP server for the apps in a file or module.
+async def sync_when_up(service: Service, url: str, signing_keys: Sequence[str],
+                       attempts: int = 30) -> None:
+    """Sync an SDK app given with -u, retrying while it starts up (as `inngest dev -u`)."""
+    for attempt in range(attempts):
+        try:
+            result = await service.sync_app(url, signing_key=signing_keys[0] if signing_keys
+                                            else None)
+        except ServiceError as exc:
+            if attempt == attempts - 1:
+                click.echo(f"could not sync {url}: {exc.message}", err=True)
+                return
+            await asyncio.sleep(min(0.2 * 2 ** attempt, 5))
+        else:
+            click.echo(f"synced app {result['app_id']} from {url}: "
+                       f"{', '.join(result['functions']) or 'no functions'}")
+            return
 
-    Without ATTR every stepwell.App defined at the top level is served; ATTR may name one App
-    or a list of Apps.
-    """
+
+def server_options(fn: F) -> F:
+    """Options shared by the commands that run a server."""
+    for option in reversed([
+        click.option("--db", default=DEFAULT_DB, show_default=True, help="Database URL."),
+        click.option("--host", default="127.0.0.1", show_default=True),
+        click.option("--port", default=8288, show_default=True,
+                     type=click.IntRange(0, 65535)),
+        click.option("-u", "--sdk-url", "sync_urls", multiple=True, metavar="URL",
+                     help="Sync the official-SDK app served at URL on start-up (repeatable)."),
+        click.option("--event-key", "event_keys", multiple=True, envvar="INNGEST_EVENT_KEY",
+                     help="Accept events only with this key (repeatable); none: dev mode."),
+        click.option("--signing-key", "signing_keys", multiple=True,
+                     envvar="INNGEST_SIGNING_KEY",
+                     help="Sign requests to SDK apps and require it from them; none: dev mode."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def run_server(apps: list[App], db: str, host: str, port: int, *, worker: bool = True,
+               sync_urls: Sequence[str] = (), event_keys: Sequence[str] = (),
+               signing_keys: Sequence[str] = ()) -> None:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    apps = load_apps(target)
     try:
-        service = Service.for_apps(apps, db=db)
+        service = Service.for_apps(apps, db=db, worker=worker,
+                                   signing_key=signing_keys[0] if signing_keys else None)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     sock = listen(host, port)
     try:
-        asyncio.run(serve(service, sock, apps, db))
+        asyncio.run(serve(service, sock, apps, db, sync_urls=sync_urls, event_keys=event_keys,
+                          signing_keys=signing_keys))
     finally:
         sock.close()
+
+
+@main.command()
+@click.argument("target", metavar="[PATH_OR_MODULE[:ATTR]]", required=False)
+@server_options
+def dev(target: str | None, db: str, host: str, port: int, sync_urls: tuple[str, ...],
+        event_keys: tuple[str, ...], signing_keys: tuple[str, ...]) -> None:
+    """Run the engine and HTTP server for the apps in a file or module (and any official-SDK
+    apps synced with -u or /v1/apps/sync).
+
+    Without ATTR every stepwell.App defined at the top level is served; ATTR may name one App
+    or a list of Apps.
+    """
+    apps = load_apps(target) if target else []
+    run_server(apps, db, host, port, sync_urls=sync_urls, event_keys=event_keys,
+               signing_keys=signing_keys)
+
+
+@main.command("serve")
+@server_options
+@click.option("--no-worker", is_flag=True,
+              help="Serve the APIs only; separate `stepwell worker` processes execute runs.")
+def serve_command(db: str, host: str, port: int, sync_urls: tuple[str, ...],
+                  event_keys: tuple[str, ...], signing_keys: tuple[str, ...],
+                  no_worker: bool) -> None:
+    """Run the server for apps written with the official Inngest SDKs: event API, SDK
+    endpoint, REST API. Production mode when event or signing keys are given."""
+    run_server([], db, host, port, worker=not no_worker, sync_urls=sync_urls,
+               event_keys=event_keys, signing_keys=signing_keys)
 
 
 # --- HTTP client commands --------------------------------------------------------------------

@@ -9,10 +9,14 @@ carry the HTTP status a transport should use; nothing here knows about HTTP itse
 from __future__ import annotations
 
 import datetime
+import json
+import time
 from dataclasses import asdict
 from typing import Any, Final
 
-from stepwell.core.config import CronTrigger, EventTrigger, Trigger
+import httpx
+
+from stepwell.core.config import ConfigError, CronTrigger, EventTrigger, Trigger
 from stepwell.core.expressions import ExpressionError, compile_expression
 from stepwell.core.models import (
     ACTIVE_STATUSES,
@@ -23,6 +27,7 @@ from stepwell.core.models import (
     RunStatus,
     StepInfo,
 )
+from stepwell.core.protocol import ProtocolError, sign, steps_map
 from stepwell.runtime.engine import DEFAULT_DB as DEFAULT_DB  # re-exported for transports
 from stepwell.runtime.engine import Engine
 from stepwell.sdk.app import App
@@ -49,6 +54,10 @@ class ServiceError(Exception):
 
 class InvalidInput(ServiceError):
     status = 400
+
+
+class Unreachable(ServiceError):
+    status = 502
 
 
 class NotFound(ServiceError):
@@ -170,11 +179,11 @@ class Service:
         self.engine = engine
 
     @classmethod
-    def for_apps(cls, apps: list[App], *, db: str = DEFAULT_DB, **engine_options: Any
-                 ) -> Service:
+    def for_apps(cls, apps: list[App], *, db: str = DEFAULT_DB, signing_key: str | None = None,
+                 **engine_options: Any) -> Service:
         """A service over a new (not yet started) engine, so that transports never need to
         import the runtime themselves. Raises `ConfigError` for invalid function options."""
-        return cls(Engine(*apps, db=db, **engine_options))
+        return cls(Engine(*apps, db=db, signing_key=signing_key, **engine_options))
 
     async def start(self) -> None:
         """Start the engine (idempotent), for servers that own its lifecycle."""
@@ -318,12 +327,78 @@ class Service:
 
     def list_functions(self) -> list[dict[str, Any]]:
         out = []
-        for qid, fn in sorted(self.engine.functions.items()):
+        for qid, fn in sorted(self.engine.registry.items()):
             spec = fn.spec
-            out.append({"id": qid, "slug": qid, "app_id": spec.app_id, "function_id": spec.id,
-                        "name": spec.name, "triggers": [trigger_dict(t) for t in spec.triggers],
-                        "retries": spec.retries, "failure_of": spec.failure_of})
+            out.append({"id": qid, "slug": spec.public_id, "app_id": spec.app_id,
+                        "function_id": spec.id, "name": spec.name,
+                        "triggers": [trigger_dict(t) for t in spec.triggers],
+                        "retries": spec.retries, "failure_of": spec.failure_of,
+                        "kind": "sdk" if spec.remote else "native"})
         return out
 
     def health(self) -> dict[str, Any]:
-        return {"status": 200, "message": "OK", "functions": len(self.engine.functions)}
+        return {"status": 200, "message": "OK",
+                "functions": sum(1 for _ in self.engine.registry.items())}
+
+    # --- official-SDK apps -------------------------------------------------------------------
+
+    async def register_app(self, body: object) -> dict[str, Any]:
+        """`POST /fn/register` from an SDK app."""
+        if not isinstance(body, dict):
+            raise InvalidInput("registration body must be a JSON object")
+        try:
+            return await self.engine.register_app(body)
+        except (ProtocolError, ConfigError) as exc:
+            raise InvalidInput(str(exc)) from exc
+
+    async def sync_app(self, url: object, *, signing_key: str | None = None) -> dict[str, Any]:
+        """Ask the SDK app at `url` to register (`PUT`, as `inngest dev -u` does) and report
+        what it registered."""
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise InvalidInput("'url' must be the app's http(s) serve URL, e.g. "
+                               "http://127.0.0.1:3000/api/inngest")
+        body = json.dumps({"url": url}).encode()
+        headers = {"content-type": "application/json",
+                   "x-inngest-server-kind": "cloud" if signing_key else "dev"}
+        if signing_key:
+            headers["x-inngest-signature"] = sign(body, signing_key, int(time.time()))
+        before = self.engine.registrations
+        try:
+            async with httpx.AsyncClient(timeout=30) as client:
+                response = await client.put(url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise Unreachable(f"cannot reach the app at {url}: {type(exc).__name__}: {exc}"
+                              ) from exc
+        # The SDK registers (POSTs to us) before it answers the PUT; its reported URL may spell
+        # the host differently, so take the registration that arrived during the PUT.
+        app_id = self.engine.last_registration.get(url.rstrip("/"), self.engine.last_app_id)
+        if self.engine.registrations == before or app_id is None:
+            raise InvalidInput(
+                f"the app at {url} answered HTTP {response.status_code} but did not register: "
+                f"{response.text[:500]}")
+        return {"app_id": app_id, "url": url, "functions": [
+            fn.spec.id for _, fn in self.engine.registry.items()
+            if fn.spec.remote and fn.spec.app_id == app_id]}
+
+    async def list_apps(self) -> list[dict[str, Any]]:
+        out = []
+        for app_id, url, _body, checksum in await self.engine.read(lambda tx: tx.list_apps()):
+            out.append({"app_id": app_id, "url": url, "checksum": checksum, "functions": [
+                fn.spec.id for _, fn in self.engine.registry.items()
+                if fn.spec.remote and fn.spec.app_id == app_id]})
+        return out
+
+    async def run_batch(self, run_id: str) -> list[dict[str, Any]]:
+        """`GET /v0/runs/{id}/batch`: the run's events, for SDK calls sent with use_api."""
+        state = await self.engine.read(lambda tx: tx.load_run_state(run_id))
+        if state is None:
+            raise NotFound(f"no run {run_id!r}")
+        return [e.to_dict() for e in state.events]
+
+    async def run_actions(self, run_id: str) -> dict[str, Any]:
+        """`GET /v0/runs/{id}/actions`: the run's resolved memos, as the `steps` map."""
+        state = await self.engine.read(lambda tx: tx.load_run_state(run_id))
+        if state is None:
+            raise NotFound(f"no run {run_id!r}")
+        steps, _ = steps_map(state.memos.values(), self.engine.clock.now())
+        return steps

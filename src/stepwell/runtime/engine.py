@@ -77,11 +77,17 @@ class Engine:
     def __init__(self, *apps: App, db: str | None = None, clock: Clock | None = None,
                  worker: bool = True, lease_seconds: float = 30.0, max_concurrency: int = 1000,
                  fsync: bool = True, sync_threads: int = 64, poll_seconds: float = 1.0,
-                 remote: RemoteSettings | None = None) -> None:
+                 signing_key: str | None = None, sdk_timeout_seconds: float = 300.0) -> None:
         self.apps = list(apps)
         self.registry = Registry(apps)
         self.functions: dict[str, Function] = self.registry.native
-        self.remote_settings = remote or RemoteSettings()
+        # How SDK apps are called: signed (production mode) when a signing key is given.
+        self.remote_settings = RemoteSettings(
+            signing_key=signing_key, server_kind="cloud" if signing_key else "dev",
+            timeout_s=sdk_timeout_seconds)
+        self.registrations = 0                         # SDK registrations received
+        self.last_registration: dict[str, str] = {}    # app URL -> app id
+        self.last_app_id: str | None = None
         self._http: httpx.AsyncClient | None = None
         self.db = db or DEFAULT_DB
         self.store = open_store(self.db, fsync=fsync)
@@ -200,6 +206,9 @@ class Engine:
         modified = await self.store.write(lambda tx: tx.save_app(
             registration.app_id, registration.url, body, checksum, now))
         await self._register_crons()
+        self.registrations += 1
+        self.last_registration[registration.url.rstrip("/")] = registration.app_id
+        self.last_app_id = registration.app_id
         return {"ok": True, "modified": modified, "app_id": registration.app_id,
                 "functions": [f.spec.id for f in registration.functions]}
 

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from stepwell.core.protocol import bearer_ok
 from stepwell.server.openapi import openapi_document
 from stepwell.service import InvalidInput, Service, ServiceError, iso, parse_limit
 
@@ -84,6 +85,7 @@ def _query(request: Request, name: str) -> str | None:
 
 
 def create_app(service: Service, *, event_keys: Collection[str] | None = None,
+               signing_keys: Collection[str] | None = None,
                manage_engine: bool = False) -> Starlette:
     """The server's ASGI app over `service`.
 
@@ -92,6 +94,40 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
     on shutdown, for running it under a plain ASGI server (`stepwell dev` manages it itself).
     """
     keys = None if event_keys is None else frozenset(event_keys)
+    signing = [k for k in (signing_keys or []) if k]
+
+    def require_sdk_auth(request: Request) -> None:
+        """With signing keys configured (production mode), SDK calls must carry the hashed key
+        as a bearer token; in dev mode anything goes (the SDKs send `Bearer undefined`)."""
+        if signing and not bearer_ok(request.headers.get("authorization"), signing):
+            raise Unauthorized("missing or wrong signing key: send 'Authorization: Bearer "
+                               "<sha256 of your signing key>' as the official SDKs do")
+
+    async def register(request: Request) -> Response:
+        require_sdk_auth(request)
+        result = await service.register_app(await read_json(request))
+        return JSONResponse({**result, "status": 200})
+
+    async def sync_app(request: Request) -> Response:
+        body = await read_json(request)
+        url = body.get("url") if isinstance(body, dict) else None
+        return envelope(await service.sync_app(url, signing_key=signing[0] if signing else None))
+
+    async def list_apps(request: Request) -> Response:
+        return envelope(await service.list_apps())
+
+    async def run_batch(request: Request) -> Response:
+        require_sdk_auth(request)
+        return JSONResponse(await service.run_batch(request.path_params["run_id"]))
+
+    async def run_actions(request: Request) -> Response:
+        require_sdk_auth(request)
+        return JSONResponse(await service.run_actions(request.path_params["run_id"]))
+
+    async def dev_info(request: Request) -> Response:
+        return JSONResponse({"version": "stepwell", "mode": "cloud" if signing else "dev",
+                             "functions": service.list_functions(),
+                             "apps": await service.list_apps()})
 
     async def send_events(request: Request) -> Response:
         key = request.path_params["key"]
@@ -139,6 +175,12 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
         Route("/health", health, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/e/{key}", send_events, methods=["POST"]),
+        Route("/fn/register", register, methods=["POST"]),
+        Route("/v0/runs/{run_id}/batch", run_batch, methods=["GET"]),
+        Route("/v0/runs/{run_id}/actions", run_actions, methods=["GET"]),
+        Route("/v1/apps", list_apps, methods=["GET"]),
+        Route("/v1/apps/sync", sync_app, methods=["POST"]),
+        Route("/dev", dev_info, methods=["GET"]),
         Route("/v1/events", list_events, methods=["GET"]),
         Route("/v1/events/{event_id}", get_event, methods=["GET"]),
         Route("/v1/events/{event_id}/runs", event_runs, methods=["GET"]),

@@ -1,29 +1,27 @@
 """SQLite backend: WAL, `BEGIN IMMEDIATE`, group commit on one writer thread.
 
 All writes go through a single writer thread that drains every script submitted since its last
-commit and runs them in one transaction: with `synchronous=FULL` each commit is an fsync, so
-grouping is what lets thousands of runs per second checkpoint durably. Reads use their own
+commit and runs them in one transaction (`store.groupcommit`): with `synchronous=FULL` each commit
+is an fsync, so grouping is what lets thousands of runs per second checkpoint durably. Reads use their own
 connections (WAL lets them proceed while the writer works).
 """
 
 from __future__ import annotations
 
 import asyncio
-import queue
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
 from stepwell.store.base import StoreError, Tx
+from stepwell.store.groupcommit import GroupCommit
 from stepwell.store.sqlite_tx import SqliteTx
 
 R = TypeVar("R")
-MAX_GROUP = 512
-_STOP = object()
 
 
 def sqlite_path(url: str) -> str:
@@ -80,6 +78,28 @@ def migrate(conn: sqlite3.Connection) -> None:
         raise
 
 
+class _SqliteTransactor:
+    """The writer side of group commit: `BEGIN IMMEDIATE` ... `COMMIT` on one connection."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.tx = SqliteTx(conn)
+
+    def run(self, scripts: Sequence[Callable[[Tx], Any]]) -> list[Any]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            values = [script(self.tx) for script in scripts]
+            self.conn.execute("COMMIT")
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+        return values
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 class SqliteStore:
     """The embedded backend. `fsync=True` is `synchronous=FULL`: every commit reaches the disk."""
 
@@ -87,16 +107,12 @@ class SqliteStore:
         self.url = url
         self.path = sqlite_path(url)
         self.fsync = fsync
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._pending = 0
-        self._writer: threading.Thread | None = None
+        self._writer: GroupCommit | None = None
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="stepwell-read")
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def open(self) -> None:
-        self._loop = asyncio.get_running_loop()
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -104,14 +120,13 @@ class SqliteStore:
             migrate(conn)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
-        self._writer = threading.Thread(target=self._write_loop, args=(conn,),
-                                        name="stepwell-writer", daemon=True)
-        self._writer.start()
+        # One writer: SQLite has a single write lock, so a second writer would only wait on it.
+        self._writer = GroupCommit([_SqliteTransactor(conn)], name="stepwell-writer")
+        self._writer.start(asyncio.get_running_loop())
 
     async def close(self) -> None:
         if self._writer is not None:
-            self._queue.put(_STOP)
-            await asyncio.to_thread(self._writer.join)
+            await self._writer.stop()
             self._writer = None
         self._readers.shutdown(wait=True)
         for conn in self._reader_conns:
@@ -119,17 +134,11 @@ class SqliteStore:
         self._reader_conns.clear()
 
     def pending_writes(self) -> int:
-        return self._pending
+        return 0 if self._writer is None else self._writer.pending
 
     async def write(self, script: Callable[[Tx], R]) -> R:
-        assert self._loop is not None, "store is not open"
-        future: asyncio.Future[R] = self._loop.create_future()
-        self._pending += 1
-        self._queue.put((script, future))
-        try:
-            return await future
-        finally:
-            self._pending -= 1
+        assert self._writer is not None, "store is not open"
+        return await self._writer.submit(script)
 
     async def read(self, script: Callable[[Tx], R]) -> R:
         loop = asyncio.get_running_loop()
@@ -146,70 +155,3 @@ class SqliteStore:
             return script(SqliteTx(conn))
         finally:
             conn.execute("ROLLBACK")
-
-    # --- the writer thread ------------------------------------------------------------------
-
-    def _write_loop(self, conn: sqlite3.Connection) -> None:
-        tx = SqliteTx(conn)
-        try:
-            while True:
-                first = self._queue.get()
-                if first is _STOP:
-                    return
-                batch = [first]
-                stop = False
-                while len(batch) < MAX_GROUP:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is _STOP:
-                        stop = True
-                        break
-                    batch.append(item)
-                self._commit_group(conn, tx, batch)
-                if stop:
-                    return
-        finally:
-            conn.close()
-
-    def _commit_group(self, conn: sqlite3.Connection, tx: SqliteTx,
-                      batch: list[tuple[Callable[[Tx], Any], asyncio.Future[Any]]]) -> None:
-        results: list[tuple[asyncio.Future[Any], bool, Any]] = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for script, future in batch:
-                results.append((future, True, script(tx)))
-            conn.execute("COMMIT")
-        except Exception:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            # One script failed: run each alone so the others still commit and the failing one
-            # gets its own exception.
-            results = [(future, *self._run_alone(conn, tx, script)) for script, future in batch]
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(_resolve, results)
-
-    @staticmethod
-    def _run_alone(conn: sqlite3.Connection, tx: SqliteTx,
-                   script: Callable[[Tx], Any]) -> tuple[bool, Any]:
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            value = script(tx)
-            conn.execute("COMMIT")
-            return True, value
-        except Exception as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            return False, exc
-
-
-def _resolve(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    for future, ok, value in results:
-        if future.done():
-            continue
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
-
