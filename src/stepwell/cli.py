@@ -225,6 +225,7 @@ def run_server(apps: list[App], db: str, host: str, port: int, *, worker: bool =
                signing_keys: Sequence[str] = ()) -> None:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)   # one line per SDK call is noise
     try:
         service = Service.for_apps(apps, db=db, worker=worker,
                                    signing_key=signing_keys[0] if signing_keys else None)

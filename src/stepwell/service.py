@@ -122,7 +122,7 @@ def step_dict(step: StepInfo) -> dict[str, Any]:
     return out
 
 
-def run_dict(run: Run, *, steps: bool = True) -> dict[str, Any]:
+def run_dict(run: Run, *, steps: bool = True, public_id: str | None = None) -> dict[str, Any]:
     """Inngest's v1 run shape first, then what stepwell adds (timeline, error, warnings).
 
     Inngest's `run_started_at` is when the run was created (queued), so ours is too; the moment
@@ -140,7 +140,7 @@ def run_dict(run: Run, *, steps: bool = True) -> dict[str, Any]:
         "status": STATUS_NAMES[run.status],
         "output": output,
         "event_id": run.event_id,
-        "function_id": run.function_id,
+        "function_id": public_id or run.function_id,
         "app_id": app_id if fn_id else None,
         "started_at": iso(run.started_at),
         "error": run.error,
@@ -177,6 +177,11 @@ class Service:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+
+    def _run_dict(self, run: Run, *, steps: bool = True) -> dict[str, Any]:
+        """A run's API shape; SDK functions are named by their composite id, as in Inngest."""
+        fn = self.engine.registry.get(run.function_id)
+        return run_dict(run, steps=steps, public_id=fn.spec.public_id if fn else None)
 
     @classmethod
     def for_apps(cls, apps: list[App], *, db: str = DEFAULT_DB, signing_key: str | None = None,
@@ -233,7 +238,7 @@ class Service:
         if await self.engine.get_event(event_id) is None:
             raise NotFound(f"no event with id {event_id!r}")
         runs = await self.engine.runs(event_id=event_id, limit=MAX_LIMIT)
-        return [run_dict(run, steps=False) for run in runs]
+        return [self._run_dict(run, steps=False) for run in runs]
 
     # --- runs --------------------------------------------------------------------------------
 
@@ -241,7 +246,7 @@ class Service:
         run = await self.engine.get_run(run_id)
         if run is None:
             raise NotFound(f"no run with id {run_id!r}")
-        return run_dict(run)
+        return self._run_dict(run)
 
     async def list_runs(self, *, function_id: str | None = None, status: str | None = None,
                         event_id: str | None = None, limit: int = 100
@@ -251,7 +256,7 @@ class Service:
         runs = await self.engine.runs(event_id=event_id or None,
                                       function_id=function_id or None, status=wanted,
                                       limit=limit)
-        return [run_dict(run, steps=False) for run in runs]
+        return [self._run_dict(run, steps=False) for run in runs]
 
     async def cancel_run(self, run_id: str) -> dict[str, Any]:
         """Cancel one run. Cancelling a cancelled run is a no-op; a finished one is a conflict.
@@ -263,7 +268,7 @@ class Service:
         if run is None:
             raise NotFound(f"no run with id {run_id!r}")
         if run.status == "cancelled":
-            return run_dict(run)
+            return self._run_dict(run)
         if run.status in TERMINAL_STATUSES:
             raise Conflict(f"run {run_id} has already ended ({run.status}); "
                            "only queued or running runs can be cancelled")
@@ -274,7 +279,7 @@ class Service:
                 raise Conflict(f"run {run_id} ended ({state}) before it could be cancelled")
         after = await self.engine.get_run(run_id)
         assert after is not None
-        return run_dict(after)
+        return self._run_dict(after)
 
     async def bulk_cancel(self, body: object) -> dict[str, Any]:
         """Inngest's `POST /v1/cancellations`: cancel the active runs of one function created

@@ -1,9 +1,9 @@
 """SQLite backend: WAL, `BEGIN IMMEDIATE`, group commit on one writer thread.
 
 All writes go through a single writer thread that drains every script submitted since its last
-commit and runs them in one transaction (`store.groupcommit`): with `synchronous=FULL` each commit
-is an fsync, so grouping is what lets thousands of runs per second checkpoint durably. Reads use their own
-connections (WAL lets them proceed while the writer works).
+commit and runs them in one transaction (`store.groupcommit`): with `synchronous=FULL` each
+commit is an fsync, so grouping is what lets thousands of runs per second checkpoint durably.
+Reads use their own connections (WAL lets them proceed while the writer works).
 """
 
 from __future__ import annotations
