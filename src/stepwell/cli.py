@@ -130,7 +130,7 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def banner(url: str, db: str, apps: Sequence[App]) -> str:
-    lines = [f"stepwell dev server running at {url}  (db: {db})", "functions:"]
+    lines = [f"stepwell server running at {url}  (db: {db})", "functions:"]
     example = None
     for app in apps:
         for fn in app.functions.values():

@@ -1,0 +1,494 @@
+"""`Tx` for Postgres: the SQL of every domain operation, inside one open transaction.
+
+The connection is in pipeline mode for the whole transaction: a statement whose result nobody
+needs (an insert, a lock) is only queued, and is sent together with the next one whose result is
+read, so a script costs one round trip per *answer* rather than per statement.
+
+Writes run under READ COMMITTED with many processes at once, so every read-modify-write is made
+safe explicitly (SQLite gets this for free from its single writer):
+
+- compare-and-set updates (`... WHERE status IN (...)`, `owner = %s`, `outcome IS NULL`) and
+  insert-once (`ON CONFLICT DO NOTHING`) re-check their condition on the latest row version after
+  waiting for a concurrent writer, so exactly one of two racing transactions wins;
+- keyed state that is read, decided on in Python, then written (flow-control state, debounce and
+  batch items, the count of held concurrency slots) is guarded by a transaction-scoped advisory
+  lock on the key, taken in a statement of its own *before* the read: under READ COMMITTED each
+  statement sees everything committed before it started, so the read that follows the lock sees
+  the previous holder's writes;
+- claims use `FOR UPDATE SKIP LOCKED`, so workers never wait on each other's candidates.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import psycopg
+
+from stepwell.core.models import Event, Memo, RunStatus
+from stepwell.store.base import NewRun, QueueItem, RunRow, RunState, WaitRow
+
+Row = tuple[Any, ...]
+Conn = psycopg.Connection[Row]
+
+# Notified (in the committing transaction, so delivered at commit) when work may have become
+# claimable: idle workers LISTEN on it and poll at once.
+WORK_CHANNEL = "stepwell_work"
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+_RUN_COLUMNS = ("id, function_id, status, event_id, event_ids, created_at, started_at, ended_at, "
+                "output, error, warnings, parent_run_id, parent_step")
+_EVENT_COLUMNS = "id, name, data, user_data, ts"
+_QUEUE_COLUMNS = ("id, kind, unique_key, due_at, run_id, payload, priority_at, ck1, cl1, ck2, "
+                  "cl2")
+
+
+def _run_row(row: Row) -> RunRow:
+    event_ids = loads(row[4]) or ([row[3]] if row[3] else [])
+    return RunRow(id=row[0], function_id=row[1], status=row[2], event_ids=event_ids,
+                  created_at=row[5], started_at=row[6], ended_at=row[7], output=loads(row[8]),
+                  error=loads(row[9]), warnings=loads(row[10]) or [], parent_run_id=row[11],
+                  parent_step=row[12])
+
+
+def _event(row: Row) -> Event:
+    return Event(name=row[1], data=loads(row[2]), id=row[0], ts=row[4], user=loads(row[3]) or {})
+
+
+def _queue_item(r: Row) -> QueueItem:
+    return QueueItem(r[0], r[1], r[2], r[3], r[4], loads(r[5]), priority_at=r[6],
+                     concurrency=[(k, n) for k, n in ((r[7], r[8]), (r[9], r[10]))
+                                  if k is not None])
+
+
+class PostgresTx:
+    """`Tx` over one connection in pipeline mode, inside an open transaction.
+
+    `writable` is False for read-only snapshots (no advisory locks are taken there). After the
+    scripts ran, `notify` says whether the transaction made work claimable by other workers.
+    """
+
+    def __init__(self, conn: Conn, pipeline: psycopg.Pipeline, *, writable: bool) -> None:
+        self.c = conn
+        self.p = pipeline
+        self.writable = writable
+        self.notify = False
+        self._locked: set[str] = set()
+
+    # --- plumbing ----------------------------------------------------------------------------
+    def _send(self, sql: str, args: Sequence[Any] = ()) -> psycopg.Cursor[Row]:
+        """Queue a statement; its result (if any) is read later, or never."""
+        return self.c.execute(sql, args)  # type: ignore[arg-type]
+
+    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+        return self._send(sql, args).fetchall()
+
+    def _one(self, sql: str, args: Sequence[Any] = ()) -> Row | None:
+        return self._send(sql, args).fetchone()
+
+    def _count(self, sql: str, args: Sequence[Any] = ()) -> int:
+        """Rows affected by a statement (waits for its result)."""
+        cur = self._send(sql, args)
+        self.p.sync()
+        return cur.rowcount
+
+    def lock(self, *keys: str) -> None:
+        """Serialize read-modify-writes of these keys across transactions (held to commit).
+        Keys are locked in sorted order, so two transactions locking the same set cannot
+        deadlock on them."""
+        fresh = sorted(set(keys) - self._locked)
+        if not fresh or not self.writable:
+            return
+        self._locked.update(fresh)
+        self._send("SELECT pg_advisory_xact_lock(hashtextextended('stepwell:' || k, 0)) "
+                   "FROM unnest(%s::text[]) WITH ORDINALITY AS u(k, n) ORDER BY n", (fresh,))
+
+    # --- events ------------------------------------------------------------------------------
+    def insert_event(self, event: Event, received_at: int, dedupe_after: int,
+                     processed: bool) -> bool:
+        return self._count(
+            "INSERT INTO events (id, name, data, user_data, ts, received_at, processed) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
+            "name=excluded.name, data=excluded.data, user_data=excluded.user_data, "
+            "ts=excluded.ts, received_at=excluded.received_at, processed=excluded.processed "
+            "WHERE events.received_at <= %s",
+            (event.id, event.name, dumps(event.data), dumps(event.user) if event.user else None,
+             event.ts, received_at, processed, dedupe_after)) == 1
+
+    def mark_event_processed(self, event_id: str) -> bool:
+        return self._count("UPDATE events SET processed=true WHERE id=%s AND NOT processed",
+                           (event_id,)) == 1
+
+    def unprocessed_events(self, received_before: int, limit: int) -> list[Event]:
+        rows = self._rows(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE NOT processed AND received_at < %s "
+            "ORDER BY received_at LIMIT %s", (received_before, limit))
+        return [_event(r) for r in rows]
+
+    def get_events(self, ids: Sequence[str]) -> list[Event]:
+        if not ids:
+            return []
+        rows = self._rows(f"SELECT {_EVENT_COLUMNS} FROM events WHERE id = ANY(%s)", (list(ids),))
+        by_id = {r[0]: _event(r) for r in rows}
+        return [by_id[i] for i in ids if i in by_id]
+
+    def list_events(self, name: str | None, limit: int) -> list[tuple[Event, int]]:
+        where, args = ("WHERE name = %s ", [name]) if name else ("", [])
+        rows = self._rows(f"SELECT {_EVENT_COLUMNS}, received_at FROM events {where}"
+                          "ORDER BY received_at DESC LIMIT %s", (*args, limit))
+        return [(_event(r), r[5]) for r in rows]
+
+    # --- runs --------------------------------------------------------------------------------
+    def insert_run(self, run: NewRun) -> None:
+        batched = len(run.event_ids) > 1
+        self._send(
+            "INSERT INTO runs (id, function_id, status, event_id, event_ids, created_at, "
+            "started_at, parent_run_id, parent_step, error, ended_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (run.id, run.function_id, run.status, run.event_ids[0] if run.event_ids else None,
+             dumps(run.event_ids) if batched else None, run.created_at, run.started_at,
+             run.parent_run_id, run.parent_step, dumps(run.error) if run.error else None,
+             run.created_at if run.status in ("skipped", "failed") else None))
+        if batched:
+            self._send("INSERT INTO run_events (event_id, run_id) "
+                       "SELECT e, %s FROM unnest(%s::text[]) AS e ON CONFLICT DO NOTHING",
+                       (run.id, run.event_ids))
+
+    def start_run(self, run_id: str, now: int) -> bool:
+        return self._count(
+            "UPDATE runs SET status='running', started_at=coalesce(started_at, %s) "
+            "WHERE id=%s AND status IN ('queued', 'running')", (now, run_id)) == 1
+
+    def finish_run(self, run_id: str, status: RunStatus, now: int, *, output: Any = None,
+                   error: dict[str, Any] | None = None) -> bool:
+        return self._count(
+            "UPDATE runs SET status=%s, ended_at=%s, output=%s, error=%s "
+            "WHERE id=%s AND status IN ('queued', 'running')",
+            (status, now, None if output is None else dumps(output),
+             None if error is None else dumps(error), run_id)) == 1
+
+    def add_run_warning(self, run_id: str, warning: str) -> None:
+        lock = " FOR UPDATE" if self.writable else ""
+        row = self._one(f"SELECT warnings FROM runs WHERE id=%s{lock}", (run_id,))
+        if row is None:
+            return
+        warnings = loads(row[0]) or []
+        if warning not in warnings:
+            warnings.append(warning)
+            self._send("UPDATE runs SET warnings=%s WHERE id=%s", (dumps(warnings), run_id))
+
+    def get_run(self, run_id: str) -> RunRow | None:
+        row = self._one(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id=%s", (run_id,))
+        return None if row is None else _run_row(row)
+
+    def list_runs(self, *, event_id: str | None = None, function_id: str | None = None,
+                  status: str | None = None, limit: int = 100) -> list[RunRow]:
+        where: list[str] = []
+        args: list[Any] = []
+        for column, value in (("function_id", function_id), ("status", status)):
+            if value is not None:
+                where.append(f"runs.{column} = %s")
+                args.append(value)
+        columns = ", ".join(f"runs.{c.strip()}" for c in _RUN_COLUMNS.split(","))
+        if event_id is None:
+            branches = [("runs", where, args)]
+        else:
+            # Batched runs list all their events in run_events; others only in runs.event_id.
+            branches = [("runs", ["runs.event_id = %s", *where], [event_id, *args]),
+                        ("run_events JOIN runs ON runs.id = run_events.run_id",
+                         ["run_events.event_id = %s", *where], [event_id, *args])]
+        cursors = []
+        for source, conditions, values in branches:
+            sql = f"SELECT {columns} FROM {source}"
+            if conditions:
+                sql += " WHERE " + " AND ".join(conditions)
+            sql += " ORDER BY runs.created_at DESC, runs.id DESC LIMIT %s"
+            cursors.append(self._send(sql, (*values, limit)))
+        rows = {row[0]: row for cur in cursors for row in cur.fetchall()}
+        ordered = sorted(rows.values(), key=lambda r: (r[5], r[0]), reverse=True)[:limit]
+        return [_run_row(r) for r in ordered]
+
+    def load_run_state(self, run_id: str) -> RunState | None:
+        # Four independent queries in one round trip (pipelined).
+        run_cur = self._send(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id=%s", (run_id,))
+        event_cur = self._send(f"SELECT {_EVENT_COLUMNS} FROM events WHERE id = "
+                               "(SELECT event_id FROM runs WHERE id=%s)", (run_id,))
+        memo_cur = self._send(
+            "SELECT hash, step_id, kind, seq, outcome, fingerprint, due_at, attempts, "
+            "started_at, ended_at FROM memos WHERE run_id=%s", (run_id,))
+        failure_cur = self._send("SELECT hash, attempt, error, at FROM step_failures "
+                                 "WHERE run_id=%s ORDER BY hash, attempt", (run_id,))
+        row = run_cur.fetchone()
+        events = [_event(r) for r in event_cur.fetchall()]
+        memos, failures = memo_cur.fetchall(), failure_cur.fetchall()
+        if row is None:
+            return None
+        run = _run_row(row)
+        if len(run.event_ids) > 1:
+            events = self.get_events(run.event_ids)
+        state = RunState(run=run, events=events)
+        for r in memos:
+            outcome = loads(r[4])
+            state.memos[r[0]] = Memo(
+                hash=r[0], step_id=r[1], kind=r[2], seq=r[3],
+                data=None if outcome is None else outcome.get("data"),
+                error=None if outcome is None else outcome.get("error"), fingerprint=r[5],
+                due_at=r[6], attempts=r[7], started_at=r[8], ended_at=r[9],
+                pending=outcome is None)
+        for h, attempt, error, at in failures:
+            state.failures.setdefault(h, []).append(
+                {"attempt": attempt, "error": loads(error), "at": at})
+        return state
+
+    # --- steps -------------------------------------------------------------------------------
+    def insert_memo(self, run_id: str, memo: Memo) -> bool:
+        outcome = None if memo.pending else (
+            {"error": memo.error} if memo.error is not None else {"data": memo.data})
+        return self._count(
+            "INSERT INTO memos (run_id, hash, step_id, kind, seq, outcome, fingerprint, due_at, "
+            "attempts, started_at, ended_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT DO NOTHING",
+            (run_id, memo.hash, memo.step_id, memo.kind, memo.seq,
+             None if outcome is None else dumps(outcome),
+             memo.fingerprint, memo.due_at, memo.attempts, memo.started_at,
+             memo.ended_at)) == 1
+
+    def resolve_memo(self, run_id: str, step_hash: str, outcome: dict[str, Any],
+                     now: int) -> bool:
+        return self._count(
+            "UPDATE memos SET outcome=%s, ended_at=%s "
+            "WHERE run_id=%s AND hash=%s AND outcome IS NULL",
+            (dumps(outcome), now, run_id, step_hash)) == 1
+
+    def insert_step_failure(self, run_id: str, step_hash: str, step_id: str, attempt: int,
+                            error: dict[str, Any], at: int) -> None:
+        self._send(
+            "INSERT INTO step_failures (run_id, hash, step_id, attempt, error, at) "
+            "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (run_id, step_hash, step_id, attempt, dumps(error), at))
+
+    # --- queue -------------------------------------------------------------------------------
+    def enqueue(self, kind: str, unique_key: str, due_at: int, *, run_id: str | None = None,
+                payload: dict[str, Any] | None = None, owner: str | None = None,
+                lease_until: int | None = None, priority_at: int | None = None,
+                concurrency: Sequence[tuple[str, int]] = ()) -> int | None:
+        (ck1, cl1), (ck2, cl2) = [*concurrency, (None, None), (None, None)][:2]
+        row = self._one(
+            "INSERT INTO queue (unique_key, kind, run_id, due_at, payload, owner, lease_until, "
+            "priority_at, ck1, cl1, ck2, cl2) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (unique_key) DO UPDATE SET "
+            "due_at = least(queue.due_at, excluded.due_at), "
+            "priority_at = least(queue.priority_at, excluded.priority_at), "
+            "rerun = CASE WHEN queue.owner IS NULL THEN queue.rerun ELSE true END, "
+            "lease_until = CASE WHEN queue.owner IS NULL AND NOT queue.blocked "
+            "THEN excluded.lease_until ELSE queue.lease_until END, "
+            "owner = CASE WHEN NOT queue.blocked THEN coalesce(queue.owner, excluded.owner) "
+            "ELSE NULL END "
+            "RETURNING id, owner",
+            (unique_key, kind, run_id, due_at, None if payload is None else dumps(payload),
+             owner, lease_until, due_at if priority_at is None else priority_at,
+             ck1, cl1, ck2, cl2))
+        assert row is not None
+        if owner is not None and row[1] == owner:
+            return int(row[0])
+        self.notify = True
+        return None
+
+    def claim_due(self, now: int, owner: str, lease_until: int, limit: int) -> list[QueueItem]:
+        rows = self._rows(
+            "WITH c AS (SELECT id FROM queue WHERE owner IS NULL AND NOT blocked AND due_at <= %s "
+            "ORDER BY priority_at, id LIMIT %s FOR UPDATE SKIP LOCKED) "
+            "UPDATE queue SET owner=%s, lease_until=%s FROM c WHERE queue.id = c.id "
+            f"RETURNING {', '.join('queue.' + c.strip() for c in _QUEUE_COLUMNS.split(','))}",
+            (now, limit, owner, lease_until))
+        items = [_queue_item(r) for r in rows]
+        items.sort(key=lambda i: (i.priority_at if i.priority_at is not None else i.due_at, i.id))
+        # Lock every concurrency key the claim touches at once, in order (see count_held).
+        self.lock(*(f"c:{key}" for item in items for key, _ in item.concurrency))
+        return items
+
+    def count_held(self, key: str) -> int:
+        # The lock makes "count, then keep or park the claimed item" atomic across processes:
+        # a concurrent claimer of the same key waits until this transaction commits, and its
+        # count (a later statement) then sees this one's claims.
+        self.lock(f"c:{key}")
+        row = self._one(
+            "SELECT (SELECT count(*) FROM queue WHERE owner IS NOT NULL AND ck1 = %s) + "
+            "(SELECT count(*) FROM queue WHERE owner IS NOT NULL AND ck2 = %s)", (key, key))
+        return 0 if row is None else int(row[0])
+
+    def block_item(self, item_id: int, owner: str) -> None:
+        self._send("UPDATE queue SET owner=NULL, lease_until=NULL, blocked=true "
+                   "WHERE id=%s AND owner=%s", (item_id, owner))
+
+    def unblock_all(self) -> int:
+        count = self._count("UPDATE queue SET blocked=false WHERE blocked")
+        self.notify = self.notify or count > 0
+        return count
+
+    def _wake(self, rows: Iterable[Row]) -> None:
+        """Slots freed for these (ck1, ck2, owner) rows: for each key a held item released, let
+        the oldest item blocked on it compete again."""
+        for row in rows:
+            if row[2] is None:
+                continue
+            for key in (k for k in row[:2] if k is not None):
+                self.notify = True
+                self._send(
+                    "UPDATE queue SET blocked=false WHERE id = (SELECT id FROM queue "
+                    "WHERE blocked AND (ck1 = %s OR ck2 = %s) ORDER BY priority_at, id "
+                    "LIMIT 1 FOR UPDATE SKIP LOCKED)", (key, key))
+
+    def renew_lease(self, item_id: int, owner: str, lease_until: int) -> bool:
+        return self._count("UPDATE queue SET lease_until=%s WHERE id=%s AND owner=%s",
+                           (lease_until, item_id, owner)) == 1
+
+    def renew_leases(self, owner: str, lease_until: int) -> int:
+        return self._count("UPDATE queue SET lease_until=%s WHERE owner=%s",
+                           (lease_until, owner))
+
+    def release_item(self, item_id: int, owner: str, due_at: int | None, now: int) -> bool:
+        if due_at is None:
+            row = self._one("DELETE FROM queue WHERE id=%s AND owner=%s AND NOT rerun "
+                            "RETURNING ck1, ck2, owner", (item_id, owner))
+            if row is not None:
+                self._wake([row])
+                return True
+            due_at = now
+        row = self._one(
+            "UPDATE queue SET owner=NULL, lease_until=NULL, "
+            "due_at = CASE WHEN rerun THEN least(%s, %s) ELSE %s END, "
+            "priority_at = CASE WHEN rerun THEN least(%s, %s) ELSE %s END, rerun=false "
+            "WHERE id=%s AND owner=%s RETURNING ck1, ck2, %s",
+            (due_at, now, due_at, due_at, now, due_at, item_id, owner, owner))
+        if row is None:
+            return False
+        self.notify = True
+        self._wake([row])
+        return True
+
+    def delete_items(self, *, run_id: str) -> None:
+        self._wake(self._rows("DELETE FROM queue WHERE run_id=%s RETURNING ck1, ck2, owner",
+                              (run_id,)))
+
+    def release_expired_leases(self, wall_now: int) -> int:
+        rows = self._rows(
+            "UPDATE queue SET owner=NULL, lease_until=NULL WHERE owner IS NOT NULL "
+            "AND lease_until < %s RETURNING ck1, ck2, 'expired'", (wall_now,))
+        self.notify = self.notify or bool(rows)
+        self._wake(rows)
+        return len(rows)
+
+    def lease_owners(self) -> list[str]:
+        rows = self._rows("SELECT DISTINCT owner FROM queue WHERE owner IS NOT NULL")
+        return [r[0] for r in rows]
+
+    def release_leases_of(self, owner: str) -> int:
+        rows = self._rows("UPDATE queue SET owner=NULL, lease_until=NULL WHERE owner=%s "
+                          "RETURNING ck1, ck2, %s", (owner, owner))
+        self.notify = self.notify or bool(rows)
+        self._wake(rows)
+        return len(rows)
+
+    def next_due_at(self) -> int | None:
+        row = self._one("SELECT due_at FROM queue WHERE owner IS NULL AND NOT blocked "
+                        "ORDER BY due_at LIMIT 1")
+        return None if row is None else int(row[0])
+
+    def count_ready(self, now: int) -> int:
+        row = self._one("SELECT count(*) FROM queue WHERE owner IS NULL AND NOT blocked "
+                        "AND due_at <= %s", (now,))
+        return 0 if row is None else int(row[0])
+
+    def get_item(self, unique_key: str) -> QueueItem | None:
+        # Debounce and batch items are read, then updated from what was read: serialize that.
+        self.lock(unique_key)
+        row = self._one(
+            "SELECT id, kind, unique_key, due_at, run_id, payload, priority_at, owner "
+            "FROM queue WHERE unique_key=%s", (unique_key,))
+        if row is None:
+            return None
+        return QueueItem(row[0], row[1], row[2], row[3], row[4], loads(row[5]),
+                         priority_at=row[6], owner=row[7])
+
+    def delete_item(self, item_id: int) -> None:
+        self._wake(self._rows("DELETE FROM queue WHERE id=%s RETURNING ck1, ck2, owner",
+                              (item_id,)))
+
+    def update_item(self, item_id: int, due_at: int, payload: dict[str, Any]) -> None:
+        self.notify = True
+        self._send("UPDATE queue SET due_at=%s, priority_at=%s, payload=%s WHERE id=%s",
+                   (due_at, due_at, dumps(payload), item_id))
+
+    # --- flow-control state --------------------------------------------------------------------
+    def get_flow(self, key: str) -> tuple[float | None, str | None, int | None] | None:
+        # Every caller decides from this value and then calls put_flow: lock the key first.
+        self.lock(key)
+        row = self._one("SELECT num, text, expires_at FROM flow_state WHERE key=%s", (key,))
+        return None if row is None else (row[0], row[1], row[2])
+
+    def put_flow(self, key: str, *, num: float | None = None, text: str | None = None,
+                 expires_at: int | None = None) -> None:
+        self._send(
+            "INSERT INTO flow_state (key, num, text, expires_at) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (key) DO UPDATE SET num=excluded.num, text=excluded.text, "
+            "expires_at=excluded.expires_at", (key, num, text, expires_at))
+
+    def add_batch_event(self, batch_key: str, event_id: str) -> int:
+        # Same lock as the batch's timer item (get_item): size checks and flushes serialize.
+        self.lock(batch_key)
+        self._send("INSERT INTO batch_events (batch_key, event_id) VALUES (%s, %s)",
+                   (batch_key, event_id))
+        row = self._one("SELECT count(*) FROM batch_events WHERE batch_key=%s", (batch_key,))
+        return 0 if row is None else int(row[0])
+
+    def take_batch(self, batch_key: str) -> list[str]:
+        self.lock(batch_key)
+        rows = self._rows("DELETE FROM batch_events WHERE batch_key=%s RETURNING seq, event_id",
+                          (batch_key,))
+        return [event_id for _, event_id in sorted(rows)]
+
+    # --- waits -------------------------------------------------------------------------------
+    def insert_wait(self, wait: WaitRow) -> None:
+        self._send(
+            "INSERT INTO waits (run_id, kind, step_hash, event_name, match_key, expr, event_ctx, "
+            "expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (wait.run_id, wait.kind, wait.step_hash, wait.event_name, wait.match_key, wait.expr,
+             None if wait.event_ctx is None else dumps(wait.event_ctx), wait.expires_at))
+
+    def match_paths(self, event_name: str) -> list[str]:
+        rows = self._rows(
+            "SELECT DISTINCT split_part(match_key, '=', 1) FROM waits "
+            "WHERE event_name=%s AND match_key IS NOT NULL", (event_name,))
+        return [r[0] for r in rows]
+
+    def find_waits(self, event_name: str, match_keys: Sequence[str]) -> list[WaitRow]:
+        rows = self._rows(
+            "SELECT id, run_id, kind, step_hash, event_name, match_key, expr, event_ctx, "
+            "expires_at FROM waits WHERE event_name=%s AND match_key IS NULL "
+            "UNION ALL SELECT id, run_id, kind, step_hash, event_name, match_key, expr, "
+            "event_ctx, expires_at FROM waits WHERE event_name=%s AND match_key = ANY(%s) "
+            "ORDER BY id", (event_name, event_name, list(match_keys)))
+        return [WaitRow(id=r[0], run_id=r[1], kind=r[2], step_hash=r[3], event_name=r[4],
+                        match_key=r[5], expr=r[6], event_ctx=loads(r[7]), expires_at=r[8])
+                for r in rows]
+
+    def delete_wait(self, wait_id: int) -> bool:
+        return self._count("DELETE FROM waits WHERE id=%s", (wait_id,)) == 1
+
+    def delete_step_wait(self, run_id: str, step_hash: str) -> bool:
+        return self._count("DELETE FROM waits WHERE run_id=%s AND step_hash=%s",
+                           (run_id, step_hash)) > 0
+
+    def delete_run_waits(self, run_id: str) -> None:
+        self._send("DELETE FROM waits WHERE run_id=%s", (run_id,))
