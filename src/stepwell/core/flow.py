@@ -9,6 +9,7 @@ simple reference models (see tests/core/test_flow_properties.py).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,7 +52,9 @@ def evaluate_key(expr: Expression | None, event: Mapping[str, Any], *, option: s
 class Gcra:
     """Generic cell rate algorithm over `limit` per `period_ms`, allowing `capacity` at once.
 
-    `tat` is the theoretical arrival time: the state carried between decisions.
+    The state is the theoretical arrival time (tat). Arithmetic is exact: times are scaled by
+    `limit` (one unit = 1/limit ms), so the emission interval period/limit is the integer
+    `period_ms` and no rounding error accumulates over many arrivals.
     """
 
     period_ms: int
@@ -59,26 +62,28 @@ class Gcra:
     capacity: int
 
     @property
-    def interval(self) -> float:
-        return self.period_ms / self.limit
+    def tolerance(self) -> int:
+        return (self.capacity - 1) * self.period_ms
 
-    @property
-    def tolerance(self) -> float:
-        return (self.capacity - 1) * self.interval
+    def expiry(self, tat: int) -> int:
+        """When the state stops mattering (epoch ms): afterwards it equals no state."""
+        return -(-tat // self.limit)
 
-    def allows(self, tat: float | None, now: int) -> tuple[bool, float]:
+    def allows(self, tat: int | None, now: int) -> tuple[bool, int]:
         """For a lossy limit: may an arrival at `now` pass? Returns (allowed, new tat)."""
-        tat = now if tat is None else max(tat, now)
-        if tat - now > self.tolerance:
+        scaled = now * self.limit
+        tat = scaled if tat is None else max(tat, scaled)
+        if tat - scaled > self.tolerance:
             return False, tat
-        return True, tat + self.interval
+        return True, tat + self.period_ms
 
-    def schedule(self, tat: float | None, now: int) -> tuple[int, float]:
-        """For a delaying limit: the earliest start time of an arrival at `now` behind all the
-        earlier ones (FIFO), and the new tat."""
-        tat = now if tat is None else max(tat, now)
-        start = max(now, tat - self.tolerance)
-        return int(-(-start // 1)), max(tat, start) + self.interval
+    def schedule(self, tat: int | None, now: int) -> tuple[int, int]:
+        """For a delaying limit: the earliest start time (epoch ms) of an arrival at `now`
+        behind all the earlier ones (FIFO), and the new tat."""
+        scaled = now * self.limit
+        tat = scaled if tat is None else max(tat, scaled)
+        start = max(scaled, tat - self.tolerance)
+        return -(-start // self.limit), max(tat, start) + self.period_ms
 
 
 def throttle_gcra(limit: int, period_ms: int, burst: int) -> Gcra:
@@ -104,7 +109,7 @@ def priority_offset_ms(expr: Expression | None, event: Mapping[str, Any]) -> int
         value = expr.evaluate(event)
     except ExpressionEvalError:
         return 0
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
         return 0
     return int(max(PRIORITY_MIN_S, min(PRIORITY_MAX_S, value)) * 1000)
 

@@ -40,6 +40,11 @@ from stepwell.store.base import QueueItem, Tx
 IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
 
 
+def gcra_state(state: tuple[float | None, str | None, int | None] | None) -> int | None:
+    """A stored GCRA arrival time (an exact integer, kept as text)."""
+    return None if state is None or state[1] is None else int(state[1])
+
+
 def ingest_events(tx: Tx, events: list[Event], now: int, routing: Routing, place: Placement,
                   effects: Effects, *, already_stored: bool = False) -> None:
     """Store events (de-duplicated by id for 24h) and process each: start the runs it triggers,
@@ -115,14 +120,14 @@ def admit(tx: Tx, spec: FunctionSpec, event: Event, now: int, place: Placement,
             rl = spec.rate_limit
             key = f"rate:{qid}:{evaluate_key(rl.key, payload, option='rate_limit')}"
             state = tx.get_flow(key)
-            allowed, tat = rate_limit_gcra(rl.limit, rl.period_ms).allows(
-                None if state is None else state[0], now)
+            gcra = rate_limit_gcra(rl.limit, rl.period_ms)
+            allowed, tat = gcra.allows(gcra_state(state), now)
             if not allowed:
                 _skip(tx, spec, [event], now, "RateLimited",
                       f"rate limit of {rl.limit} per {rl.period_ms} ms reached"
                       + (f" for key '{rl.key.source}'" if rl.key else ""))
                 return
-            tx.put_flow(key, num=tat, expires_at=int(tat))
+            tx.put_flow(key, text=str(tat), expires_at=gcra.expiry(tat))
         if spec.debounce is not None and parent is None:
             _debounce(tx, spec, event, now)
             return
@@ -158,9 +163,9 @@ def start_run(tx: Tx, spec: FunctionSpec, events: list[Event], now: int, place: 
             th = spec.throttle
             key = f"throttle:{qid}:{evaluate_key(th.key, payload, option='throttle')}"
             state = tx.get_flow(key)
-            start, tat = throttle_gcra(th.limit, th.period_ms, th.burst).schedule(
-                None if state is None else state[0], now)
-            tx.put_flow(key, num=tat, expires_at=int(tat))
+            gcra = throttle_gcra(th.limit, th.period_ms, th.burst)
+            start, tat = gcra.schedule(gcra_state(state), now)
+            tx.put_flow(key, text=str(tat), expires_at=gcra.expiry(tat))
             admission.due_at = start
         admission.priority_at = admission.due_at - priority_offset_ms(spec.priority, payload)
         for limit in spec.concurrency:
@@ -204,7 +209,8 @@ def _debounce(tx: Tx, spec: FunctionSpec, event: Event, now: int) -> None:
            f"{evaluate_key(debounce.key, event.to_dict(), option='debounce')}")
     item = tx.get_item(key)
     if item is None:
-        tx.enqueue("debounce", key, now + debounce.period_ms,
+        tx.enqueue("debounce", key, debounce_due(now, now, debounce.period_ms,
+                                                 debounce.timeout_ms),
                    payload={"function_id": spec.qualified_id, "event_id": event.id,
                             "first_at": now})
         return
@@ -233,11 +239,22 @@ def fire_debounce(tx: Tx, spec: FunctionSpec, item: QueueItem, owner: str, now: 
 
 def claim(tx: Tx, now: int, owner: str, lease_until: int, limit: int) -> list[QueueItem]:
     """Lease ready items in priority order; those whose concurrency key is full are parked
-    (blocked) in order, to be woken FIFO as slots free."""
+    (blocked) in order, to be woken FIFO as slots free.
+
+    Every claimed item is leased (and so counted as holding its keys) until decided, so the
+    slots in use before an item are the held count minus this claim's undecided items.
+    """
+    items = tx.claim_due(now, owner, lease_until, limit)
+    undecided: dict[str, int] = {}
+    for item in items:
+        for key, _ in item.concurrency:
+            undecided[key] = undecided.get(key, 0) + 1
     out = []
-    for item in tx.claim_due(now, owner, lease_until, limit):
+    for item in items:
         if item.concurrency:
-            held = [tx.count_held(key) - 1 for key, _ in item.concurrency]
+            held = [tx.count_held(key) - undecided[key] for key, _ in item.concurrency]
+            for key, _ in item.concurrency:
+                undecided[key] -= 1
             if concurrency_blocked_by(held, [n for _, n in item.concurrency]) is not None:
                 tx.block_item(item.id, owner)
                 continue

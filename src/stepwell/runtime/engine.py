@@ -53,8 +53,11 @@ def open_store(url: str, *, fsync: bool = True) -> Store:
     if url.startswith("sqlite:") or "://" not in url:
         return SqliteStore(url, fsync=fsync)
     if url.startswith(("postgres://", "postgresql://")):
-        raise ConfigError("the Postgres backend is not available yet; use sqlite:///path.db")
-    raise ConfigError(f"unsupported database URL {url!r}; use sqlite:///path.db")
+        from stepwell.store.postgres import PostgresStore  # psycopg only when it is used
+
+        return PostgresStore(url, fsync=fsync)
+    raise ConfigError(f"unsupported database URL {url!r}; use sqlite:///path.db or "
+                      "postgresql://user@host:port/db")
 
 
 def _owner_id() -> str:
@@ -132,6 +135,10 @@ class Engine:
         await self._load_apps()
         await self._register_crons()
         if self.worker:
+            # Backends shared by several processes (Postgres) announce work queued elsewhere.
+            subscribe = getattr(self.store, "on_ready_work", None)
+            if subscribe is not None:
+                subscribe(self._wake.set)
             await self._reclaim_dead_local_workers()
             self._tasks = [asyncio.create_task(self._work_loop(), name="stepwell-worker"),
                            asyncio.create_task(self._maintenance_loop(),

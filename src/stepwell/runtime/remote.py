@@ -41,6 +41,7 @@ from stepwell.store.base import RunState
 
 log = logging.getLogger("stepwell.remote")
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
+MAX_CALLS_PER_EXECUTION = 1000
 
 
 @dataclass(frozen=True)
@@ -113,14 +114,22 @@ class RemoteExecutor(RunDriver):
 
     async def execute(self) -> None:
         try:
-            while True:
+            for _ in range(MAX_CALLS_PER_EXECUTION):
                 result = await self._call("step", disable_immediate=False)
-                if not await self._handle(result, top=True):
+                try:
+                    proceed = await self._handle(result, top=True)
+                except ProtocolError as exc:
+                    await self.retry_function({"name": "ProtocolError", "message": str(exc),
+                                               "stack": ""})
+                    return
+                if not proceed:
                     return
                 if self._dues:
                     dues = [d for d in self._dues if d is not None]
                     await self.release(min(dues) if dues else None)
                     return
+            # A step-per-call loop this long means the app never finishes: let others run.
+            await self.release(self.now())
         except LeaseLost:
             log.info("run %s: lease lost (cancelled or reclaimed); stopping", self.run_id)
 
@@ -202,7 +211,8 @@ class RemoteExecutor(RunDriver):
 
     async def _replayed(self, memo: Memo) -> None:
         """The SDK reported a step we already know (it is still sleeping, waiting or invoking):
-        keep waiting, or resolve a wait/invoke whose time is up and go on."""
+        keep waiting, or resolve a wait/invoke whose time is up and go on. A step whose result
+        the SDK was already given must not come back: that app is not following the protocol."""
         now = self.now()
         if memo.kind == "sleep" and memo.due_at is not None and memo.due_at > now:
             self._dues.append(memo.due_at)
@@ -211,6 +221,10 @@ class RemoteExecutor(RunDriver):
                 self._dues.append(memo.due_at)
             elif (await self.resolve_timeout(memo)).pending:
                 self._dues.append(None)
+        else:
+            raise ProtocolError(
+                f"the SDK reported step '{memo.step_id}' again although its result was sent "
+                "in the request's steps map")
 
     def _attempt(self, step_hash: str) -> int:
         return len(self.failures.get(step_hash, ()))

@@ -87,7 +87,7 @@ class PostgresTx:
     # --- plumbing ----------------------------------------------------------------------------
     def _send(self, sql: str, args: Sequence[Any] = ()) -> psycopg.Cursor[Row]:
         """Queue a statement; its result (if any) is read later, or never."""
-        return self.c.execute(sql, args)  # type: ignore[arg-type]
+        return self.c.execute(sql, args)
 
     def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
         return self._send(sql, args).fetchall()
@@ -457,6 +457,25 @@ class PostgresTx:
         rows = self._rows("DELETE FROM batch_events WHERE batch_key=%s RETURNING seq, event_id",
                           (batch_key,))
         return [event_id for _, event_id in sorted(rows)]
+
+    # --- apps (official-SDK apps) -------------------------------------------------------------
+    def save_app(self, app_id: str, url: str, config: dict[str, Any], checksum: str,
+                 now: int) -> bool:
+        self.lock(f"app:{app_id}")     # "changed?" is decided from the row read here
+        row = self._one("SELECT checksum FROM apps WHERE app_id=%s", (app_id,))
+        self._send(
+            "INSERT INTO apps (app_id, url, config, checksum, synced_at) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (app_id) DO UPDATE SET url=excluded.url, "
+            "config=excluded.config, checksum=excluded.checksum, synced_at=excluded.synced_at",
+            (app_id, url, dumps(config), checksum, now))
+        return row is None or row[0] != checksum
+
+    def list_apps(self) -> list[tuple[str, str, dict[str, Any], str]]:
+        rows = self._rows("SELECT app_id, url, config, checksum FROM apps ORDER BY app_id")
+        return [(r[0], r[1], loads(r[2]), r[3]) for r in rows]
+
+    def delete_app(self, app_id: str) -> bool:
+        return self._count("DELETE FROM apps WHERE app_id=%s", (app_id,)) == 1
 
     # --- waits -------------------------------------------------------------------------------
     def insert_wait(self, wait: WaitRow) -> None:

@@ -1,0 +1,208 @@
+"""Postgres connections that survive the database going away: connect, classify errors, back off,
+and the writer side of group commit.
+
+A worker must outlive a Postgres restart or a network blip: every operation that fails because
+the connection broke (or because Postgres chose this transaction as a deadlock or serialization
+victim) is retried, with backoff, until it succeeds or the outage has lasted longer than the
+store's `outage_seconds`; only then does the caller get a `StoreError`. Retrying is safe because
+transaction scripts are re-runnable by contract (`store.base`).
+
+The one subtle case is a connection lost *while COMMIT was in flight*: the group may or may not
+have committed. Re-running it blindly could, for instance, find its own memo already there and
+conclude another worker committed the step. So the writer reads the transaction's id before
+sending COMMIT and, after reconnecting, asks Postgres what became of it (`pg_xact_status`).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import pq
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from stepwell.store.base import StoreError, Tx
+from stepwell.store.postgres_tx import WORK_CHANNEL, Conn, PostgresTx
+
+log = logging.getLogger("stepwell.store.postgres")
+MIN_SERVER_VERSION = 130000        # pg_current_xact_id_if_assigned, pg_xact_status(xid8)
+CONNECT_TIMEOUT_S = 10
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable database URL>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def reason(exc: BaseException) -> str:
+    """A driver error as one line (libpq's messages span several)."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return text.removeprefix("connection failed: ") or type(exc).__name__
+
+
+def connect(url: str, **settings: Any) -> Conn:
+    """An autocommit connection (transactions are begun explicitly, so BEGIN and COMMIT can be
+    pipelined with the statements around them)."""
+    params: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S,
+                              "application_name": "stepwell"}
+    params.update(conninfo_to_dict(url))
+    params.update(settings)
+    conn: Conn = psycopg.connect(make_conninfo(**params), autocommit=True)
+    return conn
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth retrying: the connection broke, the server is restarting, or Postgres aborted the
+    transaction as a deadlock/serialization victim (all `OperationalError`s in psycopg)."""
+    return isinstance(exc, psycopg.OperationalError)
+
+
+def is_broken(conn: Conn | None) -> bool:
+    return conn is None or conn.closed or conn.broken
+
+
+def rollback(conn: Conn | None) -> None:
+    """End a failed transaction so the connection can be reused (if it still works)."""
+    if is_broken(conn):
+        return
+    assert conn is not None
+    try:
+        if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+            conn.execute("ROLLBACK")
+    except psycopg.Error:
+        conn.close()
+
+
+class Outage:
+    """Backoff across consecutive transient failures; gives up after `limit` seconds."""
+
+    def __init__(self, url: str, limit: float, what: str) -> None:
+        self.url = url
+        self.limit = limit
+        self.what = what
+        self.started = time.monotonic()
+        self.delay = 0.02
+        self.failures = 0
+
+    def wait(self, exc: BaseException) -> None:
+        self.failures += 1
+        elapsed = time.monotonic() - self.started
+        if elapsed > self.limit:
+            raise StoreError(f"{self.what} failed: Postgres at {redact(self.url)} has been "
+                             f"unavailable for {elapsed:.0f}s: {reason(exc)}") from exc
+        if self.failures == 1 and not isinstance(exc, psycopg.errors.TransactionRollback):
+            log.warning("%s: %s; retrying", self.what, reason(exc))
+        elif self.failures % 10 == 0:
+            log.warning("%s: still failing after %.1fs: %s", self.what, elapsed, reason(exc))
+        time.sleep(self.delay * random.uniform(0.5, 1.0))
+        self.delay = min(self.delay * 2, 2.0)
+
+    def recovered(self) -> None:
+        if self.failures and self.failures > 1:
+            log.warning("%s: recovered after %d retries", self.what, self.failures)
+
+
+class PostgresWriter:
+    """One writer thread's transactor (`store.groupcommit.Transactor`): a dedicated connection,
+    re-opened when it breaks; a group is retried until it commits or the outage lasts too long.
+    """
+
+    def __init__(self, url: str, *, fsync: bool, outage_seconds: float,
+                 conn: Conn | None = None) -> None:
+        self.url = url
+        self.fsync = fsync
+        self.outage_seconds = outage_seconds
+        self._conn = conn
+        if conn is not None:
+            self._configure(conn)
+
+    def _configure(self, conn: Conn) -> None:
+        if not self.fsync:
+            # The Postgres equivalent of SQLite's synchronous=NORMAL: commits are not waited
+            # for on disk (a crash of Postgres may lose the last few; never corrupts).
+            conn.execute("SET synchronous_commit = off")
+
+    def _connection(self) -> Conn:
+        if is_broken(self._conn):
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = None
+            conn = connect(self.url)
+            self._configure(conn)
+            self._conn = conn
+        assert self._conn is not None
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def run(self, scripts: Sequence[Callable[[Tx], Any]]) -> list[Any]:
+        outage: Outage | None = None
+        while True:
+            conn: Conn | None = None
+            try:
+                conn = self._connection()
+                values = self._attempt(conn, scripts)
+            except Exception as exc:
+                rollback(conn)
+                if not is_transient(exc):
+                    raise
+                outage = outage or Outage(self.url, self.outage_seconds, "writing to Postgres")
+                outage.wait(exc)
+                continue
+            if outage is not None:
+                outage.recovered()
+            return values
+
+    def _attempt(self, conn: Conn, scripts: Sequence[Callable[[Tx], Any]]) -> list[Any]:
+        xid: str | None = None
+        committing = False
+        try:
+            with conn.pipeline() as pipeline:
+                conn.execute("BEGIN")
+                tx = PostgresTx(conn, pipeline, writable=True)
+                values = [script(tx) for script in scripts]
+                if tx.notify:
+                    conn.execute("SELECT pg_notify(%s, '')", (WORK_CHANNEL,))
+                row = conn.execute("SELECT pg_current_xact_id_if_assigned()::text").fetchone()
+                xid = None if row is None else row[0]
+                committing = True
+                conn.execute("COMMIT")
+            return values
+        except psycopg.OperationalError as exc:
+            if (committing and xid is not None and is_broken(conn)
+                    and self._outcome(xid, exc) == "committed"):
+                return values
+            raise
+
+    def _outcome(self, xid: str, lost: BaseException) -> str:
+        """What became of a transaction whose COMMIT was cut off: reconnect and ask."""
+        outage = Outage(self.url, self.outage_seconds, "checking an interrupted commit")
+        exc: BaseException = lost
+        while True:
+            outage.wait(exc)
+            try:
+                row = self._connection().execute("SELECT pg_xact_status(%s::xid8)",
+                                                 (xid,)).fetchone()
+            except psycopg.OperationalError as again:
+                exc = again
+                continue
+            status = None if row is None else row[0]
+            if status != "in progress":
+                log.warning("a commit was interrupted by a lost connection; it %s",
+                            "went through" if status == "committed" else "did not")
+                return str(status)

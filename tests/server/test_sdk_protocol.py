@@ -1,0 +1,209 @@
+"""The HTTP executor against a scripted SDK app on a real socket: parallel planning, errors,
+malformed and non-SDK responses, unreachable apps; and the registration endpoint's checks.
+
+The real official SDKs are exercised in tests/inngest; this scripted app exists to produce the
+responses a healthy SDK never sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+import stepwell
+from stepwell.server.app import create_app
+from stepwell.service import Service
+from stepwell.testing import VirtualClock
+
+Reply = tuple[int, dict[str, str], Any]
+SDK = {"x-inngest-sdk": "inngest-py:v0.5.19", "content-type": "application/json"}
+
+
+class FakeSDK:
+    """An HTTP app that answers call requests with whatever `script` returns."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.script: Callable[[str, dict[str, Any]], Reply] = lambda step, body: (200, SDK, None)
+        self.url = ""
+
+    async def handle(self, request: Request) -> Response:
+        body = json.loads(await request.body())
+        step = request.query_params.get("stepId", "")
+        self.calls.append((step, body))
+        status, headers, payload = self.script(step, body)
+        content = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        return Response(content, status_code=status, headers=headers)
+
+
+@pytest.fixture
+async def fake_sdk() -> AsyncIterator[FakeSDK]:
+    fake = FakeSDK()
+    app = Starlette(routes=[Route("/api/inngest", fake.handle, methods=["POST"])])
+    sock = socket.create_server(("127.0.0.1", 0))
+    fake.url = f"http://127.0.0.1:{sock.getsockname()[1]}/api/inngest"
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    yield fake
+    server.should_exit = True
+    await task
+    sock.close()
+
+
+def registration(url: str, retries: int = 2, **options: Any) -> dict[str, Any]:
+    return {"appName": "fake", "url": url, "functions": [{
+        "id": "fake-fn", "name": "fn", "triggers": [{"event": "fake/go"}],
+        "steps": {"step": {"id": "step", "runtime": {"url": f"{url}?fnId=fake-fn&stepId=step"},
+                           "retries": {"attempts": retries}}}, **options}]}
+
+
+async def start_run(engine: stepwell.Engine, fake: FakeSDK, retries: int = 2) -> str:
+    await engine.register_app(registration(fake.url, retries))
+    event_id = await engine.send("fake/go", {"n": 1})
+    await engine.idle()
+    [run] = await engine.runs(event_id=event_id)
+    return run.id
+
+
+async def test_parallel_steps_are_planned_then_run_by_targeted_calls(
+        make_engine: Any, fake_sdk: FakeSDK) -> None:
+    def script(step: str, body: dict[str, Any]) -> Reply:
+        steps = body["steps"]
+        if step == "step" and not steps:
+            return 206, SDK, [{"id": "ha", "op": "StepPlanned", "displayName": "a"},
+                              {"id": "hb", "op": "StepPlanned", "displayName": "b"}]
+        if step in ("ha", "hb"):
+            assert body["ctx"]["disable_immediate_execution"] is True
+            return 206, SDK, [{"id": step, "op": "StepRun", "displayName": step[1],
+                               "data": step.upper()}]
+        return 200, SDK, {"a": steps["ha"]["data"], "b": steps["hb"]["data"],
+                          "stack": body["ctx"]["stack"]["stack"]}
+
+    fake_sdk.script = script
+    async with make_engine() as engine:
+        run = await engine.wait(await start_run(engine, fake_sdk))
+    assert run.status == "completed"
+    assert run.output["a"] == "HA" and run.output["b"] == "HB"
+    assert sorted(run.output["stack"]) == ["ha", "hb"]
+    assert [c[0] for c in fake_sdk.calls].count("step") == 2
+    assert sorted(s.id for s in run.steps) == ["a", "b"]
+
+
+async def test_step_error_is_retried_with_backoff_then_fails(make_engine: Any,
+                                                             fake_sdk: FakeSDK,
+                                                             clock: VirtualClock) -> None:
+    attempts: list[int] = []
+
+    def script(step: str, body: dict[str, Any]) -> Reply:
+        if "hx" in body["steps"]:
+            return 200, SDK, {"saw": body["steps"]["hx"]}
+        attempts.append(body["ctx"]["attempt"])
+        assert body["ctx"]["max_attempts"] == 3
+        return 206, SDK, [{"id": "hx", "op": "StepError", "displayName": "x",
+                           "error": {"name": "Error", "message": f"boom {len(attempts)}"}}]
+
+    fake_sdk.script = script
+    async with make_engine(clock=clock) as engine:
+        run_id = await start_run(engine, fake_sdk)
+        await clock.advance("2h")
+        run = await engine.wait(run_id)
+    assert attempts == [0, 1, 2]
+    assert run.status == "completed"
+    assert run.output == {"saw": {"error": {"name": "Error", "message": "boom 3"}}}
+
+
+@pytest.mark.parametrize(("reply", "fragment"), [
+    ((200, {"content-type": "application/json"}, {"ok": 1}), "without an x-inngest-sdk header"),
+    ((206, SDK, [{"op": "StepRun"}]), "has no step 'id'"),
+    ((206, SDK, {"id": "h", "op": "Teleport"}), "opcode Teleport is not supported"),
+    ((502, {"content-type": "text/html"}, b"<html>bad gateway</html>"), "x-inngest-sdk"),
+])
+async def test_malformed_or_foreign_responses_fail_clearly(
+        make_engine: Any, fake_sdk: FakeSDK, clock: VirtualClock,
+        reply: Reply, fragment: str) -> None:
+    fake_sdk.script = lambda step, body: reply
+    async with make_engine(clock=clock) as engine:
+        run_id = await start_run(engine, fake_sdk, retries=1)
+        await clock.advance("1h")
+        run = await engine.wait(run_id)
+        events = [e.name for e, _ in await engine.events()]
+    text = json.dumps(run.error) + json.dumps([s.error for s in run.steps])
+    assert fragment in text
+    assert run.status in ("failed", "completed")
+    assert "fake/go" in events
+
+
+async def test_no_retry_header_fails_at_once_with_the_sdk_error(make_engine: Any,
+                                                                 fake_sdk: FakeSDK) -> None:
+    fake_sdk.script = lambda step, body: (
+        400, {**SDK, "x-inngest-no-retry": "true"},
+        {"name": "NonRetriableError", "message": "invalid payload", "stack": "at x"})
+    async with make_engine() as engine:
+        run = await engine.wait(await start_run(engine, fake_sdk, retries=5))
+    assert run.status == "failed"
+    assert run.error is not None and run.error["message"] == "invalid payload"
+    assert len(fake_sdk.calls) == 1
+
+
+async def test_unreachable_app_is_retried_then_the_run_continues(
+        make_engine: Any, fake_sdk: FakeSDK, clock: VirtualClock) -> None:
+    dead = socket.create_server(("127.0.0.1", 0))
+    port = dead.getsockname()[1]
+    dead.close()                       # nothing listens there now
+    async with make_engine(clock=clock) as engine:
+        await engine.register_app(registration(f"http://127.0.0.1:{port}/api/inngest"))
+        event_id = await engine.send("fake/go", {})
+        await engine.idle()
+        [run] = await engine.runs(event_id=event_id)
+        current = await engine.get_run(run.id)
+        assert current is not None and current.status == "running"
+        assert "SDKUnreachable" in json.dumps([s.failures for s in current.steps])
+        # the app comes up (same function now served by the fake app) and the retry succeeds
+        await engine.register_app(registration(fake_sdk.url))
+        fake_sdk.script = lambda step, body: (200, SDK, "recovered")
+        await clock.advance("2h")
+        run = await engine.wait(run.id)
+    assert run.status == "completed" and run.output == "recovered"
+
+
+async def test_register_endpoint_rejects_bad_bodies_and_checks_keys(make_engine: Any) -> None:
+    async with make_engine() as engine:
+        service = Service(engine)
+        dev = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(service)),
+                                base_url="http://sw")
+        prod = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(
+            service, event_keys=["ek"], signing_keys=["signkey-prod-abcd"])), base_url="http://sw")
+        async with dev, prod:
+            bad = await dev.post("/fn/register", json={"appName": "a", "url": "http://x",
+                                                       "functions": [{"id": "f", "x": 1}]})
+            assert bad.status_code == 400
+            assert "unknown options ['x']" in bad.json()["error"]
+            assert bad.json()["status"] == 400
+            good = await dev.post("/fn/register", json=registration("http://127.0.0.1:1/x"))
+            assert good.status_code == 200 and good.json()["ok"] is True
+            again = await dev.post("/fn/register", json=registration("http://127.0.0.1:1/x"))
+            assert again.json()["modified"] is False
+            assert (await prod.post("/fn/register", json=registration("http://h/x"),
+                                    headers={"authorization": "Bearer undefined"})
+                    ).status_code == 401
+            from stepwell.core.protocol import hashed_key
+
+            ok = await prod.post("/fn/register", json=registration("http://127.0.0.1:1/x"),
+                                 headers={"authorization":
+                                          f"Bearer {hashed_key('signkey-prod-abcd')}"})
+            assert ok.status_code == 200
+            assert (await prod.post("/e/nope", json={"name": "a", "data": {}})).status_code == 401
+            assert (await prod.post("/e/ek", json={"name": "a", "data": {}})).status_code == 200
+            apps = (await dev.get("/v1/apps")).json()["data"]
+            assert [a["app_id"] for a in apps] == ["fake"]
