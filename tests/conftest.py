@@ -1,22 +1,114 @@
-"""Shared fixtures: a real SQLite file per test and a virtual clock."""
+"""Shared fixtures: a real database per test (SQLite and Postgres) and a virtual clock.
+
+`db_url` is parametrized over both backends, so every engine test runs on SQLite (a file in the
+test's tmp dir) and on the real Postgres at `STEPWELL_TEST_PG` (default
+`postgresql://postgres@127.0.0.1:5432/postgres`, the server `.ci/run` starts). Each Postgres test
+gets its own database, copied from a template that the migrations built once per schema version
+(`CREATE DATABASE ... TEMPLATE` is a cheap file copy) and dropped afterwards.
+`STEPWELL_TEST_DB=sqlite` (or `postgres`) limits the run to one backend.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+import hashlib
+import itertools
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, closing
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 import stepwell
+from stepwell.store.postgres import migrate
 from stepwell.testing import VirtualClock
 
 EngineFactory = Callable[..., Any]
+PG_ADMIN_URL = os.environ.get("STEPWELL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+BACKENDS = {"both": ["sqlite", "postgres"], "sqlite": ["sqlite"],
+            "postgres": ["postgres"]}[os.environ.get("STEPWELL_TEST_DB", "both")]
+TEST_DB_PREFIX = "sw_test_"
+_names = itertools.count()
+
+
+def pg_url(dbname: str) -> str:
+    """The admin URL pointed at another database."""
+    base, _, _ = PG_ADMIN_URL.rpartition("/")
+    return f"{base}/{dbname}"
+
+
+def pg_admin() -> psycopg.Connection[Any]:
+    try:
+        return psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        raise RuntimeError(
+            f"the Postgres tests need a server at {PG_ADMIN_URL} (`.ci/run` starts it; "
+            f"STEPWELL_TEST_DB=sqlite skips them): {exc}") from exc
+
+
+def _schema_digest() -> str:
+    folder = resources.files("stepwell.store") / "migrations" / "postgres"
+    digest = hashlib.sha1()
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        digest.update(entry.name.encode() + entry.read_bytes())
+    return digest.hexdigest()[:10]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> str:
+    """The name of a database with the current schema, to copy per test. Built once per schema
+    version (concurrent pytest sessions share it); databases left by dead sessions are dropped."""
+    name = f"sw_tmpl_{_schema_digest()}"
+    with closing(pg_admin()) as admin:
+        admin.execute("SELECT pg_advisory_lock(hashtextextended('stepwell:test-template', 0))")
+        try:
+            names = [r[0] for r in admin.execute("SELECT datname FROM pg_database")]
+            for db in names:
+                stale_test = db.startswith(TEST_DB_PREFIX) and not _pid_alive(
+                    int(db.removeprefix(TEST_DB_PREFIX).split("_")[0] or 0))
+                stale_template = db.startswith("sw_tmpl_") and db != name
+                if stale_test or stale_template:
+                    admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+            if name not in names:
+                admin.execute(f'CREATE DATABASE "{name}"')
+                with closing(psycopg.connect(pg_url(name), autocommit=True)) as conn:
+                    migrate(conn)
+        finally:
+            admin.execute("SELECT pg_advisory_unlock(hashtextextended('stepwell:test-template', 0))")
+    return name
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
+def pg_database(pg_template: str) -> Iterator[str]:
+    """A fresh, migrated Postgres database for one test; its URL. Dropped after the test."""
+    name = f"{TEST_DB_PREFIX}{os.getpid()}_{next(_names)}"
+    with closing(pg_admin()) as admin:
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+    try:
+        yield pg_url(name)
+    finally:
+        with closing(pg_admin()) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("pg_database")
+        return url
     return f"sqlite:///{tmp_path / 'stepwell.db'}"
 
 
@@ -27,7 +119,7 @@ def clock() -> VirtualClock:
 
 @pytest.fixture
 def make_engine(db_url: str, clock: VirtualClock) -> EngineFactory:
-    """`async with make_engine(app) as engine:` a started engine on a real SQLite file."""
+    """`async with make_engine(app) as engine:` a started engine on a real database."""
 
     @asynccontextmanager
     async def factory(*apps: stepwell.App, **kwargs: Any) -> AsyncIterator[stepwell.Engine]:

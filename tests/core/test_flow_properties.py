@@ -635,7 +635,6 @@ async def _concurrency_scenario(limit: int, ops: list[tuple[str, Any]]) -> None:
         return int(ctx.event.data["n"])
 
     sent: list[tuple[str, int]] = []
-    batched_keys: set[str] = set()
 
     def settled() -> bool:
         wanted = Counter(k for k, _ in sent)
@@ -651,8 +650,6 @@ async def _concurrency_scenario(limit: int, ops: list[tuple[str, Any]]) -> None:
                 if op == "send":
                     batch = [(key, len(sent) + i) for i, key in enumerate(arg)]
                     sent.extend(batch)
-                    if len(batch) > 1:
-                        batched_keys.update(arg)
                     await engine.send([{"name": "p/go", "data": {"key": k, "n": n}}
                                        for k, n in batch])
                 else:
