@@ -100,12 +100,9 @@ class Engine:
         self.lease_ms = int(lease_seconds * 1000)
         self.max_concurrency = max_concurrency
         self.poll_seconds = poll_seconds
-        # Two pools: sync handlers block their thread while waiting on their steps, so sharing
-        # one pool with the step callables could deadlock.
-        self.step_pool: Executor = ThreadPoolExecutor(sync_threads,
-                                                      thread_name_prefix="stepwell-step")
-        self.handler_pool: Executor = ThreadPoolExecutor(sync_threads,
-                                                         thread_name_prefix="stepwell-fn")
+        self.sync_threads = sync_threads
+        self.step_pool: Executor = ThreadPoolExecutor(1)
+        self.handler_pool: Executor = ThreadPoolExecutor(1)
         self._sessions: set[asyncio.Task[None]] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -128,6 +125,11 @@ class Engine:
         if isinstance(self.store, SqliteStore) and self.store.path != ":memory:":
             Path(self.store.path).parent.mkdir(parents=True, exist_ok=True)
         await self.store.open()
+        # Two pools: sync handlers block their thread while waiting on their steps, so sharing
+        # one pool with the step callables could deadlock. Made here so a stopped engine can
+        # start again.
+        self.step_pool = ThreadPoolExecutor(self.sync_threads, thread_name_prefix="stepwell-step")
+        self.handler_pool = ThreadPoolExecutor(self.sync_threads, thread_name_prefix="stepwell-fn")
         self._running = True
         attach = getattr(self.clock, "attach", None)
         if attach is not None:

@@ -75,6 +75,35 @@ def openapi_document() -> dict[str, Any]:
                 "responses": _ok("what was cancelled")}},
             "/v1/functions": {"get": {"summary": "Registered functions", "x-stepwell": True,
                                       "responses": _ok("functions")}},
+            "/fn/register": {"post": {
+                "summary": "Register (sync) an app served by an official Inngest SDK",
+                "requestBody": {"content": {"application/json": {"schema": {
+                    "type": "object", "required": ["url", "functions"], "properties": {
+                        "appName": {"type": "string"}, "url": {"type": "string"},
+                        "functions": {"type": "array", "items": {"type": "object"}}}}}}},
+                "responses": {"200": {"description": '{"ok": true, "modified": bool, ...}'},
+                              "default": {"$ref": "#/components/responses/Error"}}}},
+            "/v1/apps": {"get": {"summary": "Synced SDK apps", "x-stepwell": True,
+                                 "responses": _ok("apps")}},
+            "/v1/apps/sync": {"post": {
+                "summary": "Ask the SDK app at `url` to register (as `inngest dev -u`)",
+                "x-stepwell": True,
+                "requestBody": {"content": {"application/json": {"schema": {
+                    "type": "object", "required": ["url"],
+                    "properties": {"url": {"type": "string"}}}}}},
+                "responses": _ok("the app and its functions")}},
+            "/v0/runs/{run_id}/batch": {"get": {
+                "summary": "A run's events, for SDK calls sent with use_api",
+                "parameters": [_param("run_id", "path")],
+                "responses": {"200": {"description": "[event, ...]"},
+                              "default": {"$ref": "#/components/responses/Error"}}}},
+            "/v0/runs/{run_id}/actions": {"get": {
+                "summary": "A run's resolved step results, for SDK calls sent with use_api",
+                "parameters": [_param("run_id", "path")],
+                "responses": {"200": {"description": "{step hash: memo}"},
+                              "default": {"$ref": "#/components/responses/Error"}}}},
+            "/dev": {"get": {"summary": "Server mode, functions and apps", "x-stepwell": True,
+                             "responses": {"200": {"description": "info"}}}},
             "/health": {"get": {"summary": "Liveness", "x-stepwell": True,
                                 "responses": {"200": {"description": "OK"}}}},
         },

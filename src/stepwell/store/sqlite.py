@@ -120,6 +120,9 @@ class SqliteStore:
             migrate(conn)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
+        # A closed store can be opened again: fresh reader threads and connections.
+        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="stepwell-read")
+        self._local = threading.local()
         # One writer: SQLite has a single write lock, so a second writer would only wait on it.
         self._writer = GroupCommit([_SqliteTransactor(conn)], name="stepwell-writer")
         self._writer.start(asyncio.get_running_loop())
