@@ -9,3 +9,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+# npm packages for the official-SDK tests (lockfile committed), installed only when it changed.
+command -v npm >/dev/null || { echo "setup: npm (Node.js >= 20) is needed for tests/inngest" >&2; exit 1; }
+if [ ! tests/inngest/ts_app/node_modules/.package-lock.json -nt tests/inngest/ts_app/package-lock.json ]; then
+    npm ci --prefix tests/inngest/ts_app --no-audit --no-fund --loglevel=error
+fi

@@ -215,6 +215,10 @@ def server_options(fn: F) -> F:
         click.option("--signing-key", "signing_keys", multiple=True,
                      envvar="INNGEST_SIGNING_KEY",
                      help="Sign requests to SDK apps and require it from them; none: dev mode."),
+        click.option("--retry-interval", type=click.FloatRange(min=0.0), default=None,
+                     metavar="SECONDS",
+                     help="Retry failed steps after SECONDS x attempt instead of the "
+                          "exponential backoff (for local development)."),
     ]):
         fn = option(fn)
     return fn
@@ -222,13 +226,14 @@ def server_options(fn: F) -> F:
 
 def run_server(apps: list[App], db: str, host: str, port: int, *, worker: bool = True,
                sync_urls: Sequence[str] = (), event_keys: Sequence[str] = (),
-               signing_keys: Sequence[str] = ()) -> None:
+               signing_keys: Sequence[str] = (), retry_interval: float | None = None) -> None:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)   # one line per SDK call is noise
     try:
         service = Service.for_apps(apps, db=db, worker=worker,
-                                   signing_key=signing_keys[0] if signing_keys else None)
+                                   signing_key=signing_keys[0] if signing_keys else None,
+                                   retry_interval_seconds=retry_interval)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     sock = listen(host, port)
@@ -243,7 +248,8 @@ def run_server(apps: list[App], db: str, host: str, port: int, *, worker: bool =
 @click.argument("target", metavar="[PATH_OR_MODULE[:ATTR]]", required=False)
 @server_options
 def dev(target: str | None, db: str, host: str, port: int, sync_urls: tuple[str, ...],
-        event_keys: tuple[str, ...], signing_keys: tuple[str, ...]) -> None:
+        event_keys: tuple[str, ...], signing_keys: tuple[str, ...],
+        retry_interval: float | None) -> None:
     """Run the engine and HTTP server for the apps in a file or module (and any official-SDK
     apps synced with -u or /v1/apps/sync).
 
@@ -252,7 +258,7 @@ def dev(target: str | None, db: str, host: str, port: int, sync_urls: tuple[str,
     """
     apps = load_apps(target) if target else []
     run_server(apps, db, host, port, sync_urls=sync_urls, event_keys=event_keys,
-               signing_keys=signing_keys)
+               signing_keys=signing_keys, retry_interval=retry_interval)
 
 
 @main.command("serve")
@@ -261,11 +267,11 @@ def dev(target: str | None, db: str, host: str, port: int, sync_urls: tuple[str,
               help="Serve the APIs only; separate `stepwell worker` processes execute runs.")
 def serve_command(db: str, host: str, port: int, sync_urls: tuple[str, ...],
                   event_keys: tuple[str, ...], signing_keys: tuple[str, ...],
-                  no_worker: bool) -> None:
+                  retry_interval: float | None, no_worker: bool) -> None:
     """Run the server for apps written with the official Inngest SDKs: event API, SDK
     endpoint, REST API. Production mode when event or signing keys are given."""
     run_server([], db, host, port, worker=not no_worker, sync_urls=sync_urls,
-               event_keys=event_keys, signing_keys=signing_keys)
+               event_keys=event_keys, signing_keys=signing_keys, retry_interval=retry_interval)
 
 
 # --- HTTP client commands --------------------------------------------------------------------

@@ -47,6 +47,7 @@ class Host(Protocol):
 
     clock: Clock
     owner: str
+    retry_interval_ms: int | None
     step_pool: Executor
     handler_pool: Executor
 
@@ -118,13 +119,16 @@ class RunDriver:
 
         await self.host.commit(self._held(script))
         self.failures.setdefault(step_hash, []).append(
-            {"attempt": attempt, "error": error, "at": now})
+            {"attempt": attempt, "error": error, "at": now, "step_id": step_id})
 
     def retry_due(self, key: str, failures: int, *, after_ms: int | None = None) -> int:
         """When the next attempt may start: a requested time, else backoff with jitter."""
         now = self.now()
         if after_ms is not None:
             return max(now, after_ms)
+        interval = self.host.retry_interval_ms
+        if interval is not None:
+            return now + interval * failures       # `--retry-interval`: linear, for dev loops
         return now + retry_delay_ms(failures, seed=f"{self.run_id}:{key}")
 
     async def end(self, status: RunStatus, *, output: Any = None,

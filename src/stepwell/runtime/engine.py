@@ -80,7 +80,8 @@ class Engine:
     def __init__(self, *apps: App, db: str | None = None, clock: Clock | None = None,
                  worker: bool = True, lease_seconds: float = 30.0, max_concurrency: int = 1000,
                  fsync: bool = True, sync_threads: int = 64, poll_seconds: float = 1.0,
-                 signing_key: str | None = None, sdk_timeout_seconds: float = 300.0) -> None:
+                 signing_key: str | None = None, sdk_timeout_seconds: float = 300.0,
+                 retry_interval_seconds: float | None = None) -> None:
         self.apps = list(apps)
         self.registry = Registry(apps)
         self.functions: dict[str, Function] = self.registry.native
@@ -101,6 +102,10 @@ class Engine:
         self.max_concurrency = max_concurrency
         self.poll_seconds = poll_seconds
         self.sync_threads = sync_threads
+        # None: exponential backoff with jitter (production); a number: a fixed linear step,
+        # as `inngest dev --retry-interval` offers for quick local loops.
+        self.retry_interval_ms = (None if retry_interval_seconds is None
+                                  else int(retry_interval_seconds * 1000))
         self.step_pool: Executor = ThreadPoolExecutor(1)
         self.handler_pool: Executor = ThreadPoolExecutor(1)
         self._sessions: set[asyncio.Task[None]] = set()

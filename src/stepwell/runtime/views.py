@@ -39,7 +39,8 @@ def run_view(state: RunState, *, now: int) -> Run:
             continue
         last = failures[-1]
         steps.append(StepInfo(
-            id="(handler)" if step_hash == FUNCTION_KEY else step_hash, kind="run",
+            id="(handler)" if step_hash == FUNCTION_KEY else str(last.get("step_id", step_hash)),
+            kind="run",
             status="retrying", attempts=len(failures), error=last.get("error"),
             started_at=int(last.get("at", 0)), failures=failures))
     return Run(id=row.id, function_id=row.function_id, status=row.status,

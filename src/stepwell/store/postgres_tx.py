@@ -225,7 +225,7 @@ class PostgresTx:
         memo_cur = self._send(
             "SELECT hash, step_id, kind, seq, outcome, fingerprint, due_at, attempts, "
             "started_at, ended_at FROM memos WHERE run_id=%s", (run_id,))
-        failure_cur = self._send("SELECT hash, attempt, error, at FROM step_failures "
+        failure_cur = self._send("SELECT hash, attempt, error, at, step_id FROM step_failures "
                                  "WHERE run_id=%s ORDER BY hash, attempt", (run_id,))
         row = run_cur.fetchone()
         events = [_event(r) for r in event_cur.fetchall()]
@@ -244,9 +244,9 @@ class PostgresTx:
                 error=None if outcome is None else outcome.get("error"), fingerprint=r[5],
                 due_at=r[6], attempts=r[7], started_at=r[8], ended_at=r[9],
                 pending=outcome is None)
-        for h, attempt, error, at in failures:
+        for h, attempt, error, at, step_id in failures:
             state.failures.setdefault(h, []).append(
-                {"attempt": attempt, "error": loads(error), "at": at})
+                {"attempt": attempt, "error": loads(error), "at": at, "step_id": step_id})
         return state
 
     # --- steps -------------------------------------------------------------------------------
@@ -313,9 +313,26 @@ class PostgresTx:
             (now, limit, owner, lease_until))
         items = [_queue_item(r) for r in rows]
         items.sort(key=lambda i: (i.priority_at if i.priority_at is not None else i.due_at, i.id))
+        # At most one item per concurrency key per claim: the caller decides each item from
+        # `count_held`, which would otherwise count the later items of this same claim as
+        # holding the key and park an earlier (higher-priority) one behind them. The others go
+        # straight back, unseen by anyone else, and are claimed in the next round.
+        kept: list[QueueItem] = []
+        returned: list[int] = []
+        taken: set[str] = set()
+        for item in items:
+            keys = {key for key, _ in item.concurrency}
+            if keys & taken:
+                returned.append(item.id)
+                continue
+            taken |= keys
+            kept.append(item)
+        if returned:
+            self._send("UPDATE queue SET owner=NULL, lease_until=NULL WHERE id = ANY(%s)",
+                       (returned,))
         # Lock every concurrency key the claim touches at once, in order (see count_held).
-        self.lock(*(f"c:{key}" for item in items for key, _ in item.concurrency))
-        return items
+        self.lock(*(f"c:{key}" for key in taken))
+        return kept
 
     def count_held(self, key: str) -> int:
         # The lock makes "count, then keep or park the claimed item" atomic across processes:
@@ -339,12 +356,14 @@ class PostgresTx:
     def _wake(self, rows: Iterable[Row]) -> None:
         """Slots freed for these (ck1, ck2, owner) rows: for each key a held item released, let
         the oldest item blocked on it compete again."""
-        for row in rows:
-            if row[2] is None:
-                continue
-            for key in (k for k in row[:2] if k is not None):
-                self.notify = True
-                self._send(
+        keys = [k for row in rows if row[2] is not None for k in row[:2] if k is not None]
+        # Under the key's lock (see count_held): a claim deciding on the same key either
+        # committed already, so its parked item is visible here and competes by priority, or
+        # waits for this transaction and then counts the freed slot.
+        self.lock(*(f"c:{key}" for key in keys))
+        for key in keys:
+            self.notify = True
+            self._send(
                     "UPDATE queue SET blocked=false WHERE id = (SELECT id FROM queue "
                     "WHERE blocked AND (ck1 = %s OR ck2 = %s) ORDER BY priority_at, id "
                     "LIMIT 1 FOR UPDATE SKIP LOCKED)", (key, key))

@@ -174,11 +174,11 @@ class SqliteTx:
                 error=None if outcome is None else outcome.get("error"), fingerprint=r[5],
                 due_at=r[6], attempts=r[7], started_at=r[8], ended_at=r[9],
                 pending=outcome is None)
-        for h, attempt, error, at in self.c.execute(
-                "SELECT hash, attempt, error, at FROM step_failures WHERE run_id=? "
+        for h, attempt, error, at, step_id in self.c.execute(
+                "SELECT hash, attempt, error, at, step_id FROM step_failures WHERE run_id=? "
                 "ORDER BY attempt", (run_id,)):
             state.failures.setdefault(h, []).append(
-                {"attempt": attempt, "error": loads(error), "at": at})
+                {"attempt": attempt, "error": loads(error), "at": at, "step_id": step_id})
         return state
 
     # --- steps -------------------------------------------------------------------------------
