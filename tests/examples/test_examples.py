@@ -385,3 +385,26 @@ def test_demo_runs_and_exits_zero(tmp_path: Path) -> None:
                      "orders cancelled for non-payment: ['A-1002']"]:
             assert line in out, f"missing {line!r} in:\n{out}"
         assert (tmp_path / ".stepwell" / "demo.db").is_file()
+
+
+@pytest.fixture
+def flow() -> Iterator[ModuleType]:
+    yield from _load("flow")
+
+
+async def test_flow_control_as_the_guide_configures_it(flow: ModuleType, make_engine: Any,
+                                                      clock: VirtualClock) -> None:
+    async with make_engine(flow.app) as engine:
+        for n in range(12):                                  # one user, 12 updates at once
+            await engine.send("crm/contact.updated", {"userId": 7, "n": n})
+        for n in range(3):                                   # a burst of product updates
+            await engine.send("shop/product.updated", {"productId": "p1", "price": n})
+        await engine.send("reports/report.requested", {"customer": "free-1", "plan": "free"})
+        await engine.send("reports/report.requested", {"customer": "free-2", "plan": "free"})
+        await engine.send("reports/report.requested", {"customer": "big", "plan": "enterprise"})
+        await clock.advance("5m")
+        skipped = await engine.runs(function_id="sync-crm", status="skipped")
+    assert [d["n"] for d in flow.SYNCED] == list(range(10))  # rate limit: 10 per minute
+    assert len(skipped) == 2                                 # the rest are recorded as skipped
+    assert flow.INDEXED == [{"productId": "p1", "price": 2}]  # debounce: once, latest data
+    assert flow.REPORTS == ["free-1", "big", "free-2"]       # enterprise jumped the backlog
