@@ -38,7 +38,7 @@ from stepwell.store.postgres_conn import (
     redact,
     rollback,
 )
-from stepwell.store.postgres_tx import WORK_CHANNEL, Conn, PostgresTx
+from stepwell.store.postgres_tx import WORK_CHANNEL, Conn, PostgresTx, QueueIds
 
 R = TypeVar("R")
 log = logging.getLogger("stepwell.store.postgres")
@@ -110,8 +110,9 @@ class PostgresStore:
 
     async def open(self) -> None:
         first = await asyncio.to_thread(self._connect_and_migrate)
+        ids = QueueIds()
         writers = [PostgresWriter(self.url, fsync=self.fsync,
-                                  outage_seconds=self.outage_seconds,
+                                  outage_seconds=self.outage_seconds, ids=ids,
                                   conn=first if index == 0 else None)
                    for index in range(self.writers)]
         self._pool = ConnectionPool(self.url, min_size=1, max_size=self.readers, open=False,

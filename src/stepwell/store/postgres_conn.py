@@ -27,7 +27,7 @@ from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from stepwell.store.base import StoreError, Tx
-from stepwell.store.postgres_tx import WORK_CHANNEL, Conn, PostgresTx
+from stepwell.store.postgres_tx import WORK_CHANNEL, Conn, Misprediction, PostgresTx, QueueIds
 
 log = logging.getLogger("stepwell.store.postgres")
 MIN_SERVER_VERSION = 130000        # pg_current_xact_id_if_assigned, pg_xact_status(xid8)
@@ -119,9 +119,11 @@ class PostgresWriter:
     re-opened when it breaks; a group is retried until it commits or the outage lasts too long.
     """
 
-    def __init__(self, url: str, *, fsync: bool, outage_seconds: float,
+    def __init__(self, url: str, *, fsync: bool, outage_seconds: float, ids: QueueIds,
                  conn: Conn | None = None) -> None:
         self.url = url
+        self.ids = ids
+        self.mispredictions = 0
         self.fsync = fsync
         self.outage_seconds = outage_seconds
         self._conn = conn
@@ -152,11 +154,20 @@ class PostgresWriter:
 
     def run(self, scripts: Sequence[Callable[[Tx], Any]]) -> list[Any]:
         outage: Outage | None = None
+        optimistic = True
         while True:
             conn: Conn | None = None
             try:
                 conn = self._connection()
-                values = self._attempt(conn, scripts)
+                values = self._attempt(conn, scripts, optimistic)
+            except Misprediction as wrong:
+                # A guessed answer was wrong (a lease lost, a duplicate event...): run the group
+                # again, waiting for every answer this time.
+                rollback(conn)
+                log.debug("group of %d re-run without guessing: %s", len(scripts), wrong)
+                self.mispredictions += 1
+                optimistic = False
+                continue
             except Exception as exc:
                 rollback(conn)
                 if not is_transient(exc):
@@ -168,18 +179,19 @@ class PostgresWriter:
                 outage.recovered()
             return values
 
-    def _attempt(self, conn: Conn, scripts: Sequence[Callable[[Tx], Any]]) -> list[Any]:
+    def _attempt(self, conn: Conn, scripts: Sequence[Callable[[Tx], Any]],
+                 optimistic: bool) -> list[Any]:
         xid: str | None = None
         committing = False
         try:
             with conn.pipeline() as pipeline:
                 conn.execute("BEGIN")
-                tx = PostgresTx(conn, pipeline, writable=True)
+                tx = PostgresTx(conn, pipeline, writable=True, optimistic=optimistic,
+                                ids=self.ids)
                 values = [script(tx) for script in scripts]
+                xid = tx.finish()
                 if tx.notify:
                     conn.execute("SELECT pg_notify(%s, '')", (WORK_CHANNEL,))
-                row = conn.execute("SELECT pg_current_xact_id_if_assigned()::text").fetchone()
-                xid = None if row is None else row[0]
                 committing = True
                 conn.execute("COMMIT")
             return values

@@ -1,8 +1,8 @@
 """`Tx` for Postgres: the SQL of every domain operation, inside one open transaction.
 
-The connection is in pipeline mode for the whole transaction: a statement whose result nobody
-needs (an insert, a lock) is only queued, and is sent together with the next one whose result is
-read, so a script costs one round trip per *answer* rather than per statement.
+`postgres_sql.Pipe` provides the plumbing (pipelining, guessed answers, bulk writes); this
+module says, per operation, which tier it uses. In strict mode (reads, and a writer's re-run
+after a wrong guess) every operation waits for its true answer.
 
 Writes run under READ COMMITTED with many processes at once, so every read-modify-write is made
 safe explicitly (SQLite gets this for free from its single writer):
@@ -11,45 +11,50 @@ safe explicitly (SQLite gets this for free from its single writer):
   insert-once (`ON CONFLICT DO NOTHING`) re-check their condition on the latest row version after
   waiting for a concurrent writer, so exactly one of two racing transactions wins;
 - keyed state that is read, decided on in Python, then written (flow-control state, debounce and
-  batch items, the count of held concurrency slots) is guarded by a transaction-scoped advisory
-  lock on the key, taken in a statement of its own *before* the read: under READ COMMITTED each
-  statement sees everything committed before it started, so the read that follows the lock sees
-  the previous holder's writes;
+  batch items, the count of held concurrency slots, app checksums) is guarded by a
+  transaction-scoped advisory lock on the key, taken in a statement of its own *before* the read:
+  under READ COMMITTED each statement sees everything committed before it started, so the read
+  that follows the lock sees the previous holder's writes;
 - claims use `FOR UPDATE SKIP LOCKED`, so workers never wait on each other's candidates.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import psycopg
-
 from stepwell.core.models import Event, Memo, RunStatus
 from stepwell.store.base import NewRun, QueueItem, RunRow, RunState, WaitRow
+from stepwell.store.postgres_sql import (
+    WORK_CHANNEL,
+    Conn,
+    Misprediction,
+    Pipe,
+    QueueIds,
+    Row,
+    dumps,
+    loads,
+)
 
-Row = tuple[Any, ...]
-Conn = psycopg.Connection[Row]
-
-# Notified (in the committing transaction, so delivered at commit) when work may have become
-# claimable: idle workers LISTEN on it and poll at once.
-WORK_CHANNEL = "stepwell_work"
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
-def loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
+__all__ = ["WORK_CHANNEL", "Conn", "Misprediction", "PostgresTx", "QueueIds"]
 
 _RUN_COLUMNS = ("id, function_id, status, event_id, event_ids, created_at, started_at, ended_at, "
                 "output, error, warnings, parent_run_id, parent_step")
 _EVENT_COLUMNS = "id, name, data, user_data, ts"
 _QUEUE_COLUMNS = ("id, kind, unique_key, due_at, run_id, payload, priority_at, ck1, cl1, ck2, "
                   "cl2")
+# The enqueue upsert: an existing item keeps its id; its due time only moves earlier; if it is
+# leased, it is flagged to run again on release; a free, unblocked one is leased to the caller.
+_UPSERT = (
+    "ON CONFLICT (unique_key) DO UPDATE SET "
+    "due_at = least(queue.due_at, excluded.due_at), "
+    "priority_at = least(queue.priority_at, excluded.priority_at), "
+    "rerun = CASE WHEN queue.owner IS NULL THEN queue.rerun ELSE true END, "
+    "lease_until = CASE WHEN queue.owner IS NULL AND NOT queue.blocked "
+    "THEN excluded.lease_until ELSE queue.lease_until END, "
+    "owner = CASE WHEN NOT queue.blocked THEN coalesce(queue.owner, excluded.owner) "
+    "ELSE NULL END "
+    "RETURNING id, owner")
 
 
 def _run_row(row: Row) -> RunRow:
@@ -70,111 +75,83 @@ def _queue_item(r: Row) -> QueueItem:
                                   if k is not None])
 
 
-class PostgresTx:
-    """`Tx` over one connection in pipeline mode, inside an open transaction.
-
-    `writable` is False for read-only snapshots (no advisory locks are taken there). After the
-    scripts ran, `notify` says whether the transaction made work claimable by other workers.
-    """
-
-    def __init__(self, conn: Conn, pipeline: psycopg.Pipeline, *, writable: bool) -> None:
-        self.c = conn
-        self.p = pipeline
-        self.writable = writable
-        self.notify = False
-        self._locked: set[str] = set()
-
-    # --- plumbing ----------------------------------------------------------------------------
-    def _send(self, sql: str, args: Sequence[Any] = ()) -> psycopg.Cursor[Row]:
-        """Queue a statement; its result (if any) is read later, or never."""
-        return self.c.execute(sql, args)
-
-    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
-        return self._send(sql, args).fetchall()
-
-    def _one(self, sql: str, args: Sequence[Any] = ()) -> Row | None:
-        return self._send(sql, args).fetchone()
-
-    def _count(self, sql: str, args: Sequence[Any] = ()) -> int:
-        """Rows affected by a statement (waits for its result)."""
-        cur = self._send(sql, args)
-        self.p.sync()
-        return cur.rowcount
-
-    def lock(self, *keys: str) -> None:
-        """Serialize read-modify-writes of these keys across transactions (held to commit).
-        Keys are locked in sorted order, so two transactions locking the same set cannot
-        deadlock on them."""
-        fresh = sorted(set(keys) - self._locked)
-        if not fresh or not self.writable:
-            return
-        self._locked.update(fresh)
-        self._send("SELECT pg_advisory_xact_lock(hashtextextended('stepwell:' || k, 0)) "
-                   "FROM unnest(%s::text[]) WITH ORDINALITY AS u(k, n) ORDER BY n", (fresh,))
+class PostgresTx(Pipe):
+    """`Tx` over one connection in pipeline mode, inside an open transaction."""
 
     # --- events ------------------------------------------------------------------------------
     def insert_event(self, event: Event, received_at: int, dedupe_after: int,
                      processed: bool) -> bool:
-        return self._count(
+        return self._affects_one(
             "INSERT INTO events (id, name, data, user_data, ts, received_at, processed) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
             "name=excluded.name, data=excluded.data, user_data=excluded.user_data, "
             "ts=excluded.ts, received_at=excluded.received_at, processed=excluded.processed "
             "WHERE events.received_at <= %s",
             (event.id, event.name, dumps(event.data), dumps(event.user) if event.user else None,
-             event.ts, received_at, processed, dedupe_after)) == 1
+             event.ts, received_at, processed, dedupe_after), "new event", tables=("events",))
 
     def mark_event_processed(self, event_id: str) -> bool:
-        return self._count("UPDATE events SET processed=true WHERE id=%s AND NOT processed",
-                           (event_id,)) == 1
+        return self._affects_one("UPDATE events SET processed=true WHERE id=%s AND NOT processed",
+                                 (event_id,), "event processed", tables=("events",))
 
     def unprocessed_events(self, received_before: int, limit: int) -> list[Event]:
         rows = self._rows(
             f"SELECT {_EVENT_COLUMNS} FROM events WHERE NOT processed AND received_at < %s "
-            "ORDER BY received_at LIMIT %s", (received_before, limit))
+            "ORDER BY received_at LIMIT %s", (received_before, limit), tables=("events",))
         return [_event(r) for r in rows]
 
     def get_events(self, ids: Sequence[str]) -> list[Event]:
         if not ids:
             return []
-        rows = self._rows(f"SELECT {_EVENT_COLUMNS} FROM events WHERE id = ANY(%s)", (list(ids),))
+        rows = self._rows(f"SELECT {_EVENT_COLUMNS} FROM events WHERE id = ANY(%s)",
+                          (list(ids),), tables=("events",))
         by_id = {r[0]: _event(r) for r in rows}
         return [by_id[i] for i in ids if i in by_id]
 
     def list_events(self, name: str | None, limit: int) -> list[tuple[Event, int]]:
         where, args = ("WHERE name = %s ", [name]) if name else ("", [])
         rows = self._rows(f"SELECT {_EVENT_COLUMNS}, received_at FROM events {where}"
-                          "ORDER BY received_at DESC LIMIT %s", (*args, limit))
+                          "ORDER BY received_at DESC LIMIT %s", (*args, limit),
+                          tables=("events",))
         return [(_event(r), r[5]) for r in rows]
 
     # --- runs --------------------------------------------------------------------------------
     def insert_run(self, run: NewRun) -> None:
         batched = len(run.event_ids) > 1
-        self._send(
-            "INSERT INTO runs (id, function_id, status, event_id, event_ids, created_at, "
-            "started_at, parent_run_id, parent_step, error, ended_at) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (run.id, run.function_id, run.status, run.event_ids[0] if run.event_ids else None,
-             dumps(run.event_ids) if batched else None, run.created_at, run.started_at,
-             run.parent_run_id, run.parent_step, dumps(run.error) if run.error else None,
-             run.created_at if run.status in ("skipped", "failed") else None))
+        row = (run.id, run.function_id, run.status, run.event_ids[0] if run.event_ids else None,
+               dumps(run.event_ids) if batched else None, run.created_at, run.started_at,
+               run.parent_run_id, run.parent_step, dumps(run.error) if run.error else None,
+               run.created_at if run.status in ("skipped", "failed") else None)
+        if self.optimistic:
+            self._buffer("run", row)
+            self.new_runs.add(run.id)
+        else:
+            self._send("INSERT INTO runs (id, function_id, status, event_id, event_ids, "
+                       "created_at, started_at, parent_run_id, parent_step, error, ended_at) "
+                       "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", row)
         if batched:
             self._send("INSERT INTO run_events (event_id, run_id) "
                        "SELECT e, %s FROM unnest(%s::text[]) AS e ON CONFLICT DO NOTHING",
-                       (run.id, run.event_ids))
+                       (run.id, run.event_ids), tables=("run_events",))
 
     def start_run(self, run_id: str, now: int) -> bool:
+        if self.optimistic:
+            self._buffer("start", (run_id, now))
+            return True
         return self._count(
             "UPDATE runs SET status='running', started_at=coalesce(started_at, %s) "
             "WHERE id=%s AND status IN ('queued', 'running')", (now, run_id)) == 1
 
     def finish_run(self, run_id: str, status: RunStatus, now: int, *, output: Any = None,
                    error: dict[str, Any] | None = None) -> bool:
+        row = (run_id, status, now, None if output is None else dumps(output),
+               None if error is None else dumps(error))
+        if self.optimistic:
+            self._buffer("finish", row)
+            return True
         return self._count(
             "UPDATE runs SET status=%s, ended_at=%s, output=%s, error=%s "
-            "WHERE id=%s AND status IN ('queued', 'running')",
-            (status, now, None if output is None else dumps(output),
-             None if error is None else dumps(error), run_id)) == 1
+            "WHERE id=%s AND status IN ('queued', 'running')", (*row[1:], run_id)) == 1
 
     def add_run_warning(self, run_id: str, warning: str) -> None:
         lock = " FOR UPDATE" if self.writable else ""
@@ -187,7 +164,8 @@ class PostgresTx:
             self._send("UPDATE runs SET warnings=%s WHERE id=%s", (dumps(warnings), run_id))
 
     def get_run(self, run_id: str) -> RunRow | None:
-        row = self._one(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id=%s", (run_id,))
+        row = self._one(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id=%s", (run_id,),
+                        tables=("runs",))
         return None if row is None else _run_row(row)
 
     def list_runs(self, *, event_id: str | None = None, function_id: str | None = None,
@@ -212,21 +190,23 @@ class PostgresTx:
             if conditions:
                 sql += " WHERE " + " AND ".join(conditions)
             sql += " ORDER BY runs.created_at DESC, runs.id DESC LIMIT %s"
-            cursors.append(self._send(sql, (*values, limit)))
+            cursors.append(self._send(sql, (*values, limit), tables=("runs", "run_events")))
         rows = {row[0]: row for cur in cursors for row in cur.fetchall()}
         ordered = sorted(rows.values(), key=lambda r: (r[5], r[0]), reverse=True)[:limit]
         return [_run_row(r) for r in ordered]
 
     def load_run_state(self, run_id: str) -> RunState | None:
-        # Four independent queries in one round trip (pipelined).
-        run_cur = self._send(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id=%s", (run_id,))
+        # Four independent queries, one round trip.
+        tables = ("runs", "events", "memos", "step_failures")
+        run_cur = self._send(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id=%s", (run_id,),
+                             tables=tables)
         event_cur = self._send(f"SELECT {_EVENT_COLUMNS} FROM events WHERE id = "
-                               "(SELECT event_id FROM runs WHERE id=%s)", (run_id,))
+                               "(SELECT event_id FROM runs WHERE id=%s)", (run_id,), tables=())
         memo_cur = self._send(
             "SELECT hash, step_id, kind, seq, outcome, fingerprint, due_at, attempts, "
-            "started_at, ended_at FROM memos WHERE run_id=%s", (run_id,))
+            "started_at, ended_at FROM memos WHERE run_id=%s", (run_id,), tables=())
         failure_cur = self._send("SELECT hash, attempt, error, at, step_id FROM step_failures "
-                                 "WHERE run_id=%s ORDER BY hash, attempt", (run_id,))
+                                 "WHERE run_id=%s ORDER BY hash, attempt", (run_id,), tables=())
         row = run_cur.fetchone()
         events = [_event(r) for r in event_cur.fetchall()]
         memos, failures = memo_cur.fetchall(), failure_cur.fetchall()
@@ -253,17 +233,22 @@ class PostgresTx:
     def insert_memo(self, run_id: str, memo: Memo) -> bool:
         outcome = None if memo.pending else (
             {"error": memo.error} if memo.error is not None else {"data": memo.data})
+        row = (run_id, memo.hash, memo.step_id, memo.kind, memo.seq,
+               None if outcome is None else dumps(outcome), memo.fingerprint, memo.due_at,
+               memo.attempts, memo.started_at, memo.ended_at)
+        if self.optimistic:
+            self._buffer("memo", row)
+            return True
         return self._count(
             "INSERT INTO memos (run_id, hash, step_id, kind, seq, outcome, fingerprint, due_at, "
             "attempts, started_at, ended_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-            "ON CONFLICT DO NOTHING",
-            (run_id, memo.hash, memo.step_id, memo.kind, memo.seq,
-             None if outcome is None else dumps(outcome),
-             memo.fingerprint, memo.due_at, memo.attempts, memo.started_at,
-             memo.ended_at)) == 1
+            "ON CONFLICT DO NOTHING", row) == 1
 
     def resolve_memo(self, run_id: str, step_hash: str, outcome: dict[str, Any],
                      now: int) -> bool:
+        if self.optimistic:
+            self._buffer("resolve", (run_id, step_hash, dumps(outcome), now))
+            return True
         return self._count(
             "UPDATE memos SET outcome=%s, ended_at=%s "
             "WHERE run_id=%s AND hash=%s AND outcome IS NULL",
@@ -271,10 +256,12 @@ class PostgresTx:
 
     def insert_step_failure(self, run_id: str, step_hash: str, step_id: str, attempt: int,
                             error: dict[str, Any], at: int) -> None:
-        self._send(
-            "INSERT INTO step_failures (run_id, hash, step_id, attempt, error, at) "
-            "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (run_id, step_hash, step_id, attempt, dumps(error), at))
+        row = (run_id, step_hash, step_id, attempt, dumps(error), at)
+        if self.optimistic:
+            self._buffer("failure", row)
+            return
+        self._send("INSERT INTO step_failures (run_id, hash, step_id, attempt, error, at) "
+                   "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", row)
 
     # --- queue -------------------------------------------------------------------------------
     def enqueue(self, kind: str, unique_key: str, due_at: int, *, run_id: str | None = None,
@@ -282,22 +269,22 @@ class PostgresTx:
                 lease_until: int | None = None, priority_at: int | None = None,
                 concurrency: Sequence[tuple[str, int]] = ()) -> int | None:
         (ck1, cl1), (ck2, cl2) = [*concurrency, (None, None), (None, None)][:2]
-        row = self._one(
-            "INSERT INTO queue (unique_key, kind, run_id, due_at, payload, owner, lease_until, "
-            "priority_at, ck1, cl1, ck2, cl2) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-            "ON CONFLICT (unique_key) DO UPDATE SET "
-            "due_at = least(queue.due_at, excluded.due_at), "
-            "priority_at = least(queue.priority_at, excluded.priority_at), "
-            "rerun = CASE WHEN queue.owner IS NULL THEN queue.rerun ELSE true END, "
-            "lease_until = CASE WHEN queue.owner IS NULL AND NOT queue.blocked "
-            "THEN excluded.lease_until ELSE queue.lease_until END, "
-            "owner = CASE WHEN NOT queue.blocked THEN coalesce(queue.owner, excluded.owner) "
-            "ELSE NULL END "
-            "RETURNING id, owner",
-            (unique_key, kind, run_id, due_at, None if payload is None else dumps(payload),
-             owner, lease_until, due_at if priority_at is None else priority_at,
-             ck1, cl1, ck2, cl2))
+        values = (unique_key, kind, run_id, due_at, None if payload is None else dumps(payload),
+                  owner, lease_until, due_at if priority_at is None else priority_at,
+                  ck1, cl1, ck2, cl2)
+        if self.optimistic and self.ids is not None and run_id in self.new_runs:
+            # The exec item of a run this transaction inserted: its key cannot exist yet, so
+            # the insert creates it, with an id reserved in advance (checked in finish()).
+            item_id = self.ids.take(self)
+            self._buffer("new_item", (item_id, *values))
+            if owner is None:
+                self.notify = True
+                return None
+            return item_id
+        row = self._one(f"INSERT INTO queue (unique_key, kind, run_id, due_at, payload, owner, "
+                        "lease_until, priority_at, ck1, cl1, ck2, cl2) "
+                        f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) {_UPSERT}",
+                        values)
         assert row is not None
         if owner is not None and row[1] == owner:
             return int(row[0])
@@ -313,10 +300,9 @@ class PostgresTx:
             (now, limit, owner, lease_until))
         items = [_queue_item(r) for r in rows]
         items.sort(key=lambda i: (i.priority_at if i.priority_at is not None else i.due_at, i.id))
-        # At most one item per concurrency key per claim: the caller decides each item from
-        # `count_held`, which would otherwise count the later items of this same claim as
-        # holding the key and park an earlier (higher-priority) one behind them. The others go
-        # straight back, unseen by anyone else, and are claimed in the next round.
+        # At most one item per concurrency key per claim, so that runs of one key *start* in
+        # FIFO order: two claimed together would be dispatched at once and race. The others go
+        # straight back (unseen by anyone else) and are claimed in the next round.
         kept: list[QueueItem] = []
         returned: list[int] = []
         taken: set[str] = set()
@@ -364,11 +350,14 @@ class PostgresTx:
         for key in keys:
             self.notify = True
             self._send(
-                    "UPDATE queue SET blocked=false WHERE id = (SELECT id FROM queue "
-                    "WHERE blocked AND (ck1 = %s OR ck2 = %s) ORDER BY priority_at, id "
-                    "LIMIT 1 FOR UPDATE SKIP LOCKED)", (key, key))
+                "UPDATE queue SET blocked=false WHERE id = (SELECT id FROM queue "
+                "WHERE blocked AND (ck1 = %s OR ck2 = %s) ORDER BY priority_at, id "
+                "LIMIT 1 FOR UPDATE SKIP LOCKED)", (key, key))
 
     def renew_lease(self, item_id: int, owner: str, lease_until: int) -> bool:
+        if self.optimistic:
+            self._buffer("lease", (item_id, owner, lease_until))
+            return True
         return self._count("UPDATE queue SET lease_until=%s WHERE id=%s AND owner=%s",
                            (lease_until, item_id, owner)) == 1
 
@@ -377,6 +366,15 @@ class PostgresTx:
                            (lease_until, owner))
 
     def release_item(self, item_id: int, owner: str, due_at: int | None, now: int) -> bool:
+        if self.optimistic:
+            # Guessed: deleted (or re-armed) as asked; if it was flagged to run again, the
+            # delete misses and the strict re-run re-arms it instead.
+            if due_at is None:
+                self._buffer("release", (item_id, owner))
+            else:
+                self.notify = True
+                self._buffer("rearm", (item_id, owner, due_at, now))
+            return True
         if due_at is None:
             row = self._one("DELETE FROM queue WHERE id=%s AND owner=%s AND NOT rerun "
                             "RETURNING ck1, ck2, owner", (item_id, owner))
@@ -397,6 +395,9 @@ class PostgresTx:
         return True
 
     def delete_items(self, *, run_id: str) -> None:
+        if self.optimistic:
+            self._buffer("drop_items", (run_id,))
+            return
         self._wake(self._rows("DELETE FROM queue WHERE run_id=%s RETURNING ck1, ck2, owner",
                               (run_id,)))
 
@@ -441,8 +442,8 @@ class PostgresTx:
                          priority_at=row[6], owner=row[7])
 
     def delete_item(self, item_id: int) -> None:
-        self._wake(self._rows("DELETE FROM queue WHERE id=%s RETURNING ck1, ck2, owner",
-                              (item_id,)))
+        self._then("DELETE FROM queue WHERE id=%s RETURNING ck1, ck2, owner", (item_id,),
+                   self._wake)
 
     def update_item(self, item_id: int, due_at: int, payload: dict[str, Any]) -> None:
         self.notify = True
@@ -453,7 +454,8 @@ class PostgresTx:
     def get_flow(self, key: str) -> tuple[float | None, str | None, int | None] | None:
         # Every caller decides from this value and then calls put_flow: lock the key first.
         self.lock(key)
-        row = self._one("SELECT num, text, expires_at FROM flow_state WHERE key=%s", (key,))
+        row = self._one("SELECT num, text, expires_at FROM flow_state WHERE key=%s", (key,),
+                        tables=("flow_state",))
         return None if row is None else (row[0], row[1], row[2])
 
     def put_flow(self, key: str, *, num: float | None = None, text: str | None = None,
@@ -461,53 +463,59 @@ class PostgresTx:
         self._send(
             "INSERT INTO flow_state (key, num, text, expires_at) VALUES (%s, %s, %s, %s) "
             "ON CONFLICT (key) DO UPDATE SET num=excluded.num, text=excluded.text, "
-            "expires_at=excluded.expires_at", (key, num, text, expires_at))
+            "expires_at=excluded.expires_at", (key, num, text, expires_at),
+            tables=("flow_state",))
 
     def add_batch_event(self, batch_key: str, event_id: str) -> int:
         # Same lock as the batch's timer item (get_item): size checks and flushes serialize.
         self.lock(batch_key)
         self._send("INSERT INTO batch_events (batch_key, event_id) VALUES (%s, %s)",
-                   (batch_key, event_id))
-        row = self._one("SELECT count(*) FROM batch_events WHERE batch_key=%s", (batch_key,))
+                   (batch_key, event_id), tables=("batch_events",))
+        row = self._one("SELECT count(*) FROM batch_events WHERE batch_key=%s", (batch_key,),
+                        tables=("batch_events",))
         return 0 if row is None else int(row[0])
 
     def take_batch(self, batch_key: str) -> list[str]:
         self.lock(batch_key)
         rows = self._rows("DELETE FROM batch_events WHERE batch_key=%s RETURNING seq, event_id",
-                          (batch_key,))
+                          (batch_key,), tables=("batch_events",))
         return [event_id for _, event_id in sorted(rows)]
 
     # --- apps (official-SDK apps) -------------------------------------------------------------
     def save_app(self, app_id: str, url: str, config: dict[str, Any], checksum: str,
                  now: int) -> bool:
         self.lock(f"app:{app_id}")     # "changed?" is decided from the row read here
-        row = self._one("SELECT checksum FROM apps WHERE app_id=%s", (app_id,))
+        row = self._one("SELECT checksum FROM apps WHERE app_id=%s", (app_id,), tables=("apps",))
         self._send(
             "INSERT INTO apps (app_id, url, config, checksum, synced_at) "
             "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (app_id) DO UPDATE SET url=excluded.url, "
             "config=excluded.config, checksum=excluded.checksum, synced_at=excluded.synced_at",
-            (app_id, url, dumps(config), checksum, now))
+            (app_id, url, dumps(config), checksum, now), tables=("apps",))
         return row is None or row[0] != checksum
 
     def list_apps(self) -> list[tuple[str, str, dict[str, Any], str]]:
-        rows = self._rows("SELECT app_id, url, config, checksum FROM apps ORDER BY app_id")
+        rows = self._rows("SELECT app_id, url, config, checksum FROM apps ORDER BY app_id",
+                          tables=("apps",))
         return [(r[0], r[1], loads(r[2]), r[3]) for r in rows]
 
     def delete_app(self, app_id: str) -> bool:
-        return self._count("DELETE FROM apps WHERE app_id=%s", (app_id,)) == 1
+        return self._count("DELETE FROM apps WHERE app_id=%s", (app_id,), tables=("apps",)) == 1
 
     # --- waits -------------------------------------------------------------------------------
     def insert_wait(self, wait: WaitRow) -> None:
-        self._send(
-            "INSERT INTO waits (run_id, kind, step_hash, event_name, match_key, expr, event_ctx, "
-            "expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            (wait.run_id, wait.kind, wait.step_hash, wait.event_name, wait.match_key, wait.expr,
-             None if wait.event_ctx is None else dumps(wait.event_ctx), wait.expires_at))
+        row = (wait.run_id, wait.kind, wait.step_hash, wait.event_name, wait.match_key,
+               wait.expr, None if wait.event_ctx is None else dumps(wait.event_ctx),
+               wait.expires_at)
+        if self.optimistic:
+            self._buffer("wait", row)
+            return
+        self._send("INSERT INTO waits (run_id, kind, step_hash, event_name, match_key, expr, "
+                   "event_ctx, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", row)
 
     def match_paths(self, event_name: str) -> list[str]:
         rows = self._rows(
             "SELECT DISTINCT split_part(match_key, '=', 1) FROM waits "
-            "WHERE event_name=%s AND match_key IS NOT NULL", (event_name,))
+            "WHERE event_name=%s AND match_key IS NOT NULL", (event_name,), tables=("waits",))
         return [r[0] for r in rows]
 
     def find_waits(self, event_name: str, match_keys: Sequence[str]) -> list[WaitRow]:
@@ -516,17 +524,23 @@ class PostgresTx:
             "expires_at FROM waits WHERE event_name=%s AND match_key IS NULL "
             "UNION ALL SELECT id, run_id, kind, step_hash, event_name, match_key, expr, "
             "event_ctx, expires_at FROM waits WHERE event_name=%s AND match_key = ANY(%s) "
-            "ORDER BY id", (event_name, event_name, list(match_keys)))
+            "ORDER BY id", (event_name, event_name, list(match_keys)), tables=("waits",))
         return [WaitRow(id=r[0], run_id=r[1], kind=r[2], step_hash=r[3], event_name=r[4],
                         match_key=r[5], expr=r[6], event_ctx=loads(r[7]), expires_at=r[8])
                 for r in rows]
 
     def delete_wait(self, wait_id: int) -> bool:
+        if self.optimistic:
+            self._buffer("take_wait", (wait_id,))
+            return True
         return self._count("DELETE FROM waits WHERE id=%s", (wait_id,)) == 1
 
     def delete_step_wait(self, run_id: str, step_hash: str) -> bool:
         return self._count("DELETE FROM waits WHERE run_id=%s AND step_hash=%s",
-                           (run_id, step_hash)) > 0
+                           (run_id, step_hash), tables=("waits",)) > 0
 
     def delete_run_waits(self, run_id: str) -> None:
+        if self.optimistic:
+            self._buffer("drop_waits", (run_id,))
+            return
         self._send("DELETE FROM waits WHERE run_id=%s", (run_id,))
