@@ -698,9 +698,8 @@ def test_concurrency_limit_per_key_holds_end_to_end(limit: int,
 
 async def test_concurrency_runs_one_send_of_events_in_order(make_engine: Any,
                                                             clock: VirtualClock) -> None:
-    """concurrency=1 and four events in one send(): FIFO says 0, 1, 2, 3. `admission.claim`
-    leases the four in one batch and counts the not-yet-decided ones as held
-    (count_held(key) - 1 == 3 for the first), so it parks 0, 1, 2 and runs 3 first."""
+    """concurrency=1 and four events in one send(): FIFO says 0, 1, 2, 3 (regression: one
+    claim batch used to count its undecided items as held, parking 0, 1, 2 and running 3)."""
     app = stepwell.App("t")
     order: list[int] = []
 
