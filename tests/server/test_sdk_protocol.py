@@ -207,3 +207,36 @@ async def test_register_endpoint_rejects_bad_bodies_and_checks_keys(make_engine:
             assert (await prod.post("/e/ek", json={"name": "a", "data": {}})).status_code == 200
             apps = (await dev.get("/v1/apps")).json()["data"]
             assert [a["app_id"] for a in apps] == ["fake"]
+
+
+async def test_large_state_is_fetched_through_the_api(make_engine: Any,
+                                                     fake_sdk: FakeSDK) -> None:
+    """Past 4 MiB the call carries no events or steps (`use_api`); the SDK fetches them from
+    /v0/runs/{id}/batch and /actions, which must return exactly what was left out."""
+    big = "x" * (3 * 1024 * 1024)
+    seen: list[dict[str, Any]] = []
+
+    def script(step: str, body: dict[str, Any]) -> Reply:
+        seen.append(body)
+        if body["use_api"]:
+            return 200, SDK, "done"
+        n = len(body["steps"])
+        return 206, SDK, [{"id": f"h{n}", "op": "StepRun", "displayName": f"s{n}", "data": big}]
+
+    fake_sdk.script = script
+    async with make_engine() as engine:
+        run_id = await start_run(engine, fake_sdk)
+        run = await engine.wait(run_id)
+        api = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(Service(engine))),
+                                base_url="http://sw")
+        async with api:
+            batch = (await api.get(f"/v0/runs/{run_id}/batch")).json()
+            actions = (await api.get(f"/v0/runs/{run_id}/actions")).json()
+            missing = await api.get("/v0/runs/nope/actions")
+    assert run.status == "completed" and run.output == "done"
+    last = seen[-1]
+    assert last["use_api"] is True and last["ctx"]["use_api"] is True
+    assert last["events"] == [] and last["steps"] == {}
+    assert [e["name"] for e in batch] == ["fake/go"]
+    assert sorted(actions) == ["h0", "h1"] and actions["h0"] == {"data": big}
+    assert missing.status_code == 404
