@@ -6,6 +6,9 @@ test's tmp dir) and on the real Postgres at `STEPWELL_TEST_PG` (default
 gets its own database, copied from a template that the migrations built once per schema version
 (`CREATE DATABASE ... TEMPLATE` is a cheap file copy) and dropped afterwards.
 `STEPWELL_TEST_DB=sqlite` (or `postgres`) limits the run to one backend.
+
+Fixtures for Postgres-only tests: `pg_database` (a fresh migrated database's URL for one test)
+and `pg_databases` (a session-wide factory of named ones).
 """
 
 from __future__ import annotations
@@ -91,6 +94,25 @@ def pg_template() -> str:
     return name
 
 
+@pytest.fixture(scope="session")
+def pg_databases(pg_template: str) -> Iterator[Callable[[str], str]]:
+    """A factory: `pg_databases(name)` creates a fresh migrated database (dropping any old one
+    of that name) and returns its URL; all are dropped at the end of the session."""
+    created: list[str] = []
+
+    def create(name: str) -> str:
+        with closing(pg_admin()) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+        created.append(name)
+        return pg_url(name)
+
+    yield create
+    with closing(pg_admin()) as admin:
+        for name in created:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 def pg_database(pg_template: str) -> Iterator[str]:
     """A fresh, migrated Postgres database for one test; its URL. Dropped after the test."""
@@ -104,9 +126,25 @@ def pg_database(pg_template: str) -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(params=BACKENDS)
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgres":
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test using `db_url` runs on each backend. The end-to-end tests also run on
+    Postgres with `STEPWELL_PG_GUESS=0` (`postgres-strict`): writers then wait for every answer,
+    which is the path a wrong guess falls back to, so it must pass the same suite."""
+    if "db_url" not in metafunc.fixturenames:
+        return
+    backends = list(BACKENDS)
+    if "postgres" in backends and metafunc.definition.path.parent.name == "e2e":
+        backends.append("postgres-strict")
+    metafunc.parametrize("db_url", backends, indirect=True)
+
+
+@pytest.fixture
+def db_url(request: pytest.FixtureRequest, tmp_path: Path,
+           monkeypatch: pytest.MonkeyPatch) -> str:
+    backend = getattr(request, "param", BACKENDS[0])
+    if backend.startswith("postgres"):
+        if backend == "postgres-strict":
+            monkeypatch.setenv("STEPWELL_PG_GUESS", "0")
         url: str = request.getfixturevalue("pg_database")
         return url
     return f"sqlite:///{tmp_path / 'stepwell.db'}"

@@ -1,8 +1,10 @@
 """The `stepwell` command line: a thin shell over the service layer and the HTTP API.
 
-`stepwell dev` runs an engine and the HTTP server in one process; every other command is an
-HTTP client of that server, so it works the same against a local dev server or a remote one and
-never opens the database itself (two writers on one SQLite file from a CLI would be a footgun).
+`stepwell dev` and `stepwell start` run an engine and the HTTP server in one process,
+`stepwell worker` an engine alone (workers sharing a Postgres database scale a deployment out);
+every other command is an HTTP client of that server, so it works the same against a local dev
+server or a remote one and never opens the database itself (two writers on one SQLite file from
+a CLI would be a footgun).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 import httpx
@@ -129,8 +132,26 @@ def listen(host: str, port: int) -> socket.socket:
                                    ) from exc
 
 
+def shown_db(url: str) -> str:
+    """A database URL as printed: without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@",
+                                                                 ":***@", 1)))
+
+
+async def start_service(service: Service) -> None:
+    """Start the engine. A database that cannot be used (wrong or unreachable URL, a schema
+    from a newer stepwell) is one clear error naming the URL, not a traceback."""
+    try:
+        await service.start()
+    except RuntimeError as exc:        # the store's StoreError
+        raise click.ClickException(str(exc)) from exc
+
+
 def banner(url: str, db: str, apps: Sequence[App]) -> str:
-    lines = [f"stepwell server running at {url}  (db: {db})", "functions:"]
+    lines = [f"stepwell server running at {url}  (db: {shown_db(db)})", "functions:"]
     example = None
     for app in apps:
         for fn in app.functions.values():
@@ -167,7 +188,7 @@ async def serve(service: Service, sock: socket.socket, apps: Sequence[App], db: 
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, request_exit)
-    await service.start()
+    await start_service(service)
     syncing: list[asyncio.Task[None]] = []
     try:
         host, port = sock.getsockname()[:2]
@@ -272,6 +293,62 @@ def serve_command(db: str, host: str, port: int, sync_urls: tuple[str, ...],
     endpoint, REST API. Production mode when event or signing keys are given."""
     run_server([], db, host, port, worker=not no_worker, sync_urls=sync_urls,
                event_keys=event_keys, signing_keys=signing_keys, retry_interval=retry_interval)
+
+
+@main.command()
+@click.argument("target", metavar="PATH_OR_MODULE[:ATTR]")
+@server_options
+def start(target: str, db: str, host: str, port: int, sync_urls: tuple[str, ...],
+          event_keys: tuple[str, ...], signing_keys: tuple[str, ...],
+          retry_interval: float | None) -> None:
+    """Run the apps of a file or module in production: the HTTP server (event API, REST API,
+    SDK endpoint) and a worker, on the database --db.
+
+    On Postgres (--db postgresql://user:password@host:5432/db) start any number of
+    `stepwell worker` processes for the same apps and database, on any hosts: they share the
+    work, and any of them may stop or die at any time.
+    """
+    run_server(load_apps(target), db, host, port, sync_urls=sync_urls, event_keys=event_keys,
+               signing_keys=signing_keys, retry_interval=retry_interval)
+
+
+@main.command()
+@click.argument("target", metavar="PATH_OR_MODULE[:ATTR]")
+@click.option("--db", default=DEFAULT_DB, show_default=True, help="Database URL.")
+def worker(target: str, db: str) -> None:
+    """Run the functions of the apps in a file or module, without an HTTP server.
+
+    A worker claims runs, timers and cron ticks from the database --db (use the same one as
+    `stepwell start`): on Postgres, any number of workers on any hosts share the work; a run
+    held by a worker that dies is taken over by another once its lease expires. Events reach
+    it through `stepwell start` / `stepwell serve` or `Engine.send` in another process.
+    SIGINT or SIGTERM stops it cleanly (what it was running is handed back at once).
+    """
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    apps = load_apps(target)
+    try:
+        service = Service.for_apps(apps, db=db)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    asyncio.run(run_worker(service, apps, db))
+
+
+async def run_worker(service: Service, apps: Sequence[App], db: str) -> None:
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stopping.set)
+    await start_service(service)
+    try:
+        functions = [fn.qualified_id for app in apps for fn in app.functions.values()]
+        click.echo(f"stepwell worker running (db: {shown_db(db)}, pid {os.getpid()}); "
+                   f"functions: {', '.join(functions) or '(none)'}")
+        await stopping.wait()
+    finally:
+        await service.stop()
+        click.echo("stepwell worker stopped")
 
 
 # --- HTTP client commands --------------------------------------------------------------------

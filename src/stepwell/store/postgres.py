@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -87,15 +88,21 @@ def migrate(conn: Conn) -> int:
 class PostgresStore:
     """The scale-out backend, for `postgresql://user:password@host:port/db` URLs.
 
-    `writers` connections commit groups concurrently (Postgres, unlike SQLite, lets them);
-    `readers` bounds the read pool. `outage_seconds` is how long an operation keeps retrying
+    `writers` is the number of writer connections of this process. One is the default, as with
+    SQLite: with guessed answers and bulk writes a single writer is not the bottleneck, and it
+    keeps this process's claims and slot releases in one order (two writers could let a claim
+    pick its candidates while another transaction frees a slot for a higher-priority item).
+    Scale out with processes instead. `readers` bounds the read pool. `guess=False` (or the
+    environment variable `STEPWELL_PG_GUESS=0`) makes writers wait for every answer instead of
+    guessing and buffering (see `postgres_sql`): slower, for diagnosis and tests. `outage_seconds` is how long an operation keeps retrying
     through a lost database before it fails with `StoreError`. `fsync=False` turns
     `synchronous_commit` off for this store's writes.
     """
 
-    def __init__(self, url: str, *, fsync: bool = True, writers: int = 2, readers: int = 4,
-                 outage_seconds: float = 120.0) -> None:
+    def __init__(self, url: str, *, fsync: bool = True, writers: int = 1, readers: int = 4,
+                 outage_seconds: float = 120.0, guess: bool | None = None) -> None:
         self.url = url
+        self.guess = os.environ.get("STEPWELL_PG_GUESS", "1") != "0" if guess is None else guess
         self.fsync = fsync
         self.writers = writers
         self.readers = readers
@@ -113,6 +120,7 @@ class PostgresStore:
         ids = QueueIds()
         writers = [PostgresWriter(self.url, fsync=self.fsync,
                                   outage_seconds=self.outage_seconds, ids=ids,
+                                  guess=self.guess,
                                   conn=first if index == 0 else None)
                    for index in range(self.writers)]
         self._pool = ConnectionPool(self.url, min_size=1, max_size=self.readers, open=False,

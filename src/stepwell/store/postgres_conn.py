@@ -48,7 +48,7 @@ def redact(url: str) -> str:
 
 def reason(exc: BaseException) -> str:
     """A driver error as one line (libpq's messages span several)."""
-    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    text = " ".join(str(exc).split())
     return text.removeprefix("connection failed: ") or type(exc).__name__
 
 
@@ -120,8 +120,9 @@ class PostgresWriter:
     """
 
     def __init__(self, url: str, *, fsync: bool, outage_seconds: float, ids: QueueIds,
-                 conn: Conn | None = None) -> None:
+                 guess: bool = True, conn: Conn | None = None) -> None:
         self.url = url
+        self.guess = guess
         self.ids = ids
         self.mispredictions = 0
         self.fsync = fsync
@@ -154,7 +155,7 @@ class PostgresWriter:
 
     def run(self, scripts: Sequence[Callable[[Tx], Any]]) -> list[Any]:
         outage: Outage | None = None
-        optimistic = True
+        optimistic = self.guess
         while True:
             conn: Conn | None = None
             try:
@@ -193,13 +194,21 @@ class PostgresWriter:
                 if tx.notify:
                     conn.execute("SELECT pg_notify(%s, '')", (WORK_CHANNEL,))
                 committing = True
-                conn.execute("COMMIT")
+                self._commit(conn)
             return values
-        except psycopg.OperationalError as exc:
-            if (committing and xid is not None and is_broken(conn)
-                    and self._outcome(xid, exc) == "committed"):
-                return values
+        except psycopg.Error as exc:
+            if committing and xid is not None:
+                # COMMIT was sent but its answer was not read: ask on a new connection.
+                conn.close()
+                if self._outcome(xid, exc) == "committed":
+                    return values
+                raise psycopg.OperationalError(f"commit interrupted: {reason(exc)}") from exc
             raise
+
+    def _commit(self, conn: Conn) -> None:
+        """Send COMMIT (its answer is read when the pipeline ends). Tests override it to lose
+        the connection at the worst moment."""
+        conn.execute("COMMIT")
 
     def _outcome(self, xid: str, lost: BaseException) -> str:
         """What became of a transaction whose COMMIT was cut off: reconnect and ask."""

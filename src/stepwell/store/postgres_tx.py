@@ -293,11 +293,12 @@ class PostgresTx(Pipe):
 
     def claim_due(self, now: int, owner: str, lease_until: int, limit: int) -> list[QueueItem]:
         rows = self._rows(
-            "WITH c AS (SELECT id FROM queue WHERE owner IS NULL AND NOT blocked AND due_at <= %s "
-            "ORDER BY priority_at, id LIMIT %s FOR UPDATE SKIP LOCKED) "
-            "UPDATE queue SET owner=%s, lease_until=%s FROM c WHERE queue.id = c.id "
-            f"RETURNING {', '.join('queue.' + c.strip() for c in _QUEUE_COLUMNS.split(','))}",
-            (now, limit, owner, lease_until))
+            # The candidates as an array (one index probe each), whatever the planner guesses
+            # of their number from a generic plan.
+            "UPDATE queue SET owner=%s, lease_until=%s WHERE id = ANY(ARRAY("
+            "SELECT id FROM queue WHERE owner IS NULL AND NOT blocked AND due_at <= %s "
+            "ORDER BY priority_at, id LIMIT %s FOR UPDATE SKIP LOCKED)) "
+            f"RETURNING {_QUEUE_COLUMNS}", (owner, lease_until, now, limit))
         items = [_queue_item(r) for r in rows]
         items.sort(key=lambda i: (i.priority_at if i.priority_at is not None else i.due_at, i.id))
         # At most one item per concurrency key per claim, so that runs of one key *start* in
@@ -384,9 +385,10 @@ class PostgresTx(Pipe):
             due_at = now
         row = self._one(
             "UPDATE queue SET owner=NULL, lease_until=NULL, "
-            "due_at = CASE WHEN rerun THEN least(%s, %s) ELSE %s END, "
-            "priority_at = CASE WHEN rerun THEN least(%s, %s) ELSE %s END, rerun=false "
-            "WHERE id=%s AND owner=%s RETURNING ck1, ck2, %s",
+            "due_at = CASE WHEN rerun THEN least(%s::bigint, %s::bigint) ELSE %s END, "
+            "priority_at = CASE WHEN rerun THEN least(%s::bigint, %s::bigint) ELSE %s END, "
+            "rerun=false "
+            "WHERE id=%s AND owner=%s RETURNING ck1, ck2, %s::text",
             (due_at, now, due_at, due_at, now, due_at, item_id, owner, owner))
         if row is None:
             return False
@@ -415,7 +417,7 @@ class PostgresTx(Pipe):
 
     def release_leases_of(self, owner: str) -> int:
         rows = self._rows("UPDATE queue SET owner=NULL, lease_until=NULL WHERE owner=%s "
-                          "RETURNING ck1, ck2, %s", (owner, owner))
+                          "RETURNING ck1, ck2, %s::text", (owner, owner))
         self.notify = self.notify or bool(rows)
         self._wake(rows)
         return len(rows)
