@@ -1,0 +1,285 @@
+"""The plumbing under `PostgresTx`: pipelined statements, guessed answers, bulk writes.
+
+A Python client spends tens of microseconds per statement (building a cursor, adapting the
+arguments), and a round trip to the server costs about a hundred more: at a dozen statements per
+run that, not Postgres, caps throughput. So a writer's transaction works in three tiers:
+
+- every statement is *pipelined* (the connection is in pipeline mode): it is sent at once and
+  its answer is read only when someone needs it;
+- the hot compare-and-set operations are *guessed* (`optimistic=True`): renewing a lease,
+  inserting a memo, finishing a run... almost always succeed, so the script is told they did,
+  and every guess is checked in `finish()`, just before COMMIT. A wrong guess raises
+  `Misprediction`; the writer rolls back and runs the group again without guessing, so the
+  transaction that commits only ever acted on true answers;
+- guessed and answer-less writes are *buffered* per kind and sent as one statement per kind over
+  arrays (`unnest`), so a group of hundreds of checkpoints costs a handful of statements.
+  Buffers are flushed, in a fixed order (`KINDS`), before any other statement touching their
+  table and at `finish()`, so every read sees the writes made before it in the transaction.
+  Within one flush, writes of different scripts may be applied in kind order rather than script
+  order: that is equivalent to running those scripts in another order (they are concurrent,
+  any order is valid), and a reordering that changed an answer is caught by the checks.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+Row = tuple[Any, ...]
+Conn = psycopg.Connection[Row]
+Cursor = psycopg.Cursor[Row]
+
+# Notified (in the committing transaction, so delivered at commit) when work may have become
+# claimable: idle workers LISTEN on it and poll at once.
+WORK_CHANNEL = "stepwell_work"
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+class Misprediction(Exception):
+    """A guessed answer was wrong: the transaction must be rolled back and run again."""
+
+
+@dataclass(frozen=True, slots=True)
+class Bulk:
+    """One kind of buffered write: a statement over one array per column.
+
+    With `check`, the statement returns the key (the first `keys` columns) of every row it
+    changed, and all buffered rows must be among them. With `wake`, it returns (after the key,
+    if any) `ck1, ck2, owner` of each queue item it freed, for `PostgresTx._wake`.
+    """
+
+    name: str
+    table: str
+    sql: str
+    check: bool = False
+    keys: int = 1
+    wake: bool = False
+
+
+def _arrays(*types: str) -> str:
+    return ", ".join(f"%s::{t}[]" for t in types)
+
+
+# In flush order: for one table, the order the hot scripts perform these operations in (a lease
+# is renewed before the item is released or deleted; a memo is inserted before it is resolved).
+KINDS: list[Bulk] = [
+    Bulk("lease", "queue",
+         "UPDATE queue SET lease_until = v.until "
+         f"FROM unnest({_arrays('bigint', 'text', 'bigint')}) AS v(id, owner, until) "
+         "WHERE queue.id = v.id AND queue.owner = v.owner RETURNING queue.id", check=True),
+    Bulk("run", "runs",
+         "INSERT INTO runs (id, function_id, status, event_id, event_ids, created_at, "
+         "started_at, parent_run_id, parent_step, error, ended_at) SELECT * FROM unnest("
+         + _arrays("text", "text", "text", "text", "text", "bigint", "bigint", "text", "text",
+                   "text", "bigint") + ")"),
+    Bulk("new_item", "queue",
+         "INSERT INTO queue (id, unique_key, kind, run_id, due_at, payload, owner, lease_until, "
+         "priority_at, ck1, cl1, ck2, cl2) OVERRIDING SYSTEM VALUE SELECT * FROM unnest("
+         + _arrays("bigint", "text", "text", "text", "bigint", "text", "text", "bigint",
+                   "bigint", "text", "int", "text", "int")
+         + ") ON CONFLICT (unique_key) DO NOTHING RETURNING id", check=True),
+    Bulk("start", "runs",
+         "UPDATE runs SET status = 'running', started_at = coalesce(runs.started_at, v.now) "
+         f"FROM unnest({_arrays('text', 'bigint')}) AS v(id, now) "
+         "WHERE runs.id = v.id AND runs.status IN ('queued', 'running') RETURNING runs.id",
+         check=True),
+    Bulk("memo", "memos",
+         "INSERT INTO memos (run_id, hash, step_id, kind, seq, outcome, fingerprint, due_at, "
+         "attempts, started_at, ended_at) SELECT * FROM unnest("
+         + _arrays("text", "text", "text", "text", "int", "text", "text", "bigint", "int",
+                   "bigint", "bigint")
+         + ") ON CONFLICT DO NOTHING RETURNING run_id, hash", check=True, keys=2),
+    Bulk("resolve", "memos",
+         "UPDATE memos SET outcome = v.outcome, ended_at = v.now "
+         f"FROM unnest({_arrays('text', 'text', 'text', 'bigint')}) AS v(run_id, hash, "
+         "outcome, now) WHERE memos.run_id = v.run_id AND memos.hash = v.hash "
+         "AND memos.outcome IS NULL RETURNING memos.run_id, memos.hash", check=True, keys=2),
+    Bulk("failure", "step_failures",
+         "INSERT INTO step_failures (run_id, hash, step_id, attempt, error, at) "
+         f"SELECT * FROM unnest({_arrays('text', 'text', 'text', 'int', 'text', 'bigint')}) "
+         "ON CONFLICT DO NOTHING"),
+    Bulk("wait", "waits",
+         "INSERT INTO waits (run_id, kind, step_hash, event_name, match_key, expr, event_ctx, "
+         "expires_at) SELECT * FROM unnest("
+         + _arrays("text", "text", "text", "text", "text", "text", "text", "bigint") + ")"),
+    Bulk("take_wait", "waits",
+         f"DELETE FROM waits WHERE id = ANY({_arrays('bigint')}) RETURNING id", check=True),
+    Bulk("finish", "runs",
+         "UPDATE runs SET status = v.status, ended_at = v.now, output = v.output, "
+         "error = v.error FROM unnest("
+         + _arrays("text", "text", "bigint", "text", "text")
+         + ") AS v(id, status, now, output, error) "
+         "WHERE runs.id = v.id AND runs.status IN ('queued', 'running') RETURNING runs.id",
+         check=True),
+    Bulk("release", "queue",
+         "DELETE FROM queue USING unnest(" + _arrays("bigint", "text") + ") AS v(id, owner) "
+         "WHERE queue.id = v.id AND queue.owner = v.owner AND NOT queue.rerun "
+         "RETURNING queue.id, queue.ck1, queue.ck2, queue.owner", check=True, wake=True),
+    Bulk("rearm", "queue",
+         "UPDATE queue SET owner = NULL, lease_until = NULL, "
+         "due_at = CASE WHEN queue.rerun THEN least(v.due, v.now) ELSE v.due END, "
+         "priority_at = CASE WHEN queue.rerun THEN least(v.due, v.now) ELSE v.due END, "
+         "rerun = false FROM unnest(" + _arrays("bigint", "text", "bigint", "bigint")
+         + ") AS v(id, owner, due, now) WHERE queue.id = v.id AND queue.owner = v.owner "
+         "RETURNING queue.id, queue.ck1, queue.ck2, v.owner", check=True, wake=True),
+    Bulk("drop_items", "queue",
+         f"DELETE FROM queue WHERE run_id = ANY({_arrays('text')}) "
+         "RETURNING ck1, ck2, owner", keys=0, wake=True),
+    Bulk("drop_waits", "waits", f"DELETE FROM waits WHERE run_id = ANY({_arrays('text')})"),
+]
+BULK = {kind.name: kind for kind in KINDS}
+
+
+class QueueIds:
+    """Queue item ids reserved from the table's sequence in blocks, so that a buffered insert
+    knows its new item's id without an answer from the server. Shared by a store's writers;
+    ids stay unique across processes (each comes from `nextval`)."""
+
+    BLOCK = 256
+
+    def __init__(self) -> None:
+        self._free: list[int] = []
+        self._lock = threading.Lock()
+
+    def take(self, pipe: Pipe) -> int:
+        with self._lock:
+            if not self._free:
+                rows = pipe._rows("SELECT nextval(pg_get_serial_sequence('queue', 'id')) "
+                                  "FROM generate_series(1, %s)", (self.BLOCK,), tables=())
+                self._free = sorted((int(r[0]) for r in rows), reverse=True)
+            return self._free.pop()
+
+
+class Pipe:
+    """Statements of one transaction over a connection in pipeline mode (see module doc).
+
+    `writable` is False for read-only snapshots (no advisory locks are taken there).
+    `optimistic` (writers) guesses and buffers; `finish()` must then be called before COMMIT.
+    """
+
+    def __init__(self, conn: Conn, pipeline: psycopg.Pipeline, *, writable: bool,
+                 optimistic: bool = False, ids: QueueIds | None = None) -> None:
+        self.c = conn
+        self.p = pipeline
+        self.writable = writable
+        self.ids = ids
+        self.optimistic = optimistic and writable and ids is not None
+        self.notify = False
+        self.new_runs: set[str] = set()     # inserted by this transaction (buffered)
+        self._locked: set[str] = set()
+        self._buffers: dict[str, list[Row]] = {}
+        self._checks: list[tuple[Cursor, Callable[[Cursor], bool], str]] = []
+        self._bulk_results: list[tuple[Cursor, Bulk, set[Row]]] = []
+        self._after: list[tuple[Cursor, Callable[[list[Row]], None]]] = []
+
+    # --- sending -----------------------------------------------------------------------------
+    def _send(self, sql: str, args: Sequence[Any] = (), *,
+              tables: Sequence[str] | None = None) -> Cursor:
+        """Queue a statement (its answer is read later, or never). Buffered writes to `tables`
+        (all tables if None) are flushed first, so the statement sees them."""
+        if self._buffers:
+            self.flush(tables)
+        return self.c.execute(sql, args)
+
+    def _rows(self, sql: str, args: Sequence[Any] = (), *,
+              tables: Sequence[str] | None = None) -> list[Row]:
+        return self._send(sql, args, tables=tables).fetchall()
+
+    def _one(self, sql: str, args: Sequence[Any] = (), *,
+             tables: Sequence[str] | None = None) -> Row | None:
+        return self._send(sql, args, tables=tables).fetchone()
+
+    def _count(self, sql: str, args: Sequence[Any] = (), *,
+               tables: Sequence[str] | None = None) -> int:
+        """Rows affected by a statement (waits for its answer)."""
+        cur = self._send(sql, args, tables=tables)
+        self.p.sync()
+        return cur.rowcount
+
+    def _affects_one(self, sql: str, args: Sequence[Any], what: str, *,
+                     tables: Sequence[str] | None = None) -> bool:
+        """A compare-and-set that changes one row when it succeeds: guessed True when
+        optimistic (checked in `finish()`), else waited for."""
+        if not self.optimistic:
+            return self._count(sql, args, tables=tables) == 1
+        self._checks.append((self._send(sql, args, tables=tables), _one_row, what))
+        return True
+
+    def _buffer(self, kind: str, row: Row) -> None:
+        self._buffers.setdefault(kind, []).append(row)
+
+    def _then(self, sql: str, args: Sequence[Any], then: Callable[[list[Row]], None]) -> None:
+        """Run `then` on the statement's rows: now, or (optimistic) in `finish()`."""
+        cur = self._send(sql, args)
+        if self.optimistic:
+            self._after.append((cur, then))
+        else:
+            then(cur.fetchall())
+
+    def lock(self, *keys: str) -> None:
+        """Serialize read-modify-writes of these keys across transactions (held to commit).
+        Keys are locked in sorted order, so two transactions locking the same set cannot
+        deadlock on them."""
+        fresh = sorted(set(keys) - self._locked)
+        if not fresh or not self.writable:
+            return
+        self._locked.update(fresh)
+        self._send("SELECT pg_advisory_xact_lock(hashtextextended('stepwell:' || k, 0)) "
+                   "FROM unnest(%s::text[]) WITH ORDINALITY AS u(k, n) ORDER BY n", (fresh,),
+                   tables=())
+
+    # --- buffers and checks ------------------------------------------------------------------
+    def flush(self, tables: Sequence[str] | None = None) -> None:
+        """Send the buffered writes (to `tables`, or all), one statement per kind."""
+        for kind in KINDS:
+            rows = self._buffers.get(kind.name)
+            if not rows or (tables is not None and kind.table not in tables):
+                continue
+            del self._buffers[kind.name]
+            columns = [list(column) for column in zip(*rows, strict=True)]
+            cur = self.c.execute(kind.sql, columns)
+            if kind.check or kind.wake:
+                self._bulk_results.append((cur, kind, {row[:kind.keys] for row in rows}))
+
+    def finish(self) -> str | None:
+        """Before COMMIT: flush, wait for every answer, check the guesses (`Misprediction` if
+        one was wrong), run what was deferred on answers. Returns the transaction's id (None if
+        it wrote nothing), which the writer needs if COMMIT is interrupted."""
+        self.flush()
+        xid = self.c.execute("SELECT pg_current_xact_id_if_assigned()::text")
+        self.p.sync()
+        for cur, check, what in self._checks:
+            if not check(cur):
+                raise Misprediction(what)
+        freed: list[Row] = []
+        for cur, kind, expected in self._bulk_results:
+            rows = cur.fetchall()
+            if kind.check and not expected <= {row[:kind.keys] for row in rows}:
+                raise Misprediction(kind.name)
+            if kind.wake:
+                freed += [row[kind.keys:] for row in rows]
+        for cur, then in self._after:
+            then(cur.fetchall())
+        if freed:
+            self._wake(freed)
+        row = xid.fetchone()
+        return None if row is None else row[0]
+
+    def _wake(self, rows: list[Row]) -> None:
+        raise NotImplementedError
+
+
+def _one_row(cur: Cursor) -> bool:
+    return cur.rowcount == 1
