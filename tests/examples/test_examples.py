@@ -400,8 +400,11 @@ async def test_flow_control_as_the_guide_configures_it(flow: ModuleType, make_en
         for n in range(3):                                   # a burst of product updates
             await engine.send("shop/product.updated", {"productId": "p1", "price": n})
         await engine.send("reports/report.requested", {"customer": "free-1", "plan": "free"})
-        await engine.send("reports/report.requested", {"customer": "free-2", "plan": "free"})
-        await engine.send("reports/report.requested", {"customer": "big", "plan": "enterprise"})
+        await engine.idle()                                  # free-1 has started
+        await engine.send([
+            {"name": "reports/report.requested", "data": {"customer": "free-2", "plan": "free"}},
+            {"name": "reports/report.requested", "data": {"customer": "big",
+                                                          "plan": "enterprise"}}])
         await clock.advance("5m")
         skipped = await engine.runs(function_id="sync-crm", status="skipped")
     assert [d["n"] for d in flow.SYNCED] == list(range(10))  # rate limit: 10 per minute
