@@ -240,3 +240,38 @@ async def test_large_state_is_fetched_through_the_api(make_engine: Any,
     assert [e["name"] for e in batch] == ["fake/go"]
     assert sorted(actions) == ["h0", "h1"] and actions["h0"] == {"data": big}
     assert missing.status_code == 404
+
+
+async def test_native_and_sdk_functions_invoke_each_other(make_engine: Any,
+                                                          fake_sdk: FakeSDK) -> None:
+    """One engine, two executors: a native function invokes an SDK function by its composite
+    id, and an SDK function invokes a native one (SDKs name it `<app>-<fn>`)."""
+    app = stepwell.App("native")
+
+    @app.function(id="child", trigger="native/child")
+    async def child(ctx: stepwell.Context, step: stepwell.Step) -> dict[str, Any]:
+        return {"native_saw": ctx.event.data}
+
+    @app.function(id="parent", trigger="native/parent")
+    async def parent(ctx: stepwell.Context, step: stepwell.Step) -> Any:
+        return await step.invoke("call-sdk", function="fake-fn", data={"from": "native"})
+
+    def script(step: str, body: dict[str, Any]) -> Reply:
+        event = body["event"]
+        if event["name"] == "inngest/function.invoked":          # invoked by the native parent
+            return 200, SDK, {"sdk_saw": event["data"]}
+        if "hc" in body["steps"]:                                 # the native child finished
+            return 200, SDK, body["steps"]["hc"]
+        return 206, SDK, [{"id": "hc", "op": "InvokeFunction", "displayName": "call-native",
+                           "opts": {"function_id": "native-child",
+                                    "payload": {"data": {"from": "sdk"}}}}]
+
+    fake_sdk.script = script
+    async with make_engine(app) as engine:
+        await engine.register_app(registration(fake_sdk.url))
+        [native_run] = await engine.runs(event_id=await engine.send("native/parent", {}))
+        [sdk_run] = await engine.runs(event_id=await engine.send("fake/go", {}))
+        native_run = await engine.wait(native_run.id)
+        sdk_run = await engine.wait(sdk_run.id)
+    assert native_run.output == {"sdk_saw": {"from": "native"}}
+    assert sdk_run.output == {"data": {"native_saw": {"from": "sdk"}}}
