@@ -34,6 +34,7 @@ PG_ADMIN_URL = os.environ.get("STEPWELL_TEST_PG", "postgresql://postgres@127.0.0
 BACKENDS = {"both": ["sqlite", "postgres"], "sqlite": ["sqlite"],
             "postgres": ["postgres"]}[os.environ.get("STEPWELL_TEST_DB", "both")]
 TEST_DB_PREFIX = "sw_test_"
+TEMPLATE_LOCK = "hashtextextended('stepwell:test-template', 0)"
 _names = itertools.count()
 
 
@@ -76,7 +77,7 @@ def pg_template() -> str:
     version (concurrent pytest sessions share it); databases left by dead sessions are dropped."""
     name = f"sw_tmpl_{_schema_digest()}"
     with closing(pg_admin()) as admin:
-        admin.execute("SELECT pg_advisory_lock(hashtextextended('stepwell:test-template', 0))")
+        admin.execute(f"SELECT pg_advisory_lock({TEMPLATE_LOCK})")
         try:
             names = [r[0] for r in admin.execute("SELECT datname FROM pg_database")]
             for db in names:
@@ -90,7 +91,7 @@ def pg_template() -> str:
                 with closing(psycopg.connect(pg_url(name), autocommit=True)) as conn:
                     migrate(conn)
         finally:
-            admin.execute("SELECT pg_advisory_unlock(hashtextextended('stepwell:test-template', 0))")
+            admin.execute(f"SELECT pg_advisory_unlock({TEMPLATE_LOCK})")
     return name
 
 

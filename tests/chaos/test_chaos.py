@@ -4,7 +4,7 @@ Run by `bash .ci/slow` (marked `slow`). Each run (`chaos_app.py`) executes five 
 real 100 ms sleep and a wait for a `chaos/resume` event. This test is the producer: an engine
 that does not work (`worker=False`) sends the 1,000 `chaos/go` events (ids `evt-N`) and, as waits
 get registered, the matching `chaos/resume` events (ids `resume-N`). Meanwhile it SIGKILLs a
-random worker every 0.3-1.2 s and starts a new one after a random pause (so leases are taken
+random worker every 0.2-0.8 s and starts a new one after a random pause (so leases are taken
 over both by a restarted process on this host and by expiry), and restarts Postgres once, when
 about 40% of the runs have completed. Then it checks, against the database and the workers'
 journals:
@@ -48,7 +48,7 @@ APP = Path(__file__).with_name("chaos_app.py")
 SEED = int(os.environ.get("STEPWELL_CHAOS_SEED", "1234"))
 RUNS = 1000
 WORKERS = 4
-KILL_EVERY_S = (0.3, 1.2)
+KILL_EVERY_S = (0.2, 0.8)
 RESTART_AFTER_S = (0.0, 1.5)
 RESTART_POSTGRES_AT = 0.4             # fraction of runs completed
 DEADLINE_S = 900.0
@@ -87,6 +87,7 @@ class Cluster:
     killed: list[int] = field(default_factory=list)
     stderr: dict[int, Path] = field(default_factory=dict)
     postgres_restart_s: float | None = None
+    start_failures: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -112,6 +113,20 @@ class Cluster:
             victim.wait()
             self.killed.append(victim.pid)
             del self.procs[victim.pid]
+
+    def supervise(self) -> None:
+        """Like a process supervisor: a worker that could not connect at start-up (Postgres was
+        restarting) is started again. Any other exit is left for the final checks."""
+        with self.lock:
+            exited = [p for p in self.procs.values() if p.poll() is not None]
+        for proc in exited:
+            if proc.returncode == 1 and "cannot connect to Postgres" in (
+                    self.stderr[proc.pid].read_text(errors="replace")):
+                with self.lock:
+                    del self.procs[proc.pid]
+                    del self.stderr[proc.pid]
+                    self.start_failures += 1
+                self.spawn()
 
     def stop(self) -> dict[int, int]:
         with self.lock:
@@ -198,6 +213,7 @@ def chaos(cluster: Cluster, done: threading.Event) -> None:
         for due in [d for d in pending_restarts if d <= now]:
             pending_restarts.remove(due)
             cluster.spawn()
+        cluster.supervise()
         if not restarted and completed(cluster.db) >= RUNS * RESTART_POSTGRES_AT:
             restarted = True
             cluster.restart_postgres()
@@ -305,7 +321,8 @@ def test_chaos_kills_and_a_postgres_restart_lose_nothing(pg_database: str,
                                   "killed nor told it lost the run's lease")
     report = (f"seed {SEED}: {RUNS} runs by {WORKERS} workers in {elapsed:.0f}s; "
               f"{len(cluster.killed)} SIGKILLs; Postgres restarted once "
-              f"({cluster.postgres_restart_s or 0:.1f}s); {len(executions)} step-body "
+              f"({cluster.postgres_restart_s or 0:.1f}s; {cluster.start_failures} workers "
+              f"started during it exited and were started again); {len(executions)} step-body "
               f"executions for {len(committed)} steps; {sum(reexecuted.values())} re-executed "
               f"({reexecuted['killed']} in killed workers, {reexecuted['lease lost']} after a "
               f"lease was taken over)")

@@ -39,7 +39,7 @@ from stepwell.store.postgres_conn import (
     redact,
     rollback,
 )
-from stepwell.store.postgres_tx import WORK_CHANNEL, Conn, PostgresTx, QueueIds
+from stepwell.store.postgres_tx import WORK_CHANNEL, Conn, PostgresTx, WriterState
 
 R = TypeVar("R")
 log = logging.getLogger("stepwell.store.postgres")
@@ -94,9 +94,10 @@ class PostgresStore:
     pick its candidates while another transaction frees a slot for a higher-priority item).
     Scale out with processes instead. `readers` bounds the read pool. `guess=False` (or the
     environment variable `STEPWELL_PG_GUESS=0`) makes writers wait for every answer instead of
-    guessing and buffering (see `postgres_sql`): slower, for diagnosis and tests. `outage_seconds` is how long an operation keeps retrying
-    through a lost database before it fails with `StoreError`. `fsync=False` turns
-    `synchronous_commit` off for this store's writes.
+    guessing and buffering (see `postgres_sql`): slower, for diagnosis and tests.
+    `outage_seconds` is how long an operation keeps retrying through a lost database before it
+    fails with `StoreError`. `fsync=False` turns `synchronous_commit` off for this store's
+    writes.
     """
 
     def __init__(self, url: str, *, fsync: bool = True, writers: int = 1, readers: int = 4,
@@ -117,9 +118,9 @@ class PostgresStore:
 
     async def open(self) -> None:
         first = await asyncio.to_thread(self._connect_and_migrate)
-        ids = QueueIds()
+        state = WriterState()
         writers = [PostgresWriter(self.url, fsync=self.fsync,
-                                  outage_seconds=self.outage_seconds, ids=ids,
+                                  outage_seconds=self.outage_seconds, state=state,
                                   guess=self.guess,
                                   conn=first if index == 0 else None)
                    for index in range(self.writers)]
@@ -136,10 +137,19 @@ class PostgresStore:
         """The first connection: any problem with the URL or the server is reported here,
         once, as a `StoreError` naming the URL (without its password) and the reason."""
         where = redact(self.url)
-        try:
-            conn = connect(self.url)
-        except psycopg.Error as exc:
-            raise StoreError(f"cannot connect to Postgres at {where}: {reason(exc)}") from exc
+        outage = Outage(self.url, self.outage_seconds, "connecting to Postgres")
+        while True:
+            try:
+                conn = connect(self.url)
+                break
+            except psycopg.Error as exc:
+                # Postgres says it is starting up or shutting down (a restart): wait for it.
+                # Anything else (refused, unknown host or database, bad credentials) is a
+                # configuration problem, reported at once.
+                if "the database system is" not in str(exc):
+                    raise StoreError(f"cannot connect to Postgres at {where}: "
+                                     f"{reason(exc)}") from exc
+                outage.wait(exc)
         try:
             if conn.info.server_version < MIN_SERVER_VERSION:
                 raise StoreError(f"Postgres at {where} is version {conn.info.server_version}; "

@@ -27,7 +27,13 @@ from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from stepwell.store.base import StoreError, Tx
-from stepwell.store.postgres_tx import WORK_CHANNEL, Conn, Misprediction, PostgresTx, QueueIds
+from stepwell.store.postgres_tx import (
+    WORK_CHANNEL,
+    Conn,
+    Misprediction,
+    PostgresTx,
+    WriterState,
+)
 
 log = logging.getLogger("stepwell.store.postgres")
 MIN_SERVER_VERSION = 130000        # pg_current_xact_id_if_assigned, pg_xact_status(xid8)
@@ -119,11 +125,11 @@ class PostgresWriter:
     re-opened when it breaks; a group is retried until it commits or the outage lasts too long.
     """
 
-    def __init__(self, url: str, *, fsync: bool, outage_seconds: float, ids: QueueIds,
+    def __init__(self, url: str, *, fsync: bool, outage_seconds: float, state: WriterState,
                  guess: bool = True, conn: Conn | None = None) -> None:
         self.url = url
         self.guess = guess
-        self.ids = ids
+        self.state = state
         self.mispredictions = 0
         self.fsync = fsync
         self.outage_seconds = outage_seconds
@@ -166,6 +172,7 @@ class PostgresWriter:
                 # again, waiting for every answer this time.
                 rollback(conn)
                 log.debug("group of %d re-run without guessing: %s", len(scripts), wrong)
+                self.state.guessed_wrong(str(wrong))
                 self.mispredictions += 1
                 optimistic = False
                 continue
@@ -188,7 +195,7 @@ class PostgresWriter:
             with conn.pipeline() as pipeline:
                 conn.execute("BEGIN")
                 tx = PostgresTx(conn, pipeline, writable=True, optimistic=optimistic,
-                                ids=self.ids)
+                                state=self.state)
                 values = [script(tx) for script in scripts]
                 xid = tx.finish()
                 if tx.notify:

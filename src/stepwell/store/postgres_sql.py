@@ -75,6 +75,13 @@ def _arrays(*types: str) -> str:
 # In flush order: for one table, the order the hot scripts perform these operations in (a lease
 # is renewed before the item is released or deleted; a memo is inserted before it is resolved).
 KINDS: list[Bulk] = [
+    # New events only (a duplicate id is not inserted, and the strict re-run applies the
+    # de-duplication window to it).
+    Bulk("event", "events",
+         "INSERT INTO events (id, name, data, user_data, ts, received_at, processed) "
+         "SELECT * FROM unnest("
+         + _arrays("text", "text", "text", "text", "bigint", "bigint", "boolean")
+         + ") ON CONFLICT (id) DO NOTHING RETURNING id", check=True),
     Bulk("lease", "queue",
          "UPDATE queue SET lease_until = v.until "
          f"FROM unnest({_arrays('bigint', 'text', 'bigint')}) AS v(id, owner, until) "
@@ -142,40 +149,65 @@ KINDS: list[Bulk] = [
 BULK = {kind.name: kind for kind in KINDS}
 
 
-class QueueIds:
-    """Queue item ids reserved from the table's sequence in blocks, so that a buffered insert
-    knows its new item's id without an answer from the server. Shared by a store's writers;
-    ids stay unique across processes (each comes from `nextval`)."""
+class WriterState:
+    """What a store's writers carry from one transaction to the next, to guess well.
 
-    BLOCK = 256
+    - Queue item ids, reserved from the table's sequence in blocks, so that a buffered insert
+      knows its new item's id without an answer from the server (ids stay unique across
+      processes: each comes from `nextval`).
+    - Event names that matched no pending wait the last few times they were looked up: for
+      those, "no waits" is guessed (and checked), which saves ingesting an event its one round
+      trip. One wrong guess for a name stops the guessing for it until it is quiet again.
+    """
+
+    ID_BLOCK = 256
+    QUIET_AFTER = 3
+    MAX_NAMES = 10_000
 
     def __init__(self) -> None:
         self._free: list[int] = []
         self._lock = threading.Lock()
+        self._empty_lookups: dict[str, int] = {}
 
-    def take(self, pipe: Pipe) -> int:
+    def take_id(self, pipe: Pipe) -> int:
         with self._lock:
             if not self._free:
                 rows = pipe._rows("SELECT nextval(pg_get_serial_sequence('queue', 'id')) "
-                                  "FROM generate_series(1, %s)", (self.BLOCK,), tables=())
+                                  "FROM generate_series(1, %s)", (self.ID_BLOCK,), tables=())
                 self._free = sorted((int(r[0]) for r in rows), reverse=True)
             return self._free.pop()
+
+    def quiet(self, event_name: str) -> bool:
+        return self._empty_lookups.get(event_name, 0) >= self.QUIET_AFTER
+
+    def looked_up(self, event_name: str, found: bool) -> None:
+        if found:
+            self._empty_lookups.pop(event_name, None)
+            return
+        if len(self._empty_lookups) >= self.MAX_NAMES:
+            self._empty_lookups.clear()
+        self._empty_lookups[event_name] = self._empty_lookups.get(event_name, 0) + 1
+
+    def guessed_wrong(self, what: str) -> None:
+        if what.startswith("waits:"):
+            self._empty_lookups.pop(what.removeprefix("waits:"), None)
 
 
 class Pipe:
     """Statements of one transaction over a connection in pipeline mode (see module doc).
 
     `writable` is False for read-only snapshots (no advisory locks are taken there).
-    `optimistic` (writers) guesses and buffers; `finish()` must then be called before COMMIT.
+    `optimistic` (writers, with their shared `state`) guesses and buffers; `finish()` must
+    then be called before COMMIT.
     """
 
     def __init__(self, conn: Conn, pipeline: psycopg.Pipeline, *, writable: bool,
-                 optimistic: bool = False, ids: QueueIds | None = None) -> None:
+                 optimistic: bool = False, state: WriterState | None = None) -> None:
         self.c = conn
         self.p = pipeline
         self.writable = writable
-        self.ids = ids
-        self.optimistic = optimistic and writable and ids is not None
+        self.state = state
+        self.optimistic = optimistic and writable and state is not None
         self.notify = False
         self.new_runs: set[str] = set()     # inserted by this transaction (buffered)
         self._locked: set[str] = set()
@@ -183,6 +215,7 @@ class Pipe:
         self._checks: list[tuple[Cursor, Callable[[Cursor], bool], str]] = []
         self._bulk_results: list[tuple[Cursor, Bulk, set[Row]]] = []
         self._after: list[tuple[Cursor, Callable[[list[Row]], None]]] = []
+        self._quiet_names: set[str] = set()     # guessed to have no pending waits
 
     # --- sending -----------------------------------------------------------------------------
     def _send(self, sql: str, args: Sequence[Any] = (), *,
@@ -258,8 +291,14 @@ class Pipe:
         one was wrong), run what was deferred on answers. Returns the transaction's id (None if
         it wrote nothing), which the writer needs if COMMIT is interrupted."""
         self.flush()
+        waited = None
+        if self._quiet_names:
+            waited = self.c.execute("SELECT DISTINCT event_name FROM waits "
+                                    "WHERE event_name = ANY(%s)", (sorted(self._quiet_names),))
         xid = self.c.execute("SELECT pg_current_xact_id_if_assigned()::text")
         self.p.sync()
+        if waited is not None and (found := waited.fetchall()):
+            raise Misprediction(f"waits:{found[0][0]}")
         for cur, check, what in self._checks:
             if not check(cur):
                 raise Misprediction(what)

@@ -30,13 +30,13 @@ from stepwell.store.postgres_sql import (
     Conn,
     Misprediction,
     Pipe,
-    QueueIds,
     Row,
+    WriterState,
     dumps,
     loads,
 )
 
-__all__ = ["WORK_CHANNEL", "Conn", "Misprediction", "PostgresTx", "QueueIds"]
+__all__ = ["WORK_CHANNEL", "Conn", "Misprediction", "PostgresTx", "WriterState"]
 
 _RUN_COLUMNS = ("id, function_id, status, event_id, event_ids, created_at, started_at, ended_at, "
                 "output, error, warnings, parent_run_id, parent_step")
@@ -81,14 +81,19 @@ class PostgresTx(Pipe):
     # --- events ------------------------------------------------------------------------------
     def insert_event(self, event: Event, received_at: int, dedupe_after: int,
                      processed: bool) -> bool:
-        return self._affects_one(
+        data, user = dumps(event.data), dumps(event.user) if event.user else None
+        if self.optimistic:
+            self._buffer("event", (event.id, event.name, data, user, event.ts, received_at,
+                                   processed))
+            return True
+        return self._count(
             "INSERT INTO events (id, name, data, user_data, ts, received_at, processed) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
             "name=excluded.name, data=excluded.data, user_data=excluded.user_data, "
             "ts=excluded.ts, received_at=excluded.received_at, processed=excluded.processed "
             "WHERE events.received_at <= %s",
-            (event.id, event.name, dumps(event.data), dumps(event.user) if event.user else None,
-             event.ts, received_at, processed, dedupe_after), "new event", tables=("events",))
+            (event.id, event.name, data, user, event.ts, received_at, processed, dedupe_after),
+            tables=("events",)) == 1
 
     def mark_event_processed(self, event_id: str) -> bool:
         return self._affects_one("UPDATE events SET processed=true WHERE id=%s AND NOT processed",
@@ -272,10 +277,10 @@ class PostgresTx(Pipe):
         values = (unique_key, kind, run_id, due_at, None if payload is None else dumps(payload),
                   owner, lease_until, due_at if priority_at is None else priority_at,
                   ck1, cl1, ck2, cl2)
-        if self.optimistic and self.ids is not None and run_id in self.new_runs:
+        if self.optimistic and self.state is not None and run_id in self.new_runs:
             # The exec item of a run this transaction inserted: its key cannot exist yet, so
             # the insert creates it, with an id reserved in advance (checked in finish()).
-            item_id = self.ids.take(self)
+            item_id = self.state.take_id(self)
             self._buffer("new_item", (item_id, *values))
             if owner is None:
                 self.notify = True
@@ -521,12 +526,21 @@ class PostgresTx(Pipe):
         return [r[0] for r in rows]
 
     def find_waits(self, event_name: str, match_keys: Sequence[str]) -> list[WaitRow]:
-        rows = self._rows(
-            "SELECT id, run_id, kind, step_hash, event_name, match_key, expr, event_ctx, "
-            "expires_at FROM waits WHERE event_name=%s AND match_key IS NULL "
-            "UNION ALL SELECT id, run_id, kind, step_hash, event_name, match_key, expr, "
-            "event_ctx, expires_at FROM waits WHERE event_name=%s AND match_key = ANY(%s) "
-            "ORDER BY id", (event_name, event_name, list(match_keys)), tables=("waits",))
+        sql = ("SELECT id, run_id, kind, step_hash, event_name, match_key, expr, event_ctx, "
+               "expires_at FROM waits WHERE event_name=%s AND match_key IS NULL "
+               "UNION ALL SELECT id, run_id, kind, step_hash, event_name, match_key, expr, "
+               "event_ctx, expires_at FROM waits WHERE event_name=%s AND match_key = ANY(%s) "
+               "ORDER BY id")
+        args = (event_name, event_name, list(match_keys))
+        state = self.state
+        if self.optimistic and state is not None and state.quiet(event_name):
+            # Nothing waited for this name lately: guess that nothing does now either (checked
+            # in finish(), for all such names at once: any pending wait for one of them).
+            self._quiet_names.add(event_name)
+            return []
+        rows = self._rows(sql, args, tables=("waits",))
+        if state is not None:
+            state.looked_up(event_name, bool(rows))
         return [WaitRow(id=r[0], run_id=r[1], kind=r[2], step_hash=r[3], event_name=r[4],
                         match_key=r[5], expr=r[6], event_ctx=loads(r[7]), expires_at=r[8])
                 for r in rows]
