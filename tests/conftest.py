@@ -75,6 +75,8 @@ def _pid_alive(pid: int) -> bool:
 def pg_template() -> str:
     """The name of a database with the current schema, to copy per test. Built once per schema
     version (concurrent pytest sessions share it); databases left by dead sessions are dropped."""
+    if "postgres" not in BACKENDS:
+        pytest.skip("Postgres tests are off (STEPWELL_TEST_DB=sqlite)")
     name = f"sw_tmpl_{_schema_digest()}"
     with closing(pg_admin()) as admin:
         admin.execute(f"SELECT pg_advisory_lock({TEMPLATE_LOCK})")

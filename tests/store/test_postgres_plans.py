@@ -111,7 +111,7 @@ def record(url: str, call: Callable[[PostgresTx], Any], *, optimistic: bool
         finally:
             conn.execute("ROLLBACK")
     return [(q, a) for q, a in recorder.statements
-            if re.match(r"\s*(SELECT|UPDATE|DELETE|INSERT|WITH)\b", q)
+            if re.match(r"[\s(]*(SELECT|UPDATE|DELETE|INSERT|WITH)\b", q)
             and "pg_current_xact_id" not in q and "nextval" not in q]
 
 

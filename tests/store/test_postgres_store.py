@@ -328,6 +328,42 @@ def test_buffered_writes_are_visible_to_later_reads(pg_database: str) -> None:
     assert run_writer(pg_database, [script]) == [("x", "completed")]
 
 
+async def test_a_read_of_several_statements_sees_one_snapshot(pg_database: str) -> None:
+    """Reads of one statement run alone; a script that needs more runs in a REPEATABLE READ
+    transaction: a commit landing between its statements is not seen by the later ones."""
+    seed_runs(pg_database, 1)
+    store = PostgresStore(pg_database)
+    await store.open()
+    try:
+        def script(tx: PostgresTx) -> tuple[Any, Any]:
+            before = tx.get_run("run0")
+            with closing(connect(pg_database)) as conn:       # another process, meanwhile
+                conn.execute("UPDATE runs SET status = 'completed' WHERE id = 'run0'")
+            return before.status, tx.get_run("run0").status
+
+        first = await store.read(script)
+        # The first attempt (one statement allowed) is abandoned at the second statement and
+        # the whole script runs again in a transaction, after the update of that attempt.
+        assert first == ("completed", "completed")
+        with closing(connect(pg_database)) as conn:
+            conn.execute("UPDATE runs SET status = 'queued' WHERE id = 'run0'")
+        calls = []
+
+        def counted(tx: PostgresTx) -> tuple[Any, Any]:
+            calls.append(1)
+            before = tx.get_run("run0")
+            if len(calls) == 2:                                # inside the transaction
+                with closing(connect(pg_database)) as conn:
+                    conn.execute("UPDATE runs SET status = 'failed' WHERE id = 'run0'")
+            return before.status, tx.get_run("run0").status
+
+        assert await store.read(counted) == ("queued", "queued")   # one snapshot
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            await store.read(lambda tx: tx.delete_app("x"))
+    finally:
+        await store.close()
+
+
 # --- lost connections --------------------------------------------------------------------------
 
 

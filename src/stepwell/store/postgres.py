@@ -4,8 +4,9 @@
   READ COMMITTED transaction in pipeline mode; `postgres_tx` explains how every
   read-modify-write stays correct with many processes writing at once, and `postgres_conn` how
   a group survives a lost connection, a deadlock victim or a Postgres restart.
-- Reads: a small connection pool; each read script runs in a REPEATABLE READ READ ONLY
-  transaction, so it sees one consistent snapshot, like SQLite's read transactions.
+- Reads: a small connection pool; a read script sees one consistent snapshot, like SQLite's
+  read transactions: a script of one statement (most are) runs alone in autocommit, others in a
+  REPEATABLE READ READ ONLY transaction.
 - Wake-ups: a transaction that made work claimable NOTIFYs `stepwell_work` (delivered at
   commit); `on_ready_work` LISTENs on a connection of its own and tells the engine, so idle
   workers pick new work up at once. It is only a hint: workers still poll.
@@ -39,6 +40,7 @@ from stepwell.store.postgres_conn import (
     redact,
     rollback,
 )
+from stepwell.store.postgres_sql import NeedsTransaction
 from stepwell.store.postgres_tx import WORK_CHANNEL, Conn, PostgresTx, WriterState
 
 R = TypeVar("R")
@@ -85,6 +87,11 @@ def migrate(conn: Conn) -> int:
     return current
 
 
+def _configure_reader(conn: Conn) -> None:
+    """Reads cannot write, even by mistake."""
+    conn.execute("SET default_transaction_read_only = on")
+
+
 class PostgresStore:
     """The scale-out backend, for `postgresql://user:password@host:port/db` URLs.
 
@@ -127,7 +134,7 @@ class PostgresStore:
         self._pool = ConnectionPool(self.url, min_size=1, max_size=self.readers, open=False,
                                     kwargs={"autocommit": True, "connect_timeout": 10,
                                             "application_name": "stepwell"},
-                                    name="stepwell-read")
+                                    configure=_configure_reader, name="stepwell-read")
         await asyncio.to_thread(self._pool.open, True, 30.0)
         self._read_threads = ThreadPoolExecutor(self.readers, thread_name_prefix="stepwell-read")
         self._writer = GroupCommit(writers, name="stepwell-writer")
@@ -201,10 +208,14 @@ class PostgresStore:
             try:
                 with self._pool.connection(timeout=5.0) as conn:
                     try:
-                        with conn.pipeline() as pipeline:
-                            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                            value = script(PostgresTx(conn, pipeline, writable=False))
-                            conn.execute("COMMIT")
+                        try:
+                            # Most reads are one statement: no transaction needed.
+                            value = script(PostgresTx(conn, None, writable=False))
+                        except NeedsTransaction:
+                            with conn.pipeline() as pipeline:
+                                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+                                value = script(PostgresTx(conn, pipeline, writable=False))
+                                conn.execute("COMMIT")
                     except BaseException:
                         rollback(conn)
                         raise

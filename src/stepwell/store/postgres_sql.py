@@ -193,18 +193,29 @@ class WriterState:
             self._empty_lookups.pop(what.removeprefix("waits:"), None)
 
 
+class NeedsTransaction(BaseException):
+    """A single-statement read issued a second statement: run it again in a transaction.
+    (A BaseException, so that no `except Exception` in a script can swallow it.)"""
+
+
 class Pipe:
     """Statements of one transaction over a connection in pipeline mode (see module doc).
 
     `writable` is False for read-only snapshots (no advisory locks are taken there).
     `optimistic` (writers, with their shared `state`) guesses and buffers; `finish()` must
     then be called before COMMIT.
+
+    Without a pipeline (`pipeline=None`, reads only) the Tx runs one statement, in autocommit:
+    a single statement is its own consistent snapshot, and this costs a third of the client time
+    of a pipelined transaction. A second statement raises `NeedsTransaction`, and the store runs
+    the read again in a real (pipelined, REPEATABLE READ) transaction.
     """
 
-    def __init__(self, conn: Conn, pipeline: psycopg.Pipeline, *, writable: bool,
+    def __init__(self, conn: Conn, pipeline: psycopg.Pipeline | None, *, writable: bool,
                  optimistic: bool = False, state: WriterState | None = None) -> None:
         self.c = conn
         self.p = pipeline
+        self._statements = 0
         self.writable = writable
         self.state = state
         self.optimistic = optimistic and writable and state is not None
@@ -224,6 +235,10 @@ class Pipe:
         (all tables if None) are flushed first, so the statement sees them."""
         if self._buffers:
             self.flush(tables)
+        if self.p is None:
+            self._statements += 1
+            if self._statements > 1:
+                raise NeedsTransaction()
         return self.c.execute(sql, args)
 
     def _rows(self, sql: str, args: Sequence[Any] = (), *,
@@ -238,7 +253,8 @@ class Pipe:
                tables: Sequence[str] | None = None) -> int:
         """Rows affected by a statement (waits for its answer)."""
         cur = self._send(sql, args, tables=tables)
-        self.p.sync()
+        if self.p is not None:
+            self.p.sync()
         return cur.rowcount
 
     def _affects_one(self, sql: str, args: Sequence[Any], what: str, *,
@@ -296,6 +312,7 @@ class Pipe:
             waited = self.c.execute("SELECT DISTINCT event_name FROM waits "
                                     "WHERE event_name = ANY(%s)", (sorted(self._quiet_names),))
         xid = self.c.execute("SELECT pg_current_xact_id_if_assigned()::text")
+        assert self.p is not None, "only pipelined (writer) transactions are finished"
         self.p.sync()
         if waited is not None and (found := waited.fetchall()):
             raise Misprediction(f"waits:{found[0][0]}")
