@@ -8,13 +8,13 @@ compiled, so nothing is parsed again at run time and bad configuration never rea
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from typing import Any, Literal, TypeVar
 
 from stepwell.core.cron import CronError, CronSchedule, parse_cron
-from stepwell.core.durations import DurationError, parse_duration_ms
+from stepwell.core.durations import DurationError, format_duration, parse_duration_ms
 from stepwell.core.expressions import (
     Expression,
     ExpressionError,
@@ -216,11 +216,6 @@ class FunctionSpec:
         or `app/fn` for native functions."""
         return self.id if self.remote else self.qualified_id
 
-    @property
-    def flow_control_options(self) -> list[str]:
-        names = ["concurrency", "throttle", "rate_limit", "debounce", "batch", "priority",
-                 "idempotency", "singleton"]
-        return [n for n in names if getattr(self, n)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,8 +264,6 @@ class _Checker:
         except DurationError as exc:
             raise self.fail(option, f"is invalid: {exc}") from None
         if ms < lo or (hi is not None and ms > hi):
-            from stepwell.core.durations import format_duration
-
             allowed = f"{format_duration(lo)}..{format_duration(hi)}" if hi else (
                 f">= {format_duration(lo)}")
             raise self.fail(option, f"is {format_duration(ms)}; allowed: {allowed}")
@@ -445,6 +438,3 @@ def build_spec(app_id: str, fn_id: str, *, trigger: object, name: str | None = N
         idempotency=check.optional_expression("idempotency", idempotency),
         singleton=spec_singleton, failure_of=failure_of, remote=remote)
 
-
-def normalize_triggers(value: Sequence[object] | object) -> list[object]:
-    return list(value) if isinstance(value, list | tuple) else [value]

@@ -49,10 +49,6 @@ class Registration:
     functions: list[RemoteFunctionSpec]
 
 
-def _duration(value: Any) -> Any:
-    return value
-
-
 def _concurrency(raw: Any) -> Any:
     if raw is None:
         return None

@@ -35,7 +35,7 @@ from stepwell.core.protocol import (
     steps_map,
     wait_request,
 )
-from stepwell.runtime.driver import FUNCTION_KEY, Host, RunDriver
+from stepwell.runtime.driver import Host, RunDriver
 from stepwell.runtime.scripts import LeaseLost
 from stepwell.store.base import RunState
 
@@ -117,7 +117,7 @@ class RemoteExecutor(RunDriver):
             for _ in range(MAX_CALLS_PER_EXECUTION):
                 result = await self._call("step", disable_immediate=False)
                 try:
-                    proceed = await self._handle(result, top=True)
+                    proceed = await self._handle(result)
                 except ProtocolError as exc:
                     await self.retry_function({"name": "ProtocolError", "message": str(exc),
                                                "stack": ""})
@@ -133,7 +133,7 @@ class RemoteExecutor(RunDriver):
         except LeaseLost:
             log.info("run %s: lease lost (cancelled or reclaimed); stopping", self.run_id)
 
-    async def _handle(self, result: CallResult, *, top: bool) -> bool:
+    async def _handle(self, result: CallResult) -> bool:
         """Apply one response; False once the run has ended or was handed back."""
         if result.kind == "done":
             await self.end("completed", output=result.output)
@@ -319,5 +319,3 @@ class RemoteExecutor(RunDriver):
         return CallResult("error", error=sdk_error(body, status), retry=retry,
                           retry_at=_retry_after(response.headers.get("retry-after"), now))
 
-
-__all__ = ["FUNCTION_KEY", "RemoteExecutor", "RemoteFunction", "RemoteSettings"]

@@ -8,7 +8,6 @@ arguments and their return value: the store may run a script again if its group 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -256,5 +255,3 @@ def cancel_run(tx: Tx, run_id: str, now: int, place: Placement, effects: Effects
 
 _NO_ROUTING = Routing(Router(()), {})
 
-
-ScriptFactory = Callable[[Tx], Any]

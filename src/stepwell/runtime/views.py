@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from stepwell.core.models import TERMINAL_STATUSES, Memo, Run, StepInfo
+from stepwell.runtime.driver import FUNCTION_KEY
 from stepwell.store.base import RunState
-
-FUNCTION_KEY = "__function__"
 
 
 def _status(memo: Memo, run_ended_at: int | None, now: int) -> tuple[str, int | None]:

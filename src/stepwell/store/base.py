@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any, Protocol, TypeVar
 
 from stepwell.core.models import Event, Memo, RunStatus
@@ -254,6 +255,13 @@ class Store(Protocol):
 
     def pending_writes(self) -> int:
         """Scripts submitted but not yet committed (for idle detection)."""
+
+
+def migration_files(dialect: str) -> list[tuple[int, str]]:
+    """(version, SQL) of a backend's versioned migrations, in order (`NNNN_name.sql`)."""
+    folder = resources.files("stepwell.store") / "migrations" / dialect
+    return sorted((int(entry.name.split("_", 1)[0]), entry.read_text())
+                  for entry in folder.iterdir() if entry.name.endswith(".sql"))
 
 
 class StoreError(RuntimeError):

@@ -22,13 +22,12 @@ import logging
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from importlib import resources
 from typing import TypeVar
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from stepwell.store.base import StoreError, Tx
+from stepwell.store.base import StoreError, Tx, migration_files
 from stepwell.store.groupcommit import GroupCommit
 from stepwell.store.postgres_conn import (
     MIN_SERVER_VERSION,
@@ -52,12 +51,7 @@ def is_postgres_url(url: str) -> bool:
 
 
 def _migrations() -> list[tuple[int, str]]:
-    folder = resources.files("stepwell.store") / "migrations" / "postgres"
-    out = []
-    for entry in folder.iterdir():
-        if entry.name.endswith(".sql"):
-            out.append((int(entry.name.split("_", 1)[0]), entry.read_text()))
-    return sorted(out)
+    return migration_files("postgres")
 
 
 SCHEMA_VERSION = max(v for v, _ in _migrations())

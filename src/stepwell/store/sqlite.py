@@ -13,11 +13,10 @@ import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
-from stepwell.store.base import StoreError, Tx
+from stepwell.store.base import StoreError, Tx, migration_files
 from stepwell.store.groupcommit import GroupCommit
 from stepwell.store.sqlite_tx import SqliteTx
 
@@ -32,12 +31,7 @@ def sqlite_path(url: str) -> str:
 
 
 def _migrations() -> list[tuple[int, str]]:
-    folder = resources.files("stepwell.store") / "migrations" / "sqlite"
-    out = []
-    for entry in folder.iterdir():
-        if entry.name.endswith(".sql"):
-            out.append((int(entry.name.split("_", 1)[0]), entry.read_text()))
-    return sorted(out)
+    return migration_files("sqlite")
 
 
 SCHEMA_VERSION = max(v for v, _ in _migrations())
