@@ -56,6 +56,10 @@ class Host(Protocol):
 
     def lease_until(self) -> int: ...
 
+    def may_park(self, when: int) -> bool: ...
+
+    async def park_until(self, when: int) -> None: ...
+
     async def commit(self, fn: Callable[[Tx, Placement, Effects], R]) -> R: ...
 
     async def read(self, fn: Callable[[Tx], R]) -> R: ...
@@ -153,14 +157,16 @@ class RunDriver:
         due = self.retry_due(FUNCTION_KEY, failures + 1, after_ms=after_ms)
         with contextlib.suppress(LeaseLost):
             await self.record_failure(FUNCTION_KEY, FUNCTION_KEY, failures, error)
-            await self.release(due)
+            await self.release(due, timer=True)
 
-    async def release(self, due: int | None) -> None:
-        """Hand the queue item back: deleted (nothing scheduled) or due again at `due`."""
+    async def release(self, due: int | None, *, timer: bool = False) -> None:
+        """Hand the queue item back: deleted (nothing scheduled) or due again at `due`; `timer`
+        when only time will resume the run (see `Tx.release_item`)."""
         owner, item, now = self.host.owner, self.item_id, self.now()
         if item is None:
             return
-        await self.host.commit(lambda tx, place, effects: tx.release_item(item, owner, due, now))
+        await self.host.commit(lambda tx, place, effects: tx.release_item(
+            item, owner, due, now, timer=timer))
 
     async def warn(self, text: str) -> None:
         run_id = self.run_id

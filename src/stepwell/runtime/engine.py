@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import os
 import socket
@@ -46,6 +47,8 @@ R = TypeVar("R")
 log = logging.getLogger("stepwell.engine")
 DEFAULT_DB = "sqlite:///.stepwell/stepwell.db"
 UNPROCESSED_GRACE_MS = 5_000
+DEFAULT_GC_THRESHOLD, TUNED_GC_THRESHOLD = 700, 50_000
+PREFETCH_BATCH = 1_000        # timers leased ahead per claim (keeps claim transactions short)
 
 
 def open_store(url: str, *, fsync: bool = True) -> Store:
@@ -58,6 +61,17 @@ def open_store(url: str, *, fsync: bool = True) -> Store:
         return PostgresStore(url, fsync=fsync)
     raise ConfigError(f"unsupported database URL {url!r}; use sqlite:///path.db or "
                       "postgresql://user@host:port/db")
+
+
+def _tune_gc() -> None:
+    """Raise the collector's first threshold, if nobody has set it, from 700 to 50,000 objects.
+
+    Thousands of runs parked in memory make every full collection walk a large heap; with the
+    default threshold full collections come often enough to stall the loop for hundreds of
+    milliseconds right when a herd of sleepers wakes. Opt out with `Engine(tune_gc=False)`."""
+    first, *rest = gc.get_threshold()
+    if first == DEFAULT_GC_THRESHOLD:
+        gc.set_threshold(TUNED_GC_THRESHOLD, *rest)
 
 
 def _owner_id() -> str:
@@ -81,7 +95,8 @@ class Engine:
                  worker: bool = True, lease_seconds: float = 30.0, max_concurrency: int = 1000,
                  fsync: bool = True, sync_threads: int = 64, poll_seconds: float = 1.0,
                  signing_key: str | None = None, sdk_timeout_seconds: float = 300.0,
-                 retry_interval_seconds: float | None = None) -> None:
+                 retry_interval_seconds: float | None = None, prefetch_seconds: float = 5.0,
+                 max_parked: int = 20_000, tune_gc: bool = True) -> None:
         self.apps = list(apps)
         self.registry = Registry(apps)
         self.functions: dict[str, Function] = self.registry.native
@@ -101,6 +116,15 @@ class Engine:
         self.lease_ms = int(lease_seconds * 1000)
         self.max_concurrency = max_concurrency
         self.poll_seconds = poll_seconds
+        # Timers (runs that only sleep or back off) due within this horizon are leased ahead,
+        # loaded and replayed, and resumed in memory at their instant, and a run that sleeps
+        # for less than it stays in memory: that is how a herd of sleepers all due at once
+        # wakes on time. Parked runs do not count toward `max_concurrency`; at most
+        # `max_parked` of them are held (memory), the rest take the ordinary path. 0 disables.
+        self.prefetch_ms = max(0, int(prefetch_seconds * 1000))
+        self.max_parked = max_parked
+        self._parked: dict[object, int] = {}          # token -> the instant it waits for
+        self.tune_gc = tune_gc
         self.sync_threads = sync_threads
         # None: exponential backoff with jitter (production); a number: a fixed linear step,
         # as `inngest dev --retry-interval` offers for quick local loops.
@@ -130,6 +154,8 @@ class Engine:
         if isinstance(self.store, SqliteStore) and self.store.path != ":memory:":
             Path(self.store.path).parent.mkdir(parents=True, exist_ok=True)
         await self.store.open()
+        if self.tune_gc:
+            _tune_gc()
         # Two pools: sync handlers block their thread while waiting on their steps, so sharing
         # one pool with the step callables could deadlock. Made here so a stopped engine can
         # start again.
@@ -183,8 +209,27 @@ class Engine:
     def lease_until(self) -> int:
         return wall_ms() + self.lease_ms
 
+    def _active(self) -> int:
+        """Sessions doing work (those parked until an instant excepted)."""
+        return len(self._sessions) - len(self._parked)
+
+    def may_park(self, when: int) -> bool:
+        """Whether a run may wait in memory until `when` rather than hand its item back."""
+        return (when - self.clock.now() <= self.prefetch_ms
+                and len(self._parked) < self.max_parked)
+
+    async def park_until(self, when: int) -> None:
+        """Wait in memory until `when` (on the engine's clock), holding the run's lease."""
+        token = object()
+        self._parked[token] = when
+        try:
+            while self.clock.now() < when:
+                await self.clock.sleep_until(when)
+        finally:
+            del self._parked[token]
+
     def _placement(self) -> Placement:
-        capacity = self.max_concurrency - len(self._sessions) if self.worker else 0
+        capacity = self.max_concurrency - self._active() if self.worker else 0
         return Placement(self.owner if self.worker else None, self.clock.now(),
                          self.lease_until(), max(capacity, 0))
 
@@ -379,7 +424,10 @@ class Engine:
         """Wait (in real time) until no work is running or ready."""
         quiet = 0
         while quiet < 2:
-            busy = bool(self._sessions or self._background or self.store.pending_writes())
+            now = self.clock.now()
+            parked = sum(1 for when in self._parked.values() if when > now)
+            busy = bool(len(self._sessions) > parked or self._background
+                        or self.store.pending_writes())
             if not busy:
                 busy = await self.store.read(self._count_ready) > 0
                 if busy:
@@ -391,34 +439,53 @@ class Engine:
         return tx.count_ready(self.clock.now())
 
     async def next_due_at(self) -> int | None:
-        return await self.store.read(lambda tx: tx.next_due_at())
+        """The earliest instant something is scheduled for (queued or parked in memory)."""
+        due = await self.store.read(lambda tx: tx.next_due_at())
+        parked = min(self._parked.values(), default=None)
+        return parked if due is None else due if parked is None else min(due, parked)
 
     # --- the worker --------------------------------------------------------------------------
 
     async def _work_loop(self) -> None:
         while self._running:
             self._wake.clear()
-            room = self.max_concurrency - len(self._sessions)
+            room = self.max_concurrency - self._active()
+            ahead = min(self.max_parked - len(self._parked), PREFETCH_BATCH
+                        ) if self.prefetch_ms else 0
             items: list[QueueItem] = []
-            if room > 0:
-                claim = functools.partial(_claim, now=self.clock.now(), owner=self.owner,
-                                          lease_until=self.lease_until(), limit=room)
+            if room > 0 or ahead > 0:
+                now = self.clock.now()
+                claim = functools.partial(_claim, now=now, owner=self.owner,
+                                          lease_until=self.lease_until(), limit=max(room, 0),
+                                          until=now + self.prefetch_ms, ahead=max(ahead, 0))
                 try:
                     items = await self.store.write(claim)
                 except Exception:
                     log.exception("claiming work failed; retrying")
+                # The claimed runs' states are loaded in one read, shared by their sessions.
+                run_ids = [i.run_id for i in items if i.kind == "exec" and i.run_id is not None]
+                states = asyncio.ensure_future(self.store.read(
+                    functools.partial(_load_states, run_ids=run_ids))) if run_ids else None
                 for item in items:
-                    self._spawn_session(self._handle_item(item))
-            if items and len(items) >= room:
+                    self._spawn_session(self._handle_item(item, states))
+            if items:
                 await asyncio.sleep(0)
                 continue
-            if items:
-                continue
-            await self._sleep_until_due()
+            await self._sleep_until_due(room > 0, ahead > 0)
 
-    async def _sleep_until_due(self) -> None:
+    async def _sleep_until_due(self, ready: bool, timers: bool) -> None:
+        """Until work is due (ready items if there is room, timers a horizon ahead if more may
+        be parked), new work is announced, or a poll interval passes."""
+        horizon = self.prefetch_ms
+
+        def wake_at(tx: Tx) -> int | None:
+            due = tx.next_due_at() if ready else None
+            timer = tx.next_timer_at() if timers else None
+            ahead = None if timer is None else timer - horizon
+            return ahead if due is None else due if ahead is None else min(due, ahead)
+
         try:
-            due = await self.next_due_at()
+            due = await self.store.read(wake_at) if ready or timers else None
         except Exception:
             due = None
         waits: list[asyncio.Task[Any]] = [asyncio.create_task(self._wake.wait())]
@@ -469,11 +536,27 @@ class Engine:
         if dead:
             await self.store.write(lambda tx: [tx.release_leases_of(o) for o in dead])
 
-    async def _handle_item(self, item: QueueItem) -> None:
-        if item.kind == "exec" and item.run_id is not None:
-            state = await self.store.read(lambda tx: tx.load_run_state(item.run_id or ""))
-            await self._execute(item.id, state)
-        elif item.kind == "cron":
+    async def _handle_item(self, item: QueueItem,
+                           states: asyncio.Future[dict[str, RunState]] | None) -> None:
+        # An item leased ahead of its instant (a timer) is loaded now and acted on at due_at.
+        not_before = item.due_at if item.due_at > self.clock.now() else None
+        if item.kind == "exec" and item.run_id is not None and states is not None:
+            try:
+                loaded = await asyncio.shield(states)
+            except Exception:
+                # Hand it back for a later attempt rather than hold it with nobody working.
+                log.exception("loading run %s failed; handing it back", item.run_id)
+                owner, now = self.owner, self.clock.now()
+                with contextlib.suppress(Exception):
+                    await self.store.write(lambda tx: tx.release_item(
+                        item.id, owner, now + 1_000, now))
+                return
+            await self._execute(item.id, loaded.get(item.run_id), not_before=not_before,
+                                may_park=not item.concurrency)
+            return
+        if not_before is not None:
+            await self.park_until(not_before)
+        if item.kind == "cron":
             await self._fire_cron(item)
         elif item.kind == "timeout":
             await self._fire_timeout(item)
@@ -493,13 +576,18 @@ class Engine:
             row = RunRow(new.id, new.function_id, new.status, new.event_ids, new.created_at,
                          new.started_at, None, None, None, [], new.parent_run_id,
                          new.parent_step)
-            await self._execute(dispatch.item_id, RunState(row, dispatch.events), started=True)
+            # A new run leased here by create_run never has concurrency keys.
+            await self._execute(dispatch.item_id, RunState(row, dispatch.events), started=True,
+                                may_park=True)
             return
         state = await self.store.read(lambda tx: tx.load_run_state(dispatch.run_id))
         await self._execute(dispatch.item_id, state)
 
-    async def _execute(self, item_id: int, state: RunState | None, *,
-                       started: bool = False) -> None:
+    async def _execute(self, item_id: int, state: RunState | None, *, started: bool = False,
+                       not_before: int | None = None, may_park: bool = False) -> None:
+        """Drive a leased run. `not_before`: the item was leased ahead of its due time, nothing
+        may happen before it. `may_park`: the item holds no concurrency slot, so the run may
+        sleep in memory (a sleeping run must not hold a slot)."""
         if state is None or state.run.status not in ("queued", "running"):
             await self._drop(item_id)
             return
@@ -511,6 +599,10 @@ class Engine:
             owner, now = self.owner, self.clock.now()
             await self.store.write(lambda tx: tx.release_item(item_id, owner, now + 60_000, now))
             return
+        native = not isinstance(fn, RemoteFunction)
+        if not_before is not None and (not native or state.run.started_at is None):
+            await self.park_until(not_before)
+            not_before = None
         if (not started and state.run.started_at is None
                 and not await self._start(item_id, state, fn.spec)):
             return
@@ -518,7 +610,9 @@ class Engine:
             await RemoteExecutor(self, fn, state, item_id, self.http_client(),
                                  self.remote_settings).execute()
         else:
-            await RunSession(self, fn, state, item_id).execute()
+            # Replayed now; it parks where the run sleeps until not_before (see RunSession).
+            await RunSession(self, fn, state, item_id, not_before=not_before,
+                             may_park=may_park).execute()
 
     async def _start(self, item_id: int, state: RunState, spec: FunctionSpec) -> bool:
         run, now = state.run, self.clock.now()
@@ -615,5 +709,13 @@ class Engine:
         await self.commit(script)
 
 
-def _claim(tx: Tx, *, now: int, owner: str, lease_until: int, limit: int) -> list[QueueItem]:
-    return admission.claim(tx, now, owner, lease_until, limit)
+def _load_states(tx: Tx, *, run_ids: list[str]) -> dict[str, RunState]:
+    return tx.load_run_states(run_ids)
+
+
+def _claim(tx: Tx, *, now: int, owner: str, lease_until: int, limit: int, until: int,
+           ahead: int) -> list[QueueItem]:
+    items = admission.claim(tx, now, owner, lease_until, limit) if limit > 0 else []
+    if ahead > 0:
+        items += tx.claim_timers(until, owner, lease_until, ahead)
+    return items

@@ -5,6 +5,11 @@ step executes and is checkpointed, and the handler *keeps running* (the fast pat
 steps costs N checkpoints, not N replays). The run suspends only when it must wait (sleep,
 wait_for_event, invoke, retry backoff): the session then unwinds the handler with `Suspend` once
 no step is executing, and hands its queue item back for the time it should resume.
+
+Short sleeps stay in memory (`park`): a run that sleeps for less than the engine's prefetch
+horizon keeps its lease and resumes at the instant, and a timer item leased ahead of its instant
+is replayed at once and parks at the sleep it was leased for. The sleep's memo is committed
+first either way, so a crash loses nothing: the lease expires and another worker resumes it.
 """
 
 from __future__ import annotations
@@ -51,17 +56,25 @@ def _retry_after(exc: BaseException, now: int) -> int | None:
 
 
 class RunSession(RunDriver):
-    def __init__(self, host: Host, fn: Function, state: RunState, item_id: int | None) -> None:
+    def __init__(self, host: Host, fn: Function, state: RunState, item_id: int | None, *,
+                 not_before: int | None = None, may_park: bool = False) -> None:
         super().__init__(host, fn.spec, state, item_id)
         self.fn = fn
+        # The item was leased ahead of `resume_at`: the replay may run now, but no step may
+        # execute and nothing may be committed before it (`_gate`).
+        self.resume_at = not_before
+        self._not_before = not_before
+        self.may_park = may_park
+        self._unverified = False      # parked since the lease was last checked
         self._occurrences: dict[str, int] = {}
         self._seq = 0
         self._unconsumed = len(self.memos)
         self._consumed: set[str] = set()
         self._in_flight = 0
-        self._suspends: dict[str, int | None] = {}
-        self._parked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._suspends: dict[str, tuple[int | None, bool]] = {}   # hash -> (due, is a timer)
+        self._unwind: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._warned_order = False
+        self._unwind_pending = False
 
     # --- driving the handler ---------------------------------------------------------------
 
@@ -97,18 +110,24 @@ class RunSession(RunDriver):
                 output = await loop.run_in_executor(
                     self.host.handler_pool, contextvars.copy_context().run, call)
         except Suspend:
-            dues = [d for d in self._suspends.values() if d is not None]
-            await self.release(min(dues) if dues else None)
+            await self._gate()
+            dues = [due for due, _ in self._suspends.values() if due is not None]
+            timer = all(is_timer for _, is_timer in self._suspends.values())
+            await self.release(min(dues) if dues else None, timer=timer)
         except LeaseLost:
             log.info("run %s: lease lost (cancelled or reclaimed); stopping", self.run_id)
         except StepError as exc:
+            await self._gate()
             await self.end("failed", error=exc.error)
         except NonRetriableError as exc:
+            await self._gate()
             await self.end("failed", error=error_dict(exc, stack=traceback.format_exc()))
         except Exception as exc:
+            await self._gate()
             await self.retry_function(error_dict(exc, stack=traceback.format_exc()),
                                       after_ms=_retry_after(exc, self.now()))
         else:
+            await self._gate()
             try:
                 value = to_json_value(output, what=f"function '{self.fn.qualified_id}'")
             except NotSerializableError as exc:
@@ -116,22 +135,65 @@ class RunSession(RunDriver):
             else:
                 await self.end("completed", output=value)
         finally:
-            if self._parked.done():
-                self._parked.exception()   # mark retrieved
+            if self._unwind.done():
+                self._unwind.exception()   # mark retrieved
 
     # --- suspension --------------------------------------------------------------------------
 
-    def _maybe_park(self) -> None:
-        if self._suspends and self._in_flight == 0 and not self._parked.done():
-            self._parked.set_exception(Suspend())
+    def _maybe_unwind(self) -> None:
+        """Unwind the handler once every unfinished step is suspended. Decided two loop turns
+        later: a branch whose step just returned must get the chance to start its next step
+        (or the tasks of a nested gather) first, else it would wait for the others to resume."""
+        if self._suspends and self._in_flight == 0 and not self._unwind_pending:
+            self._unwind_pending = True
+            asyncio.get_running_loop().call_soon(self._unwind_if_idle, 2)
 
-    async def _suspend(self, step_hash: str, due: int | None) -> Any:
-        """Wait for the run to park (no step still executing), then unwind with Suspend."""
+    def _unwind_if_idle(self, turns: int) -> None:
+        if not (self._suspends and self._in_flight == 0) or self._unwind.done():
+            self._unwind_pending = False
+        elif turns > 1:
+            asyncio.get_running_loop().call_soon(self._unwind_if_idle, turns - 1)
+        else:
+            self._unwind_pending = False
+            self._unwind.set_exception(Suspend())
+
+    async def _gate(self) -> None:
+        """Wait for the instant the item was leased ahead of, before acting."""
+        if self._not_before is not None:
+            if self.now() < self._not_before:
+                await self._park_until(self._not_before)
+            self._not_before = None
+
+    async def _park_until(self, when: int) -> None:
+        await self.host.park_until(when)
+        self._unverified = True
+
+    async def _verify_lease(self) -> None:
+        """After a park, make sure the run is still ours (it may have been cancelled meanwhile)
+        before a step body runs: renew the lease, or raise LeaseLost."""
+        if self._unverified:
+            self._unverified = False
+            await self.host.commit(self._held(lambda tx, place, effects: None))
+
+    def _may_park(self, due: int) -> bool:
+        """Whether a sleep until `due` may be spent in memory. A timer item leased ahead parks
+        at the sleeps due by its instant (all it waits for is time); otherwise only a run
+        whose sleep is its one unfinished step parks, so that a parallel branch waiting for
+        an event is never held back by a sleeping one."""
+        if not self.may_park:
+            return False
+        if self.resume_at is not None and due <= self.resume_at:
+            return True
+        return self._in_flight == 1 and not self._suspends and self.host.may_park(due)
+
+    async def _suspend(self, step_hash: str, due: int | None, *, timer: bool = False) -> Any:
+        """Wait for the run to park (no step still executing), then unwind with Suspend.
+        `timer`: only time resumes this step (a sleep or a retry backoff)."""
         self._in_flight -= 1
         try:
-            self._suspends[step_hash] = due
-            self._maybe_park()
-            await self._parked
+            self._suspends[step_hash] = (due, timer)
+            self._maybe_unwind()
+            await self._unwind
         finally:
             self._in_flight += 1
         raise AssertionError("unreachable: a parked session always raises Suspend")
@@ -139,7 +201,7 @@ class RunSession(RunDriver):
     # --- the step driver ---------------------------------------------------------------------
 
     async def perform(self, request: StepRequest) -> Any:
-        if self._parked.done():
+        if self._unwind.done():
             raise Suspend()
         occurrence = self._occurrences.get(request.step_id, 0)
         self._occurrences[request.step_id] = occurrence + 1
@@ -152,6 +214,8 @@ class RunSession(RunDriver):
             memo = self.memos.get(step_hash)
             if memo is not None:
                 return await self._replay(request, memo, seq, fingerprint)
+            await self._gate()
+            await self._verify_lease()
             if self._unconsumed > 0:
                 await self._warn_new_step(request.step_id, seq)
             if request.kind == "run":
@@ -178,7 +242,19 @@ class RunSession(RunDriver):
             return await self._suspend(step_hash, memo.due_at)
         finally:
             self._in_flight -= 1
-            self._maybe_park()
+            self._maybe_unwind()
+
+    def _ran_in_parallel(self) -> bool:
+        """Whether recorded steps overlapped in time: parallel branches interleave differently
+        from one execution to the next, so positions say nothing about changed code then."""
+        ends: float = float("-inf")
+        for memo in sorted(self.memos.values(), key=lambda m: m.started_at or 0):
+            started = memo.started_at or 0
+            if started < ends:
+                return True
+            ended = memo.ended_at if memo.ended_at is not None else float("inf")
+            ends = max(ends, ended)
+        return False
 
     async def _warn_new_step(self, step_id: str, seq: int) -> None:
         if self._warned_order:
@@ -186,7 +262,7 @@ class RunSession(RunDriver):
         self._warned_order = True
         recorded = sorted(self.memos.values(), key=lambda m: m.seq)
         missing = [m.step_id for m in recorded if m.seq < seq and m.hash not in self._consumed]
-        if missing:
+        if missing and not self._ran_in_parallel():
             await self.warn(
                 f"non-determinism: step '{step_id}' was reached before recorded step(s) "
                 f"{missing[:3]} this time; the handler's step order changed")
@@ -201,17 +277,20 @@ class RunSession(RunDriver):
                     "is not reused")
             await self.warn(text)
             raise NonDeterminismError(text)
-        if memo.seq != seq and not self._warned_order:
+        if memo.seq != seq and not self._warned_order and not self._ran_in_parallel():
             self._warned_order = True
             await self.warn(
                 f"non-determinism: step '{request.step_id}' was reached at position {seq} but "
                 f"recorded at position {memo.seq}; the handler's step order changed")
         now = self.now()
         if memo.kind == "sleep" and memo.due_at is not None and memo.due_at > now:
-            return await self._suspend(memo.hash, memo.due_at)
+            if not self._may_park(memo.due_at):
+                return await self._suspend(memo.hash, memo.due_at, timer=True)
+            await self._park_until(memo.due_at)
         if memo.pending:
             if memo.due_at is None or memo.due_at > now:
                 return await self._suspend(memo.hash, memo.due_at)
+            await self._gate()
             memo = await self.resolve_timeout(memo)
             if memo.pending:
                 return await self._suspend(memo.hash, None)
@@ -242,7 +321,7 @@ class RunSession(RunDriver):
                 raise StepError(request.step_id, error) from None
             due = self.retry_due(step_hash, failures + 1,
                                  after_ms=_retry_after(exc, self.now()))
-            return await self._suspend(step_hash, due)
+            return await self._suspend(step_hash, due, timer=True)
         finally:
             current_attempt.reset(token)
         await self.checkpoint(Memo(step_hash, request.step_id, "run", seq, data=data,
@@ -270,4 +349,7 @@ class RunSession(RunDriver):
         await self.sleep(step_hash, request.step_id, seq, due)
         self._consumed.add(step_hash)
         if due > now:
-            await self._suspend(step_hash, due)
+            if self._may_park(due):
+                await self._park_until(due)
+            else:
+                await self._suspend(step_hash, due, timer=True)

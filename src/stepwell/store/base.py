@@ -136,6 +136,9 @@ class Tx(Protocol):
 
     def load_run_state(self, run_id: str) -> RunState | None: ...
 
+    def load_run_states(self, run_ids: Sequence[str]) -> dict[str, RunState]:
+        """Several runs' states in one read (ids not found are absent)."""
+
     # --- steps ---------------------------------------------------------------------------
     def insert_memo(self, run_id: str, memo: Memo) -> bool:
         """Insert-if-absent: False if this step already has a memo (never overwritten)."""
@@ -160,6 +163,14 @@ class Tx(Protocol):
 
     def claim_due(self, now: int, owner: str, lease_until: int, limit: int) -> list[QueueItem]:
         """Lease up to `limit` ready (due, unblocked) items in priority order."""
+
+    def claim_timers(self, until: int, owner: str, lease_until: int,
+                     limit: int) -> list[QueueItem]:
+        """Lease up to `limit` timer items (see `release_item`) due by `until`, earliest first:
+        the worker holds them in memory until they are due (prefetch)."""
+
+    def next_timer_at(self) -> int | None:
+        """The due time of the earliest unleased timer item."""
 
     def count_held(self, key: str) -> int:
         """Leased items holding a slot of this concurrency key."""
@@ -193,10 +204,15 @@ class Tx(Protocol):
 
     def renew_leases(self, owner: str, lease_until: int) -> int: ...
 
-    def release_item(self, item_id: int, owner: str, due_at: int | None, now: int) -> bool:
+    def release_item(self, item_id: int, owner: str, due_at: int | None, now: int, *,
+                     timer: bool = False) -> bool:
         """Give back a leased item: delete it (`due_at` None) or re-arm it for `due_at`; if it was
         flagged to run again meanwhile, re-arm it for `now` instead. False if not held. The
-        concurrency slots it held are freed (waking the oldest item blocked on each)."""
+        concurrency slots it held are freed (waking the oldest item blocked on each).
+
+        `timer`: only time can make the run need this item again (it sleeps or backs off), so
+        it may be claimed ahead of `due_at` (`claim_timers`). Kept only for exec items without
+        concurrency keys and not flagged to run again; `enqueue` on the key clears it."""
 
     def delete_items(self, *, run_id: str) -> None: ...
 

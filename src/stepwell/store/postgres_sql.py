@@ -138,8 +138,10 @@ KINDS: list[Bulk] = [
          "UPDATE queue SET owner = NULL, lease_until = NULL, "
          "due_at = CASE WHEN queue.rerun THEN least(v.due, v.now) ELSE v.due END, "
          "priority_at = CASE WHEN queue.rerun THEN least(v.due, v.now) ELSE v.due END, "
-         "rerun = false FROM unnest(" + _arrays("bigint", "text", "bigint", "bigint")
-         + ") AS v(id, owner, due, now) WHERE queue.id = v.id AND queue.owner = v.owner "
+         "timer = (v.timer AND NOT queue.rerun AND queue.kind = 'exec' "
+         "AND queue.ck1 IS NULL AND queue.ck2 IS NULL), "
+         "rerun = false FROM unnest(" + _arrays("bigint", "text", "bigint", "bigint", "boolean")
+         + ") AS v(id, owner, due, now, timer) WHERE queue.id = v.id AND queue.owner = v.owner "
          "RETURNING queue.id, queue.ck1, queue.ck2, v.owner", check=True, wake=True),
     Bulk("drop_items", "queue",
          f"DELETE FROM queue WHERE run_id = ANY({_arrays('text')}) "

@@ -43,6 +43,9 @@ _RUN_COLUMNS = ("id, function_id, status, event_id, event_ids, created_at, start
 _EVENT_COLUMNS = "id, name, data, user_data, ts"
 _QUEUE_COLUMNS = ("id, kind, unique_key, due_at, run_id, payload, priority_at, ck1, cl1, ck2, "
                   "cl2")
+# Whether a released item stays a timer (see Tx.release_item); `{}` is the caller's flag.
+_TIMER = ("({} AND NOT queue.rerun AND queue.kind = 'exec' AND queue.ck1 IS NULL "
+          "AND queue.ck2 IS NULL)")
 _RUN_STATE_SQL = (
     f"SELECT {', '.join('r.' + c.strip() for c in _RUN_COLUMNS.split(','))}, "
     "(SELECT json_agg(json_build_array(e.id, e.name, e.data, e.user_data, e.ts)) "
@@ -53,14 +56,14 @@ _RUN_STATE_SQL = (
     " FROM memos m WHERE m.run_id = r.id), "
     "(SELECT json_agg(json_build_array(f.hash, f.attempt, f.error, f.at, f.step_id) "
     "  ORDER BY f.hash, f.attempt) FROM step_failures f WHERE f.run_id = r.id) "
-    "FROM runs r WHERE r.id = %s")
+    "FROM runs r WHERE r.id = ANY(%s)")
 # The enqueue upsert: an existing item keeps its id; its due time only moves earlier; if it is
 # leased, it is flagged to run again on release; a free, unblocked one is leased to the caller.
 _UPSERT = (
     "ON CONFLICT (unique_key) DO UPDATE SET "
     "due_at = least(queue.due_at, excluded.due_at), "
     "priority_at = least(queue.priority_at, excluded.priority_at), "
-    "rerun = CASE WHEN queue.owner IS NULL THEN queue.rerun ELSE true END, "
+    "rerun = CASE WHEN queue.owner IS NULL THEN queue.rerun ELSE true END, timer = false, "
     "lease_until = CASE WHEN queue.owner IS NULL AND NOT queue.blocked "
     "THEN excluded.lease_until ELSE queue.lease_until END, "
     "owner = CASE WHEN NOT queue.blocked THEN coalesce(queue.owner, excluded.owner) "
@@ -84,6 +87,24 @@ def _queue_item(r: Row) -> QueueItem:
     return QueueItem(r[0], r[1], r[2], r[3], r[4], loads(r[5]), priority_at=r[6],
                      concurrency=[(k, n) for k, n in ((r[7], r[8]), (r[9], r[10]))
                                   if k is not None])
+
+
+def _run_state(row: Row) -> RunState:
+    run = _run_row(row)
+    by_id = {e[0]: _event(tuple(e)) for e in row[13] or []}
+    state = RunState(run=run, events=[by_id[i] for i in run.event_ids if i in by_id])
+    for r in row[14] or []:
+        outcome = loads(r[4])
+        state.memos[r[0]] = Memo(
+            hash=r[0], step_id=r[1], kind=r[2], seq=r[3],
+            data=None if outcome is None else outcome.get("data"),
+            error=None if outcome is None else outcome.get("error"), fingerprint=r[5],
+            due_at=r[6], attempts=r[7], started_at=r[8], ended_at=r[9],
+            pending=outcome is None)
+    for h, attempt, error, at, step_id in row[15] or []:
+        state.failures.setdefault(h, []).append(
+            {"attempt": attempt, "error": loads(error), "at": at, "step_id": step_id})
+    return state
 
 
 class PostgresTx(Pipe):
@@ -215,27 +236,14 @@ class PostgresTx(Pipe):
         return [_run_row(r) for r in rows]
 
     def load_run_state(self, run_id: str) -> RunState | None:
-        # One statement (run, events, memos and failures as JSON arrays): one round trip, one
-        # snapshot, and a fraction of the client's per-statement cost of four queries.
-        row = self._one(_RUN_STATE_SQL, (run_id,),
-                        tables=("runs", "events", "memos", "step_failures"))
-        if row is None:
-            return None
-        run = _run_row(row)
-        by_id = {e[0]: _event(tuple(e)) for e in row[13] or []}
-        state = RunState(run=run, events=[by_id[i] for i in run.event_ids if i in by_id])
-        for r in row[14] or []:
-            outcome = loads(r[4])
-            state.memos[r[0]] = Memo(
-                hash=r[0], step_id=r[1], kind=r[2], seq=r[3],
-                data=None if outcome is None else outcome.get("data"),
-                error=None if outcome is None else outcome.get("error"), fingerprint=r[5],
-                due_at=r[6], attempts=r[7], started_at=r[8], ended_at=r[9],
-                pending=outcome is None)
-        for h, attempt, error, at, step_id in row[15] or []:
-            state.failures.setdefault(h, []).append(
-                {"attempt": attempt, "error": loads(error), "at": at, "step_id": step_id})
-        return state
+        return self.load_run_states([run_id]).get(run_id)
+
+    def load_run_states(self, run_ids: Sequence[str]) -> dict[str, RunState]:
+        # One statement (runs, events, memos and failures as JSON arrays): one round trip, one
+        # snapshot, and a fraction of the client's per-statement cost of four queries per run.
+        rows = self._rows(_RUN_STATE_SQL, (list(run_ids),),
+                          tables=("runs", "events", "memos", "step_failures"))
+        return {state.run.id: state for state in map(_run_state, rows)}
 
     # --- steps -------------------------------------------------------------------------------
     def insert_memo(self, run_id: str, memo: Memo) -> bool:
@@ -329,6 +337,22 @@ class PostgresTx(Pipe):
         self.lock(*(f"c:{key}" for key in taken))
         return kept
 
+    def claim_timers(self, until: int, owner: str, lease_until: int,
+                     limit: int) -> list[QueueItem]:
+        rows = self._rows(
+            "UPDATE queue SET owner=%s, lease_until=%s WHERE id = ANY(ARRAY("
+            "SELECT id FROM queue WHERE owner IS NULL AND NOT blocked AND timer AND due_at <= %s "
+            "ORDER BY due_at LIMIT %s FOR UPDATE SKIP LOCKED)) "
+            f"RETURNING {_QUEUE_COLUMNS}", (owner, lease_until, until, limit))
+        items = [_queue_item(r) for r in rows]
+        items.sort(key=lambda i: (i.due_at, i.id))
+        return items
+
+    def next_timer_at(self) -> int | None:
+        row = self._one("SELECT due_at FROM queue WHERE owner IS NULL AND NOT blocked AND timer "
+                        "ORDER BY due_at LIMIT 1")
+        return None if row is None else int(row[0])
+
     def count_held(self, key: str) -> int:
         # The lock makes "count, then keep or park the claimed item" atomic across processes:
         # a concurrent claimer of the same key waits until this transaction commits, and its
@@ -374,7 +398,8 @@ class PostgresTx(Pipe):
         return self._count("UPDATE queue SET lease_until=%s WHERE owner=%s",
                            (lease_until, owner))
 
-    def release_item(self, item_id: int, owner: str, due_at: int | None, now: int) -> bool:
+    def release_item(self, item_id: int, owner: str, due_at: int | None, now: int, *,
+                     timer: bool = False) -> bool:
         if self.optimistic:
             # Guessed: deleted (or re-armed) as asked; if it was flagged to run again, the
             # delete misses and the strict re-run re-arms it instead.
@@ -382,7 +407,7 @@ class PostgresTx(Pipe):
                 self._buffer("release", (item_id, owner))
             else:
                 self.notify = True
-                self._buffer("rearm", (item_id, owner, due_at, now))
+                self._buffer("rearm", (item_id, owner, due_at, now, timer))
             return True
         if due_at is None:
             row = self._one("DELETE FROM queue WHERE id=%s AND owner=%s AND NOT rerun "
@@ -395,9 +420,9 @@ class PostgresTx(Pipe):
             "UPDATE queue SET owner=NULL, lease_until=NULL, "
             "due_at = CASE WHEN rerun THEN least(%s::bigint, %s::bigint) ELSE %s END, "
             "priority_at = CASE WHEN rerun THEN least(%s::bigint, %s::bigint) ELSE %s END, "
-            "rerun=false "
+            f"timer = {_TIMER.format('%s::boolean')}, rerun=false "
             "WHERE id=%s AND owner=%s RETURNING ck1, ck2, %s::text",
-            (due_at, now, due_at, due_at, now, due_at, item_id, owner, owner))
+            (due_at, now, due_at, due_at, now, due_at, timer, item_id, owner, owner))
         if row is None:
             return False
         self.notify = True

@@ -20,11 +20,16 @@ def loads(text: str | None) -> Any:
 
 
 _RUN_COLUMNS = ("id, function_id, status, event_ids, created_at, started_at, ended_at, output, "
-                "error, warnings, parent_run_id, parent_step")
+                "error, warnings, parent_run_id, parent_step, event_id")
+_MEMO_COLUMNS = ("run_id, hash, step_id, kind, seq, outcome, fingerprint, due_at, attempts, "
+                 "started_at, ended_at")
+_CHUNK = 500        # ids per IN (...) list, well under SQLite's variable limit
 
 
 def _run_row(row: sqlite3.Row | tuple[Any, ...]) -> RunRow:
-    return RunRow(id=row[0], function_id=row[1], status=row[2], event_ids=loads(row[3]) or [],
+    # Runs of one event keep it in event_id; batched runs list all theirs in event_ids.
+    event_ids = loads(row[3]) or ([row[12]] if row[12] else [])
+    return RunRow(id=row[0], function_id=row[1], status=row[2], event_ids=event_ids,
                   created_at=row[4], started_at=row[5], ended_at=row[6], output=loads(row[7]),
                   error=loads(row[8]), warnings=loads(row[9]) or [], parent_run_id=row[10],
                   parent_step=row[11])
@@ -65,12 +70,13 @@ class SqliteTx:
         return [_event(r) for r in rows]
 
     def get_events(self, ids: Sequence[str]) -> list[Event]:
-        if not ids:
-            return []
-        marks = ",".join("?" * len(ids))
-        rows = self.c.execute(
-            f"SELECT id, name, data, user, ts FROM events WHERE id IN ({marks})", tuple(ids))
-        by_id = {r[0]: _event(r) for r in rows}
+        by_id: dict[str, Event] = {}
+        for start in range(0, len(ids), _CHUNK):
+            chunk = tuple(ids[start:start + _CHUNK])
+            marks = ",".join("?" * len(chunk))
+            for r in self.c.execute(
+                    f"SELECT id, name, data, user, ts FROM events WHERE id IN ({marks})", chunk):
+                by_id[r[0]] = _event(r)
         return [by_id[i] for i in ids if i in by_id]
 
     def list_events(self, name: str | None, limit: int) -> list[tuple[Event, int]]:
@@ -123,14 +129,7 @@ class SqliteTx:
 
     def get_run(self, run_id: str) -> RunRow | None:
         row = self.c.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id=?", (run_id,)).fetchone()
-        return None if row is None else self._with_event(row)
-
-    def _with_event(self, row: tuple[Any, ...]) -> RunRow:
-        run = _run_row(row)
-        if not run.event_ids:
-            first = self.c.execute("SELECT event_id FROM runs WHERE id=?", (run.id,)).fetchone()
-            run.event_ids = [first[0]] if first and first[0] else []
-        return run
+        return None if row is None else _run_row(row)
 
     def list_runs(self, *, event_id: str | None = None, function_id: str | None = None,
                   status: str | None = None, limit: int = 100) -> list[RunRow]:
@@ -157,29 +156,38 @@ class SqliteTx:
             for row in self.c.execute(sql, (*values, limit)):
                 rows[row[0]] = row
         ordered = sorted(rows.values(), key=lambda r: (r[4], r[0]), reverse=True)[:limit]
-        return [self._with_event(r) for r in ordered]
+        return [_run_row(r) for r in ordered]
 
     def load_run_state(self, run_id: str) -> RunState | None:
-        run = self.get_run(run_id)
-        if run is None:
-            return None
-        state = RunState(run=run, events=self.get_events(run.event_ids))
-        for r in self.c.execute(
-                "SELECT hash, step_id, kind, seq, outcome, fingerprint, due_at, attempts, "
-                "started_at, ended_at FROM memos WHERE run_id=?", (run_id,)):
-            outcome = loads(r[4])
-            state.memos[r[0]] = Memo(
-                hash=r[0], step_id=r[1], kind=r[2], seq=r[3],
-                data=None if outcome is None else outcome.get("data"),
-                error=None if outcome is None else outcome.get("error"), fingerprint=r[5],
-                due_at=r[6], attempts=r[7], started_at=r[8], ended_at=r[9],
-                pending=outcome is None)
-        for h, attempt, error, at, step_id in self.c.execute(
-                "SELECT hash, attempt, error, at, step_id FROM step_failures WHERE run_id=? "
-                "ORDER BY attempt", (run_id,)):
-            state.failures.setdefault(h, []).append(
-                {"attempt": attempt, "error": loads(error), "at": at, "step_id": step_id})
-        return state
+        return self.load_run_states([run_id]).get(run_id)
+
+    def load_run_states(self, run_ids: Sequence[str]) -> dict[str, RunState]:
+        states: dict[str, RunState] = {}
+        for start in range(0, len(run_ids), _CHUNK):
+            chunk = tuple(run_ids[start:start + _CHUNK])
+            marks = ",".join("?" * len(chunk))
+            runs = [_run_row(r) for r in self.c.execute(
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE id IN ({marks})", chunk)]
+            events = {e.id: e for e in self.get_events(
+                list({i: None for run in runs for i in run.event_ids}))}
+            for run in runs:
+                states[run.id] = RunState(run=run, events=[events[i] for i in run.event_ids
+                                                           if i in events])
+            for r in self.c.execute(
+                    f"SELECT {_MEMO_COLUMNS} FROM memos WHERE run_id IN ({marks})", chunk):
+                outcome = loads(r[5])
+                states[r[0]].memos[r[1]] = Memo(
+                    hash=r[1], step_id=r[2], kind=r[3], seq=r[4],
+                    data=None if outcome is None else outcome.get("data"),
+                    error=None if outcome is None else outcome.get("error"), fingerprint=r[6],
+                    due_at=r[7], attempts=r[8], started_at=r[9], ended_at=r[10],
+                    pending=outcome is None)
+            for run_id, h, attempt, error, at, step_id in self.c.execute(
+                    "SELECT run_id, hash, attempt, error, at, step_id FROM step_failures "
+                    f"WHERE run_id IN ({marks}) ORDER BY attempt", chunk):
+                states[run_id].failures.setdefault(h, []).append(
+                    {"attempt": attempt, "error": loads(error), "at": at, "step_id": step_id})
+        return states
 
     # --- steps -------------------------------------------------------------------------------
     def insert_memo(self, run_id: str, memo: Memo) -> bool:
@@ -220,7 +228,7 @@ class SqliteTx:
             "ON CONFLICT (unique_key) DO UPDATE SET "
             "due_at = min(queue.due_at, excluded.due_at), "
             "priority_at = min(queue.priority_at, excluded.priority_at), "
-            "rerun = CASE WHEN queue.owner IS NULL THEN queue.rerun ELSE 1 END, "
+            "rerun = CASE WHEN queue.owner IS NULL THEN queue.rerun ELSE 1 END, timer = 0, "
             "lease_until = CASE WHEN queue.owner IS NULL AND queue.blocked = 0 "
             "THEN excluded.lease_until ELSE queue.lease_until END, "
             "owner = CASE WHEN queue.blocked = 0 THEN coalesce(queue.owner, excluded.owner) "
@@ -244,6 +252,24 @@ class SqliteTx:
                  for r in rows]
         items.sort(key=lambda i: (i.priority_at if i.priority_at is not None else i.due_at, i.id))
         return items
+
+    def claim_timers(self, until: int, owner: str, lease_until: int,
+                     limit: int) -> list[QueueItem]:
+        rows = self.c.execute(
+            "UPDATE queue SET owner=?, lease_until=? WHERE id IN (SELECT id FROM queue "
+            "WHERE owner IS NULL AND blocked = 0 AND timer = 1 AND due_at <= ? "
+            "ORDER BY due_at LIMIT ?) RETURNING id, kind, unique_key, due_at, run_id, payload, "
+            "priority_at", (owner, lease_until, until, limit)).fetchall()
+        items = [QueueItem(r[0], r[1], r[2], r[3], r[4], loads(r[5]), priority_at=r[6])
+                 for r in rows]
+        items.sort(key=lambda i: (i.due_at, i.id))
+        return items
+
+    def next_timer_at(self) -> int | None:
+        row = self.c.execute(
+            "SELECT due_at FROM queue WHERE owner IS NULL AND blocked = 0 AND timer = 1 "
+            "ORDER BY due_at LIMIT 1").fetchone()
+        return None if row is None else int(row[0])
 
     def count_held(self, key: str) -> int:
         row = self.c.execute(
@@ -286,7 +312,8 @@ class SqliteTx:
         return self.c.execute("UPDATE queue SET lease_until=? WHERE owner=?",
                               (lease_until, owner)).rowcount
 
-    def release_item(self, item_id: int, owner: str, due_at: int | None, now: int) -> bool:
+    def release_item(self, item_id: int, owner: str, due_at: int | None, now: int, *,
+                     timer: bool = False) -> bool:
         freed = self._held_keys("id=? AND owner=?", (item_id, owner))
         if due_at is None:
             cur = self.c.execute("DELETE FROM queue WHERE id=? AND owner=? AND rerun=0",
@@ -298,8 +325,10 @@ class SqliteTx:
         cur = self.c.execute(
             "UPDATE queue SET owner=NULL, lease_until=NULL, "
             "due_at = CASE WHEN rerun=1 THEN min(?, ?) ELSE ? END, "
-            "priority_at = CASE WHEN rerun=1 THEN min(?, ?) ELSE ? END, rerun=0 "
-            "WHERE id=? AND owner=?", (due_at, now, due_at, due_at, now, due_at, item_id, owner))
+            "priority_at = CASE WHEN rerun=1 THEN min(?, ?) ELSE ? END, "
+            "timer = (? AND rerun=0 AND kind='exec' AND ck1 IS NULL AND ck2 IS NULL), rerun=0 "
+            "WHERE id=? AND owner=?",
+            (due_at, now, due_at, due_at, now, due_at, int(timer), item_id, owner))
         self._wake(freed)
         return cur.rowcount == 1
 
