@@ -222,6 +222,16 @@ async def sync_when_up(service: Service, url: str, signing_keys: Sequence[str],
             return
 
 
+retention_option = click.option(
+    "--retention", default="7d", show_default=True, metavar="DURATION|none",
+    help="Delete finished runs (and events nothing refers to) this long after they end; at "
+         "least 1d; 'none' keeps everything.")
+
+
+def engine_retention(value: str) -> str | None:
+    return None if value.strip().lower() in ("none", "off", "forever") else value
+
+
 def server_options(fn: F) -> F:
     """Options shared by the commands that run a server."""
     for option in reversed([
@@ -240,6 +250,7 @@ def server_options(fn: F) -> F:
                      metavar="SECONDS",
                      help="Retry failed steps after SECONDS x attempt instead of the "
                           "exponential backoff (for local development)."),
+        retention_option,
     ]):
         fn = option(fn)
     return fn
@@ -247,14 +258,16 @@ def server_options(fn: F) -> F:
 
 def run_server(apps: list[App], db: str, host: str, port: int, *, worker: bool = True,
                sync_urls: Sequence[str] = (), event_keys: Sequence[str] = (),
-               signing_keys: Sequence[str] = (), retry_interval: float | None = None) -> None:
+               signing_keys: Sequence[str] = (), retry_interval: float | None = None,
+               retention: str = "7d") -> None:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)   # one line per SDK call is noise
     try:
         service = Service.for_apps(apps, db=db, worker=worker,
                                    signing_key=signing_keys[0] if signing_keys else None,
-                                   retry_interval_seconds=retry_interval)
+                                   retry_interval_seconds=retry_interval,
+                                   retention=engine_retention(retention))
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     sock = listen(host, port)
@@ -270,7 +283,7 @@ def run_server(apps: list[App], db: str, host: str, port: int, *, worker: bool =
 @server_options
 def dev(target: str | None, db: str, host: str, port: int, sync_urls: tuple[str, ...],
         event_keys: tuple[str, ...], signing_keys: tuple[str, ...],
-        retry_interval: float | None) -> None:
+        retry_interval: float | None, retention: str) -> None:
     """Run the engine and HTTP server for the apps in a file or module (and any official-SDK
     apps synced with -u or /v1/apps/sync).
 
@@ -279,7 +292,7 @@ def dev(target: str | None, db: str, host: str, port: int, sync_urls: tuple[str,
     """
     apps = load_apps(target) if target else []
     run_server(apps, db, host, port, sync_urls=sync_urls, event_keys=event_keys,
-               signing_keys=signing_keys, retry_interval=retry_interval)
+               signing_keys=signing_keys, retry_interval=retry_interval, retention=retention)
 
 
 @main.command("serve")
@@ -288,11 +301,12 @@ def dev(target: str | None, db: str, host: str, port: int, sync_urls: tuple[str,
               help="Serve the APIs only; separate `stepwell worker` processes execute runs.")
 def serve_command(db: str, host: str, port: int, sync_urls: tuple[str, ...],
                   event_keys: tuple[str, ...], signing_keys: tuple[str, ...],
-                  retry_interval: float | None, no_worker: bool) -> None:
+                  retry_interval: float | None, retention: str, no_worker: bool) -> None:
     """Run the server for apps written with the official Inngest SDKs: event API, SDK
     endpoint, REST API. Production mode when event or signing keys are given."""
     run_server([], db, host, port, worker=not no_worker, sync_urls=sync_urls,
-               event_keys=event_keys, signing_keys=signing_keys, retry_interval=retry_interval)
+               event_keys=event_keys, signing_keys=signing_keys, retry_interval=retry_interval,
+               retention=retention)
 
 
 @main.command()
@@ -300,7 +314,7 @@ def serve_command(db: str, host: str, port: int, sync_urls: tuple[str, ...],
 @server_options
 def start(target: str, db: str, host: str, port: int, sync_urls: tuple[str, ...],
           event_keys: tuple[str, ...], signing_keys: tuple[str, ...],
-          retry_interval: float | None) -> None:
+          retry_interval: float | None, retention: str) -> None:
     """Run the apps of a file or module in production: the HTTP server (event API, REST API,
     SDK endpoint) and a worker, on the database --db.
 
@@ -309,13 +323,14 @@ def start(target: str, db: str, host: str, port: int, sync_urls: tuple[str, ...]
     work, and any of them may stop or die at any time.
     """
     run_server(load_apps(target), db, host, port, sync_urls=sync_urls, event_keys=event_keys,
-               signing_keys=signing_keys, retry_interval=retry_interval)
+               signing_keys=signing_keys, retry_interval=retry_interval, retention=retention)
 
 
 @main.command()
 @click.argument("target", metavar="PATH_OR_MODULE[:ATTR]")
 @click.option("--db", default=DEFAULT_DB, show_default=True, help="Database URL.")
-def worker(target: str, db: str) -> None:
+@retention_option
+def worker(target: str, db: str, retention: str) -> None:
     """Run the functions of the apps in a file or module, without an HTTP server.
 
     A worker claims runs, timers and cron ticks from the database --db (use the same one as
@@ -328,7 +343,7 @@ def worker(target: str, db: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     apps = load_apps(target)
     try:
-        service = Service.for_apps(apps, db=db)
+        service = Service.for_apps(apps, db=db, retention=engine_retention(retention))
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     asyncio.run(run_worker(service, apps, db))

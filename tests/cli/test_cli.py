@@ -293,3 +293,16 @@ def test_dev_reports_load_errors(tmp_path: Path, files: dict[str, str], target: 
     result = cli("dev", target, "--port", "0", cwd=tmp_path)
     assert result.returncode == 1
     assert words in result.stderr
+
+
+@pytest.mark.parametrize(("command", "value", "words"), [
+    ("dev", "2h", "at least 1 day"),
+    ("worker", "soon", "invalid retention 'soon'"),
+])
+def test_bad_retention_is_a_one_line_error(tmp_path: Path, command: str, value: str,
+                                           words: str) -> None:
+    (tmp_path / "demo.py").write_text(APP_SOURCE)
+    result = cli(command, "demo.py", "--retention", value,
+                 "--db", f"sqlite:///{tmp_path / 'x.db'}", cwd=tmp_path)
+    assert result.returncode == 1
+    assert words in result.stderr and "Traceback" not in result.stderr

@@ -173,3 +173,32 @@ def test_invalid_retries_rejected_at_definition(retries: Any) -> None:
     app = stepwell.App("t")
     with pytest.raises(stepwell.ConfigError, match=r"function 'f'.*'retries'"):
         app.function(id="f", trigger="t/x", retries=retries)
+
+
+async def test_a_crashed_session_lets_its_lease_expire_and_the_run_resumes(
+        make_engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An executor bug must not strand a run: only the leases of live sessions are renewed, so
+    the crashed session's item expires and is claimed again."""
+    from stepwell.runtime import items
+
+    real_execute = items.RunSession.execute
+    crashes: list[str] = []
+
+    async def crash_once(self: Any) -> None:
+        if not crashes:
+            crashes.append(self.run_id)
+            raise RuntimeError("executor bug")
+        await real_execute(self)
+
+    monkeypatch.setattr(items.RunSession, "execute", crash_once)
+    app = stepwell.App("t")
+
+    @app.function(id="fine", trigger="t/go")
+    async def fine(ctx: stepwell.Context, step: stepwell.Step) -> str:
+        return str(await step.run("s", lambda: "ok"))
+
+    async with make_engine(app, lease_seconds=1) as engine:
+        [run] = await engine.runs(event_id=await engine.send("t/go", {}))
+        run = await engine.wait(run.id, timeout=20)
+    assert crashes == [run.id]
+    assert run.status == "completed" and run.output == "ok"

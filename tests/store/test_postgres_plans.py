@@ -162,13 +162,14 @@ def _release_many(tx: PostgresTx) -> None:
 
 HOT_CALLS: list[tuple[str, Callable[[PostgresTx], Any]]] = [
     ("claim_due", lambda t: t.claim_due(NOW, "w", NOW + 30_000, 50)),
+    ("prune", lambda t: t.prune(NOW, NOW, 500)),
     ("claim_timers", lambda t: t.claim_timers(NOW + 5_000, "w", NOW + 30_000, 50)),
     ("next_timer_at", lambda t: t.next_timer_at()),
     ("release_item (timer)", lambda t: t.release_item(11, "w1", NOW + 5, NOW, timer=True)),
     ("load_run_states", lambda t: t.load_run_states(["run3", "run4", "run5"])),
     ("count_held", lambda t: t.count_held("c:fn:3")),
     ("renew_lease", lambda t: t.renew_lease(11, "w1", NOW + 60_000)),
-    ("renew_leases", lambda t: t.renew_leases("w1", NOW + 60_000)),
+    ("renew_leases", lambda t: t.renew_leases("w1", NOW + 60_000, [11, 12, 13])),
     ("release_item", lambda t: t.release_item(11, "w1", None, NOW)),
     ("release_item (re-arm)", lambda t: t.release_item(11, "w1", NOW + 5, NOW)),
     ("release_item x6", _release_many),

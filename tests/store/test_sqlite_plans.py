@@ -39,12 +39,13 @@ def tx(tmp_path: Path) -> SqliteTx:
 
 HOT_CALLS: list[tuple[str, Callable[[SqliteTx], Any]]] = [
     ("claim_due", lambda t: t.claim_due(100, "w", 10**12, 10)),
+    ("prune", lambda t: t.prune(100, 100, 500)),
     ("claim_timers", lambda t: t.claim_timers(100, "w", 10**12, 10)),
     ("next_timer_at", lambda t: t.next_timer_at()),
     ("release_item (timer)", lambda t: t.release_item(1, "w", 200, 100, timer=True)),
     ("load_run_states", lambda t: t.load_run_states(["run3", "run4", "run5"])),
     ("renew_lease", lambda t: t.renew_lease(1, "w", 10**12)),
-    ("renew_leases", lambda t: t.renew_leases("w", 10**12)),
+    ("renew_leases", lambda t: t.renew_leases("w", 10**12, [1, 2, 3])),
     ("release_item", lambda t: t.release_item(1, "w", 200, 100)),
     ("release_expired_leases", lambda t: t.release_expired_leases(10)),
     ("next_due_at", lambda t: t.next_due_at()),

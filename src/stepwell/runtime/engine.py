@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import functools
 import gc
 import logging
@@ -22,9 +23,9 @@ from typing import Any, TypeVar
 
 import httpx
 
-from stepwell.core.config import ConfigError, CronTrigger, FunctionSpec
+from stepwell.core.config import ConfigError
+from stepwell.core.durations import parse_duration_ms
 from stepwell.core.models import (
-    SCHEDULED_TIMER,
     TERMINAL_STATUSES,
     Event,
     InvalidEventError,
@@ -32,15 +33,14 @@ from stepwell.core.models import (
     validate_event_payload,
 )
 from stepwell.core.protocol import ProtocolError
-from stepwell.runtime import admission, scripts
+from stepwell.runtime import admission, items, scripts
 from stepwell.runtime.clock import Clock, SystemClock, wall_ms
 from stepwell.runtime.registry import Registry, registration_checksum
-from stepwell.runtime.remote import RemoteExecutor, RemoteFunction, RemoteSettings
-from stepwell.runtime.scripts import Dispatch, Effects, Placement, Routing
-from stepwell.runtime.session import RunSession
+from stepwell.runtime.remote import RemoteFunction, RemoteSettings
+from stepwell.runtime.scripts import Effects, Placement, Routing
 from stepwell.runtime.views import run_view
 from stepwell.sdk.app import App, Function
-from stepwell.store.base import QueueItem, RunRow, RunState, Store, Tx
+from stepwell.store.base import QueueItem, RunState, Store, Tx
 from stepwell.store.sqlite import SqliteStore
 
 R = TypeVar("R")
@@ -49,6 +49,8 @@ DEFAULT_DB = "sqlite:///.stepwell/stepwell.db"
 UNPROCESSED_GRACE_MS = 5_000
 DEFAULT_GC_THRESHOLD, TUNED_GC_THRESHOLD = 700, 50_000
 PREFETCH_BATCH = 1_000        # timers leased ahead per claim (keeps claim transactions short)
+PRUNE_BATCH, PRUNE_ROUNDS = 500, 20      # rows per table per transaction; rounds per tick
+MIN_RETENTION_MS = 24 * 3600 * 1000      # event de-duplication and idempotency keep 24 h
 
 
 def open_store(url: str, *, fsync: bool = True) -> Store:
@@ -74,6 +76,21 @@ def _tune_gc() -> None:
         gc.set_threshold(TUNED_GC_THRESHOLD, *rest)
 
 
+def _retention_ms(value: str | float | datetime.timedelta | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        ms = parse_duration_ms(value, what="retention")
+    except ValueError as exc:
+        raise ConfigError(f"{exc}; use e.g. retention='7d', or None to keep everything"
+                          ) from None
+    if ms < MIN_RETENTION_MS:
+        raise ConfigError(f"retention {value!r} is too short: keep at least 1 day (events are "
+                          "de-duplicated and idempotency keys kept for 24 hours), e.g. "
+                          "retention='7d', or retention=None to keep everything")
+    return ms
+
+
 def _owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -96,7 +113,8 @@ class Engine:
                  fsync: bool = True, sync_threads: int = 64, poll_seconds: float = 1.0,
                  signing_key: str | None = None, sdk_timeout_seconds: float = 300.0,
                  retry_interval_seconds: float | None = None, prefetch_seconds: float = 5.0,
-                 max_parked: int = 20_000, tune_gc: bool = True) -> None:
+                 max_parked: int = 20_000, tune_gc: bool = True,
+                 retention: str | float | datetime.timedelta | None = "7d") -> None:
         self.apps = list(apps)
         self.registry = Registry(apps)
         self.functions: dict[str, Function] = self.registry.native
@@ -125,6 +143,9 @@ class Engine:
         self.max_parked = max_parked
         self._parked: dict[object, int] = {}          # token -> the instant it waits for
         self.tune_gc = tune_gc
+        # Finished runs (with their steps), the events nothing refers to any more, and expired
+        # flow-control state are deleted this long after they ended / arrived. None keeps all.
+        self.retention_ms = _retention_ms(retention)
         self.sync_threads = sync_threads
         # None: exponential backoff with jitter (production); a number: a fixed linear step,
         # as `inngest dev --retry-interval` offers for quick local loops.
@@ -132,7 +153,8 @@ class Engine:
                                   else int(retry_interval_seconds * 1000))
         self.step_pool: Executor = ThreadPoolExecutor(1)
         self.handler_pool: Executor = ThreadPoolExecutor(1)
-        self._sessions: set[asyncio.Task[None]] = set()
+        # Each session task and the queue item it works on (only those leases are renewed).
+        self._sessions: dict[asyncio.Task[None], int] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
@@ -293,7 +315,7 @@ class Engine:
 
     def _apply(self, effects: Effects) -> None:
         for dispatch in effects.dispatch:
-            self._spawn_session(self._run_dispatch(dispatch))
+            self._spawn_session(items.run_dispatch(self, dispatch), dispatch.item_id)
         if effects.emitted:
             self._spawn_background(self._ingest_stored(effects.emitted))
         if effects.wake:
@@ -303,13 +325,13 @@ class Engine:
             if waiter is not None:
                 waiter.set()
 
-    def _spawn_session(self, coro: Any) -> None:
+    def _spawn_session(self, coro: Any, item_id: int) -> None:
         task = asyncio.create_task(coro)
-        self._sessions.add(task)
+        self._sessions[task] = item_id
         task.add_done_callback(self._session_done)
 
     def _session_done(self, task: asyncio.Task[None]) -> None:
-        self._sessions.discard(task)
+        self._sessions.pop(task, None)
         if not task.cancelled() and task.exception() is not None:
             log.error("run session crashed", exc_info=task.exception())
         self._wake.set()
@@ -452,23 +474,23 @@ class Engine:
             room = self.max_concurrency - self._active()
             ahead = min(self.max_parked - len(self._parked), PREFETCH_BATCH
                         ) if self.prefetch_ms else 0
-            items: list[QueueItem] = []
+            claimed: list[QueueItem] = []
             if room > 0 or ahead > 0:
                 now = self.clock.now()
                 claim = functools.partial(_claim, now=now, owner=self.owner,
                                           lease_until=self.lease_until(), limit=max(room, 0),
                                           until=now + self.prefetch_ms, ahead=max(ahead, 0))
                 try:
-                    items = await self.store.write(claim)
+                    claimed = await self.store.write(claim)
                 except Exception:
                     log.exception("claiming work failed; retrying")
                 # The claimed runs' states are loaded in one read, shared by their sessions.
-                run_ids = [i.run_id for i in items if i.kind == "exec" and i.run_id is not None]
+                run_ids = [i.run_id for i in claimed if i.kind == "exec" and i.run_id is not None]
                 states = asyncio.ensure_future(self.store.read(
                     functools.partial(_load_states, run_ids=run_ids))) if run_ids else None
-                for item in items:
-                    self._spawn_session(self._handle_item(item, states))
-            if items:
+                for item in claimed:
+                    self._spawn_session(items.handle(self, item, states), item.id)
+            if claimed:
                 await asyncio.sleep(0)
                 continue
             await self._sleep_until_due(room > 0, ahead > 0)
@@ -509,16 +531,36 @@ class Engine:
 
     async def _maintain(self) -> None:
         owner, until, wall = self.owner, self.lease_until(), wall_ms()
-        released = await self.store.write(lambda tx: (tx.renew_leases(owner, until),
+        held = list(self._sessions.values())
+        released = await self.store.write(lambda tx: (tx.renew_leases(owner, until, held),
                                                       tx.release_expired_leases(wall),
                                                       tx.unblock_all())[1:])
         if any(released):
             self._wake.set()
         await self._load_apps()
+        if self.retention_ms is not None:
+            await self.prune()
         before = self.clock.now() - UNPROCESSED_GRACE_MS
         stale = await self.store.read(lambda tx: tx.unprocessed_events(before, 500))
         if stale:
             await self._ingest_stored(stale)
+
+    async def prune(self) -> dict[str, int]:
+        """Apply the retention policy now (the worker also does every few seconds): delete
+        runs that ended more than `retention` ago, events older than that which no run, batch
+        or debounce refers to, and expired flow-control state. Returns what was deleted."""
+        deleted = {"runs": 0, "events": 0, "flow_state": 0}
+        if self.retention_ms is None:
+            return deleted
+        for _ in range(PRUNE_ROUNDS):
+            now = self.clock.now()
+            cutoff = now - self.retention_ms
+            counts = await self.store.write(functools.partial(_prune, cutoff=cutoff, now=now))
+            for name, count in zip(deleted, counts, strict=True):
+                deleted[name] += count
+            if max(counts) < PRUNE_BATCH:
+                break
+        return deleted
 
     async def _reclaim_dead_local_workers(self) -> None:
         """Leases held by a dead process on this host are released at once, not after expiry."""
@@ -536,143 +578,6 @@ class Engine:
         if dead:
             await self.store.write(lambda tx: [tx.release_leases_of(o) for o in dead])
 
-    async def _handle_item(self, item: QueueItem,
-                           states: asyncio.Future[dict[str, RunState]] | None) -> None:
-        # An item leased ahead of its instant (a timer) is loaded now and acted on at due_at.
-        not_before = item.due_at if item.due_at > self.clock.now() else None
-        if item.kind == "exec" and item.run_id is not None and states is not None:
-            try:
-                loaded = await asyncio.shield(states)
-            except Exception:
-                # Hand it back for a later attempt rather than hold it with nobody working.
-                log.exception("loading run %s failed; handing it back", item.run_id)
-                owner, now = self.owner, self.clock.now()
-                with contextlib.suppress(Exception):
-                    await self.store.write(lambda tx: tx.release_item(
-                        item.id, owner, now + 1_000, now))
-                return
-            await self._execute(item.id, loaded.get(item.run_id), not_before=not_before,
-                                may_park=not item.concurrency)
-            return
-        if not_before is not None:
-            await self.park_until(not_before)
-        if item.kind == "cron":
-            await self._fire_cron(item)
-        elif item.kind == "timeout":
-            await self._fire_timeout(item)
-        elif item.kind in ("batch", "debounce"):
-            await self._fire_flow(item)
-        else:
-            log.error("unknown queue item kind %r; dropping it", item.kind)
-            await self._drop(item.id)
-
-    async def _drop(self, item_id: int) -> None:
-        owner, now = self.owner, self.clock.now()
-        await self.store.write(lambda tx: tx.release_item(item_id, owner, None, now))
-
-    async def _run_dispatch(self, dispatch: Dispatch) -> None:
-        if dispatch.new_run is not None:
-            new = dispatch.new_run
-            row = RunRow(new.id, new.function_id, new.status, new.event_ids, new.created_at,
-                         new.started_at, None, None, None, [], new.parent_run_id,
-                         new.parent_step)
-            # A new run leased here by create_run never has concurrency keys.
-            await self._execute(dispatch.item_id, RunState(row, dispatch.events), started=True,
-                                may_park=True)
-            return
-        state = await self.store.read(lambda tx: tx.load_run_state(dispatch.run_id))
-        await self._execute(dispatch.item_id, state)
-
-    async def _execute(self, item_id: int, state: RunState | None, *, started: bool = False,
-                       not_before: int | None = None, may_park: bool = False) -> None:
-        """Drive a leased run. `not_before`: the item was leased ahead of its due time, nothing
-        may happen before it. `may_park`: the item holds no concurrency slot, so the run may
-        sleep in memory (a sleeping run must not hold a slot)."""
-        if state is None or state.run.status not in ("queued", "running"):
-            await self._drop(item_id)
-            return
-        fn = self.registry.get(state.run.function_id)
-        if fn is None:
-            # Another deployment's function: leave it for a worker that has it.
-            log.warning("run %s belongs to unknown function %s; releasing it", state.run.id,
-                        state.run.function_id)
-            owner, now = self.owner, self.clock.now()
-            await self.store.write(lambda tx: tx.release_item(item_id, owner, now + 60_000, now))
-            return
-        native = not isinstance(fn, RemoteFunction)
-        if not_before is not None and (not native or state.run.started_at is None):
-            await self.park_until(not_before)
-            not_before = None
-        if (not started and state.run.started_at is None
-                and not await self._start(item_id, state, fn.spec)):
-            return
-        if isinstance(fn, RemoteFunction):
-            await RemoteExecutor(self, fn, state, item_id, self.http_client(),
-                                 self.remote_settings).execute()
-        else:
-            # Replayed now; it parks where the run sleeps until not_before (see RunSession).
-            await RunSession(self, fn, state, item_id, not_before=not_before,
-                             may_park=may_park).execute()
-
-    async def _start(self, item_id: int, state: RunState, spec: FunctionSpec) -> bool:
-        run, now = state.run, self.clock.now()
-        routing = self.routing
-        if spec.timeout_start_ms is not None and now - run.created_at > spec.timeout_start_ms:
-            await self.commit(lambda tx, place, effects: scripts.cancel_run(
-                tx, run.id, now, place, effects, routing=routing,
-                reason=f"did not start within timeouts.start ({spec.timeout_start_ms} ms)"))
-            return False
-        owner, until = self.owner, self.lease_until()
-
-        def script(tx: Tx, place: Placement, effects: Effects) -> bool:
-            scripts.hold(tx, item_id, owner, until)
-            if not tx.start_run(run.id, now):
-                return False
-            if spec.timeout_finish_ms is not None:
-                scripts.schedule_finish_timeout(tx, run.id, now, spec.timeout_finish_ms)
-            return True
-
-        try:
-            ok = await self.commit(script)
-        except scripts.LeaseLost:
-            return False
-        run.status, run.started_at = "running", now
-        return ok
-
-    async def _fire_flow(self, item: QueueItem) -> None:
-        """A batch's timeout or a debounce window ended: start the run it was holding back."""
-        fn = self.registry.get(str((item.payload or {}).get("function_id")))
-        if fn is None:
-            await self._drop(item.id)
-            return
-        spec, owner, now, routing = fn.spec, self.owner, self.clock.now(), self.routing
-
-        def script(tx: Tx, place: Placement, effects: Effects) -> None:
-            if item.kind == "batch":
-                admission.flush_batch(tx, spec, item.unique_key, now, place, effects, routing)
-            else:
-                admission.fire_debounce(tx, spec, item, owner, now, place, effects, routing)
-
-        await self.commit(script)
-
-    async def _fire_timeout(self, item: QueueItem) -> None:
-        payload = item.payload or {}
-        which = payload.get("which", "finish")
-        run_id, now, routing = item.run_id or "", self.clock.now(), self.routing
-
-        def script(tx: Tx, place: Placement, effects: Effects) -> None:
-            run = tx.get_run(run_id)
-            tx.release_item(item.id, self.owner, None, now)
-            if run is None or run.status not in ("queued", "running"):
-                return
-            if which == "start" and run.started_at is not None:
-                return
-            scripts.cancel_run(tx, run_id, now, place, effects, routing=routing,
-                               reason=f"timed out: timeouts.{which} "
-                                      f"({payload.get('after_ms')} ms) elapsed")
-
-        await self.commit(script)
-
     # --- cron --------------------------------------------------------------------------------
 
     async def _register_crons(self) -> None:
@@ -684,29 +589,8 @@ class Engine:
             await self.store.write(lambda tx: [
                 tx.enqueue("cron", key, due, payload=payload) for key, due, payload in entries])
 
-    async def _fire_cron(self, item: QueueItem) -> None:
-        payload = item.payload or {}
-        fn = self.registry.get(str(payload.get("function_id")))
-        index = int(payload.get("index", 0))
-        trigger = fn.spec.triggers[index] if fn and index < len(fn.spec.triggers) else None
-        if fn is None or not isinstance(trigger, CronTrigger):
-            await self._drop(item.id)
-            return
-        now = self.clock.now()
-        tick = item.due_at
-        # A deterministic id: if this tick is fired twice (a lease lost mid-way), the event
-        # de-duplication makes the second firing start nothing.
-        event = Event(name=SCHEDULED_TIMER, data={"cron": trigger.source},
-                      id=f"{item.unique_key}:{tick}", ts=tick)
-        next_due = trigger.schedule.next_after(max(now, tick))
-        spec, owner, routing = fn.spec, self.owner, self.routing
-
-        def script(tx: Tx, place: Placement, effects: Effects) -> None:
-            if tx.insert_event(event, now, now - 86_400_000, processed=True):
-                admission.admit(tx, spec, event, now, place, effects, routing=routing)
-            tx.release_item(item.id, owner, next_due, now)
-
-        await self.commit(script)
+def _prune(tx: Tx, *, cutoff: int, now: int) -> tuple[int, int, int]:
+    return tx.prune(cutoff, now, PRUNE_BATCH)
 
 
 def _load_states(tx: Tx, *, run_ids: list[str]) -> dict[str, RunState]:
@@ -715,7 +599,7 @@ def _load_states(tx: Tx, *, run_ids: list[str]) -> dict[str, RunState]:
 
 def _claim(tx: Tx, *, now: int, owner: str, lease_until: int, limit: int, until: int,
            ahead: int) -> list[QueueItem]:
-    items = admission.claim(tx, now, owner, lease_until, limit) if limit > 0 else []
+    found = admission.claim(tx, now, owner, lease_until, limit) if limit > 0 else []
     if ahead > 0:
-        items += tx.claim_timers(until, owner, lease_until, ahead)
-    return items
+        found += tx.claim_timers(until, owner, lease_until, ahead)
+    return found

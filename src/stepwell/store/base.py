@@ -202,7 +202,10 @@ class Tx(Protocol):
     def renew_lease(self, item_id: int, owner: str, lease_until: int) -> bool:
         """Compare-and-set on the owner: False means the lease was lost (or the item deleted)."""
 
-    def renew_leases(self, owner: str, lease_until: int) -> int: ...
+    def renew_leases(self, owner: str, lease_until: int, item_ids: Sequence[int]) -> int:
+        """Extend the leases `owner` still holds among `item_ids` (the items its live sessions
+        work on: an item whose session died is not renewed, so its lease expires and the run
+        is picked up again)."""
 
     def release_item(self, item_id: int, owner: str, due_at: int | None, now: int, *,
                      timer: bool = False) -> bool:
@@ -226,6 +229,13 @@ class Tx(Protocol):
     def next_due_at(self) -> int | None: ...
 
     def count_ready(self, now: int) -> int: ...
+
+    # --- retention -------------------------------------------------------------------------------
+    def prune(self, ended_before: int, now: int, limit: int) -> tuple[int, int, int]:
+        """Delete up to `limit` finished runs that ended before `ended_before` (with their
+        steps), up to `limit` processed events received before it that no run, batch or
+        debounce still refers to, and up to `limit` expired flow-control entries. Returns the
+        three counts. Safe to run from several processes at once."""
 
     # --- apps (official-SDK apps) ---------------------------------------------------------------
     def save_app(self, app_id: str, url: str, config: dict[str, Any], checksum: str,

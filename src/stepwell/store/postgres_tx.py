@@ -394,9 +394,9 @@ class PostgresTx(Pipe):
         return self._count("UPDATE queue SET lease_until=%s WHERE id=%s AND owner=%s",
                            (lease_until, item_id, owner)) == 1
 
-    def renew_leases(self, owner: str, lease_until: int) -> int:
-        return self._count("UPDATE queue SET lease_until=%s WHERE owner=%s",
-                           (lease_until, owner))
+    def renew_leases(self, owner: str, lease_until: int, item_ids: Sequence[int]) -> int:
+        return self._count("UPDATE queue SET lease_until=%s WHERE id = ANY(%s) AND owner=%s",
+                           (lease_until, list(item_ids), owner))
 
     def release_item(self, item_id: int, owner: str, due_at: int | None, now: int, *,
                      timer: bool = False) -> bool:
@@ -515,6 +515,36 @@ class PostgresTx(Pipe):
         rows = self._rows("DELETE FROM batch_events WHERE batch_key=%s RETURNING seq, event_id",
                           (batch_key,), tables=("batch_events",))
         return [event_id for _, event_id in sorted(rows)]
+
+    # --- retention -------------------------------------------------------------------------------
+    def prune(self, ended_before: int, now: int, limit: int) -> tuple[int, int, int]:
+        # SKIP LOCKED: workers pruning at the same time take different rows.
+        ids = [r[0] for r in self._rows(
+            "SELECT id FROM runs WHERE ended_at < %s AND status IN "
+            "('completed', 'failed', 'cancelled', 'skipped') ORDER BY ended_at LIMIT %s "
+            "FOR UPDATE SKIP LOCKED", (ended_before, limit))]
+        runs = 0
+        if ids:
+            for table in ("memos", "step_failures", "run_events", "waits", "queue"):
+                self._send(f"DELETE FROM {table} WHERE run_id = ANY(%s)", (ids,))
+            runs = self._count("DELETE FROM runs WHERE id = ANY(%s)", (ids,))
+        # Scalar subqueries, not NOT EXISTS: the planner would turn those into anti-joins that
+        # scan whole tables, where walking the oldest events and probing indexes stops early.
+        events = self._count(
+            "DELETE FROM events WHERE id = ANY(ARRAY(SELECT e.id FROM events e "
+            "WHERE e.received_at < %s AND e.processed "
+            "AND (SELECT 1 FROM runs r WHERE r.event_id = e.id LIMIT 1) IS NULL "
+            "AND (SELECT 1 FROM run_events x WHERE x.event_id = e.id LIMIT 1) IS NULL "
+            "AND (SELECT 1 FROM batch_events b WHERE b.event_id = e.id LIMIT 1) IS NULL "
+            "AND e.id NOT IN (SELECT payload::json->>'event_id' FROM queue "
+            "WHERE kind = 'debounce' AND payload::json->>'event_id' IS NOT NULL) "
+            "ORDER BY e.received_at LIMIT %s FOR UPDATE OF e SKIP LOCKED))",
+            (ended_before, limit))
+        flows = self._count(
+            "DELETE FROM flow_state WHERE key = ANY(ARRAY(SELECT key FROM flow_state "
+            "WHERE expires_at IS NOT NULL AND expires_at < %s LIMIT %s "
+            "FOR UPDATE SKIP LOCKED))", (now, limit))
+        return runs, events, flows
 
     # --- apps (official-SDK apps) -------------------------------------------------------------
     def save_app(self, app_id: str, url: str, config: dict[str, Any], checksum: str,

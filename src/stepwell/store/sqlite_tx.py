@@ -308,9 +308,10 @@ class SqliteTx:
                              (lease_until, item_id, owner))
         return cur.rowcount == 1
 
-    def renew_leases(self, owner: str, lease_until: int) -> int:
-        return self.c.execute("UPDATE queue SET lease_until=? WHERE owner=?",
-                              (lease_until, owner)).rowcount
+    def renew_leases(self, owner: str, lease_until: int, item_ids: Sequence[int]) -> int:
+        return self.c.execute(
+            "UPDATE queue SET lease_until=? WHERE id IN (SELECT value FROM json_each(?)) "
+            "AND owner=?", (lease_until, json.dumps(list(item_ids)), owner)).rowcount
 
     def release_item(self, item_id: int, owner: str, due_at: int | None, now: int, *,
                      timer: bool = False) -> bool:
@@ -410,6 +411,32 @@ class SqliteTx:
         rows = self.c.execute("DELETE FROM batch_events WHERE batch_key=? RETURNING seq, event_id",
                               (batch_key,)).fetchall()
         return [event_id for _, event_id in sorted(rows)]
+
+    # --- retention -------------------------------------------------------------------------------
+    def prune(self, ended_before: int, now: int, limit: int) -> tuple[int, int, int]:
+        runs = 0
+        ids = tuple(r[0] for r in self.c.execute(
+            "SELECT id FROM runs WHERE ended_at < ? AND status IN "
+            "('completed', 'failed', 'cancelled', 'skipped') ORDER BY ended_at LIMIT ?",
+            (ended_before, min(limit, _CHUNK))))
+        if ids:
+            marks = ",".join("?" * len(ids))      # a list, so each table is probed by index
+            for table in ("memos", "step_failures", "run_events", "waits", "queue"):
+                self.c.execute(f"DELETE FROM {table} WHERE run_id IN ({marks})", ids)
+            runs = self.c.execute(f"DELETE FROM runs WHERE id IN ({marks})", ids).rowcount
+        events = self.c.execute(
+            "DELETE FROM events WHERE id IN (SELECT e.id FROM events e "
+            "WHERE e.received_at < ? AND e.processed = 1 "
+            "AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.event_id = e.id) "
+            "AND NOT EXISTS (SELECT 1 FROM run_events x WHERE x.event_id = e.id) "
+            "AND NOT EXISTS (SELECT 1 FROM batch_events b WHERE b.event_id = e.id) "
+            "AND e.id NOT IN (SELECT json_extract(payload, '$.event_id') FROM queue "
+            "WHERE kind = 'debounce' AND json_extract(payload, '$.event_id') IS NOT NULL) "
+            "ORDER BY e.received_at LIMIT ?)", (ended_before, limit)).rowcount
+        flows = self.c.execute(
+            "DELETE FROM flow_state WHERE key IN (SELECT key FROM flow_state "
+            "WHERE expires_at IS NOT NULL AND expires_at < ? LIMIT ?)", (now, limit)).rowcount
+        return runs, events, flows
 
     # --- apps (official-SDK apps) ---------------------------------------------------------------
     def save_app(self, app_id: str, url: str, config: dict[str, Any], checksum: str,

@@ -1,0 +1,201 @@
+"""Acting on a leased queue item: start or resume a run (`exec`), fire a cron tick, enforce a
+timeout, or release a batch or debounce window. Each item is handled by one task of the engine's
+worker; an item leased ahead of its instant (a timer) is prepared at once and acted on at due_at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from stepwell.core.config import CronTrigger, FunctionSpec
+from stepwell.core.models import SCHEDULED_TIMER, Event
+from stepwell.runtime import admission, scripts
+from stepwell.runtime.remote import RemoteExecutor, RemoteFunction
+from stepwell.runtime.scripts import Dispatch, Effects, Placement
+from stepwell.runtime.session import RunSession
+from stepwell.store.base import QueueItem, RunRow, RunState, Tx
+
+if TYPE_CHECKING:
+    from stepwell.runtime.engine import Engine
+
+log = logging.getLogger("stepwell.engine")
+
+
+async def handle(engine: Engine, item: QueueItem,
+                 states: asyncio.Future[dict[str, RunState]] | None) -> None:
+    """Act on one claimed item. `states`: the claimed runs' states, loaded in one read."""
+    # An item leased ahead of its instant (a timer) is loaded now and acted on at due_at.
+    not_before = item.due_at if item.due_at > engine.clock.now() else None
+    if item.kind == "exec" and item.run_id is not None and states is not None:
+        try:
+            loaded = await asyncio.shield(states)
+        except Exception:
+            # Hand it back for a later attempt rather than hold it with nobody working.
+            log.exception("loading run %s failed; handing it back", item.run_id)
+            owner, now = engine.owner, engine.clock.now()
+            with contextlib.suppress(Exception):
+                await engine.store.write(lambda tx: tx.release_item(
+                    item.id, owner, now + 1_000, now))
+            return
+        await execute(engine, item.id, loaded.get(item.run_id), not_before=not_before,
+                      may_park=not item.concurrency)
+        return
+    if not_before is not None:
+        await engine.park_until(not_before)
+    if item.kind == "cron":
+        await fire_cron(engine, item)
+    elif item.kind == "timeout":
+        await fire_timeout(engine, item)
+    elif item.kind in ("batch", "debounce"):
+        await fire_flow(engine, item)
+    else:
+        log.error("unknown queue item kind %r; dropping it", item.kind)
+        await drop(engine, item.id)
+
+
+async def drop(engine: Engine, item_id: int) -> None:
+    """Delete an item that has nothing left to do."""
+    owner, now = engine.owner, engine.clock.now()
+    await engine.store.write(lambda tx: tx.release_item(item_id, owner, None, now))
+
+
+async def run_dispatch(engine: Engine, dispatch: Dispatch) -> None:
+    """A run this process leased inside a script: a new run (its state is at hand) or one an
+    event, an invoke or a timeout just resumed."""
+    if dispatch.new_run is not None:
+        new = dispatch.new_run
+        row = RunRow(new.id, new.function_id, new.status, new.event_ids, new.created_at,
+                     new.started_at, None, None, None, [], new.parent_run_id,
+                     new.parent_step)
+        # A new run leased here by create_run never has concurrency keys.
+        await execute(engine, dispatch.item_id, RunState(row, dispatch.events), started=True,
+                      may_park=True)
+        return
+    state = await engine.store.read(lambda tx: tx.load_run_state(dispatch.run_id))
+    await execute(engine, dispatch.item_id, state)
+
+
+async def execute(engine: Engine, item_id: int, state: RunState | None, *,
+                  started: bool = False, not_before: int | None = None,
+                  may_park: bool = False) -> None:
+    """Drive a leased run. `not_before`: the item was leased ahead of its due time, nothing
+    may happen before it. `may_park`: the item holds no concurrency slot, so the run may
+    sleep in memory (a sleeping run must not hold a slot)."""
+    if state is None or state.run.status not in ("queued", "running"):
+        await drop(engine, item_id)
+        return
+    fn = engine.registry.get(state.run.function_id)
+    if fn is None:
+        # Another deployment's function: leave it for a worker that has it.
+        log.warning("run %s belongs to unknown function %s; releasing it", state.run.id,
+                    state.run.function_id)
+        owner, now = engine.owner, engine.clock.now()
+        await engine.store.write(lambda tx: tx.release_item(item_id, owner, now + 60_000, now))
+        return
+    native = not isinstance(fn, RemoteFunction)
+    if not_before is not None and (not native or state.run.started_at is None):
+        await engine.park_until(not_before)
+        not_before = None
+    if (not started and state.run.started_at is None
+            and not await start(engine, item_id, state, fn.spec)):
+        return
+    if isinstance(fn, RemoteFunction):
+        await RemoteExecutor(engine, fn, state, item_id, engine.http_client(),
+                             engine.remote_settings).execute()
+    else:
+        # Replayed now; it parks where the run sleeps until not_before (see RunSession).
+        await RunSession(engine, fn, state, item_id, not_before=not_before,
+                         may_park=may_park).execute()
+
+
+async def start(engine: Engine, item_id: int, state: RunState, spec: FunctionSpec) -> bool:
+    """Mark a queued run started (or cancel it if it waited past timeouts.start)."""
+    run, now = state.run, engine.clock.now()
+    routing = engine.routing
+    if spec.timeout_start_ms is not None and now - run.created_at > spec.timeout_start_ms:
+        await engine.commit(lambda tx, place, effects: scripts.cancel_run(
+            tx, run.id, now, place, effects, routing=routing,
+            reason=f"did not start within timeouts.start ({spec.timeout_start_ms} ms)"))
+        return False
+    owner, until = engine.owner, engine.lease_until()
+
+    def script(tx: Tx, place: Placement, effects: Effects) -> bool:
+        scripts.hold(tx, item_id, owner, until)
+        if not tx.start_run(run.id, now):
+            return False
+        if spec.timeout_finish_ms is not None:
+            scripts.schedule_finish_timeout(tx, run.id, now, spec.timeout_finish_ms)
+        return True
+
+    try:
+        ok = await engine.commit(script)
+    except scripts.LeaseLost:
+        return False
+    run.status, run.started_at = "running", now
+    return ok
+
+
+async def fire_flow(engine: Engine, item: QueueItem) -> None:
+    """A batch's timeout or a debounce window ended: start the run it was holding back."""
+    fn = engine.registry.get(str((item.payload or {}).get("function_id")))
+    if fn is None:
+        await drop(engine, item.id)
+        return
+    spec, owner, now, routing = fn.spec, engine.owner, engine.clock.now(), engine.routing
+
+    def script(tx: Tx, place: Placement, effects: Effects) -> None:
+        if item.kind == "batch":
+            admission.flush_batch(tx, spec, item.unique_key, now, place, effects, routing)
+        else:
+            admission.fire_debounce(tx, spec, item, owner, now, place, effects, routing)
+
+    await engine.commit(script)
+
+
+async def fire_timeout(engine: Engine, item: QueueItem) -> None:
+    """timeouts.start or timeouts.finish elapsed: cancel the run if it is still going."""
+    payload = item.payload or {}
+    which = payload.get("which", "finish")
+    run_id, now, routing = item.run_id or "", engine.clock.now(), engine.routing
+
+    def script(tx: Tx, place: Placement, effects: Effects) -> None:
+        run = tx.get_run(run_id)
+        tx.release_item(item.id, engine.owner, None, now)
+        if run is None or run.status not in ("queued", "running"):
+            return
+        if which == "start" and run.started_at is not None:
+            return
+        scripts.cancel_run(tx, run_id, now, place, effects, routing=routing,
+                           reason=f"timed out: timeouts.{which} "
+                                  f"({payload.get('after_ms')} ms) elapsed")
+
+    await engine.commit(script)
+
+
+async def fire_cron(engine: Engine, item: QueueItem) -> None:
+    """A schedule's tick: start its run (exactly once per tick) and arm the next tick."""
+    payload = item.payload or {}
+    fn = engine.registry.get(str(payload.get("function_id")))
+    index = int(payload.get("index", 0))
+    trigger = fn.spec.triggers[index] if fn and index < len(fn.spec.triggers) else None
+    if fn is None or not isinstance(trigger, CronTrigger):
+        await drop(engine, item.id)
+        return
+    now = engine.clock.now()
+    tick = item.due_at
+    # A deterministic id: if this tick is fired twice (a lease lost mid-way), the event
+    # de-duplication makes the second firing start nothing.
+    event = Event(name=SCHEDULED_TIMER, data={"cron": trigger.source},
+                  id=f"{item.unique_key}:{tick}", ts=tick)
+    next_due = trigger.schedule.next_after(max(now, tick))
+    spec, owner, routing = fn.spec, engine.owner, engine.routing
+
+    def script(tx: Tx, place: Placement, effects: Effects) -> None:
+        if tx.insert_event(event, now, now - 86_400_000, processed=True):
+            admission.admit(tx, spec, event, now, place, effects, routing=routing)
+        tx.release_item(item.id, owner, next_due, now)
+
+    await engine.commit(script)
