@@ -16,8 +16,21 @@ from typing import Any, Final
 
 import httpx
 
-from stepwell.core.config import ConfigError, CronTrigger, EventTrigger, Trigger
-from stepwell.core.expressions import ExpressionError, compile_expression
+from stepwell.core.config import (
+    CancelRule,
+    ConfigError,
+    CronTrigger,
+    EventTrigger,
+    FunctionSpec,
+    Trigger,
+)
+from stepwell.core.durations import format_duration
+from stepwell.core.expressions import (
+    Expression,
+    ExpressionError,
+    compile_expression,
+    match_expression,
+)
 from stepwell.core.models import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
@@ -407,3 +420,143 @@ class Service:
             raise NotFound(f"no run {run_id!r}")
         steps, _ = steps_map(state.memos.values(), self.engine.clock.now())
         return steps
+
+    # =========================================================================================
+    # Dashboard support: the JSON the dashboard needs beyond Inngest's REST API (from here to
+    # the end of the file). Everything here reads through existing engine and store-interface
+    # methods; `function_run_counts` says which store query would make it cheaper.
+
+    async def list_runs_with_events(self, *, function_id: str | None = None,
+                                    status: str | None = None, event_id: str | None = None,
+                                    limit: int = 100) -> list[dict[str, Any]]:
+        """`list_runs`, each run with the name of the event that triggered it (`event_name`),
+        so a runs table can show what started each run without one request per row. All the
+        names come from one read of the distinct event ids on the page."""
+        runs = await self.list_runs(function_id=function_id, status=status, event_id=event_id,
+                                    limit=limit)
+        ids = sorted({run["event_id"] for run in runs if run["event_id"]})
+        names: dict[str, str] = {}
+        if ids:
+            events = await self.engine.read(lambda tx: tx.get_events(ids))
+            names = {event.id: event.name for event in events}
+        for run in runs:
+            run["event_name"] = names.get(run["event_id"]) if run["event_id"] else None
+        return runs
+
+    async def run_events(self, run_id: str) -> list[dict[str, Any]]:
+        """The events that triggered a run (one, or a batch's), oldest first, for the run page.
+
+        Read through the run's stored state (as `/v0/runs/{id}/batch` is), which has the
+        events in the order the run received them."""
+        state = await self.engine.read(lambda tx: tx.load_run_state(run_id))
+        if state is None:
+            raise NotFound(f"no run with id {run_id!r}")
+        return [event_dict(event) for event in state.events]
+
+    def list_functions_with_config(self) -> list[dict[str, Any]]:
+        """`list_functions`, each with its flow-control and cancellation settings (`config`,
+        only the options that are set, written as a user would write them in `@app.function`)."""
+        out = self.list_functions()
+        for item in out:
+            fn = self.engine.registry.get(item["id"])
+            item["config"] = function_config(fn.spec) if fn is not None else {}
+        return out
+
+    async def function_run_counts(self, cap: int | None = None) -> list[dict[str, Any]]:
+        """How many runs each function has in each status (at most `cap` are counted per
+        status; `capped` lists the statuses that reached it, shown as "1000+").
+
+        There is no counting query in the store yet, so this reads up to `cap + 1` runs per
+        function and status through `engine.runs` (indexed by function and creation time).
+        A store method `count_runs(function_ids) -> {function_id: {status: n}}` (one
+        `GROUP BY function_id, status`, ideally over an index on `(function_id, status)`)
+        would replace these reads; until then the cap keeps the cost bounded.
+        """
+        cap = RUN_COUNT_CAP if cap is None else cap
+        out = []
+        for qid, _fn in sorted(self.engine.registry.items()):
+            counts: dict[str, int] = {}
+            capped: list[str] = []
+            for status in STATUS_NAMES:
+                found = len(await self.engine.runs(function_id=qid, status=status,
+                                                   limit=cap + 1))
+                if found > cap:
+                    capped.append(STATUS_NAMES[status])
+                counts[STATUS_NAMES[status]] = min(found, cap)
+            out.append({"id": qid, "counts": counts, "capped": capped,
+                        "total": sum(counts.values())})
+        return out
+
+
+# Per function and status, the dashboard counts at most this many runs (see
+# `Service.function_run_counts`).
+RUN_COUNT_CAP: Final = 1000
+
+
+def _source(expression: Expression | None) -> str | None:
+    return None if expression is None else expression.source
+
+
+def _duration(ms: int | None) -> str | None:
+    return None if ms is None else format_duration(ms)
+
+
+def _present(values: dict[str, Any]) -> dict[str, Any]:
+    """Only the settings that are set, so the dashboard shows what the user configured."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _cancel_if(rule: CancelRule) -> str | None:
+    """A cancel rule's own `if_`: its condition is `<match> && (<if_>)` (see core.config), so
+    the match part, already shown as `match`, is taken off again."""
+    source = _source(rule.condition)
+    if source is None or rule.match_path is None:
+        return source
+    matched = match_expression(rule.match_path)
+    if source == matched:
+        return None
+    prefix = f"{matched} && ("
+    return source[len(prefix):-1] if source.startswith(prefix) and source.endswith(")") \
+        else source
+
+
+def function_config(spec: FunctionSpec) -> dict[str, Any]:
+    """A function's flow-control, cancellation and timeout options, in `@app.function`'s
+    snake_case names with durations and expressions written back as text (`"1m"`,
+    `"event.data.userId"`); options left unset are absent."""
+    out: dict[str, Any] = {}
+    if spec.concurrency:
+        out["concurrency"] = [_present({"limit": c.limit, "key": _source(c.key),
+                                        "scope": c.scope}) for c in spec.concurrency]
+    if spec.throttle is not None:
+        t = spec.throttle
+        out["throttle"] = _present({"limit": t.limit, "period": _duration(t.period_ms),
+                                    "burst": t.burst, "key": _source(t.key)})
+    if spec.rate_limit is not None:
+        r = spec.rate_limit
+        out["rate_limit"] = _present({"limit": r.limit, "period": _duration(r.period_ms),
+                                      "key": _source(r.key)})
+    if spec.debounce is not None:
+        d = spec.debounce
+        out["debounce"] = _present({"period": _duration(d.period_ms), "key": _source(d.key),
+                                    "timeout": _duration(d.timeout_ms)})
+    if spec.batch is not None:
+        b = spec.batch
+        out["batch"] = _present({"max_size": b.max_size, "timeout": _duration(b.timeout_ms),
+                                 "key": _source(b.key), "if": _source(b.condition)})
+    if spec.priority is not None:
+        out["priority"] = {"run": spec.priority.source}
+    if spec.idempotency is not None:
+        out["idempotency"] = spec.idempotency.source
+    if spec.singleton is not None:
+        out["singleton"] = _present({"key": _source(spec.singleton.key),
+                                     "mode": spec.singleton.mode})
+    if spec.cancel_on:
+        out["cancel_on"] = [_present({"event": c.event, "match": c.match_path,
+                                      "if": _cancel_if(c), "timeout": _duration(c.timeout_ms)})
+                            for c in spec.cancel_on]
+    timeouts = _present({"start": _duration(spec.timeout_start_ms),
+                         "finish": _duration(spec.timeout_finish_ms)})
+    if timeouts:
+        out["timeouts"] = timeouts
+    return out

@@ -1,4 +1,10 @@
-"""The ASGI app: Inngest's event API and REST API v1, plus stepwell's own routes.
+"""The ASGI app: Inngest's event API and REST API v1, stepwell's own routes, and the dashboard.
+
+Who may call what: `/health`, `/openapi.json` and the dashboard's page and assets are open;
+`/e/{key}` needs an event key in production mode; the SDK routes (`/fn/register`, `/v0/...`) need
+the hashed signing key as the official SDKs send it; the REST API (`/v1/...`, which is also all
+the dashboard reads) and `/dev` need the signing key as a bearer token. In dev mode (no keys)
+everything is open, as on Inngest's dev server.
 
 Handlers are thin: they decode the request, call the service layer, and wrap its JSON-ready
 result in Inngest's envelope (`{"data": ..., "metadata": ...}` for v1 routes). Every failure,
@@ -21,6 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from stepwell.core.protocol import bearer_ok
+from stepwell.server.dashboard import dashboard_routes
 from stepwell.server.openapi import openapi_document
 from stepwell.service import InvalidInput, Service, ServiceError, iso, parse_limit
 
@@ -79,6 +86,25 @@ async def read_json(request: Request) -> Any:
         raise InvalidInput(f"the request body is not valid JSON: {exc}") from exc
 
 
+def require_api_auth(request: Request, signing_keys: Collection[str]) -> None:
+    """In production mode (signing keys configured) the REST API and the dashboard's calls
+    need `Authorization: Bearer <signing key>`: the key as issued (`signkey-prod-...`), its hex
+    part alone, or its SHA-256 as the official SDKs send it, compared in constant time by
+    `bearer_ok`. Dev mode asks for nothing, as Inngest's dev server does.
+
+    A missing key and a wrong key get different messages, so a person (or the dashboard) can
+    tell "log in" from "that key is wrong"."""
+    if not signing_keys:
+        return
+    header = request.headers.get("authorization")
+    if bearer_ok(header, signing_keys):
+        return
+    if not header or not header.lower().startswith("bearer ") or not header[7:].strip():
+        raise Unauthorized("this server runs in production mode: send the signing key as "
+                           "'Authorization: Bearer signkey-...'")
+    raise Unauthorized("the signing key was not accepted: it is not the server's signing key")
+
+
 def _query(request: Request, name: str) -> str | None:
     value = request.query_params.get(name)
     return value if value else None
@@ -90,8 +116,10 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
     """The server's ASGI app over `service`.
 
     `event_keys=None` is dev mode: any key in `POST /e/{key}` is accepted, as the Inngest dev
-    server does. With `manage_engine=True` the app starts the engine on ASGI startup and stops it
-    on shutdown, for running it under a plain ASGI server (`stepwell dev` manages it itself).
+    server does. `signing_keys` turn on production mode for the SDK routes, the REST API and
+    the dashboard's data (see the module docstring). With `manage_engine=True` the app starts
+    the engine on ASGI startup and stops it on shutdown, for running it under a plain ASGI
+    server (`stepwell dev` manages it itself).
     """
     keys = None if event_keys is None else frozenset(event_keys)
     signing = [k for k in (signing_keys or []) if k]
@@ -144,9 +172,9 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
 
     async def list_runs(request: Request) -> Response:
         limit = parse_limit(request.query_params.get("limit"), DEFAULT_RUN_LIMIT)
-        runs = await service.list_runs(function_id=_query(request, "function_id"),
-                                       status=_query(request, "status"),
-                                       event_id=_query(request, "event_id"), limit=limit)
+        runs = await service.list_runs_with_events(
+            function_id=_query(request, "function_id"), status=_query(request, "status"),
+            event_id=_query(request, "event_id"), limit=limit)
         return envelope(runs)
 
     async def list_events(request: Request) -> Response:
@@ -163,7 +191,7 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
         return envelope(await service.bulk_cancel(await read_json(request)))
 
     async def functions(request: Request) -> Response:
-        return envelope(service.list_functions())
+        return envelope(service.list_functions_with_config())
 
     async def health(request: Request) -> Response:
         return JSONResponse(service.health())
@@ -171,30 +199,64 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
     async def openapi(request: Request) -> Response:
         return JSONResponse(openapi_document())
 
+    async def send_events_api(request: Request) -> Response:
+        """Sending events with the REST API's credentials (the dashboard's "Send event"), so a
+        person holding the signing key needs no event key as well."""
+        return envelope({"ids": await service.send_events(await read_json(request))})
+
+    async def run_events(request: Request) -> Response:
+        return envelope(await service.run_events(request.path_params["run_id"]))
+
+    async def function_stats(request: Request) -> Response:
+        return envelope(await service.function_run_counts())
+
+    def api(handler: Handler) -> Handler:
+        """The REST API's guard: in production mode every call needs the signing key."""
+
+        async def guarded(request: Request) -> Response:
+            require_api_auth(request, signing)
+            return await handler(request)
+
+        guarded.__name__ = guarded.__qualname__ = handler.__name__
+        guarded.__doc__ = handler.__doc__
+        return guarded
+
     routes = [
+        # Open: liveness and the API's description.
         Route("/health", health, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        # Event keys (production) or anything (dev).
         Route("/e/{key}", send_events, methods=["POST"]),
+        # SDK routes: the hashed signing key, as the official SDKs send it.
         Route("/fn/register", register, methods=["POST"]),
         Route("/v0/runs/{run_id}/batch", run_batch, methods=["GET"]),
         Route("/v0/runs/{run_id}/actions", run_actions, methods=["GET"]),
-        Route("/v1/apps", list_apps, methods=["GET"]),
-        Route("/v1/apps/sync", sync_app, methods=["POST"]),
-        Route("/dev", dev_info, methods=["GET"]),
-        Route("/v1/events", list_events, methods=["GET"]),
-        Route("/v1/events/{event_id}", get_event, methods=["GET"]),
-        Route("/v1/events/{event_id}/runs", event_runs, methods=["GET"]),
-        Route("/v1/runs", list_runs, methods=["GET"]),
-        Route("/v1/runs/{run_id}", get_run, methods=["GET"]),
-        Route("/v1/runs/{run_id}", cancel_run, methods=["DELETE"]),  # Inngest's cancel
-        Route("/v1/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
-        Route("/v1/cancellations", bulk_cancel, methods=["POST"]),
-        Route("/v1/functions", functions, methods=["GET"]),
+        # The REST API and the dev-server info: the signing key, raw or hashed.
+        Route("/dev", api(dev_info), methods=["GET"]),
+        Route("/v1/apps", api(list_apps), methods=["GET"]),
+        Route("/v1/apps/sync", api(sync_app), methods=["POST"]),
+        Route("/v1/events", api(list_events), methods=["GET"]),
+        Route("/v1/events", api(send_events_api), methods=["POST"]),
+        Route("/v1/events/{event_id}", api(get_event), methods=["GET"]),
+        Route("/v1/events/{event_id}/runs", api(event_runs), methods=["GET"]),
+        Route("/v1/runs", api(list_runs), methods=["GET"]),
+        Route("/v1/runs/{run_id}", api(get_run), methods=["GET"]),
+        Route("/v1/runs/{run_id}", api(cancel_run), methods=["DELETE"]),  # Inngest's cancel
+        Route("/v1/runs/{run_id}/cancel", api(cancel_run), methods=["POST"]),
+        Route("/v1/runs/{run_id}/events", api(run_events), methods=["GET"]),
+        Route("/v1/cancellations", api(bulk_cancel), methods=["POST"]),
+        Route("/v1/functions", api(functions), methods=["GET"]),
+        Route("/v1/stats/functions", api(function_stats), methods=["GET"]),
+        # The dashboard's page and assets: public; the data they show comes from /v1/.
+        *dashboard_routes(),
     ]
 
     async def on_service_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ServiceError)
-        return error_response(exc.status, exc.message)
+        response = error_response(exc.status, exc.message)
+        if isinstance(exc, Unauthorized) and request.url.path.startswith(("/v1/", "/dev")):
+            response.headers["www-authenticate"] = 'Bearer realm="stepwell"'
+        return response
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

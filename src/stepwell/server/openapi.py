@@ -26,6 +26,53 @@ def _param(name: str, where: str = "query", required: bool = False) -> dict[str,
 
 _RUN = {"$ref": "#/components/schemas/Run"}
 _RUNS = {"type": "array", "items": _RUN}
+_EVENT_IN = {"oneOf": [{"$ref": "#/components/schemas/EventIn"},
+                       {"type": "array", "items": {"$ref": "#/components/schemas/EventIn"}}]}
+_EVENTS = {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}
+# In production mode (the server has signing keys) the REST API needs the signing key as a
+# bearer token; in dev mode nothing, hence the empty alternative.
+_API_AUTH: list[dict[str, list[str]]] = [{}, {"signingKey": []}]
+
+
+def _html(summary: str, parameters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A dashboard page: the same HTML for every page (the page routes itself)."""
+    return {"get": {"summary": summary, "x-stepwell": True, "tags": ["dashboard"],
+                    "parameters": parameters or [],
+                    "responses": {"200": {"description": "the dashboard's HTML",
+                                          "content": {"text/html": {"schema": {
+                                              "type": "string"}}}},
+                                  "default": {"$ref": "#/components/responses/Error"}}}}
+
+
+def _dashboard_paths() -> dict[str, Any]:
+    """The dashboard's page, client-side routes and assets (all public: the data they show
+    is read from the REST API, which checks the signing key)."""
+    return {
+        "/": {"get": {"summary": "Redirects to the dashboard", "x-stepwell": True,
+                      "tags": ["dashboard"],
+                      "responses": {"307": {"description": "to /dashboard/runs"}}}},
+        "/dashboard": _html("The dashboard"),
+        "/dashboard/{page}": _html(
+            "A dashboard page (runs, runs/{id}, events, events/{id}, functions, apps)",
+            [{"name": "page", "in": "path", "required": True,
+              "schema": {"type": "string"}}]),
+        "/dashboard/assets/{name}": {"get": {
+            "summary": "The dashboard's scripts and styles", "x-stepwell": True,
+            "tags": ["dashboard"], "parameters": [_param("name", "path")],
+            "responses": {"200": {"description": "the asset", "content": {
+                "text/javascript": {"schema": {"type": "string"}},
+                "text/css": {"schema": {"type": "string"}}}},
+                          "default": {"$ref": "#/components/responses/Error"}}}},
+    }
+
+
+def _secured(paths: dict[str, Any]) -> dict[str, Any]:
+    """Mark the REST API's operations (`/v1/...` and `/dev`) with the signing-key scheme."""
+    for path, operations in paths.items():
+        if path.startswith("/v1/") or path == "/dev":
+            for operation in operations.values():
+                operation["security"] = _API_AUTH
+    return paths
 
 
 def openapi_document() -> dict[str, Any]:
@@ -34,18 +81,24 @@ def openapi_document() -> dict[str, Any]:
         "info": {"title": "stepwell", "version": "1",
                  "description": "Inngest's event API and REST API v1, plus stepwell additions "
                                 "(marked x-stepwell)."},
-        "paths": {
+        "paths": _secured({
             "/e/{key}": {"post": {
                 "summary": "Send one event or an array of events (Inngest event API)",
                 "parameters": [_param("key", "path")],
-                "requestBody": {"content": {"application/json": {"schema": {"oneOf": [
-                    {"$ref": "#/components/schemas/EventIn"},
-                    {"type": "array", "items": {"$ref": "#/components/schemas/EventIn"}}]}}}},
+                "requestBody": {"content": {"application/json": {"schema": _EVENT_IN}}},
                 "responses": {"200": {"description": '{"ids": [...], "status": 200}'},
                               "default": {"$ref": "#/components/responses/Error"}}}},
-            "/v1/events": {"get": {"summary": "Events, newest first",
-                                   "parameters": [_param("name"), _param("limit")],
-                                   "responses": _ok("events")}},
+            "/v1/events": {
+                "get": {"summary": "Events, newest first",
+                        "parameters": [_param("name"), _param("limit")],
+                        "responses": _ok("events", _EVENTS)},
+                "post": {"summary": "Send one event or an array of events with the REST API's "
+                                    "credentials (no event key); the dashboard's Send event",
+                         "x-stepwell": True,
+                         "requestBody": {"content": {"application/json": {"schema": _EVENT_IN}}},
+                         "responses": _ok("the stored events' ids", {
+                             "type": "object", "properties": {
+                                 "ids": {"type": "array", "items": {"type": "string"}}}})}},
             "/v1/events/{event_id}": {"get": {"summary": "One event",
                                               "parameters": [_param("event_id", "path")],
                                               "responses": _ok("the event")}},
@@ -62,6 +115,20 @@ def openapi_document() -> dict[str, Any]:
                         "parameters": [_param("run_id", "path")], "responses": _ok("run", _RUN)},
                 "delete": {"summary": "Cancel a run", "parameters": [_param("run_id", "path")],
                            "responses": _ok("the run after cancelling", _RUN)}},
+            "/v1/runs/{run_id}/events": {"get": {
+                "summary": "The events that triggered a run (several for a batch)",
+                "x-stepwell": True, "parameters": [_param("run_id", "path")],
+                "responses": _ok("events", _EVENTS)}},
+            "/v1/stats/functions": {"get": {
+                "summary": "Each function's number of runs by status (counted up to 1000 per "
+                           "status; `capped` lists the statuses that reached it)",
+                "x-stepwell": True,
+                "responses": _ok("counts", {"type": "array", "items": {
+                    "type": "object", "properties": {
+                        "id": {"type": "string"}, "total": {"type": "integer"},
+                        "counts": {"type": "object",
+                                   "additionalProperties": {"type": "integer"}},
+                        "capped": {"type": "array", "items": {"type": "string"}}}}})}},
             "/v1/runs/{run_id}/cancel": {"post": {
                 "summary": "Cancel a run", "x-stepwell": True,
                 "parameters": [_param("run_id", "path")],
@@ -73,8 +140,10 @@ def openapi_document() -> dict[str, Any]:
                     "properties": {k: {"type": "string"} for k in (
                         "app_id", "function_id", "started_after", "started_before", "if")}}}}},
                 "responses": _ok("what was cancelled")}},
-            "/v1/functions": {"get": {"summary": "Registered functions", "x-stepwell": True,
-                                      "responses": _ok("functions")}},
+            "/v1/functions": {"get": {
+                "summary": "Registered functions with their triggers, retries and flow-control "
+                           "settings (`config`)", "x-stepwell": True,
+                "responses": _ok("functions")}},
             "/fn/register": {"post": {
                 "summary": "Register (sync) an app served by an official Inngest SDK",
                 "requestBody": {"content": {"application/json": {"schema": {
@@ -106,7 +175,8 @@ def openapi_document() -> dict[str, Any]:
                              "responses": {"200": {"description": "info"}}}},
             "/health": {"get": {"summary": "Liveness", "x-stepwell": True,
                                 "responses": {"200": {"description": "OK"}}}},
-        },
+            **_dashboard_paths(),
+        }),
         "components": {
             "schemas": {
                 "Envelope": {"type": "object", "properties": {
@@ -116,15 +186,24 @@ def openapi_document() -> dict[str, Any]:
                     "name": {"type": "string"}, "data": {"type": "object"},
                     "id": {"type": "string"}, "ts": {"type": "integer"},
                     "user": {"type": "object"}, "v": {"type": "string"}}},
+                "Event": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "name": {"type": "string"},
+                    "data": {"type": "object"}, "user": {"type": "object"},
+                    "ts": {"type": "integer"}, "receivedAt": {"type": ["string", "null"]}}},
                 "Run": {"type": "object", "properties": {
                     "run_id": {"type": "string"}, "run_started_at": {"type": "string"},
                     "ended_at": {"type": ["string", "null"]},
                     "status": {"enum": ["Queued", "Running", "Completed", "Failed",
                                         "Cancelled", "Skipped"]},
                     "output": {}, "event_id": {"type": ["string", "null"]},
+                    "event_name": {"type": ["string", "null"]},
                     "function_id": {"type": "string"}, "error": {}, "steps": {"type": "array"},
                     "warnings": {"type": "array", "items": {"type": "string"}}}},
             },
+            "securitySchemes": {"signingKey": {
+                "type": "http", "scheme": "bearer",
+                "description": "Production mode only: the server's signing key "
+                               "(signkey-<env>-<hex>, the hex part alone, or its SHA-256)"}},
             "responses": {"Error": {"description": "an error", "content": {"application/json": {
                 "schema": {"type": "object", "properties": {
                     "error": {"type": "string"}, "status": {"type": "integer"}}}}}}},
