@@ -30,6 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 import click
 import httpx
 import uvicorn
+import watchfiles
 
 from stepwell.core.config import ConfigError
 from stepwell.sdk.app import App
@@ -256,21 +257,29 @@ def server_options(fn: F) -> F:
     return fn
 
 
+def make_service(apps: list[App], db: str, *, worker: bool = True,
+                 signing_keys: Sequence[str] = (), retry_interval: float | None = None,
+                 retention: str = "7d") -> Service:
+    """The service over a new engine; invalid options are one clear error."""
+    try:
+        return Service.for_apps(apps, db=db, worker=worker,
+                                signing_key=signing_keys[0] if signing_keys else None,
+                                retry_interval_seconds=retry_interval,
+                                retention=engine_retention(retention))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 def run_server(apps: list[App], db: str, host: str, port: int, *, worker: bool = True,
                sync_urls: Sequence[str] = (), event_keys: Sequence[str] = (),
                signing_keys: Sequence[str] = (), retry_interval: float | None = None,
-               retention: str = "7d") -> None:
+               retention: str = "7d", sock: socket.socket | None = None) -> None:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)   # one line per SDK call is noise
-    try:
-        service = Service.for_apps(apps, db=db, worker=worker,
-                                   signing_key=signing_keys[0] if signing_keys else None,
-                                   retry_interval_seconds=retry_interval,
-                                   retention=engine_retention(retention))
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
-    sock = listen(host, port)
+    service = make_service(apps, db, worker=worker, signing_keys=signing_keys,
+                           retry_interval=retry_interval, retention=retention)
+    sock = sock or listen(host, port)
     try:
         asyncio.run(serve(service, sock, apps, db, sync_urls=sync_urls, event_keys=event_keys,
                           signing_keys=signing_keys))
@@ -281,18 +290,55 @@ def run_server(apps: list[App], db: str, host: str, port: int, *, worker: bool =
 @main.command()
 @click.argument("target", metavar="[PATH_OR_MODULE[:ATTR]]", required=False)
 @server_options
+@click.option("--reload/--no-reload", default=True, show_default=True,
+              help="Restart when a .py file next to the app changes (runs resume where they "
+                   "were: their state is in the database).")
 def dev(target: str | None, db: str, host: str, port: int, sync_urls: tuple[str, ...],
         event_keys: tuple[str, ...], signing_keys: tuple[str, ...],
-        retry_interval: float | None, retention: str) -> None:
+        retry_interval: float | None, retention: str, reload: bool) -> None:
     """Run the engine and HTTP server for the apps in a file or module (and any official-SDK
     apps synced with -u or /v1/apps/sync).
 
     Without ATTR every stepwell.App defined at the top level is served; ATTR may name one App
     or a list of Apps.
     """
-    apps = load_apps(target) if target else []
-    run_server(apps, db, host, port, sync_urls=sync_urls, event_keys=event_keys,
-               signing_keys=signing_keys, retry_interval=retry_interval, retention=retention)
+    apps = load_apps(target) if target else []      # fail fast, before watching anything
+    options: dict[str, Any] = dict(sync_urls=sync_urls, event_keys=event_keys,
+                                   signing_keys=signing_keys, retry_interval=retry_interval,
+                                   retention=retention)
+    if not (reload and target):
+        run_server(apps, db, host, port, **options)
+        return
+    make_service(apps, db, signing_keys=signing_keys, retry_interval=retry_interval,
+                 retention=retention)                # options checked before watching
+    sock = listen(host, port)       # kept across restarts: clients never see the port close
+    try:
+        watchfiles.run_process(
+            watched_folder(target), target=serve_reloaded,
+            args=(target, db, host, port, sock, options), watch_filter=watchfiles.PythonFilter(),
+            callback=lambda changes: click.echo(
+                "stepwell: code changed (" + ", ".join(sorted(Path(p).name for _, p in changes))
+                + "), restarting", err=True))
+    finally:
+        sock.close()
+
+
+def watched_folder(target: str) -> Path:
+    """The folder whose Python files `stepwell dev` watches: the app file's, else the current
+    one (a module target is imported from there or from installed packages)."""
+    where, _ = split_target(target)
+    path = Path(where)
+    return path.resolve().parent if path.suffix == ".py" else Path.cwd()
+
+
+def serve_reloaded(target: str, db: str, host: str, port: int, sock: socket.socket,
+                   options: dict[str, Any]) -> None:
+    """One generation of `stepwell dev --reload`, in a fresh process: load the code, serve.
+    A broken edit prints its error; the watcher restarts us on the next change."""
+    try:
+        run_server(load_apps(target), db, host, port, sock=sock, **options)
+    except click.ClickException as exc:
+        click.echo(f"Error: {exc.format_message()}  (waiting for a change)", err=True)
 
 
 @main.command("serve")
@@ -342,10 +388,7 @@ def worker(target: str, db: str, retention: str) -> None:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     apps = load_apps(target)
-    try:
-        service = Service.for_apps(apps, db=db, retention=engine_retention(retention))
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+    service = make_service(apps, db, retention=retention)
     asyncio.run(run_worker(service, apps, db))
 
 

@@ -306,3 +306,40 @@ def test_bad_retention_is_a_one_line_error(tmp_path: Path, command: str, value: 
                  "--db", f"sqlite:///{tmp_path / 'x.db'}", cwd=tmp_path)
     assert result.returncode == 1
     assert words in result.stderr and "Traceback" not in result.stderr
+
+
+def function_ids(url: str) -> set[str]:
+    try:
+        body = httpx.get(url + "/v1/functions", timeout=2).json()
+    except httpx.TransportError:       # between two generations of the server
+        return set()
+    return {f["id"] for f in body["data"]}
+
+
+def test_dev_restarts_when_the_code_changes(tmp_path: Path) -> None:
+    (tmp_path / "live_app.py").write_text(APP_SOURCE)
+    server = start_dev("live_app.py", tmp_path)
+    try:
+        assert "demo/goodbye" not in function_ids(server.url)
+        # A sleeping run survives the restart: its state is in the database.
+        sent = cli("send", "demo/slow", "--data", "{}", url=server.url)
+        assert sent.returncode == 0, sent.stderr
+        (tmp_path / "live_app.py").write_text(APP_SOURCE + textwrap.dedent("""
+            @app.function(id="goodbye", trigger="demo/goodbye")
+            async def goodbye(ctx, step):
+                return "bye"
+        """))
+        wait_for(lambda: "demo/goodbye" in function_ids(server.url), "the new function")
+        # A broken edit keeps the watcher alive and says what is wrong; fixing it recovers.
+        (tmp_path / "live_app.py").write_text(APP_SOURCE + "\ndef broken(:\n")
+        wait_for(lambda: "SyntaxError" in server.output()
+                 and "waiting for a change" in server.output(), "the syntax error report")
+        (tmp_path / "live_app.py").write_text(APP_SOURCE)
+        wait_for(lambda: function_ids(server.url) and
+                 "demo/goodbye" not in function_ids(server.url), "the fixed code")
+        runs = runs_json(server.url, "--status", "running")
+        assert [r["function_id"] for r in runs] == ["demo/slow"]
+    finally:
+        assert server.stop(signal.SIGINT) == 0
+    assert server.output().count("Traceback") == 1         # the broken edit's, and only it
+    assert server.output().rstrip().endswith("stepwell stopped")
