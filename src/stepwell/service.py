@@ -271,6 +271,29 @@ class Service:
                                       limit=limit)
         return [self._run_dict(run, steps=False) for run in runs]
 
+    async def replay_run(self, run_id: str, body: object = None) -> dict[str, Any]:
+        """Start a new run of a run's function with the same events (`{"from_step": id}`:
+        reuse the results of the steps recorded before that step). Returns the new run."""
+        if body is None:
+            body = {}
+        if not isinstance(body, dict) or set(body) - {"from_step"}:
+            raise InvalidInput('the body must be empty or {"from_step": "<step id>"}')
+        from_step = body.get("from_step")
+        if from_step is not None and (not isinstance(from_step, str) or not from_step):
+            raise InvalidInput("from_step must be a step id (a non-empty string)")
+        if await self.engine.get_run(run_id) is None:
+            raise NotFound(f"no run with id {run_id!r}")
+        try:
+            new_id = await self.engine.replay(run_id, from_step=from_step)
+        except ValueError as exc:          # the engine's ReplayError
+            raise InvalidInput(str(exc)) from None
+        if new_id is None:
+            raise Conflict(f"the replay of run {run_id} was skipped: the function's singleton "
+                           "setting allows one active run for its key")
+        run = await self.engine.get_run(new_id)
+        assert run is not None
+        return self._run_dict(run)
+
     async def cancel_run(self, run_id: str) -> dict[str, Any]:
         """Cancel one run. Cancelling a cancelled run is a no-op; a finished one is a conflict.
 

@@ -196,6 +196,16 @@ def test_send_then_list_and_show(dev: DevServer) -> None:
     as_json = json.loads(cli("runs", "show", run["run_id"], "--json", url=dev.url).stdout)
     assert as_json["output"] == {"greeting": "hello ada"}
 
+    replayed = cli("runs", "replay", run["run_id"], url=dev.url)
+    assert replayed.returncode == 0, replayed.stderr
+    assert replayed.stdout.startswith(f"replaying run {run['run_id']} as run ")
+    new_id = replayed.stdout.split(" as run ")[1].split()[0]
+    wait_for(lambda: runs_json(dev.url, "--event", event_id)[0]["status"] == "Completed"
+             and len(runs_json(dev.url, "--event", event_id)) == 2, "the replay to complete")
+    assert new_id in {r["run_id"] for r in runs_json(dev.url, "--event", event_id)}
+    bad = cli("runs", "replay", run["run_id"], "--from-step", "nope", url=dev.url)
+    assert bad.returncode == 1 and "no step 'nope'" in bad.stderr and "(HTTP 400)" in bad.stderr
+
 
 def test_send_with_id_deduplicates(dev: DevServer) -> None:
     first = cli("send", "demo/hello", "--id", "order-42", url=dev.url)

@@ -274,3 +274,26 @@ async def test_bulk_cancellation(client: Client, clock: VirtualClock) -> None:
         assert_error(await http.post("/v1/cancellations",
                                      json={**body, "started_before": "yesterday"}),
                      400, "RFC 3339")
+
+
+async def test_replay_a_run_over_http(client: Client, clock: VirtualClock) -> None:
+    async with client() as (http, engine):
+        run = await only_run(http, await send_one(http, "shop/slow", {"user": "a"}))
+        await clock.advance("1h")
+        await engine.wait(run["run_id"], timeout=10)
+        reply = await http.post(f"/v1/runs/{run['run_id']}/replay")
+        assert reply.status_code == 200, reply.text
+        fresh = reply.json()["data"]
+        assert fresh["run_id"] != run["run_id"] and fresh["event_id"] == run["event_id"]
+        reply = await http.post(f"/v1/runs/{run['run_id']}/replay", json={"from_step": "nap"})
+        assert reply.status_code == 200, reply.text
+        from_nap = reply.json()["data"]
+        await clock.advance("1h")                 # "first" is reused; "nap" sleeps again
+        done = await engine.wait(from_nap["run_id"], timeout=10)
+        assert done.output == "woke" and [s.id for s in done.steps] == ["first", "nap"]
+        assert_error(await http.post(f"/v1/runs/{run['run_id']}/replay",
+                                     json={"from_step": "nope"}), 400, "no step 'nope'",
+                     "first, nap")
+        assert_error(await http.post(f"/v1/runs/{run['run_id']}/replay",
+                                     json={"from": "nap"}), 400, "from_step")
+        assert_error(await http.post("/v1/runs/missing/replay"), 404, "no run")

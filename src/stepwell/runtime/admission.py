@@ -178,6 +178,41 @@ def start_run(tx: Tx, spec: FunctionSpec, events: list[Event], now: int, place: 
     return create_run(tx, spec, events, now, place, effects, parent=parent, admission=admission)
 
 
+class ReplayError(ValueError):
+    """A replay that cannot be made (the run or the step does not exist)."""
+
+
+def replay_run(tx: Tx, spec: FunctionSpec, run_id: str, now: int, place: Placement,
+               effects: Effects, *, routing: Routing, from_step: str | None = None) -> str | None:
+    """A new run of the run's function with the same events, through the function's
+    concurrency, throttle and singleton (not idempotency or rate limits: it was asked for).
+
+    With `from_step`, the results of the steps recorded before it are copied into the new run,
+    which replays them and executes again from that step on ("rerun from step")."""
+    state = tx.load_run_state(run_id)
+    if state is None:
+        raise ReplayError(f"no run with id {run_id!r}")
+    if not state.events:
+        raise ReplayError(f"run {run_id} has no stored events left to replay it with")
+    copied = []
+    if from_step is not None:
+        recorded = sorted(state.memos.values(), key=lambda m: m.seq)
+        first = next((m for m in recorded if m.step_id == from_step), None)
+        if first is None:
+            known = ", ".join(dict.fromkeys(m.step_id for m in recorded)) or "none"
+            raise ReplayError(f"run {run_id} has no step {from_step!r} (its steps: {known})")
+        copied = [m for m in recorded if m.seq < first.seq and not m.pending]
+    new_id = start_run(tx, spec, state.events, now, place, effects, routing=routing)
+    if new_id is not None and copied:
+        for memo in copied:
+            tx.insert_memo(new_id, memo)
+        # Leased here, it must load the copied results before it runs, not start empty.
+        for dispatch in effects.dispatch:
+            if dispatch.run_id == new_id:
+                dispatch.new_run = None
+    return new_id
+
+
 def _collect_batch(tx: Tx, spec: FunctionSpec, event: Event, now: int, place: Placement,
                    effects: Effects, routing: Routing) -> None:
     batch = spec.batch

@@ -440,6 +440,21 @@ class Engine:
         return await self.commit(lambda tx, place, effects: scripts.cancel_run(
             tx, run_id, now, place, effects, reason=reason, routing=routing))
 
+    async def replay(self, run_id: str, *, from_step: str | None = None) -> str | None:
+        """Run a run's function again with the same events; with `from_step`, reuse the
+        results of the steps before that step. Returns the new run's id (None if the
+        function's singleton setting skipped it). Raises ReplayError (a ValueError)."""
+        state = await self.store.read(lambda tx: tx.load_run_state(run_id))
+        if state is None:
+            raise admission.ReplayError(f"no run with id {run_id!r}")
+        fn = self.registry.get(state.run.function_id)
+        if fn is None:
+            raise admission.ReplayError(
+                f"run {run_id} belongs to {state.run.function_id}, which is not registered here")
+        spec, now, routing = fn.spec, self.clock.now(), self.routing
+        return await self.commit(lambda tx, place, effects: admission.replay_run(
+            tx, spec, run_id, now, place, effects, routing=routing, from_step=from_step))
+
     # --- idle detection (tests, VirtualClock) ------------------------------------------------
 
     async def idle(self) -> None:

@@ -167,6 +167,10 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
     async def get_run(request: Request) -> Response:
         return envelope(await service.get_run(request.path_params["run_id"]))
 
+    async def replay_run(request: Request) -> Response:
+        body = await read_json(request) if await request.body() else None
+        return envelope(await service.replay_run(request.path_params["run_id"], body))
+
     async def cancel_run(request: Request) -> Response:
         return envelope(await service.cancel_run(request.path_params["run_id"]))
 
@@ -243,6 +247,7 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
         Route("/v1/runs/{run_id}", api(get_run), methods=["GET"]),
         Route("/v1/runs/{run_id}", api(cancel_run), methods=["DELETE"]),  # Inngest's cancel
         Route("/v1/runs/{run_id}/cancel", api(cancel_run), methods=["POST"]),
+        Route("/v1/runs/{run_id}/replay", api(replay_run), methods=["POST"]),
         Route("/v1/runs/{run_id}/events", api(run_events), methods=["GET"]),
         Route("/v1/cancellations", api(bulk_cancel), methods=["POST"]),
         Route("/v1/functions", api(functions), methods=["GET"]),

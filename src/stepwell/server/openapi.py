@@ -133,6 +133,14 @@ def openapi_document() -> dict[str, Any]:
                 "summary": "Cancel a run", "x-stepwell": True,
                 "parameters": [_param("run_id", "path")],
                 "responses": _ok("the run after cancelling", _RUN)}},
+            "/v1/runs/{run_id}/replay": {"post": {
+                "summary": "Run the run's function again with the same events; with "
+                           "`from_step`, reuse the results of the steps recorded before it",
+                "x-stepwell": True, "parameters": [_param("run_id", "path")],
+                "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                    "type": "object", "additionalProperties": False,
+                    "properties": {"from_step": {"type": "string", "minLength": 1}}}}}},
+                "responses": _ok("the new run", _RUN)}},
             "/v1/cancellations": {"post": {
                 "summary": "Cancel the active runs of a function created in a time window",
                 "requestBody": {"content": {"application/json": {"schema": {
