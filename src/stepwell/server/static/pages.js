@@ -33,7 +33,8 @@ function runDuration(run) {
 }
 
 function section(title, ...body) {
-  return h("section", {class: "section"}, h("h2", {}, title), ...body);
+  const name = title.split(" ")[0].toLowerCase();
+  return h("section", {class: "section", "data-section": name}, h("h2", {}, title), ...body);
 }
 
 function pageHeader(title, ...extra) {
