@@ -397,7 +397,7 @@ export async function functions(view) {
         h("th", {}, "Configuration"), h("th", {}, "Runs"))),
       h("tbody", {}, list.map((fn) => h("tr", {"data-function": fn.id},
         h("td", {}, h("div", {class: "fn"}, fn.id),
-          h("div", {class: "muted small"}, `app ${fn.app_id} · `,
+          h("div", {class: "muted small fn-meta"}, `app ${fn.app_id}`,
             h("span", {class: `badge kind-${fn.kind}`}, fn.kind === "sdk" ? "SDK" : "native"))),
         h("td", {}, triggerList(fn)),
         h("td", {}, configList(fn)),
