@@ -11,11 +11,7 @@ import asyncio
 import contextlib
 import datetime
 import functools
-import gc
 import logging
-import os
-import socket
-import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
@@ -24,7 +20,6 @@ from typing import Any, TypeVar
 import httpx
 
 from stepwell.core.config import ConfigError
-from stepwell.core.durations import parse_duration_ms
 from stepwell.core.models import (
     TERMINAL_STATUSES,
     Event,
@@ -33,7 +28,7 @@ from stepwell.core.models import (
     validate_event_payload,
 )
 from stepwell.core.protocol import ProtocolError
-from stepwell.runtime import admission, items, scripts
+from stepwell.runtime import admission, items, scripts, upkeep
 from stepwell.runtime.clock import Clock, SystemClock, wall_ms
 from stepwell.runtime.registry import Registry, registration_checksum
 from stepwell.runtime.remote import RemoteFunction, RemoteSettings
@@ -47,10 +42,7 @@ R = TypeVar("R")
 log = logging.getLogger("stepwell.engine")
 DEFAULT_DB = "sqlite:///.stepwell/stepwell.db"
 UNPROCESSED_GRACE_MS = 5_000
-DEFAULT_GC_THRESHOLD, TUNED_GC_THRESHOLD = 700, 50_000
 PREFETCH_BATCH = 1_000        # timers leased ahead per claim (keeps claim transactions short)
-PRUNE_BATCH, PRUNE_ROUNDS = 500, 20      # rows per table per transaction; rounds per tick
-MIN_RETENTION_MS = 24 * 3600 * 1000      # event de-duplication and idempotency keep 24 h
 
 
 def open_store(url: str, *, fsync: bool = True) -> Store:
@@ -63,46 +55,6 @@ def open_store(url: str, *, fsync: bool = True) -> Store:
         return PostgresStore(url, fsync=fsync)
     raise ConfigError(f"unsupported database URL {url!r}; use sqlite:///path.db or "
                       "postgresql://user@host:port/db")
-
-
-def _tune_gc() -> None:
-    """Raise the collector's first threshold, if nobody has set it, from 700 to 50,000 objects.
-
-    Thousands of runs parked in memory make every full collection walk a large heap; with the
-    default threshold full collections come often enough to stall the loop for hundreds of
-    milliseconds right when a herd of sleepers wakes. Opt out with `Engine(tune_gc=False)`."""
-    first, *rest = gc.get_threshold()
-    if first == DEFAULT_GC_THRESHOLD:
-        gc.set_threshold(TUNED_GC_THRESHOLD, *rest)
-
-
-def _retention_ms(value: str | float | datetime.timedelta | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        ms = parse_duration_ms(value, what="retention")
-    except ValueError as exc:
-        raise ConfigError(f"{exc}; use e.g. retention='7d', or None to keep everything"
-                          ) from None
-    if ms < MIN_RETENTION_MS:
-        raise ConfigError(f"retention {value!r} is too short: keep at least 1 day (events are "
-                          "de-duplicated and idempotency keys kept for 24 hours), e.g. "
-                          "retention='7d', or retention=None to keep everything")
-    return ms
-
-
-def _owner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Engine:
@@ -130,7 +82,7 @@ class Engine:
         self.store = open_store(self.db, fsync=fsync)
         self.clock: Clock = clock or SystemClock()
         self.worker = worker
-        self.owner = _owner_id()
+        self.owner = upkeep.owner_id()
         self.lease_ms = int(lease_seconds * 1000)
         self.max_concurrency = max_concurrency
         self.poll_seconds = poll_seconds
@@ -145,7 +97,7 @@ class Engine:
         self.tune_gc = tune_gc
         # Finished runs (with their steps), the events nothing refers to any more, and expired
         # flow-control state are deleted this long after they ended / arrived. None keeps all.
-        self.retention_ms = _retention_ms(retention)
+        self.retention_ms = upkeep.retention_ms(retention)
         self.sync_threads = sync_threads
         # None: exponential backoff with jitter (production); a number: a fixed linear step,
         # as `inngest dev --retry-interval` offers for quick local loops.
@@ -177,7 +129,7 @@ class Engine:
             Path(self.store.path).parent.mkdir(parents=True, exist_ok=True)
         await self.store.open()
         if self.tune_gc:
-            _tune_gc()
+            upkeep.tune_gc()
         # Two pools: sync handlers block their thread while waiting on their steps, so sharing
         # one pool with the step callables could deadlock. Made here so a stopped engine can
         # start again.
@@ -564,32 +516,14 @@ class Engine:
         """Apply the retention policy now (the worker also does every few seconds): delete
         runs that ended more than `retention` ago, events older than that which no run, batch
         or debounce refers to, and expired flow-control state. Returns what was deleted."""
-        deleted = {"runs": 0, "events": 0, "flow_state": 0}
         if self.retention_ms is None:
-            return deleted
-        for _ in range(PRUNE_ROUNDS):
-            now = self.clock.now()
-            cutoff = now - self.retention_ms
-            counts = await self.store.write(functools.partial(_prune, cutoff=cutoff, now=now))
-            for name, count in zip(deleted, counts, strict=True):
-                deleted[name] += count
-            if max(counts) < PRUNE_BATCH:
-                break
-        return deleted
+            return {"runs": 0, "events": 0, "flow_state": 0}
+        return await upkeep.prune(self.store, self.clock, self.retention_ms)
 
     async def _reclaim_dead_local_workers(self) -> None:
         """Leases held by a dead process on this host are released at once, not after expiry."""
-        host = socket.gethostname()
-
-        def owners(tx: Tx) -> list[str]:
-            return tx.lease_owners()
-
-        dead = []
-        for owner in await self.store.read(owners):
-            parts = owner.split(":")
-            if (len(parts) == 3 and parts[0] == host and parts[1].isdigit()
-                    and owner != self.owner and not _pid_alive(int(parts[1]))):
-                dead.append(owner)
+        owners = await self.store.read(lambda tx: tx.lease_owners())
+        dead = upkeep.dead_local_owners(owners, self.owner)
         if dead:
             await self.store.write(lambda tx: [tx.release_leases_of(o) for o in dead])
 
@@ -603,10 +537,6 @@ class Engine:
         if entries:
             await self.store.write(lambda tx: [
                 tx.enqueue("cron", key, due, payload=payload) for key, due, payload in entries])
-
-def _prune(tx: Tx, *, cutoff: int, now: int) -> tuple[int, int, int]:
-    return tx.prune(cutoff, now, PRUNE_BATCH)
-
 
 def _load_states(tx: Tx, *, run_ids: list[str]) -> dict[str, RunState]:
     return tx.load_run_states(run_ids)
