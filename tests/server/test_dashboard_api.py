@@ -145,14 +145,21 @@ async def test_dev_mode_asks_for_nothing(client: Client) -> None:
 
 
 async def test_send_events_through_the_rest_api(client: Client) -> None:
-    async with client(signing_keys=[SIGNING_KEY], event_keys=["ek"]) as (http, _engine, _asgi):
+    async with client(signing_keys=[SIGNING_KEY], event_keys=["ek"]) as (http, engine, _asgi):
         auth = bearer(SIGNING_KEY)
         reply = await http.post("/v1/events", headers=auth,
                                 json={"name": "shop/greet", "data": {"name": "ada"}})
         assert reply.status_code == 200, reply.text
         [event_id] = reply.json()["data"]["ids"]
+        await engine.idle()
         [run] = (await http.get("/v1/runs", headers=auth)).json()["data"]
         assert (run["event_id"], run["event_name"]) == (event_id, "shop/greet")
+        assert run["output"] == "ada"
+        [light] = (await http.get("/v1/runs", headers=auth,
+                                  params={"outputs": "false"})).json()["data"]
+        assert light["output"] is None and light["run_id"] == run["run_id"]
+        bad_flag = await http.get("/v1/runs", headers=auth, params={"outputs": "nope"})
+        assert bad_flag.status_code == 400 and "outputs" in bad_flag.json()["error"]
         [event] = (await http.get(f"/v1/runs/{run['run_id']}/events",
                                   headers=auth)).json()["data"]
         assert (event["id"], event["name"], event["data"]) == (event_id, "shop/greet",

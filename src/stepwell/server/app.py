@@ -176,9 +176,12 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
 
     async def list_runs(request: Request) -> Response:
         limit = parse_limit(request.query_params.get("limit"), DEFAULT_RUN_LIMIT)
+        outputs = request.query_params.get("outputs", "true").strip().lower()
+        if outputs not in ("true", "false"):
+            raise InvalidInput(f"'outputs' must be true or false, got {outputs!r}")
         runs = await service.list_runs_with_events(
             function_id=_query(request, "function_id"), status=_query(request, "status"),
-            event_id=_query(request, "event_id"), limit=limit)
+            event_id=_query(request, "event_id"), limit=limit, outputs=outputs == "true")
         return envelope(runs)
 
     async def list_events(request: Request) -> Response:

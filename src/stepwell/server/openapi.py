@@ -108,7 +108,10 @@ def openapi_document() -> dict[str, Any]:
             "/v1/runs": {"get": {
                 "summary": "Runs, newest first", "x-stepwell": True,
                 "parameters": [_param("function_id"), _param("status"), _param("event_id"),
-                               _param("limit")],
+                               _param("limit"),
+                               {"name": "outputs", "in": "query", "required": False,
+                                "description": "false leaves out each run's output and error",
+                                "schema": {"type": "string", "enum": ["true", "false"]}}],
                 "responses": _ok("runs", _RUNS)}},
             "/v1/runs/{run_id}": {
                 "get": {"summary": "One run with its step timeline",

@@ -77,7 +77,7 @@ export async function runs(view) {
   const load = latest(async () => {
     const limit = 100;
     const found = await api("GET", withQuery("/v1/runs", {
-      status: filters.status, function_id: filters.fn, limit}));
+      status: filters.status, function_id: filters.fn, limit, outputs: "false"}));
     body.replaceChildren(found.length ? runsTable(found) : empty(
       filters.status || filters.fn ? "No runs match these filters."
         : "No runs yet. Send an event to trigger a function.",
@@ -329,7 +329,9 @@ export async function events(view) {
 export async function event(view) {
   const id = view.params[0];
   const path = `/v1/events/${encodeURIComponent(id)}`;
-  const [found, triggered] = await Promise.all([api("GET", path), api("GET", `${path}/runs`)]);
+  // The runs through /v1/runs (not /v1/events/{id}/runs) to leave their outputs out.
+  const runsPath = withQuery("/v1/runs", {event_id: id, outputs: "false"});
+  const [found, triggered] = await Promise.all([api("GET", path), api("GET", runsPath)]);
   const runsBox = h("div", {class: "table-wrap", id: "event-runs"});
   const drawRuns = (list) => runsBox.replaceChildren(list.length
     ? runsTable(list, {showEvent: false})
@@ -345,7 +347,7 @@ export async function event(view) {
       user: found.user}, `event:${found.id}`)),
     section("Runs", runsBox));
   // Runs can appear after the event (debounce, batches, throttles) and change status.
-  view.every(REFRESH_MS, async () => drawRuns(await api("GET", `${path}/runs`)));
+  view.every(REFRESH_MS, async () => drawRuns(await api("GET", runsPath)));
 }
 
 // --- functions -----------------------------------------------------------------------------------
