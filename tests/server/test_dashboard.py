@@ -379,7 +379,7 @@ async def test_production_mode_asks_for_the_signing_key(start: Any) -> None:
     await page.press("#signing-key", "Enter")
     await expect(page.locator("h1")).to_have_text("Signing key required")
     await expect(page.locator(".notice-error")).to_contain_text(
-        "That signing key was not accepted")
+        "The server did not accept that signing key")
 
     await page.fill("#signing-key", SIGNING_KEY)
     await page.press("#signing-key", "Enter")

@@ -86,7 +86,7 @@ class View {
     const status = err instanceof ApiError ? err.status : -1;
     if (status === 401) {
       this.close();
-      keyForm(this, err);
+      keyForm(this);
       return;
     }
     this.close();
@@ -113,7 +113,7 @@ function notFound(message, what = "Page") {
 }
 
 /** Production mode: ask for the signing key, keep it for this tab only, and try again. */
-function keyForm(view, err) {
+function keyForm(view) {
   const rejected = Boolean(session.key);
   session.key = "";
   updateSession();
@@ -132,8 +132,8 @@ function keyForm(view, err) {
   view.root.replaceChildren(
     h("h1", {}, "Signing key required"),
     rejected
-      ? notice("error", `That signing key was not accepted (${err.message}). Check the key ` +
-        "the server was started with (--signing-key or INNGEST_SIGNING_KEY).")
+      ? notice("error", "The server did not accept that signing key. Check the key the " +
+        "server was started with (--signing-key or INNGEST_SIGNING_KEY).")
       : h("p", {}, "This stepwell server runs in production mode: its API needs the server's " +
         "signing key. It is kept in this browser tab only (sessionStorage) and sent with " +
         "every request."),
