@@ -138,8 +138,11 @@ async def start(browser: Browser, tmp_path: Path) -> AsyncIterator[Callable[...,
         context.set_default_timeout(WAIT_MS)
         page = await context.new_page()
         problems: list[str] = []
-        page.on("pageerror", lambda exc: problems.append(f"uncaught: {exc}"))
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        page.on("pageerror", lambda exc: problems.append(f"uncaught: {exc}"))
+        # Offline: the page must never fetch anything but its own server (no CDN).
+        page.on("request", lambda request: None if request.url.startswith(url) else
+                problems.append(f"external request: {request.url}"))
         return Dashboard(url, engine, page, problems)
 
     async with stack:
@@ -304,10 +307,10 @@ async def test_events_filter_by_name(start: Any) -> None:
     page = await dash.open("/dashboard/events/nope")
     await expect(page.locator("h1")).to_have_text("Event not found")
     await expect_text(page, "no event with id 'nope'")
+    assert dash.problems == []
 
 
 # --- functions and apps --------------------------------------------------------------------------
-
 
 async def test_functions_show_flow_control_and_run_counts(start: Any) -> None:
     dash = await start()
@@ -334,7 +337,7 @@ async def test_functions_show_flow_control_and_run_counts(start: Any) -> None:
     await expect(page.locator("#filter-status")).to_have_value("Failed")
     await expect(page.locator("#filter-function")).to_have_value("shop/broken")
     await expect(page.locator("tbody tr")).to_have_count(1)
-
+    assert dash.problems == []
 
 async def test_apps_page_shows_sync_errors(start: Any) -> None:
     dash = await start()
@@ -351,7 +354,7 @@ async def test_apps_page_shows_sync_errors(start: Any) -> None:
     await page.fill("#app-url", f"http://127.0.0.1:{port}/api/inngest")
     await page.click("#sync-app button[type=submit]")
     await expect(page.locator("#sync-result")).to_contain_text("cannot reach the app")
-
+    assert dash.problems == []
 
 async def test_unknown_pages_and_ids(start: Any) -> None:
     dash = await start()
