@@ -66,6 +66,17 @@ def make_app() -> stepwell.App:
 
         await step.run("reserve", reserve)
 
+    replays: set[str] = set()
+
+    @app.function(id="reorder", trigger="shop/reorder")
+    async def reorder(ctx: stepwell.Context, step: stepwell.Step) -> list[str]:
+        # Steps reached in another order on the replay after the sleep: a recorded warning.
+        order = ["x", "y"] if ctx.run_id not in replays else ["y", "x"]
+        replays.add(ctx.run_id)
+        out = [await step.run(name, lambda n=name: n) for name in order]
+        await step.sleep("nap", "100ms")
+        return out
+
     @app.function(id="big", trigger="shop/big")
     async def big(ctx: stepwell.Context, step: stepwell.Step) -> list[str]:
         return [f"line {i:05d} " + "x" * 60 for i in range(3000)]  # about 250 KB of JSON
@@ -119,7 +130,8 @@ async def start(browser: Browser, tmp_path: Path) -> AsyncIterator[Callable[...,
 
     async def factory(**options: Any) -> Dashboard:
         engine = stepwell.Engine(make_app(), db=f"sqlite:///{tmp_path / 'dash.db'}",
-                                 fsync=False, retry_interval_seconds=0.05)
+                                 fsync=False, retry_interval_seconds=0.05,
+                                 prefetch_seconds=0)  # every sleep hands the run back
         await engine.start()
         stack.push_async_callback(engine.stop)
         sock = socket.create_server(("127.0.0.1", 0))
@@ -234,6 +246,17 @@ async def test_cancel_a_sleeping_run_from_its_page(start: Any) -> None:
     await expect(page.locator("li.step[data-step='nap']")).to_contain_text("interrupted")
     run = await dash.engine.get_run(run_id)
     assert run is not None and run.status == "cancelled"
+    assert dash.problems == []
+
+
+async def test_replay_warnings_are_shown(start: Any) -> None:
+    dash = await start()
+    run_id = await dash.run_of(str(await dash.engine.send("shop/reorder", {})))
+    run = await dash.engine.wait(run_id, timeout=10)
+    assert run.warnings
+    page = await dash.open(f"/dashboard/runs/{run_id}")
+    await expect(page.locator(".page-header .badge")).to_have_text("Completed")
+    await expect(page.locator(".warnings .notice-warning")).to_contain_text("non-determinism")
     assert dash.problems == []
 
 
