@@ -241,6 +241,35 @@ async def test_concurrency_counts_executing_steps_not_sleeping_runs(
     assert {r.status for r in runs} == {"completed"}
 
 
+async def test_runs_resumed_by_one_event_still_respect_the_limit(make_engine: Any,
+                                                                 clock: VirtualClock) -> None:
+    """Two waiting runs resumed by the same event: the second must wait for the slot (it used
+    to be leased straight to the resolving process, past the slot check)."""
+    app = stepwell.App("t")
+    leased_while_running: list[int] = []
+
+    @app.function(id="w", trigger="app/w", concurrency=1)
+    async def w(ctx: stepwell.Context, step: stepwell.Step) -> None:
+        await step.wait_for_event("go", event="app/go", timeout="1h")
+
+        async def count_leased() -> None:
+            items = [await engine.store.read(lambda tx, r=r: tx.get_item(f"exec:{r.id}"))
+                     for r in await engine.runs(function_id="w")]
+            leased_while_running.append(sum(1 for i in items if i and i.owner))
+
+        await step.run("after", count_leased)
+
+    async with make_engine(app) as engine:
+        for n in range(2):
+            await engine.send("app/w", {"n": n})
+        await engine.idle()            # both waiting: a waiting run holds no slot
+        await engine.send("app/go", {})
+        await engine.idle()
+        runs = await engine.runs(function_id="w")
+    assert {r.status for r in runs} == {"completed"}
+    assert leased_while_running == [1, 1]
+
+
 async def test_idempotency_one_run_per_key_per_24h(make_engine: Any, clock: VirtualClock) -> None:
     app = stepwell.App("t")
     starts = record_starts(app, clock, idempotency="event.data.userId + '-' + event.data.org")

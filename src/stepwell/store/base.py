@@ -158,8 +158,9 @@ class Tx(Protocol):
                 concurrency: Sequence[tuple[str, int]] = ()) -> int | None:
         """Insert, or for an existing key move its due time earlier and, if it is leased, flag it
         to run again when its holder releases it. Returns the id if this call leased it to
-        `owner`, else None. `priority_at` orders ready items (default: `due_at`);
-        `concurrency` lists the (key, limit) slots the item holds while it is leased."""
+        `owner`, else None; an existing item with concurrency keys is never leased here (it
+        must be claimed, which checks its slots). `priority_at` orders ready items (default:
+        `due_at`); `concurrency` lists the (key, limit) slots the item holds while leased."""
 
     def claim_due(self, now: int, owner: str, lease_until: int, limit: int) -> list[QueueItem]:
         """Lease up to `limit` ready (due, unblocked) items in priority order."""

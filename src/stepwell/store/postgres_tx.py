@@ -58,16 +58,17 @@ _RUN_STATE_SQL = (
     "  ORDER BY f.hash, f.attempt) FROM step_failures f WHERE f.run_id = r.id) "
     "FROM runs r WHERE r.id = ANY(%s)")
 # The enqueue upsert: an existing item keeps its id; its due time only moves earlier; if it is
-# leased, it is flagged to run again on release; a free, unblocked one is leased to the caller.
+# leased, it is flagged to run again on release; a free, unblocked one is leased to the caller
+# unless it holds concurrency slots (those are claimed, so the slots are checked).
 _UPSERT = (
     "ON CONFLICT (unique_key) DO UPDATE SET "
     "due_at = least(queue.due_at, excluded.due_at), "
     "priority_at = least(queue.priority_at, excluded.priority_at), "
     "rerun = CASE WHEN queue.owner IS NULL THEN queue.rerun ELSE true END, timer = false, "
     "lease_until = CASE WHEN queue.owner IS NULL AND NOT queue.blocked "
-    "THEN excluded.lease_until ELSE queue.lease_until END, "
-    "owner = CASE WHEN NOT queue.blocked THEN coalesce(queue.owner, excluded.owner) "
-    "ELSE NULL END "
+    "AND queue.ck1 IS NULL THEN excluded.lease_until ELSE queue.lease_until END, "
+    "owner = CASE WHEN queue.blocked THEN NULL WHEN queue.owner IS NOT NULL "
+    "THEN queue.owner WHEN queue.ck1 IS NULL THEN excluded.owner END "
     "RETURNING id, owner")
 
 

@@ -230,9 +230,9 @@ class SqliteTx:
             "priority_at = min(queue.priority_at, excluded.priority_at), "
             "rerun = CASE WHEN queue.owner IS NULL THEN queue.rerun ELSE 1 END, timer = 0, "
             "lease_until = CASE WHEN queue.owner IS NULL AND queue.blocked = 0 "
-            "THEN excluded.lease_until ELSE queue.lease_until END, "
-            "owner = CASE WHEN queue.blocked = 0 THEN coalesce(queue.owner, excluded.owner) "
-            "ELSE NULL END "
+            "AND queue.ck1 IS NULL THEN excluded.lease_until ELSE queue.lease_until END, "
+            "owner = CASE WHEN queue.blocked = 1 THEN NULL WHEN queue.owner IS NOT NULL "
+            "THEN queue.owner WHEN queue.ck1 IS NULL THEN excluded.owner END "
             "RETURNING id, owner",
             (unique_key, kind, run_id, due_at, None if payload is None else dumps(payload),
              owner, lease_until, due_at if priority_at is None else priority_at,
