@@ -5,7 +5,8 @@
 Embedded engine on SQLite with `fsync=True` (`PRAGMA journal_mode=WAL`,
 `PRAGMA synchronous=FULL`). Options (`--option KEY=VALUE`): `max_concurrency` (default 5000),
 `sync_steps=1` (step bodies as plain `def`, run on the step thread pool, as `bench/core.py` did),
-`fsync=0` (synchronous=NORMAL, for comparison only: not a durable setting), `steps=N` (override
+`fsync=0` (synchronous=NORMAL, for comparison only: not a durable setting), `tune_gc=0` (leave
+the interpreter's GC thresholds alone, see Engine(tune_gc=)), `steps=N` (override
 the step count of W1/W3/W10/latency, used by `bench/core.py`), `db=postgres` with
 `pg_url=postgresql://postgres@127.0.0.1:5432` (a fresh database per process; the server's
 synchronous_commit and fsync are read back and reported).
@@ -124,7 +125,9 @@ async def run(args: Any) -> dict[str, Any]:
     app = make_app(workload, sync_steps=sync_steps, steps=steps)
     m: Marks = MARKS
     result: dict[str, Any]
-    engine = stepwell.Engine(app, db=db, fsync=fsync, max_concurrency=max_concurrency)
+    tune_gc = opts.get("tune_gc", "1") != "0"
+    engine = stepwell.Engine(app, db=db, fsync=fsync, max_concurrency=max_concurrency,
+                             tune_gc=tune_gc)
     try:
         result = await _workload(args, engine, workload, n, steps)
     finally:
