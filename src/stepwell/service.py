@@ -364,6 +364,22 @@ class Service:
                 "started_before": iso(before), "if": body.get("if"),
                 "cancelled": len(cancelled), "run_ids": cancelled}
 
+    # --- signals -----------------------------------------------------------------------------
+
+    async def send_signal(self, body: object) -> dict[str, Any]:
+        """Inngest's `POST /v1/signals` (`inngest.sendSignal`, `step.sendSignal`): resolve the
+        `step.waitForSignal` waiting for `signal` with `{signal, data}`; the run it resumed.
+        Nobody waiting is NotFound (404), which the SDKs report as `runId: undefined`."""
+        if not isinstance(body, dict) or set(body) - {"signal", "data"}:
+            raise InvalidInput('the body must be {"signal": "<name>", "data": <any JSON>}')
+        signal = body.get("signal")
+        if not isinstance(signal, str) or not signal:
+            raise InvalidInput("'signal' must be the signal's name (a non-empty string)")
+        run_id = await self.engine.send_signal(signal, body.get("data"))
+        if run_id is None:
+            raise NotFound(f"no run is waiting for signal {signal!r}")
+        return {"run_id": run_id}
+
     # --- functions ---------------------------------------------------------------------------
 
     def list_functions(self) -> list[dict[str, Any]]:

@@ -241,6 +241,29 @@ def wait_request(op: Op) -> tuple[str, int, str | None, str | None]:
     return event, timeout_ms, path, None if path else expression
 
 
+SIGNAL_CONFLICTS = ("replace", "fail")
+
+
+def signal_request(op: Op) -> tuple[str, int, str]:
+    """(signal name, timeout ms, conflict policy) of a WaitForSignal op. The policy is what
+    happens when another wait already holds the name: `replace` it or `fail` this step; the SDK
+    types make `onConflict` required, and an op without one gets `fail`, which never strands
+    the other waiter silently."""
+    signal = op.opts.get("signal") or op.name
+    if not isinstance(signal, str) or not signal:
+        raise ProtocolError(f"WaitForSignal op {op.id} names no signal")
+    timeout = op.opts.get("timeout")
+    try:
+        timeout_ms = 0 if not timeout else parse_duration_ms(timeout, what="timeout")
+    except DurationError as exc:
+        raise ProtocolError(f"WaitForSignal op {op.id}: {exc}") from None
+    conflict = op.opts.get("conflict") or "fail"
+    if conflict not in SIGNAL_CONFLICTS:
+        raise ProtocolError(f"WaitForSignal op {op.id}: onConflict must be 'replace' or "
+                            f"'fail', got {conflict!r}")
+    return signal, timeout_ms, str(conflict)
+
+
 def invoke_request(op: Op) -> tuple[str, dict[str, Any], int | None]:
     """(target composite id, event data, timeout ms) of an InvokeFunction op."""
     target = op.opts.get("function_id")

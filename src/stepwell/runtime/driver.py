@@ -18,7 +18,7 @@ from stepwell.core.backoff import retry_delay_ms
 from stepwell.core.config import FunctionSpec
 from stepwell.core.models import FUNCTION_INVOKED, Event, Memo, RunStatus
 from stepwell.core.routing import match_key, path_value
-from stepwell.runtime import admission, scripts
+from stepwell.runtime import admission, scripts, signals
 from stepwell.runtime.scripts import Effects, Ending, LeaseLost, Placement
 from stepwell.store.base import RunState, Tx, WaitRow
 
@@ -214,6 +214,35 @@ class RunDriver:
         memo = Memo(step_hash, step_id, "wait", seq, due_at=due, started_at=now, pending=True)
         await self.checkpoint(memo, lambda tx, place, effects: tx.insert_wait(wait))
         return due
+
+    async def wait_for_signal(self, step_hash: str, step_id: str, seq: int, *, signal: str,
+                              timeout_ms: int, conflict: str) -> int | None:
+        """Hold the signal's name until it is sent or the timeout passes (returned), or, when
+        another wait holds it and `conflict` is "fail", fail the step at once (None). The
+        conflict check and the registration are one transaction, so two waits never both
+        believe they hold a name on one database."""
+        now, run_id = self.now(), self.run_id
+        due = now + timeout_ms
+        wait = signals.signal_wait(run_id, step_hash, signal, due)
+        pending = Memo(step_hash, step_id, "wait", seq, due_at=due, started_at=now, pending=True)
+
+        def script(tx: Tx, place: Placement, effects: Effects) -> Memo | None:
+            holders = signals.conflicts(tx, wait, now)
+            memo = pending
+            if holders and conflict == "fail":
+                memo = Memo(step_hash, step_id, "wait", seq, started_at=now, ended_at=now,
+                            error=signals.conflict_error(signal, holders))
+            if not tx.insert_memo(run_id, memo):
+                return None
+            if memo is pending:
+                signals.hold(tx, wait, holders)
+            return memo
+
+        memo = await self.host.commit(self._held(script))
+        if memo is None:
+            raise LeaseLost(f"step {step_id} of run {run_id} was committed elsewhere")
+        self.memos[step_hash] = memo
+        return due if memo.pending else None
 
     async def send_events(self, step_hash: str, step_id: str, seq: int,
                           raw_events: list[dict[str, Any]]) -> list[str]:

@@ -28,7 +28,7 @@ from stepwell.core.models import (
     validate_event_payload,
 )
 from stepwell.core.protocol import ProtocolError
-from stepwell.runtime import admission, items, scripts, upkeep
+from stepwell.runtime import admission, items, scripts, signals, upkeep
 from stepwell.runtime.clock import Clock, SystemClock, wall_ms
 from stepwell.runtime.registry import Registry, registration_checksum
 from stepwell.runtime.remote import RemoteFunction, RemoteSettings
@@ -391,6 +391,16 @@ class Engine:
         now, routing = self.clock.now(), self.routing
         return await self.commit(lambda tx, place, effects: scripts.cancel_run(
             tx, run_id, now, place, effects, reason=reason, routing=routing))
+
+    async def send_signal(self, signal: str, data: Any = None) -> str | None:
+        """Send a signal: resolve the step waiting for it (an SDK app's `step.waitForSignal`)
+        with `{"signal": signal, "data": data}`. Returns that run's id, or None when nobody
+        waits for the signal (it is not kept for a later wait)."""
+        if not isinstance(signal, str) or not signal:
+            raise ValueError("a signal needs a name (a non-empty string)")
+        now = self.clock.now()
+        return await self.commit(lambda tx, place, effects: signals.deliver(
+            tx, signal, data, now, place, effects))
 
     async def replay(self, run_id: str, *, from_step: str | None = None) -> str | None:
         """Run a run's function again with the same events; with `from_step`, reuse the

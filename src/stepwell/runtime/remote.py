@@ -3,8 +3,9 @@
 Each call POSTs the run's event(s) and resolved memos to the app; the SDK replays its handler
 and answers with the function's result (200), the opcodes of the steps it reached (206), or an
 error. Opcodes map onto the same state transitions the in-process executor uses (`RunDriver`):
-StepRun/StepFailed commit a memo, StepError schedules a retry, Sleep/WaitForEvent/InvokeFunction
-suspend the run, StepPlanned steps are executed in parallel by targeted calls. See
+StepRun/StepFailed commit a memo, StepError schedules a retry, Sleep/WaitForEvent/InvokeFunction/
+WaitForSignal suspend the run, Gateway/AIGateway requests are made by the server (`gateway`),
+StepPlanned steps are executed in parallel by targeted calls. See
 shared/reference/inngest-protocol.md, sections 2-4.
 """
 
@@ -31,10 +32,12 @@ from stepwell.core.protocol import (
     parse_ops,
     sdk_error,
     sign,
+    signal_request,
     sleep_until,
     steps_map,
     wait_request,
 )
+from stepwell.runtime import gateway
 from stepwell.runtime.driver import Host, RunDriver
 from stepwell.runtime.scripts import LeaseLost
 from stepwell.store.base import RunState
@@ -201,6 +204,15 @@ class RemoteExecutor(RunDriver):
                                          ref=target, data=data, timeout_ms=invoke_timeout)
                 if memo.pending:
                     self._dues.append(memo.due_at)
+            elif op.op == "WaitForSignal":
+                signal, timeout_ms, conflict = signal_request(op)
+                held = await self.wait_for_signal(op.id, op.display_name or op.id, self._seq(),
+                                                  signal=signal, timeout_ms=timeout_ms,
+                                                  conflict=conflict)
+                if held is not None:
+                    self._dues.append(held)
+            elif op.op in ("Gateway", "AIGateway"):
+                await self._gateway(op)
             else:
                 raise ProtocolError(f"opcode {op.op} is not supported by stepwell")
         except ProtocolError as exc:
@@ -208,6 +220,20 @@ class RemoteExecutor(RunDriver):
             await self.checkpoint(Memo(op.id, op.display_name or op.id, "run", self._seq(),
                                        error=error, started_at=self.now(),
                                        ended_at=self.now()))
+
+    async def _gateway(self, op: Op) -> None:
+        """Make the request a Gateway/AIGateway op asks for and save the response as the step's
+        result; a failed request is a step error, retried with the function's retries and
+        backoff (the SDK reports the op again on the next call, and it is made again)."""
+        started = self.now()
+        perform = gateway.fetch if op.op == "Gateway" else gateway.infer
+        outcome = await perform(self.client, op)
+        if outcome.error is not None:
+            await self._step_error(op, outcome.error, retry=True)
+            return
+        await self.checkpoint(Memo(op.id, op.display_name or op.id, "run", self._seq(),
+                                   data=outcome.data, attempts=self._attempt(op.id) + 1,
+                                   started_at=started, ended_at=self.now()))
 
     async def _replayed(self, memo: Memo) -> None:
         """The SDK reported a step we already know (it is still sleeping, waiting or invoking):

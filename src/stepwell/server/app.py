@@ -197,6 +197,9 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
     async def bulk_cancel(request: Request) -> Response:
         return envelope(await service.bulk_cancel(await read_json(request)))
 
+    async def send_signal(request: Request) -> Response:
+        return envelope(await service.send_signal(await read_json(request)))
+
     async def functions(request: Request) -> Response:
         return envelope(service.list_functions_with_config())
 
@@ -253,6 +256,7 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
         Route("/v1/runs/{run_id}/replay", api(replay_run), methods=["POST"]),
         Route("/v1/runs/{run_id}/events", api(run_events), methods=["GET"]),
         Route("/v1/cancellations", api(bulk_cancel), methods=["POST"]),
+        Route("/v1/signals", api(send_signal), methods=["POST"]),
         Route("/v1/functions", api(functions), methods=["GET"]),
         Route("/v1/stats/functions", api(function_stats), methods=["GET"]),
         # The dashboard's page and assets: public; the data they show comes from /v1/.

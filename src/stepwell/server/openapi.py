@@ -151,6 +151,14 @@ def openapi_document() -> dict[str, Any]:
                     "properties": {k: {"type": "string"} for k in (
                         "app_id", "function_id", "started_after", "started_before", "if")}}}}},
                 "responses": _ok("what was cancelled")}},
+            "/v1/signals": {"post": {
+                "summary": "Send a signal: resume the step waiting for it (step.waitForSignal) "
+                           "with {signal, data}; 404 when nobody waits for it",
+                "requestBody": {"content": {"application/json": {"schema": {
+                    "type": "object", "required": ["signal"], "additionalProperties": False,
+                    "properties": {"signal": {"type": "string", "minLength": 1}, "data": {}}}}}},
+                "responses": _ok("the run the signal resumed", {
+                    "type": "object", "properties": {"run_id": {"type": "string"}}})}},
             "/v1/functions": {"get": {
                 "summary": "Registered functions with their triggers, retries and flow-control "
                            "settings (`config`)", "x-stepwell": True,

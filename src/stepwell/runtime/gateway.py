@@ -1,0 +1,150 @@
+"""Requests the server makes on a step's behalf: the `Gateway` (TS `step.fetch`) and
+`AIGateway` (`step.ai.infer`) opcodes.
+
+The SDK does not make these calls itself so that the app uses no compute while a slow upstream
+answers: it reports the request as an opcode, the server performs it and saves the response as
+the step's result, and the next call replays the handler with it. Each function returns either
+the step's data or an error; the caller turns an error into a retried step error, like a
+failed `StepRun` (shared/reference/inngest-protocol.md, section 3.2).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import httpx
+
+from stepwell.core.protocol import Op, ProtocolError
+
+# A fetch is a plain HTTP call: generous, but a dead upstream must not hold a run for minutes.
+FETCH_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+# Model inference can legitimately take minutes (long completions, reasoning models).
+AI_TIMEOUT = httpx.Timeout(300.0, connect=10.0)
+EXCERPT_CHARS = 300
+ANTHROPIC_VERSION = "2023-06-01"
+# Response headers that describe the wire encoding httpx has already undone: passing them on
+# would make the SDK's `new Response(...)` claim a length or encoding the body no longer has.
+_WIRE_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding",
+                           "connection", "keep-alive"})
+# Statuses whose Response may not have a body (the Fetch standard rejects one, even "").
+_NULL_BODY_STATUSES = frozenset({101, 103, 204, 205, 304})
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The step's result (`data`) or why it failed (`error`, retried like a step error)."""
+
+    data: Any = None
+    error: dict[str, Any] | None = None
+
+
+def _error(name: str, message: str) -> Outcome:
+    return Outcome(error={"name": name, "message": message, "stack": ""})
+
+
+def _url(op: Op) -> str:
+    url = op.opts.get("url")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise ProtocolError(f"{op.op} op {op.id}: opts.url must be an http(s) URL, got {url!r}")
+    return url
+
+
+def _headers(op: Op) -> dict[str, str]:
+    raw = op.opts.get("headers") or {}
+    if not isinstance(raw, dict):
+        raise ProtocolError(f"{op.op} op {op.id}: opts.headers must be an object")
+    return {str(k): str(v) for k, v in raw.items() if v is not None}
+
+
+def _cause(exc: Exception) -> str:
+    detail = str(exc) or "no detail"
+    return f"{type(exc).__name__}: {detail}"
+
+
+def _excerpt(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "..."
+
+
+async def fetch(client: httpx.AsyncClient, op: Op) -> Outcome:
+    """Perform a `Gateway` request. Any HTTP status is a successful step (fetch semantics: the
+    app inspects `res.status`); only a failure to get a response at all is an error. The data
+    is what the SDK rebuilds its `Response` from: `{status_code, headers, body}`."""
+    url = _url(op)
+    method = str(op.opts.get("method") or "GET").upper()
+    body = op.opts.get("body")
+    content = None if body is None else body if isinstance(body, str) else json.dumps(body)
+    try:
+        response = await client.request(method, url, headers=_headers(op), content=content,
+                                        timeout=FETCH_TIMEOUT, follow_redirects=True)
+    except httpx.HTTPError as exc:
+        return _error("FetchError", f"step.fetch {method} {url} failed: {_cause(exc)}")
+    headers = {k: v for k, v in response.headers.items() if k.lower() not in _WIRE_HEADERS}
+    text = None if response.status_code in _NULL_BODY_STATUSES else response.text
+    return Outcome(data={"status_code": response.status_code, "headers": headers,
+                         "body": text})
+
+
+def _redacted(url: str) -> str:
+    """The URL without its query string (Gemini's carries the API key), for error messages."""
+    return urlunsplit(urlsplit(url)._replace(query=""))
+
+
+def _authorized(url: str, headers: dict[str, str], auth_key: str, fmt: str
+                ) -> tuple[str, dict[str, str]]:
+    """Add the provider's credentials the way its API expects them (Inngest's AI gateway)."""
+    lowered = {k.lower() for k in headers}
+    if fmt == "anthropic":
+        if "anthropic-version" not in lowered:
+            headers["anthropic-version"] = ANTHROPIC_VERSION
+        if auth_key and "x-api-key" not in lowered:
+            headers["x-api-key"] = auth_key
+    elif fmt == "gemini":
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query)
+        if auth_key and not any(k == "key" for k, _ in query):
+            url = urlunsplit(parts._replace(query=urlencode([*query, ("key", auth_key)])))
+    elif fmt == "azure-openai":
+        if auth_key and "api-key" not in lowered:
+            headers["api-key"] = auth_key
+    elif fmt == "bedrock":
+        if auth_key and "authorization" not in lowered:
+            headers["authorization"] = auth_key         # already a signed header value
+    elif auth_key and "authorization" not in lowered:  # openai-chat, openai-responses, grok...
+        headers["authorization"] = f"Bearer {auth_key}"
+    return url, headers
+
+
+async def infer(client: httpx.AsyncClient, op: Op) -> Outcome:
+    """Perform an `AIGateway` request: POST `opts.body` as JSON to the provider with its auth;
+    the step's data is the provider's JSON response. A non-2xx answer or a body that is not
+    JSON is an error naming the status and the start of the body (the URL is shown without
+    its query string, which may hold the key)."""
+    fmt = str(op.opts.get("format") or "openai-chat")
+    auth_key = op.opts.get("auth_key") or ""
+    if not isinstance(auth_key, str):
+        raise ProtocolError(f"AIGateway op {op.id}: opts.auth_key must be a string")
+    url, headers = _authorized(_url(op), _headers(op), auth_key, fmt)
+    if not any(k.lower() == "content-type" for k in headers):
+        headers["content-type"] = "application/json"
+    shown = _redacted(url)
+    try:
+        response = await client.post(url, headers=headers,
+                                     content=json.dumps(op.opts.get("body") or {}),
+                                     timeout=AI_TIMEOUT)
+    except httpx.HTTPError as exc:
+        return _error("AIGatewayError", f"step.ai.infer POST {shown} failed: {_cause(exc)}")
+    if not 200 <= response.status_code < 300:
+        return _error("AIGatewayError",
+                      f"step.ai.infer: {shown} answered HTTP {response.status_code}: "
+                      f"{_excerpt(response.text) or '(empty body)'}")
+    try:
+        data = response.json()
+    except ValueError:
+        return _error("AIGatewayError",
+                      f"step.ai.infer: {shown} answered HTTP {response.status_code} with a "
+                      f"body that is not JSON: {_excerpt(response.text) or '(empty body)'}")
+    return Outcome(data=data)
