@@ -26,7 +26,7 @@ import pytest
 
 # The test modules import the shared harness and scenarios from this directory.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-pytest.register_assert_rewrite("sdk_harness", "sdk_scenarios")
+pytest.register_assert_rewrite("sdk_harness", "sdk_scenarios", "server_step_scenarios")
 
 from sdk_harness import (  # noqa: E402
     DB_BACKENDS,
@@ -38,6 +38,7 @@ from sdk_harness import (  # noqa: E402
     start_harness,
     typescript_app_spec,
 )
+from upstream import Upstream, running_upstream  # noqa: E402
 
 # --- fixtures ---------------------------------------------------------------------------------
 
@@ -83,3 +84,11 @@ def ts_sdk_production(request: pytest.FixtureRequest,
     tmp = tmp_path_factory.mktemp(f"{spec.app_id}-production")
     with fresh_database("sqlite", tmp) as db_url:
         yield from start_harness(spec, db_url, tmp, Keys.random())
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[Upstream]:
+    """The upstream HTTP server that `step.fetch` / `step.ai.infer` steps call (through
+    `stepwell serve`), shared by every harness."""
+    with running_upstream() as server:
+        yield server

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import pytest
 import sdk_scenarios as scenario
+import server_step_scenarios as server_steps
 from sdk_harness import SdkHarness
+from upstream import Upstream
 
 
 @pytest.fixture
@@ -72,6 +74,15 @@ def test_invoke_returns_the_child_output(sdk: SdkHarness) -> None:
 
 def test_send_event_triggers_another_function(sdk: SdkHarness) -> None:
     scenario.send_event_triggers_function(sdk)
+
+
+def test_step_fetch_and_ai_infer_are_performed_by_the_server(sdk: SdkHarness,
+                                                             upstream: Upstream) -> None:
+    server_steps.fetch_and_ai_infer(sdk, upstream)
+
+
+def test_wait_for_signal_and_send_signal(sdk: SdkHarness) -> None:
+    server_steps.wait_for_signal(sdk)
 
 
 def test_production_mode_with_event_and_signing_keys(ts_sdk_production: SdkHarness) -> None:

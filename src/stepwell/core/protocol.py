@@ -160,10 +160,10 @@ def memo_value(memo: Memo) -> Any:
     """A resolved memo as the SDKs expect it in `steps` (§4)."""
     if memo.kind == "sleep":
         return None
+    if memo.error is not None:        # a failed step (a wait only fails on a signal conflict)
+        return {"error": memo.error}
     if memo.kind == "wait":
         return memo.data              # the event itself (not wrapped), or null on timeout
-    if memo.error is not None:
-        return {"error": memo.error}
     return {"data": memo.data}
 
 

@@ -8,9 +8,10 @@
 // as the second argument: createFunction(config, trigger, handler), as the seed writes it.
 // Nothing here knows about stepwell: the tests point it at `stepwell serve` with INNGEST_DEV /
 // INNGEST_BASE_URL, as a user would.
-import { Inngest, NonRetriableError } from "inngest-v3";
+import { Inngest, NonRetriableError, fetch } from "inngest-v3";
 import { serve } from "inngest-v3/node";
 import { listen, record, work } from "./common.mjs";
+import { serverStepFunctions } from "./server_steps.mjs";
 
 const inngest = new Inngest({ id: "ts-v3" });
 
@@ -314,10 +315,15 @@ export const sendEmail = inngest.createFunction(
   },
 );
 
+// v3 takes the trigger as the second argument.
+const define = (config, trigger, handler) => inngest.createFunction(config, trigger, handler);
+
 export const functions = [
   processOrder, loadDashboard, processCart, flakySync, doomedCall, riskyTransfer,
   syncCrm, indexProduct, generateReport, generateReportQueued, nurtureLead,
   computeTotal, checkout, userSignup, sendEmail,
+  // step.fetch, step.ai.infer, step.waitForSignal / step.sendSignal (server_steps.mjs)
+  ...serverStepFunctions(define, fetch),
 ];
 
 listen("ts-v3", serve({ client: inngest, functions }));

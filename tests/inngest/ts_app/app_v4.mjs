@@ -6,9 +6,10 @@
 // step.sendEvent, with durations shortened so tests run on the real clock. v4 puts the
 // triggers in the options object. Nothing here knows about stepwell: the tests point it at
 // `stepwell serve` with INNGEST_DEV / INNGEST_BASE_URL, as a user would.
-import { Inngest, NonRetriableError } from "inngest";
+import { Inngest, NonRetriableError, fetch } from "inngest";
 import { serve } from "inngest/node";
 import { listen, record, work } from "./common.mjs";
+import { serverStepFunctions } from "./server_steps.mjs";
 
 const inngest = new Inngest({ id: "ts-v4" });
 
@@ -303,10 +304,16 @@ export const sendEmail = inngest.createFunction(
   },
 );
 
+// v4 takes the triggers in the options object.
+const define = (config, trigger, handler) =>
+  inngest.createFunction({ ...config, triggers: [trigger] }, handler);
+
 export const functions = [
   processOrder, loadDashboard, processCart, flakySync, doomedCall, riskyTransfer,
   syncCrm, indexProduct, generateReport, generateReportQueued, nurtureLead,
   computeTotal, checkout, userSignup, sendEmail,
+  // step.fetch, step.ai.infer, step.waitForSignal / step.sendSignal (server_steps.mjs)
+  ...serverStepFunctions(define, fetch),
 ];
 
 listen("ts-v4", serve({ client: inngest, functions }));
