@@ -35,6 +35,7 @@ class FakeSDK:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.provider_calls: list[Request] = []     # requests to /provider/... (AI, fetch)
         self.script: Callable[[str, dict[str, Any]], Reply] = lambda step, body: (200, SDK, None)
         self.url = ""
 
@@ -46,11 +47,22 @@ class FakeSDK:
         content = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         return Response(content, status_code=status, headers=headers)
 
+    async def provider(self, request: Request) -> Response:
+        """A model provider / upstream API for AIGateway and Gateway ops: records the request,
+        answers 204 on `/provider/empty`, else JSON."""
+        self.provider_calls.append(request)
+        if request.url.path.endswith("/empty"):
+            return Response(status_code=204, headers={"x-upstream": "yes"})
+        return Response(json.dumps({"ok": True, "path": request.url.path}),
+                        media_type="application/json")
+
 
 @pytest.fixture
 async def fake_sdk() -> AsyncIterator[FakeSDK]:
     fake = FakeSDK()
-    app = Starlette(routes=[Route("/api/inngest", fake.handle, methods=["POST"])])
+    app = Starlette(routes=[Route("/api/inngest", fake.handle, methods=["POST"]),
+                            Route("/provider/{rest:path}", fake.provider,
+                                  methods=["GET", "POST", "DELETE"])])
     sock = socket.create_server(("127.0.0.1", 0))
     fake.url = f"http://127.0.0.1:{sock.getsockname()[1]}/api/inngest"
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
@@ -275,3 +287,79 @@ async def test_native_and_sdk_functions_invoke_each_other(make_engine: Any,
         sdk_run = await engine.wait(sdk_run.id)
     assert native_run.output == {"sdk_saw": {"from": "native"}}
     assert sdk_run.output == {"data": {"native_saw": {"from": "sdk"}}}
+
+
+async def test_ai_gateway_authenticates_per_format_and_gateway_passes_status(
+        make_engine: Any, fake_sdk: FakeSDK) -> None:
+    """Three server-performed steps reported at once: an Anthropic and a Gemini inference and a
+    fetch answered 204 (whose Response must have a null body)."""
+    base = fake_sdk.url.rsplit("/api/inngest", 1)[0] + "/provider"
+    ops = [
+        {"id": "ha", "op": "AIGateway", "displayName": "claude", "opts": {
+            "type": "step.ai.infer", "url": f"{base}/messages", "format": "anthropic",
+            "auth_key": "sk-ant", "headers": {"anthropic-version": "2023-06-01"},
+            "body": {"model": "claude", "messages": []}}},
+        {"id": "hg", "op": "AIGateway", "displayName": "gemini", "opts": {
+            "type": "step.ai.infer", "url": f"{base}/gemini:generateContent", "format": "gemini",
+            "auth_key": "g-key", "body": {"contents": []}}},
+        {"id": "hf", "op": "Gateway", "displayName": "step.fetch: 127.0.0.1", "opts": {
+            "url": f"{base}/empty", "method": "DELETE", "headers": {"x-a": "1"}}},
+    ]
+
+    def script(step: str, body: dict[str, Any]) -> Reply:
+        steps = body["steps"]
+        if {"ha", "hg", "hf"} <= set(steps):
+            return 200, SDK, steps
+        return 206, SDK, ops
+
+    fake_sdk.script = script
+    async with make_engine() as engine:
+        run = await engine.wait(await start_run(engine, fake_sdk))
+    assert run.status == "completed", run
+    assert run.output["ha"] == {"data": {"ok": True, "path": "/provider/messages"}}
+    assert run.output["hg"] == {"data": {"ok": True,
+                                         "path": "/provider/gemini:generateContent"}}
+    fetched = run.output["hf"]["data"]
+    assert fetched["status_code"] == 204 and fetched["body"] is None
+    assert fetched["headers"]["x-upstream"] == "yes"
+    by_path = {r.url.path: r for r in fake_sdk.provider_calls}
+    claude = by_path["/provider/messages"]
+    assert claude.headers["x-api-key"] == "sk-ant" and "authorization" not in claude.headers
+    assert claude.headers["anthropic-version"] == "2023-06-01"
+    assert by_path["/provider/gemini:generateContent"].query_params["key"] == "g-key"
+    assert by_path["/provider/empty"].method == "DELETE"
+    assert by_path["/provider/empty"].headers["x-a"] == "1"
+
+
+async def test_wait_for_signal_resolves_conflicts_and_times_out(
+        make_engine: Any, fake_sdk: FakeSDK, clock: VirtualClock) -> None:
+    """`engine.send_signal` resumes the run holding the name; onConflict "fail" fails the
+    newcomer's step; nobody waiting is None; an unsent signal's wait resolves to null."""
+
+    def script(step: str, body: dict[str, Any]) -> Reply:
+        if "hs" in body["steps"]:
+            return 200, SDK, {"got": body["steps"]["hs"]}
+        data = body["event"]["data"]
+        return 206, SDK, [{"id": "hs", "op": "WaitForSignal", "name": data["signal"],
+                           "displayName": "wait-signal",
+                           "opts": {"signal": data["signal"], "timeout": "1h",
+                                    "conflict": data.get("conflict")}}]
+
+    fake_sdk.script = script
+    async with make_engine(clock=clock) as engine:
+        await engine.register_app(registration(fake_sdk.url))
+        ids = [await engine.send("fake/go", data) for data in (
+            {"signal": "approve"}, {"signal": "approve", "conflict": "fail"},
+            {"signal": "never"})]
+        await engine.idle()
+        holder, loser, lonely = [(await engine.runs(event_id=i))[0].id for i in ids]
+        loser_run = await engine.wait(loser)
+        assert loser_run.output["got"]["error"]["name"] == "SignalConflictError"
+        assert holder in loser_run.output["got"]["error"]["message"]
+        assert await engine.send_signal("approve", {"ok": 1}) == holder
+        assert (await engine.wait(holder)).output == {
+            "got": {"signal": "approve", "data": {"ok": 1}}}
+        assert await engine.send_signal("approve", {"ok": 2}) is None
+        await clock.advance("2h")
+        assert (await engine.wait(lonely)).output == {"got": None}
+        assert await engine.send_signal("never") is None
