@@ -22,14 +22,11 @@ FETCH_STEP = "step.fetch: 127.0.0.1"   # the id the SDK gives a fetch to that ho
 def fetch_and_ai_infer(sdk: SdkHarness, upstream: Upstream) -> None:
     key = unique("quote")
     dead_url = f"http://127.0.0.1:{free_port()}/nothing-listens-here"
-    quote_event, dead_event, ai_event, broken_event = sdk.send(
+    quote_event, dead_event = sdk.send(
         {"name": "tools/fetch.quote", "data": {"baseUrl": upstream.url, "key": key}},
         {"name": "tools/fetch.unreachable", "data": {"url": dead_url}},
-        {"name": "tools/ai.summarize", "data": {"baseUrl": f"{upstream.url}/ai",
-                                                "apiKey": API_KEY, "text": key}},
-        {"name": "tools/ai.summarize", "data": {"baseUrl": f"{upstream.url}/ai-broken",
-                                                "apiKey": API_KEY, "text": key}},
     )
+    ai_events = _send_ai(sdk, upstream, key)
 
     # step.fetch: the server made the requests; HTTP statuses, headers and bodies reach the
     # app's Response objects, and a 404 is a successful step (fetch semantics).
@@ -60,6 +57,26 @@ def fetch_and_ai_infer(sdk: SdkHarness, upstream: Upstream) -> None:
     assert dead_step["status"] == "failed" and dead_step["attempts"] == 2, dead_step
     assert dead_url in dead_step["error"]["message"], dead_step
 
+    _check_ai(sdk, upstream, key, *ai_events)
+
+
+def ai_infer(sdk: SdkHarness, upstream: Upstream) -> None:
+    """step.ai.infer alone (the Python SDK has it, but no step.fetch or signals)."""
+    key = unique("text")
+    _check_ai(sdk, upstream, key, *_send_ai(sdk, upstream, key))
+
+
+def _send_ai(sdk: SdkHarness, upstream: Upstream, key: str) -> list[str]:
+    return sdk.send(
+        {"name": "tools/ai.summarize", "data": {"baseUrl": f"{upstream.url}/ai",
+                                                "apiKey": API_KEY, "text": key}},
+        {"name": "tools/ai.summarize", "data": {"baseUrl": f"{upstream.url}/ai-broken",
+                                                "apiKey": API_KEY, "text": key}},
+    )
+
+
+def _check_ai(sdk: SdkHarness, upstream: Upstream, key: str, ai_event: str,
+              broken_event: str) -> None:
     # step.ai.infer: POSTed as JSON with the Bearer key; the provider's JSON is the result.
     ai = sdk.finish(ai_event, "ai-summarize")
     assert ai["status"] == "Completed", ai

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 import sdk_scenarios as scenario
+import server_step_scenarios as server_steps
 from sdk_harness import (
     SdkHarness,
     free_port,
@@ -19,6 +20,7 @@ from sdk_harness import (
     start_serve,
     wait_for,
 )
+from upstream import Upstream
 
 
 @pytest.fixture
@@ -32,6 +34,11 @@ def test_sync_registers_every_function(sdk: SdkHarness) -> None:
 
 def test_multi_step_sleep_and_wait_for_event(sdk: SdkHarness) -> None:
     scenario.multi_step_wait_for_event(sdk)
+
+
+def test_step_ai_infer_is_performed_by_the_server(sdk: SdkHarness,
+                                                  upstream: Upstream) -> None:
+    server_steps.ai_infer(sdk, upstream)
 
 
 def test_parallel_steps(sdk: SdkHarness) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 import fastapi
 import inngest.fast_api  # also binds `inngest`
 import uvicorn
+from inngest.experimental import ai
 
 # Dev mode when INNGEST_DEV is set (`INNGEST_DEV=http://127.0.0.1:8288`, as the tests mostly run
 # it); production mode with `INNGEST_DEV=0` (or unset) plus `INNGEST_BASE_URL`,
@@ -392,10 +393,29 @@ async def send_email(ctx: inngest.Context) -> dict[str, Any]:
     return {"delivered": await ctx.step.run("deliver", deliver)}
 
 
+# --- 9. AI inference performed by the server (step.ai.infer, the AIGateway opcode) -----------
+
+
+@client.create_function(
+    fn_id="ai-summarize",
+    retries=1,
+    trigger=inngest.TriggerEvent(event="tools/ai.summarize"),
+)
+async def ai_summarize(ctx: inngest.Context) -> dict[str, Any]:
+    data = ctx.event.data
+    adapter = ai.openai.Adapter(auth_key=data["apiKey"], base_url=data["baseUrl"],
+                                model="gpt-test")
+    completion: Any = await ctx.step.ai.infer(
+        "summarize", adapter=adapter,
+        body={"messages": [{"role": "user", "content": data["text"]}]})
+    return {"summary": completion["choices"][0]["message"]["content"],
+            "model": completion["model"]}
+
+
 FUNCTIONS = [
     process_order, load_dashboard, process_cart, flaky_sync, doomed_call, risky_transfer,
     sync_crm, index_product, generate_report, generate_report_queued, nurture_lead,
-    compute_total, checkout, user_signup, send_email,
+    compute_total, checkout, user_signup, send_email, ai_summarize,
 ]
 
 app = fastapi.FastAPI()
