@@ -167,6 +167,8 @@ async def test_functions_and_health(client: Client) -> None:
     (b'{"name": "shop/greet", "data": {"x": NaN}}', ("NaN",)),
     (b'[{"name": "shop/greet"}, {"data": {}}]', ("name", "not stored")),
     (b'[{"name": "shop/greet"}, 7]', ("object",)),
+    (b'{"name": "shop/greet", "ts": 9223372036854775808}', ("ts", "year 9999")),
+    (b'{"name": "shop/greet", "ts": -1}', ("ts", "epoch milliseconds")),
     (b'\xff\xfe', ("UTF-8",)),
 ])
 async def test_bad_events_are_rejected_and_store_nothing(client: Client, body: bytes,

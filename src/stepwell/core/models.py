@@ -58,6 +58,9 @@ class Event:
                    ts=int(raw.get("ts") or 0), user=raw.get("user") or {})
 
 
+MAX_EVENT_TS_MS = 253_402_300_799_999      # 9999-12-31T23:59:59.999Z: fits every column
+
+
 def validate_event_payload(raw: object) -> None:
     """Reject what cannot be an event, naming the field and what is allowed."""
     if not isinstance(raw, dict):
@@ -80,8 +83,10 @@ def validate_event_payload(raw: object) -> None:
     if eid is not None and (not isinstance(eid, str)):
         raise InvalidEventError(f"event '{name}' has an 'id' that is not a string")
     ts = raw.get("ts")
-    if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float)):
-        raise InvalidEventError(f"event '{name}' has a 'ts' that is not epoch milliseconds")
+    if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float)
+                           or not 0 <= ts <= MAX_EVENT_TS_MS):
+        raise InvalidEventError(f"event '{name}' has a 'ts' that is not epoch milliseconds "
+                                f"between 0 and {MAX_EVENT_TS_MS} (year 9999)")
     unknown = set(raw) - {"name", "data", "id", "ts", "user", "v"}
     if unknown:
         raise InvalidEventError(
