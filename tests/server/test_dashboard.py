@@ -251,6 +251,24 @@ async def test_cancel_a_sleeping_run_from_its_page(start: Any) -> None:
     assert dash.problems == []
 
 
+async def test_replay_a_run_from_its_page(start: Any) -> None:
+    dash = await start()
+    event_id = str(await dash.engine.send("shop/greet", {"name": "bo"}))
+    run_id = await dash.run_of(event_id)
+    await dash.engine.wait(run_id, timeout=WAIT_MS / 1000)
+    page = await dash.open(f"/dashboard/runs/{run_id}")
+    await expect(page.locator(".page-header .badge")).to_have_text("Completed")
+
+    await page.click("#replay-run")
+    await expect(page).not_to_have_url(f"{dash.url}/dashboard/runs/{run_id}")
+    await expect(page.locator(".page-header .badge")).to_have_text("Completed",
+                                                                   timeout=WAIT_MS)
+    await expect(page.locator("section[data-section='output']")).to_contain_text('"hello bo"')
+    runs = await dash.engine.runs(event_id=event_id)
+    assert len(runs) == 2 and page.url.endswith(next(r.id for r in runs if r.id != run_id))
+    assert dash.problems == []
+
+
 async def test_replay_warnings_are_shown(start: Any) -> None:
     dash = await start()
     run_id = await dash.run_of(str(await dash.engine.send("shop/reorder", {})))

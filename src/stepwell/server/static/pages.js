@@ -192,10 +192,12 @@ export async function run(view) {
     const cancel = ACTIVE.has(current.status)
       ? h("button", {type: "button", class: "danger", id: "cancel-run", onclick: cancelRun},
         "Cancel run") : null;
+    const replay = h("button", {type: "button", id: "replay-run", onclick: replayRun,
+      title: "Run the function again with the same event(s), as a new run"}, "Replay");
     view.show(
       h("nav", {class: "crumbs"}, h("a", {href: "/dashboard/runs"}, "Runs"), " / ",
         h("span", {class: "mono"}, current.run_id)),
-      pageHeader(current.function_id, statusBadge(current.status), cancel),
+      pageHeader(current.function_id, statusBadge(current.status), replay, cancel),
       flash,
       meta([
         ["Run ID", h("span", {class: "mono"}, current.run_id)],
@@ -214,6 +216,22 @@ export async function run(view) {
       triggerSection(events),
       stepsSection(current));
   };
+  async function replayRun(event) {
+    const button = event.target;
+    button.disabled = true;
+    button.textContent = "Replaying…";
+    try {
+      const fresh = await api("POST", `/v1/runs/${encodeURIComponent(id)}/replay`);
+      view.go(runHref(fresh.run_id));
+    } catch (err) {
+      if (err instanceof ApiError && err.unauthorized) {
+        view.fail(err);
+        return;
+      }
+      draw(shown);
+      flash.replaceChildren(notice("error", `Could not replay the run: ${err.message}`));
+    }
+  }
   async function cancelRun(event) {
     const button = event.target;
     button.disabled = true;
