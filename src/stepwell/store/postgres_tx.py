@@ -25,6 +25,18 @@ from typing import Any
 
 from stepwell.core.models import Event, Memo, RunStatus
 from stepwell.store.base import NewRun, QueueItem, RunRow, RunState, WaitRow
+from stepwell.store.postgres_rows import (
+    EVENT_COLUMNS,
+    QUEUE_COLUMNS,
+    RUN_COLUMNS,
+    RUN_STATE_SQL,
+    TIMER,
+    UPSERT,
+    event_row,
+    queue_item,
+    run_row,
+    run_state,
+)
 from stepwell.store.postgres_sql import (
     WORK_CHANNEL,
     Conn,
@@ -37,76 +49,6 @@ from stepwell.store.postgres_sql import (
 )
 
 __all__ = ["WORK_CHANNEL", "Conn", "Misprediction", "PostgresTx", "WriterState"]
-
-_RUN_COLUMNS = ("id, function_id, status, event_id, event_ids, created_at, started_at, ended_at, "
-                "output, error, warnings, parent_run_id, parent_step")
-_EVENT_COLUMNS = "id, name, data, user_data, ts"
-_QUEUE_COLUMNS = ("id, kind, unique_key, due_at, run_id, payload, priority_at, ck1, cl1, ck2, "
-                  "cl2")
-# Whether a released item stays a timer (see Tx.release_item); `{}` is the caller's flag.
-_TIMER = ("({} AND NOT queue.rerun AND queue.kind = 'exec' AND queue.ck1 IS NULL "
-          "AND queue.ck2 IS NULL)")
-_RUN_STATE_SQL = (
-    f"SELECT {', '.join('r.' + c.strip() for c in _RUN_COLUMNS.split(','))}, "
-    "(SELECT json_agg(json_build_array(e.id, e.name, e.data, e.user_data, e.ts)) "
-    " FROM events e WHERE e.id = ANY(CASE WHEN r.event_ids IS NULL THEN ARRAY[r.event_id] "
-    "  ELSE ARRAY(SELECT json_array_elements_text(r.event_ids::json)) END)), "
-    "(SELECT json_agg(json_build_array(m.hash, m.step_id, m.kind, m.seq, m.outcome, "
-    "  m.fingerprint, m.due_at, m.attempts, m.started_at, m.ended_at)) "
-    " FROM memos m WHERE m.run_id = r.id), "
-    "(SELECT json_agg(json_build_array(f.hash, f.attempt, f.error, f.at, f.step_id) "
-    "  ORDER BY f.hash, f.attempt) FROM step_failures f WHERE f.run_id = r.id) "
-    "FROM runs r WHERE r.id = ANY(%s)")
-# The enqueue upsert: an existing item keeps its id; its due time only moves earlier; if it is
-# leased, it is flagged to run again on release; a free, unblocked one is leased to the caller
-# unless it holds concurrency slots (those are claimed, so the slots are checked).
-_UPSERT = (
-    "ON CONFLICT (unique_key) DO UPDATE SET "
-    "due_at = least(queue.due_at, excluded.due_at), "
-    "priority_at = least(queue.priority_at, excluded.priority_at), "
-    "rerun = CASE WHEN queue.owner IS NULL THEN queue.rerun ELSE true END, timer = false, "
-    "lease_until = CASE WHEN queue.owner IS NULL AND NOT queue.blocked "
-    "AND queue.ck1 IS NULL THEN excluded.lease_until ELSE queue.lease_until END, "
-    "owner = CASE WHEN queue.blocked THEN NULL WHEN queue.owner IS NOT NULL "
-    "THEN queue.owner WHEN queue.ck1 IS NULL THEN excluded.owner END "
-    "RETURNING id, owner")
-
-
-def _run_row(row: Row) -> RunRow:
-    event_ids = loads(row[4]) or ([row[3]] if row[3] else [])
-    return RunRow(id=row[0], function_id=row[1], status=row[2], event_ids=event_ids,
-                  created_at=row[5], started_at=row[6], ended_at=row[7], output=loads(row[8]),
-                  error=loads(row[9]), warnings=loads(row[10]) or [], parent_run_id=row[11],
-                  parent_step=row[12])
-
-
-def _event(row: Row) -> Event:
-    return Event(name=row[1], data=loads(row[2]), id=row[0], ts=row[4], user=loads(row[3]) or {})
-
-
-def _queue_item(r: Row) -> QueueItem:
-    return QueueItem(r[0], r[1], r[2], r[3], r[4], loads(r[5]), priority_at=r[6],
-                     concurrency=[(k, n) for k, n in ((r[7], r[8]), (r[9], r[10]))
-                                  if k is not None])
-
-
-def _run_state(row: Row) -> RunState:
-    run = _run_row(row)
-    by_id = {e[0]: _event(tuple(e)) for e in row[13] or []}
-    state = RunState(run=run, events=[by_id[i] for i in run.event_ids if i in by_id])
-    for r in row[14] or []:
-        outcome = loads(r[4])
-        state.memos[r[0]] = Memo(
-            hash=r[0], step_id=r[1], kind=r[2], seq=r[3],
-            data=None if outcome is None else outcome.get("data"),
-            error=None if outcome is None else outcome.get("error"), fingerprint=r[5],
-            due_at=r[6], attempts=r[7], started_at=r[8], ended_at=r[9],
-            pending=outcome is None)
-    for h, attempt, error, at, step_id in row[15] or []:
-        state.failures.setdefault(h, []).append(
-            {"attempt": attempt, "error": loads(error), "at": at, "step_id": step_id})
-    return state
-
 
 class PostgresTx(Pipe):
     """`Tx` over one connection in pipeline mode, inside an open transaction."""
@@ -134,24 +76,24 @@ class PostgresTx(Pipe):
 
     def unprocessed_events(self, received_before: int, limit: int) -> list[Event]:
         rows = self._rows(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE NOT processed AND received_at < %s "
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE NOT processed AND received_at < %s "
             "ORDER BY received_at LIMIT %s", (received_before, limit), tables=("events",))
-        return [_event(r) for r in rows]
+        return [event_row(r) for r in rows]
 
     def get_events(self, ids: Sequence[str]) -> list[Event]:
         if not ids:
             return []
-        rows = self._rows(f"SELECT {_EVENT_COLUMNS} FROM events WHERE id = ANY(%s)",
+        rows = self._rows(f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ANY(%s)",
                           (list(ids),), tables=("events",))
-        by_id = {r[0]: _event(r) for r in rows}
+        by_id = {r[0]: event_row(r) for r in rows}
         return [by_id[i] for i in ids if i in by_id]
 
     def list_events(self, name: str | None, limit: int) -> list[tuple[Event, int]]:
         where, args = ("WHERE name = %s ", [name]) if name else ("", [])
-        rows = self._rows(f"SELECT {_EVENT_COLUMNS}, received_at FROM events {where}"
+        rows = self._rows(f"SELECT {EVENT_COLUMNS}, received_at FROM events {where}"
                           "ORDER BY received_at DESC LIMIT %s", (*args, limit),
                           tables=("events",))
-        return [(_event(r), r[5]) for r in rows]
+        return [(event_row(r), r[5]) for r in rows]
 
     # --- runs --------------------------------------------------------------------------------
     def insert_run(self, run: NewRun) -> None:
@@ -202,9 +144,9 @@ class PostgresTx(Pipe):
             self._send("UPDATE runs SET warnings=%s WHERE id=%s", (dumps(warnings), run_id))
 
     def get_run(self, run_id: str) -> RunRow | None:
-        row = self._one(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id=%s", (run_id,),
+        row = self._one(f"SELECT {RUN_COLUMNS} FROM runs WHERE id=%s", (run_id,),
                         tables=("runs",))
-        return None if row is None else _run_row(row)
+        return None if row is None else run_row(row)
 
     def list_runs(self, *, event_id: str | None = None, function_id: str | None = None,
                   status: str | None = None, limit: int = 100) -> list[RunRow]:
@@ -214,7 +156,7 @@ class PostgresTx(Pipe):
             if value is not None:
                 where.append(f"runs.{column} = %s")
                 args.append(value)
-        columns = ", ".join(f"runs.{c.strip()}" for c in _RUN_COLUMNS.split(","))
+        columns = ", ".join(f"runs.{c.strip()}" for c in RUN_COLUMNS.split(","))
         if event_id is None:
             branches = [("runs", where, args)]
         else:
@@ -234,7 +176,7 @@ class PostgresTx(Pipe):
                      + " ORDER BY created_at DESC, id DESC LIMIT %s"]
             values.append(limit)
         rows = self._rows(parts[0], values, tables=("runs", "run_events"))
-        return [_run_row(r) for r in rows]
+        return [run_row(r) for r in rows]
 
     def load_run_state(self, run_id: str) -> RunState | None:
         return self.load_run_states([run_id]).get(run_id)
@@ -242,9 +184,9 @@ class PostgresTx(Pipe):
     def load_run_states(self, run_ids: Sequence[str]) -> dict[str, RunState]:
         # One statement (runs, events, memos and failures as JSON arrays): one round trip, one
         # snapshot, and a fraction of the client's per-statement cost of four queries per run.
-        rows = self._rows(_RUN_STATE_SQL, (list(run_ids),),
+        rows = self._rows(RUN_STATE_SQL, (list(run_ids),),
                           tables=("runs", "events", "memos", "step_failures"))
-        return {state.run.id: state for state in map(_run_state, rows)}
+        return {state.run.id: state for state in map(run_state, rows)}
 
     # --- steps -------------------------------------------------------------------------------
     def insert_memo(self, run_id: str, memo: Memo) -> bool:
@@ -300,7 +242,7 @@ class PostgresTx(Pipe):
             return item_id
         row = self._one(f"INSERT INTO queue (unique_key, kind, run_id, due_at, payload, owner, "
                         "lease_until, priority_at, ck1, cl1, ck2, cl2) "
-                        f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) {_UPSERT}",
+                        f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) {UPSERT}",
                         values)
         assert row is not None
         if owner is not None and row[1] == owner:
@@ -315,8 +257,8 @@ class PostgresTx(Pipe):
             "UPDATE queue SET owner=%s, lease_until=%s WHERE id = ANY(ARRAY("
             "SELECT id FROM queue WHERE owner IS NULL AND NOT blocked AND due_at <= %s "
             "ORDER BY priority_at, id LIMIT %s FOR UPDATE SKIP LOCKED)) "
-            f"RETURNING {_QUEUE_COLUMNS}", (owner, lease_until, now, limit))
-        items = [_queue_item(r) for r in rows]
+            f"RETURNING {QUEUE_COLUMNS}", (owner, lease_until, now, limit))
+        items = [queue_item(r) for r in rows]
         items.sort(key=lambda i: (i.priority_at if i.priority_at is not None else i.due_at, i.id))
         # At most one item per concurrency key per claim, so that runs of one key *start* in
         # FIFO order: two claimed together would be dispatched at once and race. The others go
@@ -344,8 +286,8 @@ class PostgresTx(Pipe):
             "UPDATE queue SET owner=%s, lease_until=%s WHERE id = ANY(ARRAY("
             "SELECT id FROM queue WHERE owner IS NULL AND NOT blocked AND timer AND due_at <= %s "
             "ORDER BY due_at LIMIT %s FOR UPDATE SKIP LOCKED)) "
-            f"RETURNING {_QUEUE_COLUMNS}", (owner, lease_until, until, limit))
-        items = [_queue_item(r) for r in rows]
+            f"RETURNING {QUEUE_COLUMNS}", (owner, lease_until, until, limit))
+        items = [queue_item(r) for r in rows]
         items.sort(key=lambda i: (i.due_at, i.id))
         return items
 
@@ -421,7 +363,7 @@ class PostgresTx(Pipe):
             "UPDATE queue SET owner=NULL, lease_until=NULL, "
             "due_at = CASE WHEN rerun THEN least(%s::bigint, %s::bigint) ELSE %s END, "
             "priority_at = CASE WHEN rerun THEN least(%s::bigint, %s::bigint) ELSE %s END, "
-            f"timer = {_TIMER.format('%s::boolean')}, rerun=false "
+            f"timer = {TIMER.format('%s::boolean')}, rerun=false "
             "WHERE id=%s AND owner=%s RETURNING ck1, ck2, %s::text",
             (due_at, now, due_at, due_at, now, due_at, timer, item_id, owner, owner))
         if row is None:

@@ -1,0 +1,152 @@
+"""How the service shows domain objects: runs, steps, events, triggers and function options as
+JSON-ready dicts, in the shapes of Inngest's REST API v1 (plus stepwell's own fields)."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import asdict
+from typing import Any, Final
+
+from stepwell.core.config import CancelRule, CronTrigger, EventTrigger, FunctionSpec, Trigger
+from stepwell.core.durations import format_duration
+from stepwell.core.expressions import Expression, match_expression
+from stepwell.core.models import Event, Run, RunStatus, StepInfo
+
+# Inngest's run statuses, plus the two stepwell has that Inngest folds into others.
+STATUS_NAMES: Final[dict[RunStatus, str]] = {
+    "queued": "Queued", "running": "Running", "completed": "Completed", "failed": "Failed",
+    "cancelled": "Cancelled", "skipped": "Skipped",
+}
+
+
+def iso(ms: int | None) -> str | None:
+    """Epoch ms as Inngest writes times: RFC 3339 in UTC with milliseconds."""
+    if ms is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def step_dict(step: StepInfo) -> dict[str, Any]:
+    out = asdict(step)
+    out["started_at"] = iso(step.started_at) if step.started_at else None
+    out["ended_at"] = iso(step.ended_at)
+    return out
+
+
+def run_dict(run: Run, *, steps: bool = True, public_id: str | None = None) -> dict[str, Any]:
+    """Inngest's v1 run shape first, then what stepwell adds (timeline, error, warnings).
+
+    Inngest's `run_started_at` is when the run was created (queued), so ours is too; the moment
+    a worker first picked it up is the extra `started_at`. A failed run's `output` is its error,
+    as in Inngest, so a client reading only `output` still sees why.
+    """
+    app_id, _, fn_id = run.function_id.partition("/")
+    output = run.output
+    if output is None and run.status == "failed":
+        output = run.error
+    out: dict[str, Any] = {
+        "run_id": run.id,
+        "run_started_at": iso(run.created_at),
+        "ended_at": iso(run.ended_at),
+        "status": STATUS_NAMES[run.status],
+        "output": output,
+        "event_id": run.event_id,
+        "function_id": public_id or run.function_id,
+        "app_id": app_id if fn_id else None,
+        "started_at": iso(run.started_at),
+        "error": run.error,
+        "warnings": list(run.warnings),
+        "event_ids": list(run.event_ids),
+        "parent_run_id": run.parent_run_id,
+    }
+    if steps:
+        out["steps"] = [step_dict(s) for s in run.steps]
+    return out
+
+
+def event_dict(event: Event, received_at: int | None = None) -> dict[str, Any]:
+    """Inngest's v1 event shape (`internal_id`, `receivedAt` and the event itself)."""
+    return {"internal_id": event.id, "id": event.id, "name": event.name, "data": event.data,
+            "user": event.user, "ts": event.ts,
+            "receivedAt": iso(received_at if received_at is not None else event.ts)}
+
+
+def trigger_dict(trigger: Trigger) -> dict[str, Any]:
+    """A trigger as Inngest's function config writes it (`event`+`expression`, or `cron`)."""
+    if isinstance(trigger, CronTrigger):
+        return {"cron": trigger.source}
+    assert isinstance(trigger, EventTrigger)
+    out: dict[str, Any] = {"event": trigger.name}
+    if trigger.condition is not None:
+        out["expression"] = trigger.condition.source
+    return out
+
+
+def _source(expression: Expression | None) -> str | None:
+    return None if expression is None else expression.source
+
+
+def _duration(ms: int | None) -> str | None:
+    return None if ms is None else format_duration(ms)
+
+
+def _present(values: dict[str, Any]) -> dict[str, Any]:
+    """Only the settings that are set, so the dashboard shows what the user configured."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _cancel_if(rule: CancelRule) -> str | None:
+    """A cancel rule's own `if_`: its condition is `<match> && (<if_>)` (see core.config), so
+    the match part, already shown as `match`, is taken off again."""
+    source = _source(rule.condition)
+    if source is None or rule.match_path is None:
+        return source
+    matched = match_expression(rule.match_path)
+    if source == matched:
+        return None
+    prefix = f"{matched} && ("
+    return source[len(prefix):-1] if source.startswith(prefix) and source.endswith(")") \
+        else source
+
+
+def function_config(spec: FunctionSpec) -> dict[str, Any]:
+    """A function's flow-control, cancellation and timeout options, in `@app.function`'s
+    snake_case names with durations and expressions written back as text (`"1m"`,
+    `"event.data.userId"`); options left unset are absent."""
+    out: dict[str, Any] = {}
+    if spec.concurrency:
+        out["concurrency"] = [_present({"limit": c.limit, "key": _source(c.key),
+                                        "scope": c.scope}) for c in spec.concurrency]
+    if spec.throttle is not None:
+        t = spec.throttle
+        out["throttle"] = _present({"limit": t.limit, "period": _duration(t.period_ms),
+                                    "burst": t.burst, "key": _source(t.key)})
+    if spec.rate_limit is not None:
+        r = spec.rate_limit
+        out["rate_limit"] = _present({"limit": r.limit, "period": _duration(r.period_ms),
+                                      "key": _source(r.key)})
+    if spec.debounce is not None:
+        d = spec.debounce
+        out["debounce"] = _present({"period": _duration(d.period_ms), "key": _source(d.key),
+                                    "timeout": _duration(d.timeout_ms)})
+    if spec.batch is not None:
+        b = spec.batch
+        out["batch"] = _present({"max_size": b.max_size, "timeout": _duration(b.timeout_ms),
+                                 "key": _source(b.key), "if": _source(b.condition)})
+    if spec.priority is not None:
+        out["priority"] = {"run": spec.priority.source}
+    if spec.idempotency is not None:
+        out["idempotency"] = spec.idempotency.source
+    if spec.singleton is not None:
+        out["singleton"] = _present({"key": _source(spec.singleton.key),
+                                     "mode": spec.singleton.mode})
+    if spec.cancel_on:
+        out["cancel_on"] = [_present({"event": c.event, "match": c.match_path,
+                                      "if": _cancel_if(c), "timeout": _duration(c.timeout_ms)})
+                            for c in spec.cancel_on]
+    timeouts = _present({"start": _duration(spec.timeout_start_ms),
+                         "finish": _duration(spec.timeout_finish_ms)})
+    if timeouts:
+        out["timeouts"] = timeouts
+    return out
