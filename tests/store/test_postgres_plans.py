@@ -163,6 +163,7 @@ def _release_many(tx: PostgresTx) -> None:
 HOT_CALLS: list[tuple[str, Callable[[PostgresTx], Any]]] = [
     ("claim_due", lambda t: t.claim_due(NOW, "w", NOW + 30_000, 50)),
     ("prune", lambda t: t.prune(NOW, NOW, 500)),
+    ("count_runs", lambda t: t.count_runs("app/fn1", "queued", 1001)),
     ("claim_timers", lambda t: t.claim_timers(NOW + 5_000, "w", NOW + 30_000, 50)),
     ("next_timer_at", lambda t: t.next_timer_at()),
     ("release_item (timer)", lambda t: t.release_item(11, "w1", NOW + 5, NOW, timer=True)),

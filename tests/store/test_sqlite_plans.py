@@ -40,6 +40,7 @@ def tx(tmp_path: Path) -> SqliteTx:
 HOT_CALLS: list[tuple[str, Callable[[SqliteTx], Any]]] = [
     ("claim_due", lambda t: t.claim_due(100, "w", 10**12, 10)),
     ("prune", lambda t: t.prune(100, 100, 500)),
+    ("count_runs", lambda t: t.count_runs("app/fn", "queued", 1001)),
     ("claim_timers", lambda t: t.claim_timers(100, "w", 10**12, 10)),
     ("next_timer_at", lambda t: t.next_timer_at()),
     ("release_item (timer)", lambda t: t.release_item(1, "w", 200, 100, timer=True)),

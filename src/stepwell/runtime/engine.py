@@ -25,6 +25,7 @@ from stepwell.core.models import (
     Event,
     InvalidEventError,
     Run,
+    RunStatus,
     validate_event_payload,
 )
 from stepwell.core.protocol import ProtocolError
@@ -351,6 +352,10 @@ class Engine:
         rows = await self.store.read(lambda tx: tx.list_runs(
             event_id=event_id, function_id=function_id, status=status, limit=limit))
         return [run_view(RunState(row, []), now=self.clock.now()) for row in rows]
+
+    async def count_runs(self, function_id: str, status: RunStatus, cap: int = 1000) -> int:
+        """How many runs of a function (`app/fn`) have `status`, counting at most `cap`."""
+        return await self.store.read(lambda tx: tx.count_runs(function_id, status, cap))
 
     async def events(self, name: str | None = None, limit: int = 100
                      ) -> list[tuple[Event, int]]:

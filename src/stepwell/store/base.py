@@ -231,6 +231,9 @@ class Tx(Protocol):
 
     def count_ready(self, now: int) -> int: ...
 
+    def count_runs(self, function_id: str, status: RunStatus, cap: int) -> int:
+        """How many runs of a function have `status`, counting at most `cap` (bounded work)."""
+
     # --- retention -------------------------------------------------------------------------------
     def prune(self, ended_before: int, now: int, limit: int) -> tuple[int, int, int]:
         """Delete up to `limit` finished runs that ended before `ended_before` (with their

@@ -459,6 +459,11 @@ class PostgresTx(Pipe):
                           (batch_key,), tables=("batch_events",))
         return [event_id for _, event_id in sorted(rows)]
 
+    def count_runs(self, function_id: str, status: RunStatus, cap: int) -> int:
+        row = self._one("SELECT count(*) FROM (SELECT 1 FROM runs WHERE function_id=%s "
+                        "AND status=%s LIMIT %s) AS capped", (function_id, status, cap))
+        return 0 if row is None else int(row[0])
+
     # --- retention -------------------------------------------------------------------------------
     def prune(self, ended_before: int, now: int, limit: int) -> tuple[int, int, int]:
         # SKIP LOCKED: workers pruning at the same time take different rows.

@@ -412,6 +412,12 @@ class SqliteTx:
                               (batch_key,)).fetchall()
         return [event_id for _, event_id in sorted(rows)]
 
+    def count_runs(self, function_id: str, status: RunStatus, cap: int) -> int:
+        row = self.c.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM runs WHERE function_id=? AND status=? LIMIT ?)",
+            (function_id, status, cap)).fetchone()
+        return int(row[0])
+
     # --- retention -------------------------------------------------------------------------------
     def prune(self, ended_before: int, now: int, limit: int) -> tuple[int, int, int]:
         runs = 0

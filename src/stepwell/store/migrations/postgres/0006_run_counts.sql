@@ -1,0 +1,3 @@
+-- stepwell schema v6 (Postgres), as SQLite v6: counting a function's runs by status (the
+-- dashboard) reads at most the capped number of entries of this index, never the run rows.
+CREATE INDEX runs_by_function_status ON runs (function_id, status);
