@@ -222,6 +222,15 @@ class RunSession(RunDriver):
                 return await self._run(request, step_hash, seq, fingerprint)
             if request.kind == "sleep":
                 return await self._sleep(request, step_hash, seq)
+            if request.kind == "wait" and request.signal is not None:
+                assert request.timeout_ms is not None
+                held = await self.wait_for_signal(
+                    step_hash, request.step_id, seq, signal=request.signal,
+                    timeout_ms=request.timeout_ms, conflict=request.on_conflict)
+                self._consumed.add(step_hash)
+                if held is None:          # another run holds the name and on_conflict="fail"
+                    raise StepError(request.step_id, self.memos[step_hash].error or {})
+                return await self._suspend(step_hash, held)
             if request.kind == "wait":
                 assert request.timeout_ms is not None
                 due = await self.wait_for_event(

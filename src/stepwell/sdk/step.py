@@ -38,6 +38,8 @@ class StepRequest:
     sleep_ms: int | None = None                 # sleep: relative
     until_ms: int | None = None                 # sleep_until: absolute
     event_name: str = ""                        # wait
+    signal: str | None = None                   # wait: for a named signal instead
+    on_conflict: str = "fail"                   # wait for a signal
     match_path: str | None = None               # wait
     condition: Expression | None = None         # wait: remaining `if` condition
     timeout_ms: int | None = None               # wait / invoke
@@ -132,6 +134,24 @@ class Step:
             timeout_ms=ms))
         return None if result is None else Event.from_dict(result)
 
+    async def wait_for_signal(self, step_id: str, *, signal: str,
+                              timeout: str | int | float | datetime.timedelta,
+                              on_conflict: str = "fail") -> dict[str, Any] | None:
+        """Wait until `signal` is sent (`engine.send_signal`, `POST /v1/signals`, or an SDK
+        app's `step.sendSignal`): returns `{"signal": name, "data": data}`, or None on timeout.
+        One wait holds a signal name at a time; if another run holds it, `on_conflict="fail"`
+        fails this step (StepError) and `"replace"` takes the name over."""
+        _check_id(step_id)
+        if not isinstance(signal, str) or not signal:
+            raise InvalidStepError(f"step '{step_id}': signal must be a non-empty name")
+        if on_conflict not in ("fail", "replace"):
+            raise InvalidStepError(f"step '{step_id}': on_conflict must be 'fail' or 'replace', "
+                                   f"got {on_conflict!r}")
+        ms = _duration(step_id, "timeout", timeout)
+        result: dict[str, Any] | None = await self._driver.perform(StepRequest(
+            "wait", step_id, signal=signal, on_conflict=on_conflict, timeout_ms=ms))
+        return result
+
     async def send_event(self, step_id: str, events: Event | dict[str, Any] | list[Any]
                          ) -> list[str]:
         """Send events (once, even on replay); returns their ids."""
@@ -182,6 +202,13 @@ class SyncStep:
     def send_event(self, step_id: str, events: Event | dict[str, Any] | list[Any]) -> list[str]:
         ids: list[str] = self._call(self._step.send_event(step_id, events))
         return ids
+
+    def wait_for_signal(self, step_id: str, *, signal: str,
+                        timeout: str | int | float | datetime.timedelta,
+                        on_conflict: str = "fail") -> dict[str, Any] | None:
+        result: dict[str, Any] | None = self._call(self._step.wait_for_signal(
+            step_id, signal=signal, timeout=timeout, on_conflict=on_conflict))
+        return result
 
     def invoke(self, step_id: str, *, function: Any, data: dict[str, Any] | None = None,
                timeout: str | int | float | datetime.timedelta | None = None) -> Any:
