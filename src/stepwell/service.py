@@ -310,6 +310,10 @@ class Service:
                         "kind": "sdk" if spec.remote else "native"})
         return out
 
+    async def metrics(self) -> dict[str, Any]:
+        """Counters of this process and the queue's state, for `/metrics`."""
+        return await self.engine.metrics()
+
     def health(self) -> dict[str, Any]:
         return {"status": 200, "message": "OK",
                 "functions": sum(1 for _ in self.engine.registry.items())}

@@ -299,3 +299,32 @@ async def test_replay_a_run_over_http(client: Client, clock: VirtualClock) -> No
         assert_error(await http.post(f"/v1/runs/{run['run_id']}/replay",
                                      json={"from": "nap"}), 400, "from_step")
         assert_error(await http.post("/v1/runs/missing/replay"), 404, "no run")
+
+
+async def test_metrics_count_what_happened(client: Client, clock: VirtualClock) -> None:
+    async with client() as (http, engine):
+        await send_one(http, "shop/greet", {"name": "a"})
+        await send_one(http, "shop/broken", {})
+        await send_one(http, "shop/slow", {})
+        await engine.idle()
+        reply = await http.get("/metrics")
+        assert reply.status_code == 200, reply.text
+        assert reply.headers["content-type"].startswith("text/plain")
+        text = reply.text
+        # 3 sent + inngest/function.failed, stored by the engine when "broken" failed
+        assert "stepwell_events_received_total 4.0" in text
+        assert "stepwell_runs_created_total 3.0" in text
+        assert 'stepwell_runs_finished_total{status="completed"} 1.0' in text
+        assert 'stepwell_runs_finished_total{status="failed"} 1.0' in text
+        assert 'stepwell_steps_committed_total{kind="sleep"} 1.0' in text
+        assert "stepwell_queue_ready 0.0" in text
+        await clock.advance("1h")
+        text = (await http.get("/metrics")).text
+        assert 'stepwell_runs_finished_total{status="completed"} 2.0' in text
+
+
+async def test_metrics_need_the_signing_key_in_production(client: Client) -> None:
+    async with client(signing_keys=["signkey-prod-abcdef"]) as (http, _engine):
+        assert (await http.get("/metrics")).status_code == 401
+        reply = await http.get("/metrics", headers={"Authorization": "Bearer abcdef"})
+        assert reply.status_code == 200 and "stepwell_queue_ready" in reply.text

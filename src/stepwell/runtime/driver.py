@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from concurrent.futures import Executor
 
     from stepwell.runtime.clock import Clock
+    from stepwell.runtime.stats import Stats
 
 R = TypeVar("R")
 FUNCTION_KEY = "__function__"      # failure counter of code outside steps
@@ -47,6 +48,7 @@ class Host(Protocol):
 
     clock: Clock
     owner: str
+    stats: Stats
     retry_interval_ms: int | None
     step_pool: Executor
     handler_pool: Executor
@@ -113,6 +115,7 @@ class RunDriver:
         if not await self.host.commit(self._held(script)):
             raise LeaseLost(f"step {memo.step_id} of run {run_id} was committed elsewhere")
         self.memos[memo.hash] = memo
+        self.host.stats.steps_committed[memo.kind] += 1
 
     async def record_failure(self, step_hash: str, step_id: str, attempt: int,
                              error: dict[str, Any]) -> None:
@@ -122,6 +125,7 @@ class RunDriver:
             tx.insert_step_failure(run_id, step_hash, step_id, attempt, error, now)
 
         await self.host.commit(self._held(script))
+        self.host.stats.step_attempts_failed += 1
         self.failures.setdefault(step_hash, []).append(
             {"attempt": attempt, "error": error, "at": now, "step_id": step_id})
 

@@ -34,6 +34,7 @@ from stepwell.runtime.clock import Clock, SystemClock, wall_ms
 from stepwell.runtime.registry import Registry, registration_checksum
 from stepwell.runtime.remote import RemoteFunction, RemoteSettings
 from stepwell.runtime.scripts import Effects, Placement, Routing
+from stepwell.runtime.stats import Stats
 from stepwell.runtime.views import run_view
 from stepwell.sdk.app import App, Function
 from stepwell.store.base import QueueItem, RunState, Store, Tx
@@ -96,6 +97,7 @@ class Engine:
         self.max_parked = max_parked
         self._parked: dict[object, int] = {}          # token -> the instant it waits for
         self.tune_gc = tune_gc
+        self.stats = Stats()
         # Finished runs (with their steps), the events nothing refers to any more, and expired
         # flow-control state are deleted this long after they ended / arrived. None keeps all.
         self.retention_ms = upkeep.retention_ms(retention)
@@ -273,6 +275,10 @@ class Engine:
             self._spawn_background(self._ingest_stored(effects.emitted))
         if effects.wake:
             self._wake.set()
+        stats = self.stats
+        stats.events_received += len(effects.event_ids)
+        stats.runs_created += effects.runs_created
+        stats.runs_finished.update(effects.ended)
         for run_id in effects.finished_runs:
             waiter = self._finished.get(run_id)
             if waiter is not None:
@@ -441,6 +447,27 @@ class Engine:
 
     def _count_ready(self, tx: Tx) -> int:
         return tx.count_ready(self.clock.now())
+
+    async def metrics(self) -> dict[str, object]:
+        """This process's counters (since it started) and the shared queue's state now."""
+        now = self.clock.now()
+
+        def queue(tx: Tx) -> tuple[int, int | None]:
+            return tx.count_ready(now), tx.next_due_at()
+
+        ready, next_due = await self.store.read(queue)
+        stats = self.stats
+        return {
+            "events_received": stats.events_received, "runs_created": stats.runs_created,
+            "runs_finished": dict(stats.runs_finished),
+            "steps_committed": dict(stats.steps_committed),
+            "step_attempts_failed": stats.step_attempts_failed,
+            "sessions_active": self._active(), "runs_parked": len(self._parked),
+            "queue_ready": ready,
+            # How late the oldest ready item is: work waiting for a free worker.
+            "queue_lag_seconds": 0.0 if next_due is None or next_due > now or not ready
+            else (now - next_due) / 1000,
+        }
 
     async def next_due_at(self) -> int | None:
         """The earliest instant something is scheduled for (queued or parked in memory)."""

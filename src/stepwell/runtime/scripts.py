@@ -52,6 +52,8 @@ class Effects:
     dispatch: list[Dispatch] = field(default_factory=list)
     emitted: list[Event] = field(default_factory=list)     # stored unprocessed: ingest next
     finished_runs: list[str] = field(default_factory=list)
+    ended: list[str] = field(default_factory=list)          # the final status of each
+    runs_created: int = 0
     event_ids: list[str] = field(default_factory=list)
     wake: bool = False          # ready work was queued for any worker: poll now
 
@@ -124,6 +126,7 @@ def create_run(tx: Tx, spec: FunctionSpec, events: list[Event], now: int, place:
         # Leased to this process: it starts now, so it is `running` from the first write.
         run.status, run.started_at = "running", now
     tx.insert_run(run)
+    effects.runs_created += 1
     item = tx.enqueue("exec", f"exec:{run.id}", adm.due_at, run_id=run.id, owner=owner,
                       lease_until=place.lease_until if owner else None,
                       priority_at=adm.priority_at, concurrency=adm.concurrency)
@@ -213,6 +216,7 @@ def end_run(tx: Tx, ending: Ending, now: int, place: Placement, routing: Routing
     tx.delete_items(run_id=ending.run_id)
     tx.delete_run_waits(ending.run_id)
     effects.finished_runs.append(ending.run_id)
+    effects.ended.append(ending.status)
     if ending.parent_run_id and ending.parent_step:
         outcome = ({"data": ending.output} if ending.status == "completed" else
                    {"error": ending.error or {"name": "Cancelled", "message": ending.status}})

@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from stepwell.core.protocol import bearer_ok
+from stepwell.server import metrics as prometheus
 from stepwell.server.dashboard import dashboard_routes
 from stepwell.server.openapi import openapi_document
 from stepwell.service import InvalidInput, Service, ServiceError, iso, parse_limit
@@ -203,6 +204,10 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
     async def functions(request: Request) -> Response:
         return envelope(service.list_functions_with_config())
 
+    async def metrics(request: Request) -> Response:
+        return Response(prometheus.render(await service.metrics()),
+                        media_type=prometheus.CONTENT_TYPE)
+
     async def health(request: Request) -> Response:
         return JSONResponse(service.health())
 
@@ -235,6 +240,7 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
         # Open: liveness and the API's description.
         Route("/health", health, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/metrics", api(metrics), methods=["GET"]),
         # Event keys (production) or anything (dev).
         Route("/e/{key}", send_events, methods=["POST"]),
         # SDK routes: the hashed signing key, as the official SDKs send it.

@@ -67,9 +67,9 @@ def _dashboard_paths() -> dict[str, Any]:
 
 
 def _secured(paths: dict[str, Any]) -> dict[str, Any]:
-    """Mark the REST API's operations (`/v1/...` and `/dev`) with the signing-key scheme."""
+    """Mark the REST API's operations (`/v1/...`, `/dev`, `/metrics`) with the signing key."""
     for path, operations in paths.items():
-        if path.startswith("/v1/") or path == "/dev":
+        if path.startswith("/v1/") or path in ("/dev", "/metrics"):
             for operation in operations.values():
                 operation["security"] = _API_AUTH
     return paths
@@ -194,6 +194,14 @@ def openapi_document() -> dict[str, Any]:
                              "responses": {"200": {"description": "info"}}}},
             "/health": {"get": {"summary": "Liveness", "x-stepwell": True,
                                 "responses": {"200": {"description": "OK"}}}},
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics: this process's counters (events, runs by final "
+                           "status, steps by kind, failed attempts) and the queue's state "
+                           "(ready items, lag of the oldest, parked and active runs)",
+                "x-stepwell": True,
+                "responses": {"200": {"description": "Prometheus text format", "content": {
+                    "text/plain": {"schema": {"type": "string"}}}},
+                              "default": {"$ref": "#/components/responses/Error"}}}},
             **_dashboard_paths(),
         }),
         "components": {
