@@ -318,9 +318,13 @@ async def test_metrics_count_what_happened(client: Client, clock: VirtualClock) 
         assert 'stepwell_runs_finished_total{status="failed"} 1.0' in text
         assert 'stepwell_steps_committed_total{kind="sleep"} 1.0' in text
         assert "stepwell_queue_ready 0.0" in text
+        assert 'stepwell_step_seconds_bucket{le="+Inf"} 2.0' in text      # greet + slow
         await clock.advance("1h")
         text = (await http.get("/metrics")).text
         assert 'stepwell_runs_finished_total{status="completed"} 2.0' in text
+        # The sleeper was claimed when due: one observation, on time on the virtual clock.
+        assert 'stepwell_queue_wait_seconds_bucket{le="0.001"} 1.0' in text
+        assert "stepwell_queue_wait_seconds_count 1.0" in text
 
 
 async def test_metrics_need_the_signing_key_in_production(client: Client) -> None:

@@ -115,7 +115,10 @@ class RunDriver:
         if not await self.host.commit(self._held(script)):
             raise LeaseLost(f"step {memo.step_id} of run {run_id} was committed elsewhere")
         self.memos[memo.hash] = memo
-        self.host.stats.steps_committed[memo.kind] += 1
+        stats = self.host.stats
+        stats.steps_committed[memo.kind] += 1
+        if memo.kind == "run" and memo.ended_at is not None:
+            stats.step_seconds.observe(max(0, memo.ended_at - memo.started_at) / 1000)
 
     async def record_failure(self, step_hash: str, step_id: str, attempt: int,
                              error: dict[str, Any]) -> None:

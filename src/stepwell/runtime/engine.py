@@ -462,6 +462,7 @@ class Engine:
             "runs_finished": dict(stats.runs_finished),
             "steps_committed": dict(stats.steps_committed),
             "step_attempts_failed": stats.step_attempts_failed,
+            "step_seconds": stats.step_seconds, "queue_wait_seconds": stats.queue_wait_seconds,
             "sessions_active": self._active(), "runs_parked": len(self._parked),
             "queue_ready": ready,
             # How late the oldest ready item is: work waiting for a free worker.
@@ -498,6 +499,8 @@ class Engine:
                 states = asyncio.ensure_future(self.store.read(
                     functools.partial(_load_states, run_ids=run_ids))) if run_ids else None
                 for item in claimed:
+                    if item.due_at <= now:       # not a timer leased ahead
+                        self.stats.queue_wait_seconds.observe((now - item.due_at) / 1000)
                     self._spawn_session(items.handle(self, item, states), item.id)
             if claimed:
                 await asyncio.sleep(0)

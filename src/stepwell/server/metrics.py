@@ -7,7 +7,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -38,6 +43,14 @@ class _Snapshot(Collector):
         yield CounterMetricFamily("stepwell_step_attempts_failed",
                                   "Failed step attempts (each retry counts).",
                                   value=v["step_attempts_failed"])
+        for name, text in (
+                ("step_seconds", "How long `run` step bodies took (successful attempts)."),
+                ("queue_wait_seconds", "How late due work was claimed by this process (runs "
+                                       "its own events started at once are not counted).")):
+            histogram = v[name]
+            yield HistogramMetricFamily(f"stepwell_{name}", text,
+                                        buckets=histogram.cumulative(),
+                                        sum_value=histogram.total)
         yield GaugeMetricFamily("stepwell_sessions_active",
                                 "Runs executing in this process now.", value=v["sessions_active"])
         yield GaugeMetricFamily("stepwell_runs_parked",
