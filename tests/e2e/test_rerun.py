@@ -47,6 +47,7 @@ async def test_replay_runs_everything_again_with_the_same_event(make_engine: Any
         replayed = await engine.wait(new_id)
     assert replayed.status == "completed" and replayed.output == original.output == [2, 3, 4]
     assert replayed.event_id == original.event_id
+    assert replayed.replay_of == original.id and original.replay_of is None
     assert calls == Counter(a=2, b=2, c=2)
 
 

@@ -264,6 +264,7 @@ async def test_replay_a_run_from_its_page(start: Any) -> None:
     await expect(page.locator(".page-header .badge")).to_have_text("Completed",
                                                                    timeout=WAIT_MS)
     await expect(page.locator("section[data-section='output']")).to_contain_text('"hello bo"')
+    await expect(page.locator("#replay-of")).to_have_text(run_id)
     runs = await dash.engine.runs(event_id=event_id)
     assert len(runs) == 2 and page.url.endswith(next(r.id for r in runs if r.id != run_id))
     assert dash.problems == []

@@ -287,6 +287,7 @@ async def test_replay_a_run_over_http(client: Client, clock: VirtualClock) -> No
         assert reply.status_code == 200, reply.text
         fresh = reply.json()["data"]
         assert fresh["run_id"] != run["run_id"] and fresh["event_id"] == run["event_id"]
+        assert fresh["replay_of"] == run["run_id"]
         reply = await http.post(f"/v1/runs/{run['run_id']}/replay", json={"from_step": "nap"})
         assert reply.status_code == 200, reply.text
         from_nap = reply.json()["data"]

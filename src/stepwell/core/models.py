@@ -154,6 +154,7 @@ class Run:
     warnings: list[str] = field(default_factory=list)
     event_ids: list[str] = field(default_factory=list)
     parent_run_id: str | None = None
+    replay_of: str | None = None            # the run this one replays (`engine.replay`)
 
     @property
     def done(self) -> bool:

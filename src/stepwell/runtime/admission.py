@@ -137,8 +137,8 @@ def admit(tx: Tx, spec: FunctionSpec, event: Event, now: int, place: Placement,
 
 
 def start_run(tx: Tx, spec: FunctionSpec, events: list[Event], now: int, place: Placement,
-              effects: Effects, *, routing: Routing, parent: tuple[str, str] | None = None
-              ) -> str | None:
+              effects: Effects, *, routing: Routing, parent: tuple[str, str] | None = None,
+              replay_of: str | None = None) -> str | None:
     """The last stages: singleton, throttle, priority, concurrency; then the run exists."""
     payload = events[0].to_dict()
     qid = spec.qualified_id
@@ -175,7 +175,8 @@ def start_run(tx: Tx, spec: FunctionSpec, events: list[Event], now: int, place: 
     except FlowKeyError as exc:
         _key_failed(tx, spec, events, now, exc)
         return None
-    return create_run(tx, spec, events, now, place, effects, parent=parent, admission=admission)
+    return create_run(tx, spec, events, now, place, effects, parent=parent, admission=admission,
+                      replay_of=replay_of)
 
 
 class ReplayError(ValueError):
@@ -202,7 +203,8 @@ def replay_run(tx: Tx, spec: FunctionSpec, run_id: str, now: int, place: Placeme
             known = ", ".join(dict.fromkeys(m.step_id for m in recorded)) or "none"
             raise ReplayError(f"run {run_id} has no step {from_step!r} (its steps: {known})")
         copied = [m for m in recorded if m.seq < first.seq and not m.pending]
-    new_id = start_run(tx, spec, state.events, now, place, effects, routing=routing)
+    new_id = start_run(tx, spec, state.events, now, place, effects, routing=routing,
+                       replay_of=run_id)
     if new_id is not None and copied:
         for memo in copied:
             tx.insert_memo(new_id, memo)

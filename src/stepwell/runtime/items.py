@@ -69,7 +69,7 @@ async def run_dispatch(engine: Engine, dispatch: Dispatch) -> None:
         new = dispatch.new_run
         row = RunRow(new.id, new.function_id, new.status, new.event_ids, new.created_at,
                      new.started_at, None, None, None, [], new.parent_run_id,
-                     new.parent_step)
+                     new.parent_step, new.replay_of)
         # A new run leased here by create_run never has concurrency keys.
         await execute(engine, dispatch.item_id, RunState(row, dispatch.events), started=True,
                       may_park=True)

@@ -113,7 +113,7 @@ class Admission:
 
 def create_run(tx: Tx, spec: FunctionSpec, events: list[Event], now: int, place: Placement,
                effects: Effects, *, parent: tuple[str, str] | None = None,
-               admission: Admission | None = None) -> str:
+               admission: Admission | None = None, replay_of: str | None = None) -> str:
     """Insert a run and its exec item. A run due now with no concurrency limit is leased to this
     process at once (the fast path); a delayed or concurrency-limited one waits in the queue,
     whose claim order (priority, then age) keeps limited keys FIFO."""
@@ -121,7 +121,7 @@ def create_run(tx: Tx, spec: FunctionSpec, events: list[Event], now: int, place:
     owner = place.take() if adm.due_at <= now and not adm.concurrency else None
     run = NewRun(adm.run_id, spec.qualified_id, [e.id for e in events], now,
                  parent_run_id=parent[0] if parent else None,
-                 parent_step=parent[1] if parent else None)
+                 parent_step=parent[1] if parent else None, replay_of=replay_of)
     if owner is not None:
         # Leased to this process: it starts now, so it is `running` from the first write.
         run.status, run.started_at = "running", now

@@ -225,7 +225,8 @@ def openapi_document() -> dict[str, Any]:
                     "output": {}, "event_id": {"type": ["string", "null"]},
                     "event_name": {"type": ["string", "null"]},
                     "function_id": {"type": "string"}, "error": {}, "steps": {"type": "array"},
-                    "warnings": {"type": "array", "items": {"type": "string"}}}},
+                    "warnings": {"type": "array", "items": {"type": "string"}},
+                    "replay_of": {"type": ["string", "null"]}}},
             },
             "securitySchemes": {"signingKey": {
                 "type": "http", "scheme": "bearer",

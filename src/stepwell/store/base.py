@@ -33,6 +33,7 @@ class NewRun:
     parent_run_id: str | None = None
     parent_step: str | None = None          # hashed step id in the parent (invoke)
     error: dict[str, Any] | None = None     # for runs created already `skipped`
+    replay_of: str | None = None            # the run this one replays
 
 
 @dataclass(slots=True)
@@ -49,6 +50,7 @@ class RunRow:
     warnings: list[str]
     parent_run_id: str | None
     parent_step: str | None
+    replay_of: str | None = None
 
 
 @dataclass(slots=True)

@@ -8,7 +8,8 @@ from stepwell.store.base import QueueItem, RunRow, RunState
 from stepwell.store.postgres_sql import Row, loads
 
 RUN_COLUMNS = ("id, function_id, status, event_id, event_ids, created_at, started_at, ended_at, "
-               "output, error, warnings, parent_run_id, parent_step")
+               "output, error, warnings, parent_run_id, parent_step, replay_of")
+_RUN_WIDTH = len(RUN_COLUMNS.split(","))      # RUN_STATE_SQL's aggregates follow the run
 EVENT_COLUMNS = "id, name, data, user_data, ts"
 QUEUE_COLUMNS = ("id, kind, unique_key, due_at, run_id, payload, priority_at, ck1, cl1, ck2, "
                  "cl2")
@@ -46,7 +47,7 @@ def run_row(row: Row) -> RunRow:
     return RunRow(id=row[0], function_id=row[1], status=row[2], event_ids=event_ids,
                   created_at=row[5], started_at=row[6], ended_at=row[7], output=loads(row[8]),
                   error=loads(row[9]), warnings=loads(row[10]) or [], parent_run_id=row[11],
-                  parent_step=row[12])
+                  parent_step=row[12], replay_of=row[13])
 
 
 def event_row(row: Row) -> Event:
@@ -61,9 +62,10 @@ def queue_item(r: Row) -> QueueItem:
 
 def run_state(row: Row) -> RunState:
     run = run_row(row)
-    by_id = {e[0]: event_row(tuple(e)) for e in row[13] or []}
+    events, memos, failures = row[_RUN_WIDTH:_RUN_WIDTH + 3]
+    by_id = {e[0]: event_row(tuple(e)) for e in events or []}
     state = RunState(run=run, events=[by_id[i] for i in run.event_ids if i in by_id])
-    for r in row[14] or []:
+    for r in memos or []:
         outcome = loads(r[4])
         state.memos[r[0]] = Memo(
             hash=r[0], step_id=r[1], kind=r[2], seq=r[3],
@@ -71,7 +73,7 @@ def run_state(row: Row) -> RunState:
             error=None if outcome is None else outcome.get("error"), fingerprint=r[5],
             due_at=r[6], attempts=r[7], started_at=r[8], ended_at=r[9],
             pending=outcome is None)
-    for h, attempt, error, at, step_id in row[15] or []:
+    for h, attempt, error, at, step_id in failures or []:
         state.failures.setdefault(h, []).append(
             {"attempt": attempt, "error": loads(error), "at": at, "step_id": step_id})
     return state

@@ -88,9 +88,10 @@ KINDS: list[Bulk] = [
          "WHERE queue.id = v.id AND queue.owner = v.owner RETURNING queue.id", check=True),
     Bulk("run", "runs",
          "INSERT INTO runs (id, function_id, status, event_id, event_ids, created_at, "
-         "started_at, parent_run_id, parent_step, error, ended_at) SELECT * FROM unnest("
+         "started_at, parent_run_id, parent_step, error, ended_at, replay_of) "
+         "SELECT * FROM unnest("
          + _arrays("text", "text", "text", "text", "text", "bigint", "bigint", "text", "text",
-                   "text", "bigint") + ")"),
+                   "text", "bigint", "text") + ")"),
     Bulk("new_item", "queue",
          "INSERT INTO queue (id, unique_key, kind, run_id, due_at, payload, owner, lease_until, "
          "priority_at, ck1, cl1, ck2, cl2) OVERRIDING SYSTEM VALUE SELECT * FROM unnest("

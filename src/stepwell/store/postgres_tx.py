@@ -101,14 +101,14 @@ class PostgresTx(Pipe):
         row = (run.id, run.function_id, run.status, run.event_ids[0] if run.event_ids else None,
                dumps(run.event_ids) if batched else None, run.created_at, run.started_at,
                run.parent_run_id, run.parent_step, dumps(run.error) if run.error else None,
-               run.created_at if run.status in ("skipped", "failed") else None)
+               run.created_at if run.status in ("skipped", "failed") else None, run.replay_of)
         if self.optimistic:
             self._buffer("run", row)
             self.new_runs.add(run.id)
         else:
             self._send("INSERT INTO runs (id, function_id, status, event_id, event_ids, "
-                       "created_at, started_at, parent_run_id, parent_step, error, ended_at) "
-                       "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", row)
+                       "created_at, started_at, parent_run_id, parent_step, error, ended_at, "
+                       "replay_of) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", row)
         if batched:
             self._send("INSERT INTO run_events (event_id, run_id) "
                        "SELECT e, %s FROM unnest(%s::text[]) AS e ON CONFLICT DO NOTHING",

@@ -20,7 +20,7 @@ def loads(text: str | None) -> Any:
 
 
 _RUN_COLUMNS = ("id, function_id, status, event_ids, created_at, started_at, ended_at, output, "
-                "error, warnings, parent_run_id, parent_step, event_id")
+                "error, warnings, parent_run_id, parent_step, event_id, replay_of")
 _MEMO_COLUMNS = ("run_id, hash, step_id, kind, seq, outcome, fingerprint, due_at, attempts, "
                  "started_at, ended_at")
 _CHUNK = 500        # ids per IN (...) list, well under SQLite's variable limit
@@ -32,7 +32,7 @@ def _run_row(row: sqlite3.Row | tuple[Any, ...]) -> RunRow:
     return RunRow(id=row[0], function_id=row[1], status=row[2], event_ids=event_ids,
                   created_at=row[4], started_at=row[5], ended_at=row[6], output=loads(row[7]),
                   error=loads(row[8]), warnings=loads(row[9]) or [], parent_run_id=row[10],
-                  parent_step=row[11])
+                  parent_step=row[11], replay_of=row[13])
 
 
 def _event(row: tuple[Any, ...]) -> Event:
@@ -92,13 +92,13 @@ class SqliteTx:
     def insert_run(self, run: NewRun) -> None:
         self.c.execute(
             "INSERT INTO runs (id, function_id, status, event_id, event_ids, created_at, "
-            "started_at, parent_run_id, parent_step, error, ended_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "started_at, parent_run_id, parent_step, error, ended_at, replay_of) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (run.id, run.function_id, run.status, run.event_ids[0] if run.event_ids else None,
              dumps(run.event_ids) if len(run.event_ids) > 1 else None, run.created_at,
              run.started_at, run.parent_run_id, run.parent_step,
              dumps(run.error) if run.error else None,
-             run.created_at if run.status in ("skipped", "failed") else None))
+             run.created_at if run.status in ("skipped", "failed") else None, run.replay_of))
         if len(run.event_ids) > 1:
             self.c.executemany("INSERT OR IGNORE INTO run_events (event_id, run_id) VALUES (?, ?)",
                                [(event_id, run.id) for event_id in run.event_ids])

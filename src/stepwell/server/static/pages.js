@@ -209,6 +209,8 @@ export async function run(view) {
         ["Duration", runDuration(current)],
         current.parent_run_id ? ["Invoked by", h("a", {href: runHref(current.parent_run_id)},
           current.parent_run_id)] : null,
+        current.replay_of ? ["Replay of", h("a", {href: runHref(current.replay_of),
+          id: "replay-of"}, current.replay_of)] : null,
       ]),
       current.warnings.length ? h("div", {class: "warnings"}, current.warnings.map(
         (w) => notice("warning", w))) : null,
