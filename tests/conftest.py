@@ -26,6 +26,7 @@ import psycopg
 import pytest
 
 import stepwell
+from stepwell.runtime.upkeep import pid_alive
 from stepwell.store.postgres import migrate
 from stepwell.testing import VirtualClock
 
@@ -61,16 +62,6 @@ def _schema_digest() -> str:
     return digest.hexdigest()[:10]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @pytest.fixture(scope="session")
 def pg_template() -> str:
     """The name of a database with the current schema, to copy per test. Built once per schema
@@ -83,7 +74,7 @@ def pg_template() -> str:
         try:
             names = [r[0] for r in admin.execute("SELECT datname FROM pg_database")]
             for db in names:
-                stale_test = db.startswith(TEST_DB_PREFIX) and not _pid_alive(
+                stale_test = db.startswith(TEST_DB_PREFIX) and not pid_alive(
                     int(db.removeprefix(TEST_DB_PREFIX).split("_")[0] or 0))
                 stale_template = db.startswith("sw_tmpl_") and db != name
                 if stale_test or stale_template:

@@ -198,10 +198,10 @@ class Service:
         from_step = body.get("from_step")
         if from_step is not None and (not isinstance(from_step, str) or not from_step):
             raise InvalidInput("from_step must be a step id (a non-empty string)")
-        if await self.engine.get_run(run_id) is None:
-            raise NotFound(f"no run with id {run_id!r}")
         try:
             new_id = await self.engine.replay(run_id, from_step=from_step)
+        except LookupError as exc:         # the engine's RunNotFound
+            raise NotFound(str(exc)) from None
         except ValueError as exc:          # the engine's ReplayError
             raise InvalidInput(str(exc)) from None
         if new_id is None:

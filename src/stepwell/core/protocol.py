@@ -226,16 +226,21 @@ def sleep_until(op: Op, now: int) -> int:
         raise ProtocolError(f"Sleep op {op.id}: {exc}") from None
 
 
+def _timeout_ms(op: Op) -> int:
+    """A waiting op's `opts.timeout` in ms (absent: 0, i.e. already timed out)."""
+    timeout = op.opts.get("timeout")
+    try:
+        return 0 if not timeout else parse_duration_ms(timeout, what="timeout")
+    except DurationError as exc:
+        raise ProtocolError(f"{op.op} op {op.id}: {exc}") from None
+
+
 def wait_request(op: Op) -> tuple[str, int, str | None, str | None]:
     """(event name, timeout ms, match path, remaining condition) of a WaitForEvent op."""
     event = op.opts.get("event") or op.name
     if not isinstance(event, str) or not event:
         raise ProtocolError(f"WaitForEvent op {op.id} names no event")
-    timeout = op.opts.get("timeout")
-    try:
-        timeout_ms = 0 if not timeout else parse_duration_ms(timeout, what="timeout")
-    except DurationError as exc:
-        raise ProtocolError(f"WaitForEvent op {op.id}: {exc}") from None
+    timeout_ms = _timeout_ms(op)
     expression = op.opts.get("if") or None
     path = match_path_of(expression)
     return event, timeout_ms, path, None if path else expression
@@ -252,11 +257,7 @@ def signal_request(op: Op) -> tuple[str, int, str]:
     signal = op.opts.get("signal") or op.name
     if not isinstance(signal, str) or not signal:
         raise ProtocolError(f"WaitForSignal op {op.id} names no signal")
-    timeout = op.opts.get("timeout")
-    try:
-        timeout_ms = 0 if not timeout else parse_duration_ms(timeout, what="timeout")
-    except DurationError as exc:
-        raise ProtocolError(f"WaitForSignal op {op.id}: {exc}") from None
+    timeout_ms = _timeout_ms(op)
     conflict = op.opts.get("conflict") or "fail"
     if conflict not in SIGNAL_CONFLICTS:
         raise ProtocolError(f"WaitForSignal op {op.id}: onConflict must be 'replace' or "

@@ -183,6 +183,10 @@ class ReplayError(ValueError):
     """A replay that cannot be made (the run or the step does not exist)."""
 
 
+class RunNotFound(ReplayError, LookupError):
+    """The run to replay does not exist."""
+
+
 def replay_run(tx: Tx, spec: FunctionSpec, run_id: str, now: int, place: Placement,
                effects: Effects, *, routing: Routing, from_step: str | None = None) -> str | None:
     """A new run of the run's function with the same events, through the function's
@@ -192,7 +196,7 @@ def replay_run(tx: Tx, spec: FunctionSpec, run_id: str, now: int, place: Placeme
     which replays them and executes again from that step on ("rerun from step")."""
     state = tx.load_run_state(run_id)
     if state is None:
-        raise ReplayError(f"no run with id {run_id!r}")
+        raise RunNotFound(f"no run with id {run_id!r}")
     if not state.events:
         raise ReplayError(f"run {run_id} has no stored events left to replay it with")
     copied = []

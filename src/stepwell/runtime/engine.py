@@ -416,14 +416,15 @@ class Engine:
     async def replay(self, run_id: str, *, from_step: str | None = None) -> str | None:
         """Run a run's function again with the same events; with `from_step`, reuse the
         results of the steps before that step. Returns the new run's id (None if the
-        function's singleton setting skipped it). Raises ReplayError (a ValueError)."""
-        state = await self.store.read(lambda tx: tx.load_run_state(run_id))
-        if state is None:
-            raise admission.ReplayError(f"no run with id {run_id!r}")
-        fn = self.registry.get(state.run.function_id)
+        function's singleton setting skipped it). Raises ReplayError (a ValueError; RunNotFound,
+        also a LookupError, when there is no such run)."""
+        run = await self.store.read(lambda tx: tx.get_run(run_id))
+        if run is None:
+            raise admission.RunNotFound(f"no run with id {run_id!r}")
+        fn = self.registry.get(run.function_id)
         if fn is None:
             raise admission.ReplayError(
-                f"run {run_id} belongs to {state.run.function_id}, which is not registered here")
+                f"run {run_id} belongs to {run.function_id}, which is not registered here")
         spec, now, routing = fn.spec, self.clock.now(), self.routing
         return await self.commit(lambda tx, place, effects: admission.replay_run(
             tx, spec, run_id, now, place, effects, routing=routing, from_step=from_step))
@@ -474,7 +475,7 @@ class Engine:
         """The earliest instant something is scheduled for (queued or parked in memory)."""
         due = await self.store.read(lambda tx: tx.next_due_at())
         parked = min(self._parked.values(), default=None)
-        return parked if due is None else due if parked is None else min(due, parked)
+        return _earliest(due, parked)
 
     # --- the worker --------------------------------------------------------------------------
 
@@ -516,7 +517,7 @@ class Engine:
             due = tx.next_due_at() if ready else None
             timer = tx.next_timer_at() if timers else None
             ahead = None if timer is None else timer - horizon
-            return ahead if due is None else due if ahead is None else min(due, ahead)
+            return _earliest(due, ahead)
 
         try:
             due = await self.store.read(wake_at) if ready or timers else None
@@ -582,6 +583,10 @@ class Engine:
         if entries:
             await self.store.write(lambda tx: [
                 tx.enqueue("cron", key, due, payload=payload) for key, due, payload in entries])
+
+def _earliest(*instants: int | None) -> int | None:
+    return min((t for t in instants if t is not None), default=None)
+
 
 def _load_states(tx: Tx, *, run_ids: list[str]) -> dict[str, RunState]:
     return tx.load_run_states(run_ids)

@@ -76,12 +76,13 @@ def dead_local_owners(owners: list[str], me: str) -> list[str]:
     for owner in owners:
         parts = owner.split(":")
         if (len(parts) == 3 and parts[0] == host and parts[1].isdigit() and owner != me
-                and not _pid_alive(int(parts[1]))):
+                and not pid_alive(int(parts[1]))):
             dead.append(owner)
     return dead
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (it may belong to another user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
