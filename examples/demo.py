@@ -247,7 +247,23 @@ async def main() -> int:
     elapsed = time.monotonic() - started
     print(f"\n{good}/{len(outcomes)} runs ended as expected, in {elapsed:.1f}s of real time.")
     print(f"All runs are stored in {DB_PATH}; the example code is in examples/*.py.")
+    print("\nTo look at these runs, their events and step timelines, serve the same database:\n")
+    print(f"    {look_command()}\n")
+    print("and open http://127.0.0.1:8288/dashboard (Ctrl-C stops it).")
     return 0 if good == len(outcomes) else 1
+
+
+def look_command() -> str:
+    """The `stepwell dev` command that serves the demo's apps on its database, spelled as this
+    shell can run it (the `stepwell` script next to this Python, relative when it is below)."""
+    here = Path(__file__).resolve()
+    script = Path(sys.executable).parent / "stepwell"
+    if not script.exists():
+        return f"stepwell dev {here}:APPS --db sqlite:///{DB_PATH.resolve()}"
+    cwd = Path.cwd()
+    spelled = [str(p.relative_to(cwd)) if p.is_relative_to(cwd) else str(p)
+               for p in (script, here)]
+    return f"{spelled[0]} dev {spelled[1]}:APPS --db sqlite:///{DB_PATH}"
 
 
 def run() -> int:

@@ -1,24 +1,24 @@
 #!/usr/bin/env bash
-# Create .venv (if needed) and install stepwell with its pinned dev dependencies.
-# Sourced by scripts/demo.sh and .ci/run so a fresh machine needs nothing but python3 >= 3.11.
+# Everything the test suite (`bash .ci/run`) needs, installed only where missing or outdated:
+# - .venv with stepwell and its pinned dev and docs dependencies (pytest, mypy, ruff, mkdocs...);
+# - the npm packages of the official-SDK test apps (tests/inngest/ts_app, from the committed
+#   lockfile): the compatibility tests run real TypeScript apps, so they need Node.js >= 20;
+# - Debian's Chromium, which the `playwright` package drives in the dashboard's browser tests.
+# The demo (scripts/demo.sh) needs none of this but Python.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-PYTHON=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-    "$PYTHON" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-# npm packages for the official-SDK tests (lockfile committed), installed only when it changed.
-command -v npm >/dev/null || { echo "setup: npm (Node.js >= 20) is needed for tests/inngest" >&2; exit 1; }
+source scripts/venv.sh
+venv_install setup '.[dev,docs]'
 if [ ! tests/inngest/ts_app/node_modules/.package-lock.json -nt tests/inngest/ts_app/package-lock.json ]; then
+    command -v npm >/dev/null || {
+        echo "setup: npm (Node.js >= 20) is needed for the official-SDK compatibility tests (tests/inngest/ts_app); install Node.js (Debian: apt-get install nodejs npm)" >&2; exit 1; }
+    echo "setup: installing the npm packages of the TypeScript SDK test apps (npm ci, tests/inngest/ts_app)" >&2
     npm ci --prefix tests/inngest/ts_app --no-audit --no-fund --loglevel=error
 fi
-# Debian's Chromium for the dashboard's browser tests (the `playwright` package drives it; its
-# own browser download is not used), installed only when it is missing.
 if [ ! -x /usr/bin/chromium ]; then
-    command -v apt-get >/dev/null || { echo "setup: the dashboard tests need Chromium at /usr/bin/chromium (Debian: apt-get install chromium)" >&2; exit 1; }
-    echo "setup: installing Debian's chromium for the dashboard tests" >&2
+    command -v apt-get >/dev/null || {
+        echo "setup: the dashboard's browser tests need Chromium at /usr/bin/chromium (Debian: apt-get install chromium)" >&2; exit 1; }
+    echo "setup: installing Debian's chromium for the dashboard's browser tests (apt-get)" >&2
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null
     apt-get install -y -qq chromium >/dev/null

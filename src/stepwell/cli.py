@@ -39,6 +39,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 @click.group()
+@click.version_option(package_name="stepwell", prog_name="stepwell",
+                      message="%(prog)s %(version)s")   # from the installed package's metadata
 def main() -> None:
     """stepwell: durable functions for Python, in the Inngest model."""
 

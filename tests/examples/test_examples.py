@@ -385,6 +385,17 @@ def test_demo_runs_and_exits_zero(tmp_path: Path) -> None:
                      "orders cancelled for non-payment: ['A-1002']"]:
             assert line in out, f"missing {line!r} in:\n{out}"
         assert (tmp_path / ".stepwell" / "demo.db").is_file()
+    # It ends by saying how to look at its runs: a `stepwell dev` command that loads its apps.
+    [command] = [line.strip() for line in out.splitlines() if " dev " in line]
+    script, dev, target, db_flag, db_url = command.split()
+    assert (dev, db_flag, db_url) == ("dev", "--db", "sqlite:///.stepwell/demo.db")
+    assert (tmp_path / script).resolve() == Path(sys.executable).parent.resolve() / "stepwell"
+    assert "open http://127.0.0.1:8288/dashboard" in out
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys; from stepwell.cli import load_apps; "
+         "print(sorted(app.id for app in load_apps(sys.argv[1])))", target],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True)
+    assert loaded.stdout.strip() == "['accounts', 'bank', 'shop', 'warehouse']"
 
 
 @pytest.fixture
