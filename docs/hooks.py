@@ -99,7 +99,7 @@ def rest_api_markdown() -> str:
             origin = "stepwell" if op.get("x-stepwell") else "Inngest-compatible"
             auth = ("signing key in production mode" if op.get("security")
                     else "public" if not path.startswith(("/e/", "/fn/", "/v0/"))
-                    else "its own key (see below)")
+                    else "its own key (see Authentication above)")
             lines += [f"### `{method.upper()} {path}`", "", _cell(op.get("summary", "")), "",
                       f"*{origin}; auth: {auth}*", ""]
             params = op.get("parameters", [])
@@ -117,16 +117,47 @@ def rest_api_markdown() -> str:
             body = op.get("requestBody")
             if body:
                 for media, content in body.get("content", {}).items():
-                    lines += [f"Request body (`{media}`):", "", "```json",
-                              json.dumps(content.get("schema", {}), indent=2), "```", ""]
-            responses = [f"`{code}` {_cell(r.get('description', ''))}"
-                         for code, r in op.get("responses", {}).items() if "description" in r]
+                    lines += [f"Request body (`{media}`): {_schema_text(content.get('schema', {}))}",
+                              ""]
+            responses = [_response_text(code, r) for code, r in op.get("responses", {}).items()
+                         if "description" in r]
             if responses:
-                lines += ["Responses: " + "; ".join(responses) + ".", ""]
+                lines += ["Responses:", "", *[f"- {r}" for r in responses], ""]
     lines += ["## Schemas", ""]
     for name, schema in doc["components"]["schemas"].items():
-        lines += [f"### `{name}`", "", "```json", json.dumps(schema, indent=2), "```", ""]
+        lines += [f"### {name}", "", _schema_text(schema), ""]
     return "\n".join(lines)
+
+
+def _schema_text(schema: dict[str, Any]) -> str:
+    """A schema in words: `EventIn` or array of `EventIn`; object {url: string}."""
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        return f"[`{name}`](#{name.lower()})"
+    if "oneOf" in schema:
+        return " or ".join(_schema_text(s) for s in schema["oneOf"])
+    if "allOf" in schema:
+        return " with ".join(_schema_text(s) for s in schema["allOf"])
+    kind = schema.get("type")
+    if kind == "array":
+        return f"array of {_schema_text(schema.get('items', {}))}"
+    if "properties" in schema:
+        required = set(schema.get("required", []))
+        fields = ", ".join(f"`{name}`{'' if name in required else '?'}: "
+                           f"{_schema_text(sub)}" for name, sub in schema["properties"].items())
+        return f"object {{{fields}}}"
+    if "enum" in schema:
+        return " \\| ".join(f"`{json.dumps(v)}`" for v in schema["enum"])
+    if isinstance(kind, list):
+        return " or ".join(kind)
+    return str(kind or "any JSON")
+
+
+def _response_text(code: str, response: dict[str, Any]) -> str:
+    text = f"`{code}` {_cell(response['description'])}"
+    for media, content in response.get("content", {}).items():
+        text += f" (`{media}`: {_schema_text(content.get('schema', {}))})"
+    return text
 
 
 def changelog_markdown() -> str:
