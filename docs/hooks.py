@@ -117,8 +117,8 @@ def rest_api_markdown() -> str:
             body = op.get("requestBody")
             if body:
                 for media, content in body.get("content", {}).items():
-                    lines += [f"Request body (`{media}`): {_schema_text(content.get('schema', {}))}",
-                              ""]
+                    described = _schema_text(content.get("schema", {}))
+                    lines += [f"Request body (`{media}`): {described}", ""]
             responses = [_response_text(code, r) for code, r in op.get("responses", {}).items()
                          if "description" in r]
             if responses:
