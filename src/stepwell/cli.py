@@ -272,29 +272,33 @@ def server_options(fn: F) -> F:
 
 def make_service(apps: list[App], db: str, *, worker: bool = True,
                  signing_keys: Sequence[str] = (), retry_interval: float | None = None,
-                 retention: str = "7d") -> Service:
+                 retention: str = "7d", load_error: str | None = None) -> Service:
     """The service over a new engine; invalid options are one clear error."""
     from stepwell.core.config import ConfigError
     from stepwell.service import Service
 
     try:
-        return Service.for_apps(apps, db=db, worker=worker,
-                                signing_key=signing_keys[0] if signing_keys else None,
-                                retry_interval_seconds=retry_interval,
-                                retention=engine_retention(retention))
+        service = Service.for_apps(apps, db=db, worker=worker,
+                                   signing_key=signing_keys[0] if signing_keys else None,
+                                   retry_interval_seconds=retry_interval,
+                                   retention=engine_retention(retention))
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
+    service.load_error = load_error
+    return service
 
 
 def run_server(apps: list[App], db: str, host: str, port: int, *, worker: bool = True,
                sync_urls: Sequence[str] = (), event_keys: Sequence[str] = (),
                signing_keys: Sequence[str] = (), retry_interval: float | None = None,
-               retention: str = "7d", sock: socket.socket | None = None) -> None:
+               retention: str = "7d", sock: socket.socket | None = None,
+               load_error: str | None = None) -> None:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)   # one line per SDK call is noise
     service = make_service(apps, db, worker=worker, signing_keys=signing_keys,
-                           retry_interval=retry_interval, retention=retention)
+                           retry_interval=retry_interval, retention=retention,
+                           load_error=load_error)
     sock = sock or listen(host, port)
     try:
         asyncio.run(serve(service, sock, apps, db, sync_urls=sync_urls, event_keys=event_keys,
@@ -360,9 +364,20 @@ def watched_folder(target: str) -> Path:
 def serve_reloaded(target: str, db: str, host: str, port: int, sock: socket.socket,
                    options: dict[str, Any]) -> None:
     """One generation of `stepwell dev --reload`, in a fresh process: load the code, serve.
-    A broken edit prints its error; the watcher restarts us on the next change."""
+
+    Code that does not import (a syntax error mid-edit) does not take the server down: the
+    event API, REST API and dashboard keep answering with no functions (runs wait and resume
+    where they were once the code loads; an event sent meanwhile is stored but, with no
+    function loaded, starts no run), the error is printed and shown on the dashboard, and the
+    watcher starts the next generation on the next change."""
     try:
-        run_server(load_apps(target), db, host, port, sock=sock, **options)
+        apps, error = load_apps(target), None
+    except click.ClickException as exc:
+        apps, error = [], exc.format_message()
+        click.echo(f"Error: {error}\nstepwell: serving the API and dashboard with no functions "
+                   "until the code loads (waiting for a change)", err=True)
+    try:
+        run_server(apps, db, host, port, sock=sock, load_error=error, **options)
     except click.ClickException as exc:
         click.echo(f"Error: {exc.format_message()}  (waiting for a change)", err=True)
 

@@ -429,6 +429,14 @@ def function_ids(url: str) -> set[str]:
     return {f["id"] for f in body["data"]}
 
 
+def load_error(url: str) -> dict[str, Any] | None:
+    try:
+        health: dict[str, Any] = httpx.get(url + "/health", timeout=2).json()
+    except (httpx.TransportError, ValueError):
+        return None
+    return health if "load_error" in health else None
+
+
 def test_dev_restarts_when_the_code_changes(tmp_path: Path) -> None:
     (tmp_path / "live_app.py").write_text(APP_SOURCE)
     server = start_dev("live_app.py", tmp_path)
@@ -443,15 +451,21 @@ def test_dev_restarts_when_the_code_changes(tmp_path: Path) -> None:
                 return "bye"
         """))
         wait_for(lambda: "demo/goodbye" in function_ids(server.url), "the new function")
-        # A broken edit keeps the watcher alive and says what is wrong; fixing it recovers.
+        # A broken edit keeps the server up and says what is wrong; fixing it recovers.
         (tmp_path / "live_app.py").write_text(APP_SOURCE + "\ndef broken(:\n")
         wait_for(lambda: "SyntaxError" in server.output()
                  and "waiting for a change" in server.output(), "the syntax error report")
+        health = wait_for(lambda: load_error(server.url), "/health to report the error")
+        assert "SyntaxError" in health["load_error"] and health["functions"] == 0
+        assert cli("runs", "list", url=server.url).returncode == 0     # the API still answers
+        page = httpx.get(server.url + "/dashboard/runs", timeout=5)
+        assert page.status_code == 200 and 'id="code-problem"' in page.text
         (tmp_path / "live_app.py").write_text(APP_SOURCE)
         wait_for(lambda: function_ids(server.url) and
                  "demo/goodbye" not in function_ids(server.url), "the fixed code")
         runs = runs_json(server.url, "--status", "running")
         assert [r["function_id"] for r in runs] == ["demo/slow"]
+        assert "load_error" not in httpx.get(server.url + "/health", timeout=5).json()
     finally:
         assert server.stop(signal.SIGINT) == 0
     assert server.output().count("Traceback") == 1         # the broken edit's, and only it
