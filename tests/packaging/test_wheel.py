@@ -66,16 +66,37 @@ def _package_data() -> set[str]:
     return {p.relative_to(PACKAGE.parent).as_posix() for p in found}
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(sdist, wheel) built from a copy of the tree, so no stale build/ folder can leak files."""
-    work = tmp_path_factory.mktemp("build")
-    source = work / "source"
+def _copy_tree(into: Path) -> Path:
+    """The files a build reads, copied, so no stale build/ folder can leak files into it."""
+    source = into / "source"
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
     shutil.copytree(ROOT / "src", source / "src",
                     ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    return source
+
+
+def _fresh_venv(where: Path) -> tuple[Path, Path]:
+    """(python, site-packages) of a new venv that sees this venv's dependencies (not stepwell)."""
+    _run(sys.executable, "-m", "venv", "--without-pip", where, cwd=where.parent)
+    python = where / "bin" / "python"
+    site = Path(_run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+                     cwd=where.parent).strip())
+    (site / "_stepwell_test_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return python, site
+
+
+def _pip_install(python: Path, *args: str | Path) -> None:
+    _run(sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps",
+         "--no-index", "--disable-pip-version-check", *args, cwd=python.parent)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(sdist, wheel), as `python -m build` makes them (the sdist, then the wheel from it)."""
+    work = tmp_path_factory.mktemp("build")
+    source = _copy_tree(work)
     _run(sys.executable, "-m", "build", "--no-isolation", "--outdir", work / "dist", source,
          cwd=work)
     [sdist] = (work / "dist").glob("stepwell-*.tar.gz")
@@ -99,13 +120,8 @@ def test_installed_wheel_runs_an_app_outside_the_source_tree(
         built: tuple[Path, Path], tmp_path: Path) -> None:
     _, wheel = built
     venv = tmp_path / "venv"
-    _run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=tmp_path)
-    python = venv / "bin" / "python"
-    _run(sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps",
-         "--no-index", "--disable-pip-version-check", wheel, cwd=tmp_path)
-    fresh_site = Path(_run(python, "-c", "import sysconfig; print(sysconfig.get_paths()"
-                           "['purelib'])", cwd=tmp_path).strip())
-    (fresh_site / "_stepwell_test_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    python, fresh_site = _fresh_venv(venv)
+    _pip_install(python, wheel)
 
     project = tmp_path / "project"             # a user's project: no stepwell source in sight
     project.mkdir()
@@ -121,9 +137,22 @@ def test_installed_wheel_runs_an_app_outside_the_source_tree(
 
 
 def test_sdist_holds_the_package_data(built: tuple[Path, Path]) -> None:
-    """`pip install <path or git URL>` builds from the source tree as the sdist does."""
     sdist, _ = built
     with tarfile.open(sdist) as archive:
         names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
     missing = {f"src/{n}" for n in _package_data()} - names
     assert missing == set(), f"missing from the sdist: {sorted(missing)}"
+
+
+def test_pip_install_of_a_source_path(tmp_path: Path) -> None:
+    """`pip install <path>` (a git URL is the same build from a checkout): a regular install,
+    not an editable one, with the package data next to the modules."""
+    source = _copy_tree(tmp_path)
+    python, site = _fresh_venv(tmp_path / "venv")
+    _pip_install(python, "--no-build-isolation", source)
+    installed = {p.relative_to(site).as_posix() for p in (site / "stepwell").rglob("*")
+                 if p.is_file() and "__pycache__" not in p.parts}
+    assert _package_data() - installed == set()
+    where = _run(python, "-c", "import stepwell.cli; print(stepwell.cli.__file__)",
+                 cwd=tmp_path).strip()
+    assert Path(where).is_relative_to(site), where
