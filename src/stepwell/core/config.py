@@ -52,6 +52,14 @@ class Cron:
 
 @dataclass(frozen=True)
 class Concurrency:
+    """A cap on concurrently *executing* runs (a sleeping or waiting run holds no slot).
+
+    `limit` runs at once per value of `key` (a CEL expression over `event`; no key: one limit
+    for the function). `scope` "fn" counts this function's runs, "env" and "account" every run
+    sharing the key (a key is then required). FIFO within a key; other keys are never starved.
+    `concurrency=` also takes an int (the limit) or a list of up to 2 limits.
+    """
+
     limit: int
     key: str | None = None
     scope: Literal["fn", "env", "account"] = "fn"
@@ -59,6 +67,12 @@ class Concurrency:
 
 @dataclass(frozen=True)
 class Throttle:
+    """Delay run starts beyond `limit` per `period` (plus `burst`), per `key`; none is dropped.
+
+    A GCRA on run starts: excess runs wait in order, and the wait counts toward
+    `Timeouts(start=)`.
+    """
+
     limit: int
     period: DurationLike
     burst: int = 1
@@ -67,6 +81,11 @@ class Throttle:
 
 @dataclass(frozen=True)
 class RateLimit:
+    """Skip runs beyond `limit` per `period`, per `key` (a GCRA).
+
+    A skipped run is recorded with status "skipped" and the reason, so it stays visible.
+    """
+
     limit: int
     period: DurationLike
     key: str | None = None
@@ -74,6 +93,12 @@ class RateLimit:
 
 @dataclass(frozen=True)
 class Debounce:
+    """One run, `period` after the last event per `key`, with that last event.
+
+    Every new event within `period` pushes the run back; `timeout` caps the total delay from the
+    first event.
+    """
+
     period: DurationLike
     key: str | None = None
     timeout: DurationLike | None = None
@@ -81,6 +106,12 @@ class Debounce:
 
 @dataclass(frozen=True)
 class Batch:
+    """Collect up to `max_size` events per `key`, or until `timeout`, then start one run.
+
+    The handler gets them all in `ctx.events`. Events failing the `if_` expression are not
+    batched: they start a run of their own.
+    """
+
     max_size: int
     timeout: DurationLike
     key: str | None = None
@@ -89,17 +120,27 @@ class Batch:
 
 @dataclass(frozen=True)
 class Priority:
+    """`run`: a CEL expression giving seconds (-600..600); the run is queued as if that much
+    earlier (positive) or later (negative) than it was."""
+
     run: str
 
 
 @dataclass(frozen=True)
 class Singleton:
+    """One active run per `key`: mode "skip" records the newcomer as skipped, "cancel" cancels
+    the active run in favour of the new one."""
+
     key: str | None = None
     mode: Literal["skip", "cancel"] = "skip"
 
 
 @dataclass(frozen=True)
 class Cancel:
+    """Cancel the run when `event` arrives: `match` names a field equal in both events
+    (`"data.orderId"`), `if_` a CEL expression over `event` and `async` (the incoming one),
+    `timeout` how long after the run started the rule holds. Up to 5 per function."""
+
     event: str
     match: str | None = None
     if_: str | None = None
@@ -108,6 +149,9 @@ class Cancel:
 
 @dataclass(frozen=True)
 class Timeouts:
+    """Cancel a run still queued `start` after it was created (throttle and concurrency waits
+    included), or not finished `finish` after it started."""
+
     start: DurationLike | None = None
     finish: DurationLike | None = None
 

@@ -36,8 +36,8 @@ class InvalidEventError(ValueError):
 class Event:
     """An event, or, used as a trigger, an event name with an optional `if_` filter.
 
-    API.md uses one name for both (`stepwell.Event("shop/order.created", if_="...")` as a trigger,
-    `ctx.event` as the received event), so one class serves both roles.
+    One name serves both roles: `stepwell.Event("shop/order.created", if_="...")` as a trigger,
+    `ctx.event` as the received event (`name`, `data`, `id`, `ts` in epoch ms, `user`).
     """
 
     name: str

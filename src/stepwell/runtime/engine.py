@@ -62,7 +62,18 @@ def open_store(url: str, *, fsync: bool = True) -> Store:
 
 
 class Engine:
-    """Runs the functions of one or more apps. See API.md, "Running it"."""
+    """Runs the functions of one or more apps on a database; use it as `async with engine:`.
+
+    `db` is `sqlite:///path.db` (default: a file under `.stepwell/`) or a `postgresql://` URL.
+    `clock` is a `stepwell.testing.VirtualClock` in tests. `worker=False` makes a process that
+    sends events and reads runs without executing any. `retention` is how long finished runs and
+    old events are kept ("7d" by default, at least "1d"; None keeps everything). The other
+    arguments tune the runtime: `lease_seconds` (how long a dead worker's runs wait before
+    another takes them), `max_concurrency` (runs executing at once), `sync_threads` (for sync
+    handlers and steps), `prefetch_seconds` and `max_parked` (timers resumed ahead of time),
+    `retry_interval_seconds` (a linear retry backoff, for development), `signing_key` and
+    `sdk_timeout_seconds` (calls to apps on the official SDKs).
+    """
 
     def __init__(self, *apps: App, db: str | None = None, clock: Clock | None = None,
                  worker: bool = True, lease_seconds: float = 30.0, max_concurrency: int = 1000,
@@ -132,6 +143,8 @@ class Engine:
         await self.stop()
 
     async def start(self) -> None:
+        """Open the database (migrating it) and start the workers and timers; `async with`
+        calls it."""
         if self._running:
             return
         if isinstance(self.store, SqliteStore) and self.store.path != ":memory:":
@@ -163,6 +176,8 @@ class Engine:
                                                name="stepwell-maintenance")]
 
     async def stop(self) -> None:
+        """Stop claiming work and hand the runs in progress back (their leases are released,
+        so they resume at once elsewhere or at the next start); `async with` calls it."""
         if not self._running:
             return
         self._running = False
@@ -388,10 +403,12 @@ class Engine:
         return await self.store.read(lambda tx: tx.list_events(name, limit))
 
     async def get_event(self, event_id: str) -> Event | None:
+        """The stored event with this id, or None."""
         found = await self.store.read(lambda tx: tx.get_events([event_id]))
         return found[0] if found else None
 
     async def get_run(self, run_id: str) -> Run | None:
+        """The run with its step timeline as it is now, or None."""
         state = await self.store.read(lambda tx: tx.load_run_state(run_id))
         return None if state is None else run_view(state, now=self.clock.now())
 

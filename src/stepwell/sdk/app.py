@@ -67,7 +67,32 @@ class App:
                  idempotency: str | None = None, singleton: Any = None, cancel_on: Any = None,
                  timeouts: Any = None, on_failure: Handler | None = None
                  ) -> Callable[[Handler], Function]:
-        """Define a function; every option is validated here, never at run time."""
+        """Define a function: `@app.function(id=..., trigger=...)` over its handler.
+
+        Every option is validated here, never at run time: a wrong one raises `ConfigError`
+        naming the function, the option and what is allowed.
+
+        Args:
+            id: stable and unique within the app (runs are matched to the code by it).
+            trigger: an event name (`"shop/order.created"`, wildcards `"shop/order.*"`), a
+                `stepwell.Event(name, if_=...)`, a `stepwell.Cron(...)`, or a list of these.
+            name: a display name (default: the id).
+            retries: retries per step, 0..20 (default 4, so 5 attempts).
+            concurrency: `Concurrency`, an int, or a list of up to 2.
+            throttle: `Throttle`: delays run starts beyond a rate.
+            rate_limit: `RateLimit`: skips runs beyond a rate.
+            debounce: `Debounce`: one run after a quiet period, with the last event.
+            batch: `Batch`: one run for several events (`ctx.events`).
+            priority: `Priority`: queue some runs ahead of others.
+            idempotency: a CEL expression; one run per value per 24 hours.
+            singleton: `Singleton`: one active run per key.
+            cancel_on: a list of up to 5 `Cancel`: events that cancel the run.
+            timeouts: `Timeouts`: cancel runs queued or running too long.
+            on_failure: a handler `(ctx, step)` run as its own durable function once a run
+                has failed for good (`ctx.error`, and the original `ctx.event`).
+
+        Every option also takes a plain dict with the same keys as its class.
+        """
         if id in self.functions:
             raise ConfigError(f"function '{id}' is already defined in app '{self.id}'; "
                               "function ids must be unique within an app")

@@ -58,7 +58,14 @@ class ReplayAwareLogger:
 
 
 class Context:
-    """The run as the handler sees it."""
+    """The run as the handler sees it.
+
+    `event` is the triggering event (the first of a batch), `events` all of them (a batch);
+    `run_id` and `function_id` name the run; `logger` logs once per real execution, not again
+    when the handler replays; `attempt` is the 0-based attempt of the current step. In an
+    `on_failure` handler, `error` holds the failure (`name`, `message`, `stack`) and `event` is
+    the original triggering event.
+    """
 
     def __init__(self, *, event: Event, events: list[Event], run_id: str, function_id: str,
                  logger: ReplayAwareLogger, function_attempt: int,
