@@ -318,10 +318,13 @@ def validate_signing_key(key: str) -> str:
     if key.strip().startswith("signkey-") and secret == key.strip():
         raise ConfigError("the signing key must look like signkey-<env>-<hex>, e.g. "
                           f"{example}")
-    if not _HEX_RE.match(secret):
-        raise ConfigError(f"the signing key's secret (after signkey-<env>-) must be an even "
-                          f"number of hex digits, got {len(secret)} characters that are not; "
+    if not secret:
+        raise ConfigError(f"the signing key {key.strip()!r} has no secret after its prefix; "
                           f"generate one with: {example}")
+    if not _HEX_RE.match(secret):
+        raise ConfigError(f"the signing key's secret (after signkey-<env>-) must be hex digits, "
+                          f"an even number of them; got {len(secret)} characters that are "
+                          f"not; generate one with: {example}")
     if len(secret) < MIN_SIGNING_KEY_HEX:
         raise ConfigError(f"the signing key's secret has {len(secret)} hex digits; at least "
                           f"{MIN_SIGNING_KEY_HEX} are required (Inngest's keys have 64): "
