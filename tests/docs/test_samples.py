@@ -10,6 +10,10 @@ the rendered page does not show:
 - `<!-- sample: postgres -->`: runs with `DATABASE_URL` set to a fresh Postgres database
   (the sample reads it with `os.environ`).
 
+A sample passes when it exits 0 *and* every run it left in its SQLite files has ended: a
+sample that exits while its runs are still retrying (say, on a NameError in a step) or waiting
+shows nothing finished, so it fails here too.
+
 Shell snippets are fenced as ```bash and are not collected.
 """
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -109,3 +114,19 @@ def _run(sample: Sample, tmp_path: Path, env: dict[str, str]) -> None:
     assert done.returncode == 0, (
         f"{sample.name} failed (exit {done.returncode}):\n--- code\n{sample.code}"
         f"--- stdout\n{done.stdout}--- stderr\n{done.stderr}")
+    open_runs = _open_runs(tmp_path)
+    assert not open_runs, f"{sample.name} exited with runs that had not ended: {open_runs}"
+
+
+ENDED = ("completed", "failed", "cancelled", "skipped")
+
+
+def _open_runs(folder: Path) -> list[tuple[str, str, str]]:
+    """(database, function, status) of every run not ended, in the SQLite files under folder."""
+    found = []
+    for db in sorted(folder.rglob("*.db")):
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            rows = conn.execute(
+                "SELECT function_id, status FROM runs WHERE status NOT IN (?, ?, ?, ?)", ENDED)
+            found += [(db.name, function, status) for function, status in rows]
+    return found
