@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import psycopg
 import pytest
 
@@ -29,6 +30,12 @@ import stepwell
 from stepwell.runtime.upkeep import pid_alive
 from stepwell.store.postgres import migrate
 from stepwell.testing import VirtualClock
+
+# Hypothesis' per-example deadline (200 ms) is a timing assertion: on a loaded machine a pure
+# property test failed with "Unreliable test timings" (328 ms, then 1 ms). Tests never depend on
+# the machine's speed, so no deadline.
+hypothesis.settings.register_profile("stepwell", deadline=None)
+hypothesis.settings.load_profile("stepwell")
 
 EngineFactory = Callable[..., Any]
 PG_ADMIN_URL = os.environ.get("STEPWELL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
