@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/venv.sh
-venv_install setup '.[dev,docs]'
+UPGRADE_PIP=1 venv_install setup '.[dev,docs]'
 if [ ! tests/inngest/ts_app/node_modules/.package-lock.json -nt tests/inngest/ts_app/package-lock.json ]; then
     command -v npm >/dev/null || {
         echo "setup: npm (Node.js >= 20) is needed for the official-SDK compatibility tests (tests/inngest/ts_app); install Node.js (Debian: apt-get install nodejs npm)" >&2; exit 1; }

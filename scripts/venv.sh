@@ -19,6 +19,9 @@ venv_install() {
         return 0        # already installed (the full install includes the runtime one)
     fi
     echo "$who: installing stepwell ($spec) and its pinned dependencies into .venv (pip)" >&2
+    if [ "${UPGRADE_PIP:-0}" = 1 ]; then    # the tests drive pip itself (tests/packaging)
+        .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+    fi
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$spec"
     touch "$stamp"
 }
