@@ -121,13 +121,16 @@ def pg_database(pg_template: str) -> Iterator[str]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Every test using `db_url` runs on each backend. The end-to-end tests also run on
-    Postgres with `STEPWELL_PG_GUESS=0` (`postgres-strict`): writers then wait for every answer,
-    which is the path a wrong guess falls back to, so it must pass the same suite."""
+    """Every test using `db_url` runs on each backend. The end-to-end tests and those marked
+    `postgres_strict` (the storage contract) also run on Postgres with `STEPWELL_PG_GUESS=0`
+    (`postgres-strict`): writers then wait for every answer, which is the path a wrong guess
+    falls back to, so it must pass the same suite."""
     if "db_url" not in metafunc.fixturenames:
         return
     backends = list(BACKENDS)
-    if "postgres" in backends and metafunc.definition.path.parent.name == "e2e":
+    strict_too = (metafunc.definition.path.parent.name == "e2e"
+                  or metafunc.definition.get_closest_marker("postgres_strict") is not None)
+    if "postgres" in backends and strict_too:
         backends.append("postgres-strict")
     metafunc.parametrize("db_url", backends, indirect=True)
 

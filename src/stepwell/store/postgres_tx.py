@@ -260,25 +260,9 @@ class PostgresTx(Pipe):
             f"RETURNING {QUEUE_COLUMNS}", (owner, lease_until, now, limit))
         items = [queue_item(r) for r in rows]
         items.sort(key=lambda i: (i.priority_at if i.priority_at is not None else i.due_at, i.id))
-        # At most one item per concurrency key per claim, so that runs of one key *start* in
-        # FIFO order: two claimed together would be dispatched at once and race. The others go
-        # straight back (unseen by anyone else) and are claimed in the next round.
-        kept: list[QueueItem] = []
-        returned: list[int] = []
-        taken: set[str] = set()
-        for item in items:
-            keys = {key for key, _ in item.concurrency}
-            if keys & taken:
-                returned.append(item.id)
-                continue
-            taken |= keys
-            kept.append(item)
-        if returned:
-            self._send("UPDATE queue SET owner=NULL, lease_until=NULL WHERE id = ANY(%s)",
-                       (returned,))
         # Lock every concurrency key the claim touches at once, in order (see count_held).
-        self.lock(*(f"c:{key}" for key in taken))
-        return kept
+        self.lock(*(f"c:{key}" for item in items for key, _ in item.concurrency))
+        return items
 
     def claim_timers(self, until: int, owner: str, lease_until: int,
                      limit: int) -> list[QueueItem]:
