@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from stepwell.store.base import NewRun, Store, Tx
-
 
 pytestmark = pytest.mark.postgres_strict     # part of the storage contract
 
