@@ -127,11 +127,6 @@ class EventTrigger:
     def is_wildcard(self) -> bool:
         return self.name.endswith("*")
 
-    def matches_name(self, name: str) -> bool:
-        if self.is_wildcard:
-            return name.startswith(self.name[:-1])
-        return name == self.name
-
 
 @dataclass(frozen=True)
 class CronTrigger:

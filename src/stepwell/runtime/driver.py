@@ -16,10 +16,19 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from stepwell.core.backoff import retry_delay_ms
 from stepwell.core.config import FunctionSpec
-from stepwell.core.models import FUNCTION_INVOKED, Event, Memo, RunStatus
+from stepwell.core.eventsize import check_event_size
+from stepwell.core.models import (
+    FUNCTION_INVOKED,
+    Event,
+    InvalidEventError,
+    Memo,
+    RunStatus,
+    validate_event_payload,
+)
 from stepwell.core.routing import match_key, path_value
 from stepwell.runtime import admission, scripts, signals
 from stepwell.runtime.scripts import Effects, Ending, LeaseLost, Placement
+from stepwell.sdk.errors import StepError
 from stepwell.store.base import RunState, Tx, WaitRow
 
 if TYPE_CHECKING:
@@ -255,11 +264,21 @@ class RunDriver:
                           raw_events: list[dict[str, Any]]) -> list[str]:
         now = self.now()
         events = []
-        for raw in raw_events:
-            event = Event.from_dict(raw)
-            event.id = event.id or scripts.new_id()
-            event.ts = event.ts or now
-            events.append(event)
+        try:
+            for raw in raw_events:
+                validate_event_payload(raw)
+                check_event_size(raw)
+                event = Event.from_dict(raw)
+                event.id = event.id or scripts.new_id()
+                event.ts = event.ts or now
+                events.append(event)
+        except InvalidEventError as exc:
+            # Deterministic: the same events would be refused again, so the step fails now.
+            error = {"name": "InvalidEventError", "message": f"step '{step_id}': {exc}",
+                     "stack": ""}
+            await self.checkpoint(Memo(step_hash, step_id, "send", seq, error=error,
+                                       started_at=now, ended_at=now))
+            raise StepError(step_id, error) from None
         ids = [e.id for e in events]
         memo = Memo(step_hash, step_id, "send", seq, data=ids, started_at=now, ended_at=now)
         await self.checkpoint(memo, lambda tx, place, effects: scripts.store_emitted(

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import httpx
 
 from stepwell.core.config import ConfigError
+from stepwell.core.eventsize import check_event_size
 from stepwell.core.models import (
     TERMINAL_STATUSES,
     Event,
@@ -338,6 +339,7 @@ class Engine:
         for raw in raw_items:
             payload = raw.to_dict() if isinstance(raw, Event) else raw
             validate_event_payload(payload)
+            check_event_size(payload)
             events.append(Event.from_dict(payload))
         return single, events
 

@@ -22,7 +22,9 @@ from stepwell.core.models import (
     Event,
     Memo,
     RunStatus,
+    is_lifecycle_event,
 )
+from stepwell.core.eventsize import fit_lifecycle
 from stepwell.core.routing import Router, match_key, path_value
 from stepwell.store.base import NewRun, Tx, WaitRow
 
@@ -222,6 +224,18 @@ def end_run(tx: Tx, ending: Ending, now: int, place: Placement, routing: Routing
                    {"error": ending.error or {"name": "Cancelled", "message": ending.status}})
         if tx.resolve_memo(ending.parent_run_id, ending.parent_step, outcome, now):
             enqueue_exec(tx, ending.parent_run_id, now, place, effects)
+    store_emitted(tx, lifecycle_events(ending, now, routing), now, effects)
+    return True
+
+
+def lifecycle_events(ending: Ending, now: int, routing: Routing) -> list[Event]:
+    """The events that report how a run ended (`inngest/function.failed`, `.cancelled`,
+    `.finished`), each within the event size limit (`fit_lifecycle`). A run that a lifecycle
+    event triggered reports nothing: as in Inngest, finish handlers never trigger finish
+    handlers, so no chain of them can loop."""
+    trigger = (ending.event or {}).get("name")
+    if isinstance(trigger, str) and is_lifecycle_event(trigger):
+        return []
     system: list[Event] = []
     spec = routing.functions.get(ending.function_id)
     public_id = spec.public_id if spec is not None else ending.function_id
@@ -235,9 +249,9 @@ def end_run(tx: Tx, ending: Ending, now: int, place: Placement, routing: Routing
         data = {**base, "result": ending.output} if ending.status == "completed" else {
             **base, "error": ending.error}
         system.append(_system_event(FUNCTION_FINISHED, data, now))
-    if system:
-        store_emitted(tx, system, now, effects)
-    return True
+    for event in system:
+        event.data = fit_lifecycle(event.name, event.data, ending.run_id)
+    return system
 
 
 def _system_event(name: str, data: dict[str, Any], now: int) -> Event:
