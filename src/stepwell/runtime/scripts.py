@@ -14,6 +14,7 @@ from typing import Any
 from ulid import ULID
 
 from stepwell.core.config import FunctionSpec
+from stepwell.core.eventsize import fit_lifecycle
 from stepwell.core.models import (
     EVENT_DEDUPE_WINDOW_MS,
     FUNCTION_CANCELLED,
@@ -24,9 +25,8 @@ from stepwell.core.models import (
     RunStatus,
     is_lifecycle_event,
 )
-from stepwell.core.eventsize import fit_lifecycle
 from stepwell.core.routing import Router, match_key, path_value
-from stepwell.store.base import NewRun, Tx, WaitRow
+from stepwell.store.base import NewRun, RunRow, Tx, WaitRow
 
 
 def new_id() -> str:
@@ -226,6 +226,21 @@ def end_run(tx: Tx, ending: Ending, now: int, place: Placement, routing: Routing
             enqueue_exec(tx, ending.parent_run_id, now, place, effects)
     store_emitted(tx, lifecycle_events(ending, now, routing), now, effects)
     return True
+
+
+def fail_bare(tx: Tx, run: RunRow, error: dict[str, Any], now: int, place: Placement,
+              effects: Effects) -> None:
+    """Fail a run with nothing but the store's own operations: for when `end_run` itself is
+    what fails (no lifecycle events; a parent's invoke is still resolved, so it goes on)."""
+    if not tx.finish_run(run.id, "failed", now, error=error):
+        return
+    tx.delete_items(run_id=run.id)
+    tx.delete_run_waits(run.id)
+    effects.finished_runs.append(run.id)
+    effects.ended.append("failed")
+    if run.parent_run_id and run.parent_step and tx.resolve_memo(
+            run.parent_run_id, run.parent_step, {"error": error}, now):
+        enqueue_exec(tx, run.parent_run_id, now, place, effects)
 
 
 def lifecycle_events(ending: Ending, now: int, routing: Routing) -> list[Event]:
