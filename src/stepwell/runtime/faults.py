@@ -13,8 +13,10 @@ every claim forever. So every session goes through `crashed`:
   on_failure handler, as any failure);
 - if even that end script fails (the fault is in it), the run is failed by a bare script that
   only sets its status, frees its queue items and waits, and resolves a parent's invoke;
-- if the store itself cannot be written, nothing can be recorded: the item is handed back for
-  later (or its lease expires), and the next attempt goes through the same path.
+- if the database itself failed (`StorageFailure`: a full disk, a lock held by another
+  process, an outage), nothing was written and it is nobody's bug: the item is handed back for
+  a few seconds later, not counted as an attempt (if even that cannot be written, its lease
+  expires); the run goes on from its last commit once the database is back.
 
 The worker carries on with its other runs in every case.
 """
@@ -26,6 +28,7 @@ import traceback
 from typing import TYPE_CHECKING, Any
 
 from stepwell.core.backoff import retry_delay_ms
+from stepwell.core.storage import StorageFailure
 from stepwell.runtime import scripts
 from stepwell.runtime.scripts import Effects, Ending, LeaseLost, Placement
 from stepwell.store.base import Tx
@@ -50,6 +53,12 @@ async def crashed(engine: Engine, item_id: int, run_id: str, exc: BaseException,
                   stage: str) -> str:
     """Record an unexpected exception on the run and retry it with backoff, or fail it once
     its retries are used up. Returns what was done: retrying, failed, gone or unrecorded."""
+    if isinstance(exc, StorageFailure):
+        # The database's condition (a full disk, a lock held elsewhere, an outage): nothing
+        # was written, nothing is the run's fault. Not counted; the run goes on once it clears.
+        log.warning("run %s: deferred, the database failed while %s: %s", run_id, stage, exc)
+        await hand_back(engine, item_id, UNWRITABLE_RETRY_MS)
+        return "deferred"
     log.error("run %s: stepwell failed while %s", run_id, stage, exc_info=exc)
     error = engine_error(exc, stage)
     owner, until, routing = engine.owner, engine.lease_until(), engine.routing

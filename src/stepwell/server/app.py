@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from stepwell.core.protocol import bearer_ok
+from stepwell.core.storage import StorageFailure
 from stepwell.server import metrics as prometheus
 from stepwell.server.dashboard import dashboard_routes
 from stepwell.server.openapi import openapi_document
@@ -285,6 +286,14 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
             message = f"method {request.method} is not allowed on {request.url.path}"
         return error_response(exc.status_code, message)
 
+    async def on_storage_failure(request: Request, exc: Exception) -> Response:
+        # The database's condition, not a bug: 507 (disk full) or 503, with when to retry.
+        assert isinstance(exc, StorageFailure)
+        response = error_response(exc.http_status, str(exc))
+        if exc.retry_after_s is not None:
+            response.headers["retry-after"] = str(exc.retry_after_s)
+        return response
+
     async def on_crash(request: Request, exc: Exception) -> Response:
         # Starlette re-raises after this reply, so the ASGI server logs the traceback once.
         return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
@@ -300,4 +309,5 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
                 await service.stop()
 
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers={
-        ServiceError: on_service_error, HTTPException: on_http_error, Exception: on_crash})
+        ServiceError: on_service_error, HTTPException: on_http_error,
+        StorageFailure: on_storage_failure, Exception: on_crash})

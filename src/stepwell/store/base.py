@@ -18,6 +18,7 @@ from importlib import resources
 from typing import Any, Protocol, TypeVar
 
 from stepwell.core.models import Event, Memo, RunStatus
+from stepwell.core.storage import StorageFailure
 
 R = TypeVar("R")
 
@@ -296,5 +297,5 @@ def migration_files(dialect: str) -> list[tuple[int, str]]:
                   for entry in folder.iterdir() if entry.name.endswith(".sql"))
 
 
-class StoreError(RuntimeError):
+class StoreError(StorageFailure):
     """The database is unreachable, corrupt, or from an incompatible stepwell version."""
