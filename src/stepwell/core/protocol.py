@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ KNOWN_FUNCTION_KEYS = frozenset({
     "id", "name", "triggers", "steps", "concurrency", "throttle", "rateLimit", "debounce",
     "batchEvents", "priority", "cancel", "idempotency", "singleton", "timeouts", "checkpoint",
     "retries", "optimizeParallelism"})
+MAX_FUNCTIONS_PER_APP = 1_000
 KNOWN_APP_KEYS = frozenset({
     "appName", "appname", "app_name", "deployType", "deploy_type", "url", "sdk", "v",
     "framework", "capabilities", "appVersion", "app_version", "featureObservations",
@@ -99,9 +101,12 @@ def parse_registration(body: Any) -> Registration:
     functions = body.get("functions")
     if not isinstance(functions, list):
         raise ProtocolError(f"app '{app_id}': 'functions' must be an array")
+    if len(functions) > MAX_FUNCTIONS_PER_APP:
+        raise ProtocolError(f"app '{app_id}' registers {len(functions)} functions; at most "
+                            f"{MAX_FUNCTIONS_PER_APP} are allowed per app")
     specs = [_function_spec(app_id, url, raw) for raw in functions]
-    ids = [s.spec.id for s in specs]
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    counts = Counter(s.spec.id for s in specs)
+    dupes = sorted(i for i, n in counts.items() if n > 1)
     if dupes:
         raise ProtocolError(f"app '{app_id}': function ids {dupes} are registered twice")
     return Registration(app_id, url, specs)

@@ -29,7 +29,7 @@ from stepwell.core.models import (
     RunStatus,
     validate_event_payload,
 )
-from stepwell.core.protocol import ProtocolError
+from stepwell.core.protocol import ProtocolError, parse_registration
 from stepwell.runtime import admission, items, scripts, signals, upkeep
 from stepwell.runtime.clock import Clock, SystemClock, wall_ms
 from stepwell.runtime.registry import Registry, registration_checksum
@@ -237,8 +237,18 @@ class Engine:
     async def register_app(self, body: dict[str, Any]) -> dict[str, Any]:
         """Apply an SDK app's registration (`POST /fn/register`): validate every function,
         store the app, and start routing events to it. Raises ProtocolError on a bad body."""
-        checksum = registration_checksum(body)
-        registration = self.registry.load_app(body, checksum)
+        # Hashing and validating a registration is CPU work proportional to its size (up to
+        # 1,000 functions): done on a thread so the event loop keeps serving, and skipped when
+        # the app is already loaded with this exact registration (every SDK re-sync).
+        if not isinstance(body, dict):
+            raise ProtocolError("registration body must be a JSON object")
+        checksum = await asyncio.to_thread(registration_checksum, body)
+        app_id = body.get("appName")
+        if isinstance(app_id, str) and self.registry.checksums.get(app_id) == checksum:
+            registration = self.registry.loaded[app_id]
+        else:
+            parsed = await asyncio.to_thread(parse_registration, body)
+            registration = self.registry.load_app(body, checksum, parsed)
         now = self.clock.now()
         modified = await self.store.write(lambda tx: tx.save_app(
             registration.app_id, registration.url, body, checksum, now))
@@ -257,7 +267,8 @@ class Engine:
             if self.registry.checksums.get(app_id) == checksum:
                 continue
             try:
-                self.registry.load_app(body, checksum)
+                parsed = await asyncio.to_thread(parse_registration, body)
+                self.registry.load_app(body, checksum, parsed)
                 changed = True
             except (ProtocolError, ConfigError) as exc:
                 log.error("stored app %s cannot be loaded: %s", app_id, exc)

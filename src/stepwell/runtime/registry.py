@@ -34,6 +34,7 @@ class Registry:
                 self.native[fn.qualified_id] = fn
         self.remote: dict[str, RemoteFunction] = {}
         self.checksums: dict[str, str] = {}
+        self.loaded: dict[str, Registration] = {}       # app id -> its registration
         self.routing = self._routing()
 
     def _routing(self) -> Routing:
@@ -67,9 +68,11 @@ class Registry:
                 if isinstance(trigger, CronTrigger):
                     yield f"cron:{qid}:{index}", index, trigger, fn.spec
 
-    def load_app(self, body: dict[str, Any], checksum: str) -> Registration:
-        """Replace an SDK app's functions with those of its latest registration."""
-        registration = parse_registration(body)
+    def load_app(self, body: dict[str, Any], checksum: str,
+                 registration: Registration | None = None) -> Registration:
+        """Replace an SDK app's functions with those of its latest registration (`body`, or
+        `registration` when the caller already parsed it, off the event loop)."""
+        registration = registration or parse_registration(body)
         clash = [s.spec.qualified_id for s in registration.functions
                  if s.spec.qualified_id in self.native]
         if clash:
@@ -80,5 +83,6 @@ class Registry:
         for item in registration.functions:
             self.remote[item.spec.qualified_id] = RemoteFunction(item.spec, item.url)
         self.checksums[registration.app_id] = checksum
+        self.loaded[registration.app_id] = registration
         self.routing = self._routing()
         return registration
