@@ -12,6 +12,7 @@ import pytest
 
 import stepwell
 from stepwell.core.models import MAX_EVENT_BYTES, InvalidEventError
+from stepwell.runtime.driver import MAX_INVOKE_DEPTH
 
 IDLE_DEADLINE_S = 60.0       # a loop never goes idle; a bounded run of events does, quickly
 
@@ -147,3 +148,24 @@ async def test_events_over_the_size_limit_are_refused_at_send_and_in_steps(
     assert run.error is not None and "at most 3145728 bytes" in run.error["message"]
     assert [(s.id, s.status, s.attempts) for s in run.steps] == [("huge", "failed", 1)]
     assert "send/huge" not in names
+
+
+async def test_a_function_invoking_itself_stops_at_the_invoke_depth_limit(
+        make_engine: Any) -> None:
+    app = stepwell.App("rec")
+
+    @app.function(id="down", trigger="rec/go", retries=0)
+    async def down(ctx: stepwell.Context, step: stepwell.Step) -> int:
+        depth = int(ctx.event.data.get("depth", 0))
+        return int(await step.invoke("deeper", function="rec/down", data={"depth": depth + 1}))
+
+    async with make_engine(app) as engine:
+        await engine.send("rec/go", {})
+        await settle(engine)
+        runs = await engine.runs()
+    assert len(runs) == MAX_INVOKE_DEPTH + 1
+    # The deepest invoke failed; each parent's invoke step failed with its child's error.
+    assert {(r.status, (r.error or {}).get("name")) for r in runs} == {
+        ("failed", "InvokeDepthError")}
+    assert all(f"at most {MAX_INVOKE_DEPTH} nested invokes" in (r.error or {})["message"]
+               for r in runs)

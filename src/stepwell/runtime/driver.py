@@ -43,6 +43,7 @@ INVOKE_TIMEOUT_ERROR = {
     "name": "InngestInvokeTimeoutError", "stack": "",
     "message": "Timed out waiting for invoked function to complete"}
 log = logging.getLogger("stepwell.run")
+MAX_INVOKE_DEPTH = 100          # nested invocations (a run invoking, invoked by a run ...)
 
 
 class Target(Protocol):
@@ -285,21 +286,45 @@ class RunDriver:
             tx, events, now, effects))
         return ids
 
+    async def _invoke_depth(self) -> int:
+        """How many invocations deep this run is (its invoking ancestors, counted up to the
+        limit: one read per level, and most runs have no parent)."""
+        parent = self.state.run.parent_run_id
+
+        def count(tx: Tx) -> int:
+            depth, current = 0, parent
+            while current is not None and depth < MAX_INVOKE_DEPTH:
+                row = tx.get_run(current)
+                depth += 1
+                current = row.parent_run_id if row is not None else None
+            return depth
+
+        return 0 if parent is None else await self.host.read(count)
+
     async def invoke(self, step_hash: str, step_id: str, seq: int, *, ref: object,
                      data: dict[str, Any], timeout_ms: int | None) -> Memo:
         """Start the target as a child run (its end resolves this step), or, when no such
         function exists, record the step as failed. Returns the memo."""
         now = self.now()
         target = self.host.find_function(ref)
+        error: dict[str, Any] | None = None
         if target is None:
             error = {"name": "FunctionNotFoundError", "stack": "",
                      "message": f"step '{step_id}': no function {ref!r} is registered (give a "
                                 "function object, 'fn-id', 'app-id/fn-id' or an SDK app's "
                                 "composite id)"}
+        elif await self._invoke_depth() >= MAX_INVOKE_DEPTH:
+            # A function invoking itself (or A invoking B invoking A) would otherwise nest
+            # runs without end, each parent waiting on its child.
+            error = {"name": "InvokeDepthError", "stack": "",
+                     "message": f"step '{step_id}': this run is {MAX_INVOKE_DEPTH} invocations "
+                                f"deep; at most {MAX_INVOKE_DEPTH} nested invokes are allowed"}
+        if error is not None:
             memo = Memo(step_hash, step_id, "invoke", seq, error=error, started_at=now,
                         ended_at=now)
             await self.checkpoint(memo)
             return memo
+        assert target is not None
         due = None if timeout_ms is None else now + timeout_ms
         memo = Memo(step_hash, step_id, "invoke", seq, due_at=due, started_at=now, pending=True)
         child = Event(name=FUNCTION_INVOKED, data=dict(data), id=scripts.new_id(), ts=now)
