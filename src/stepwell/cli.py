@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -167,6 +168,47 @@ def banner(url: str, db: str, apps: Sequence[App]) -> str:
     return "\n".join(lines)
 
 
+SHUTDOWN_GRACE_S = float(os.environ.get("STEPWELL_SHUTDOWN_GRACE_S", "30"))
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: it swaps in handlers while serving and raises
+    the signals it caught again when it returns, so each signal would reach `Shutdown` twice
+    and one SIGTERM would look like two."""
+
+    def capture_signals(self) -> contextlib.AbstractContextManager[None]:  # type: ignore[override]
+        return contextlib.nullcontext()
+
+
+class Shutdown:
+    """SIGINT/SIGTERM: the first asks for a clean stop (`on_request`); a second one, or the
+    clean stop taking longer than `SHUTDOWN_GRACE_S` (a step body that never returns keeps its
+    thread, and the interpreter waits for it at exit), ends the process at once. That is safe:
+    every acknowledged event and committed step is on disk, and what was running is resumed
+    by the next process, exactly as after a crash."""
+
+    def __init__(self, on_request: Callable[[], None]) -> None:
+        self.on_request = on_request
+        self.requested = False
+
+    def __call__(self) -> None:
+        if self.requested:
+            self.now("a second signal")
+        self.requested = True
+        timer = threading.Timer(SHUTDOWN_GRACE_S, self.now,
+                                args=(f"the clean stop taking over {SHUTDOWN_GRACE_S:g} s",))
+        timer.daemon = True
+        timer.start()
+        self.on_request()
+
+    @staticmethod
+    def now(why: str) -> None:
+        sys.stderr.write(f"stepwell: stopping now ({why}); unfinished work resumes on the "
+                         "next start\n")
+        sys.stderr.flush()
+        os._exit(1)
+
+
 async def serve(service: Service, sock: socket.socket, apps: Sequence[App], db: str, *,
                 sync_urls: Sequence[str] = (), event_keys: Sequence[str] = (),
                 signing_keys: Sequence[str] = ()) -> None:
@@ -175,17 +217,18 @@ async def serve(service: Service, sock: socket.socket, apps: Sequence[App], db: 
                      signing_keys=list(signing_keys) or None)
     config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,
                             timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
+    server = _Server(config)
     loop = asyncio.get_running_loop()
 
     def request_exit() -> None:
         server.should_exit = True
 
-    # uvicorn swaps in its own handlers while serving and re-raises caught signals when it
-    # returns; ours only set a flag, so that re-raise cannot interrupt the engine's shutdown.
+    # Ours are the only handlers (see `_Server`): the first signal stops the server, then the
+    # engine; a second one, or a stop past its grace, ends the process (`Shutdown`).
+    shutdown = Shutdown(request_exit)
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, request_exit)
+            loop.add_signal_handler(sig, shutdown)
     await start_service(service)
     syncing: list[asyncio.Task[None]] = []
     try:
@@ -392,9 +435,10 @@ def worker(target: str, db: str, retention: str) -> None:
 async def run_worker(service: Service, apps: Sequence[App], db: str) -> None:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
+    shutdown = Shutdown(stopping.set)
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stopping.set)
+            loop.add_signal_handler(sig, shutdown)
     await start_service(service)
     try:
         functions = [fn.qualified_id for app in apps for fn in app.functions.values()]
