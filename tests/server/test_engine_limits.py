@@ -15,7 +15,7 @@ import pytest
 import stepwell
 from stepwell.core.config import MAX_CONCURRENCY, ConfigError
 from stepwell.core.expressions import MAX_EXPRESSION_LENGTH
-from stepwell.core.protocol import MAX_FUNCTIONS_PER_APP
+from stepwell.core.protocol import MAX_FUNCTIONS_PER_APP, Op, ProtocolError, wait_request
 from stepwell.runtime import engine as engine_module
 from stepwell.server.app import create_app
 from stepwell.service import Service
@@ -112,3 +112,18 @@ async def test_registration_is_validated_off_the_loop_and_once_per_checksum(
         assert (await http.post("/fn/register", json=changed)).status_code == 200
     assert len(parsed_on) == 2, parsed_on                # the first sync and the change
     assert loop_thread not in parsed_on
+
+
+def test_an_sdk_wait_condition_is_checked_when_the_wait_is_registered() -> None:
+    """Before, it was compiled at every matching event, inside the event's ingestion: a bad
+    (or, now, oversized) condition failed the ingestion of every later event of that name."""
+    long_if = "async.data.a == 1 && " * 1000 + "true"
+    for condition, fragment in ((long_if, f"at most {MAX_EXPRESSION_LENGTH} are allowed"),
+                                ("async.data.a ==", "invalid 'if'")):
+        op = Op("h", "WaitForEvent", opts={"event": "lim/paid", "timeout": "1h",
+                                           "if": condition})
+        with pytest.raises(ProtocolError, match=fragment):
+            wait_request(op)
+    ok = Op("h", "WaitForEvent", opts={"event": "lim/paid", "timeout": "1h",
+                                       "if": "async.data.a == 1"})
+    assert wait_request(ok) == ("lim/paid", 3_600_000, None, "async.data.a == 1")

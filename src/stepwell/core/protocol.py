@@ -18,6 +18,7 @@ import rfc8785
 
 from stepwell.core.config import Cancel, ConfigError, Cron, FunctionSpec, build_spec
 from stepwell.core.durations import DurationError, parse_duration_ms, parse_timestamp_ms
+from stepwell.core.expressions import ExpressionError, compile_expression
 from stepwell.core.models import Event, Memo
 
 # Keys a registered function may carry (§1.2); anything else is rejected so a typo or an
@@ -248,7 +249,15 @@ def wait_request(op: Op) -> tuple[str, int, str | None, str | None]:
     timeout_ms = _timeout_ms(op)
     expression = op.opts.get("if") or None
     path = match_path_of(expression)
-    return event, timeout_ms, path, None if path else expression
+    condition = None if path else expression
+    if condition is not None:
+        # Checked now, so a bad or oversized condition fails this step instead of failing
+        # the ingestion of every later event of that name.
+        try:
+            compile_expression(condition)
+        except ExpressionError as exc:
+            raise ProtocolError(f"WaitForEvent op {op.id} has an invalid 'if': {exc}") from None
+    return event, timeout_ms, path, condition
 
 
 SIGNAL_CONFLICTS = ("replace", "fail")
