@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from stepwell.core.config import ConfigError, CronTrigger, FunctionSpec
@@ -69,10 +69,14 @@ class Registry:
                     yield f"cron:{qid}:{index}", index, trigger, fn.spec
 
     def load_app(self, body: dict[str, Any], checksum: str,
-                 registration: Registration | None = None) -> Registration:
+                 registration: Registration | None = None,
+                 check: Callable[[Registration], None] | None = None) -> Registration:
         """Replace an SDK app's functions with those of its latest registration (`body`, or
-        `registration` when the caller already parsed it, off the event loop)."""
+        `registration` when the caller already parsed it, off the event loop; `check`, if
+        given, may refuse it by raising before anything is replaced)."""
         registration = registration or parse_registration(body)
+        if check is not None:
+            check(registration)
         clash = [s.spec.qualified_id for s in registration.functions
                  if s.spec.qualified_id in self.native]
         if clash:
