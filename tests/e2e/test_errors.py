@@ -175,10 +175,11 @@ def test_invalid_retries_rejected_at_definition(retries: Any) -> None:
         app.function(id="f", trigger="t/x", retries=retries)
 
 
-async def test_a_crashed_session_lets_its_lease_expire_and_the_run_resumes(
-        make_engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An executor bug must not strand a run: only the leases of live sessions are renewed, so
-    the crashed session's item expires and is claimed again."""
+async def test_a_crashed_session_is_retried_with_backoff_and_the_run_resumes(
+        make_engine: Any, monkeypatch: pytest.MonkeyPatch, clock: VirtualClock) -> None:
+    """An executor bug must not strand a run: the crash is recorded on the run as a failed
+    `(engine)` attempt and the run is retried after a backoff (tests/e2e/test_faults.py
+    injects faults at every stage)."""
     from stepwell.runtime import items
 
     real_execute = items.RunSession.execute
@@ -197,8 +198,12 @@ async def test_a_crashed_session_lets_its_lease_expire_and_the_run_resumes(
     async def fine(ctx: stepwell.Context, step: stepwell.Step) -> str:
         return str(await step.run("s", lambda: "ok"))
 
-    async with make_engine(app, lease_seconds=1) as engine:
+    async with make_engine(app, clock=clock) as engine:
         [run] = await engine.runs(event_id=await engine.send("t/go", {}))
+        await engine.idle()
+        await clock.advance("1m")
         run = await engine.wait(run.id, timeout=20)
     assert crashes == [run.id]
     assert run.status == "completed" and run.output == "ok"
+    [crash] = [s for s in run.steps if s.id == "(engine)"]
+    assert "executor bug" in crash.failures[0]["error"]["message"]

@@ -29,6 +29,10 @@ MAX_RETRIES = 20
 DEFAULT_RETRIES = 4
 MAX_CANCEL_RULES = 5
 MAX_CONCURRENCY_LIMITS = 2
+# Beyond these a limit means "no limit" in practice, and the database columns holding them are
+# 32-bit: refused at definition rather than failing at the first run.
+MAX_CONCURRENCY = 100_000
+MAX_FLOW_LIMIT = 1_000_000      # throttle / rate_limit `limit` and `burst`
 MIN_PERIOD_MS = 1_000
 MAX_PERIOD_MS = 7 * 24 * 3600 * 1000
 MAX_SLEEP_MS = 366 * 24 * 3600 * 1000          # sleeps, waits and timeouts: at most a year
@@ -329,10 +333,11 @@ def _cancel_rule(check: _Checker, raw: object) -> CancelRule:
 def _keyed(check: _Checker, option: str, value: object, cls: type[Any],
            needs_period: bool) -> KeyedLimit:
     cfg = check.coerce(option, value, cls)
-    limit = check.integer(f"{option}.limit", cfg.limit, 1)
+    most = MAX_FLOW_LIMIT if needs_period else MAX_CONCURRENCY
+    limit = check.integer(f"{option}.limit", cfg.limit, 1, most)
     period = check.duration(f"{option}.period", cfg.period, MIN_PERIOD_MS, MAX_PERIOD_MS) if (
         needs_period) else 0
-    burst = check.integer(f"{option}.burst", getattr(cfg, "burst", 1), 1)
+    burst = check.integer(f"{option}.burst", getattr(cfg, "burst", 1), 1, MAX_FLOW_LIMIT)
     key = check.optional_expression(f"{option}.key", cfg.key)
     scope = getattr(cfg, "scope", "fn")
     if scope not in ("fn", "env", "account"):

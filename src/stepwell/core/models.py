@@ -26,6 +26,21 @@ FUNCTION_FINISHED = "inngest/function.finished"
 FUNCTION_CANCELLED = "inngest/function.cancelled"
 FUNCTION_INVOKED = "inngest/function.invoked"
 SCHEDULED_TIMER = "inngest/scheduled.timer"
+# The events that report how a run ended. A run triggered by one of them emits none itself
+# (Inngest's rule: finish handlers never trigger finish handlers), so they cannot form a loop.
+LIFECYCLE_EVENTS = frozenset({FUNCTION_FAILED, FUNCTION_FINISHED, FUNCTION_CANCELLED})
+# Inngest's limit on an event (its API's absolute maximum), applied to every event stepwell
+# stores: sent through the API or `engine.send`, by a step, or emitted by the engine itself.
+MAX_EVENT_BYTES = 3 * 1024 * 1024
+
+
+def is_internal_event(name: str) -> bool:
+    """Events in Inngest's reserved `inngest/` namespace."""
+    return name.lower().startswith("inngest/")
+
+
+def is_lifecycle_event(name: str) -> bool:
+    return name in LIFECYCLE_EVENTS
 
 
 class InvalidEventError(ValueError):

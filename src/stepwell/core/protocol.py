@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ import rfc8785
 
 from stepwell.core.config import Cancel, ConfigError, Cron, FunctionSpec, build_spec
 from stepwell.core.durations import DurationError, parse_duration_ms, parse_timestamp_ms
+from stepwell.core.expressions import ExpressionError, compile_expression
 from stepwell.core.models import Event, Memo
 
 # Keys a registered function may carry (§1.2); anything else is rejected so a typo or an
@@ -25,6 +27,7 @@ KNOWN_FUNCTION_KEYS = frozenset({
     "id", "name", "triggers", "steps", "concurrency", "throttle", "rateLimit", "debounce",
     "batchEvents", "priority", "cancel", "idempotency", "singleton", "timeouts", "checkpoint",
     "retries", "optimizeParallelism"})
+MAX_FUNCTIONS_PER_APP = 1_000
 KNOWN_APP_KEYS = frozenset({
     "appName", "appname", "app_name", "deployType", "deploy_type", "url", "sdk", "v",
     "framework", "capabilities", "appVersion", "app_version", "featureObservations",
@@ -99,9 +102,12 @@ def parse_registration(body: Any) -> Registration:
     functions = body.get("functions")
     if not isinstance(functions, list):
         raise ProtocolError(f"app '{app_id}': 'functions' must be an array")
+    if len(functions) > MAX_FUNCTIONS_PER_APP:
+        raise ProtocolError(f"app '{app_id}' registers {len(functions)} functions; at most "
+                            f"{MAX_FUNCTIONS_PER_APP} are allowed per app")
     specs = [_function_spec(app_id, url, raw) for raw in functions]
-    ids = [s.spec.id for s in specs]
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    counts = Counter(s.spec.id for s in specs)
+    dupes = sorted(i for i, n in counts.items() if n > 1)
     if dupes:
         raise ProtocolError(f"app '{app_id}': function ids {dupes} are registered twice")
     return Registration(app_id, url, specs)
@@ -242,7 +248,15 @@ def wait_request(op: Op) -> tuple[str, int, str | None, str | None]:
     timeout_ms = _timeout_ms(op)
     expression = op.opts.get("if") or None
     path = match_path_of(expression)
-    return event, timeout_ms, path, None if path else expression
+    condition = None if path else expression
+    if condition is not None:
+        # Checked now, so a bad or oversized condition fails this step instead of failing
+        # the ingestion of every later event of that name.
+        try:
+            compile_expression(condition)
+        except ExpressionError as exc:
+            raise ProtocolError(f"WaitForEvent op {op.id} has an invalid 'if': {exc}") from None
+    return event, timeout_ms, path, condition
 
 
 SIGNAL_CONFLICTS = ("replace", "fail")

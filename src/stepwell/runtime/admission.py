@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from stepwell.core.config import FunctionSpec
-from stepwell.core.expressions import compile_expression
+from stepwell.core.expressions import ExpressionError, compile_expression
 from stepwell.core.flow import (
     FlowKeyError,
     batch_is_full,
@@ -71,7 +71,12 @@ def process_event(tx: Tx, event: Event, now: int, routing: Routing, place: Place
         if wait.expires_at is not None and wait.expires_at < now:
             continue
         if wait.expr is not None:
-            condition = compile_expression(wait.expr)
+            try:
+                condition = compile_expression(wait.expr)
+            except ExpressionError:
+                # Stored by an older version that did not check it: it can match nothing,
+                # and must not fail the ingestion of this event (and of every later one).
+                continue
             if not condition.matches(wait.event_ctx, payload):
                 continue
         if not tx.delete_wait(wait.id):

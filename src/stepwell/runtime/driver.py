@@ -16,10 +16,19 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from stepwell.core.backoff import retry_delay_ms
 from stepwell.core.config import FunctionSpec
-from stepwell.core.models import FUNCTION_INVOKED, Event, Memo, RunStatus
+from stepwell.core.eventsize import check_event_size
+from stepwell.core.models import (
+    FUNCTION_INVOKED,
+    Event,
+    InvalidEventError,
+    Memo,
+    RunStatus,
+    validate_event_payload,
+)
 from stepwell.core.routing import match_key, path_value
 from stepwell.runtime import admission, scripts, signals
 from stepwell.runtime.scripts import Effects, Ending, LeaseLost, Placement
+from stepwell.sdk.errors import StepError
 from stepwell.store.base import RunState, Tx, WaitRow
 
 if TYPE_CHECKING:
@@ -34,6 +43,7 @@ INVOKE_TIMEOUT_ERROR = {
     "name": "InngestInvokeTimeoutError", "stack": "",
     "message": "Timed out waiting for invoked function to complete"}
 log = logging.getLogger("stepwell.run")
+MAX_INVOKE_DEPTH = 100          # nested invocations (a run invoking, invoked by a run ...)
 
 
 class Target(Protocol):
@@ -255,16 +265,41 @@ class RunDriver:
                           raw_events: list[dict[str, Any]]) -> list[str]:
         now = self.now()
         events = []
-        for raw in raw_events:
-            event = Event.from_dict(raw)
-            event.id = event.id or scripts.new_id()
-            event.ts = event.ts or now
-            events.append(event)
+        try:
+            for raw in raw_events:
+                validate_event_payload(raw)
+                check_event_size(raw)
+                event = Event.from_dict(raw)
+                event.id = event.id or scripts.new_id()
+                event.ts = event.ts or now
+                events.append(event)
+        except InvalidEventError as exc:
+            # Deterministic: the same events would be refused again, so the step fails now.
+            error = {"name": "InvalidEventError", "message": f"step '{step_id}': {exc}",
+                     "stack": ""}
+            await self.checkpoint(Memo(step_hash, step_id, "send", seq, error=error,
+                                       started_at=now, ended_at=now))
+            raise StepError(step_id, error) from None
         ids = [e.id for e in events]
         memo = Memo(step_hash, step_id, "send", seq, data=ids, started_at=now, ended_at=now)
         await self.checkpoint(memo, lambda tx, place, effects: scripts.store_emitted(
             tx, events, now, effects))
         return ids
+
+    async def _invoke_depth(self) -> int:
+        """How many invocations deep this run is (its invoking ancestors, counted up to the
+        limit: one read per level, and most runs have no parent)."""
+        parent = self.state.run.parent_run_id
+
+        def count(tx: Tx) -> int:
+            depth, current = 0, parent
+            while current is not None and depth < MAX_INVOKE_DEPTH:
+                row = tx.get_run(current)
+                depth += 1
+                current = row.parent_run_id if row is not None else None
+            return depth
+
+        return 0 if parent is None else await self.host.read(count)
 
     async def invoke(self, step_hash: str, step_id: str, seq: int, *, ref: object,
                      data: dict[str, Any], timeout_ms: int | None) -> Memo:
@@ -272,15 +307,24 @@ class RunDriver:
         function exists, record the step as failed. Returns the memo."""
         now = self.now()
         target = self.host.find_function(ref)
+        error: dict[str, Any] | None = None
         if target is None:
             error = {"name": "FunctionNotFoundError", "stack": "",
                      "message": f"step '{step_id}': no function {ref!r} is registered (give a "
                                 "function object, 'fn-id', 'app-id/fn-id' or an SDK app's "
                                 "composite id)"}
+        elif await self._invoke_depth() >= MAX_INVOKE_DEPTH:
+            # A function invoking itself (or A invoking B invoking A) would otherwise nest
+            # runs without end, each parent waiting on its child.
+            error = {"name": "InvokeDepthError", "stack": "",
+                     "message": f"step '{step_id}': this run is {MAX_INVOKE_DEPTH} invocations "
+                                f"deep; at most {MAX_INVOKE_DEPTH} nested invokes are allowed"}
+        if error is not None:
             memo = Memo(step_hash, step_id, "invoke", seq, error=error, started_at=now,
                         ended_at=now)
             await self.checkpoint(memo)
             return memo
+        assert target is not None
         due = None if timeout_ms is None else now + timeout_ms
         memo = Memo(step_hash, step_id, "invoke", seq, due_at=due, started_at=now, pending=True)
         child = Event(name=FUNCTION_INVOKED, data=dict(data), id=scripts.new_id(), ts=now)
