@@ -33,7 +33,7 @@ from stepwell import cli_client
 from stepwell.core.config import ConfigError
 from stepwell.sdk.app import App
 from stepwell.server.app import create_app
-from stepwell.service import DEFAULT_DB, Service, ServiceError
+from stepwell.service import DEFAULT_DB, Service, ServiceError, SyncRefused
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -210,7 +210,8 @@ async def sync_when_up(service: Service, url: str, signing_keys: Sequence[str],
             result = await service.sync_app(url, signing_key=signing_keys[0] if signing_keys
                                             else None)
         except ServiceError as exc:
-            if attempt == attempts - 1:
+            if isinstance(exc, SyncRefused) or attempt == attempts - 1:
+                # A refused registration names the function and why; retrying cannot help.
                 click.echo(f"could not sync {url}: {exc.message}", err=True)
                 return
             await asyncio.sleep(min(0.2 * 2 ** attempt, 5))

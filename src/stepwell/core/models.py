@@ -10,6 +10,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from stepwell.core.jsonsafe import unsafe_integer, unsafe_integer_message
+
 RunStatus = Literal["queued", "running", "completed", "failed", "cancelled", "skipped"]
 ACTIVE_STATUSES: tuple[RunStatus, ...] = ("queued", "running")
 TERMINAL_STATUSES: tuple[RunStatus, ...] = ("completed", "failed", "cancelled", "skipped")
@@ -26,6 +28,7 @@ FUNCTION_FINISHED = "inngest/function.finished"
 FUNCTION_CANCELLED = "inngest/function.cancelled"
 FUNCTION_INVOKED = "inngest/function.invoked"
 SCHEDULED_TIMER = "inngest/scheduled.timer"
+
 
 
 class InvalidEventError(ValueError):
@@ -92,6 +95,9 @@ def validate_event_payload(raw: object) -> None:
         raise InvalidEventError(
             f"event '{name}' has unknown fields {sorted(unknown)}; allowed: name, data, id, ts, "
             "user, v")
+    big = unsafe_integer({"data": data, "user": user})
+    if big is not None:
+        raise InvalidEventError(unsafe_integer_message(f"event '{name}'", big))
 
 
 def hash_step_id(step_id: str, occurrence: int) -> str:
