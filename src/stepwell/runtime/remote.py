@@ -156,6 +156,7 @@ class RemoteExecutor(RunDriver):
     async def _handle(self, result: CallResult) -> bool:
         """Apply one discovery response; False once the run has ended or was handed back."""
         if result.kind == "done":
+            self._cancel_in_flight()
             await self.end("completed", output=result.output)
             return False
         if result.kind == "error":
@@ -213,6 +214,11 @@ class RemoteExecutor(RunDriver):
         """Apply the answer of a targeted call; False once it ended the run. An error answer
         (not a StepError op) is the call's own failure, as in Inngest: retried as that unit of
         work while retries are left, else it fails the run with the SDK's error body."""
+        if sub.kind == "done":
+            # The function returned from a targeted call: as in Inngest, the run is complete.
+            self._cancel_in_flight()
+            await self.end("completed", output=sub.output)
+            return False
         if sub.kind == "ops":
             for inner in sub.ops or []:
                 if inner.op not in ("StepPlanned", "RunComplete"):
@@ -224,13 +230,17 @@ class RemoteExecutor(RunDriver):
                 await self.record_failure(op.id, op.display_name or op.id, attempt, sub.error)
                 self._dues.append(self.retry_due(op.id, attempt + 1, after_ms=sub.retry_at))
                 return True
-            for task in self._in_flight.values():
-                task.cancel()
-            self._in_flight.clear()
+            self._cancel_in_flight()
             await self.end("failed", error=sub.output_error or sub.error,
                            event_error=sub.error)
             return False
         return True
+
+    def _cancel_in_flight(self) -> None:
+        for task in self._in_flight.values():
+            task.cancel()
+        self._in_flight.clear()
+        self._planned.clear()
 
     def _seq(self) -> int:
         return len(self.memos)
