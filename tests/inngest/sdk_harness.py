@@ -398,7 +398,7 @@ class SdkHarness:
         assert response.status_code == 200, response.text
         entries = list(response.json())
         return [e for e in entries
-                if (kind is None or e["kind"] == kind) and (key is None or e["key"] == key)]
+                if (kind is None or e["kind"] == kind) and (key is None or e.get("key") == key)]
 
 
 def step_names(run: dict[str, Any]) -> list[str]:

@@ -24,8 +24,8 @@ function flag(key) {
 }
 
 // `define(config, trigger, handler)` hides how v3 and v4 take triggers; `sdk` holds the SDK's
-// exports; `race(step, group, branches)` runs branches with race semantics where the SDK has
-// them (v4: `group.parallel`), else null.
+// exports; `race(step, group, start)` races the branches `start()` returns with race semantics
+// where the SDK has them (v4: `group.parallel`), else null.
 export function compatFunctions(appId, define, sdk, race) {
   const { NonRetriableError, referenceFunction } = sdk;
   const charge = define({ id: "billing/charge" }, { event: "compat/charge" },
@@ -116,7 +116,7 @@ export function compatFunctions(appId, define, sdk, race) {
             return "f2";
           });
         };
-        const slow = step.run("slow", async () => {
+        const slow = () => step.run("slow", async () => {
           // Finishes only once the fast branch's second step ran (or gives up after 20 s):
           // in race mode that step runs while this one is still running.
           const saw = await Promise.race([flag(key).promise,
@@ -124,7 +124,8 @@ export function compatFunctions(appId, define, sdk, race) {
           record("slow", key, { saw_fast_2: saw });
           return saw ? "saw fast-2" : "fast-2 had not run";
         });
-        const fast = await race(step, group, [fastChain(), slow]);
+        // The branches start inside `race` so that their steps get the race option.
+        const fast = await race(step, group, () => [fastChain(), slow()]);
         return { fast };
       }));
   }

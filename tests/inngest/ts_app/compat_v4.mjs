@@ -11,7 +11,7 @@ const inngest = new Inngest({ id: appId });
 const define = (config, trigger, handler) =>
   inngest.createFunction({ ...config, triggers: [trigger] }, handler);
 // v4: `group.parallel` gives every step inside it `parallelMode: "race"`.
-const race = (step, group, branches) => group.parallel(async () => Promise.race(branches));
+const race = (step, group, start) => group.parallel(async () => Promise.race(start()));
 
 const functions = compatFunctions(appId, define, sdk, race);
 listen(appId, serve({ client: inngest, functions }));
