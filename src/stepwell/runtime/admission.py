@@ -223,7 +223,8 @@ def _collect_batch(tx: Tx, spec: FunctionSpec, event: Event, now: int, place: Pl
                    effects: Effects, routing: Routing) -> None:
     batch = spec.batch
     assert batch is not None
-    key = f"batch:{id_for_key(spec.qualified_id)}:{evaluate_key(batch.key, event.to_dict(), option='batch')}"
+    key = (f"batch:{id_for_key(spec.qualified_id)}:"
+           f"{evaluate_key(batch.key, event.to_dict(), option='batch')}")
     size = tx.add_batch_event(key, event.id)
     if batch_is_full(size, batch.max_size):
         flush_batch(tx, spec, key, now, place, effects, routing)

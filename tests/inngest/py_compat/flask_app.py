@@ -6,7 +6,6 @@ Run: `python flask_app.py [PORT]` (0 picks a free port); prints
 
 from __future__ import annotations
 
-import socket
 import sys
 
 import flask

@@ -171,7 +171,8 @@ def unexpected(ctx: inngest.ContextSync) -> str:
 # --- step.invoke of an unknown function ----------------------------------------------------
 
 
-@client.create_function(fn_id="invoke/missing", trigger=inngest.TriggerEvent(event="compat/missing"))
+@client.create_function(fn_id="invoke/missing",
+                        trigger=inngest.TriggerEvent(event="compat/missing"))
 def invoke_missing(ctx: inngest.ContextSync) -> dict[str, Any]:
     try:
         ctx.step.invoke_by_id("call", app_id=APP_ID, function_id="does/not-exist", data={})
