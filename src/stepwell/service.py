@@ -27,6 +27,7 @@ from stepwell.core.models import (
     RunStatus,
 )
 from stepwell.core.protocol import ProtocolError, sign, steps_map
+from stepwell.core.urlpolicy import AppUrlNotAllowed
 from stepwell.runtime.engine import DEFAULT_DB as DEFAULT_DB  # re-exported for transports
 from stepwell.runtime.engine import Engine
 from stepwell.sdk.app import App
@@ -69,6 +70,10 @@ class SyncRefused(InvalidInput):
     """An SDK app's registration was refused: retrying the same app cannot succeed."""
 
 
+class Forbidden(ServiceError):
+    status = 403
+
+
 def parse_time(value: object, field: str) -> int:
     """An RFC 3339 string or epoch ms, as epoch ms (times in request bodies)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -108,15 +113,30 @@ def parse_limit(value: object, default: int) -> int:
     return limit
 
 
+def _sync_reason(response: httpx.Response) -> str:
+    """Why a PUT to an app did not register it, in our words (see `Service.sync_app`)."""
+    if "x-inngest-sdk" not in response.headers:
+        return ("no Inngest SDK answered there (no x-inngest-sdk header); check the URL is "
+                "the app's serve endpoint, e.g. http://127.0.0.1:3000/api/inngest")
+    if response.status_code in (401, 403):
+        return ("the SDK refused the request: check the app and the server use the same "
+                "signing key (or both run in dev mode)")
+    return ("the SDK answered without registering with this server: check the app's "
+            "INNGEST_BASE_URL / INNGEST_DEV points here, and the app's own logs")
+
+
 class Service:
     """Use cases over one engine; every method returns JSON-ready values or raises
     `ServiceError`."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, load_error: str | None = None) -> None:
         self.engine = engine
         # The last refused registration per app URL (the Python SDK answers the sync with 200
         # whatever we said, so the refusal is kept to be shown by /v1/apps and the dashboard).
         self.sync_errors: dict[str, dict[str, Any]] = {}
+        # `stepwell dev` serving while the app's code does not import: why (shown by /health
+        # and the dashboard until a fixed version loads).
+        self.load_error = load_error
 
     def _run_dict(self, run: Run, *, steps: bool = True) -> dict[str, Any]:
         """A run's API shape; SDK functions are named by their composite id, as in Inngest."""
@@ -341,8 +361,11 @@ class Service:
         return await self.engine.metrics()
 
     def health(self) -> dict[str, Any]:
-        return {"status": 200, "message": "OK",
-                "functions": sum(1 for _ in self.engine.registry.items())}
+        out: dict[str, Any] = {"status": 200, "message": "OK",
+                               "functions": sum(1 for _ in self.engine.registry.items())}
+        if self.load_error is not None:
+            out["load_error"] = self.load_error
+        return out
 
     # --- official-SDK apps -------------------------------------------------------------------
 
@@ -354,6 +377,8 @@ class Service:
         app_id = body.get("appName") or body.get("appname") or body.get("app_name")
         try:
             result = await self.engine.register_app(body)
+        except AppUrlNotAllowed as exc:
+            raise Forbidden(str(exc)) from exc
         except (ProtocolError, ConfigError) as exc:
             # Loud on purpose: the Python SDK answers the sync with 200 whatever we say here,
             # so without this log line and the Apps page a refused app just never runs.
@@ -368,10 +393,20 @@ class Service:
 
     async def sync_app(self, url: object, *, signing_key: str | None = None) -> dict[str, Any]:
         """Ask the SDK app at `url` to register (`PUT`, as `inngest dev -u` does) and report
-        what it registered."""
+        what it registered.
+
+        The app's answer is never echoed back: the URL is the caller's choice, so its body
+        could be anything the server can reach (a metadata service, an admin page). A failure
+        gives the status and a short reason of our own."""
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise InvalidInput("'url' must be the app's http(s) serve URL, e.g. "
                                "http://127.0.0.1:3000/api/inngest")
+        policy = self.engine.remote_settings.app_urls
+        if policy is not None:
+            try:
+                policy.check(url)
+            except AppUrlNotAllowed as exc:
+                raise Forbidden(str(exc)) from exc
         body = json.dumps({"url": url}).encode()
         headers = {"content-type": "application/json",
                    "x-inngest-server-kind": "cloud" if signing_key else "dev"}
@@ -380,8 +415,11 @@ class Service:
         before = self.engine.registrations
         started = iso(int(time.time() * 1000) - 1000)
         try:
-            async with httpx.AsyncClient(timeout=30) as client:
-                response = await client.put(url, content=body, headers=headers)
+            # Streamed and closed unread: only the status and headers are used, so a huge or
+            # endless answer costs nothing.
+            async with httpx.AsyncClient(timeout=30) as client, client.stream(
+                    "PUT", url, content=body, headers=headers) as response:
+                pass
         except httpx.HTTPError as exc:
             raise Unreachable(f"cannot reach the app at {url}: {type(exc).__name__}: {exc}"
                               ) from exc
@@ -392,9 +430,8 @@ class Service:
             refused = self._refusal_since(url, started)
             if refused is not None:
                 raise SyncRefused(f"the app at {url} was not synced: {refused['error']}")
-            raise InvalidInput(
-                f"the app at {url} answered HTTP {response.status_code} but did not register: "
-                f"{response.text[:500]}")
+            raise InvalidInput(f"the app at {url} answered HTTP {response.status_code} but did "
+                               f"not register: {_sync_reason(response)}")
         return {"app_id": app_id, "url": url, "functions": [
             fn.spec.id for _, fn in self.engine.registry.items()
             if fn.spec.remote and fn.spec.app_id == app_id]}
