@@ -164,7 +164,7 @@ async def test_errors_outside_steps_are_counted_per_unit_of_work(make_engine: An
     @app.function(id="units", trigger="t/units", retries=1)
     async def units(ctx: stepwell.Context, step: stepwell.Step) -> str:
         for name in ("one", "two", "three"):
-            await step.run(name, lambda: name)
+            await step.run(name, lambda name=name: name)
             seen.append((name, ctx.attempt))
             if name not in failed:
                 failed.add(name)

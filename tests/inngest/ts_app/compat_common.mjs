@@ -98,11 +98,19 @@ export function compatFunctions(appId, define, sdk, race) {
     async ({ event, step }) => step.invoke("call", {
       function: charge, data: { amount: event.data.amount } }));
 
+  // step.ai.infer in Anthropic's format: the server sends the key as `X-Api-Key`.
+  const aiAnthropic = define({ id: "ai/anthropic" }, { event: "compat/ai" },
+    async ({ event, step }) => step.ai.infer("ask", {
+      model: step.ai.models.anthropic({
+        model: "claude-test", apiKey: event.data.key, baseUrl: event.data.base_url,
+        defaultParameters: { max_tokens: 16 } }),
+      body: { max_tokens: 16, messages: [{ role: "user", content: "hi" }] } }));
+
   const waitLong = define({ id: "cancel/me" }, { event: "compat/wait" },
     async ({ step }) => step.waitForEvent("never", { event: "compat/never", timeout: "1h" }));
 
   const functions = [charge, crazy, perUnit, nonRetriable, noRetry, unexpected, invokeMissing,
-    invokeCharge, waitLong];
+    invokeCharge, aiAnthropic, waitLong];
 
   if (race) {
     functions.push(define({ id: "parallel_steps/race" }, { event: "compat/race" },
