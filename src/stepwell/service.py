@@ -281,7 +281,9 @@ class Service:
             raise InvalidInput("'function_id' is required")
         qualified = self._function_of_app(app_id, fn_id)
         if qualified is None:
-            raise NotFound(f"no function {fn_id!r} is registered in app {app_id!r}")
+            raise NotFound(f"no function '{app_id}/{fn_id}' is registered (an SDK function is "
+                           f"named by its slug '{app_id}-<id>' or by the id it was created "
+                           "with)")
         if body.get("started_before") is None:
             raise InvalidInput("'started_before' is required")
         before = parse_time(body["started_before"], "started_before")
