@@ -299,14 +299,15 @@ async def serve(service: Service, sock: socket.socket, apps: Sequence[App], db: 
 async def sync_when_up(service: Service, url: str, signing_keys: Sequence[str],
                        attempts: int = 30) -> None:
     """Sync an SDK app given with -u, retrying while it starts up (as `inngest dev -u`)."""
-    from stepwell.service import ServiceError
+    from stepwell.service import ServiceError, SyncRefused
 
     for attempt in range(attempts):
         try:
             result = await service.sync_app(url, signing_key=signing_keys[0] if signing_keys
                                             else None)
         except ServiceError as exc:
-            if attempt == attempts - 1:
+            if isinstance(exc, SyncRefused) or attempt == attempts - 1:
+                # A refused registration names the function and why; retrying cannot help.
                 click.echo(f"could not sync {url}: {exc.message}", err=True)
                 return
             await asyncio.sleep(min(0.2 * 2 ** attempt, 5))

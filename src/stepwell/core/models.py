@@ -10,6 +10,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from stepwell.core.jsonsafe import unsafe_integer, unsafe_integer_message
+
 RunStatus = Literal["queued", "running", "completed", "failed", "cancelled", "skipped"]
 ACTIVE_STATUSES: tuple[RunStatus, ...] = ("queued", "running")
 TERMINAL_STATUSES: tuple[RunStatus, ...] = ("completed", "failed", "cancelled", "skipped")
@@ -41,6 +43,7 @@ def is_internal_event(name: str) -> bool:
 
 def is_lifecycle_event(name: str) -> bool:
     return name in LIFECYCLE_EVENTS
+
 
 
 class InvalidEventError(ValueError):
@@ -107,6 +110,9 @@ def validate_event_payload(raw: object) -> None:
         raise InvalidEventError(
             f"event '{name}' has unknown fields {sorted(unknown)}; allowed: name, data, id, ts, "
             "user, v")
+    big = unsafe_integer({"data": data, "user": user})
+    if big is not None:
+        raise InvalidEventError(unsafe_integer_message(f"event '{name}'", big))
 
 
 def hash_step_id(step_id: str, occurrence: int) -> str:

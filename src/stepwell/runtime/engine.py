@@ -402,8 +402,9 @@ class Engine:
 
     async def runs(self, event_id: str | None = None, function_id: str | None = None,
                    status: str | None = None, limit: int = 1000) -> list[Run]:
-        """Runs, newest first, filtered by event, function (`fn-id` or `app/fn-id`) or status."""
-        if function_id is not None and "/" not in function_id:
+        """Runs, newest first, filtered by event, function (`fn-id`, `app/fn-id` or an SDK
+        function's composite id, which may itself hold slashes) or status."""
+        if function_id is not None:
             fn = self.find_function(function_id)
             if fn is not None:
                 function_id = fn.qualified_id

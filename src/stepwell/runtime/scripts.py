@@ -198,6 +198,14 @@ class Ending:
     parent_run_id: str | None = None
     parent_step: str | None = None
     event: dict[str, Any] | None = None
+    # What the system events and an invoking parent get, when it differs from the run's own
+    # `error`: an SDK run stores the SDK's error body verbatim, while Inngest's
+    # `inngest/function.failed` event carries `{name, message, stack, error}`.
+    event_error: dict[str, Any] | None = None
+
+    @property
+    def reported_error(self) -> dict[str, Any] | None:
+        return self.event_error if self.event_error is not None else self.error
 
 
 def end_run(tx: Tx, ending: Ending, now: int, place: Placement, routing: Routing,
@@ -213,7 +221,8 @@ def end_run(tx: Tx, ending: Ending, now: int, place: Placement, routing: Routing
     effects.ended.append(ending.status)
     if ending.parent_run_id and ending.parent_step:
         outcome = ({"data": ending.output} if ending.status == "completed" else
-                   {"error": ending.error or {"name": "Cancelled", "message": ending.status}})
+                   {"error": ending.reported_error or {"name": "Cancelled",
+                                                       "message": ending.status}})
         if tx.resolve_memo(ending.parent_run_id, ending.parent_step, outcome, now):
             enqueue_exec(tx, ending.parent_run_id, now, place, effects)
     store_emitted(tx, lifecycle_events(ending, now, routing), now, effects)
@@ -249,12 +258,14 @@ def lifecycle_events(ending: Ending, now: int, routing: Routing) -> list[Event]:
     base = {"function_id": public_id, "run_id": ending.run_id,
             "event": ending.event or {}}
     if ending.status == "failed":
-        system.append(_system_event(FUNCTION_FAILED, {**base, "error": ending.error}, now))
+        system.append(_system_event(FUNCTION_FAILED, {**base, "error": ending.reported_error},
+                                    now))
     elif ending.status == "cancelled" and routing.router.subscribed(FUNCTION_CANCELLED):
-        system.append(_system_event(FUNCTION_CANCELLED, {**base, "error": ending.error}, now))
+        system.append(_system_event(FUNCTION_CANCELLED, {**base, "error": ending.reported_error},
+                                    now))
     if routing.router.subscribed(FUNCTION_FINISHED):
         data = {**base, "result": ending.output} if ending.status == "completed" else {
-            **base, "error": ending.error}
+            **base, "error": ending.reported_error}
         system.append(_system_event(FUNCTION_FINISHED, data, now))
     for event in system:
         event.data = fit_lifecycle(event.name, event.data, ending.run_id)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from stepwell.core.models import Event, Memo, error_dict, hash_step_id
 from stepwell.core.serialize import NotSerializableError, to_json_value
-from stepwell.runtime.driver import FUNCTION_KEY, Host, RunDriver
+from stepwell.runtime.driver import Host, RunDriver
 from stepwell.runtime.scripts import LeaseLost
 from stepwell.sdk.context import Context, FailureInfo, ReplayAwareLogger, current_attempt
 from stepwell.sdk.errors import NonDeterminismError, NonRetriableError, RetryAfterError, StepError
@@ -103,7 +103,7 @@ class RunSession(RunDriver):
                                    {"run_id": self.run_id, "function_id": self.fn.qualified_id})
         return Context(event=event, events=events, run_id=self.run_id,
                        function_id=self.fn.qualified_id, logger=logger,
-                       function_attempt=len(self.failures.get(FUNCTION_KEY, ())), error=error)
+                       function_attempt=self.function_attempt, error=error)
 
     async def execute(self) -> None:
         """Run (or resume) the handler until it returns, fails or must wait."""

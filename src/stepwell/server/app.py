@@ -167,7 +167,7 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
 
     async def dev_info(request: Request) -> Response:
         return JSONResponse({"version": "stepwell", "mode": "cloud" if signing else "dev",
-                             "functions": service.list_functions(),
+                             "functions": await service.dev_functions(),
                              "apps": await service.list_apps()})
 
     async def send_events(request: Request) -> Response:
