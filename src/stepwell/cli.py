@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -173,6 +174,50 @@ def banner(url: str, db: str, apps: Sequence[App]) -> str:
     return "\n".join(lines)
 
 
+SHUTDOWN_GRACE_S = float(os.environ.get("STEPWELL_SHUTDOWN_GRACE_S", "30"))
+
+
+def _quiet_server(uvicorn: Any) -> Any:
+    """uvicorn's Server without its own signal handling: it swaps in handlers while serving
+    and raises the signals it caught again when it returns, so each signal would reach
+    `Shutdown` twice and one SIGTERM would look like two. (uvicorn is imported lazily.)"""
+
+    class QuietServer(uvicorn.Server):  # type: ignore[misc]
+        def capture_signals(self) -> contextlib.AbstractContextManager[None]:
+            return contextlib.nullcontext()
+
+    return QuietServer
+
+
+class Shutdown:
+    """SIGINT/SIGTERM: the first asks for a clean stop (`on_request`); a second one, or the
+    clean stop taking longer than `SHUTDOWN_GRACE_S` (a step body that never returns keeps its
+    thread, and the interpreter waits for it at exit), ends the process at once. That is safe:
+    every acknowledged event and committed step is on disk, and what was running is resumed
+    by the next process, exactly as after a crash."""
+
+    def __init__(self, on_request: Callable[[], None]) -> None:
+        self.on_request = on_request
+        self.requested = False
+
+    def __call__(self) -> None:
+        if self.requested:
+            self.now("a second signal")
+        self.requested = True
+        timer = threading.Timer(SHUTDOWN_GRACE_S, self.now,
+                                args=(f"the clean stop taking over {SHUTDOWN_GRACE_S:g} s",))
+        timer.daemon = True
+        timer.start()
+        self.on_request()
+
+    @staticmethod
+    def now(why: str) -> None:
+        sys.stderr.write(f"stepwell: stopping now ({why}); unfinished work resumes on the "
+                         "next start\n")
+        sys.stderr.flush()
+        os._exit(1)
+
+
 @dataclass(frozen=True)
 class Exposure:
     """How the server faces the network: the Host names it answers to, the app URLs it may
@@ -222,17 +267,18 @@ async def serve(service: Service, sock: socket.socket, apps: Sequence[App], db: 
                               max_connections=exposure.max_connections)
     config = server_config(app, limits, lifespan="off", log_level="warning", access_log=False,
                            timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
+    server = _quiet_server(uvicorn)(config)
     loop = asyncio.get_running_loop()
 
     def request_exit() -> None:
         server.should_exit = True
 
-    # uvicorn swaps in its own handlers while serving and re-raises caught signals when it
-    # returns; ours only set a flag, so that re-raise cannot interrupt the engine's shutdown.
+    # Ours are the only handlers (see `_quiet_server`): the first signal stops the server, then the
+    # engine; a second one, or a stop past its grace, ends the process (`Shutdown`).
+    shutdown = Shutdown(request_exit)
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, request_exit)
+            loop.add_signal_handler(sig, shutdown)
     await start_service(service)
     syncing: list[asyncio.Task[None]] = []
     try:
@@ -255,14 +301,15 @@ async def serve(service: Service, sock: socket.socket, apps: Sequence[App], db: 
 async def sync_when_up(service: Service, url: str, signing_keys: Sequence[str],
                        attempts: int = 30) -> None:
     """Sync an SDK app given with -u, retrying while it starts up (as `inngest dev -u`)."""
-    from stepwell.service import ServiceError
+    from stepwell.service import ServiceError, SyncRefused
 
     for attempt in range(attempts):
         try:
             result = await service.sync_app(url, signing_key=signing_keys[0] if signing_keys
                                             else None)
         except ServiceError as exc:
-            if attempt == attempts - 1:
+            if isinstance(exc, SyncRefused) or attempt == attempts - 1:
+                # A refused registration names the function and why; retrying cannot help.
                 click.echo(f"could not sync {url}: {exc.message}", err=True)
                 return
             await asyncio.sleep(min(0.2 * 2 ** attempt, 5))
@@ -505,9 +552,10 @@ def worker(target: str, db: str, retention: str) -> None:
 async def run_worker(service: Service, apps: Sequence[App], db: str) -> None:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
+    shutdown = Shutdown(stopping.set)
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stopping.set)
+            loop.add_signal_handler(sig, shutdown)
     await start_service(service)
     try:
         functions = [fn.qualified_id for app in apps for fn in app.functions.values()]

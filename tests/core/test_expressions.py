@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import time
 from types import MappingProxyType
 from typing import Any
 
@@ -266,13 +265,20 @@ def test_pruning_does_not_change_results(source: str) -> None:
 
 def test_evaluation_cost_does_not_grow_with_unused_event_fields() -> None:
     # Unpruned, the library converts all 2000 fields per call (~1 ms); pruned it is ~10 us.
+    # Checked by what the CEL program is given (not by timing it: a busy machine is slow).
     event = with_data(total=150.5, **{f"k{i}": {"v": [i, str(i)]} for i in range(2000)})
     expr = compile_expression("event.data.total > 100")
-    runs = 200
-    start = time.perf_counter()
-    for _ in range(runs):
-        assert expr.matches(event)
-    assert (time.perf_counter() - start) / runs < 0.0005
+    program = expr._program
+    given: list[dict[str, Any]] = []
+
+    class Recording:
+        def execute(self, activation: dict[str, Any]) -> Any:
+            given.append(activation)
+            return program.execute(activation)
+
+    object.__setattr__(expr, "_program", Recording())
+    assert expr.matches(event)
+    assert given == [{"event": {"data": {"total": 150.5}}}]
 
 
 # ---------------------------------------------------------------------------- compilation

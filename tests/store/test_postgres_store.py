@@ -64,6 +64,22 @@ def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     return thread, out
 
 
+def wait_until_blocked(url: str, backend_pid: int, deadline_s: float = 30.0) -> None:
+    """Until the backend `backend_pid` waits for a lock (seen in pg_stat_activity, from a
+    connection of its own in autocommit, so each look is fresh): the proof that a second
+    transaction waits for the first, whatever the machine's speed."""
+    deadline = time.monotonic() + deadline_s
+    with closing(psycopg.connect(url, autocommit=True)) as observer:
+        while True:
+            row = observer.execute(
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                (backend_pid,)).fetchone()
+            if row is not None and row[0] == "Lock":
+                return
+            assert time.monotonic() < deadline, f"backend {backend_pid} never waited for a lock"
+            time.sleep(0.01)
+
+
 def run_writer(url: str, scripts: list[Script], **options: Any) -> list[Any]:
     """One group through a real writer; each script's value or exception, as group commit
     resolves them (a failing script is isolated by re-running the others alone)."""
@@ -178,7 +194,7 @@ def test_concurrency_slots_are_counted_across_processes(pg_database: str) -> Non
                     return admission.claim(tx2, 100, "w2", 10**13, 1)
 
             thread, out = in_thread(second)
-            time.sleep(0.3)
+            wait_until_blocked(pg_database, c2.info.backend_pid)
             assert thread.is_alive(), "the second claimer did not wait for the first"
         thread.join(10)
         assert out == [[]], out           # its item was parked: the key is full
@@ -200,7 +216,7 @@ def test_flow_state_updates_are_serialized(pg_database: str) -> None:
                     return state
 
             thread, out = in_thread(second)
-            time.sleep(0.3)
+            wait_until_blocked(pg_database, c2.info.backend_pid)
             assert thread.is_alive(), "the second transaction did not wait for the lock"
             tx1.put_flow("throttle:fn:k", text="1")
         thread.join(10)
@@ -233,7 +249,7 @@ def test_run_status_is_compare_and_set(pg_database: str) -> None:
                     return tx2.finish_run("run0", "cancelled", 6)
 
             thread, out = in_thread(second)
-            time.sleep(0.2)
+            wait_until_blocked(pg_database, c2.info.backend_pid)
         thread.join(10)
         assert out == [False]
         assert c1.execute("SELECT status, output FROM runs").fetchall() == [("completed", "1")]

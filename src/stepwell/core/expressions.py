@@ -154,6 +154,9 @@ class Expression:
             return False
 
 
+MAX_EXPRESSION_LENGTH = 10_000
+
+
 def compile_expression(source: str) -> Expression:
     """Compile ``source`` (cached), raising :class:`ExpressionError` with the problem's position.
 
@@ -164,6 +167,11 @@ def compile_expression(source: str) -> Expression:
         raise ExpressionError(f"expression must be a string, got {type(source).__name__}")
     if not source.strip():
         raise ExpressionError("expression must not be empty")
+    if len(source) > MAX_EXPRESSION_LENGTH:
+        # Compiling is superlinear in the length: a 400 KB expression held the event loop for
+        # seconds, at every sync of the app that sent it.
+        raise ExpressionError(f"expression is {len(source)} characters; at most "
+                              f"{MAX_EXPRESSION_LENGTH} are allowed")
     return _compile(source)
 
 

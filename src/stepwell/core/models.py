@@ -10,6 +10,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from stepwell.core.jsonsafe import unsafe_integer, unsafe_integer_message
+
 RunStatus = Literal["queued", "running", "completed", "failed", "cancelled", "skipped"]
 ACTIVE_STATUSES: tuple[RunStatus, ...] = ("queued", "running")
 TERMINAL_STATUSES: tuple[RunStatus, ...] = ("completed", "failed", "cancelled", "skipped")
@@ -26,6 +28,22 @@ FUNCTION_FINISHED = "inngest/function.finished"
 FUNCTION_CANCELLED = "inngest/function.cancelled"
 FUNCTION_INVOKED = "inngest/function.invoked"
 SCHEDULED_TIMER = "inngest/scheduled.timer"
+# The events that report how a run ended. A run triggered by one of them emits none itself
+# (Inngest's rule: finish handlers never trigger finish handlers), so they cannot form a loop.
+LIFECYCLE_EVENTS = frozenset({FUNCTION_FAILED, FUNCTION_FINISHED, FUNCTION_CANCELLED})
+# Inngest's limit on an event (its API's absolute maximum), applied to every event stepwell
+# stores: sent through the API or `engine.send`, by a step, or emitted by the engine itself.
+MAX_EVENT_BYTES = 3 * 1024 * 1024
+
+
+def is_internal_event(name: str) -> bool:
+    """Events in Inngest's reserved `inngest/` namespace."""
+    return name.lower().startswith("inngest/")
+
+
+def is_lifecycle_event(name: str) -> bool:
+    return name in LIFECYCLE_EVENTS
+
 
 
 class InvalidEventError(ValueError):
@@ -92,6 +110,9 @@ def validate_event_payload(raw: object) -> None:
         raise InvalidEventError(
             f"event '{name}' has unknown fields {sorted(unknown)}; allowed: name, data, id, ts, "
             "user, v")
+    big = unsafe_integer({"data": data, "user": user})
+    if big is not None:
+        raise InvalidEventError(unsafe_integer_message(f"event '{name}'", big))
 
 
 def hash_step_id(step_id: str, occurrence: int) -> str:

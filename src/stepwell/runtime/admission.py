@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from stepwell.core.config import FunctionSpec
-from stepwell.core.expressions import compile_expression
+from stepwell.core.config import FunctionSpec, id_for_key
+from stepwell.core.expressions import ExpressionError, compile_expression
 from stepwell.core.flow import (
     FlowKeyError,
     batch_is_full,
@@ -71,7 +71,12 @@ def process_event(tx: Tx, event: Event, now: int, routing: Routing, place: Place
         if wait.expires_at is not None and wait.expires_at < now:
             continue
         if wait.expr is not None:
-            condition = compile_expression(wait.expr)
+            try:
+                condition = compile_expression(wait.expr)
+            except ExpressionError:
+                # Stored by an older version that did not check it: it can match nothing,
+                # and must not fail the ingestion of this event (and of every later one).
+                continue
             if not condition.matches(wait.event_ctx, payload):
                 continue
         if not tx.delete_wait(wait.id):
@@ -100,7 +105,7 @@ def admit(tx: Tx, spec: FunctionSpec, event: Event, now: int, place: Placement,
           effects: Effects, *, routing: Routing, parent: tuple[str, str] | None = None) -> None:
     """Start `spec` for one triggering event, through the function's flow control."""
     payload = event.to_dict()
-    qid = spec.qualified_id
+    qid = id_for_key(spec.qualified_id)
     try:
         if spec.batch is not None and parent is None:
             condition = spec.batch.condition
@@ -141,7 +146,7 @@ def start_run(tx: Tx, spec: FunctionSpec, events: list[Event], now: int, place: 
               replay_of: str | None = None) -> str | None:
     """The last stages: singleton, throttle, priority, concurrency; then the run exists."""
     payload = events[0].to_dict()
-    qid = spec.qualified_id
+    qid = id_for_key(spec.qualified_id)
     admission = Admission(now, now)
     try:
         if spec.singleton is not None:
@@ -223,7 +228,8 @@ def _collect_batch(tx: Tx, spec: FunctionSpec, event: Event, now: int, place: Pl
                    effects: Effects, routing: Routing) -> None:
     batch = spec.batch
     assert batch is not None
-    key = f"batch:{spec.qualified_id}:{evaluate_key(batch.key, event.to_dict(), option='batch')}"
+    key = (f"batch:{id_for_key(spec.qualified_id)}:"
+           f"{evaluate_key(batch.key, event.to_dict(), option='batch')}")
     size = tx.add_batch_event(key, event.id)
     if batch_is_full(size, batch.max_size):
         flush_batch(tx, spec, key, now, place, effects, routing)
@@ -246,7 +252,7 @@ def flush_batch(tx: Tx, spec: FunctionSpec, key: str, now: int, place: Placement
 def _debounce(tx: Tx, spec: FunctionSpec, event: Event, now: int) -> None:
     debounce = spec.debounce
     assert debounce is not None
-    key = (f"debounce:{spec.qualified_id}:"
+    key = (f"debounce:{id_for_key(spec.qualified_id)}:"
            f"{evaluate_key(debounce.key, event.to_dict(), option='debounce')}")
     item = tx.get_item(key)
     if item is None:

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import httpx
 
 from stepwell.core.config import ConfigError
+from stepwell.core.eventsize import check_event_size
 from stepwell.core.models import (
     TERMINAL_STATUSES,
     Event,
@@ -29,7 +30,12 @@ from stepwell.core.models import (
     RunStatus,
     validate_event_payload,
 )
-from stepwell.core.protocol import ProtocolError, Registration, validate_signing_key
+from stepwell.core.protocol import (
+    ProtocolError,
+    Registration,
+    parse_registration,
+    validate_signing_key,
+)
 from stepwell.core.urlpolicy import AppUrlPolicy
 from stepwell.runtime import admission, items, scripts, signals, upkeep
 from stepwell.runtime.clock import Clock, SystemClock, wall_ms
@@ -274,8 +280,19 @@ class Engine:
     async def register_app(self, body: dict[str, Any]) -> dict[str, Any]:
         """Apply an SDK app's registration (`POST /fn/register`): validate every function,
         store the app, and start routing events to it. Raises ProtocolError on a bad body."""
-        checksum = registration_checksum(body)
-        registration = self.registry.load_app(body, checksum, check=self._check_app_urls)
+        # Hashing and validating a registration is CPU work proportional to its size (up to
+        # 1,000 functions): done on a thread so the event loop keeps serving, and skipped when
+        # the app is already loaded with this exact registration (every SDK re-sync).
+        if not isinstance(body, dict):
+            raise ProtocolError("registration body must be a JSON object")
+        checksum = await asyncio.to_thread(registration_checksum, body)
+        app_id = body.get("appName")
+        if isinstance(app_id, str) and self.registry.checksums.get(app_id) == checksum:
+            registration = self.registry.loaded[app_id]
+        else:
+            parsed = await asyncio.to_thread(parse_registration, body)
+            registration = self.registry.load_app(body, checksum, parsed,
+                                                  check=self._check_app_urls)
         now = self.clock.now()
         modified = await self.store.write(lambda tx: tx.save_app(
             registration.app_id, registration.url, body, checksum, now))
@@ -304,7 +321,8 @@ class Engine:
             if self.registry.checksums.get(app_id) == checksum:
                 continue
             try:
-                self.registry.load_app(body, checksum)
+                parsed = await asyncio.to_thread(parse_registration, body)
+                self.registry.load_app(body, checksum, parsed)
                 changed = True
             except (ProtocolError, ConfigError) as exc:
                 log.error("stored app %s cannot be loaded: %s", app_id, exc)
@@ -386,6 +404,7 @@ class Engine:
         for raw in raw_items:
             payload = raw.to_dict() if isinstance(raw, Event) else raw
             validate_event_payload(payload)
+            check_event_size(payload)
             events.append(Event.from_dict(payload))
         return single, events
 
@@ -398,8 +417,9 @@ class Engine:
 
     async def runs(self, event_id: str | None = None, function_id: str | None = None,
                    status: str | None = None, limit: int = 1000) -> list[Run]:
-        """Runs, newest first, filtered by event, function (`fn-id` or `app/fn-id`) or status."""
-        if function_id is not None and "/" not in function_id:
+        """Runs, newest first, filtered by event, function (`fn-id`, `app/fn-id` or an SDK
+        function's composite id, which may itself hold slashes) or status."""
+        if function_id is not None:
             fn = self.find_function(function_id)
             if fn is not None:
                 function_id = fn.qualified_id

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from stepwell.core.models import Event, Memo, error_dict, hash_step_id
 from stepwell.core.serialize import NotSerializableError, to_json_value
-from stepwell.runtime.driver import FUNCTION_KEY, Host, RunDriver
+from stepwell.runtime.driver import Host, RunDriver
 from stepwell.runtime.scripts import LeaseLost
 from stepwell.sdk.context import Context, FailureInfo, ReplayAwareLogger, current_attempt
 from stepwell.sdk.errors import NonDeterminismError, NonRetriableError, RetryAfterError, StepError
@@ -42,6 +42,13 @@ log = logging.getLogger("stepwell.run")
 class Suspend(BaseException):
     """Unwinds a handler that has to wait. A BaseException so user `except Exception` won't
     swallow it."""
+
+
+class EngineFault(BaseException):
+    """Unwinds a handler when stepwell itself failed at a step (a checkpoint that could not be
+    committed, a bug): a BaseException so user `except Exception` won't swallow it and carry on
+    past a step whose outcome was not recorded. The session re-raises the original error for
+    `faults.crashed` to record."""
 
 
 def _fingerprint(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
@@ -75,6 +82,7 @@ class RunSession(RunDriver):
         self._unwind: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._warned_order = False
         self._unwind_pending = False
+        self._fault: Exception | None = None
 
     # --- driving the handler ---------------------------------------------------------------
 
@@ -95,7 +103,7 @@ class RunSession(RunDriver):
                                    {"run_id": self.run_id, "function_id": self.fn.qualified_id})
         return Context(event=event, events=events, run_id=self.run_id,
                        function_id=self.fn.qualified_id, logger=logger,
-                       function_attempt=len(self.failures.get(FUNCTION_KEY, ())), error=error)
+                       function_attempt=self.function_attempt, error=error)
 
     async def execute(self) -> None:
         """Run (or resume) the handler until it returns, fails or must wait."""
@@ -109,7 +117,10 @@ class RunSession(RunDriver):
                 call = functools.partial(self.fn.handler, ctx, SyncStep(step, loop))
                 output = await loop.run_in_executor(
                     self.host.handler_pool, contextvars.copy_context().run, call)
+        except EngineFault:
+            self._raise_fault()
         except Suspend:
+            self._raise_fault()
             await self._gate()
             dues = [due for due, _ in self._suspends.values() if due is not None]
             timer = all(is_timer for _, is_timer in self._suspends.values())
@@ -117,16 +128,20 @@ class RunSession(RunDriver):
         except LeaseLost:
             log.info("run %s: lease lost (cancelled or reclaimed); stopping", self.run_id)
         except StepError as exc:
+            self._raise_fault()
             await self._gate()
             await self.end("failed", error=exc.error)
         except NonRetriableError as exc:
+            self._raise_fault()
             await self._gate()
             await self.end("failed", error=error_dict(exc, stack=traceback.format_exc()))
         except Exception as exc:
+            self._raise_fault()
             await self._gate()
             await self.retry_function(error_dict(exc, stack=traceback.format_exc()),
                                       after_ms=_retry_after(exc, self.now()))
         else:
+            self._raise_fault()
             await self._gate()
             try:
                 value = to_json_value(output, what=f"function '{self.fn.qualified_id}'")
@@ -137,6 +152,12 @@ class RunSession(RunDriver):
         finally:
             if self._unwind.done():
                 self._unwind.exception()   # mark retrieved
+
+    def _raise_fault(self) -> None:
+        """If stepwell failed at a step, whatever the handler did next is moot: hand the
+        original error to the session's caller (`items.execute`, then `faults.crashed`)."""
+        if self._fault is not None:
+            raise self._fault
 
     # --- suspension --------------------------------------------------------------------------
 
@@ -201,6 +222,21 @@ class RunSession(RunDriver):
     # --- the step driver ---------------------------------------------------------------------
 
     async def perform(self, request: StepRequest) -> Any:
+        """A step, as the handler awaits it. Its outcome reaches the handler as a value,
+        StepError, NonDeterminismError or Suspend; anything else escaping is stepwell's own
+        failure, which unwinds the whole handler (`EngineFault`)."""
+        try:
+            return await self._perform(request)
+        except (Suspend, StepError, NonRetriableError, LeaseLost):
+            raise
+        except Exception as exc:
+            if self._fault is None:
+                self._fault = exc
+            if not self._unwind.done():
+                self._unwind.set_exception(Suspend())     # every other branch unwinds too
+            raise EngineFault(f"stepwell failed at step '{request.step_id}'") from exc
+
+    async def _perform(self, request: StepRequest) -> Any:
         if self._unwind.done():
             raise Suspend()
         occurrence = self._occurrences.get(request.step_id, 0)

@@ -68,7 +68,7 @@ class Context:
     """
 
     def __init__(self, *, event: Event, events: list[Event], run_id: str, function_id: str,
-                 logger: ReplayAwareLogger, function_attempt: int,
+                 logger: ReplayAwareLogger, function_attempt: Callable[[], int],
                  error: FailureInfo | None = None) -> None:
         self.event = event
         self.events = events
@@ -80,9 +80,10 @@ class Context:
 
     @property
     def attempt(self) -> int:
-        """0-based attempt of the step now executing (or of the handler outside steps)."""
+        """0-based attempt of the step now executing, or, outside steps, of the current unit of
+        work (the code after the last recorded step: each new unit starts again at 0)."""
         step_attempt = current_attempt.get()
-        return self._function_attempt if step_attempt is None else step_attempt
+        return self._function_attempt() if step_attempt is None else step_attempt
 
     def __repr__(self) -> str:
         return f"Context(run_id={self.run_id!r}, function_id={self.function_id!r})"

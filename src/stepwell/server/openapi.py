@@ -171,7 +171,9 @@ def openapi_document() -> dict[str, Any]:
                         "functions": {"type": "array", "items": {"type": "object"}}}}}}},
                 "responses": {"200": {"description": '{"ok": true, "modified": bool, ...}'},
                               "default": {"$ref": "#/components/responses/Error"}}}},
-            "/v1/apps": {"get": {"summary": "Synced SDK apps", "x-stepwell": True,
+            "/v1/apps": {"get": {"summary": "Synced SDK apps, and apps whose last sync was "
+                                            "refused (`error` names the function and why)",
+                                 "x-stepwell": True,
                                  "responses": _ok("apps")}},
             "/v1/apps/sync": {"post": {
                 "summary": "Ask the SDK app at `url` to register (as `inngest dev -u`)",
@@ -190,7 +192,9 @@ def openapi_document() -> dict[str, Any]:
                 "parameters": [_param("run_id", "path")],
                 "responses": {"200": {"description": "{step hash: memo}"},
                               "default": {"$ref": "#/components/responses/Error"}}}},
-            "/dev": {"get": {"summary": "Server mode, functions and apps", "x-stepwell": True,
+            "/dev": {"get": {"summary": "Server mode, apps, and every function's registered "
+                                        "config (as Go's dev server lists it: slug, triggers, "
+                                        "steps with their URI and retries)", "x-stepwell": True,
                              "responses": {"200": {"description": "info"}}}},
             "/health": {"get": {"summary": "Liveness", "x-stepwell": True,
                                 "responses": {"200": {"description": "OK"}}}},

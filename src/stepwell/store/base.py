@@ -18,6 +18,7 @@ from importlib import resources
 from typing import Any, Protocol, TypeVar
 
 from stepwell.core.models import Event, Memo, RunStatus
+from stepwell.core.storage import StorageFailure
 
 R = TypeVar("R")
 
@@ -363,5 +364,5 @@ def pending_migrations(dialect: str, current: int) -> tuple[int, list[str]]:
     return latest, [sql for version, sql in migrations if version > current]
 
 
-class StoreError(RuntimeError):
+class StoreError(StorageFailure):
     """The database is unreachable, corrupt, or from an incompatible stepwell version."""

@@ -25,6 +25,7 @@ import psycopg
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from stepwell.core.storage import StorageFull
 from stepwell.core.urls import redact
 from stepwell.store.base import StoreError, Tx
 from stepwell.store.postgres_tx import (
@@ -61,6 +62,13 @@ def is_transient(exc: BaseException) -> bool:
     """Worth retrying: the connection broke, the server is restarting, or Postgres aborted the
     transaction as a deadlock/serialization victim (all `OperationalError`s in psycopg)."""
     return isinstance(exc, psycopg.OperationalError)
+
+
+def disk_full(url: str, exc: BaseException) -> StorageFull:
+    """Postgres could not write (SQLSTATE 53100): failed at once rather than retried as an
+    outage, so a request learns it now (HTTP 507) and the engine defers its work."""
+    return StorageFull(f"the disk of Postgres at {redact(url)} is full ({reason(exc)}); "
+                       "nothing was written: free space, then retry")
 
 
 def is_broken(conn: Conn | None) -> bool:
@@ -166,6 +174,8 @@ class PostgresWriter:
                 continue
             except Exception as exc:
                 rollback(conn)
+                if isinstance(exc, psycopg.errors.DiskFull):
+                    raise disk_full(self.url, exc) from exc
                 if not is_transient(exc):
                     raise
                 outage = outage or Outage(self.url, self.outage_seconds, "writing to Postgres")
