@@ -37,7 +37,7 @@ from stepwell.core.protocol import (
     validate_signing_key,
 )
 from stepwell.core.urlpolicy import AppUrlPolicy
-from stepwell.runtime import admission, items, scripts, signals, upkeep
+from stepwell.runtime import admission, items, runlog, scripts, signals, upkeep
 from stepwell.runtime.clock import Clock, SystemClock, wall_ms
 from stepwell.runtime.registry import Registry, registration_checksum
 from stepwell.runtime.remote import RemoteFunction, RemoteSettings
@@ -330,6 +330,9 @@ class Engine:
         stats.events_received += len(effects.event_ids)
         stats.runs_created += effects.runs_created
         stats.runs_finished.update(effects.ended)
+        for run_id, function_id, status, error in effects.unsuccessful:
+            spec = self.routing.functions.get(function_id)
+            runlog.run_ended(run_id, spec.public_id if spec else function_id, status, error)
         for run_id in effects.finished_runs:
             waiter = self._finished.get(run_id)
             if waiter is not None:

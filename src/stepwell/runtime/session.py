@@ -21,14 +21,20 @@ import hashlib
 import inspect
 import json
 import logging
-import traceback
 from typing import TYPE_CHECKING, Any
 
 from stepwell.core.models import Event, Memo, error_dict, hash_step_id
 from stepwell.core.serialize import NotSerializableError, to_json_value
 from stepwell.runtime.driver import Host, RunDriver
 from stepwell.runtime.scripts import LeaseLost
-from stepwell.sdk.context import Context, FailureInfo, ReplayAwareLogger, current_attempt
+from stepwell.runtime.usercode import user_traceback
+from stepwell.sdk.context import (
+    Context,
+    FailureInfo,
+    ReplayAwareLogger,
+    current_attempt,
+    current_step,
+)
 from stepwell.sdk.errors import NonDeterminismError, NonRetriableError, RetryAfterError, StepError
 from stepwell.sdk.step import Step, StepRequest, SyncStep
 from stepwell.store.base import RunState
@@ -134,11 +140,11 @@ class RunSession(RunDriver):
         except NonRetriableError as exc:
             self._raise_fault()
             await self._gate()
-            await self.end("failed", error=error_dict(exc, stack=traceback.format_exc()))
+            await self.end("failed", error=error_dict(exc, stack=user_traceback(exc)))
         except Exception as exc:
             self._raise_fault()
             await self._gate()
-            await self.retry_function(error_dict(exc, stack=traceback.format_exc()),
+            await self.retry_function(error_dict(exc, stack=user_traceback(exc)),
                                       after_ms=_retry_after(exc, self.now()))
         else:
             self._raise_fault()
@@ -350,25 +356,27 @@ class RunSession(RunDriver):
         failures = len(self.failures.get(step_hash, ()))
         started = self.now()
         token = current_attempt.set(failures)
+        step_token = current_step.set(request.step_id)
         try:
             value = await self._call(request)
             data = to_json_value(value, what=f"step '{request.step_id}'")
         except Exception as exc:
-            error = error_dict(exc, stack=traceback.format_exc())
+            error = error_dict(exc, stack=user_traceback(exc))
             final = (isinstance(exc, NonRetriableError | NotSerializableError)
                      or failures >= self.spec.retries)
-            await self.record_failure(step_hash, request.step_id, failures, error)
-            if final:
+            due = None if final else self.retry_due(step_hash, failures + 1,
+                                                    after_ms=_retry_after(exc, self.now()))
+            await self.record_failure(step_hash, request.step_id, failures, error, next_at=due)
+            if due is None:
                 await self.checkpoint(Memo(step_hash, request.step_id, "run", seq, error=error,
                                            fingerprint=fingerprint, attempts=failures + 1,
                                            started_at=started, ended_at=self.now()))
                 self._consumed.add(step_hash)
                 raise StepError(request.step_id, error) from None
-            due = self.retry_due(step_hash, failures + 1,
-                                 after_ms=_retry_after(exc, self.now()))
             return await self._suspend(step_hash, due, timer=True)
         finally:
             current_attempt.reset(token)
+            current_step.reset(step_token)
         await self.checkpoint(Memo(step_hash, request.step_id, "run", seq, data=data,
                                    fingerprint=fingerprint, attempts=failures + 1,
                                    started_at=started, ended_at=self.now()))

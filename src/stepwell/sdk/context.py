@@ -13,6 +13,9 @@ from stepwell.core.models import Event
 # The attempt of the step currently executing, set by the runtime around the step's callable.
 current_attempt: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "stepwell_attempt", default=None)
+# The id of the step currently executing (for `ctx.logger` lines), set alongside it.
+current_step: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "stepwell_step", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +28,9 @@ class FailureInfo:
 
 
 class ReplayAwareLogger:
-    """`ctx.logger`: logs once per real execution, stays quiet while replaying memoized steps."""
+    """`ctx.logger`: logs once per real execution, stays quiet while replaying memoized steps.
+    Every record carries `run_id` and `function_id` (and `step_id` inside a step), which the
+    CLI's log formats print."""
 
     def __init__(self, logger: logging.Logger, replaying: Callable[[], bool],
                  extra: dict[str, Any]) -> None:
@@ -36,7 +41,9 @@ class ReplayAwareLogger:
     def _log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
         if self._replaying():
             return
-        kwargs.setdefault("extra", self._extra)
+        step_id = current_step.get()
+        kwargs.setdefault("extra", self._extra if step_id is None
+                          else {**self._extra, "step_id": step_id})
         kwargs.setdefault("stacklevel", 3)
         self._logger.log(level, msg, *args, **kwargs)
 
