@@ -1,8 +1,10 @@
-"""Slow clients (issue 10, item 6): connections that never finish a request are closed, a
-connection cap makes room for new clients, and a normal client is answered meanwhile.
+"""Slow clients (issue 10, item 6): connections that never finish a request (or never send
+anything) are closed, a connection cap makes room for new clients, and a normal client is
+answered meanwhile.
 
 The first test runs the real `stepwell serve` (the options as a user gives them) against 300
-loopback sockets sending a request head one byte at a time; the others drive the connection
+loopback sockets sending a request head one byte at a time (one in five sends nothing); the
+others drive the connection
 protocol in-process for the body deadline and keep-alive. Bounded: every wait has a deadline,
 and the only pauses are the slow clients' own pacing between bytes. `bench/slowloris.py` is the
 same attack at scale, for measuring.
@@ -32,12 +34,19 @@ DEADLINE = 60.0                # generous: "answered", never "answered fast"
 HEAD = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 4000
 
 
-async def slow_client(host: str, port: int, answers: list[bytes]) -> None:
-    """Send HEAD byte by byte until the server answers or closes; record its first bytes
-    (b"" for a bare close)."""
+async def slow_client(host: str, port: int, answers: list[bytes], *, idle: bool = False
+                      ) -> None:
+    """Send HEAD byte by byte (or, `idle`, nothing at all) until the server answers or closes;
+    record its first bytes (b"" for a bare close)."""
     reader, writer = await asyncio.open_connection(host, port)
     try:
         for byte in HEAD:
+            if idle:
+                try:
+                    answers.append(await asyncio.wait_for(reader.read(200), DEADLINE))
+                except ConnectionError:
+                    answers.append(b"")
+                return
             writer.write(bytes([byte]))
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
@@ -97,8 +106,8 @@ async def test_slow_heads_are_cut_and_a_normal_client_is_answered(tmp_path: Path
                               ) as url:
         host, port = url.removeprefix("http://").rsplit(":", 1)
         answers: list[bytes] = []
-        slow = [asyncio.create_task(slow_client(host, int(port), answers))
-                for _ in range(SLOW_SOCKETS)]
+        slow = [asyncio.create_task(slow_client(host, int(port), answers, idle=i % 5 == 0))
+                for i in range(SLOW_SOCKETS)]   # one in five connects and sends nothing
         async with httpx.AsyncClient(timeout=5) as http:
 
             async def answered() -> bool:
