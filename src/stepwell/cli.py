@@ -269,7 +269,8 @@ async def sync_when_up(service: Service, url: str, signing_keys: Sequence[str],
             result = await service.sync_app(url, signing_key=signing_keys[0] if signing_keys
                                             else None)
         except ServiceError as exc:
-            if attempt == attempts - 1:
+            # 403: outside --app-url-allow, which no retry changes.
+            if attempt == attempts - 1 or exc.status == 403:
                 click.echo(f"could not sync {url}: {exc.message}", err=True)
                 return
             await asyncio.sleep(min(0.2 * 2 ** attempt, 5))
