@@ -143,6 +143,10 @@ async def test_configured_hosts_suffixes_and_star(client: Client) -> None:
                              ("10.0.0.5:9999", 421), ("127.0.0.1:8288", 421)):
             reply = await http.get("/v1/events", headers={"host": host})
             assert reply.status_code == status, (host, reply.text)
+    async with client(allowed_hosts="localhost, api.internal") as (http, _engine):
+        assert (await http.get("/v1/events", headers={"host": "api.internal"})
+                ).status_code == 200
+        assert (await http.get("/v1/events", headers={"host": "a"})).status_code == 421
     async with client(allowed_hosts=["*"]) as (http, _engine):
         assert (await http.get("/v1/events", headers={"host": "anything.at.all"})
                 ).status_code == 200

@@ -117,7 +117,7 @@ def _query(request: Request, name: str) -> str | None:
 
 def create_app(service: Service, *, event_keys: Collection[str] | None = None,
                signing_keys: Collection[str] | None = None,
-               allowed_hosts: Collection[str] | None = None,
+               allowed_hosts: str | Collection[str] | None = None,
                manage_engine: bool = False) -> Starlette:
     """The server's ASGI app over `service`.
 
