@@ -13,6 +13,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from stepwell.core.config import MAX_SLEEP_MS
 from stepwell.core.durations import DurationError, parse_duration_ms, parse_timestamp_ms
 from stepwell.core.expressions import (
     Expression,
@@ -22,8 +23,6 @@ from stepwell.core.expressions import (
 )
 from stepwell.core.models import Event, InvalidEventError, validate_event_payload
 from stepwell.sdk.errors import InvalidStepError
-
-MAX_SLEEP_MS = 366 * 24 * 3600 * 1000
 
 
 @dataclass(slots=True)
