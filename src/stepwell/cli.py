@@ -305,8 +305,9 @@ async def sync_when_up(service: Service, url: str, signing_keys: Sequence[str],
             result = await service.sync_app(url, signing_key=signing_keys[0] if signing_keys
                                             else None)
         except ServiceError as exc:
-            if isinstance(exc, SyncRefused) or attempt == attempts - 1:
-                # A refused registration names the function and why; retrying cannot help.
+            # A refused registration names the function and why, and a URL outside
+            # --app-url-allow (403) stays outside: retrying cannot help.
+            if isinstance(exc, SyncRefused) or exc.status == 403 or attempt == attempts - 1:
                 click.echo(f"could not sync {url}: {exc.message}", err=True)
                 return
             await asyncio.sleep(min(0.2 * 2 ** attempt, 5))
