@@ -317,11 +317,23 @@ class Engine:
         for event in events:
             event.id = event.id or scripts.new_id()
             event.ts = event.ts or now
-        routing = self.routing
-        await self.commit(lambda tx, place, effects: admission.ingest_events(
-            tx, events, now, routing, place, effects))
+        if self.routes_events:
+            routing = self.routing
+            await self.commit(lambda tx, place, effects: admission.ingest_events(
+                tx, events, now, routing, place, effects))
+        else:
+            await self.store.write(lambda tx: admission.defer_events(tx, events, now))
         ids = [e.id for e in events]
         return ids[0] if single else ids
+
+    @property
+    def routes_events(self) -> bool:
+        """Whether this engine routes the events it receives itself. A process that only sends
+        events (no worker, no functions of its own: `Engine(db=..., worker=False)`, `stepwell
+        serve --no-worker`) leaves that to the workers, which know the functions: its events
+        are stored unrouted and the first worker to claim them routes them, even one that
+        starts later. Routing them here, with no functions, would drop them silently."""
+        return self.worker or bool(self.registry.native)
 
     @staticmethod
     def _normalize_send(args: tuple[Any, ...]) -> tuple[bool, list[Event]]:
