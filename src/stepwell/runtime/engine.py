@@ -26,7 +26,7 @@ from stepwell.core.models import (
     InvalidEventError,
     Run,
     RunStatus,
-    validate_event_payload,
+    normalize_send,
 )
 from stepwell.core.protocol import ProtocolError
 from stepwell.runtime import admission, items, scripts, signals, upkeep
@@ -310,7 +310,7 @@ class Engine:
     async def send(self, *args: Any) -> str | list[str]:
         """Send events: `(name, data)`, an `Event`, a dict, or a list of these. Returns the id
         (or ids). Events are durable once this returns."""
-        single, events = self._normalize_send(args)
+        single, events = normalize_send(args)
         if not events:
             return []
         now = self.clock.now()
@@ -334,24 +334,6 @@ class Engine:
         are stored unrouted and the first worker to claim them routes them, even one that
         starts later. Routing them here, with no functions, would drop them silently."""
         return self.worker or bool(self.registry.native)
-
-    @staticmethod
-    def _normalize_send(args: tuple[Any, ...]) -> tuple[bool, list[Event]]:
-        if len(args) == 2 and isinstance(args[0], str):
-            raw_items: list[Any] = [{"name": args[0], "data": args[1]}]
-            single = True
-        elif len(args) == 1:
-            single = not isinstance(args[0], list | tuple)
-            raw_items = [args[0]] if single else list(args[0])
-        else:
-            raise InvalidEventError(
-                "send() takes (name, data), an Event, a dict, or a list of these")
-        events = []
-        for raw in raw_items:
-            payload = raw.to_dict() if isinstance(raw, Event) else raw
-            validate_event_payload(payload)
-            events.append(Event.from_dict(payload))
-        return single, events
 
     async def _ingest_stored(self, events: list[Event]) -> None:
         now, routing = self.clock.now(), self.routing
