@@ -3,6 +3,7 @@
 Everything users need is importable from here; the subpackages are internals.
 """
 
+from stepwell.client import Client, ClientError
 from stepwell.core.config import (
     Batch,
     Cancel,
@@ -33,6 +34,8 @@ __all__ = [
     "App",
     "Batch",
     "Cancel",
+    "Client",
+    "ClientError",
     "Concurrency",
     "ConfigError",
     "Context",
