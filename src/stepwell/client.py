@@ -24,7 +24,6 @@ import httpx
 
 from stepwell.core.models import (
     TERMINAL_STATUSES,
-    Event,
     Run,
     RunStatus,
     StepInfo,

@@ -10,11 +10,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-
 from tests.integrations.servers import EXAMPLES
 
 PROJECT = EXAMPLES / "django_app"

@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 from playwright.sync_api import expect, sync_playwright
+from tests.integrations.servers import load_example, serve
 
 import stepwell
-from tests.integrations.servers import load_example, serve
 
 CHROMIUM = os.environ.get("STEPWELL_CHROMIUM", "/usr/bin/chromium")
 DEADLINE_S = 30.0
@@ -56,19 +56,18 @@ def test_a_handler_sends_an_event_and_its_run_completes(example: Any) -> None:
 
 
 def test_the_client_sends_to_the_mounted_api_from_outside(example: Any) -> None:
-    with serve(example.api) as base:
-        with stepwell.Client(f"{base}/stepwell") as client:
-            event_id = client.send("shop/order.created", {"order_id": 7, "total": 1.25})
-            assert isinstance(event_id, str)
-            [run] = client.wait_for_runs(event_id, timeout=DEADLINE_S)
-            assert (run.status, run.output) == ("completed", {"charged": 1.25, "order": 7})
-            assert run.function_id == "shop/fulfil-order"
-            assert client.get_run("no-such-run") is None
-            with pytest.raises(stepwell.InvalidEventError, match="data"):
-                client.send("shop/order.created", [1, 2])   # checked before it is sent
-            with pytest.raises(stepwell.ClientError, match="no run") as missing:
-                client.cancel("no-such-run")
-            assert missing.value.status == 404
+    with serve(example.api) as base, stepwell.Client(f"{base}/stepwell") as client:
+        event_id = client.send("shop/order.created", {"order_id": 7, "total": 1.25})
+        assert isinstance(event_id, str)
+        [run] = client.wait_for_runs(event_id, timeout=DEADLINE_S)
+        assert (run.status, run.output) == ("completed", {"charged": 1.25, "order": 7})
+        assert run.function_id == "shop/fulfil-order"
+        assert client.get_run("no-such-run") is None
+        with pytest.raises(stepwell.InvalidEventError, match="data"):
+            client.send("shop/order.created", [1, 2])   # checked before it is sent
+        with pytest.raises(stepwell.ClientError, match="no run") as missing:
+            client.cancel("no-such-run")
+        assert missing.value.status == 404
 
 
 def test_the_mounted_api_keeps_its_auth(example: Any, monkeypatch: pytest.MonkeyPatch) -> None:

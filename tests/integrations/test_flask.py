@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from tests.integrations.servers import load_example
 
 DEADLINE_S = 30.0

@@ -23,7 +23,6 @@ from stepwell.core.config import ConfigError
 from stepwell.core.models import (
     TERMINAL_STATUSES,
     Event,
-    InvalidEventError,
     Run,
     RunStatus,
     normalize_send,

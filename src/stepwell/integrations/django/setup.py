@@ -38,8 +38,9 @@ def load_apps(target: object) -> list[App]:
         if not attr:
             raise ConfigError(f"STEPWELL['APP'] = {target!r}: write 'module:attribute'")
         target = getattr(import_module(module_name), attr)
-    apps = list(target) if isinstance(target, list | tuple) else [target]
-    if not all(isinstance(a, App) for a in apps):
+    found = list(target) if isinstance(target, list | tuple) else [target]
+    apps = [a for a in found if isinstance(a, App)]
+    if len(apps) != len(found) or not apps:
         raise ConfigError("STEPWELL['APP'] must name a stepwell.App or a list of them")
     return apps
 
