@@ -36,6 +36,7 @@ from stepwell.runtime.scripts import Effects, Placement, Routing
 from stepwell.runtime.stats import Stats
 from stepwell.runtime.views import run_view
 from stepwell.sdk.app import App, Function
+from stepwell.sdk.step import check_event_data
 from stepwell.store.base import QueueItem, RunState, Store, Tx
 from stepwell.store.sqlite import SqliteStore
 
@@ -71,6 +72,7 @@ class Engine:
         self.apps = list(apps)
         self.registry = Registry(apps)
         self.functions: dict[str, Function] = self.registry.native
+        self._typed = [fn for fn in self.functions.values() if fn.event_types]
         # How SDK apps are called: signed (production mode) when a signing key is given.
         self.remote_settings = RemoteSettings(
             signing_key=signing_key, server_kind="cloud" if signing_key else "dev",
@@ -312,6 +314,7 @@ class Engine:
         single, events = normalize_send(args)
         if not events:
             return []
+        self._check_declared(args, events)
         now = self.clock.now()
         for event in events:
             event.id = event.id or scripts.new_id()
@@ -324,6 +327,23 @@ class Engine:
             await self.store.write(lambda tx: admission.defer_events(tx, events, now))
         ids = [e.id for e in events]
         return ids[0] if single else ids
+
+    def _check_declared(self, args: tuple[Any, ...], events: list[Event]) -> None:
+        """Events declared with a model (`Event[Model](...)` given to `send`, or the trigger
+        of a function here) are validated before anything is stored: InvalidEventError
+        naming the field, so a bad event fails in the sender, not later in a run."""
+        given = args[0] if len(args) == 1 else None
+        items = given if isinstance(given, list | tuple) else [given]
+        for item, event in zip(items, events, strict=False):
+            if isinstance(item, Event) and item.schema is not None:
+                check_event_data(item.schema, event.name, event.data)
+        if self._typed:
+            for event in events:
+                for fn in self._typed:
+                    schema = fn.event_type(event.name)
+                    if schema is not None:
+                        check_event_data(schema, event.name, event.data)
+                        break
 
     @property
     def routes_events(self) -> bool:
