@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 from stepwell.core.models import Event, Memo, error_dict, hash_step_id
 from stepwell.core.serialize import NotSerializableError, to_json_value
-from stepwell.sdk.types import rebuild
 from stepwell.runtime.driver import FUNCTION_KEY, Host, RunDriver
 from stepwell.runtime.scripts import LeaseLost
 from stepwell.sdk.context import Context, FailureInfo, ReplayAwareLogger, current_attempt
 from stepwell.sdk.errors import NonDeterminismError, NonRetriableError, RetryAfterError, StepError
 from stepwell.sdk.step import Step, StepRequest, SyncStep
+from stepwell.sdk.types import rebuild
 from stepwell.store.base import RunState
 
 if TYPE_CHECKING:
