@@ -10,12 +10,15 @@ server's). With `worker=False` it only sends events and reads runs, and a separa
 from __future__ import annotations
 
 import atexit
+import logging
 import threading
 from typing import Any
 
 from stepwell.core.models import Run
 from stepwell.loop_thread import block_on
 from stepwell.runtime.engine import Engine
+
+log = logging.getLogger("stepwell.engine")
 
 
 class BlockingEngine:
@@ -33,7 +36,7 @@ class BlockingEngine:
             if not self._started:
                 block_on(self.engine.start())
                 self._started = True
-                atexit.register(self.stop)
+                atexit.register(self._stop_at_exit)
         return self
 
     def stop(self) -> None:
@@ -41,6 +44,16 @@ class BlockingEngine:
             if self._started:
                 self._started = False
                 block_on(self.engine.stop())
+
+    def _stop_at_exit(self) -> None:
+        """Stop at interpreter exit if the code did not. By then the interpreter may refuse new
+        threads (Python shuts its executors down first): then the engine is left as a crashed
+        process would leave it, which is safe: its leases are taken over by the next process
+        on this host at once, or by any worker when they expire."""
+        try:
+            self.stop()
+        except RuntimeError as exc:
+            log.info("stepwell engine not stopped cleanly at exit: %s", exc)
 
     def send(self, *args: Any) -> str | list[str]:
         """As `Engine.send`; the events are durable when this returns."""
