@@ -161,3 +161,24 @@ async def test_wait_for_event_returns_the_declared_model(make_engine: Any) -> No
         assert (ok.status, ok.output) == ("completed", 9.5)
         assert failed.status == "failed" and failed.error is not None
         assert "amount: Field required" in failed.error["message"]
+
+
+async def test_the_http_api_refuses_typed_event_data_that_does_not_fit(make_engine: Any) -> None:
+    from stepwell.service import InvalidInput, Service
+
+    app = stepwell.App("shop")
+
+    @app.function(id="f", trigger=stepwell.Event[Order]("shop/order.created"))
+    async def f(ctx: stepwell.Context[Order], step: stepwell.Step) -> None:
+        return None
+
+    async with make_engine(app) as engine:
+        service = Service(engine)
+        with pytest.raises(InvalidInput, match="total: Input should be a valid number") as bad:
+            await service.send_events({"name": "shop/order.created",
+                                       "data": {"order_id": 1, "total": "x"}})
+        assert bad.value.status == 400
+        assert await engine.events() == []                  # nothing stored
+        [ok] = await service.send_events({"name": "shop/order.created",
+                                          "data": {"order_id": 1, "total": 2}})
+        assert ok
