@@ -223,7 +223,7 @@ window.addEventListener("popstate", () => render());
 async function watchCode() {
   const box = document.getElementById("code-problem");
   try {
-    const response = await fetch("/health", {cache: "no-store"});
+    const response = await fetch(`${BASE}/health`, {cache: "no-store"});
     const health = await response.json();
     if (health.load_error) {
       box.replaceChildren(
