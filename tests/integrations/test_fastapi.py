@@ -5,7 +5,6 @@ mounted API from outside, with and without production keys."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import Iterator

@@ -19,7 +19,9 @@
 `send_on_commit` sends when the transaction commits (`transaction.on_commit`) and never if it
 rolls back: no run ever sees an order that was not saved. The guarantee is "after commit, at
 most once": the event is stored by stepwell's database in its own transaction right after the
-commit, so a process killed between the two loses the event (see docs/guides/django.md).
+commit, so a process killed between the two loses the event. When stepwell's database is the
+project's database, `send_in_transaction` stores the event in the view's transaction itself:
+committed or rolled back with the view's writes, never lost (see docs/guides/django.md).
 `send` sends now, outside any transaction.
 """
 
@@ -27,9 +29,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from stepwell.integrations.django.outbox import send_in_transaction
 from stepwell.integrations.django.setup import engine
 
-__all__ = ["engine", "send", "send_on_commit"]
+__all__ = ["engine", "send", "send_in_transaction", "send_on_commit"]
 
 
 def send(*args: Any) -> str | list[str]:
