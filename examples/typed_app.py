@@ -71,6 +71,14 @@ async def invoice_order(ctx: stepwell.Context[OrderCreated], step: stepwell.Step
     return f"invoiced {invoice.email} {invoice.amount:.2f}"
 
 
+@app.function(id="greet-user", trigger=order_created)
+def greet_user(ctx: stepwell.Context[OrderCreated], step: stepwell.SyncStep) -> str:
+    """A sync handler: the blocking step API is typed the same way."""
+    invoice = step.run("draft", make_invoice, ctx.event.data.order_id, 0.0, "draft@example.com")
+    assert_type(invoice, Invoice)
+    return invoice.email
+
+
 async def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         async with stepwell.Engine(app, db=f"sqlite:///{folder}/typed.db") as engine:
@@ -78,10 +86,12 @@ async def main() -> None:
             assert isinstance(event_id, str)
             await engine.idle()
             await engine.send(payment_succeeded.name, PaymentSucceeded(order_id=1, amount=9.5))
-            [run] = await engine.runs(event_id=event_id)
+            [run] = await engine.runs(event_id=event_id, function_id="invoice-order")
             done = await engine.wait(run.id)
             print(done.status, done.output)
             assert done.output == "invoiced user7@example.com 9.50"
+            [greeted] = await engine.runs(event_id=event_id, function_id="greet-user")
+            assert (await engine.wait(greeted.id)).output == "draft@example.com"
 
 
 if __name__ == "__main__":

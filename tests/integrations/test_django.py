@@ -103,3 +103,23 @@ def test_send_on_commit_checks_the_event_in_the_view(django_project: dict[str, s
 
     with pytest.raises(stepwell.InvalidEventError, match="data"):
         send_on_commit("orders/order.created", [1])
+
+
+def test_manage_py_stepwell_dev_serves_the_api(django_project: dict[str, str]) -> None:
+    import httpx
+
+    server = subprocess.Popen([sys.executable, "manage.py", "stepwell", "dev", "--port", "0"],
+                              cwd=PROJECT, env={**os.environ, **django_project},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert server.stdout is not None
+        first = server.stdout.readline()
+        assert "stepwell server running at http://" in first, first + server.stdout.read()
+        url = first.split("running at ", 1)[1].split()[0]
+        health = httpx.get(f"{url}/health", timeout=10)
+        assert health.status_code == 200
+        functions = httpx.get(f"{url}/v1/functions", timeout=10).json()["data"]
+        assert "orders/confirm-order" in json.dumps(functions), functions
+    finally:
+        server.terminate()
+        server.communicate(timeout=30)
