@@ -6,6 +6,7 @@ mounted API from outside, with and without production keys."""
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,6 +54,10 @@ def test_a_handler_sends_an_event_and_its_run_completes(example: Any) -> None:
         # `/stepwell/` redirects into the mounted dashboard, not the host app's root.
         root = httpx.get(f"{base}/stepwell/", follow_redirects=False)
         assert root.headers["location"] == "/stepwell/dashboard/runs"
+        # The mounted API keeps the server's Host check (DNS rebinding); the host app does not.
+        foreign = {"host": "evil.example"}
+        assert httpx.get(f"{base}/stepwell/v1/runs", headers=foreign).status_code == 421
+        assert httpx.get(f"{base}/orders/{run['id']}", headers=foreign).status_code == 200
 
 
 def test_the_client_sends_to_the_mounted_api_from_outside(example: Any) -> None:
@@ -71,18 +76,19 @@ def test_the_client_sends_to_the_mounted_api_from_outside(example: Any) -> None:
 
 
 def test_the_mounted_api_keeps_its_auth(example: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    key = "signkey-prod-" + "ab" * 32
-    sw = example.Stepwell(example.sw._engine, signing_key=key, event_key="evkey")
+    key = "signkey-prod-" + secrets.token_hex(32)
+    event_key = secrets.token_hex(16)
+    sw = example.Stepwell(example.sw._engine, signing_key=key, event_key=event_key)
     app = example.FastAPI(lifespan=sw.lifespan)
     app.mount("/stepwell", sw.asgi_app())
     with serve(app) as base:
         assert httpx.get(f"{base}/stepwell/v1/runs").status_code == 401
         assert httpx.post(f"{base}/stepwell/e/wrong", json={"name": "a"}).status_code == 401
-        with stepwell.Client(f"{base}/stepwell", event_key="evkey", signing_key=key) as client:
+        with stepwell.Client(f"{base}/stepwell", event_key=event_key, signing_key=key) as client:
             event_id = client.send("shop/order.created", {"order_id": 1, "total": 2.0})
             [run] = client.wait_for_runs(str(event_id), timeout=DEADLINE_S)
             assert run.status == "completed"
-        with stepwell.Client(f"{base}/stepwell", signing_key="signkey-prod-" + "cd" * 32
+        with stepwell.Client(f"{base}/stepwell", signing_key="signkey-prod-" + secrets.token_hex(32)
                              ) as wrong, pytest.raises(stepwell.ClientError) as refused:
             wrong.runs()
         assert refused.value.status == 401

@@ -23,6 +23,7 @@ from typing import Any
 from starlette.applications import Starlette
 
 from stepwell.runtime.engine import Engine
+from stepwell.server import guard
 from stepwell.server.app import create_app
 from stepwell.service import Service
 
@@ -43,14 +44,22 @@ class Stepwell:
     the mounted API in production mode, as `stepwell start` does: events need the event key,
     the REST API and the dashboard's data the signing key. Without them it is open (dev mode):
     mount it only where that is acceptable.
+
+    `allowed_hosts` are the `Host` names the mounted API answers to, as `stepwell start
+    --allowed-host` (default: the loopback names plus env `STEPWELL_ALLOWED_HOSTS`): add the
+    names your app is served under, or `["*"]` when the host app checks `Host` itself.
     """
 
     def __init__(self, engine: Engine, *, event_key: str | Sequence[str] | None = None,
-                 signing_key: str | Sequence[str] | None = None) -> None:
+                 signing_key: str | Sequence[str] | None = None,
+                 allowed_hosts: Sequence[str] | None = None) -> None:
         self._engine = engine
         self.service = Service(engine)
         self.event_keys = _keys(event_key, "INNGEST_EVENT_KEY")
         self.signing_keys = _keys(signing_key, "INNGEST_SIGNING_KEY")
+        self.allowed_hosts = guard.allowed_hosts(
+            allowed_hosts if allowed_hosts is not None
+            else [os.environ.get(guard.HOSTS_ENV, "")])
         self._started = False
 
     @asynccontextmanager
@@ -78,4 +87,4 @@ class Stepwell:
         `/stepwell/dashboard` and the event API at `/stepwell/e/{key}`. The engine is the one
         the lifespan runs (a mounted app's own lifespan is not run by Starlette)."""
         return create_app(self.service, event_keys=self.event_keys,
-                          signing_keys=self.signing_keys)
+                          signing_keys=self.signing_keys, allowed_hosts=self.allowed_hosts)
