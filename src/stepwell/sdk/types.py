@@ -34,8 +34,29 @@ def _structured(tp: Any) -> bool:
     return any(_structured(arg) for arg in typing.get_args(tp))
 
 
+_RETURN_TYPES: dict[Any, Any | None] = {}
+
+
 def return_type(fn: Any) -> Any | None:
-    """The type to rebuild `fn`'s result as, or None (keep the JSON)."""
+    """The type to rebuild `fn`'s result as, or None (keep the JSON). Resolving annotations
+    costs more than a step's own bookkeeping, so it is done once per function, keyed by its
+    code object (shared by every closure made from one `def` or `lambda`, and holding none of
+    their captured values)."""
+    target = getattr(fn, "__func__", fn)          # a bound method: its function's annotation
+    key = getattr(target, "__code__", None)
+    if key is None:                               # a callable object or a builtin
+        return _resolve(target)
+    try:
+        return _RETURN_TYPES[key]
+    except KeyError:
+        pass
+    if len(_RETURN_TYPES) >= 4096:
+        _RETURN_TYPES.clear()
+    found = _RETURN_TYPES[key] = _resolve(target)
+    return found
+
+
+def _resolve(fn: Any) -> Any | None:
     try:
         hints = typing.get_type_hints(fn)
     except Exception:           # unresolvable string annotations (local classes): keep JSON
