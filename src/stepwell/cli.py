@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 
 from stepwell import cli_client
+from stepwell.core.urls import redact
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -140,15 +140,6 @@ def listen(host: str, port: int) -> socket.socket:
                                    ) from exc
 
 
-def shown_db(url: str) -> str:
-    """A database URL as printed: without its password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@",
-                                                                 ":***@", 1)))
-
-
 async def start_service(service: Service) -> None:
     """Start the engine. A database that cannot be used (wrong or unreachable URL, a schema
     from a newer stepwell) is one clear error naming the URL, not a traceback."""
@@ -159,7 +150,7 @@ async def start_service(service: Service) -> None:
 
 
 def banner(url: str, db: str, apps: Sequence[App]) -> str:
-    lines = [f"stepwell server running at {url}  (db: {shown_db(db)})", "functions:"]
+    lines = [f"stepwell server running at {url}  (db: {redact(db)})", "functions:"]
     example = None
     for app in apps:
         for fn in app.functions.values():
@@ -518,7 +509,7 @@ async def run_worker(service: Service, apps: Sequence[App], db: str) -> None:
     await start_service(service)
     try:
         functions = [fn.qualified_id for app in apps for fn in app.functions.values()]
-        click.echo(f"stepwell worker running (db: {shown_db(db)}, pid {os.getpid()}); "
+        click.echo(f"stepwell worker running (db: {redact(db)}, pid {os.getpid()}); "
                    f"functions: {', '.join(functions) or '(none)'}")
         await stopping.wait()
     finally:

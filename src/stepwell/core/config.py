@@ -31,7 +31,7 @@ MAX_CANCEL_RULES = 5
 MAX_CONCURRENCY_LIMITS = 2
 MIN_PERIOD_MS = 1_000
 MAX_PERIOD_MS = 7 * 24 * 3600 * 1000
-MAX_SLEEP_MS = 366 * 24 * 3600 * 1000
+MAX_SLEEP_MS = 366 * 24 * 3600 * 1000          # sleeps, waits and timeouts: at most a year
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 
 
@@ -126,11 +126,6 @@ class EventTrigger:
     @property
     def is_wildcard(self) -> bool:
         return self.name.endswith("*")
-
-    def matches_name(self, name: str) -> bool:
-        if self.is_wildcard:
-            return name.startswith(self.name[:-1])
-        return name == self.name
 
 
 @dataclass(frozen=True)

@@ -181,6 +181,11 @@ class Memo:
     ended_at: int = 0
     pending: bool = False       # a wait or invoke not yet resolved (outcome still unknown)
 
+    def sleeping(self, now: int) -> bool:
+        """A sleep whose wake time is still ahead of `now`: recorded, but not yet passed (the
+        run may not go beyond it, and the step is not done)."""
+        return self.kind == "sleep" and self.due_at is not None and self.due_at > now
+
 
 @dataclass(slots=True)
 class StepInfo:

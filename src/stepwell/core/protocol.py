@@ -169,8 +169,7 @@ def memo_value(memo: Memo) -> Any:
 
 def steps_map(memos: Iterable[Memo], now: int) -> tuple[dict[str, Any], list[str]]:
     """The `steps` map and `ctx.stack` for a call: only steps whose outcome is known."""
-    done = [m for m in memos if not m.pending and not (
-        m.kind == "sleep" and m.due_at is not None and m.due_at > now)]
+    done = [m for m in memos if not m.pending and not m.sleeping(now)]
     done.sort(key=lambda m: (m.seq, m.ended_at))
     return {m.hash: memo_value(m) for m in done}, [m.hash for m in done]
 

@@ -40,9 +40,9 @@ from stepwell.store.base import QueueItem, Tx
 IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
 
 
-def gcra_state(state: tuple[float | None, str | None, int | None] | None) -> int | None:
+def gcra_state(state: tuple[str | None, int | None] | None) -> int | None:
     """A stored GCRA arrival time (an exact integer, kept as text)."""
-    return None if state is None or state[1] is None else int(state[1])
+    return None if state is None or state[0] is None else int(state[0])
 
 
 def ingest_events(tx: Tx, events: list[Event], now: int, routing: Routing, place: Placement,
@@ -129,7 +129,7 @@ def admit(tx: Tx, spec: FunctionSpec, event: Event, now: int, place: Placement,
         if spec.idempotency is not None:
             key = f"idem:{qid}:{evaluate_key(spec.idempotency, payload, option='idempotency')}"
             state = tx.get_flow(key)
-            if state is not None and state[2] is not None and state[2] > now:
+            if state is not None and state[1] is not None and state[1] > now:
                 _skip(tx, spec, [event], now, "Idempotent",
                       f"an earlier event with the same idempotency key "
                       f"'{spec.idempotency.source}' started a run within 24h")
@@ -167,7 +167,7 @@ def start_run(tx: Tx, spec: FunctionSpec, events: list[Event], now: int, place: 
             single = spec.singleton
             key = f"single:{qid}:{evaluate_key(single.key, payload, option='singleton')}"
             state = tx.get_flow(key)
-            holder = None if state is None else state[1]
+            holder = None if state is None else state[0]
             active = holder is not None and (run := tx.get_run(holder)) is not None and (
                 run.status in ("queued", "running"))
             if active and single.mode == "skip":

@@ -242,7 +242,7 @@ class RemoteExecutor(RunDriver):
         keep waiting, or resolve a wait/invoke whose time is up and go on. A step whose result
         the SDK was already given must not come back: that app is not following the protocol."""
         now = self.now()
-        if memo.kind == "sleep" and memo.due_at is not None and memo.due_at > now:
+        if memo.sleeping(now):
             self._dues.append(memo.due_at)
         elif memo.pending:
             if memo.due_at is None or memo.due_at > now:

@@ -20,7 +20,6 @@ from stepwell.core.models import (
     FUNCTION_FAILED,
     FUNCTION_FINISHED,
     Event,
-    Memo,
     RunStatus,
 )
 from stepwell.core.routing import Router, match_key, path_value
@@ -183,13 +182,6 @@ def hold(tx: Tx, item_id: int | None, owner: str, lease_until: int) -> None:
     """Renew the lease, or abort the script: a step must never commit without it."""
     if item_id is not None and not tx.renew_lease(item_id, owner, lease_until):
         raise LeaseLost(f"queue item {item_id} is no longer held by {owner}")
-
-
-def commit_memo(tx: Tx, run_id: str, memo: Memo, item_id: int | None, owner: str,
-                lease_until: int) -> bool:
-    """A step's outcome; False if it was already committed (by a previous holder)."""
-    hold(tx, item_id, owner, lease_until)
-    return tx.insert_memo(run_id, memo)
 
 
 @dataclass(slots=True)

@@ -300,7 +300,7 @@ class RunSession(RunDriver):
                 f"non-determinism: step '{request.step_id}' was reached at position {seq} but "
                 f"recorded at position {memo.seq}; the handler's step order changed")
         now = self.now()
-        if memo.kind == "sleep" and memo.due_at is not None and memo.due_at > now:
+        if memo.sleeping(now) and memo.due_at is not None:
             if not self._may_park(memo.due_at):
                 return await self._suspend(memo.hash, memo.due_at, timer=True)
             await self._park_until(memo.due_at)

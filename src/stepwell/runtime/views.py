@@ -12,8 +12,7 @@ def _status(memo: Memo, run_ended_at: int | None, now: int) -> tuple[str, int | 
     or invoking (it was cancelled) shows that step as interrupted at the run's end."""
     if memo.error is not None:
         return "failed", memo.ended_at
-    unfinished = memo.pending or (memo.kind == "sleep" and memo.due_at is not None and (
-        memo.due_at > (run_ended_at if run_ended_at is not None else now)))
+    unfinished = memo.pending or memo.sleeping(run_ended_at if run_ended_at is not None else now)
     if not unfinished:
         return "completed", memo.ended_at
     if run_ended_at is not None:

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
+from stepwell.core.config import MAX_SLEEP_MS
 from stepwell.core.durations import DurationError, parse_duration_ms, parse_timestamp_ms
 from stepwell.core.expressions import (
     Expression,
@@ -26,8 +27,6 @@ from stepwell.sdk.types import rebuild, return_type
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-MAX_SLEEP_MS = 366 * 24 * 3600 * 1000
 
 
 @dataclass(slots=True)
