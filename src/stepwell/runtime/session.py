@@ -37,6 +37,7 @@ from stepwell.sdk.context import (
 )
 from stepwell.sdk.errors import NonDeterminismError, NonRetriableError, RetryAfterError, StepError
 from stepwell.sdk.step import Step, StepRequest, SyncStep
+from stepwell.sdk.types import rebuild
 from stepwell.store.base import RunState
 
 if TYPE_CHECKING:
@@ -105,6 +106,13 @@ class RunSession(RunDriver):
             err = data.get("error") or {}
             error = FailureInfo(str(err.get("name", "Error")), str(err.get("message", "")),
                                 str(err.get("stack", "")))
+        schema = self.fn.event_type(event.name)
+        if schema is not None:
+            # Data sent by an SDK app, the HTTP API or an older version of the code is checked
+            # here; `rebuild` raises DataMismatchError (non-retriable) naming the field.
+            event = Event(name=event.name, id=event.id, ts=event.ts, user=event.user,
+                          data=rebuild(schema, event.data,
+                                       what=f"the data of event '{event.name}' ({event.id})"))
         logger = ReplayAwareLogger(log, self.replaying,
                                    {"run_id": self.run_id, "function_id": self.fn.qualified_id})
         return Context(event=event, events=events, run_id=self.run_id,
@@ -113,9 +121,9 @@ class RunSession(RunDriver):
 
     async def execute(self) -> None:
         """Run (or resume) the handler until it returns, fails or must wait."""
-        ctx = self._context()
         step = Step(self)
         try:
+            ctx = self._context()       # typed event data that does not fit fails the run here
             if self.fn.is_async:
                 output = await self.fn.handler(ctx, step)
             else:

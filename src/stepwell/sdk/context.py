@@ -6,9 +6,9 @@ import contextvars
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic
 
-from stepwell.core.models import Event
+from stepwell.core.models import D, Event
 
 # The attempt of the step currently executing, set by the runtime around the step's callable.
 current_attempt: contextvars.ContextVar[int | None] = contextvars.ContextVar(
@@ -64,13 +64,14 @@ class ReplayAwareLogger:
         self._log(logging.ERROR, msg, *args, **kwargs)
 
 
-class Context:
-    """The run as the handler sees it."""
+class Context(Generic[D]):
+    """The run as the handler sees it. `Context[Model]` types `ctx.event.data` as `Model` when
+    the function's trigger is declared `Event[Model]("name")` (the data is rebuilt as one)."""
 
-    def __init__(self, *, event: Event, events: list[Event], run_id: str, function_id: str,
+    def __init__(self, *, event: Event[D], events: list[Event], run_id: str, function_id: str,
                  logger: ReplayAwareLogger, function_attempt: Callable[[], int],
                  error: FailureInfo | None = None) -> None:
-        self.event = event
+        self.event: Event[D] = event
         self.events = events
         self.run_id = run_id
         self.function_id = function_id
