@@ -65,6 +65,18 @@ def _fingerprint(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
+def _not_awaited(step_ids: list[str]) -> dict[str, Any]:
+    """The error of a run whose handler called steps without awaiting them: those steps never
+    ran, so the run cannot have done what its code says."""
+    first = step_ids[0]
+    return {"name": "StepNotAwaitedError", "stack": "",
+            "message": f"step '{first}' was called but never awaited, so it never ran"
+                       + (f" (also: {', '.join(repr(s) for s in step_ids[1:4])})"
+                          if len(step_ids) > 1 else "")
+                       + ": put `await` before the step call (or hand it to asyncio.gather); "
+                         "a plain `def` handler's SyncStep needs no await"}
+
+
 def _retry_after(exc: BaseException, now: int) -> int | None:
     return exc.due_at(now) if isinstance(exc, RetryAfterError) else None
 
@@ -157,6 +169,10 @@ class RunSession(RunDriver):
         else:
             self._raise_fault()
             await self._gate()
+            missed = step.never_awaited()
+            if missed:
+                await self.end("failed", error=_not_awaited(missed))
+                return
             try:
                 value = to_json_value(output, what=f"function '{self.fn.qualified_id}'")
             except NotSerializableError as exc:
@@ -164,6 +180,7 @@ class RunSession(RunDriver):
             else:
                 await self.end("completed", output=value)
         finally:
+            step.never_awaited()           # close the rest, so Python does not warn later
             if self._unwind.done():
                 self._unwind.exception()   # mark retrieved
 
