@@ -324,7 +324,9 @@ class RunSession(RunDriver):
         """Whether recorded steps overlapped in time: parallel branches interleave differently
         from one execution to the next, so positions say nothing about changed code then."""
         ends: float = float("-inf")
-        for memo in sorted(self.memos.values(), key=lambda m: m.started_at or 0):
+        # Ties broken by recording order: on the virtual clock steps in sequence share one
+        # instant, and a sleep started at it must not look like it overlaps the steps before.
+        for memo in sorted(self.memos.values(), key=lambda m: (m.started_at or 0, m.seq)):
             started = memo.started_at or 0
             if started < ends:
                 return True
@@ -335,10 +337,12 @@ class RunSession(RunDriver):
     async def _warn_new_step(self, step_id: str, seq: int) -> None:
         if self._warned_order:
             return
-        self._warned_order = True
         recorded = sorted(self.memos.values(), key=lambda m: m.seq)
         missing = [m.step_id for m in recorded if m.seq < seq and m.hash not in self._consumed]
         if missing and not self._ran_in_parallel():
+            # Set only once a warning is made: a step inserted before every recorded one
+            # misses none, and the recorded step after it is then reported as moved.
+            self._warned_order = True
             await self.warn(
                 f"non-determinism: step '{step_id}' was reached before recorded step(s) "
                 f"{missing[:3]} this time; the handler's step order changed")
