@@ -59,6 +59,25 @@ def ingest_events(tx: Tx, events: list[Event], now: int, routing: Routing, place
         process_event(tx, event, now, routing, place, effects)
 
 
+def defer_events(tx: Tx, events: list[Event], now: int) -> None:
+    """Store events for a worker to route (a process that only sends events knows no
+    functions): unprocessed, with one `route` queue item, so the first worker that claims it
+    routes them with its functions, through the same queue and wake-ups as any work."""
+    stored = [e.id for e in events
+              if tx.insert_event(e, now, now - EVENT_DEDUPE_WINDOW_MS, processed=False)]
+    if stored:
+        tx.enqueue("route", f"route:{stored[0]}", now, payload={"events": stored})
+
+
+def route_deferred(tx: Tx, item: QueueItem, owner: str, now: int, routing: Routing,
+                   place: Placement, effects: Effects) -> None:
+    """A worker routes events a sender deferred (each once: `mark_event_processed` is a
+    compare-and-set, shared with the recovery of unprocessed events)."""
+    ids = (item.payload or {}).get("events") or []
+    ingest_events(tx, tx.get_events(ids), now, routing, place, effects, already_stored=True)
+    tx.release_item(item.id, owner, None, now)
+
+
 def process_event(tx: Tx, event: Event, now: int, routing: Routing, place: Placement,
                   effects: Effects) -> None:
     payload = event.to_dict()

@@ -26,7 +26,7 @@ from stepwell.core.models import (
     validate_event_payload,
 )
 from stepwell.core.routing import match_key, path_value
-from stepwell.runtime import admission, scripts, signals
+from stepwell.runtime import admission, runlog, scripts, signals
 from stepwell.runtime.scripts import Effects, Ending, LeaseLost, Placement
 from stepwell.sdk.errors import StepError
 from stepwell.store.base import RunState, Tx, WaitRow
@@ -131,7 +131,9 @@ class RunDriver:
             stats.step_seconds.observe(max(0, memo.ended_at - memo.started_at) / 1000)
 
     async def record_failure(self, step_hash: str, step_id: str, attempt: int,
-                             error: dict[str, Any]) -> None:
+                             error: dict[str, Any], *, next_at: int | None) -> None:
+        """Record a failed attempt (0-based) and log it; `next_at`: when the next attempt may
+        start, None when none follows."""
         run_id, now = self.run_id, self.now()
 
         def script(tx: Tx, place: Placement, effects: Effects) -> None:
@@ -139,6 +141,8 @@ class RunDriver:
 
         await self.host.commit(self._held(script))
         self.host.stats.step_attempts_failed += 1
+        runlog.attempt_failed(run_id, self.spec.public_id, step_id, attempt, self.spec.retries,
+                              error, now=now, next_at=next_at)
         self.failures.setdefault(step_hash, []).append(
             {"attempt": attempt, "error": error, "at": now, "step_id": step_id})
 
@@ -188,7 +192,7 @@ class RunDriver:
             return
         due = self.retry_due(unit, failures + 1, after_ms=after_ms)
         with contextlib.suppress(LeaseLost):
-            await self.record_failure(unit, FUNCTION_KEY, failures, error)
+            await self.record_failure(unit, FUNCTION_KEY, failures, error, next_at=due)
             await self.release(due, timer=True)
 
     async def release(self, due: int | None, *, timer: bool = False) -> None:

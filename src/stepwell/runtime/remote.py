@@ -229,8 +229,10 @@ class RemoteExecutor(RunDriver):
             assert sub.error is not None
             attempt = self._attempt(op.id)
             if sub.retry and attempt < self.spec.retries:
-                await self.record_failure(op.id, op.display_name or op.id, attempt, sub.error)
-                self._dues.append(self.retry_due(op.id, attempt + 1, after_ms=sub.retry_at))
+                due = self.retry_due(op.id, attempt + 1, after_ms=sub.retry_at)
+                await self.record_failure(op.id, op.display_name or op.id, attempt, sub.error,
+                                          next_at=due)
+                self._dues.append(due)
                 return True
             self._cancel_in_flight()
             await self.end("failed", error=sub.output_error or sub.error,
@@ -336,9 +338,11 @@ class RemoteExecutor(RunDriver):
     async def _step_error(self, op: Op, error: dict[str, Any], *, retry: bool,
                           after_ms: int | None = None) -> None:
         attempt = self._attempt(op.id)
-        await self.record_failure(op.id, op.display_name or op.id, attempt, error)
-        if retry and attempt < self.spec.retries:
-            self._dues.append(self.retry_due(op.id, attempt + 1, after_ms=after_ms))
+        retrying = retry and attempt < self.spec.retries
+        due = self.retry_due(op.id, attempt + 1, after_ms=after_ms) if retrying else None
+        await self.record_failure(op.id, op.display_name or op.id, attempt, error, next_at=due)
+        if due is not None:
+            self._dues.append(due)
             return
         await self.checkpoint(Memo(op.id, op.display_name or op.id, "run", self._seq(),
                                    error=error, attempts=attempt + 1, started_at=self.now(),

@@ -54,6 +54,9 @@ class Effects:
     emitted: list[Event] = field(default_factory=list)     # stored unprocessed: ingest next
     finished_runs: list[str] = field(default_factory=list)
     ended: list[str] = field(default_factory=list)          # the final status of each
+    # (run id, function id, status, error) of each run that ended other than completed: logged
+    unsuccessful: list[tuple[str, str, str, dict[str, Any] | None]] = field(
+        default_factory=list)
     runs_created: int = 0
     event_ids: list[str] = field(default_factory=list)
     wake: bool = False          # ready work was queued for any worker: poll now
@@ -219,6 +222,9 @@ def end_run(tx: Tx, ending: Ending, now: int, place: Placement, routing: Routing
     tx.delete_run_waits(ending.run_id)
     effects.finished_runs.append(ending.run_id)
     effects.ended.append(ending.status)
+    if ending.status != "completed":
+        effects.unsuccessful.append((ending.run_id, ending.function_id, ending.status,
+                                     ending.reported_error))
     if ending.parent_run_id and ending.parent_step:
         outcome = ({"data": ending.output} if ending.status == "completed" else
                    {"error": ending.reported_error or {"name": "Cancelled",
@@ -239,6 +245,7 @@ def fail_bare(tx: Tx, run: RunRow, error: dict[str, Any], now: int, place: Place
     tx.delete_run_waits(run.id)
     effects.finished_runs.append(run.id)
     effects.ended.append("failed")
+    effects.unsuccessful.append((run.id, run.function_id, "failed", error))
     if run.parent_run_id and run.parent_step and tx.resolve_memo(
             run.parent_run_id, run.parent_step, {"error": error}, now):
         enqueue_exec(tx, run.parent_run_id, now, place, effects)

@@ -21,16 +21,23 @@ import hashlib
 import inspect
 import json
 import logging
-import traceback
 from typing import TYPE_CHECKING, Any
 
 from stepwell.core.models import Event, Memo, error_dict, hash_step_id
 from stepwell.core.serialize import NotSerializableError, to_json_value
 from stepwell.runtime.driver import Host, RunDriver
 from stepwell.runtime.scripts import LeaseLost
-from stepwell.sdk.context import Context, FailureInfo, ReplayAwareLogger, current_attempt
+from stepwell.runtime.usercode import user_traceback
+from stepwell.sdk.context import (
+    Context,
+    FailureInfo,
+    ReplayAwareLogger,
+    current_attempt,
+    current_step,
+)
 from stepwell.sdk.errors import NonDeterminismError, NonRetriableError, RetryAfterError, StepError
 from stepwell.sdk.step import Step, StepRequest, SyncStep
+from stepwell.sdk.types import rebuild
 from stepwell.store.base import RunState
 
 if TYPE_CHECKING:
@@ -56,6 +63,18 @@ def _fingerprint(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         return ""
     text = json.dumps([args, kwargs], sort_keys=True, default=lambda o: type(o).__name__)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def _not_awaited(step_ids: list[str]) -> dict[str, Any]:
+    """The error of a run whose handler called steps without awaiting them: those steps never
+    ran, so the run cannot have done what its code says."""
+    first = step_ids[0]
+    return {"name": "StepNotAwaitedError", "stack": "",
+            "message": f"step '{first}' was called but never awaited, so it never ran"
+                       + (f" (also: {', '.join(repr(s) for s in step_ids[1:4])})"
+                          if len(step_ids) > 1 else "")
+                       + ": put `await` before the step call (or hand it to asyncio.gather); "
+                         "a plain `def` handler's SyncStep needs no await"}
 
 
 def _retry_after(exc: BaseException, now: int) -> int | None:
@@ -99,6 +118,13 @@ class RunSession(RunDriver):
             err = data.get("error") or {}
             error = FailureInfo(str(err.get("name", "Error")), str(err.get("message", "")),
                                 str(err.get("stack", "")))
+        schema = self.fn.event_type(event.name)
+        if schema is not None:
+            # Data sent by an SDK app, the HTTP API or an older version of the code is checked
+            # here; `rebuild` raises DataMismatchError (non-retriable) naming the field.
+            event = Event(name=event.name, id=event.id, ts=event.ts, user=event.user,
+                          data=rebuild(schema, event.data,
+                                       what=f"the data of event '{event.name}' ({event.id})"))
         logger = ReplayAwareLogger(log, self.replaying,
                                    {"run_id": self.run_id, "function_id": self.fn.qualified_id})
         return Context(event=event, events=events, run_id=self.run_id,
@@ -107,9 +133,9 @@ class RunSession(RunDriver):
 
     async def execute(self) -> None:
         """Run (or resume) the handler until it returns, fails or must wait."""
-        ctx = self._context()
         step = Step(self)
         try:
+            ctx = self._context()       # typed event data that does not fit fails the run here
             if self.fn.is_async:
                 output = await self.fn.handler(ctx, step)
             else:
@@ -134,15 +160,19 @@ class RunSession(RunDriver):
         except NonRetriableError as exc:
             self._raise_fault()
             await self._gate()
-            await self.end("failed", error=error_dict(exc, stack=traceback.format_exc()))
+            await self.end("failed", error=error_dict(exc, stack=user_traceback(exc)))
         except Exception as exc:
             self._raise_fault()
             await self._gate()
-            await self.retry_function(error_dict(exc, stack=traceback.format_exc()),
+            await self.retry_function(error_dict(exc, stack=user_traceback(exc)),
                                       after_ms=_retry_after(exc, self.now()))
         else:
             self._raise_fault()
             await self._gate()
+            missed = step.never_awaited()
+            if missed:
+                await self.end("failed", error=_not_awaited(missed))
+                return
             try:
                 value = to_json_value(output, what=f"function '{self.fn.qualified_id}'")
             except NotSerializableError as exc:
@@ -150,6 +180,7 @@ class RunSession(RunDriver):
             else:
                 await self.end("completed", output=value)
         finally:
+            step.never_awaited()           # close the rest, so Python does not warn later
             if self._unwind.done():
                 self._unwind.exception()   # mark retrieved
 
@@ -293,7 +324,9 @@ class RunSession(RunDriver):
         """Whether recorded steps overlapped in time: parallel branches interleave differently
         from one execution to the next, so positions say nothing about changed code then."""
         ends: float = float("-inf")
-        for memo in sorted(self.memos.values(), key=lambda m: m.started_at or 0):
+        # Ties broken by recording order: on the virtual clock steps in sequence share one
+        # instant, and a sleep started at it must not look like it overlaps the steps before.
+        for memo in sorted(self.memos.values(), key=lambda m: (m.started_at or 0, m.seq)):
             started = memo.started_at or 0
             if started < ends:
                 return True
@@ -304,10 +337,12 @@ class RunSession(RunDriver):
     async def _warn_new_step(self, step_id: str, seq: int) -> None:
         if self._warned_order:
             return
-        self._warned_order = True
         recorded = sorted(self.memos.values(), key=lambda m: m.seq)
         missing = [m.step_id for m in recorded if m.seq < seq and m.hash not in self._consumed]
         if missing and not self._ran_in_parallel():
+            # Set only once a warning is made: a step inserted before every recorded one
+            # misses none, and the recorded step after it is then reported as moved.
+            self._warned_order = True
             await self.warn(
                 f"non-determinism: step '{step_id}' was reached before recorded step(s) "
                 f"{missing[:3]} this time; the handler's step order changed")
@@ -350,25 +385,27 @@ class RunSession(RunDriver):
         failures = len(self.failures.get(step_hash, ()))
         started = self.now()
         token = current_attempt.set(failures)
+        step_token = current_step.set(request.step_id)
         try:
             value = await self._call(request)
             data = to_json_value(value, what=f"step '{request.step_id}'")
         except Exception as exc:
-            error = error_dict(exc, stack=traceback.format_exc())
+            error = error_dict(exc, stack=user_traceback(exc))
             final = (isinstance(exc, NonRetriableError | NotSerializableError)
                      or failures >= self.spec.retries)
-            await self.record_failure(step_hash, request.step_id, failures, error)
-            if final:
+            due = None if final else self.retry_due(step_hash, failures + 1,
+                                                    after_ms=_retry_after(exc, self.now()))
+            await self.record_failure(step_hash, request.step_id, failures, error, next_at=due)
+            if due is None:
                 await self.checkpoint(Memo(step_hash, request.step_id, "run", seq, error=error,
                                            fingerprint=fingerprint, attempts=failures + 1,
                                            started_at=started, ended_at=self.now()))
                 self._consumed.add(step_hash)
                 raise StepError(request.step_id, error) from None
-            due = self.retry_due(step_hash, failures + 1,
-                                 after_ms=_retry_after(exc, self.now()))
             return await self._suspend(step_hash, due, timer=True)
         finally:
             current_attempt.reset(token)
+            current_step.reset(step_token)
         await self.checkpoint(Memo(step_hash, request.step_id, "run", seq, data=data,
                                    fingerprint=fingerprint, attempts=failures + 1,
                                    started_at=started, ended_at=self.now()))

@@ -80,7 +80,9 @@ def openapi_document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "stepwell", "version": "1",
                  "description": "Inngest's event API and REST API v1, plus stepwell additions "
-                                "(marked x-stepwell)."},
+                                "(marked x-stepwell). On every route: a Host the server does not "
+                                "answer to gets 421, a write from another site or origin 403, a "
+                                "request body that is not application/json 415."},
         "paths": _secured({
             "/e/{key}": {"post": {
                 "summary": "Send one event or an array of events (Inngest event API)",

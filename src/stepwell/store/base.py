@@ -59,7 +59,8 @@ class QueueItem:
     """Work to do at or after `due_at`; `unique_key` keeps one item per purpose.
 
     Kinds: `exec` (run or resume a run; key `exec:<run>`), `cron` (fire a schedule; key
-    `cron:<fn>:<n>`), `timeout` (enforce `timeouts.finish` / `start`; key `timeout:<run>:<which>`).
+    `cron:<fn>:<n>`), `timeout` (enforce `timeouts.finish` / `start`; key `timeout:<run>:<which>`),
+    `route` (route events a process without functions stored; key `route:<first event>`).
     """
 
     id: int

@@ -3,7 +3,7 @@
 // them can still change.
 
 import {
-  ApiError, api, between, duration, empty, errorBlock, h, jsonBlock, notice, shortId,
+  ApiError, BASE, api, between, duration, empty, errorBlock, h, jsonBlock, notice, shortId,
   statusBadge, time, withQuery,
 } from "./lib.js";
 
@@ -459,7 +459,7 @@ export async function apps(view) {
             app.error ? h("div", {class: "sync-error status-failed"}, app.error) : null),
           h("td", {class: "mono muted"}, shortId(app.checksum || "")))))) : empty(
         "No SDK app is synced. Point an app at this server (INNGEST_DEV=" +
-        `${location.origin}) or sync it by its URL above.`)),
+        `${location.origin}${BASE}) or sync it by its URL above.`)),
       native.size ? section("In-process apps", h("table", {class: "table"},
         h("thead", {}, h("tr", {}, h("th", {}, "App"), h("th", {}, "Functions"))),
         h("tbody", {}, [...native].map(([app, fns]) => h("tr", {},
