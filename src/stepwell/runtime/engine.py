@@ -79,7 +79,8 @@ class Engine:
                  max_parked: int = 20_000, tune_gc: bool = True,
                  retention: str | float | datetime.timedelta | None = "7d",
                  app_url_allow: str | Sequence[str] | None = None,
-                 block_warning_seconds: float | None = 1.0) -> None:
+                 block_warning_seconds: float | None = 1.0,
+                 check_determinism: bool | None = None) -> None:
         self.apps = list(apps)
         self.registry = Registry(apps)
         self.functions: dict[str, Function] = self.registry.native
@@ -129,6 +130,11 @@ class Engine:
         self._wake = asyncio.Event()
         self._finished: dict[str, asyncio.Event] = {}
         self._running = False
+        # Replay every native run from its memos at each suspension and at its end, and fail
+        # it on a divergence (see runtime/determinism.py). None: on under the virtual clock
+        # (stepwell.testing); `stepwell dev` turns it on; production leaves it off.
+        self.check_determinism = (bool(getattr(self.clock, "virtual", False))
+                                  if check_determinism is None else check_determinism)
         # User code holding the event loop longer than this is reported (once per place).
         self._watchdog = None if block_warning_seconds is None else LoopWatchdog(
             block_warning_seconds, self._handler_owners)
