@@ -7,12 +7,10 @@ import cel
 import pytest
 
 from stepwell.core.expressions import (
-    MISSING,
     Expression,
     ExpressionError,
     ExpressionEvalError,
     compile_expression,
-    lookup_path,
     match_expression,
 )
 
@@ -403,31 +401,3 @@ def test_match_expression_rejects_bad_paths(path: str) -> None:
 def test_match_expression_rejects_non_strings() -> None:
     with pytest.raises(ExpressionError, match="must be a string"):
         match_expression(None)  # type: ignore[arg-type]
-
-
-# ---------------------------------------------------------------------------- lookup_path
-
-
-@pytest.mark.parametrize(
-    ("path", "expected"),
-    [
-        ("data.orderId", "o-1"),
-        ("data.userId", 7),
-        ("data.note", None),
-        ("data.nested.deep", {"value": 1.0}),
-        ("name", "shop/order.created"),
-        ("data.nope", MISSING),
-        ("data.text.length", MISSING),
-        ("data.items.0", MISSING),
-        ("nope.x", MISSING),
-    ],
-)
-def test_lookup_path(path: str, expected: Any) -> None:
-    assert lookup_path(EVENT, path) == expected
-
-
-def test_missing_is_a_distinct_sentinel() -> None:
-    assert MISSING is not None
-    assert repr(MISSING) == "MISSING"
-    assert lookup_path({"a": None}, "a") is None
-    assert lookup_path({"a": {}}, "a.b") is MISSING

@@ -152,6 +152,38 @@ async def test_error_outside_steps_is_retried_then_fails(make_engine: Any,
     assert run.error is not None and run.error["name"] == "RuntimeError"
 
 
+async def test_errors_outside_steps_are_counted_per_unit_of_work(make_engine: Any,
+                                                                clock: VirtualClock) -> None:
+    """As in Inngest, each unit of work (the code after the last recorded step) starts again
+    at attempt 0: with retries=1, one transient error after each step is retried every time,
+    and `ctx.attempt` outside steps is that unit's count."""
+    app = stepwell.App("t")
+    seen: list[tuple[str, int]] = []
+    failed: set[str] = set()
+
+    @app.function(id="units", trigger="t/units", retries=1)
+    async def units(ctx: stepwell.Context, step: stepwell.Step) -> str:
+        for name in ("one", "two", "three"):
+            await step.run(name, lambda name=name: name)
+            seen.append((name, ctx.attempt))
+            if name not in failed:
+                failed.add(name)
+                raise ConnectionError(f"transient failure after step {name}")
+        return "done"
+
+    async with make_engine(app) as engine:
+        run = await run_one(engine, "t/units", {})
+        await clock.advance("3h")
+        run = await engine.wait(run.id, timeout=10)
+    assert run.status == "completed" and run.output == "done", run.error
+    # A replay runs the code after earlier steps again; `ctx.attempt` there is the attempt of
+    # the unit being retried (as the SDKs see it: one attempt per request).
+    assert seen == [("one", 0), ("one", 1), ("two", 0), ("one", 1), ("two", 1),
+                    ("three", 0), ("one", 1), ("two", 1), ("three", 1)], seen
+    handler = [s for s in run.steps if s.id == "(handler)"]
+    assert len(handler) == 3 and all(s.status == "failed" for s in handler), handler
+
+
 async def test_non_serializable_step_output_fails_the_step_naming_it(make_engine: Any) -> None:
     app = stepwell.App("t")
 

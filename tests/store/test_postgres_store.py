@@ -22,11 +22,12 @@ import psycopg
 import pytest
 
 from stepwell.core.models import Memo
+from stepwell.core.urls import redact
 from stepwell.runtime import admission
 from stepwell.runtime.scripts import LeaseLost, hold
-from stepwell.store.base import NewRun, StoreError, WaitRow
+from stepwell.store.base import NewRun, StoreError, WaitRow, migration_files
 from stepwell.store.postgres import SCHEMA_VERSION, PostgresStore, migrate
-from stepwell.store.postgres_conn import PostgresWriter, redact
+from stepwell.store.postgres_conn import PostgresWriter
 from stepwell.store.postgres_tx import PostgresTx, WriterState
 
 Script = Callable[[PostgresTx], Any]
@@ -168,8 +169,7 @@ def test_processes_starting_together_migrate_once(pg_database: str) -> None:
 def test_an_older_schema_is_upgraded(pg_database: str) -> None:
     with closing(connect(pg_database)) as conn:
         conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-        from stepwell.store.postgres import _migrations
-        conn.execute(_migrations()[0][1].encode())
+        conn.execute(migration_files("postgres")[0][1].encode())
         conn.execute("CREATE TABLE stepwell_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         conn.execute("INSERT INTO stepwell_meta VALUES ('schema_version', '1')")
         conn.execute("INSERT INTO queue (unique_key, kind, due_at) VALUES ('exec:old', 'exec', 5)")
@@ -212,7 +212,7 @@ def test_flow_state_updates_are_serialized(pg_database: str) -> None:
             def second() -> Any:
                 with transaction(c2) as tx2:
                     state = tx2.get_flow("throttle:fn:k")
-                    tx2.put_flow("throttle:fn:k", text=str(int(state[1]) + 1))
+                    tx2.put_flow("throttle:fn:k", text=str(int(state[0]) + 1))
                     return state
 
             thread, out = in_thread(second)
@@ -220,7 +220,7 @@ def test_flow_state_updates_are_serialized(pg_database: str) -> None:
             assert thread.is_alive(), "the second transaction did not wait for the lock"
             tx1.put_flow("throttle:fn:k", text="1")
         thread.join(10)
-        assert out == [(None, "1", None)]
+        assert out == [("1", None)]
         assert c1.execute("SELECT text FROM flow_state").fetchall() == [("2",)]
 
 
@@ -375,7 +375,7 @@ async def test_a_read_of_several_statements_sees_one_snapshot(pg_database: str) 
 
         assert await store.read(counted) == ("queued", "queued")   # one snapshot
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
-            await store.read(lambda tx: tx.delete_app("x"))
+            await store.read(lambda tx: tx.delete_step_wait("x", "y"))
     finally:
         await store.close()
 

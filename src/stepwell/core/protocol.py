@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import rfc8785
 
@@ -105,12 +106,22 @@ def parse_registration(body: Any) -> Registration:
     if len(functions) > MAX_FUNCTIONS_PER_APP:
         raise ProtocolError(f"app '{app_id}' registers {len(functions)} functions; at most "
                             f"{MAX_FUNCTIONS_PER_APP} are allowed per app")
-    specs = [_function_spec(app_id, url, raw) for raw in functions]
+    try:
+        specs = [_function_spec(app_id, url, raw) for raw in functions]
+    except ProtocolError as exc:
+        raise ProtocolError(f"app '{app_id}': {exc}") from None
     counts = Counter(s.spec.id for s in specs)
     dupes = sorted(i for i, n in counts.items() if n > 1)
     if dupes:
         raise ProtocolError(f"app '{app_id}': function ids {dupes} are registered twice")
     return Registration(app_id, url, specs)
+
+
+def _step_url(app_url: str, fn_id: str) -> str:
+    """The app's URL for a function's calls, its id %-encoded (ids may hold `/`, `&`, `?`...)."""
+    parts = urlsplit(app_url)
+    query = [*parse_qsl(parts.query), ("fnId", fn_id), ("stepId", "step")]
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def _function_spec(app_id: str, app_url: str, raw: Any) -> RemoteFunctionSpec:
@@ -131,7 +142,7 @@ def _function_spec(app_id: str, app_url: str, raw: Any) -> RemoteFunctionSpec:
             raise ProtocolError(f"function '{fn_id}': trigger {trig!r} has neither 'event' nor "
                                 "'cron'")
     step = (raw.get("steps") or {}).get("step") or {}
-    url = ((step.get("runtime") or {}).get("url")) or f"{app_url}?fnId={fn_id}&stepId=step"
+    url = ((step.get("runtime") or {}).get("url")) or _step_url(app_url, fn_id)
     retries = (step.get("retries") or {}).get("attempts", raw.get("retries", 4))
     cancels = []
     for rule in raw.get("cancel") or []:
@@ -175,8 +186,7 @@ def memo_value(memo: Memo) -> Any:
 
 def steps_map(memos: Iterable[Memo], now: int) -> tuple[dict[str, Any], list[str]]:
     """The `steps` map and `ctx.stack` for a call: only steps whose outcome is known."""
-    done = [m for m in memos if not m.pending and not (
-        m.kind == "sleep" and m.due_at is not None and m.due_at > now)]
+    done = [m for m in memos if not m.pending and not m.sleeping(now)]
     done.sort(key=lambda m: (m.seq, m.ended_at))
     return {m.hash: memo_value(m) for m in done}, [m.hash for m in done]
 

@@ -26,7 +26,7 @@ from stepwell.core.models import (
     validate_event_payload,
 )
 from stepwell.core.routing import match_key, path_value
-from stepwell.runtime import admission, scripts, signals
+from stepwell.runtime import admission, runlog, scripts, signals
 from stepwell.runtime.scripts import Effects, Ending, LeaseLost, Placement
 from stepwell.sdk.errors import StepError
 from stepwell.store.base import RunState, Tx, WaitRow
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from stepwell.runtime.stats import Stats
 
 R = TypeVar("R")
-FUNCTION_KEY = "__function__"      # failure counter of code outside steps
+FUNCTION_KEY = "__function__"      # failure counters of code outside steps (one per unit)
 INVOKE_TIMEOUT_ERROR = {
     "name": "InngestInvokeTimeoutError", "stack": "",
     "message": "Timed out waiting for invoked function to complete"}
@@ -131,7 +131,9 @@ class RunDriver:
             stats.step_seconds.observe(max(0, memo.ended_at - memo.started_at) / 1000)
 
     async def record_failure(self, step_hash: str, step_id: str, attempt: int,
-                             error: dict[str, Any]) -> None:
+                             error: dict[str, Any], *, next_at: int | None) -> None:
+        """Record a failed attempt (0-based) and log it; `next_at`: when the next attempt may
+        start, None when none follows."""
         run_id, now = self.run_id, self.now()
 
         def script(tx: Tx, place: Placement, effects: Effects) -> None:
@@ -139,6 +141,8 @@ class RunDriver:
 
         await self.host.commit(self._held(script))
         self.host.stats.step_attempts_failed += 1
+        runlog.attempt_failed(run_id, self.spec.public_id, step_id, attempt, self.spec.retries,
+                              error, now=now, next_at=next_at)
         self.failures.setdefault(step_hash, []).append(
             {"attempt": attempt, "error": error, "at": now, "step_id": step_id})
 
@@ -153,27 +157,42 @@ class RunDriver:
         return now + retry_delay_ms(failures, seed=f"{self.run_id}:{key}")
 
     async def end(self, status: RunStatus, *, output: Any = None,
-                  error: dict[str, Any] | None = None) -> None:
+                  error: dict[str, Any] | None = None,
+                  event_error: dict[str, Any] | None = None) -> None:
         run = self.state.run
         ending = Ending(run.id, run.function_id, status, output=output, error=error,
                         parent_run_id=run.parent_run_id, parent_step=run.parent_step,
-                        event=self.first_event or None)
+                        event=self.first_event or None, event_error=event_error)
         now, routing = self.now(), self.host.routing
         with contextlib.suppress(LeaseLost):
             await self.host.commit(self._held(
                 lambda tx, place, effects: scripts.end_run(tx, ending, now, place, routing,
                                                            effects)))
 
-    async def retry_function(self, error: dict[str, Any], *, after_ms: int | None = None) -> None:
-        """An error outside any step: retry the whole invocation like a step, or fail the run
-        once the function's retries are used up."""
-        failures = len(self.failures.get(FUNCTION_KEY, ()))
-        if failures >= self.spec.retries:
-            await self.end("failed", error=error)
+    def function_unit(self) -> str:
+        """The failure counter of the current unit of work outside steps. As in Inngest, each
+        new unit (the code after the last recorded step) starts again at attempt 0: an early
+        transient error does not use up the retries of code that runs later. Steps recorded so
+        far identify the unit (a retried unit records none)."""
+        return f"{FUNCTION_KEY}:{len(self.memos)}"
+
+    def function_attempt(self) -> int:
+        """How many times the current unit of work has failed (`ctx.attempt`)."""
+        return len(self.failures.get(self.function_unit(), ()))
+
+    async def retry_function(self, error: dict[str, Any], *, after_ms: int | None = None,
+                             event_error: dict[str, Any] | None = None,
+                             retry: bool = True) -> None:
+        """An error outside any step: retry the current unit of work like a step, or fail the
+        run once its retries are used up (or at once when `retry` is False)."""
+        unit = self.function_unit()
+        failures = self.function_attempt()
+        if not retry or failures >= self.spec.retries:
+            await self.end("failed", error=error, event_error=event_error)
             return
-        due = self.retry_due(FUNCTION_KEY, failures + 1, after_ms=after_ms)
+        due = self.retry_due(unit, failures + 1, after_ms=after_ms)
         with contextlib.suppress(LeaseLost):
-            await self.record_failure(FUNCTION_KEY, FUNCTION_KEY, failures, error)
+            await self.record_failure(unit, FUNCTION_KEY, failures, error, next_at=due)
             await self.release(due, timer=True)
 
     async def release(self, due: int | None, *, timer: bool = False) -> None:
@@ -301,6 +320,13 @@ class RunDriver:
 
         return 0 if parent is None else await self.host.read(count)
 
+    def function_not_found(self, step_id: str, ref: object) -> dict[str, Any]:
+        """The error of an invoke whose target does not exist."""
+        return {"name": "FunctionNotFoundError", "stack": "",
+                "message": f"step '{step_id}': no function {ref!r} is registered (give a "
+                           "function object, 'fn-id', 'app-id/fn-id' or an SDK app's "
+                           "composite id)"}
+
     async def invoke(self, step_hash: str, step_id: str, seq: int, *, ref: object,
                      data: dict[str, Any], timeout_ms: int | None) -> Memo:
         """Start the target as a child run (its end resolves this step), or, when no such
@@ -309,10 +335,7 @@ class RunDriver:
         target = self.host.find_function(ref)
         error: dict[str, Any] | None = None
         if target is None:
-            error = {"name": "FunctionNotFoundError", "stack": "",
-                     "message": f"step '{step_id}': no function {ref!r} is registered (give a "
-                                "function object, 'fn-id', 'app-id/fn-id' or an SDK app's "
-                                "composite id)"}
+            error = self.function_not_found(step_id, ref)
         elif await self._invoke_depth() >= MAX_INVOKE_DEPTH:
             # A function invoking itself (or A invoking B invoking A) would otherwise nest
             # runs without end, each parent waiting on its child.

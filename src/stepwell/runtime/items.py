@@ -51,6 +51,10 @@ async def handle(engine: Engine, item: QueueItem,
             await fire_timeout(engine, item)
         elif item.kind in ("batch", "debounce"):
             await fire_flow(engine, item)
+        elif item.kind == "route":
+            owner, now, routing = engine.owner, engine.clock.now(), engine.routing
+            await engine.commit(lambda tx, place, effects: admission.route_deferred(
+                tx, item, owner, now, routing, place, effects))
         else:
             log.error("unknown queue item kind %r; dropping it", item.kind)
             await drop(engine, item.id)

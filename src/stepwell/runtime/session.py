@@ -21,16 +21,23 @@ import hashlib
 import inspect
 import json
 import logging
-import traceback
 from typing import TYPE_CHECKING, Any
 
 from stepwell.core.models import Event, Memo, error_dict, hash_step_id
 from stepwell.core.serialize import NotSerializableError, to_json_value
-from stepwell.runtime.driver import FUNCTION_KEY, Host, RunDriver
+from stepwell.runtime.driver import Host, RunDriver
 from stepwell.runtime.scripts import LeaseLost
-from stepwell.sdk.context import Context, FailureInfo, ReplayAwareLogger, current_attempt
+from stepwell.runtime.usercode import user_traceback
+from stepwell.sdk.context import (
+    Context,
+    FailureInfo,
+    ReplayAwareLogger,
+    current_attempt,
+    current_step,
+)
 from stepwell.sdk.errors import NonDeterminismError, NonRetriableError, RetryAfterError, StepError
 from stepwell.sdk.step import Step, StepRequest, SyncStep
+from stepwell.sdk.types import rebuild
 from stepwell.store.base import RunState
 
 if TYPE_CHECKING:
@@ -99,17 +106,24 @@ class RunSession(RunDriver):
             err = data.get("error") or {}
             error = FailureInfo(str(err.get("name", "Error")), str(err.get("message", "")),
                                 str(err.get("stack", "")))
+        schema = self.fn.event_type(event.name)
+        if schema is not None:
+            # Data sent by an SDK app, the HTTP API or an older version of the code is checked
+            # here; `rebuild` raises DataMismatchError (non-retriable) naming the field.
+            event = Event(name=event.name, id=event.id, ts=event.ts, user=event.user,
+                          data=rebuild(schema, event.data,
+                                       what=f"the data of event '{event.name}' ({event.id})"))
         logger = ReplayAwareLogger(log, self.replaying,
                                    {"run_id": self.run_id, "function_id": self.fn.qualified_id})
         return Context(event=event, events=events, run_id=self.run_id,
                        function_id=self.fn.qualified_id, logger=logger,
-                       function_attempt=len(self.failures.get(FUNCTION_KEY, ())), error=error)
+                       function_attempt=self.function_attempt, error=error)
 
     async def execute(self) -> None:
         """Run (or resume) the handler until it returns, fails or must wait."""
-        ctx = self._context()
         step = Step(self)
         try:
+            ctx = self._context()       # typed event data that does not fit fails the run here
             if self.fn.is_async:
                 output = await self.fn.handler(ctx, step)
             else:
@@ -134,11 +148,11 @@ class RunSession(RunDriver):
         except NonRetriableError as exc:
             self._raise_fault()
             await self._gate()
-            await self.end("failed", error=error_dict(exc, stack=traceback.format_exc()))
+            await self.end("failed", error=error_dict(exc, stack=user_traceback(exc)))
         except Exception as exc:
             self._raise_fault()
             await self._gate()
-            await self.retry_function(error_dict(exc, stack=traceback.format_exc()),
+            await self.retry_function(error_dict(exc, stack=user_traceback(exc)),
                                       after_ms=_retry_after(exc, self.now()))
         else:
             self._raise_fault()
@@ -328,7 +342,7 @@ class RunSession(RunDriver):
                 f"non-determinism: step '{request.step_id}' was reached at position {seq} but "
                 f"recorded at position {memo.seq}; the handler's step order changed")
         now = self.now()
-        if memo.kind == "sleep" and memo.due_at is not None and memo.due_at > now:
+        if memo.sleeping(now) and memo.due_at is not None:
             if not self._may_park(memo.due_at):
                 return await self._suspend(memo.hash, memo.due_at, timer=True)
             await self._park_until(memo.due_at)
@@ -350,25 +364,27 @@ class RunSession(RunDriver):
         failures = len(self.failures.get(step_hash, ()))
         started = self.now()
         token = current_attempt.set(failures)
+        step_token = current_step.set(request.step_id)
         try:
             value = await self._call(request)
             data = to_json_value(value, what=f"step '{request.step_id}'")
         except Exception as exc:
-            error = error_dict(exc, stack=traceback.format_exc())
+            error = error_dict(exc, stack=user_traceback(exc))
             final = (isinstance(exc, NonRetriableError | NotSerializableError)
                      or failures >= self.spec.retries)
-            await self.record_failure(step_hash, request.step_id, failures, error)
-            if final:
+            due = None if final else self.retry_due(step_hash, failures + 1,
+                                                    after_ms=_retry_after(exc, self.now()))
+            await self.record_failure(step_hash, request.step_id, failures, error, next_at=due)
+            if due is None:
                 await self.checkpoint(Memo(step_hash, request.step_id, "run", seq, error=error,
                                            fingerprint=fingerprint, attempts=failures + 1,
                                            started_at=started, ended_at=self.now()))
                 self._consumed.add(step_hash)
                 raise StepError(request.step_id, error) from None
-            due = self.retry_due(step_hash, failures + 1,
-                                 after_ms=_retry_after(exc, self.now()))
             return await self._suspend(step_hash, due, timer=True)
         finally:
             current_attempt.reset(token)
+            current_step.reset(step_token)
         await self.checkpoint(Memo(step_hash, request.step_id, "run", seq, data=data,
                                    fingerprint=fingerprint, attempts=failures + 1,
                                    started_at=started, ended_at=self.now()))

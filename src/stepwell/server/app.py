@@ -4,7 +4,8 @@ Who may call what: `/health`, `/openapi.json` and the dashboard's page and asset
 `/e/{key}` needs an event key in production mode; the SDK routes (`/fn/register`, `/v0/...`) need
 the hashed signing key as the official SDKs send it; the REST API (`/v1/...`, which is also all
 the dashboard reads) and `/dev` need the signing key as a bearer token. In dev mode (no keys)
-everything is open, as on Inngest's dev server.
+everything is open, as on Inngest's dev server. Before any of that, `stepwell.server.guard`
+refuses foreign Host names, cross-site writes and non-JSON bodies on every route.
 
 Handlers are thin: they decode the request, call the service layer, and wrap its JSON-ready
 result in Inngest's envelope (`{"data": ..., "metadata": ...}` for v1 routes). Every failure,
@@ -117,7 +118,7 @@ def _query(request: Request, name: str) -> str | None:
 
 def create_app(service: Service, *, event_keys: Collection[str] | None = None,
                signing_keys: Collection[str] | None = None,
-               allowed_hosts: Collection[str] | None = None,
+               allowed_hosts: str | Collection[str] | None = None,
                manage_engine: bool = False) -> Starlette:
     """The server's ASGI app over `service`.
 
@@ -167,7 +168,7 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
 
     async def dev_info(request: Request) -> Response:
         return JSONResponse({"version": "stepwell", "mode": "cloud" if signing else "dev",
-                             "functions": service.list_functions(),
+                             "functions": await service.dev_functions(),
                              "apps": await service.list_apps()})
 
     async def send_events(request: Request) -> Response:

@@ -20,13 +20,13 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from stepwell.core.storage import StorageFull
+from stepwell.core.urls import redact
 from stepwell.store.base import StoreError, Tx
 from stepwell.store.postgres_tx import (
     WORK_CHANNEL,
@@ -39,18 +39,6 @@ from stepwell.store.postgres_tx import (
 log = logging.getLogger("stepwell.store.postgres")
 MIN_SERVER_VERSION = 130000        # pg_current_xact_id_if_assigned, pg_xact_status(xid8)
 CONNECT_TIMEOUT_S = 10
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable database URL>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def reason(exc: BaseException) -> str:

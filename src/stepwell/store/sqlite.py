@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from stepwell.core.storage import StorageBusy, StorageFailure, StorageFull
-from stepwell.store.base import StoreError, Tx, migration_files
+from stepwell.store.base import StoreError, Tx, migration_files, pending_migrations
 from stepwell.store.groupcommit import GroupCommit
 from stepwell.store.sqlite_tx import SqliteTx
 
@@ -31,11 +31,7 @@ def sqlite_path(url: str) -> str:
     return url
 
 
-def _migrations() -> list[tuple[int, str]]:
-    return migration_files("sqlite")
-
-
-SCHEMA_VERSION = max(v for v, _ in _migrations())
+SCHEMA_VERSION = migration_files("sqlite")[-1][0]
 
 
 # How long a transaction waits for SQLite's write lock when another process holds it (another
@@ -91,20 +87,15 @@ def migrate(conn: sqlite3.Connection) -> None:
     try:
         conn.execute("CREATE TABLE IF NOT EXISTS stepwell_meta (key TEXT PRIMARY KEY, value TEXT)")
         row = conn.execute("SELECT value FROM stepwell_meta WHERE key='schema_version'").fetchone()
-        current = int(row[0]) if row else 0
-        if current > SCHEMA_VERSION:
-            raise StoreError(
-                f"this database has schema version {current}, written by a newer stepwell; "
-                f"this stepwell knows up to version {SCHEMA_VERSION}: upgrade stepwell")
-        for version, sql in _migrations():
-            if version > current:
-                code = "\n".join(line for line in sql.splitlines()
-                                 if not line.lstrip().startswith("--"))
-                for statement in code.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+        latest, pending = pending_migrations("sqlite", int(row[0]) if row else 0)
+        for sql in pending:
+            code = "\n".join(line for line in sql.splitlines()
+                             if not line.lstrip().startswith("--"))
+            for statement in code.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
         conn.execute("INSERT OR REPLACE INTO stepwell_meta VALUES ('schema_version', ?)",
-                     (str(SCHEMA_VERSION),))
+                     (str(latest),))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
