@@ -65,6 +65,18 @@ def _fingerprint(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
+def _not_awaited(step_ids: list[str]) -> dict[str, Any]:
+    """The error of a run whose handler called steps without awaiting them: those steps never
+    ran, so the run cannot have done what its code says."""
+    first = step_ids[0]
+    return {"name": "StepNotAwaitedError", "stack": "",
+            "message": f"step '{first}' was called but never awaited, so it never ran"
+                       + (f" (also: {', '.join(repr(s) for s in step_ids[1:4])})"
+                          if len(step_ids) > 1 else "")
+                       + ": put `await` before the step call (or hand it to asyncio.gather); "
+                         "a plain `def` handler's SyncStep needs no await"}
+
+
 def _retry_after(exc: BaseException, now: int) -> int | None:
     return exc.due_at(now) if isinstance(exc, RetryAfterError) else None
 
@@ -157,6 +169,10 @@ class RunSession(RunDriver):
         else:
             self._raise_fault()
             await self._gate()
+            missed = step.never_awaited()
+            if missed:
+                await self.end("failed", error=_not_awaited(missed))
+                return
             try:
                 value = to_json_value(output, what=f"function '{self.fn.qualified_id}'")
             except NotSerializableError as exc:
@@ -164,6 +180,7 @@ class RunSession(RunDriver):
             else:
                 await self.end("completed", output=value)
         finally:
+            step.never_awaited()           # close the rest, so Python does not warn later
             if self._unwind.done():
                 self._unwind.exception()   # mark retrieved
 
@@ -307,7 +324,9 @@ class RunSession(RunDriver):
         """Whether recorded steps overlapped in time: parallel branches interleave differently
         from one execution to the next, so positions say nothing about changed code then."""
         ends: float = float("-inf")
-        for memo in sorted(self.memos.values(), key=lambda m: m.started_at or 0):
+        # Ties broken by recording order: on the virtual clock steps in sequence share one
+        # instant, and a sleep started at it must not look like it overlaps the steps before.
+        for memo in sorted(self.memos.values(), key=lambda m: (m.started_at or 0, m.seq)):
             started = memo.started_at or 0
             if started < ends:
                 return True
@@ -318,10 +337,12 @@ class RunSession(RunDriver):
     async def _warn_new_step(self, step_id: str, seq: int) -> None:
         if self._warned_order:
             return
-        self._warned_order = True
         recorded = sorted(self.memos.values(), key=lambda m: m.seq)
         missing = [m.step_id for m in recorded if m.seq < seq and m.hash not in self._consumed]
         if missing and not self._ran_in_parallel():
+            # Set only once a warning is made: a step inserted before every recorded one
+            # misses none, and the recorded step after it is then reported as moved.
+            self._warned_order = True
             await self.warn(
                 f"non-determinism: step '{step_id}' was reached before recorded step(s) "
                 f"{missing[:3]} this time; the handler's step order changed")
