@@ -316,8 +316,16 @@ def bulk_cancel(url: str, function_id: str, since: str | None, *, yes: bool,
                 as_json: bool) -> None:
     """Cancel the function's active runs one by one, with a confirmation and a progress bar;
     repeats while new pages of active runs appear (the listing is capped per call)."""
-    qualified = check_function(url, function_id)
     cutoff = parse_since(since, datetime.datetime.now(datetime.UTC)) if since else None
+    try:
+        qualified = check_function(url, function_id)
+    except click.ClickException:
+        # A function no longer defined (renamed or deleted) can still have orphaned runs.
+        qualified = function_id
+        if not active_runs(url, qualified, cutoff):
+            raise
+        click.echo(f"{qualified} is not defined by the server: these runs are orphaned",
+                   err=True)
     todo = active_runs(url, qualified, cutoff)
     window = f" queued since {cutoff.isoformat(timespec='seconds')}" if cutoff else ""
     if not todo:

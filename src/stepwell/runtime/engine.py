@@ -131,6 +131,7 @@ class Engine:
         self._wake = asyncio.Event()
         self._finished: dict[str, asyncio.Event] = {}
         self._running = False
+        self.orphans_logged: set[str] = set()     # functions whose runs no one here can run
         # Replay every native run from its memos at each suspension and at its end, and fail
         # it on a divergence (see runtime/determinism.py). None: on under the virtual clock
         # (stepwell.testing); `stepwell dev` turns it on; production leaves it off.
