@@ -31,13 +31,22 @@ from stepwell.core.urlpolicy import AppUrlNotAllowed
 from stepwell.runtime.engine import DEFAULT_DB as DEFAULT_DB  # re-exported for transports
 from stepwell.runtime.engine import Engine
 from stepwell.sdk.app import App
-from stepwell.service_views import STATUS_NAMES, event_dict, function_config, run_dict, trigger_dict
+from stepwell.service_views import (
+    ACTIVITIES,
+    STATUS_NAMES,
+    activity,
+    event_dict,
+    function_config,
+    run_dict,
+    trigger_dict,
+)
 from stepwell.service_views import iso as iso  # re-exported for transports
 
 log = logging.getLogger("stepwell.sync")
 MAX_LIMIT: Final = 1000
 # Bulk cancellation reads this many active runs of one function at most per status.
 BULK_CANCEL_SCAN: Final = 100_000
+ACTIVITY_SCAN: Final = 1_000     # running runs looked at for `status=sleeping` and the like
 
 
 class ServiceError(Exception):
@@ -98,7 +107,7 @@ def parse_status(value: str) -> RunStatus:
         if status == lowered:
             return status
     raise InvalidInput(f"unknown run status {value!r}; use one of "
-                       f"{', '.join(STATUS_NAMES)}")
+                       f"{', '.join([*STATUS_NAMES, *ACTIVITIES])}")
 
 
 def parse_limit(value: object, default: int) -> int:
@@ -211,7 +220,22 @@ class Service:
     async def list_runs(self, *, function_id: str | None = None, status: str | None = None,
                         event_id: str | None = None, limit: int = 100
                         ) -> list[dict[str, Any]]:
-        """Runs, newest first; `status` takes our names or Inngest's (`Running`...)."""
+        """Runs, newest first; `status` takes our names or Inngest's (`Running`...), or what a
+        running run is doing: `sleeping`, `waiting`, `invoking`, `retrying` (derived from its
+        steps, among the newest `ACTIVITY_SCAN` running runs)."""
+        if status and status.strip().lower() in ACTIVITIES:
+            doing = status.strip().lower()
+            running = await self.engine.runs(event_id=event_id or None,
+                                             function_id=function_id or None,
+                                             status="running", limit=ACTIVITY_SCAN)
+            found = []
+            for listed in running:
+                run = await self.engine.get_run(listed.id)
+                if run is not None and activity(run) == doing:
+                    found.append(self._run_dict(run, steps=False) | {"activity": doing})
+                    if len(found) >= limit:
+                        break
+            return found
         wanted = parse_status(status) if status else None
         runs = await self.engine.runs(event_id=event_id or None,
                                       function_id=function_id or None, status=wanted,

@@ -34,6 +34,19 @@ def step_dict(step: StepInfo) -> dict[str, Any]:
     return out
 
 
+# What a running run is doing, derived from its steps (`runs list --status sleeping`).
+ACTIVITIES: Final = ("sleeping", "waiting", "invoking", "retrying")
+
+
+def activity(run: Run) -> str | None:
+    """`sleeping`, `waiting` (for an event or a signal), `invoking` (waiting for a child run)
+    or `retrying` (a step in backoff) for a running run whose steps say so; None otherwise."""
+    if run.status != "running":
+        return None
+    current = {step.status for step in run.steps}
+    return next((state for state in ACTIVITIES if state in current), None)
+
+
 def run_dict(run: Run, *, steps: bool = True, public_id: str | None = None) -> dict[str, Any]:
     """Inngest's v1 run shape first, then what stepwell adds (timeline, error, warnings).
 
@@ -63,6 +76,7 @@ def run_dict(run: Run, *, steps: bool = True, public_id: str | None = None) -> d
     }
     if steps:
         out["steps"] = [step_dict(s) for s in run.steps]
+        out["activity"] = activity(run)
     return out
 
 
