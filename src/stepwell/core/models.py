@@ -7,8 +7,11 @@ server and user code can pass them around freely. Times are UTC epoch millisecon
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from stepwell.core import jsonsafe
 
 RunStatus = Literal["queued", "running", "completed", "failed", "cancelled", "skipped"]
 ACTIVE_STATUSES: tuple[RunStatus, ...] = ("queued", "running")
@@ -19,6 +22,13 @@ StepKind = Literal["run", "sleep", "wait", "send", "invoke"]
 
 EVENT_DEDUPE_WINDOW_MS = 24 * 3600 * 1000
 MAX_EVENT_NAME_LENGTH = 256
+# An event's own `id` (its idempotency key): long enough for any UUID, ULID or composite key,
+# short enough to index. Inngest has no documented cap; see docs/limits.md.
+MAX_EVENT_ID_LENGTH = 256
+# One event, as compact JSON (Inngest's AbsoluteMaxEventSize).
+MAX_EVENT_BYTES = 3 * 1024 * 1024
+# Events in one send (Inngest's MaxEvents for one event API request).
+MAX_EVENTS_PER_SEND = 5000
 
 # System events (Inngest's names, so SDK apps interoperate).
 FUNCTION_FAILED = "inngest/function.failed"
@@ -66,6 +76,10 @@ def validate_event_payload(raw: object) -> None:
     if not isinstance(raw, dict):
         raise InvalidEventError(
             f"an event must be an object with 'name' and 'data', got {type(raw).__name__}")
+    try:   # first, so that no message below can carry text that cannot be shown
+        jsonsafe.check(raw)
+    except jsonsafe.UnsafeJSON as exc:
+        raise InvalidEventError(f"event field '{exc.path}' {exc.reason}") from None
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip():
         raise InvalidEventError("event has no 'name': a non-empty string is required")
@@ -82,6 +96,9 @@ def validate_event_payload(raw: object) -> None:
     eid = raw.get("id")
     if eid is not None and (not isinstance(eid, str)):
         raise InvalidEventError(f"event '{name}' has an 'id' that is not a string")
+    if isinstance(eid, str) and len(eid) > MAX_EVENT_ID_LENGTH:
+        raise InvalidEventError(f"event '{name}' has an 'id' of {len(eid)} characters; at "
+                                f"most {MAX_EVENT_ID_LENGTH} are allowed")
     ts = raw.get("ts")
     if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float)
                            or not 0 <= ts <= MAX_EVENT_TS_MS):
@@ -92,6 +109,10 @@ def validate_event_payload(raw: object) -> None:
         raise InvalidEventError(
             f"event '{name}' has unknown fields {sorted(unknown)}; allowed: name, data, id, ts, "
             "user, v")
+    size = len(json.dumps(raw, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > MAX_EVENT_BYTES:
+        raise InvalidEventError(f"event '{name}' is {size} bytes as JSON; at most "
+                                f"{MAX_EVENT_BYTES} bytes (3 MiB) are accepted per event")
 
 
 def hash_step_id(step_id: str, occurrence: int) -> str:
