@@ -367,6 +367,11 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
             return JSONOut({"ids": exc.ids, "status": exc.status, "error": exc.message},
                                 status_code=exc.status)
         response = error_response(exc.status, exc.message)
+        if isinstance(exc, PayloadTooLarge):
+            # The rest of the body was never read: the connection cannot carry another
+            # request, and `Connection: close` says so rather than leaving the client to find
+            # out with its next one.
+            response.headers["connection"] = "close"
         if isinstance(exc, Unauthorized) and request.url.path.startswith(("/v1/", "/dev")):
             response.headers["www-authenticate"] = 'Bearer realm="stepwell"'
         return response
