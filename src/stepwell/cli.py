@@ -22,18 +22,21 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import click
-import uvicorn
-import watchfiles
 
 from stepwell import cli_client
-from stepwell.core.config import ConfigError
-from stepwell.sdk.app import App
-from stepwell.server.app import create_app
-from stepwell.service import DEFAULT_DB, Service, ServiceError
+
+if TYPE_CHECKING:
+    from stepwell.sdk.app import App
+    from stepwell.service import Service
+
+# The engine, the server and their dependencies are imported by the commands that run them,
+# not here: `stepwell send` and `stepwell runs ...` only make HTTP calls and must start fast.
+DEFAULT_DB = "sqlite:///.stepwell/stepwell.db"     # the engine's default (checked by a test)
+DEV_RETRY_INTERVAL = 1.0    # `stepwell dev` retries after this many seconds x attempt
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -85,6 +88,8 @@ def import_target(where: str) -> ModuleType:
 def _run_user_code(where: str, load: Callable[[], object]) -> None:
     """Import-time errors in the user's code keep their traceback (it is the user's bug);
     stepwell configuration errors are already written for people, so they are shown alone."""
+    from stepwell.core.config import ConfigError
+
     try:
         load()
     except ConfigError as exc:
@@ -95,6 +100,8 @@ def _run_user_code(where: str, load: Callable[[], object]) -> None:
 
 def load_apps(target: str) -> list[App]:
     """The `stepwell.App` objects named by `target` (see `stepwell dev --help`)."""
+    from stepwell.sdk.app import App
+
     where, attr = split_target(target)
     module = import_target(where)
     if attr is not None:
@@ -161,8 +168,11 @@ def banner(url: str, db: str, apps: Sequence[App]) -> str:
                                        if "*" not in getattr(t, "name", "*")), None)
     if len(lines) == 2:
         lines.append("  (none)")
+    lines.append(f"dashboard:      {url}/dashboard")
+    target = "" if url == cli_client.DEFAULT_URL else f" --url {url}"
     if example:
-        lines.append(f"send an event:  stepwell send {example} --data '{{}}'")
+        lines.append(f"send an event:  stepwell send {example} --data '{{}}'{target}")
+    lines.append(f"list runs:      stepwell runs list{target}")
     lines.append("press Ctrl+C to stop")
     return "\n".join(lines)
 
@@ -171,6 +181,10 @@ async def serve(service: Service, sock: socket.socket, apps: Sequence[App], db: 
                 sync_urls: Sequence[str] = (), event_keys: Sequence[str] = (),
                 signing_keys: Sequence[str] = ()) -> None:
     """Engine, then server; on SIGINT/SIGTERM the server drains and the engine stops cleanly."""
+    import uvicorn
+
+    from stepwell.server.app import create_app
+
     app = create_app(service, event_keys=list(event_keys) or None,
                      signing_keys=list(signing_keys) or None)
     config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,
@@ -205,6 +219,8 @@ async def serve(service: Service, sock: socket.socket, apps: Sequence[App], db: 
 async def sync_when_up(service: Service, url: str, signing_keys: Sequence[str],
                        attempts: int = 30) -> None:
     """Sync an SDK app given with -u, retrying while it starts up (as `inngest dev -u`)."""
+    from stepwell.service import ServiceError
+
     for attempt in range(attempts):
         try:
             result = await service.sync_app(url, signing_key=signing_keys[0] if signing_keys
@@ -256,26 +272,33 @@ def server_options(fn: F) -> F:
 
 def make_service(apps: list[App], db: str, *, worker: bool = True,
                  signing_keys: Sequence[str] = (), retry_interval: float | None = None,
-                 retention: str = "7d") -> Service:
+                 retention: str = "7d", load_error: str | None = None) -> Service:
     """The service over a new engine; invalid options are one clear error."""
+    from stepwell.core.config import ConfigError
+    from stepwell.service import Service
+
     try:
-        return Service.for_apps(apps, db=db, worker=worker,
-                                signing_key=signing_keys[0] if signing_keys else None,
-                                retry_interval_seconds=retry_interval,
-                                retention=engine_retention(retention))
+        service = Service.for_apps(apps, db=db, worker=worker,
+                                   signing_key=signing_keys[0] if signing_keys else None,
+                                   retry_interval_seconds=retry_interval,
+                                   retention=engine_retention(retention))
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
+    service.load_error = load_error
+    return service
 
 
 def run_server(apps: list[App], db: str, host: str, port: int, *, worker: bool = True,
                sync_urls: Sequence[str] = (), event_keys: Sequence[str] = (),
                signing_keys: Sequence[str] = (), retry_interval: float | None = None,
-               retention: str = "7d", sock: socket.socket | None = None) -> None:
+               retention: str = "7d", sock: socket.socket | None = None,
+               load_error: str | None = None) -> None:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)   # one line per SDK call is noise
     service = make_service(apps, db, worker=worker, signing_keys=signing_keys,
-                           retry_interval=retry_interval, retention=retention)
+                           retry_interval=retry_interval, retention=retention,
+                           load_error=load_error)
     sock = sock or listen(host, port)
     try:
         asyncio.run(serve(service, sock, apps, db, sync_urls=sync_urls, event_keys=event_keys,
@@ -290,15 +313,23 @@ def run_server(apps: list[App], db: str, host: str, port: int, *, worker: bool =
 @click.option("--reload/--no-reload", default=True, show_default=True,
               help="Restart when a .py file next to the app changes (runs resume where they "
                    "were: their state is in the database).")
+@click.option("--production-backoff", is_flag=True,
+              help="Retry failed steps with the production exponential backoff instead of "
+                   f"dev's {DEV_RETRY_INTERVAL:g} s x attempt.")
 def dev(target: str | None, db: str, host: str, port: int, sync_urls: tuple[str, ...],
         event_keys: tuple[str, ...], signing_keys: tuple[str, ...],
-        retry_interval: float | None, retention: str, reload: bool) -> None:
+        retry_interval: float | None, retention: str, reload: bool,
+        production_backoff: bool) -> None:
     """Run the engine and HTTP server for the apps in a file or module (and any official-SDK
     apps synced with -u or /v1/apps/sync).
 
     Without ATTR every stepwell.App defined at the top level is served; ATTR may name one App
-    or a list of Apps.
+    or a list of Apps. Failed steps are retried after 1 s x attempt (not the production
+    backoff of up to minutes), so a fix is tried at once; --production-backoff or
+    --retry-interval change that.
     """
+    if retry_interval is None and not production_backoff:
+        retry_interval = DEV_RETRY_INTERVAL
     apps = load_apps(target) if target else []      # fail fast, before watching anything
     options: dict[str, Any] = dict(sync_urls=sync_urls, event_keys=event_keys,
                                    signing_keys=signing_keys, retry_interval=retry_interval,
@@ -308,6 +339,8 @@ def dev(target: str | None, db: str, host: str, port: int, sync_urls: tuple[str,
         return
     make_service(apps, db, signing_keys=signing_keys, retry_interval=retry_interval,
                  retention=retention)                # options checked before watching
+    import watchfiles
+
     sock = listen(host, port)       # kept across restarts: clients never see the port close
     try:
         watchfiles.run_process(
@@ -331,9 +364,20 @@ def watched_folder(target: str) -> Path:
 def serve_reloaded(target: str, db: str, host: str, port: int, sock: socket.socket,
                    options: dict[str, Any]) -> None:
     """One generation of `stepwell dev --reload`, in a fresh process: load the code, serve.
-    A broken edit prints its error; the watcher restarts us on the next change."""
+
+    Code that does not import (a syntax error mid-edit) does not take the server down: the
+    event API, REST API and dashboard keep answering with no functions (runs wait and resume
+    where they were once the code loads; an event sent meanwhile is stored but, with no
+    function loaded, starts no run), the error is printed and shown on the dashboard, and the
+    watcher starts the next generation on the next change."""
     try:
-        run_server(load_apps(target), db, host, port, sock=sock, **options)
+        apps, error = load_apps(target), None
+    except click.ClickException as exc:
+        apps, error = [], exc.format_message()
+        click.echo(f"Error: {error}\nstepwell: serving the API and dashboard with no functions "
+                   "until the code loads (waiting for a change)", err=True)
+    try:
+        run_server(apps, db, host, port, sock=sock, load_error=error, **options)
     except click.ClickException as exc:
         click.echo(f"Error: {exc.format_message()}  (waiting for a change)", err=True)
 

@@ -157,8 +157,11 @@ class Service:
     """Use cases over one engine; every method returns JSON-ready values or raises
     `ServiceError`."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, load_error: str | None = None) -> None:
         self.engine = engine
+        # `stepwell dev` serving while the app's code does not import: why (shown by /health
+        # and the dashboard until a fixed version loads).
+        self.load_error = load_error
 
     def _run_dict(self, run: Run, *, steps: bool = True) -> dict[str, Any]:
         """A run's API shape; SDK functions are named by their composite id, as in Inngest."""
@@ -401,8 +404,11 @@ class Service:
         return await self.engine.metrics()
 
     def health(self) -> dict[str, Any]:
-        return {"status": 200, "message": "OK",
-                "functions": sum(1 for _ in self.engine.registry.items())}
+        out: dict[str, Any] = {"status": 200, "message": "OK",
+                               "functions": sum(1 for _ in self.engine.registry.items())}
+        if self.load_error is not None:
+            out["load_error"] = self.load_error
+        return out
 
     # --- official-SDK apps -------------------------------------------------------------------
 

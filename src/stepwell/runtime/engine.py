@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
+from types import CodeType
 from typing import Any, TypeVar
 
 import httpx
@@ -36,6 +37,7 @@ from stepwell.runtime.remote import RemoteFunction, RemoteSettings
 from stepwell.runtime.scripts import Effects, Placement, Routing
 from stepwell.runtime.stats import Stats
 from stepwell.runtime.views import run_view
+from stepwell.runtime.watchdog import LoopWatchdog
 from stepwell.sdk.app import App, Function
 from stepwell.store.base import QueueItem, RunState, Store, Tx
 from stepwell.store.sqlite import SqliteStore
@@ -68,7 +70,8 @@ class Engine:
                  signing_key: str | None = None, sdk_timeout_seconds: float = 300.0,
                  retry_interval_seconds: float | None = None, prefetch_seconds: float = 5.0,
                  max_parked: int = 20_000, tune_gc: bool = True,
-                 retention: str | float | datetime.timedelta | None = "7d") -> None:
+                 retention: str | float | datetime.timedelta | None = "7d",
+                 block_warning_seconds: float | None = 1.0) -> None:
         self.apps = list(apps)
         self.registry = Registry(apps)
         self.functions: dict[str, Function] = self.registry.native
@@ -115,6 +118,9 @@ class Engine:
         self._wake = asyncio.Event()
         self._finished: dict[str, asyncio.Event] = {}
         self._running = False
+        # User code holding the event loop longer than this is reported (once per place).
+        self._watchdog = None if block_warning_seconds is None else LoopWatchdog(
+            block_warning_seconds, self._handler_owners)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -139,6 +145,8 @@ class Engine:
         self.step_pool = ThreadPoolExecutor(self.sync_threads, thread_name_prefix="stepwell-step")
         self.handler_pool = ThreadPoolExecutor(self.sync_threads, thread_name_prefix="stepwell-fn")
         self._running = True
+        if self._watchdog is not None:
+            self._watchdog.start(asyncio.get_running_loop())
         attach = getattr(self.clock, "attach", None)
         if attach is not None:
             attach(self)
@@ -180,6 +188,17 @@ class Engine:
         await self.store.close()
         self.step_pool.shutdown(wait=False, cancel_futures=True)
         self.handler_pool.shutdown(wait=False, cancel_futures=True)
+        if self._watchdog is not None:
+            self._watchdog.stop()
+
+    def _handler_owners(self) -> dict[CodeType, str]:
+        """Each native handler's code object -> its function's id (for the watchdog)."""
+        owners: dict[CodeType, str] = {}
+        for qualified, fn in self.functions.items():
+            code = getattr(fn.handler, "__code__", None)
+            if isinstance(code, CodeType):
+                owners[code] = qualified
+        return owners
 
     # --- the Host interface used by sessions -------------------------------------------------
 
