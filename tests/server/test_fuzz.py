@@ -2,15 +2,23 @@
 
 Every generated request must get a well-formed answer: no 5xx, and JSON errors that carry
 `error` and `status`. Requests run in-process against a real engine on a real SQLite file.
+The document must describe every route the app serves (so the fuzzing reaches all of them),
+and each operation also gets the hostile values that once made 500s (issue 10) as explicit
+examples: poison JSON, deep nesting, huge and non-finite numbers, NUL in ids and names.
 """
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import schemathesis
+import pytest
 from hypothesis import HealthCheck, settings
+from starlette.applications import Starlette
+from starlette.routing import Route
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -22,7 +30,7 @@ from stepwell.server.app import create_app
 from stepwell.service import Service
 
 
-def fuzz_app_instance(tmp: Path) -> object:
+def fuzz_app_instance(tmp: Path) -> Starlette:
     """The real server over a real engine; the ASGI lifespan starts and stops the engine."""
     app = stepwell.App("fuzz")
 
@@ -36,16 +44,81 @@ def fuzz_app_instance(tmp: Path) -> object:
 
 # The schema is loaded at import time (schemathesis parametrizes from it), so the database
 # lives in a temporary directory of its own rather than a pytest tmp_path.
-schema = schemathesis.openapi.from_asgi(
-    "/openapi.json", fuzz_app_instance(Path(tempfile.mkdtemp(prefix="stepwell-fuzz-"))))
+APP = fuzz_app_instance(Path(tempfile.mkdtemp(prefix="stepwell-fuzz-")))
+schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
+
+def assert_well_formed(case: schemathesis.Case, response: Any) -> None:
+    assert response.status_code < 500, (case.method, case.path, response.text[:500])
+    if response.status_code >= 400 and case.path != "/":
+        body = response.json()
+        assert isinstance(body.get("error"), str) and body.get("status") == response.status_code
+
 
 @schema.parametrize()
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_never_fails_on_generated_input(case: schemathesis.Case) -> None:
     response = case.call()
-    assert response.status_code < 500, (case.method, case.path, response.text[:500])
-    if response.status_code >= 400:
-        body = response.json()
-        assert isinstance(body.get("error"), str) and body.get("status") == response.status_code
+    assert_well_formed(case, response)
     case.validate_response(response, checks=(status_code_conformance, content_type_conformance,
                                               response_schema_conformance))
+
+
+def test_the_document_describes_every_route() -> None:
+    """Each (method, path) the app serves is in /openapi.json, so the fuzzing covers it."""
+    documented = {(method.upper(), path) for path, operations in
+                  schema.raw_schema["paths"].items() for method in operations}
+    served = set()
+    for route in APP.routes:
+        assert isinstance(route, Route), route
+        path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
+        served |= {(method, path) for method in (route.methods or ()) if method != "HEAD"}
+    assert served - documented == set(), "routes missing from openapi.py"
+    assert documented - served == set(), "openapi.py documents routes the app does not serve"
+
+
+def nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+# Bodies that once answered 500 or stored poison (issue 10.2, 10.8, 11.8), and their kin.
+HOSTILE_BODIES: list[bytes] = [
+    b'{"name": "fuzz/x", "data": {"x": 1e400}}', b'{"name": "fuzz/x", "data": {"x": NaN}}',
+    b'{"name": "fuzz/x", "data": {"x": -Infinity}}', b'{"name": "fuzz/\\ud800", "data": {}}',
+    b'{"name": "fuzz/x", "data": {"s": "\\udfff"}}', b'{"name": "fuzz/\\u0000"}',
+    b'{"name": "fuzz/x", "id": "a\\u0000b"}', b'{"name": "fuzz/x", "data": {"\\u0000": 1}}',
+    b'{"name": "fuzz/x", "data": ' + nested(1000) + b"}", nested(100_000),
+    b'{"app_id": "fuzz", "function_id": "f", "started_before": 1e400}',
+    b'{"app_id": "fuzz", "function_id": "f", "started_before": 100000000000000000000000}',
+    b'{"app_id": "fuzz", "function_id": "f", "started_before": 1e23}',
+    b'{"app_id": "fuzz", "function_id": "f", "started_before": "10^23"}',
+    b'{"url": "http://[::1"}', b'{"url": "http://\\u0000/"}', b'{"signal": "\\u0000"}',
+    b'{"from_step": "\\ud800"}', b'[{"name": "fuzz/x"}, {"name": ""}, {"name": "fuzz/y"}]',
+    b'[{"name": "fuzz/x"}, {"name": ', b"1" * 5000, b"\xff\xfe", b"", b"null", b"[]", b"{}",
+    b'{"name": "' + b"n" * 10_000 + b'"}', b'{"name": "fuzz/x", "id": "' + b"i" * 10_000 + b'"}',
+    b'{"name": "fuzz/x", "ts": 1e400}', b'{"name": "fuzz/x", "ts": 99999999999999999999}',
+    b'{"url": "http://127.0.0.1:9/", "functions": [{"id": "\\u0000"}]}',
+]
+HOSTILE_STRINGS = ["\x00", "a\x00b", "1e400", "NaN", "10^23", "x" * 5000, "../../etc", "%00",
+                   "\u2603", "-1", "99999999999999999999999"]
+
+
+def _operations() -> list[Any]:
+    return [result.ok() for result in schema.get_all_operations()]
+
+
+@pytest.mark.parametrize("operation", _operations(), ids=lambda op: op.label)
+def test_hostile_examples_never_fail(operation: Any) -> None:
+    """Every operation, with each hostile body (where it takes one) and each hostile string
+    in each of its path and query parameters: an answer below 500 with a JSON error."""
+    path_names = [p.name for p in operation.path_parameters]
+    query_names = [p.name for p in operation.query]
+    cases = []
+    for value in HOSTILE_STRINGS:
+        cases.append(operation.Case(path_parameters={n: value for n in path_names},
+                                    query={n: value for n in query_names}))
+    if operation.body:
+        params = {n: "x" for n in path_names}
+        cases += [operation.Case(path_parameters=params, body=body,
+                                 media_type="application/json") for body in HOSTILE_BODIES]
+    for case in cases:
+        assert_well_formed(case, case.call())

@@ -194,6 +194,8 @@ def openapi_document() -> dict[str, Any]:
                              "responses": {"200": {"description": "info"}}}},
             "/health": {"get": {"summary": "Liveness", "x-stepwell": True,
                                 "responses": {"200": {"description": "OK"}}}},
+            "/openapi.json": {"get": {"summary": "This document", "x-stepwell": True,
+                                      "responses": {"200": {"description": "OpenAPI 3.1"}}}},
             "/metrics": {"get": {
                 "summary": "Prometheus metrics: this process's counters (events, runs by final "
                            "status, steps by kind, failed attempts) and the queue's state "
