@@ -14,16 +14,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import schemathesis
 import pytest
+import schemathesis
 from hypothesis import HealthCheck, settings
-from starlette.applications import Starlette
-from starlette.routing import Route
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
+from starlette.applications import Starlette
+from starlette.routing import Route
 
 import stepwell
 from stepwell.server.app import create_app
