@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import schemathesis
+from hostile import HOSTILE_BODIES, HOSTILE_STRINGS
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -74,32 +75,6 @@ def test_the_document_describes_every_route() -> None:
         served |= {(method, path) for method in (route.methods or ()) if method != "HEAD"}
     assert served - documented == set(), "routes missing from openapi.py"
     assert documented - served == set(), "openapi.py documents routes the app does not serve"
-
-
-def nested(depth: int) -> bytes:
-    return b"[" * depth + b"]" * depth
-
-
-# Bodies that once answered 500 or stored poison (issue 10.2, 10.8, 11.8), and their kin.
-HOSTILE_BODIES: list[bytes] = [
-    b'{"name": "fuzz/x", "data": {"x": 1e400}}', b'{"name": "fuzz/x", "data": {"x": NaN}}',
-    b'{"name": "fuzz/x", "data": {"x": -Infinity}}', b'{"name": "fuzz/\\ud800", "data": {}}',
-    b'{"name": "fuzz/x", "data": {"s": "\\udfff"}}', b'{"name": "fuzz/\\u0000"}',
-    b'{"name": "fuzz/x", "id": "a\\u0000b"}', b'{"name": "fuzz/x", "data": {"\\u0000": 1}}',
-    b'{"name": "fuzz/x", "data": ' + nested(1000) + b"}", nested(100_000),
-    b'{"app_id": "fuzz", "function_id": "f", "started_before": 1e400}',
-    b'{"app_id": "fuzz", "function_id": "f", "started_before": 100000000000000000000000}',
-    b'{"app_id": "fuzz", "function_id": "f", "started_before": 1e23}',
-    b'{"app_id": "fuzz", "function_id": "f", "started_before": "10^23"}',
-    b'{"url": "http://[::1"}', b'{"url": "http://\\u0000/"}', b'{"signal": "\\u0000"}',
-    b'{"from_step": "\\ud800"}', b'[{"name": "fuzz/x"}, {"name": ""}, {"name": "fuzz/y"}]',
-    b'[{"name": "fuzz/x"}, {"name": ', b"1" * 5000, b"\xff\xfe", b"", b"null", b"[]", b"{}",
-    b'{"name": "' + b"n" * 10_000 + b'"}', b'{"name": "fuzz/x", "id": "' + b"i" * 10_000 + b'"}',
-    b'{"name": "fuzz/x", "ts": 1e400}', b'{"name": "fuzz/x", "ts": 99999999999999999999}',
-    b'{"url": "http://127.0.0.1:9/", "functions": [{"id": "\\u0000"}]}',
-]
-HOSTILE_STRINGS = ["\x00", "a\x00b", "1e400", "NaN", "10^23", "x" * 5000, "../../etc", "%00",
-                   "\u2603", "-1", "99999999999999999999999"]
 
 
 def _operations() -> list[Any]:

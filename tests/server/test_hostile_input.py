@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from hostile import JSON_ROUTES, POISON, nested, with_poison
 from ulid import ULID
 
 import stepwell
@@ -80,32 +81,6 @@ async def all_runs(http: httpx.AsyncClient) -> list[dict[str, Any]]:
 
 
 # --- 10.2: poison JSON, refused at the one door on every JSON route ----------------------------
-
-# The raw JSON text of each poison value, and what the error must say about it.
-POISON = {
-    "1e400": "finite", "-1e400": "finite", "NaN": "finite", "Infinity": "finite",
-    "-Infinity": "finite", '"\\ud800"': "surrogate", '"x\\udfffy"': "surrogate",
-    '"a\\u0000b"': "NUL",
-}
-# Every route that takes a JSON body, each with a body of the shape it expects, so that the
-# poison (in data.items[3].name) is the only thing wrong with it.
-JSON_ROUTES = {
-    "POST /e/dev": '{"name": "shop/greet", "data": DATA}',
-    "POST /v1/events": '{"name": "shop/greet", "data": DATA}',
-    "POST /v1/signals": '{"signal": "go", "data": DATA}',
-    "POST /fn/register": '{"url": "http://127.0.0.1:9/api", "appName": "x", "functions": [], '
-                         '"data": DATA}',
-    "POST /v1/cancellations": '{"app_id": "shop", "function_id": "greet", '
-                              '"started_before": "2030-01-01T00:00:00Z", "data": DATA}',
-    "POST /v1/runs/RUN/replay": '{"from_step": "hello", "data": DATA}',
-    "POST /v1/apps/sync": '{"url": "http://127.0.0.1:9/api", "data": DATA}',
-}
-
-
-def with_poison(template: str, poison: str) -> bytes:
-    data = f'{{"items": [0, 1, "two", {{"name": {poison}}}]}}'
-    return template.replace("DATA", data).encode()
-
 
 @pytest.mark.parametrize("poison", list(POISON))
 async def test_poison_json_is_refused_on_every_json_route(client: Client, poison: str) -> None:
@@ -179,17 +154,13 @@ async def test_the_native_send_refuses_poison_naming_the_field(make_engine: Any)
 # --- 10.8: malformed input is a 400, never a 500 -------------------------------------------------
 
 
-def nested(depth: int) -> str:
-    return "[" * depth + "]" * depth
-
-
 @pytest.mark.parametrize("route", list(JSON_ROUTES))
 async def test_deep_nesting_is_a_400_with_the_documented_limit(client: Client,
                                                                route: str) -> None:
     method, path = route.split(" ")
     async with client() as (http, _):
         for depth in (1000, 100_000):
-            body = JSON_ROUTES[route].replace("DATA", nested(depth)).encode()
+            body = JSON_ROUTES[route].encode().replace(b"DATA", nested(depth))
             reply = await http.request(method, path.replace("RUN", "none"), content=body)
             assert_400(reply, f"deeper than {MAX_JSON_DEPTH} levels")
         assert await stored_events(http) == []

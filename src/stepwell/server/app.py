@@ -22,7 +22,7 @@ from typing import Any, Final
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -101,11 +101,15 @@ async def read_text(request: Request, limit: int = MAX_BODY_BYTES) -> str:
         raise PayloadTooLarge(f"the request body is {int(declared)} bytes; at most "
                               f"{limit} bytes ({_mib(limit)}) are accepted")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"the request body is over {limit} bytes ({_mib(limit)}), "
-                                  "the most that is accepted")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise PayloadTooLarge(f"the request body is over {limit} bytes "
+                                      f"({_mib(limit)}), the most that is accepted")
+    except ClientDisconnect:
+        # Nobody will read the answer; a 400 (not a crash with a traceback) ends the request.
+        raise InvalidInput("the client went away before it sent the whole body") from None
     if not body.strip():
         raise InvalidInput("the request body is empty; send JSON")
     try:
