@@ -20,6 +20,7 @@ import socket
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -30,6 +31,8 @@ import click
 from stepwell import cli_client
 
 if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
     from stepwell.sdk.app import App
     from stepwell.service import Service
 
@@ -177,18 +180,55 @@ def banner(url: str, db: str, apps: Sequence[App]) -> str:
     return "\n".join(lines)
 
 
-async def serve(service: Service, sock: socket.socket, apps: Sequence[App], db: str, *,
-                sync_urls: Sequence[str] = (), event_keys: Sequence[str] = (),
-                signing_keys: Sequence[str] = ()) -> None:
+@dataclass(frozen=True)
+class Exposure:
+    """How the server faces the network: the Host names it answers to, the app URLs it may
+    call, and its connection limits (see docs/security.md)."""
+
+    allowed_hosts: tuple[str, ...] = ()
+    app_url_allow: tuple[str, ...] = ()
+    header_timeout: float = 10.0
+    max_connections: int | None = None
+
+
+def make_asgi(service: Service, host: str, *, event_keys: Sequence[str] = (),
+              signing_keys: Sequence[str] = (), exposure: Exposure = Exposure()) -> Starlette:
+    """The HTTP app; weak keys or a malformed host list are one clear error, before binding."""
+    from stepwell.core.config import ConfigError
+    from stepwell.server.app import create_app
+    from stepwell.server.guard import allowed_hosts
+
+    try:
+        return create_app(service, event_keys=list(event_keys) or None,
+                          signing_keys=list(signing_keys) or None,
+                          allowed_hosts=allowed_hosts(exposure.allowed_hosts, host))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def exposure_warning(host: str, exposure: Exposure) -> str | None:
+    """A hint when the server listens on every interface but answers only to loopback names."""
+    from stepwell.server.guard import LOOPBACK_HOSTS
+
+    if host.strip() in ("0.0.0.0", "::", "") and not exposure.allowed_hosts:
+        return (f"listening on all interfaces ({host}), but answering only to the Host names "
+                f"{', '.join(LOOPBACK_HOSTS)}: add the names clients use with --allowed-host "
+                "(see docs/security.md)")
+    return None
+
+
+async def serve(service: Service, sock: socket.socket, apps: Sequence[App], db: str,
+                app: Starlette, *, sync_urls: Sequence[str] = (),
+                signing_keys: Sequence[str] = (), exposure: Exposure = Exposure()) -> None:
     """Engine, then server; on SIGINT/SIGTERM the server drains and the engine stops cleanly."""
     import uvicorn
 
-    from stepwell.server.app import create_app
+    from stepwell.server.connections import ConnectionLimits, server_config
 
-    app = create_app(service, event_keys=list(event_keys) or None,
-                     signing_keys=list(signing_keys) or None)
-    config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=5)
+    limits = ConnectionLimits(header_timeout=exposure.header_timeout,
+                              max_connections=exposure.max_connections)
+    config = server_config(app, limits, lifespan="off", log_level="warning", access_log=False,
+                           timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     loop = asyncio.get_running_loop()
 
@@ -206,6 +246,9 @@ async def serve(service: Service, sock: socket.socket, apps: Sequence[App], db: 
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         click.echo(banner(f"http://{shown}:{port}", db, apps))
+        warning = exposure_warning(str(host), exposure)
+        if warning:
+            click.echo(f"warning: {warning}", err=True)
         syncing = [asyncio.create_task(sync_when_up(service, url, signing_keys))
                    for url in sync_urls]
         await server.serve(sockets=[sock])
@@ -260,6 +303,23 @@ def server_options(fn: F) -> F:
         click.option("--signing-key", "signing_keys", multiple=True,
                      envvar="INNGEST_SIGNING_KEY",
                      help="Sign requests to SDK apps and require it from them; none: dev mode."),
+        click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="HOST",
+                     envvar="STEPWELL_ALLOWED_HOSTS",
+                     help="Also answer to this Host name (repeatable, comma-separated; "
+                          "host, host:port, .domain, or * for any). Always allowed: "
+                          "localhost, 127.0.0.1, [::1] and the --host bound to."),
+        click.option("--app-url-allow", "app_url_allow", multiple=True, metavar="HOSTS",
+                     envvar="STEPWELL_APP_URL_ALLOW",
+                     help="Only call SDK apps (sync, registration, runs) at URLs whose host "
+                          "is in this list: names, .domains, IPs or networks, e.g. "
+                          "127.0.0.0/8,app.internal (repeatable). Default: any URL."),
+        click.option("--header-timeout", type=click.FloatRange(min=0.1), default=10.0,
+                     show_default=True, metavar="SECONDS",
+                     help="Close connections whose request head takes longer than this."),
+        click.option("--max-connections", type=click.IntRange(min=1), default=None,
+                     metavar="N",
+                     help="Open HTTP connections at most; past it the longest-idle one is "
+                          "closed. Default: 1000, or half the file-descriptor limit."),
         click.option("--retry-interval", type=click.FloatRange(min=0.0), default=None,
                      metavar="SECONDS",
                      help="Retry failed steps after SECONDS x attempt instead of the "
@@ -272,7 +332,8 @@ def server_options(fn: F) -> F:
 
 def make_service(apps: list[App], db: str, *, worker: bool = True,
                  signing_keys: Sequence[str] = (), retry_interval: float | None = None,
-                 retention: str = "7d", load_error: str | None = None) -> Service:
+                 retention: str = "7d", app_url_allow: Sequence[str] = (),
+                 load_error: str | None = None) -> Service:
     """The service over a new engine; invalid options are one clear error."""
     from stepwell.core.config import ConfigError
     from stepwell.service import Service
@@ -281,7 +342,8 @@ def make_service(apps: list[App], db: str, *, worker: bool = True,
         service = Service.for_apps(apps, db=db, worker=worker,
                                    signing_key=signing_keys[0] if signing_keys else None,
                                    retry_interval_seconds=retry_interval,
-                                   retention=engine_retention(retention))
+                                   retention=engine_retention(retention),
+                                   app_url_allow=list(app_url_allow) or None)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     service.load_error = load_error
@@ -291,18 +353,20 @@ def make_service(apps: list[App], db: str, *, worker: bool = True,
 def run_server(apps: list[App], db: str, host: str, port: int, *, worker: bool = True,
                sync_urls: Sequence[str] = (), event_keys: Sequence[str] = (),
                signing_keys: Sequence[str] = (), retry_interval: float | None = None,
-               retention: str = "7d", sock: socket.socket | None = None,
-               load_error: str | None = None) -> None:
+               retention: str = "7d", exposure: Exposure = Exposure(),
+               sock: socket.socket | None = None, load_error: str | None = None) -> None:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)   # one line per SDK call is noise
     service = make_service(apps, db, worker=worker, signing_keys=signing_keys,
                            retry_interval=retry_interval, retention=retention,
-                           load_error=load_error)
+                           app_url_allow=exposure.app_url_allow, load_error=load_error)
+    app = make_asgi(service, host, event_keys=event_keys, signing_keys=signing_keys,
+                    exposure=exposure)
     sock = sock or listen(host, port)
     try:
-        asyncio.run(serve(service, sock, apps, db, sync_urls=sync_urls, event_keys=event_keys,
-                          signing_keys=signing_keys))
+        asyncio.run(serve(service, sock, apps, db, app, sync_urls=sync_urls,
+                          signing_keys=signing_keys, exposure=exposure))
     finally:
         sock.close()
 
@@ -318,6 +382,8 @@ def run_server(apps: list[App], db: str, host: str, port: int, *, worker: bool =
                    f"dev's {DEV_RETRY_INTERVAL:g} s x attempt.")
 def dev(target: str | None, db: str, host: str, port: int, sync_urls: tuple[str, ...],
         event_keys: tuple[str, ...], signing_keys: tuple[str, ...],
+        allowed_hosts: tuple[str, ...], app_url_allow: tuple[str, ...],
+        header_timeout: float, max_connections: int | None,
         retry_interval: float | None, retention: str, reload: bool,
         production_backoff: bool) -> None:
     """Run the engine and HTTP server for the apps in a file or module (and any official-SDK
@@ -331,14 +397,17 @@ def dev(target: str | None, db: str, host: str, port: int, sync_urls: tuple[str,
     if retry_interval is None and not production_backoff:
         retry_interval = DEV_RETRY_INTERVAL
     apps = load_apps(target) if target else []      # fail fast, before watching anything
+    exposure = Exposure(allowed_hosts, app_url_allow, header_timeout, max_connections)
     options: dict[str, Any] = dict(sync_urls=sync_urls, event_keys=event_keys,
                                    signing_keys=signing_keys, retry_interval=retry_interval,
-                                   retention=retention)
+                                   retention=retention, exposure=exposure)
     if not (reload and target):
         run_server(apps, db, host, port, **options)
         return
-    make_service(apps, db, signing_keys=signing_keys, retry_interval=retry_interval,
-                 retention=retention)                # options checked before watching
+    checked = make_service(apps, db, signing_keys=signing_keys, retry_interval=retry_interval,
+                           retention=retention, app_url_allow=app_url_allow)
+    make_asgi(checked, host, event_keys=event_keys, signing_keys=signing_keys,
+              exposure=exposure)                     # options checked before watching
     import watchfiles
 
     sock = listen(host, port)       # kept across restarts: clients never see the port close
@@ -388,12 +457,15 @@ def serve_reloaded(target: str, db: str, host: str, port: int, sock: socket.sock
               help="Serve the APIs only; separate `stepwell worker` processes execute runs.")
 def serve_command(db: str, host: str, port: int, sync_urls: tuple[str, ...],
                   event_keys: tuple[str, ...], signing_keys: tuple[str, ...],
+                  allowed_hosts: tuple[str, ...], app_url_allow: tuple[str, ...],
+                  header_timeout: float, max_connections: int | None,
                   retry_interval: float | None, retention: str, no_worker: bool) -> None:
     """Run the server for apps written with the official Inngest SDKs: event API, SDK
     endpoint, REST API. Production mode when event or signing keys are given."""
     run_server([], db, host, port, worker=not no_worker, sync_urls=sync_urls,
                event_keys=event_keys, signing_keys=signing_keys, retry_interval=retry_interval,
-               retention=retention)
+               retention=retention, exposure=Exposure(allowed_hosts, app_url_allow,
+                                                      header_timeout, max_connections))
 
 
 @main.command()
@@ -401,6 +473,8 @@ def serve_command(db: str, host: str, port: int, sync_urls: tuple[str, ...],
 @server_options
 def start(target: str, db: str, host: str, port: int, sync_urls: tuple[str, ...],
           event_keys: tuple[str, ...], signing_keys: tuple[str, ...],
+          allowed_hosts: tuple[str, ...], app_url_allow: tuple[str, ...],
+          header_timeout: float, max_connections: int | None,
           retry_interval: float | None, retention: str) -> None:
     """Run the apps of a file or module in production: the HTTP server (event API, REST API,
     SDK endpoint) and a worker, on the database --db.
@@ -410,7 +484,9 @@ def start(target: str, db: str, host: str, port: int, sync_urls: tuple[str, ...]
     work, and any of them may stop or die at any time.
     """
     run_server(load_apps(target), db, host, port, sync_urls=sync_urls, event_keys=event_keys,
-               signing_keys=signing_keys, retry_interval=retry_interval, retention=retention)
+               signing_keys=signing_keys, retry_interval=retry_interval, retention=retention,
+               exposure=Exposure(allowed_hosts, app_url_allow, header_timeout,
+                                 max_connections))
 
 
 @main.command()

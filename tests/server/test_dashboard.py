@@ -35,6 +35,7 @@ CHROMIUM = os.environ.get("STEPWELL_CHROMIUM", "/usr/bin/chromium")
 HAVE_CHROMIUM = os.path.exists(CHROMIUM)
 WAIT_MS = 10_000              # an expectation gives up after this (refreshes come every 2 s)
 SIGNING_KEY = f"signkey-test-{secrets.token_hex(32)}"
+EVENT_KEY = secrets.token_hex(16)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 expect.set_options(timeout=WAIT_MS)
@@ -432,7 +433,7 @@ async def test_unknown_pages_and_ids(start: Any) -> None:
 
 
 async def test_production_mode_asks_for_the_signing_key(start: Any) -> None:
-    dash = await start(signing_keys=[SIGNING_KEY], event_keys=["ek"])
+    dash = await start(signing_keys=[SIGNING_KEY], event_keys=[EVENT_KEY])
     await dash.engine.send("shop/greet", {"name": "ada"})
     page = await dash.open("/dashboard/runs")
     await expect(page.locator("h1")).to_have_text("Signing key required")

@@ -53,7 +53,8 @@ def client(make_engine: Any) -> Client:
     async def factory() -> AsyncIterator[tuple[httpx.AsyncClient, stepwell.Engine]]:
         async with make_engine(make_app()) as engine:
             transport = httpx.ASGITransport(app=create_app(Service(engine)))
-            async with httpx.AsyncClient(transport=transport, base_url="http://sw") as http:
+            async with httpx.AsyncClient(transport=transport, base_url="http://localhost",
+                                         headers={"content-type": "application/json"}) as http:
                 yield http, engine
 
     return factory

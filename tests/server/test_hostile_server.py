@@ -154,17 +154,18 @@ def test_a_real_server_survives_hostile_input(server: tuple[str, list[bytes]]) -
                                  ("POST", "/v1/runs/{}/replay"), ("POST", "/e/{}")):
                 hit(method, path.format(quote(value, safe="")), json={"name": "shop/x"})
         big_event = json.dumps({"name": "shop/big", "data": {"b": "x" * (3 * 1024 * 1024)}})
-        assert hit("POST", "/e/dev", content=big_event).status_code == 413
+        assert hit("POST", "/e/dev", content=big_event, headers=json_headers).status_code == 413
         eight = [{"name": "shop/big", "data": {"b": "x" * (1024 * 1024)}}] * 8
         assert hit("POST", "/e/dev", json=eight).status_code == 200
 
         # Raw protocol abuse, each on a connection of its own.
+        post = b"POST /e/dev HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         for payload in (b"GARBAGE\r\n\r\n", b"GET /health HTTP/1.1\r\nHost: x\x00y\r\n\r\n",
-                        b"POST /e/dev HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n",
-                        b"POST /e/dev HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
-                        b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
-                        b"POST /e/dev HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                        b"zz\r\n"):
+                        b"GET /health HTTP/1.1\r\nHost: evil.example\r\n\r\n",
+                        post + b"Content-Length: 99999999999\r\n\r\n",
+                        post + b"Content-Length: -1\r\n\r\n",
+                        b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+                        post + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n"):
             head = raw_exchange(url, payload)
             status = re.match(rb"HTTP/1\.1 (\d{3})", head)
             if status is not None:

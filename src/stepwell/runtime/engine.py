@@ -12,7 +12,7 @@ import contextlib
 import datetime
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from types import CodeType
@@ -29,7 +29,8 @@ from stepwell.core.models import (
     RunStatus,
     validate_event_payload,
 )
-from stepwell.core.protocol import ProtocolError
+from stepwell.core.protocol import ProtocolError, Registration, validate_signing_key
+from stepwell.core.urlpolicy import AppUrlPolicy
 from stepwell.runtime import admission, items, scripts, signals, upkeep
 from stepwell.runtime.clock import Clock, SystemClock, wall_ms
 from stepwell.runtime.registry import Registry, registration_checksum
@@ -71,14 +72,17 @@ class Engine:
                  retry_interval_seconds: float | None = None, prefetch_seconds: float = 5.0,
                  max_parked: int = 20_000, tune_gc: bool = True,
                  retention: str | float | datetime.timedelta | None = "7d",
+                 app_url_allow: str | Sequence[str] | None = None,
                  block_warning_seconds: float | None = 1.0) -> None:
         self.apps = list(apps)
         self.registry = Registry(apps)
         self.functions: dict[str, Function] = self.registry.native
         # How SDK apps are called: signed (production mode) when a signing key is given.
+        if signing_key is not None:
+            signing_key = validate_signing_key(signing_key)
         self.remote_settings = RemoteSettings(
             signing_key=signing_key, server_kind="cloud" if signing_key else "dev",
-            timeout_s=sdk_timeout_seconds)
+            timeout_s=sdk_timeout_seconds, app_urls=AppUrlPolicy.parse(app_url_allow))
         self.registrations = 0                         # SDK registrations received
         self.last_registration: dict[str, str] = {}    # app URL -> app id
         self.last_app_id: str | None = None
@@ -256,7 +260,7 @@ class Engine:
         """Apply an SDK app's registration (`POST /fn/register`): validate every function,
         store the app, and start routing events to it. Raises ProtocolError on a bad body."""
         checksum = registration_checksum(body)
-        registration = self.registry.load_app(body, checksum)
+        registration = self.registry.load_app(body, checksum, check=self._check_app_urls)
         now = self.clock.now()
         modified = await self.store.write(lambda tx: tx.save_app(
             registration.app_id, registration.url, body, checksum, now))
@@ -266,6 +270,16 @@ class Engine:
         self.last_app_id = registration.app_id
         return {"ok": True, "modified": modified, "app_id": registration.app_id,
                 "functions": [f.spec.id for f in registration.functions]}
+
+    def _check_app_urls(self, registration: Registration) -> None:
+        """With an app URL allow-list, every URL an app registers (its serve URL and each
+        function's step URL) must be in it; raises AppUrlNotAllowed before anything is kept."""
+        policy = self.remote_settings.app_urls
+        if policy is None:
+            return
+        policy.check(registration.url, f"URL app '{registration.app_id}' registered")
+        for fn in registration.functions:
+            policy.check(fn.url, f"step URL of function '{fn.spec.id}'")
 
     async def _load_apps(self) -> None:
         """Pick up apps synced through any process (and at start-up)."""

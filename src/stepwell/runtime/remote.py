@@ -37,6 +37,7 @@ from stepwell.core.protocol import (
     steps_map,
     wait_request,
 )
+from stepwell.core.urlpolicy import AppUrlNotAllowed, AppUrlPolicy
 from stepwell.runtime import gateway
 from stepwell.runtime.driver import Host, RunDriver
 from stepwell.runtime.scripts import LeaseLost
@@ -66,6 +67,7 @@ class RemoteSettings:
     signing_key: str | None = None
     server_kind: str = "dev"
     timeout_s: float = 300.0
+    app_urls: AppUrlPolicy | None = None     # None: any URL (see core.urlpolicy)
 
 
 @dataclass
@@ -299,6 +301,12 @@ class RemoteExecutor(RunDriver):
             headers["x-inngest-signature"] = sign(raw, self.settings.signing_key,
                                                   int(time.time()))
         url = with_step(self.fn.url, step_id)
+        if self.settings.app_urls is not None:
+            try:
+                self.settings.app_urls.check(url, "step URL")
+            except AppUrlNotAllowed as exc:
+                return CallResult("error", retry=False, error={
+                    "name": "AppUrlNotAllowed", "stack": "", "message": str(exc)})
         try:
             response = await self.client.post(url, content=raw, headers=headers,
                                               timeout=self.settings.timeout_s)
