@@ -27,7 +27,7 @@ from stepwell.server.app import create_app
 from stepwell.service import Service
 
 DEADLINE_S = 20.0
-KEY = "the-event-key"
+KEY = "the-event-key-0123456789"
 
 
 class BuggyService(Service):
