@@ -27,7 +27,6 @@ from stepwell.core.models import (
     InvalidEventError,
     Run,
     RunStatus,
-    validate_event_payload,
 )
 from stepwell.core.protocol import ProtocolError, sign, steps_map
 from stepwell.core.urlpolicy import AppUrlNotAllowed
@@ -89,9 +88,9 @@ class EventBatch:
     is_array: bool = True
     error: str | None = None
 
-    def where(self, index: int) -> str:
+    def where(self, index: int | None) -> str:
         """The event's position, for a batch's messages (a lone event needs none)."""
-        return f"event [{index}]: " if self.is_array else ""
+        return f"event [{index}]: " if self.is_array and index is not None else ""
 
     def not_stored(self) -> str:
         return " (the batch was not stored)" if self.is_array and len(self.items) > 1 else ""
@@ -220,18 +219,13 @@ class Service:
             raise InvalidInput("the body must be an event object or an array of event objects, "
                                f"got {type(body).__name__}")
         batch = EventBatch(items, isinstance(body, list))
-        for index, item in enumerate(items):
-            try:
-                validate_event_payload(item)
-            except InvalidEventError as exc:
-                raise InvalidInput(f"{batch.where(index)}{exc}{batch.not_stored()}") from exc
-        return await self._send(_with_seeded_ids(items, parse_seed(seed)))
+        try:
+            return await self._send(_with_seeded_ids(items, parse_seed(seed)))
+        except InvalidEventError as exc:
+            raise InvalidInput(f"{batch.where(exc.index)}{exc}{batch.not_stored()}") from exc
 
     async def _send(self, items: list[object]) -> list[str]:
-        try:
-            ids = await self.engine.send(items)
-        except InvalidEventError as exc:     # validated by the caller; kept for a clear error
-            raise InvalidInput(str(exc)) from exc
+        ids = await self.engine.send(items)
         assert isinstance(ids, list)
         return ids
 
@@ -240,18 +234,20 @@ class Service:
         """Inngest's `POST /e/{key}`: store the events up to the first invalid one (or the
         point where the body stopped being valid JSON) and, if there was one, raise
         `PartialSend` (400) carrying the ids of the events that were stored, as Inngest
-        answers and the SDKs report in `SendEventsError.ids`. Nothing is stored twice for a
-        request retried with the same `x-inngest-event-id-seed`."""
-        valid: list[object] = []
+        answers and the SDKs report in `SendEventsError.ids`. Nothing is stored for a request
+        retried with the same `x-inngest-event-id-seed`."""
+        items = _with_seeded_ids(batch.items, parse_seed(seed))
         message = batch.error
-        for item in batch.items:
-            try:
-                validate_event_payload(item)
-            except InvalidEventError as exc:
-                message = f"{batch.where(len(valid))}{exc}"
-                break
-            valid.append(item)
-        ids = await self._send(_with_seeded_ids(valid, parse_seed(seed))) if valid else []
+        ids: list[str] = []
+        try:
+            if items:
+                ids = await self._send(items)
+        except InvalidEventError as exc:
+            # Validated one event at a time before anything is stored: the ones before the
+            # invalid one are sent again on their own (this is the failure path only).
+            message = f"{batch.where(exc.index)}{exc}"
+            valid = items[:exc.index] if exc.index is not None else []
+            ids = await self._send(valid) if valid else []
         if message is not None:
             stored = (f" ({len(ids)} event{'s' if len(ids) != 1 else ''} before it "
                       "were stored)") if ids else " (nothing was stored)"

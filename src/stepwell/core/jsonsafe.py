@@ -102,21 +102,98 @@ def check(value: Any, path: str = "", *, max_depth: int = MAX_JSON_DEPTH) -> Non
             raise UnsafeJSON(where, f"is a {type(item).__name__}, not a JSON value")
 
 
-def _constant(name: str) -> float:
-    # Kept as a float so that `check` reports it with its path.
-    return float(name)
+# A \u escape of NUL or of a surrogate (lone or paired: the exact check tells them apart) is
+# the only way JSON text that parsed can hold either; text without one needs no walk for them.
+# Non-finite numbers are caught by the parser's hooks. Together they keep the common case near
+# the speed of `json.loads`.
+_ESCAPES = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+_INFINITY = float("inf")
+
+
+class _Hooks:
+    """`parse_constant` and `parse_float` hooks that remember a non-finite number (NaN and
+    Infinity literals, and floats such as 1e400 that overflow); the values are kept, so that
+    `check` reports them with their path."""
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def constant(self, name: str) -> float:
+        self.seen = True
+        return float(name)
+
+    def number(self, text: str) -> float:
+        value = float(text)
+        if value == _INFINITY or value == -_INFINITY:
+            self.seen = True
+        return value
+
+    def decoder(self) -> json.JSONDecoder:
+        return json.JSONDecoder(parse_constant=self.constant, parse_float=self.number)
+
+
+def _brackets(text: str, start: int = 0, end: int | None = None) -> int:
+    """An upper bound of the nesting depth of JSON text: its count of opening brackets."""
+    stop = len(text) if end is None else end
+    return text.count("[", start, stop) + text.count("{", start, stop)
+
+
+_CONTAINERS = (dict, list, tuple)
+
+
+def _too_deep(value: Any, max_depth: int) -> bool:
+    """Whether `value` nests deeper than `max_depth`: a walk over containers only, one level
+    at a time (no recursion, and a list comprehension per container keeps it fast)."""
+    level: list[Any] = [value]
+    depth = 1
+    while level:
+        if depth > max_depth:
+            return True
+        below: list[Any] = []
+        for item in level:
+            children = item.values() if type(item) is dict else item
+            below.extend([c for c in children if type(c) in _CONTAINERS])
+        level = below
+        depth += 1
+    return False
+
+
+def _checked_text(text: str, value: Any, path: str, max_depth: int, start: int = 0,
+                  end: int | None = None, constants: bool = False) -> None:
+    """`check` `value` (parsed from `text[start:end]`) only if the text gives a reason to."""
+    suspicious = constants or _ESCAPES.search(text, start, len(text) if end is None else end)
+    if suspicious or (_brackets(text, start, end) > max_depth
+                      and isinstance(value, dict | list) and _too_deep(value, max_depth)):
+        check(value, path, max_depth=max_depth)
 
 
 def parse(text: str, path: str = "", *, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """Parse JSON text and `check` it. Raises `UnsafeJSON` (a `ValueError`) for what `check`
     refuses and `json.JSONDecodeError` (also a `ValueError`) for text that is not JSON."""
+    hooks = _Hooks()
     try:
-        value = json.loads(text, parse_constant=_constant)
+        value = hooks.decoder().decode(text)
     except RecursionError:
         raise UnsafeJSON(path, f"is nested deeper than {max_depth} levels, the most that is "
                                "accepted") from None
-    check(value, path, max_depth=max_depth)
+    _checked_text(text, value, path, max_depth, constants=hooks.seen)
     return value
+
+
+def dumps_checked(value: Any, path: str = "", *, max_depth: int = MAX_JSON_DEPTH) -> bytes:
+    """`value` as compact UTF-8 JSON, or `UnsafeJSON` naming the first value `check` refuses
+    (a Python value: also sets, objects, non-string keys). The JSON encoder itself finds
+    non-finite numbers, non-JSON types and lone surrogates at C speed; only then, or when the
+    text shows NUL or enough brackets to be deep, is the value walked."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        data = text.encode("utf-8")
+    except (ValueError, TypeError, RecursionError):
+        check(value, path, max_depth=max_depth)
+        raise UnsafeJSON(path, "is not a JSON value") from None
+    if "\\u0000" in text or (_brackets(text) > max_depth and _too_deep(value, max_depth)):
+        check(value, path, max_depth=max_depth)
+    return data
 
 
 def repair(value: Any, path: str = "") -> tuple[Any, list[str]]:
@@ -155,8 +232,8 @@ def repair(value: Any, path: str = "") -> tuple[Any, list[str]]:
         return repr(item)
 
     try:
-        check(value, path)
-    except UnsafeJSON:
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (ValueError, TypeError, RecursionError):
         return fix(value, path, 1), problems
     return value, problems
 
@@ -183,7 +260,6 @@ class Items:
 
 
 _WHITESPACE = " \t\n\r"
-_DECODER = json.JSONDecoder(parse_constant=_constant)
 
 
 def _skip(text: str, at: int) -> int:
@@ -215,6 +291,8 @@ def parse_items(text: str, *, max_item_bytes: int, max_items: int,
         except ValueError as exc:
             return Items([], False, exc)
     items: list[Any] = []
+    hooks = _Hooks()
+    decoder = hooks.decoder()
     at = _skip(text, at + 1)
     if text.startswith("]", at):
         return _end(text, at + 1, Items(items, True))
@@ -223,8 +301,9 @@ def parse_items(text: str, *, max_item_bytes: int, max_items: int,
         if index >= max_items:
             return Items(items, True, ValueError(
                 f"more than {max_items} items; at most {max_items} are accepted in one request"))
+        hooks.seen = False
         try:
-            value, end = _DECODER.raw_decode(text, at)
+            value, end = decoder.raw_decode(text, at)
         except RecursionError:
             return Items(items, True, UnsafeJSON(f"[{index}]", f"is nested deeper than "
                                                  f"{max_depth} levels, the most that is "
@@ -235,7 +314,7 @@ def parse_items(text: str, *, max_item_bytes: int, max_items: int,
         if size > max_item_bytes:
             return Items(items, True, ItemTooLarge(index, size, max_item_bytes))
         try:
-            check(value, f"[{index}]", max_depth=max_depth)
+            _checked_text(text, value, f"[{index}]", max_depth, at, end, hooks.seen)
         except UnsafeJSON as exc:
             return Items(items, True, exc)
         items.append(value)

@@ -7,7 +7,6 @@ server and user code can pass them around freely. Times are UTC epoch millisecon
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -39,7 +38,10 @@ SCHEDULED_TIMER = "inngest/scheduled.timer"
 
 
 class InvalidEventError(ValueError):
-    """An event that cannot be accepted; nothing is stored for it."""
+    """An event that cannot be accepted; nothing is stored for it. `index` is its position in
+    the batch it came in, when it came in one."""
+
+    index: int | None = None
 
 
 @dataclass(slots=True)
@@ -77,7 +79,7 @@ def validate_event_payload(raw: object) -> None:
         raise InvalidEventError(
             f"an event must be an object with 'name' and 'data', got {type(raw).__name__}")
     try:   # first, so that no message below can carry text that cannot be shown
-        jsonsafe.check(raw)
+        size = len(jsonsafe.dumps_checked(raw))
     except jsonsafe.UnsafeJSON as exc:
         raise InvalidEventError(f"event field '{exc.path}' {exc.reason}") from None
     name = raw.get("name")
@@ -109,7 +111,6 @@ def validate_event_payload(raw: object) -> None:
         raise InvalidEventError(
             f"event '{name}' has unknown fields {sorted(unknown)}; allowed: name, data, id, ts, "
             "user, v")
-    size = len(json.dumps(raw, separators=(",", ":"), ensure_ascii=False).encode())
     if size > MAX_EVENT_BYTES:
         raise InvalidEventError(f"event '{name}' is {size} bytes as JSON; at most "
                                 f"{MAX_EVENT_BYTES} bytes (3 MiB) are accepted per event")

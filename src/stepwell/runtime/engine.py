@@ -22,6 +22,7 @@ import httpx
 
 from stepwell.core.config import ConfigError
 from stepwell.core.models import (
+    MAX_EVENTS_PER_SEND,
     TERMINAL_STATUSES,
     Event,
     InvalidEventError,
@@ -367,10 +368,17 @@ class Engine:
         else:
             raise InvalidEventError(
                 "send() takes (name, data), an Event, a dict, or a list of these")
+        if len(raw_items) > MAX_EVENTS_PER_SEND:
+            raise InvalidEventError(f"send() got {len(raw_items)} events; at most "
+                                    f"{MAX_EVENTS_PER_SEND} are accepted in one call")
         events = []
-        for raw in raw_items:
+        for index, raw in enumerate(raw_items):
             payload = raw.to_dict() if isinstance(raw, Event) else raw
-            validate_event_payload(payload)
+            try:
+                validate_event_payload(payload)
+            except InvalidEventError as exc:
+                exc.index = None if single else index
+                raise
             events.append(Event.from_dict(payload))
         return single, events
 
