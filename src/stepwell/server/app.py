@@ -10,6 +10,11 @@ Handlers are thin: they decode the request, call the service layer, and wrap its
 result in Inngest's envelope (`{"data": ..., "metadata": ...}` for v1 routes). Every failure,
 including unknown routes, oversize bodies and bugs, answers `{"error": "...", "status": N}` so
 SDKs and scripts always get JSON they can show to a person.
+
+Every JSON body comes in through `read_json` or, on the event API, `read_events`, and so
+through `core.jsonsafe`: what cannot be stored and shown again is a 400 naming the field, on
+every route alike (docs/limits.md). A URL holding NUL is refused before any route
+(`RejectNulInUrl`); answers render even for rows an older version stored unsafely (`JSONOut`).
 """
 
 from __future__ import annotations
