@@ -323,6 +323,9 @@ async def test_a_batch_stores_the_events_before_the_first_invalid_one(client: Cl
         broken = b'[{"name": "shop/other"}, {"name": "shop/other"}, {"name": '
         answer = assert_400(await http.post("/e/dev", content=broken), "not valid JSON")
         assert len(answer["ids"]) == 2
+        # Every error of the Inngest route carries `ids`, as Inngest's answers do.
+        for body in (b"", b"{broken", b'{"name": ""}', b'{"name": "x", "data": {"x": NaN}}'):
+            assert assert_400(await http.post("/e/dev", content=body))["ids"] == []
         # The first event invalid: nothing stored, no ids.
         answer = assert_400(await http.post("/e/dev", json=[{"data": {}}, batch[0]]),
                             "nothing was stored")
