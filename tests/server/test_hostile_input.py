@@ -118,6 +118,10 @@ async def test_nul_and_surrogates_in_names_and_ids_are_refused(client: Client) -
                     "/v1/events?name=a%00", "/v1/runs?function_id=%00",
                     "/v1/runs?event_id=x%00y"):
             assert_400(await http.get(url), "NUL")
+        for url in ("/v1/runs/%ed%a0%80", "/v1/events/%ff%fe", "/v1/events?name=%ed%b0%80",
+                    "/v0/runs/%c3%28/batch"):        # bytes that are not UTF-8 text
+            reply = await http.get(url)
+            assert reply.status_code in (200, 400, 404), (url, reply.text)
         assert_400(await http.post("/v1/runs/%00/cancel"), "NUL")
         assert_400(await http.delete("/v1/runs/%00"), "NUL")
         assert await stored_events(http) == []
