@@ -10,6 +10,12 @@ interpreter's recursion. `parse` and `check` refuse all of these at the door wit
 nothing unsafe is ever stored. `repair` is the defence in depth for what an older version may
 already have stored: it makes a value showable and says what it changed.
 
+It also finds integers the official SDKs cannot read back exactly (`unsafe_integer`): every
+party an SDK function's data passes through reads numbers as IEEE-754 doubles (JavaScript's
+`JSON.parse` rounds an integer beyond 2^53 - 1, and the Python SDK checks request signatures
+over the RFC 8785 form of the body, which writes such an integer as the nearest double), so
+the event API refuses an event holding one, naming where it is (send it as a string instead).
+
 Pure: no I/O, no clock.
 """
 
@@ -331,3 +337,34 @@ def _end(text: str, at: int, items: Items) -> Items:
     if _skip(text, at) != len(text):
         items.error = ValueError(f"extra data after the array at character {at}")
     return items
+
+
+# --- integers beyond what a double holds exactly ---------------------------------------------
+
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
+def unsafe_integer(value: Any, path: str = "") -> str | None:
+    """The path (`data.amount`, `data.items[2]`) of the first integer outside
+    ±(2^53 - 1) in a JSON value, or None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return path if abs(value) > MAX_SAFE_INTEGER else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = unsafe_integer(item, f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = unsafe_integer(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
+def unsafe_integer_message(where: str, value_path: str) -> str:
+    return (f"{where} holds an integer at '{value_path}' beyond ±(2^53 - 1) "
+            f"(±{MAX_SAFE_INTEGER}): the Inngest SDKs read JSON numbers as doubles and "
+            "cannot receive it exactly; send it as a string")

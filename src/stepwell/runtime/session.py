@@ -21,16 +21,23 @@ import hashlib
 import inspect
 import json
 import logging
-import traceback
 from typing import TYPE_CHECKING, Any
 
 from stepwell.core.models import Event, Memo, error_dict, hash_step_id
 from stepwell.core.serialize import NotSerializableError, to_json_value
-from stepwell.runtime.driver import FUNCTION_KEY, Host, RunDriver
+from stepwell.runtime.driver import Host, RunDriver
 from stepwell.runtime.scripts import LeaseLost
-from stepwell.sdk.context import Context, FailureInfo, ReplayAwareLogger, current_attempt
+from stepwell.runtime.usercode import user_traceback
+from stepwell.sdk.context import (
+    Context,
+    FailureInfo,
+    ReplayAwareLogger,
+    current_attempt,
+    current_step,
+)
 from stepwell.sdk.errors import NonDeterminismError, NonRetriableError, RetryAfterError, StepError
 from stepwell.sdk.step import Step, StepRequest, SyncStep
+from stepwell.sdk.types import rebuild
 from stepwell.store.base import RunState
 
 if TYPE_CHECKING:
@@ -42,6 +49,13 @@ log = logging.getLogger("stepwell.run")
 class Suspend(BaseException):
     """Unwinds a handler that has to wait. A BaseException so user `except Exception` won't
     swallow it."""
+
+
+class EngineFault(BaseException):
+    """Unwinds a handler when stepwell itself failed at a step (a checkpoint that could not be
+    committed, a bug): a BaseException so user `except Exception` won't swallow it and carry on
+    past a step whose outcome was not recorded. The session re-raises the original error for
+    `faults.crashed` to record."""
 
 
 def _fingerprint(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
@@ -75,6 +89,7 @@ class RunSession(RunDriver):
         self._unwind: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._warned_order = False
         self._unwind_pending = False
+        self._fault: Exception | None = None
 
     # --- driving the handler ---------------------------------------------------------------
 
@@ -91,17 +106,24 @@ class RunSession(RunDriver):
             err = data.get("error") or {}
             error = FailureInfo(str(err.get("name", "Error")), str(err.get("message", "")),
                                 str(err.get("stack", "")))
+        schema = self.fn.event_type(event.name)
+        if schema is not None:
+            # Data sent by an SDK app, the HTTP API or an older version of the code is checked
+            # here; `rebuild` raises DataMismatchError (non-retriable) naming the field.
+            event = Event(name=event.name, id=event.id, ts=event.ts, user=event.user,
+                          data=rebuild(schema, event.data,
+                                       what=f"the data of event '{event.name}' ({event.id})"))
         logger = ReplayAwareLogger(log, self.replaying,
                                    {"run_id": self.run_id, "function_id": self.fn.qualified_id})
         return Context(event=event, events=events, run_id=self.run_id,
                        function_id=self.fn.qualified_id, logger=logger,
-                       function_attempt=len(self.failures.get(FUNCTION_KEY, ())), error=error)
+                       function_attempt=self.function_attempt, error=error)
 
     async def execute(self) -> None:
         """Run (or resume) the handler until it returns, fails or must wait."""
-        ctx = self._context()
         step = Step(self)
         try:
+            ctx = self._context()       # typed event data that does not fit fails the run here
             if self.fn.is_async:
                 output = await self.fn.handler(ctx, step)
             else:
@@ -109,7 +131,10 @@ class RunSession(RunDriver):
                 call = functools.partial(self.fn.handler, ctx, SyncStep(step, loop))
                 output = await loop.run_in_executor(
                     self.host.handler_pool, contextvars.copy_context().run, call)
+        except EngineFault:
+            self._raise_fault()
         except Suspend:
+            self._raise_fault()
             await self._gate()
             dues = [due for due, _ in self._suspends.values() if due is not None]
             timer = all(is_timer for _, is_timer in self._suspends.values())
@@ -117,16 +142,20 @@ class RunSession(RunDriver):
         except LeaseLost:
             log.info("run %s: lease lost (cancelled or reclaimed); stopping", self.run_id)
         except StepError as exc:
+            self._raise_fault()
             await self._gate()
             await self.end("failed", error=exc.error)
         except NonRetriableError as exc:
+            self._raise_fault()
             await self._gate()
-            await self.end("failed", error=error_dict(exc, stack=traceback.format_exc()))
+            await self.end("failed", error=error_dict(exc, stack=user_traceback(exc)))
         except Exception as exc:
+            self._raise_fault()
             await self._gate()
-            await self.retry_function(error_dict(exc, stack=traceback.format_exc()),
+            await self.retry_function(error_dict(exc, stack=user_traceback(exc)),
                                       after_ms=_retry_after(exc, self.now()))
         else:
+            self._raise_fault()
             await self._gate()
             try:
                 value = to_json_value(output, what=f"function '{self.fn.qualified_id}'")
@@ -137,6 +166,12 @@ class RunSession(RunDriver):
         finally:
             if self._unwind.done():
                 self._unwind.exception()   # mark retrieved
+
+    def _raise_fault(self) -> None:
+        """If stepwell failed at a step, whatever the handler did next is moot: hand the
+        original error to the session's caller (`items.execute`, then `faults.crashed`)."""
+        if self._fault is not None:
+            raise self._fault
 
     # --- suspension --------------------------------------------------------------------------
 
@@ -201,6 +236,21 @@ class RunSession(RunDriver):
     # --- the step driver ---------------------------------------------------------------------
 
     async def perform(self, request: StepRequest) -> Any:
+        """A step, as the handler awaits it. Its outcome reaches the handler as a value,
+        StepError, NonDeterminismError or Suspend; anything else escaping is stepwell's own
+        failure, which unwinds the whole handler (`EngineFault`)."""
+        try:
+            return await self._perform(request)
+        except (Suspend, StepError, NonRetriableError, LeaseLost):
+            raise
+        except Exception as exc:
+            if self._fault is None:
+                self._fault = exc
+            if not self._unwind.done():
+                self._unwind.set_exception(Suspend())     # every other branch unwinds too
+            raise EngineFault(f"stepwell failed at step '{request.step_id}'") from exc
+
+    async def _perform(self, request: StepRequest) -> Any:
         if self._unwind.done():
             raise Suspend()
         occurrence = self._occurrences.get(request.step_id, 0)
@@ -292,7 +342,7 @@ class RunSession(RunDriver):
                 f"non-determinism: step '{request.step_id}' was reached at position {seq} but "
                 f"recorded at position {memo.seq}; the handler's step order changed")
         now = self.now()
-        if memo.kind == "sleep" and memo.due_at is not None and memo.due_at > now:
+        if memo.sleeping(now) and memo.due_at is not None:
             if not self._may_park(memo.due_at):
                 return await self._suspend(memo.hash, memo.due_at, timer=True)
             await self._park_until(memo.due_at)
@@ -314,25 +364,27 @@ class RunSession(RunDriver):
         failures = len(self.failures.get(step_hash, ()))
         started = self.now()
         token = current_attempt.set(failures)
+        step_token = current_step.set(request.step_id)
         try:
             value = await self._call(request)
             data = to_json_value(value, what=f"step '{request.step_id}'")
         except Exception as exc:
-            error = error_dict(exc, stack=traceback.format_exc())
+            error = error_dict(exc, stack=user_traceback(exc))
             final = (isinstance(exc, NonRetriableError | NotSerializableError)
                      or failures >= self.spec.retries)
-            await self.record_failure(step_hash, request.step_id, failures, error)
-            if final:
+            due = None if final else self.retry_due(step_hash, failures + 1,
+                                                    after_ms=_retry_after(exc, self.now()))
+            await self.record_failure(step_hash, request.step_id, failures, error, next_at=due)
+            if due is None:
                 await self.checkpoint(Memo(step_hash, request.step_id, "run", seq, error=error,
                                            fingerprint=fingerprint, attempts=failures + 1,
                                            started_at=started, ended_at=self.now()))
                 self._consumed.add(step_hash)
                 raise StepError(request.step_id, error) from None
-            due = self.retry_due(step_hash, failures + 1,
-                                 after_ms=_retry_after(exc, self.now()))
             return await self._suspend(step_hash, due, timer=True)
         finally:
             current_attempt.reset(token)
+            current_step.reset(step_token)
         await self.checkpoint(Memo(step_hash, request.step_id, "run", seq, data=data,
                                    fingerprint=fingerprint, attempts=failures + 1,
                                    started_at=started, ended_at=self.now()))

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
+from stepwell.core.config import MAX_SLEEP_MS
 from stepwell.core.durations import DurationError, parse_duration_ms, parse_timestamp_ms
 from stepwell.core.expressions import (
     Expression,
@@ -20,10 +21,12 @@ from stepwell.core.expressions import (
     compile_expression,
     match_expression,
 )
-from stepwell.core.models import Event, InvalidEventError, validate_event_payload
+from stepwell.core.models import D, Event, InvalidEventError, normalize_send
 from stepwell.sdk.errors import InvalidStepError
+from stepwell.sdk.types import rebuild, return_type
 
-MAX_SLEEP_MS = 366 * 24 * 3600 * 1000
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -70,19 +73,27 @@ def _duration(step_id: str, what: str, value: object) -> int:
 
 def normalize_events(step_id: str, events: object) -> list[dict[str, Any]]:
     """`send_event` accepts an Event, a dict or a list of these."""
-    items = events if isinstance(events, list | tuple) else [events]
-    out = []
-    for item in items:
-        raw = item.to_dict() if isinstance(item, Event) else item
-        try:
-            validate_event_payload(raw)
-        except InvalidEventError as exc:
-            raise InvalidStepError(f"step '{step_id}': {exc}") from None
-        assert isinstance(raw, dict)
-        out.append(dict(raw))
-    if not out:
+    items = list(events) if isinstance(events, list | tuple) else [events]
+    if not items:
         raise InvalidStepError(f"step '{step_id}': send_event needs at least one event")
-    return out
+    try:
+        _, normalized = normalize_send((items,))
+        for item in items:
+            if isinstance(item, Event) and item.schema is not None:
+                check_event_data(item.schema, item.name, item.data)
+    except InvalidEventError as exc:
+        raise InvalidStepError(f"step '{step_id}': {exc}") from None
+    return [e.to_dict() for e in normalized]
+
+
+def check_event_data(schema: Any, name: str, data: Any) -> Any:
+    """Event data validated against its declared model (InvalidEventError naming the field)."""
+    from stepwell.sdk.types import DataMismatchError
+
+    try:
+        return rebuild(schema, data, what=f"event '{name}' data")
+    except DataMismatchError as exc:
+        raise InvalidEventError(str(exc)) from None
 
 
 class Step:
@@ -91,13 +102,35 @@ class Step:
     def __init__(self, driver: StepDriver) -> None:
         self._driver = driver
 
+    @overload
+    async def run(self, step_id: str, fn: Callable[..., Any], *args: Any,
+                  output_type: type[T], **kwargs: Any) -> T: ...
+
+    @overload
+    async def run(self, step_id: str, fn: Callable[P, Awaitable[T]],
+                  *args: P.args, **kwargs: P.kwargs) -> T: ...
+
+    @overload
+    async def run(self, step_id: str, fn: Callable[P, T], *args: P.args,
+                  **kwargs: P.kwargs) -> T: ...
+
     async def run(self, step_id: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run `fn(*args, **kwargs)` (sync or async) once; its JSON result is memoized."""
+        """Run `fn(*args, **kwargs)` (sync or async) once; its JSON result is memoized.
+
+        The result comes back as the type `fn` returns, on the first run and on replay: a
+        Pydantic model or dataclass (also inside `list[...]` etc.) named by `fn`'s return
+        annotation, or by `output_type=` (which is not passed on to `fn`), is rebuilt from
+        the stored JSON; other values come back as their JSON."""
         _check_id(step_id)
         if not callable(fn):
             raise InvalidStepError(f"step '{step_id}': fn must be callable, got {fn!r}")
-        return await self._driver.perform(
+        output_type = kwargs.pop("output_type", None)
+        data = await self._driver.perform(
             StepRequest("run", step_id, fn=fn, args=args, kwargs=kwargs))
+        target = output_type if output_type is not None else return_type(fn)
+        if target is None:
+            return data
+        return rebuild(target, data, what=f"the result of step '{step_id}'")
 
     async def sleep(self, step_id: str, duration: str | int | float | datetime.timedelta) -> None:
         """Durable sleep (up to a year)."""
@@ -113,11 +146,28 @@ class Step:
             raise InvalidStepError(f"step '{step_id}': {exc}") from None
         await self._driver.perform(StepRequest("sleep", step_id, until_ms=until))
 
+    @overload
+    async def wait_for_event(self, step_id: str, *, event: Event[D],
+                             timeout: str | int | float | datetime.timedelta,
+                             match: str | None = None, if_: str | None = None
+                             ) -> Event[D] | None: ...
+
+    @overload
     async def wait_for_event(self, step_id: str, *, event: str,
                              timeout: str | int | float | datetime.timedelta,
-                             match: str | None = None, if_: str | None = None) -> Event | None:
-        """The first matching event after this step is reached, or None on timeout."""
+                             match: str | None = None, if_: str | None = None
+                             ) -> Event | None: ...
+
+    async def wait_for_event(self, step_id: str, *, event: str | Event[Any],
+                             timeout: str | int | float | datetime.timedelta,
+                             match: str | None = None, if_: str | None = None
+                             ) -> Event[Any] | None:
+        """The first matching event after this step is reached, or None on timeout. With a
+        declared event (`event=Event[Model]("name")`) its data comes back as a `Model`
+        (DataMismatchError, naming the field, if it does not fit)."""
         _check_id(step_id)
+        schema = event.schema if isinstance(event, Event) else None
+        event = event.name if isinstance(event, Event) else event
         if not isinstance(event, str) or not event:
             raise InvalidStepError(f"step '{step_id}': event must be a non-empty event name")
         ms = _duration(step_id, "timeout", timeout)
@@ -132,7 +182,13 @@ class Step:
         result = await self._driver.perform(StepRequest(
             "wait", step_id, event_name=event, match_path=match, condition=condition,
             timeout_ms=ms))
-        return None if result is None else Event.from_dict(result)
+        if result is None:
+            return None
+        received: Event[Any] = Event.from_dict(result)
+        if schema is not None:
+            received.data = rebuild(schema, received.data, what=f"event '{event}' data "
+                                    f"(received by step '{step_id}')")
+        return received
 
     async def wait_for_signal(self, step_id: str, *, signal: str,
                               timeout: str | int | float | datetime.timedelta,
@@ -183,6 +239,14 @@ class SyncStep:
     def _call(self, coro: Coroutine[Any, Any, Any]) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
+    @overload
+    def run(self, step_id: str, fn: Callable[..., Any], *args: Any,
+            output_type: type[T], **kwargs: Any) -> T: ...
+
+    @overload
+    def run(self, step_id: str, fn: Callable[P, T], *args: P.args,
+            **kwargs: P.kwargs) -> T: ...
+
     def run(self, step_id: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return self._call(self._step.run(step_id, fn, *args, **kwargs))
 
@@ -192,10 +256,20 @@ class SyncStep:
     def sleep_until(self, step_id: str, when: datetime.datetime | str | int | float) -> None:
         self._call(self._step.sleep_until(step_id, when))
 
+    @overload
+    def wait_for_event(self, step_id: str, *, event: Event[D],
+                       timeout: str | int | float | datetime.timedelta,
+                       match: str | None = None, if_: str | None = None) -> Event[D] | None: ...
+
+    @overload
     def wait_for_event(self, step_id: str, *, event: str,
                        timeout: str | int | float | datetime.timedelta,
-                       match: str | None = None, if_: str | None = None) -> Event | None:
-        result: Event | None = self._call(self._step.wait_for_event(
+                       match: str | None = None, if_: str | None = None) -> Event | None: ...
+
+    def wait_for_event(self, step_id: str, *, event: str | Event[Any],
+                       timeout: str | int | float | datetime.timedelta,
+                       match: str | None = None, if_: str | None = None) -> Event[Any] | None:
+        result: Event[Any] | None = self._call(self._step.wait_for_event(
             step_id, event=event, timeout=timeout, match=match, if_=if_))
         return result
 
