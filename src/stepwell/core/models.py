@@ -109,8 +109,9 @@ class Event(Generic[D]):
 MAX_EVENT_TS_MS = 253_402_300_799_999      # 9999-12-31T23:59:59.999Z: fits every column
 
 
-def validate_event_payload(raw: object) -> None:
-    """Reject what cannot be an event, naming the field and what is allowed."""
+def validate_event_payload(raw: object) -> int:
+    """Reject what cannot be an event, naming the field and what is allowed. Returns its size
+    as compact JSON in UTF-8 bytes (limited by the callers that store it: `normalize_send`)."""
     if not isinstance(raw, dict):
         raise InvalidEventError(
             f"an event must be an object with 'name' and 'data', got {type(raw).__name__}")
@@ -147,12 +148,16 @@ def validate_event_payload(raw: object) -> None:
         raise InvalidEventError(
             f"event '{name}' has unknown fields {sorted(unknown)}; allowed: name, data, id, ts, "
             "user, v")
-    if size > MAX_EVENT_BYTES:
-        raise InvalidEventError(f"event '{name}' is {size} bytes as JSON; at most "
-                                f"{MAX_EVENT_BYTES} bytes (3 MiB) are accepted per event")
     big = unsafe_integer({"data": data, "user": user})
     if big is not None:
         raise InvalidEventError(unsafe_integer_message(f"event '{name}'", big))
+    return size
+
+
+def check_size(name: str, size: int) -> None:
+    if size > MAX_EVENT_BYTES:
+        raise InvalidEventError(f"event '{name}' is {size} bytes as JSON; at most "
+                                f"{MAX_EVENT_BYTES} bytes (3 MiB) are accepted per event")
 
 
 def _plain_data(name: str, data: Any) -> Any:
@@ -167,9 +172,12 @@ def _plain_data(name: str, data: Any) -> Any:
     return data
 
 
-def normalize_send(args: tuple[Any, ...]) -> tuple[bool, list[Event]]:
+def normalize_send(args: tuple[Any, ...], *, limit_size: bool = True
+                   ) -> tuple[bool, list[Event]]:
     """What `send(...)` was given (`(name, data)`, an Event, a dict, or a list of these) as
-    validated events, and whether it was one event (the caller then returns one id)."""
+    validated events, and whether it was one event (the caller then returns one id). Each is
+    held to MAX_EVENT_BYTES as given (Inngest measures the event as sent), unless the caller
+    checks the size itself (`limit_size=False`)."""
     if len(args) == 2 and isinstance(args[0], str):
         data = args[1]
         if data is not None and not isinstance(data, dict):     # a model or a dataclass
@@ -193,7 +201,9 @@ def normalize_send(args: tuple[Any, ...]) -> tuple[bool, list[Event]]:
                     payload["data"], dict):
                 payload = {**payload,
                            "data": _plain_data(str(payload.get("name")), payload["data"])}
-            validate_event_payload(payload)
+            size = validate_event_payload(payload)
+            if limit_size:
+                check_size(str(payload.get("name")), size)
         except InvalidEventError as exc:
             exc.index = None if single else index     # the batch's invalid event, for callers
             raise
