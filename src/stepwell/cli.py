@@ -400,7 +400,7 @@ def server_options(fn: F) -> F:
 def make_service(apps: list[App], db: str, *, worker: bool = True,
                  signing_keys: Sequence[str] = (), retry_interval: float | None = None,
                  retention: str = "7d", app_url_allow: Sequence[str] = (),
-                 load_error: str | None = None) -> Service:
+                 load_error: str | None = None, check_determinism: bool = False) -> Service:
     """The service over a new engine; invalid options are one clear error."""
     from stepwell.core.config import ConfigError
     from stepwell.service import Service
@@ -410,7 +410,8 @@ def make_service(apps: list[App], db: str, *, worker: bool = True,
                                    signing_key=signing_keys[0] if signing_keys else None,
                                    retry_interval_seconds=retry_interval,
                                    retention=engine_retention(retention),
-                                   app_url_allow=list(app_url_allow) or None)
+                                   app_url_allow=list(app_url_allow) or None,
+                                   check_determinism=check_determinism)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     service.load_error = load_error
@@ -421,11 +422,13 @@ def run_server(apps: list[App], db: str, host: str, port: int, *, worker: bool =
                sync_urls: Sequence[str] = (), event_keys: Sequence[str] = (),
                signing_keys: Sequence[str] = (), retry_interval: float | None = None,
                retention: str = "7d", exposure: Exposure = Exposure(),
-               sock: socket.socket | None = None, load_error: str | None = None) -> None:
+               sock: socket.socket | None = None, load_error: str | None = None,
+               check_determinism: bool = False) -> None:
     setup_logging()
     service = make_service(apps, db, worker=worker, signing_keys=signing_keys,
                            retry_interval=retry_interval, retention=retention,
-                           app_url_allow=exposure.app_url_allow, load_error=load_error)
+                           app_url_allow=exposure.app_url_allow, load_error=load_error,
+                           check_determinism=check_determinism)
     app = make_asgi(service, host, event_keys=event_keys, signing_keys=signing_keys,
                     exposure=exposure)
     sock = sock or listen(host, port)
@@ -465,7 +468,8 @@ def dev(target: str | None, db: str, host: str, port: int, sync_urls: tuple[str,
     exposure = Exposure(allowed_hosts, app_url_allow, header_timeout, max_connections)
     options: dict[str, Any] = dict(sync_urls=sync_urls, event_keys=event_keys,
                                    signing_keys=signing_keys, retry_interval=retry_interval,
-                                   retention=retention, exposure=exposure)
+                                   retention=retention, exposure=exposure,
+                                   check_determinism=True)
     if not (reload and target):
         run_server(apps, db, host, port, **options)
         return

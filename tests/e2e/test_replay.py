@@ -6,6 +6,8 @@ import asyncio
 import datetime
 from typing import Any
 
+import pytest
+
 import stepwell
 from stepwell.testing import VirtualClock
 
@@ -41,6 +43,7 @@ async def test_loops_with_repeated_and_dynamic_ids(make_engine: Any, clock: Virt
     assert run.warnings == []
 
 
+@pytest.mark.counts_executions
 async def test_changed_step_arguments_on_replay_are_flagged_not_reused(
         make_engine: Any, clock: VirtualClock) -> None:
     """A handler whose step inputs differ on replay (a non-deterministic value computed outside a
@@ -65,6 +68,7 @@ async def test_changed_step_arguments_on_replay_are_flagged_not_reused(
     assert any("different arguments" in w for w in run.warnings)
 
 
+@pytest.mark.counts_executions
 async def test_reordered_steps_record_a_warning(make_engine: Any, clock: VirtualClock) -> None:
     app = stepwell.App("t")
     flip = {"on": False}
@@ -175,3 +179,49 @@ async def test_function_ids_are_qualified_by_app(make_engine: Any) -> None:
         assert sorted(r.function_id for r in runs) == ["a/same", "b/same"]
         [ra] = await engine.runs(function_id="a/same")
         assert (await engine.wait(ra.id)).output == "a"
+
+
+@pytest.mark.counts_executions
+async def test_a_step_inserted_before_recorded_ones_records_a_warning(
+        make_engine: Any, clock: VirtualClock) -> None:
+    app = stepwell.App("t")
+    version = {"v": 1}
+
+    @app.function(id="ins", trigger="t/ins")
+    async def ins(ctx: stepwell.Context, step: stepwell.Step) -> str:
+        if version["v"] == 2:
+            await step.run("inserted", lambda: "new")
+        await step.run("a", lambda: "a")
+        version["v"] = 2
+        await step.sleep("nap", "1h")
+        return "ok"
+
+    async with make_engine(app) as engine:
+        [run] = await engine.runs(event_id=await engine.send("t/ins", {}))
+        await engine.idle()
+        await clock.advance("1h")
+        run = await engine.wait(run.id)
+    assert any("order" in w for w in run.warnings)
+
+
+@pytest.mark.counts_executions
+async def test_swapped_steps_record_a_warning_on_the_virtual_clock(
+        make_engine: Any, clock: VirtualClock) -> None:
+    app = stepwell.App("t")
+    version = {"v": 1}
+
+    @app.function(id="swap", trigger="t/swap")
+    async def swap(ctx: stepwell.Context, step: stepwell.Step) -> str:
+        order = ["a", "b"] if version["v"] == 1 else ["b", "a"]
+        for name in order:
+            await step.run(name, lambda n=name: n)
+        version["v"] = 2
+        await step.sleep("nap", "1h")
+        return "ok"
+
+    async with make_engine(app) as engine:
+        [run] = await engine.runs(event_id=await engine.send("t/swap", {}))
+        await engine.idle()
+        await clock.advance("1h")
+        run = await engine.wait(run.id)
+    assert any("order" in w for w in run.warnings)

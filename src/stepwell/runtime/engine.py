@@ -34,6 +34,7 @@ from stepwell.core.protocol import (
     parse_registration,
     validate_signing_key,
 )
+from stepwell.core.storage import StorageFailure
 from stepwell.core.urlpolicy import AppUrlPolicy
 from stepwell.runtime import admission, items, runlog, scripts, signals, upkeep
 from stepwell.runtime.clock import Clock, SystemClock, wall_ms
@@ -78,7 +79,8 @@ class Engine:
                  max_parked: int = 20_000, tune_gc: bool = True,
                  retention: str | float | datetime.timedelta | None = "7d",
                  app_url_allow: str | Sequence[str] | None = None,
-                 block_warning_seconds: float | None = 1.0) -> None:
+                 block_warning_seconds: float | None = 1.0,
+                 check_determinism: bool | None = None) -> None:
         self.apps = list(apps)
         self.registry = Registry(apps)
         self.functions: dict[str, Function] = self.registry.native
@@ -128,6 +130,11 @@ class Engine:
         self._wake = asyncio.Event()
         self._finished: dict[str, asyncio.Event] = {}
         self._running = False
+        # Replay every native run from its memos at each suspension and at its end, and fail
+        # it on a divergence (see runtime/determinism.py). None: on under the virtual clock
+        # (stepwell.testing); `stepwell dev` turns it on; production leaves it off.
+        self.check_determinism = (bool(getattr(self.clock, "virtual", False))
+                                  if check_determinism is None else check_determinism)
         # User code holding the event loop longer than this is reported (once per place).
         self._watchdog = None if block_warning_seconds is None else LoopWatchdog(
             block_warning_seconds, self._handler_owners)
@@ -408,9 +415,26 @@ class Engine:
         return self.worker or bool(self.registry.native)
 
     async def _ingest_stored(self, events: list[Event]) -> None:
+        """Process events already stored (emitted by runs, or left by a dead process). If that
+        fails for a reason other than the database's condition, each is processed alone, and
+        one that still fails is kept but marked processed: otherwise it would be tried again
+        by every upkeep pass, forever, holding back the events stored with it."""
         now, routing = self.clock.now(), self.routing
-        await self.commit(lambda tx, place, effects: admission.ingest_events(
-            tx, events, now, routing, place, effects, already_stored=True))
+        try:
+            await self.commit(lambda tx, place, effects: admission.ingest_events(
+                tx, events, now, routing, place, effects, already_stored=True))
+            return
+        except StorageFailure:
+            raise                       # nothing is wrong with the events: upkeep retries
+        except Exception:
+            if len(events) > 1:
+                for event in events:
+                    await self._ingest_stored([event])
+                return
+            log.exception("event %s (%s) cannot be processed: it is kept, but starts no run "
+                          "and resolves no wait", events[0].id, events[0].name)
+        event_id = events[0].id
+        await self.store.write(lambda tx: tx.mark_event_processed(event_id))
 
     # --- runs --------------------------------------------------------------------------------
 

@@ -17,14 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import hashlib
 import inspect
-import json
 import logging
 from typing import TYPE_CHECKING, Any
 
 from stepwell.core.models import Event, Memo, error_dict, hash_step_id
 from stepwell.core.serialize import NotSerializableError, to_json_value
+from stepwell.runtime.determinism import ReplayCheck, check_replay, fingerprint
 from stepwell.runtime.driver import Host, RunDriver
 from stepwell.runtime.scripts import LeaseLost
 from stepwell.runtime.usercode import user_traceback
@@ -58,11 +57,16 @@ class EngineFault(BaseException):
     `faults.crashed` to record."""
 
 
-def _fingerprint(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    if not args and not kwargs:
-        return ""
-    text = json.dumps([args, kwargs], sort_keys=True, default=lambda o: type(o).__name__)
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
+def _not_awaited(step_ids: list[str]) -> dict[str, Any]:
+    """The error of a run whose handler called steps without awaiting them: those steps never
+    ran, so the run cannot have done what its code says."""
+    first = step_ids[0]
+    return {"name": "StepNotAwaitedError", "stack": "",
+            "message": f"step '{first}' was called but never awaited, so it never ran"
+                       + (f" (also: {', '.join(repr(s) for s in step_ids[1:4])})"
+                          if len(step_ids) > 1 else "")
+                       + ": put `await` before the step call (or hand it to asyncio.gather); "
+                         "a plain `def` handler's SyncStep needs no await"}
 
 
 def _retry_after(exc: BaseException, now: int) -> int | None:
@@ -90,6 +94,9 @@ class RunSession(RunDriver):
         self._warned_order = False
         self._unwind_pending = False
         self._fault: Exception | None = None
+        # Arguments of the `run` steps seen by this execution, to say what changed when a
+        # determinism check finds other arguments (memos keep only a hash).
+        self._args_seen: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
 
     # --- driving the handler ---------------------------------------------------------------
 
@@ -136,6 +143,8 @@ class RunSession(RunDriver):
         except Suspend:
             self._raise_fault()
             await self._gate()
+            if await self._diverged():
+                return
             dues = [due for due, _ in self._suspends.values() if due is not None]
             timer = all(is_timer for _, is_timer in self._suspends.values())
             await self.release(min(dues) if dues else None, timer=timer)
@@ -157,6 +166,12 @@ class RunSession(RunDriver):
         else:
             self._raise_fault()
             await self._gate()
+            missed = step.never_awaited()
+            if missed:
+                await self.end("failed", error=_not_awaited(missed))
+                return
+            if await self._diverged():
+                return
             try:
                 value = to_json_value(output, what=f"function '{self.fn.qualified_id}'")
             except NotSerializableError as exc:
@@ -164,8 +179,25 @@ class RunSession(RunDriver):
             else:
                 await self.end("completed", output=value)
         finally:
+            step.never_awaited()           # close the rest, so Python does not warn later
             if self._unwind.done():
                 self._unwind.exception()   # mark retrieved
+
+    async def _diverged(self) -> bool:
+        """`Engine(check_determinism=True)` (`stepwell dev`, the virtual clock): replay the
+        handler from the memos now, and fail the run if it goes another way."""
+        if not self.host.check_determinism or not self.memos:
+            return False
+        ctx = self._context()
+        ctx.logger = ReplayAwareLogger(log, lambda: True, {})     # the check logs nothing
+        check = ReplayCheck(dict(self.memos), self._args_seen,
+                            ordered=not self._ran_in_parallel())
+        divergence = await check_replay(self.fn, ctx, check, self.host.handler_pool)
+        if divergence is None:
+            return False
+        await self.end("failed", error={"name": "NonDeterminismError", "message": divergence,
+                                        "stack": ""})
+        return True
 
     def _raise_fault(self) -> None:
         """If stepwell failed at a step, whatever the handler did next is moot: hand the
@@ -258,18 +290,20 @@ class RunSession(RunDriver):
         step_hash = hash_step_id(request.step_id, occurrence)
         seq = self._seq
         self._seq += 1
-        fingerprint = _fingerprint(request.args, request.kwargs) if request.kind == "run" else ""
+        args_hash = fingerprint(request.args, request.kwargs) if request.kind == "run" else ""
+        if request.kind == "run":
+            self._args_seen[step_hash] = (request.args, dict(request.kwargs))
         self._in_flight += 1
         try:
             memo = self.memos.get(step_hash)
             if memo is not None:
-                return await self._replay(request, memo, seq, fingerprint)
+                return await self._replay(request, memo, seq, args_hash)
             await self._gate()
             await self._verify_lease()
             if self._unconsumed > 0:
                 await self._warn_new_step(request.step_id, seq)
             if request.kind == "run":
-                return await self._run(request, step_hash, seq, fingerprint)
+                return await self._run(request, step_hash, seq, args_hash)
             if request.kind == "sleep":
                 return await self._sleep(request, step_hash, seq)
             if request.kind == "wait" and request.signal is not None:
@@ -307,7 +341,9 @@ class RunSession(RunDriver):
         """Whether recorded steps overlapped in time: parallel branches interleave differently
         from one execution to the next, so positions say nothing about changed code then."""
         ends: float = float("-inf")
-        for memo in sorted(self.memos.values(), key=lambda m: m.started_at or 0):
+        # Ties broken by recording order: on the virtual clock steps in sequence share one
+        # instant, and a sleep started at it must not look like it overlaps the steps before.
+        for memo in sorted(self.memos.values(), key=lambda m: (m.started_at or 0, m.seq)):
             started = memo.started_at or 0
             if started < ends:
                 return True
@@ -318,10 +354,12 @@ class RunSession(RunDriver):
     async def _warn_new_step(self, step_id: str, seq: int) -> None:
         if self._warned_order:
             return
-        self._warned_order = True
         recorded = sorted(self.memos.values(), key=lambda m: m.seq)
         missing = [m.step_id for m in recorded if m.seq < seq and m.hash not in self._consumed]
         if missing and not self._ran_in_parallel():
+            # Set only once a warning is made: a step inserted before every recorded one
+            # misses none, and the recorded step after it is then reported as moved.
+            self._warned_order = True
             await self.warn(
                 f"non-determinism: step '{step_id}' was reached before recorded step(s) "
                 f"{missing[:3]} this time; the handler's step order changed")

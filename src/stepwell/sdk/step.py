@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
+import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
 from stepwell.core.config import MAX_SLEEP_MS
 from stepwell.core.durations import DurationError, parse_duration_ms, parse_timestamp_ms
@@ -98,11 +100,44 @@ def check_event_data(schema: Any, name: str, data: Any) -> Any:
         raise InvalidEventError(str(exc)) from None
 
 
+M = TypeVar("M", bound=Callable[..., Coroutine[Any, Any, Any]])
+
+
+def _tracked(method: M) -> M:
+    """Remember each step call's coroutine, so a call that is never awaited (a forgotten
+    `await`) can be reported by name when the handler returns (`Step.never_awaited`)."""
+
+    @functools.wraps(method)
+    def call(self: Step, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Any]:
+        coro = method(self, *args, **kwargs)
+        calls = self._calls
+        if len(calls) >= 64:          # keep only the ones not yet started
+            calls[:] = [c for c in calls
+                        if inspect.getcoroutinestate(c) == inspect.CORO_CREATED]
+        calls.append(coro)
+        return coro
+
+    return cast(M, call)
+
+
 class Step:
     """Async step API (for `async def` handlers)."""
 
     def __init__(self, driver: StepDriver) -> None:
         self._driver = driver
+        self._calls: list[Coroutine[Any, Any, Any]] = []
+
+    def never_awaited(self) -> list[str]:
+        """The ids of step calls made but never awaited (nor handed to `asyncio.gather` or a
+        task); each is closed, so Python does not also warn about it."""
+        missed = []
+        for coro in self._calls:
+            if inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
+                frame = getattr(coro, "cr_frame", None)
+                missed.append(str(frame.f_locals.get("step_id", "?")) if frame else "?")
+                coro.close()
+        self._calls.clear()
+        return missed
 
     @overload
     async def run(self, step_id: str, fn: Callable[..., Any], *args: Any,
@@ -116,6 +151,7 @@ class Step:
     async def run(self, step_id: str, fn: Callable[P, T], *args: P.args,
                   **kwargs: P.kwargs) -> T: ...
 
+    @_tracked
     async def run(self, step_id: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run `fn(*args, **kwargs)` (sync or async) once; its JSON result is memoized.
 
@@ -134,11 +170,13 @@ class Step:
             return data
         return rebuild(target, data, what=f"the result of step '{step_id}'")
 
+    @_tracked
     async def sleep(self, step_id: str, duration: str | int | float | datetime.timedelta) -> None:
         """Durable sleep (up to a year)."""
         ms = _duration(_check_id(step_id), "sleep duration", duration)
         await self._driver.perform(StepRequest("sleep", step_id, sleep_ms=ms))
 
+    @_tracked
     async def sleep_until(self, step_id: str, when: datetime.datetime | str | int | float) -> None:
         """Durable sleep until an aware datetime, ISO-8601 string or epoch milliseconds."""
         _check_id(step_id)
@@ -160,6 +198,7 @@ class Step:
                              match: str | None = None, if_: str | None = None
                              ) -> Event | None: ...
 
+    @_tracked
     async def wait_for_event(self, step_id: str, *, event: str | Event[Any],
                              timeout: str | int | float | datetime.timedelta,
                              match: str | None = None, if_: str | None = None
@@ -192,6 +231,7 @@ class Step:
                                     f"(received by step '{step_id}')")
         return received
 
+    @_tracked
     async def wait_for_signal(self, step_id: str, *, signal: str,
                               timeout: str | int | float | datetime.timedelta,
                               on_conflict: str = "fail") -> dict[str, Any] | None:
@@ -210,6 +250,7 @@ class Step:
             "wait", step_id, signal=signal, on_conflict=on_conflict, timeout_ms=ms))
         return result
 
+    @_tracked
     async def send_event(self, step_id: str, events: Event | dict[str, Any] | list[Any]
                          ) -> list[str]:
         """Send events (once, even on replay); returns their ids."""
@@ -217,6 +258,7 @@ class Step:
         ids: list[str] = await self._driver.perform(StepRequest("send", step_id, events=batch))
         return ids
 
+    @_tracked
     async def invoke(self, step_id: str, *, function: Any, data: dict[str, Any] | None = None,
                      timeout: str | int | float | datetime.timedelta | None = None) -> Any:
         """Run another function as a child run and return its output (StepError if it failed)."""
