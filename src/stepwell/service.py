@@ -11,16 +11,20 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any, Final
 
 import httpx
 
 from stepwell.core.config import ConfigError
+from stepwell.core.eventids import parse_seed, seeded_id
 from stepwell.core.expressions import ExpressionError, compile_expression
 from stepwell.core.models import (
     ACTIVE_STATUSES,
+    MAX_EVENT_TS_MS,
     TERMINAL_STATUSES,
     InvalidEventError,
     Run,
@@ -83,11 +87,53 @@ class Forbidden(ServiceError):
     status = 403
 
 
+class PartialSend(InvalidInput):
+    """A batch whose events before `ids`' end were stored and the rest refused."""
+
+    def __init__(self, message: str, ids: list[str]) -> None:
+        super().__init__(message)
+        self.ids = ids
+
+
+@dataclass(slots=True)
+class EventBatch:
+    """An event API body as the transport read it: the events (before the first that could
+    not be read), whether the body was an array, and why the reading stopped, if it did."""
+
+    items: list[object]
+    is_array: bool = True
+    error: str | None = None
+
+    def where(self, index: int | None) -> str:
+        """The event's position, for a batch's messages (a lone event needs none)."""
+        return f"event [{index}]: " if self.is_array and index is not None else ""
+
+    def not_stored(self) -> str:
+        return " (the batch was not stored)" if self.is_array and len(self.items) > 1 else ""
+
+
+def _with_seeded_ids(items: list[object], seed: tuple[int, bytes] | None) -> list[object]:
+    """Give each event without an id the one Inngest derives from the request's seed (its
+    1-based position in the request); events with an id, or a request without a seed, keep
+    theirs."""
+    if seed is None:
+        return items
+    out: list[object] = []
+    for position, item in enumerate(items, start=1):
+        if isinstance(item, dict) and not item.get("id"):
+            item = {**item, "id": seeded_id(seed, position)}
+        out.append(item)
+    return out
+
+
 def parse_time(value: object, field: str) -> int:
-    """An RFC 3339 string or epoch ms, as epoch ms (times in request bodies)."""
+    """An RFC 3339 string or epoch ms, as epoch ms (times in request bodies), between 1970
+    and the end of year 9999 (what every column and `iso` can hold)."""
+    ms: int | None = None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return int(value)
-    if isinstance(value, str):
+        if isinstance(value, int) or math.isfinite(value):
+            ms = int(value)
+    elif isinstance(value, str):
         try:
             moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
@@ -95,9 +141,14 @@ def parse_time(value: object, field: str) -> int:
         else:
             if moment.tzinfo is None:
                 moment = moment.replace(tzinfo=datetime.UTC)
-            return int(moment.timestamp() * 1000)
-    raise InvalidInput(f"'{field}' must be an RFC 3339 time such as 2026-01-01T00:00:00Z "
-                       "or epoch milliseconds")
+            ms = int(moment.timestamp() * 1000)
+    if ms is None:
+        raise InvalidInput(f"'{field}' must be an RFC 3339 time such as "
+                           "2026-01-01T00:00:00Z or epoch milliseconds")
+    if not 0 <= ms <= MAX_EVENT_TS_MS:
+        raise InvalidInput(f"'{field}' is out of range: epoch milliseconds from 0 to "
+                           f"{MAX_EVENT_TS_MS} (year 9999) are accepted, got {value!r}")
+    return ms
 
 
 def parse_status(value: str) -> RunStatus:
@@ -169,11 +220,14 @@ class Service:
 
     # --- events ------------------------------------------------------------------------------
 
-    async def send_events(self, body: object) -> list[str]:
+    async def send_events(self, body: object, *, seed: str | None = None) -> list[str]:
         """Ingest Inngest's event API body: one event object or an array of them.
 
         All events are validated before any is stored, so a bad item in a batch stores nothing
-        and the caller can fix it and resend the whole batch.
+        and the caller can fix it and resend the whole batch. (`POST /e/{key}` keeps the
+        events before a bad one instead, as Inngest does: `send_event_batch`.) `seed` is the
+        official SDKs' `x-inngest-event-id-seed`: events without an id get one derived from
+        it, so a retried send stores nothing twice.
         """
         items: list[object]
         if isinstance(body, list):
@@ -183,12 +237,40 @@ class Service:
         else:
             raise InvalidInput("the body must be an event object or an array of event objects, "
                                f"got {type(body).__name__}")
+        batch = EventBatch(items, isinstance(body, list))
         try:
-            ids = await self.engine.send(items)
+            return await self._send(_with_seeded_ids(items, parse_seed(seed)))
         except InvalidEventError as exc:
-            where = "" if len(items) == 1 else " (the batch was not stored)"
-            raise InvalidInput(f"{exc}{where}") from exc
+            raise InvalidInput(f"{batch.where(exc.index)}{exc}{batch.not_stored()}") from exc
+
+    async def _send(self, items: list[object]) -> list[str]:
+        ids = await self.engine.send(items)
         assert isinstance(ids, list)
+        return ids
+
+    async def send_event_batch(self, batch: EventBatch, *, seed: str | None = None
+                               ) -> list[str]:
+        """Inngest's `POST /e/{key}`: store the events up to the first invalid one (or the
+        point where the body stopped being valid JSON) and, if there was one, raise
+        `PartialSend` (400) carrying the ids of the events that were stored, as Inngest
+        answers and the SDKs report in `SendEventsError.ids`. Nothing is stored for a request
+        retried with the same `x-inngest-event-id-seed`."""
+        items = _with_seeded_ids(batch.items, parse_seed(seed))
+        message = batch.error
+        ids: list[str] = []
+        try:
+            if items:
+                ids = await self._send(items)
+        except InvalidEventError as exc:
+            # Validated one event at a time before anything is stored: the ones before the
+            # invalid one are sent again on their own (this is the failure path only).
+            message = f"{batch.where(exc.index)}{exc}"
+            valid = items[:exc.index] if exc.index is not None else []
+            ids = await self._send(valid) if valid else []
+        if message is not None:
+            stored = (f" ({len(ids)} event{'s' if len(ids) != 1 else ''} before it "
+                      "were stored)") if ids else " (nothing was stored)"
+            raise PartialSend(f"{message}{stored}", ids)
         return ids
 
     async def list_events(self, name: str | None = None, limit: int = 20
@@ -424,9 +506,14 @@ class Service:
         The app's answer is never echoed back: the URL is the caller's choice, so its body
         could be anything the server can reach (a metadata service, an admin page). A failure
         gives the status and a short reason of our own."""
+        hint = "'url' must be the app's http(s) serve URL, e.g. http://127.0.0.1:3000/api/inngest"
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise InvalidInput("'url' must be the app's http(s) serve URL, e.g. "
-                               "http://127.0.0.1:3000/api/inngest")
+            raise InvalidInput(hint)
+        try:
+            if not httpx.URL(url).host:
+                raise InvalidInput(f"{hint}; {url!r} names no host")
+        except httpx.InvalidURL as exc:
+            raise InvalidInput(f"{hint}; {url!r} is not a valid URL: {exc}") from None
         policy = self.engine.remote_settings.app_urls
         if policy is not None:
             try:

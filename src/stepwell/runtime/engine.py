@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 import httpx
 
 from stepwell.core.config import ConfigError
-from stepwell.core.eventsize import check_event_size
 from stepwell.core.models import (
     TERMINAL_STATUSES,
     Event,
@@ -373,11 +372,9 @@ class Engine:
     async def send(self, *args: Any) -> str | list[str]:
         """Send events: `(name, data)`, an `Event`, a dict, or a list of these. Returns the id
         (or ids). Events are durable once this returns."""
-        single, events = normalize_send(args)
+        single, events = normalize_send(args)    # validated, each at most MAX_EVENT_BYTES
         if not events:
             return []
-        for event in events:
-            check_event_size(event.to_dict())
         self._check_declared(args, events)
         now = self.clock.now()
         for event in events:
