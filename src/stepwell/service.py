@@ -26,7 +26,7 @@ from stepwell.core.models import (
 )
 from stepwell.core.protocol import ProtocolError, sign, steps_map
 from stepwell.runtime.engine import DEFAULT_DB as DEFAULT_DB  # re-exported for transports
-from stepwell.runtime.engine import Engine
+from stepwell.runtime.engine import CheckpointError, Engine
 from stepwell.sdk.app import App
 from stepwell.service_views import STATUS_NAMES, event_dict, function_config, run_dict, trigger_dict
 from stepwell.service_views import iso as iso  # re-exported for transports
@@ -372,6 +372,17 @@ class Service:
         if state is None:
             raise NotFound(f"no run {run_id!r}")
         return [e.to_dict() for e in state.events]
+
+    async def checkpoint_async(self, run_id: str, body: object) -> dict[str, Any]:
+        """`POST /v1/checkpoint/{id}/async`: step results a TypeScript SDK app ran inside the
+        call it is answering (docs/checkpointing.md). 409 once that call lost the run."""
+        try:
+            stored = await self.engine.checkpoint_async(run_id, body)
+        except CheckpointError as exc:
+            error = ServiceError(str(exc))
+            error.status = exc.status
+            raise error from None
+        return {"stored": stored}
 
     async def run_actions(self, run_id: str) -> dict[str, Any]:
         """`GET /v0/runs/{id}/actions`: the run's resolved memos, as the `steps` map."""

@@ -29,7 +29,8 @@ from stepwell.core.models import (
     validate_event_payload,
 )
 from stepwell.core.protocol import ProtocolError
-from stepwell.runtime import admission, items, scripts, signals, upkeep
+from stepwell.runtime import admission, checkpoint, items, scripts, signals, upkeep
+from stepwell.runtime.checkpoint import CheckpointError as CheckpointError  # for the service
 from stepwell.runtime.clock import Clock, SystemClock, wall_ms
 from stepwell.runtime.registry import Registry, registration_checksum
 from stepwell.runtime.remote import RemoteFunction, RemoteSettings
@@ -80,6 +81,7 @@ class Engine:
         self.last_registration: dict[str, str] = {}    # app URL -> app id
         self.last_app_id: str | None = None
         self._http: httpx.AsyncClient | None = None
+        self.inflight = checkpoint.Inflight()          # SDK calls that may be checkpointed
         self.db = db or DEFAULT_DB
         self.store = open_store(self.db, fsync=fsync)
         self.clock: Clock = clock or SystemClock()
@@ -262,6 +264,28 @@ class Engine:
                 log.error("stored app %s cannot be loaded: %s", app_id, exc)
         if changed:
             await self._register_crons()
+
+    async def checkpoint_async(self, run_id: str, body: object) -> int:
+        """Apply an SDK's `POST /v1/checkpoint/{run_id}/async`: commit the step results it
+        ran inside our call, under the lease of the worker making that call. Returns how many
+        were new. Raises checkpoint.CheckpointError (StaleDispatch once the lease is gone)."""
+        cp = checkpoint.parse_checkpoint(run_id, body)
+        executor = self.inflight.get(run_id)
+        try:
+            if (executor is not None and executor.item_id == cp.ref.item_id
+                    and cp.ref.owner == self.owner):
+                stored = await executor.accept_checkpoint(cp)
+            elif cp.results:
+                stored = await self.commit(checkpoint.commit_elsewhere(
+                    cp, self.clock.now(), self.lease_until()))
+            else:
+                stored = 0
+        except scripts.LeaseLost as exc:
+            raise checkpoint.StaleDispatch(
+                f"run {run_id}: the call being checkpointed no longer holds the run "
+                f"(cancelled, ended or taken over): {exc}") from None
+        self.stats.sdk_checkpoints += 1
+        return stored
 
     def http_client(self) -> httpx.AsyncClient:
         if self._http is None:
@@ -463,6 +487,7 @@ class Engine:
             "runs_finished": dict(stats.runs_finished),
             "steps_committed": dict(stats.steps_committed),
             "step_attempts_failed": stats.step_attempts_failed,
+            "sdk_calls": stats.sdk_calls, "sdk_checkpoints": stats.sdk_checkpoints,
             "step_seconds": stats.step_seconds, "queue_wait_seconds": stats.queue_wait_seconds,
             "sessions_active": self._active(), "runs_parked": len(self._parked),
             "queue_ready": ready,

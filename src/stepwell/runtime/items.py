@@ -104,7 +104,7 @@ async def execute(engine: Engine, item_id: int, state: RunState | None, *,
         return
     if isinstance(fn, RemoteFunction):
         await RemoteExecutor(engine, fn, state, item_id, engine.http_client(),
-                             engine.remote_settings).execute()
+                             engine.remote_settings, engine.inflight).execute()
     else:
         # Replayed now; it parks where the run sleeps until not_before (see RunSession).
         await RunSession(engine, fn, state, item_id, not_before=not_before,

@@ -37,7 +37,7 @@ from stepwell.core.protocol import (
     steps_map,
     wait_request,
 )
-from stepwell.runtime import gateway
+from stepwell.runtime import checkpoint, gateway
 from stepwell.runtime.driver import Host, RunDriver
 from stepwell.runtime.scripts import LeaseLost
 from stepwell.store.base import RunState
@@ -66,6 +66,7 @@ class RemoteSettings:
     signing_key: str | None = None
     server_kind: str = "dev"
     timeout_s: float = 300.0
+    checkpointing: bool = True       # offer SDK checkpointing (ctx.fn_id / ctx.qi_id)
 
 
 @dataclass
@@ -108,12 +109,15 @@ class RemoteExecutor(RunDriver):
     """One claimed run of an SDK-served function."""
 
     def __init__(self, host: Host, fn: RemoteFunction, state: RunState, item_id: int | None,
-                 client: httpx.AsyncClient, settings: RemoteSettings) -> None:
+                 client: httpx.AsyncClient, settings: RemoteSettings,
+                 inflight: checkpoint.Inflight | None = None) -> None:
         super().__init__(host, fn.spec, state, item_id)
         self.fn = fn
         self.client = client
         self.settings = settings
         self._dues: list[int | None] = []
+        # Set: discovery calls offer the SDK checkpointing (see runtime/checkpoint.py).
+        self.inflight = inflight if settings.checkpointing and item_id is not None else None
 
     async def execute(self) -> None:
         try:
@@ -177,6 +181,10 @@ class RemoteExecutor(RunDriver):
     async def _apply(self, op: Op) -> None:
         existing = self.memos.get(op.id)
         if existing is not None:
+            if op.op in ("StepRun", "Step") and existing.kind == "run" and not existing.pending:
+                # A result already committed through a checkpoint, reported again because
+                # the SDK did not get that checkpoint's answer: stored once.
+                return
             await self._replayed(existing)
             return
         try:
@@ -252,6 +260,29 @@ class RemoteExecutor(RunDriver):
                 f"the SDK reported step '{memo.step_id}' again although its result was sent "
                 "in the request's steps map")
 
+    async def accept_checkpoint(self, cp: checkpoint.Checkpoint) -> int:
+        """Commit the step results the SDK checkpointed during our call (lease-checked, once
+        each: a result posted again is ignored). Raises LeaseLost."""
+        stored = 0
+        for op in cp.results:
+            if op.id in self.memos:
+                continue
+            await self.checkpoint(checkpoint.result_memo(op, self._seq(), self._attempt(op.id) + 1,
+                                                         self.now()))
+            stored += 1
+        return stored
+
+    async def _reload(self) -> None:
+        """Re-read the run's steps after a checkpointing call: some may have been committed
+        by another process that received the SDK's checkpoints."""
+        run_id = self.run_id
+        fresh = await self.host.read(lambda tx: tx.load_run_state(run_id))
+        if fresh is not None:
+            self.memos.clear()
+            self.memos.update(fresh.memos)
+            self.failures.clear()
+            self.failures.update(fresh.failures)
+
     def _attempt(self, step_hash: str) -> int:
         return len(self.failures.get(step_hash, ()))
 
@@ -273,6 +304,9 @@ class RemoteExecutor(RunDriver):
 
     # --- the HTTP call -----------------------------------------------------------------------
 
+    def _checkpointing(self, step_id: str, disable_immediate: bool) -> bool:
+        return self.inflight is not None and step_id == "step" and not disable_immediate
+
     def _request_body(self, step_id: str, disable_immediate: bool) -> dict[str, Any]:
         steps, stack = steps_map(self.memos.values(), self.now())
         events = [e.to_dict() for e in self.state.events] or [{"name": "", "data": {}}]
@@ -281,6 +315,10 @@ class RemoteExecutor(RunDriver):
                "disable_immediate_execution": disable_immediate, "use_api": False,
                "stack": {"stack": stack, "current": len(stack)}, "env": "",
                "step_id": step_id}
+        if self._checkpointing(step_id, disable_immediate):
+            assert self.item_id is not None
+            ctx["fn_id"] = checkpoint.function_uuid(self.fn.qualified_id)
+            ctx["qi_id"] = checkpoint.DispatchRef(self.item_id, self.host.owner).encode()
         return {"event": events[0], "events": events, "steps": steps, "ctx": ctx,
                 "version": 2, "use_api": False}
 
@@ -299,6 +337,11 @@ class RemoteExecutor(RunDriver):
             headers["x-inngest-signature"] = sign(raw, self.settings.signing_key,
                                                   int(time.time()))
         url = with_step(self.fn.url, step_id)
+        checkpointing = self._checkpointing(step_id, disable_immediate)
+        self.host.stats.sdk_calls += 1
+        if checkpointing:
+            assert self.inflight is not None
+            self.inflight.register(self.run_id, self)
         try:
             response = await self.client.post(url, content=raw, headers=headers,
                                               timeout=self.settings.timeout_s)
@@ -306,7 +349,15 @@ class RemoteExecutor(RunDriver):
             return CallResult("error", error={
                 "name": "SDKUnreachable", "stack": "",
                 "message": f"calling {url} failed: {type(exc).__name__}: {exc}"})
-        return self._classify(response, url)
+        finally:
+            if checkpointing:
+                assert self.inflight is not None
+                self.inflight.unregister(self.run_id, self)
+        result = self._classify(response, url)
+        if checkpointing and result.kind == "ops" and not any(
+                op.op == "RunComplete" for op in result.ops or []):
+            await self._reload()
+        return result
 
     def _classify(self, response: httpx.Response, url: str) -> CallResult:
         now = self.now()

@@ -48,6 +48,10 @@ class Unauthorized(ServiceError):
     status = 401
 
 
+class NotImplementedByServer(ServiceError):
+    status = 501
+
+
 def error_response(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message, "status": status}, status_code=status)
 
@@ -153,6 +157,19 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
         require_sdk_auth(request)
         return JSONResponse(await service.run_actions(request.path_params["run_id"]))
 
+    async def checkpoint_async(request: Request) -> Response:
+        require_sdk_auth(request)
+        result = await service.checkpoint_async(request.path_params["run_id"],
+                                                await read_json(request))
+        return JSONResponse({**result, "status": 200})
+
+    async def checkpoint_sync(request: Request) -> Response:
+        require_sdk_auth(request)
+        raise NotImplementedByServer(
+            "durable endpoints (inngest.endpoint(), the synchronous checkpoint API "
+            f"{request.url.path}) are not supported by stepwell; functions checkpoint through "
+            "/v1/checkpoint/{run_id}/async")
+
     async def dev_info(request: Request) -> Response:
         return JSONResponse({"version": "stepwell", "mode": "cloud" if signing else "dev",
                              "functions": service.list_functions(),
@@ -247,6 +264,9 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
         Route("/fn/register", register, methods=["POST"]),
         Route("/v0/runs/{run_id}/batch", run_batch, methods=["GET"]),
         Route("/v0/runs/{run_id}/actions", run_actions, methods=["GET"]),
+        Route("/v1/checkpoint/{run_id}/async", checkpoint_async, methods=["POST"]),
+        Route("/v1/checkpoint", checkpoint_sync, methods=["POST"]),
+        Route("/v1/checkpoint/{run_id}/steps", checkpoint_sync, methods=["POST"]),
         # The REST API and the dev-server info: the signing key, raw or hashed.
         Route("/dev", api(dev_info), methods=["GET"]),
         Route("/v1/apps", api(list_apps), methods=["GET"]),
