@@ -118,7 +118,7 @@ def test_failed_step_is_retried_and_the_run_goes_on(ckpt: SdkHarness) -> None:
     assert run["status"] == "Completed", run
     assert run["output"] == {"first": "first", "shaky": "ok after 2", "last": "last"}
     assert kinds(ckpt, key) == ["first", "shaky", "shaky", "shaky", "last"]
-    shaky = [s for s in run["steps"] if s["id"] == "shaky"][0]
+    shaky = next(s for s in run["steps"] if s["id"] == "shaky")
     assert shaky["attempts"] == 3, shaky
 
 
@@ -193,6 +193,55 @@ def test_experiment_and_step_metadata_are_memoized(ckpt: SdkHarness) -> None:
     names = [s["id"] for s in run["steps"]]
     assert {"tag-run", "checkout-flow", "new-checkout", "settle",
             "after-experiment"} <= set(names), names
+
+
+# --- REST v2 rerun ---------------------------------------------------------------------------
+
+
+def test_v2_rerun_from_a_step_with_edited_input(ckpt: SdkHarness) -> None:
+    key = unique("priced")
+    first = ckpt.finish(ckpt.send_one("ckpt/priced", {"key": key, "qty": 2}), "priced")
+    assert first["output"] == {"price": 10}, first
+    rerun = ckpt.client.post(f"{ckpt.url}/v2/runs/{first['run_id']}/rerun",
+                             json={"fromStep": {"stepId": "price", "input": [7]}})
+    assert rerun.status_code == 200, rerun.text
+    body = rerun.json()
+    assert set(body) == {"data", "metadata"} and "fetchedAt" in body["metadata"], body
+    new_id = body["data"]["runId"]
+    assert new_id != first["run_id"]
+    second = ckpt.wait_run(new_id)
+    assert second["status"] == "Completed", second
+    assert second["output"] == {"price": 35}, second          # base (5, copied) x 7
+    # `base` was not run again; `price` ran with the edited input.
+    assert [e.get("qty") for e in ckpt.ledger(key=key)] == [None, 2, 7]
+    assert [s["id"] for s in second["steps"]] == ["base", "price"], second["steps"]
+    # Under /api/v2 as on Inngest; no body reruns from the start (every step again).
+    again = ckpt.client.post(f"{ckpt.url}/api/v2/runs/{first['run_id']}/rerun")
+    assert again.status_code == 200, again.text
+    third = ckpt.wait_run(again.json()["data"]["runId"])
+    assert third["output"] == {"price": 10}, third
+    assert [e["kind"] for e in ckpt.ledger(key=key)] == ["base", "price", "price", "base",
+                                                         "price"]
+
+
+def test_v2_rerun_refuses_bad_requests(ckpt: SdkHarness) -> None:
+    key = unique("priced")
+    run = ckpt.finish(ckpt.send_one("ckpt/priced", {"key": key, "qty": 1}), "priced")
+    url = f"{ckpt.url}/v2/runs/{run['run_id']}/rerun"
+    cases = [
+        ({"fromStep": {"stepId": "price", "input": {"qty": 3}}}, 400, "JSON array"),
+        ({"fromStep": {"stepId": "nope"}}, 400, "has no step 'nope'"),
+        ({"fromStep": {"input": [1]}}, 400, "Step ID is required"),
+        ({"fromStep": "price"}, 400, "fromStep must be"),
+        ({"from": "price"}, 400, "the body must be empty"),
+    ]
+    for body, status, message in cases:
+        response = ckpt.client.post(url, json=body)
+        assert response.status_code == status, (body, response.text)
+        assert message in response.json()["error"], (body, response.text)
+    missing = ckpt.client.post(f"{ckpt.url}/v2/runs/01NOPE/rerun", json={})
+    assert missing.status_code == 404, missing.text
+    assert len(ckpt.ledger(key=key)) == 2          # nothing was rerun
 
 
 # --- fallbacks: the plain protocol ------------------------------------------------------------

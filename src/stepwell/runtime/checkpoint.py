@@ -176,6 +176,16 @@ def commit_elsewhere(checkpoint: Checkpoint, now: int, lease_until: int
     return script
 
 
-__all__ = ["CheckpointError", "Checkpoint", "DispatchRef", "Inflight", "LeaseLost",
-           "StaleDispatch", "UnknownRun", "commit_elsewhere", "function_uuid",
-           "parse_checkpoint", "result_memo"]
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "DispatchRef",
+    "Inflight",
+    "LeaseLost",
+    "StaleDispatch",
+    "UnknownRun",
+    "commit_elsewhere",
+    "function_uuid",
+    "parse_checkpoint",
+    "result_memo",
+]

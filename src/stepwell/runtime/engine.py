@@ -437,11 +437,14 @@ class Engine:
         return await self.commit(lambda tx, place, effects: signals.deliver(
             tx, signal, data, now, place, effects))
 
-    async def replay(self, run_id: str, *, from_step: str | None = None) -> str | None:
+    async def replay(self, run_id: str, *, from_step: str | None = None,
+                     step_input: list[Any] | None = None) -> str | None:
         """Run a run's function again with the same events; with `from_step`, reuse the
         results of the steps before that step. Returns the new run's id (None if the
-        function's singleton setting skipped it). Raises ReplayError (a ValueError; RunNotFound,
-        also a LookupError, when there is no such run)."""
+        function's singleton setting skipped it). `step_input` (with `from_step`) reruns that
+        step with these arguments: TypeScript SDK functions only, the one SDK that takes a
+        step's input from the server. Raises ReplayError (a ValueError; RunNotFound, also a
+        LookupError, when there is no such run)."""
         run = await self.store.read(lambda tx: tx.get_run(run_id))
         if run is None:
             raise admission.RunNotFound(f"no run with id {run_id!r}")
@@ -449,9 +452,22 @@ class Engine:
         if fn is None:
             raise admission.ReplayError(
                 f"run {run_id} belongs to {run.function_id}, which is not registered here")
+        if step_input is not None:
+            if from_step is None:
+                raise admission.ReplayError("a step's input can only be given with the step "
+                                            "to rerun from")
+            sdk = (self.registry.sdks.get(fn.spec.app_id, "")
+                   if isinstance(fn, RemoteFunction) else "native")
+            if not sdk.startswith("js:"):
+                raise admission.ReplayError(
+                    f"run {run_id} belongs to {run.function_id} ({sdk or 'unknown SDK'}): "
+                    "editing a step's input is supported for functions on the TypeScript SDK "
+                    "only (native and Python SDK steps cannot take their input from the "
+                    "server); rerun from the step without 'input'")
         spec, now, routing = fn.spec, self.clock.now(), self.routing
         return await self.commit(lambda tx, place, effects: admission.replay_run(
-            tx, spec, run_id, now, place, effects, routing=routing, from_step=from_step))
+            tx, spec, run_id, now, place, effects, routing=routing, from_step=from_step,
+            step_input=step_input))
 
     # --- idle detection (tests, VirtualClock) ------------------------------------------------
 

@@ -34,6 +34,7 @@ class Registry:
                 self.native[fn.qualified_id] = fn
         self.remote: dict[str, RemoteFunction] = {}
         self.checksums: dict[str, str] = {}
+        self.sdks: dict[str, str] = {}              # app id -> its registration's `sdk`
         self.routing = self._routing()
 
     def _routing(self) -> Routing:
@@ -80,5 +81,6 @@ class Registry:
         for item in registration.functions:
             self.remote[item.spec.qualified_id] = RemoteFunction(item.spec, item.url)
         self.checksums[registration.app_id] = checksum
+        self.sdks[registration.app_id] = str(body.get("sdk") or "")   # e.g. "js:v4.24.0"
         self.routing = self._routing()
         return registration

@@ -189,6 +189,13 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
         body = await read_json(request) if await request.body() else None
         return envelope(await service.replay_run(request.path_params["run_id"], body))
 
+    async def rerun_run(request: Request) -> Response:
+        """REST v2: `{"data": {"runId"}, "metadata": {"fetchedAt", "cachedUntil"}}`."""
+        body = await read_json(request) if await request.body() else None
+        data = await service.rerun_run(request.path_params["run_id"], body)
+        now = iso(int(time.time() * 1000))
+        return JSONResponse({"data": data, "metadata": {"fetchedAt": now, "cachedUntil": None}})
+
     async def cancel_run(request: Request) -> Response:
         return envelope(await service.cancel_run(request.path_params["run_id"]))
 
@@ -281,6 +288,9 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
         Route("/v1/runs/{run_id}/cancel", api(cancel_run), methods=["POST"]),
         Route("/v1/runs/{run_id}/replay", api(replay_run), methods=["POST"]),
         Route("/v1/runs/{run_id}/events", api(run_events), methods=["GET"]),
+        # REST v2 (Inngest serves it under /api/v2; both work).
+        Route("/v2/runs/{run_id}/rerun", api(rerun_run), methods=["POST"]),
+        Route("/api/v2/runs/{run_id}/rerun", api(rerun_run), methods=["POST"]),
         Route("/v1/cancellations", api(bulk_cancel), methods=["POST"]),
         Route("/v1/signals", api(send_signal), methods=["POST"]),
         Route("/v1/functions", api(functions), methods=["GET"]),

@@ -170,7 +170,28 @@ export const tryVariants = inngest.createFunction(
   },
 );
 
-export const functions = [threeSteps, sleepy, flaky, doomed, fanOut, held, tryVariants];
+// Rerun from a step with edited input (REST v2): `price` takes its quantity as step input.
+export const priced = inngest.createFunction(
+  { id: "priced", triggers: [{ event: "ckpt/priced" }] },
+  async ({ event, step }) => {
+    const key = event.data.key;
+    const base = await step.run("base", async () => {
+      record("base", key);
+      return 5;
+    });
+    const price = await step.run(
+      "price",
+      async (qty) => {
+        record("price", key, { qty });
+        return base * qty;
+      },
+      event.data.qty,
+    );
+    return { price };
+  },
+);
+
+export const functions = [threeSteps, sleepy, flaky, doomed, fanOut, held, tryVariants, priced];
 
 const handler = serve({ client: inngest, functions });
 listen(appId, (req, res) => {
