@@ -248,6 +248,10 @@ def server_options(fn: F) -> F:
                      metavar="SECONDS",
                      help="Retry failed steps after SECONDS x attempt instead of the "
                           "exponential backoff (for local development)."),
+        click.option("--sdk-concurrency", type=click.IntRange(min=1), default=32,
+                     show_default=True, envvar="STEPWELL_SDK_CONCURRENCY", metavar="N",
+                     help="Requests in flight to each official-SDK app at most; further runs "
+                          "wait their turn, in order."),
         retention_option,
     ]):
         fn = option(fn)
@@ -256,13 +260,14 @@ def server_options(fn: F) -> F:
 
 def make_service(apps: list[App], db: str, *, worker: bool = True,
                  signing_keys: Sequence[str] = (), retry_interval: float | None = None,
-                 retention: str = "7d") -> Service:
+                 retention: str = "7d", sdk_concurrency: int = 32) -> Service:
     """The service over a new engine; invalid options are one clear error."""
     try:
         return Service.for_apps(apps, db=db, worker=worker,
                                 signing_key=signing_keys[0] if signing_keys else None,
                                 retry_interval_seconds=retry_interval,
-                                retention=engine_retention(retention))
+                                retention=engine_retention(retention),
+                                sdk_concurrency=sdk_concurrency)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -270,12 +275,14 @@ def make_service(apps: list[App], db: str, *, worker: bool = True,
 def run_server(apps: list[App], db: str, host: str, port: int, *, worker: bool = True,
                sync_urls: Sequence[str] = (), event_keys: Sequence[str] = (),
                signing_keys: Sequence[str] = (), retry_interval: float | None = None,
-               retention: str = "7d", sock: socket.socket | None = None) -> None:
+               retention: str = "7d", sdk_concurrency: int = 32,
+               sock: socket.socket | None = None) -> None:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)   # one line per SDK call is noise
     service = make_service(apps, db, worker=worker, signing_keys=signing_keys,
-                           retry_interval=retry_interval, retention=retention)
+                           retry_interval=retry_interval, retention=retention,
+                           sdk_concurrency=sdk_concurrency)
     sock = sock or listen(host, port)
     try:
         asyncio.run(serve(service, sock, apps, db, sync_urls=sync_urls, event_keys=event_keys,
@@ -292,7 +299,8 @@ def run_server(apps: list[App], db: str, host: str, port: int, *, worker: bool =
                    "were: their state is in the database).")
 def dev(target: str | None, db: str, host: str, port: int, sync_urls: tuple[str, ...],
         event_keys: tuple[str, ...], signing_keys: tuple[str, ...],
-        retry_interval: float | None, retention: str, reload: bool) -> None:
+        retry_interval: float | None, sdk_concurrency: int, retention: str,
+        reload: bool) -> None:
     """Run the engine and HTTP server for the apps in a file or module (and any official-SDK
     apps synced with -u or /v1/apps/sync).
 
@@ -302,12 +310,12 @@ def dev(target: str | None, db: str, host: str, port: int, sync_urls: tuple[str,
     apps = load_apps(target) if target else []      # fail fast, before watching anything
     options: dict[str, Any] = dict(sync_urls=sync_urls, event_keys=event_keys,
                                    signing_keys=signing_keys, retry_interval=retry_interval,
-                                   retention=retention)
+                                   retention=retention, sdk_concurrency=sdk_concurrency)
     if not (reload and target):
         run_server(apps, db, host, port, **options)
         return
     make_service(apps, db, signing_keys=signing_keys, retry_interval=retry_interval,
-                 retention=retention)                # options checked before watching
+                 retention=retention, sdk_concurrency=sdk_concurrency)  # checked before watching
     sock = listen(host, port)       # kept across restarts: clients never see the port close
     try:
         watchfiles.run_process(
@@ -344,12 +352,13 @@ def serve_reloaded(target: str, db: str, host: str, port: int, sock: socket.sock
               help="Serve the APIs only; separate `stepwell worker` processes execute runs.")
 def serve_command(db: str, host: str, port: int, sync_urls: tuple[str, ...],
                   event_keys: tuple[str, ...], signing_keys: tuple[str, ...],
-                  retry_interval: float | None, retention: str, no_worker: bool) -> None:
+                  retry_interval: float | None, sdk_concurrency: int, retention: str,
+                  no_worker: bool) -> None:
     """Run the server for apps written with the official Inngest SDKs: event API, SDK
     endpoint, REST API. Production mode when event or signing keys are given."""
     run_server([], db, host, port, worker=not no_worker, sync_urls=sync_urls,
                event_keys=event_keys, signing_keys=signing_keys, retry_interval=retry_interval,
-               retention=retention)
+               retention=retention, sdk_concurrency=sdk_concurrency)
 
 
 @main.command()
@@ -357,7 +366,7 @@ def serve_command(db: str, host: str, port: int, sync_urls: tuple[str, ...],
 @server_options
 def start(target: str, db: str, host: str, port: int, sync_urls: tuple[str, ...],
           event_keys: tuple[str, ...], signing_keys: tuple[str, ...],
-          retry_interval: float | None, retention: str) -> None:
+          retry_interval: float | None, sdk_concurrency: int, retention: str) -> None:
     """Run the apps of a file or module in production: the HTTP server (event API, REST API,
     SDK endpoint) and a worker, on the database --db.
 
@@ -366,7 +375,8 @@ def start(target: str, db: str, host: str, port: int, sync_urls: tuple[str, ...]
     work, and any of them may stop or die at any time.
     """
     run_server(load_apps(target), db, host, port, sync_urls=sync_urls, event_keys=event_keys,
-               signing_keys=signing_keys, retry_interval=retry_interval, retention=retention)
+               signing_keys=signing_keys, retry_interval=retry_interval, retention=retention,
+               sdk_concurrency=sdk_concurrency)
 
 
 @main.command()

@@ -29,7 +29,7 @@ from stepwell.core.models import (
     validate_event_payload,
 )
 from stepwell.core.protocol import ProtocolError
-from stepwell.runtime import admission, checkpoint, items, scripts, signals, upkeep
+from stepwell.runtime import admission, checkpoint, items, scripts, sdkclient, signals, upkeep
 from stepwell.runtime.checkpoint import CheckpointError as CheckpointError  # for the service
 from stepwell.runtime.clock import Clock, SystemClock, wall_ms
 from stepwell.runtime.registry import Registry, registration_checksum
@@ -69,6 +69,7 @@ class Engine:
                  signing_key: str | None = None, sdk_timeout_seconds: float = 300.0,
                  retry_interval_seconds: float | None = None, prefetch_seconds: float = 5.0,
                  max_parked: int = 20_000, tune_gc: bool = True,
+                 sdk_concurrency: int = sdkclient.DEFAULT_LIMIT,
                  retention: str | float | datetime.timedelta | None = "7d") -> None:
         self.apps = list(apps)
         self.registry = Registry(apps)
@@ -81,6 +82,11 @@ class Engine:
         self.last_registration: dict[str, str] = {}    # app URL -> app id
         self.last_app_id: str | None = None
         self._http: httpx.AsyncClient | None = None
+        # Calls to SDK apps: at most this many in flight per app, queued in order (sdkclient).
+        if sdk_concurrency < 1:
+            raise ConfigError(f"sdk_concurrency must be at least 1, got {sdk_concurrency}")
+        self.sdk_concurrency = sdk_concurrency
+        self._app_clients: sdkclient.AppClients | None = None
         self.inflight = checkpoint.Inflight()          # SDK calls that may be checkpointed
         self.db = db or DEFAULT_DB
         self.store = open_store(self.db, fsync=fsync)
@@ -176,6 +182,9 @@ class Engine:
         if self._http is not None:
             await self._http.aclose()
             self._http = None
+        if self._app_clients is not None:
+            await self._app_clients.aclose()
+            self._app_clients = None
         detach = getattr(self.clock, "detach", None)
         if detach is not None:
             detach(self)
@@ -289,8 +298,15 @@ class Engine:
 
     def http_client(self) -> httpx.AsyncClient:
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=self.remote_settings.timeout_s)
+            self._http = sdkclient.nodelay_client(timeout=self.remote_settings.timeout_s,
+                                                  connections=100)
         return self._http
+
+    def app_clients(self) -> sdkclient.AppClients:
+        if self._app_clients is None:
+            self._app_clients = sdkclient.AppClients(limit=self.sdk_concurrency,
+                                                     timeout=self.remote_settings.timeout_s)
+        return self._app_clients
 
     def _apply(self, effects: Effects) -> None:
         for dispatch in effects.dispatch:

@@ -104,7 +104,8 @@ async def execute(engine: Engine, item_id: int, state: RunState | None, *,
         return
     if isinstance(fn, RemoteFunction):
         await RemoteExecutor(engine, fn, state, item_id, engine.http_client(),
-                             engine.remote_settings, engine.inflight).execute()
+                             engine.remote_settings, engine.inflight,
+                             engine.app_clients()).execute()
     else:
         # Replayed now; it parks where the run sleeps until not_before (see RunSession).
         await RunSession(engine, fn, state, item_id, not_before=not_before,

@@ -40,6 +40,7 @@ from stepwell.core.protocol import (
 from stepwell.runtime import checkpoint, gateway
 from stepwell.runtime.driver import Host, RunDriver
 from stepwell.runtime.scripts import LeaseLost
+from stepwell.runtime.sdkclient import AppClients
 from stepwell.store.base import RunState
 
 log = logging.getLogger("stepwell.remote")
@@ -110,10 +111,12 @@ class RemoteExecutor(RunDriver):
 
     def __init__(self, host: Host, fn: RemoteFunction, state: RunState, item_id: int | None,
                  client: httpx.AsyncClient, settings: RemoteSettings,
-                 inflight: checkpoint.Inflight | None = None) -> None:
+                 inflight: checkpoint.Inflight | None = None,
+                 calls: AppClients | None = None) -> None:
         super().__init__(host, fn.spec, state, item_id)
         self.fn = fn
-        self.client = client
+        self.client = client              # server-made requests (step.fetch, step.ai.infer)
+        self.calls = calls                # calls to the app: bounded and fair per app
         self.settings = settings
         self._dues: list[int | None] = []
         # Set: discovery calls offer the SDK checkpointing (see runtime/checkpoint.py).
@@ -354,8 +357,9 @@ class RemoteExecutor(RunDriver):
             assert self.inflight is not None
             self.inflight.register(self.run_id, self)
         try:
-            response = await self.client.post(url, content=raw, headers=headers,
-                                              timeout=self.settings.timeout_s)
+            post = self.client.post if self.calls is None else self.calls.post
+            response = await post(url, content=raw, headers=headers,
+                                  timeout=self.settings.timeout_s)
         except httpx.HTTPError as exc:
             return CallResult("error", error={
                 "name": "SDKUnreachable", "stack": "",
