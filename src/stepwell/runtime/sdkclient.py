@@ -16,7 +16,9 @@ Nagle stall). Slots are created on first use and closed with the engine.
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
+import ssl
 from collections import deque
 from urllib.parse import urlsplit
 
@@ -26,10 +28,16 @@ DEFAULT_LIMIT = 32          # concurrent requests per app origin (`--sdk-concurr
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
 
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """One TLS context for every slot: building one loads the CA bundle (tens of ms)."""
+    return httpx.create_ssl_context()
+
+
 def nodelay_client(*, timeout: float, connections: int = 1) -> httpx.AsyncClient:
     """An httpx client whose connections all have TCP_NODELAY and are kept alive."""
     transport = httpx.AsyncHTTPTransport(
-        socket_options=NODELAY,
+        verify=_tls(), socket_options=NODELAY,
         limits=httpx.Limits(max_connections=connections,
                             max_keepalive_connections=connections, keepalive_expiry=60.0))
     return httpx.AsyncClient(transport=transport, timeout=timeout)
