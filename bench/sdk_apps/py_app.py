@@ -44,7 +44,12 @@ async def noop() -> dict[str, Any]:
 
 
 def main() -> None:
-    sock = socket.create_server(("127.0.0.1", int(os.environ.get("PORT", "0"))))
+    # Bound the way `uvicorn.run(app, host=..., port=...)` binds (proto IPPROTO_TCP, so asyncio
+    # gives accepted connections TCP_NODELAY), but on a port chosen before it prints its URL.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", int(os.environ.get("PORT", "0"))))
+    sock.listen(2048)
     print(f"bench app listening on http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off",
                                            access_log=False))
