@@ -13,7 +13,9 @@ as everywhere in bench/) and a fresh app process are started and synced, then:
    was sent (same machine, same clock), p50/p99.
 
 The table shows medians over repetitions (± half the min-max spread), runs/s as a ratio of the
-ceiling measured in the same repetition, how many runs finished, and the load average.
+ceiling measured in the same repetition, how many runs finished, the CPU time the server and
+the app processes used per finished run (what a shared, loaded machine does not distort), and
+the load average.
 
     .venv/bin/python bench/sdk.py                       # 3 repetitions, ~10 minutes
     .venv/bin/python bench/sdk.py --repeat 1 --runs 200 --apps ts
@@ -72,6 +74,13 @@ def percentile(values: list[float], p: float) -> float:
 
 def load() -> float:
     return os.getloadavg()[0]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (Linux /proc): per-run CPU cost is what a
+    shared machine cannot distort."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
@@ -199,19 +208,25 @@ def repetition(app_key: str, steps_list: list[int], runs: int, timeout: float,
         serve_cmd = [sys.executable, "-m", "stepwell", "serve", "--db",
                      f"sqlite:///{tmp / 'stepwell.db'}", "--host", "127.0.0.1", "--port", "0",
                      *serve_args]
-        with process(serve_cmd, env, "stepwell serve") as (_, server):
+        with process(serve_cmd, env, "stepwell serve") as (serve_proc, server):
             wait_ok(f"{server}/health")
             app_env = {**env, "PORT": "0", "INNGEST_DEV": server, "INNGEST_BASE_URL": server,
                        **spec["env"]}
-            with process(spec["cmd"](), app_env, app_key) as (_, app):
+            with process(spec["cmd"](), app_env, app_key) as (app_proc, app):
                 wait_ok(f"{app}/api/inngest")
                 synced = httpx.post(f"{server}/v1/apps/sync",
                                     json={"url": f"{app}/api/inngest"}, timeout=60)
                 synced.raise_for_status()
                 out["noop_per_s"] = asyncio.run(noop_rate(app))
                 for steps in steps_list:
+                    cpu = cpu_seconds(serve_proc.pid), cpu_seconds(app_proc.pid)
                     result = asyncio.run(burst(server, f"{spec['app_id']}-steps-{steps}", steps,
                                                runs, timeout))
+                    done = max(1, result["finished"])
+                    result["server_cpu_ms_per_run"] = (
+                        cpu_seconds(serve_proc.pid) - cpu[0]) * 1000 / done
+                    result["app_cpu_ms_per_run"] = (
+                        cpu_seconds(app_proc.pid) - cpu[1]) * 1000 / done
                     calls = steps + 1           # N+1 calls, or 1 call + N checkpoints
                     result["calls_per_run"] = calls
                     result["ceiling_runs_per_s"] = out["noop_per_s"] / calls
@@ -220,7 +235,9 @@ def repetition(app_key: str, steps_list: list[int], runs: int, timeout: float,
                     print(f"  {app_key} N={steps}: {result['finished']}/{runs} finished, "
                           f"{result['runs_per_s']:.1f} runs/s "
                           f"({result['of_ceiling']:.0%} of {result['ceiling_runs_per_s']:.0f}), "
-                          f"p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms",
+                          f"p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, "
+                          f"CPU/run: server {result['server_cpu_ms_per_run']:.1f} ms, "
+                          f"app {result['app_cpu_ms_per_run']:.1f} ms",
                           flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -240,8 +257,8 @@ def median_spread(values: list[float]) -> str:
 
 def table(reps: list[dict[str, Any]], apps: list[str], steps_list: list[int], runs: int) -> str:
     lines = [f"| app | steps | runs/s | ceiling runs/s | of ceiling | finished of {runs:,} | "
-             "event→finish p50 ms | p99 ms |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "event→finish p50 ms | p99 ms | CPU ms/run: server | app |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for app in apps:
         mine = [r for r in reps if r["app"] == app]
         for steps in steps_list:
@@ -256,7 +273,9 @@ def table(reps: list[dict[str, Any]], apps: list[str], steps_list: list[int], ru
                 f"{statistics.median(of):.0f}% | "
                 f"{min(r['finished'] for r in rows):,} (min) | "
                 f"{median_spread([r['p50_ms'] for r in rows])} | "
-                f"{median_spread([r['p99_ms'] for r in rows])} |")
+                f"{median_spread([r['p99_ms'] for r in rows])} | "
+                f"{median_spread([r['server_cpu_ms_per_run'] for r in rows])} | "
+                f"{median_spread([r['app_cpu_ms_per_run'] for r in rows])} |")
     loads = [r["load_before"] for r in reps] + [r["load_after"] for r in reps]
     lines.append("")
     lines.append(f"Load average (1 min) during the run: {min(loads):.1f}–{max(loads):.1f}; "
