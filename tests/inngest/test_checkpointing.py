@@ -195,6 +195,20 @@ def test_experiment_and_step_metadata_are_memoized(ckpt: SdkHarness) -> None:
             "after-experiment"} <= set(names), names
 
 
+def test_metadata_for_another_run_fails_the_step_clearly(ckpt: SdkHarness) -> None:
+    """Metadata the SDK must send through the API (aimed at another run) is not supported:
+    the step fails at once with a message naming the route, never a hang or a 500."""
+    other, _, _ = run_three(ckpt)
+    run = ckpt.finish(ckpt.send_one("ckpt/tag-other", {"otherRun": other["run_id"]}),
+                      "tag-other")
+    assert run["status"] == "Failed", run
+    assert "POST /v1/runs/{run_id}/metadata" in str(run["output"]), run["output"]
+    assert "not supported by stepwell" in str(run["output"])
+    direct = ckpt.client.post(f"{ckpt.url}/v1/runs/{other['run_id']}/metadata",
+                              json={"target": {"run_id": other["run_id"]}, "metadata": []})
+    assert direct.status_code == 501 and "not supported" in direct.json()["error"]
+
+
 # --- REST v2 rerun ---------------------------------------------------------------------------
 
 

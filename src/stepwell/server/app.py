@@ -170,6 +170,13 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
             f"{request.url.path}) are not supported by stepwell; functions checkpoint through "
             "/v1/checkpoint/{run_id}/async")
 
+    async def run_metadata(request: Request) -> Response:
+        require_sdk_auth(request)
+        raise NotImplementedByServer(
+            "run metadata sent through the API (POST /v1/runs/{run_id}/metadata, e.g. "
+            "step.metadata() aimed at another run or step) is not supported by stepwell; "
+            "metadata set inside a step is accepted with the step's result and not stored")
+
     async def dev_info(request: Request) -> Response:
         return JSONResponse({"version": "stepwell", "mode": "cloud" if signing else "dev",
                              "functions": service.list_functions(),
@@ -274,6 +281,7 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
         Route("/v1/checkpoint/{run_id}/async", checkpoint_async, methods=["POST"]),
         Route("/v1/checkpoint", checkpoint_sync, methods=["POST"]),
         Route("/v1/checkpoint/{run_id}/steps", checkpoint_sync, methods=["POST"]),
+        Route("/v1/runs/{run_id}/metadata", run_metadata, methods=["POST"]),
         # The REST API and the dev-server info: the signing key, raw or hashed.
         Route("/dev", api(dev_info), methods=["GET"]),
         Route("/v1/apps", api(list_apps), methods=["GET"]),

@@ -170,6 +170,15 @@ export const tryVariants = inngest.createFunction(
   },
 );
 
+// step.metadata() aimed at another run goes through the API (POST /v1/runs/{id}/metadata).
+export const tagOther = inngest.createFunction(
+  { id: "tag-other", retries: 0, triggers: [{ event: "ckpt/tag-other" }] },
+  async ({ event, step }) => {
+    await step.metadata("tag-other-run").run(event.data.otherRun).set({ seen: true });
+    return "tagged";
+  },
+);
+
 // Rerun from a step with edited input (REST v2): `price` takes its quantity as step input.
 export const priced = inngest.createFunction(
   { id: "priced", triggers: [{ event: "ckpt/priced" }] },
@@ -191,7 +200,8 @@ export const priced = inngest.createFunction(
   },
 );
 
-export const functions = [threeSteps, sleepy, flaky, doomed, fanOut, held, tryVariants, priced];
+export const functions = [threeSteps, sleepy, flaky, doomed, fanOut, held, tryVariants, priced,
+  tagOther];
 
 const handler = serve({ client: inngest, functions });
 listen(appId, (req, res) => {
