@@ -20,20 +20,26 @@ import socket
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import click
-import uvicorn
-import watchfiles
 
 from stepwell import cli_client
-from stepwell.core.config import ConfigError
-from stepwell.sdk.app import App
-from stepwell.server.app import create_app
-from stepwell.service import DEFAULT_DB, Service, ServiceError
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+    from stepwell.sdk.app import App
+    from stepwell.service import Service
+
+# The engine, the server and their dependencies are imported by the commands that run them,
+# not here: `stepwell send` and `stepwell runs ...` only make HTTP calls and must start fast.
+DEFAULT_DB = "sqlite:///.stepwell/stepwell.db"     # the engine's default (checked by a test)
+DEV_RETRY_INTERVAL = 1.0    # `stepwell dev` retries after this many seconds x attempt
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -85,6 +91,8 @@ def import_target(where: str) -> ModuleType:
 def _run_user_code(where: str, load: Callable[[], object]) -> None:
     """Import-time errors in the user's code keep their traceback (it is the user's bug);
     stepwell configuration errors are already written for people, so they are shown alone."""
+    from stepwell.core.config import ConfigError
+
     try:
         load()
     except ConfigError as exc:
@@ -95,6 +103,8 @@ def _run_user_code(where: str, load: Callable[[], object]) -> None:
 
 def load_apps(target: str) -> list[App]:
     """The `stepwell.App` objects named by `target` (see `stepwell dev --help`)."""
+    from stepwell.sdk.app import App
+
     where, attr = split_target(target)
     module = import_target(where)
     if attr is not None:
@@ -172,20 +182,65 @@ def banner(url: str, db: str, apps: Sequence[App]) -> str:
                                        if "*" not in getattr(t, "name", "*")), None)
     if len(lines) == 2:
         lines.append("  (none)")
+    lines.append(f"dashboard:      {url}/dashboard")
+    target = "" if url == cli_client.DEFAULT_URL else f" --url {url}"
     if example:
-        lines.append(f"send an event:  stepwell send {example} --data '{{}}'")
+        lines.append(f"send an event:  stepwell send {example} --data '{{}}'{target}")
+    lines.append(f"list runs:      stepwell runs list{target}")
     lines.append("press Ctrl+C to stop")
     return "\n".join(lines)
 
 
-async def serve(service: Service, sock: socket.socket, apps: Sequence[App], db: str, *,
-                sync_urls: Sequence[str] = (), event_keys: Sequence[str] = (),
-                signing_keys: Sequence[str] = ()) -> None:
+@dataclass(frozen=True)
+class Exposure:
+    """How the server faces the network: the Host names it answers to, the app URLs it may
+    call, and its connection limits (see docs/security.md)."""
+
+    allowed_hosts: tuple[str, ...] = ()
+    app_url_allow: tuple[str, ...] = ()
+    header_timeout: float = 10.0
+    max_connections: int | None = None
+    sdk_concurrency: int = 32        # calls in flight to each SDK app at most
+
+
+def make_asgi(service: Service, host: str, *, event_keys: Sequence[str] = (),
+              signing_keys: Sequence[str] = (), exposure: Exposure = Exposure()) -> Starlette:
+    """The HTTP app; weak keys or a malformed host list are one clear error, before binding."""
+    from stepwell.core.config import ConfigError
+    from stepwell.server.app import create_app
+    from stepwell.server.guard import allowed_hosts
+
+    try:
+        return create_app(service, event_keys=list(event_keys) or None,
+                          signing_keys=list(signing_keys) or None,
+                          allowed_hosts=allowed_hosts(exposure.allowed_hosts, host))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def exposure_warning(host: str, exposure: Exposure) -> str | None:
+    """A hint when the server listens on every interface but answers only to loopback names."""
+    from stepwell.server.guard import LOOPBACK_HOSTS
+
+    if host.strip() in ("0.0.0.0", "::", "") and not exposure.allowed_hosts:
+        return (f"listening on all interfaces ({host}), but answering only to the Host names "
+                f"{', '.join(LOOPBACK_HOSTS)}: add the names clients use with --allowed-host "
+                "(see docs/security.md)")
+    return None
+
+
+async def serve(service: Service, sock: socket.socket, apps: Sequence[App], db: str,
+                app: Starlette, *, sync_urls: Sequence[str] = (),
+                signing_keys: Sequence[str] = (), exposure: Exposure = Exposure()) -> None:
     """Engine, then server; on SIGINT/SIGTERM the server drains and the engine stops cleanly."""
-    app = create_app(service, event_keys=list(event_keys) or None,
-                     signing_keys=list(signing_keys) or None)
-    config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=5)
+    import uvicorn
+
+    from stepwell.server.connections import ConnectionLimits, server_config
+
+    limits = ConnectionLimits(header_timeout=exposure.header_timeout,
+                              max_connections=exposure.max_connections)
+    config = server_config(app, limits, lifespan="off", log_level="warning", access_log=False,
+                           timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     loop = asyncio.get_running_loop()
 
@@ -203,6 +258,9 @@ async def serve(service: Service, sock: socket.socket, apps: Sequence[App], db: 
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         click.echo(banner(f"http://{shown}:{port}", db, apps))
+        warning = exposure_warning(str(host), exposure)
+        if warning:
+            click.echo(f"warning: {warning}", err=True)
         syncing = [asyncio.create_task(sync_when_up(service, url, signing_keys))
                    for url in sync_urls]
         await server.serve(sockets=[sock])
@@ -216,6 +274,8 @@ async def serve(service: Service, sock: socket.socket, apps: Sequence[App], db: 
 async def sync_when_up(service: Service, url: str, signing_keys: Sequence[str],
                        attempts: int = 30) -> None:
     """Sync an SDK app given with -u, retrying while it starts up (as `inngest dev -u`)."""
+    from stepwell.service import ServiceError
+
     for attempt in range(attempts):
         try:
             result = await service.sync_app(url, signing_key=signing_keys[0] if signing_keys
@@ -255,6 +315,23 @@ def server_options(fn: F) -> F:
         click.option("--signing-key", "signing_keys", multiple=True,
                      envvar="INNGEST_SIGNING_KEY",
                      help="Sign requests to SDK apps and require it from them; none: dev mode."),
+        click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="HOST",
+                     envvar="STEPWELL_ALLOWED_HOSTS",
+                     help="Also answer to this Host name (repeatable, comma-separated; "
+                          "host, host:port, .domain, or * for any). Always allowed: "
+                          "localhost, 127.0.0.1, [::1] and the --host bound to."),
+        click.option("--app-url-allow", "app_url_allow", multiple=True, metavar="HOSTS",
+                     envvar="STEPWELL_APP_URL_ALLOW",
+                     help="Only call SDK apps (sync, registration, runs) at URLs whose host "
+                          "is in this list: names, .domains, IPs or networks, e.g. "
+                          "127.0.0.0/8,app.internal (repeatable). Default: any URL."),
+        click.option("--header-timeout", type=click.FloatRange(min=0.1), default=10.0,
+                     show_default=True, metavar="SECONDS",
+                     help="Close connections whose request head takes longer than this."),
+        click.option("--max-connections", type=click.IntRange(min=1), default=None,
+                     metavar="N",
+                     help="Open HTTP connections at most; past it the longest-idle one is "
+                          "closed. Default: 1000, or half the file-descriptor limit."),
         click.option("--retry-interval", type=click.FloatRange(min=0.0), default=None,
                      metavar="SECONDS",
                      help="Retry failed steps after SECONDS x attempt instead of the "
@@ -271,33 +348,43 @@ def server_options(fn: F) -> F:
 
 def make_service(apps: list[App], db: str, *, worker: bool = True,
                  signing_keys: Sequence[str] = (), retry_interval: float | None = None,
-                 retention: str = "7d", sdk_concurrency: int = 32) -> Service:
+                 retention: str = "7d", app_url_allow: Sequence[str] = (),
+                 load_error: str | None = None, sdk_concurrency: int = 32) -> Service:
     """The service over a new engine; invalid options are one clear error."""
+    from stepwell.core.config import ConfigError
+    from stepwell.service import Service
+
     try:
-        return Service.for_apps(apps, db=db, worker=worker,
-                                signing_key=signing_keys[0] if signing_keys else None,
-                                retry_interval_seconds=retry_interval,
-                                retention=engine_retention(retention),
-                                sdk_concurrency=sdk_concurrency)
+        service = Service.for_apps(apps, db=db, worker=worker,
+                                   signing_key=signing_keys[0] if signing_keys else None,
+                                   retry_interval_seconds=retry_interval,
+                                   retention=engine_retention(retention),
+                                   app_url_allow=list(app_url_allow) or None,
+                                   sdk_concurrency=sdk_concurrency)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
+    service.load_error = load_error
+    return service
 
 
 def run_server(apps: list[App], db: str, host: str, port: int, *, worker: bool = True,
                sync_urls: Sequence[str] = (), event_keys: Sequence[str] = (),
                signing_keys: Sequence[str] = (), retry_interval: float | None = None,
-               retention: str = "7d", sdk_concurrency: int = 32,
-               sock: socket.socket | None = None) -> None:
+               retention: str = "7d", exposure: Exposure = Exposure(),
+               sock: socket.socket | None = None, load_error: str | None = None) -> None:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)   # one line per SDK call is noise
     service = make_service(apps, db, worker=worker, signing_keys=signing_keys,
                            retry_interval=retry_interval, retention=retention,
-                           sdk_concurrency=sdk_concurrency)
+                           app_url_allow=exposure.app_url_allow, load_error=load_error,
+                           sdk_concurrency=exposure.sdk_concurrency)
+    app = make_asgi(service, host, event_keys=event_keys, signing_keys=signing_keys,
+                    exposure=exposure)
     sock = sock or listen(host, port)
     try:
-        asyncio.run(serve(service, sock, apps, db, sync_urls=sync_urls, event_keys=event_keys,
-                          signing_keys=signing_keys))
+        asyncio.run(serve(service, sock, apps, db, app, sync_urls=sync_urls,
+                          signing_keys=signing_keys, exposure=exposure))
     finally:
         sock.close()
 
@@ -308,25 +395,41 @@ def run_server(apps: list[App], db: str, host: str, port: int, *, worker: bool =
 @click.option("--reload/--no-reload", default=True, show_default=True,
               help="Restart when a .py file next to the app changes (runs resume where they "
                    "were: their state is in the database).")
+@click.option("--production-backoff", is_flag=True,
+              help="Retry failed steps with the production exponential backoff instead of "
+                   f"dev's {DEV_RETRY_INTERVAL:g} s x attempt.")
 def dev(target: str | None, db: str, host: str, port: int, sync_urls: tuple[str, ...],
         event_keys: tuple[str, ...], signing_keys: tuple[str, ...],
-        retry_interval: float | None, sdk_concurrency: int, retention: str,
-        reload: bool) -> None:
+        allowed_hosts: tuple[str, ...], app_url_allow: tuple[str, ...],
+        header_timeout: float, max_connections: int | None,
+        retry_interval: float | None, sdk_concurrency: int, retention: str, reload: bool,
+        production_backoff: bool) -> None:
     """Run the engine and HTTP server for the apps in a file or module (and any official-SDK
     apps synced with -u or /v1/apps/sync).
 
     Without ATTR every stepwell.App defined at the top level is served; ATTR may name one App
-    or a list of Apps.
+    or a list of Apps. Failed steps are retried after 1 s x attempt (not the production
+    backoff of up to minutes), so a fix is tried at once; --production-backoff or
+    --retry-interval change that.
     """
+    if retry_interval is None and not production_backoff:
+        retry_interval = DEV_RETRY_INTERVAL
     apps = load_apps(target) if target else []      # fail fast, before watching anything
+    exposure = Exposure(allowed_hosts, app_url_allow, header_timeout, max_connections,
+                        sdk_concurrency)
     options: dict[str, Any] = dict(sync_urls=sync_urls, event_keys=event_keys,
                                    signing_keys=signing_keys, retry_interval=retry_interval,
-                                   retention=retention, sdk_concurrency=sdk_concurrency)
+                                   retention=retention, exposure=exposure)
     if not (reload and target):
         run_server(apps, db, host, port, **options)
         return
-    make_service(apps, db, signing_keys=signing_keys, retry_interval=retry_interval,
-                 retention=retention, sdk_concurrency=sdk_concurrency)  # checked before watching
+    checked = make_service(apps, db, signing_keys=signing_keys, retry_interval=retry_interval,
+                           retention=retention, app_url_allow=app_url_allow,
+                           sdk_concurrency=sdk_concurrency)
+    make_asgi(checked, host, event_keys=event_keys, signing_keys=signing_keys,
+              exposure=exposure)                     # options checked before watching
+    import watchfiles
+
     sock = listen(host, port)       # kept across restarts: clients never see the port close
     try:
         watchfiles.run_process(
@@ -350,9 +453,20 @@ def watched_folder(target: str) -> Path:
 def serve_reloaded(target: str, db: str, host: str, port: int, sock: socket.socket,
                    options: dict[str, Any]) -> None:
     """One generation of `stepwell dev --reload`, in a fresh process: load the code, serve.
-    A broken edit prints its error; the watcher restarts us on the next change."""
+
+    Code that does not import (a syntax error mid-edit) does not take the server down: the
+    event API, REST API and dashboard keep answering with no functions (runs wait and resume
+    where they were once the code loads; an event sent meanwhile is stored but, with no
+    function loaded, starts no run), the error is printed and shown on the dashboard, and the
+    watcher starts the next generation on the next change."""
     try:
-        run_server(load_apps(target), db, host, port, sock=sock, **options)
+        apps, error = load_apps(target), None
+    except click.ClickException as exc:
+        apps, error = [], exc.format_message()
+        click.echo(f"Error: {error}\nstepwell: serving the API and dashboard with no functions "
+                   "until the code loads (waiting for a change)", err=True)
+    try:
+        run_server(apps, db, host, port, sock=sock, load_error=error, **options)
     except click.ClickException as exc:
         click.echo(f"Error: {exc.format_message()}  (waiting for a change)", err=True)
 
@@ -363,13 +477,17 @@ def serve_reloaded(target: str, db: str, host: str, port: int, sock: socket.sock
               help="Serve the APIs only; separate `stepwell worker` processes execute runs.")
 def serve_command(db: str, host: str, port: int, sync_urls: tuple[str, ...],
                   event_keys: tuple[str, ...], signing_keys: tuple[str, ...],
+                  allowed_hosts: tuple[str, ...], app_url_allow: tuple[str, ...],
+                  header_timeout: float, max_connections: int | None,
                   retry_interval: float | None, sdk_concurrency: int, retention: str,
                   no_worker: bool) -> None:
     """Run the server for apps written with the official Inngest SDKs: event API, SDK
     endpoint, REST API. Production mode when event or signing keys are given."""
     run_server([], db, host, port, worker=not no_worker, sync_urls=sync_urls,
                event_keys=event_keys, signing_keys=signing_keys, retry_interval=retry_interval,
-               retention=retention, sdk_concurrency=sdk_concurrency)
+               retention=retention, exposure=Exposure(allowed_hosts, app_url_allow,
+                                                      header_timeout, max_connections,
+                                                      sdk_concurrency))
 
 
 @main.command()
@@ -377,6 +495,8 @@ def serve_command(db: str, host: str, port: int, sync_urls: tuple[str, ...],
 @server_options
 def start(target: str, db: str, host: str, port: int, sync_urls: tuple[str, ...],
           event_keys: tuple[str, ...], signing_keys: tuple[str, ...],
+          allowed_hosts: tuple[str, ...], app_url_allow: tuple[str, ...],
+          header_timeout: float, max_connections: int | None,
           retry_interval: float | None, sdk_concurrency: int, retention: str) -> None:
     """Run the apps of a file or module in production: the HTTP server (event API, REST API,
     SDK endpoint) and a worker, on the database --db.
@@ -387,7 +507,8 @@ def start(target: str, db: str, host: str, port: int, sync_urls: tuple[str, ...]
     """
     run_server(load_apps(target), db, host, port, sync_urls=sync_urls, event_keys=event_keys,
                signing_keys=signing_keys, retry_interval=retry_interval, retention=retention,
-               sdk_concurrency=sdk_concurrency)
+               exposure=Exposure(allowed_hosts, app_url_allow, header_timeout,
+                                 max_connections, sdk_concurrency))
 
 
 @main.command()

@@ -8,13 +8,17 @@ mode also wants INNGEST_SIGNING_KEY).
 from __future__ import annotations
 
 import datetime
+import http.client
 import json
 import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import click
-import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8288"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -31,26 +35,39 @@ def json_option(fn: F) -> F:
 
 def call(method: str, base: str, path: str, *, body: Any = None,
          params: dict[str, Any] | None = None) -> Any:
-    """One request; unreachable servers and error replies become one-line CLI errors."""
+    """One request; unreachable servers and error replies become one-line CLI errors.
+
+    The standard library's client, not httpx: importing httpx (and what it pulls in) costs more
+    than the whole command should take."""
     base = base.rstrip("/")
-    query = {k: v for k, v in (params or {}).items() if v is not None}
+    query = urllib.parse.urlencode({k: v for k, v in (params or {}).items() if v is not None})
+    headers = {"Accept": "application/json"}
     # A server in production mode wants its signing key on REST calls.
     key = os.environ.get("INNGEST_SIGNING_KEY")
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(base + path + (f"?{query}" if query else ""), data=data,
+                                     headers=headers, method=method)
     try:
-        reply = httpx.request(method, base + path, json=body, params=query, headers=headers,
-                              timeout=30)
-    except httpx.TransportError as exc:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            status, reason, text = reply.status, reply.reason, reply.read()
+    except urllib.error.HTTPError as exc:
+        status, reason, text = exc.code, exc.reason, exc.read()
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
         raise click.ClickException(
             f"cannot reach stepwell at {base}: is `stepwell dev` running?") from exc
     try:
-        payload = reply.json()
+        payload = json.loads(text)
     except ValueError:
         payload = None
-    if reply.is_error:
+    if status >= 400:
         detail = payload.get("error") if isinstance(payload, dict) else None
-        raise click.ClickException(f"{detail or reply.text or reply.reason_phrase} "
-                                   f"(HTTP {reply.status_code})")
+        raise click.ClickException(f"{detail or text.decode(errors='replace') or reason} "
+                                   f"(HTTP {status})")
     return payload
 
 
@@ -74,12 +91,34 @@ def parse_data(ctx: click.Context, param: click.Parameter, value: str) -> dict[s
 @json_option
 def send(name: str, data: dict[str, Any], event_id: str | None, url: str,
          as_json: bool) -> None:
-    """Send an event; prints its id."""
+    """Send an event; prints its id.
+
+    With `--id`, an id the server already received (in the last 24 hours) is not stored again
+    and starts no run: that is reported on stderr, so a retried send is not mistaken for a new
+    one."""
     event: dict[str, Any] = {"name": name, "data": data}
+    seen_before = None
     if event_id:
         event["id"] = event_id
+        seen_before = find_event(url, event_id)
     reply = call("POST", url, "/e/dev", body=event)
     click.echo(json.dumps(reply) if as_json else reply["ids"][0])
+    if seen_before is not None:
+        click.echo(f"duplicate: event {event_id} was already received at "
+                   f"{short_time(seen_before.get('receivedAt'))}; not stored again and no run "
+                   "started (ids are de-duplicated for 24 hours)", err=True)
+
+
+def find_event(url: str, event_id: str) -> dict[str, Any] | None:
+    """The stored event with this id, or None."""
+    try:
+        path = f"/v1/events/{urllib.parse.quote(event_id, safe='')}"
+        found: dict[str, Any] = call("GET", url, path)["data"]
+    except click.ClickException as exc:
+        if "(HTTP 404)" in exc.message:
+            return None
+        raise
+    return found
 
 
 @click.group()
@@ -138,12 +177,28 @@ def runs_list(function_id: str | None, status: str | None, event_id: str | None,
         click.echo(json.dumps(found, indent=2))
         return
     if not found:
+        if function_id:
+            check_function(url, function_id)
         click.echo("no runs")
         return
     click.echo(table(
         ["RUN ID", "FUNCTION", "STATUS", "STARTED", "DURATION", "EVENT"],
         [[r["run_id"], r["function_id"], r["status"], short_time(r["run_started_at"]),
           duration(r["run_started_at"], r["ended_at"]), r["event_id"] or "-"] for r in found]))
+
+
+def check_function(url: str, function_id: str) -> str:
+    """The function's full id (`app/fn`) for `fn` or `app/fn`; an unknown one is an error that
+    lists the known ones (a typo must not read as "no runs")."""
+    known = [str(f["id"]) for f in call("GET", url, "/v1/functions")["data"]]
+    matches = [f for f in known if f == function_id or f.split("/", 1)[-1] == function_id]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise click.ClickException(f"{function_id!r} is ambiguous: {', '.join(matches)}; "
+                                   "give app/function")
+    shown = ", ".join(known[:20]) + (" ..." if len(known) > 20 else "") if known else "none"
+    raise click.ClickException(f"no such function {function_id!r}; known functions: {shown}")
 
 
 def error_line(error: dict[str, Any]) -> str:
@@ -195,11 +250,27 @@ def runs_show(run_id: str, url: str, as_json: bool) -> None:
 
 
 @runs.command("cancel")
-@click.argument("run_id")
+@click.argument("run_id", required=False)
+@click.option("--function", "function_id", default=None, metavar="FUNCTION",
+              help="Cancel every queued or running run of this function (fn or app/fn).")
+@click.option("--since", default=None, metavar="TIME|DURATION",
+              help="With --function: only runs queued at or after this time (ISO 8601, or a "
+                   "duration ago such as 2h).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @url_option
 @json_option
-def runs_cancel(run_id: str, url: str, as_json: bool) -> None:
-    """Cancel a queued or running run (it stops at its next step boundary)."""
+def runs_cancel(run_id: str | None, function_id: str | None, since: str | None, yes: bool,
+                url: str, as_json: bool) -> None:
+    """Cancel a queued or running run (it stops at its next step boundary), or with
+    --function every active run of a function."""
+    if (run_id is None) == (function_id is None):
+        raise click.UsageError("give a RUN_ID or --function FUNCTION (not both)")
+    if function_id is not None:
+        bulk_cancel(url, function_id, since, yes=yes, as_json=as_json)
+        return
+    if since is not None:
+        raise click.UsageError("--since goes with --function")
+    assert run_id is not None
     run = call("POST", url, f"/v1/runs/{run_id}/cancel")["data"]
     if as_json:
         click.echo(json.dumps(run, indent=2))
@@ -208,6 +279,78 @@ def runs_cancel(run_id: str, url: str, as_json: bool) -> None:
     else:
         click.echo(f"cancellation requested: run {run_id} is {run['status']} and stops at its "
                    "next step")
+
+
+def parse_since(value: str, now: datetime.datetime) -> datetime.datetime:
+    """An ISO 8601 time (UTC unless it says otherwise) or a duration before `now` (`90m`)."""
+    text = value.strip()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    if text[:-1].replace(".", "", 1).isdigit() and text[-1:] in units:
+        return now - datetime.timedelta(seconds=float(text[:-1]) * units[text[-1]])
+    try:
+        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither an ISO 8601 time "
+                                 "(2026-12-01T09:00:00Z) nor a duration such as 30m, 2h or 1d",
+                                 param_hint="--since") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
+
+
+def parse_iso(value: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def active_runs(url: str, function_id: str, since: datetime.datetime | None
+                ) -> list[dict[str, Any]]:
+    """The queued and running runs of a function (oldest first), queued at or after `since`."""
+    found: dict[str, dict[str, Any]] = {}
+    for status in ("queued", "running"):
+        for run in call("GET", url, "/v1/runs", params={
+                "function_id": function_id, "status": status, "limit": 1000})["data"]:
+            if since is None or parse_iso(run["run_started_at"]) >= since:
+                found[run["run_id"]] = run
+    return sorted(found.values(), key=lambda r: str(r["run_started_at"]))
+
+
+def bulk_cancel(url: str, function_id: str, since: str | None, *, yes: bool,
+                as_json: bool) -> None:
+    """Cancel the function's active runs one by one, with a confirmation and a progress bar;
+    repeats while new pages of active runs appear (the listing is capped per call)."""
+    qualified = check_function(url, function_id)
+    cutoff = parse_since(since, datetime.datetime.now(datetime.UTC)) if since else None
+    todo = active_runs(url, qualified, cutoff)
+    window = f" queued since {cutoff.isoformat(timespec='seconds')}" if cutoff else ""
+    if not todo:
+        click.echo(json.dumps({"cancelled": [], "ended": []}) if as_json else
+                   f"no queued or running runs of {qualified}{window}")
+        return
+    more = "+" if len(todo) >= 1000 else ""
+    if not yes and not click.confirm(f"Cancel {len(todo)}{more} run(s) of {qualified}{window}?",
+                                     err=True):
+        raise click.Abort()
+    cancelled: list[str] = []
+    ended: list[str] = []
+    seen: set[str] = set()
+    while todo:
+        bar: Any = click.progressbar(todo, label="cancelling", show_pos=True,
+                                     file=sys.stderr)
+        with bar:
+            for run in bar:
+                seen.add(run["run_id"])
+                try:
+                    call("POST", url, f"/v1/runs/{run['run_id']}/cancel")
+                except click.ClickException as exc:
+                    if "(HTTP 409)" not in exc.message:     # it ended meanwhile: fine
+                        raise
+                    ended.append(run["run_id"])
+                else:
+                    cancelled.append(run["run_id"])
+        todo = [r for r in active_runs(url, qualified, cutoff) if r["run_id"] not in seen]
+    if as_json:
+        click.echo(json.dumps({"cancelled": cancelled, "ended": ended}))
+        return
+    note = f" ({len(ended)} had already ended)" if ended else ""
+    click.echo(f"cancelled {len(cancelled)} run(s) of {qualified}{note}")
 
 
 @runs.command("replay")

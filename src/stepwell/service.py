@@ -25,6 +25,7 @@ from stepwell.core.models import (
     RunStatus,
 )
 from stepwell.core.protocol import ProtocolError, sign, steps_map
+from stepwell.core.urlpolicy import AppUrlNotAllowed
 from stepwell.runtime.engine import DEFAULT_DB as DEFAULT_DB  # re-exported for transports
 from stepwell.runtime.engine import CheckpointError, Engine
 from stepwell.sdk.app import App
@@ -60,6 +61,10 @@ class NotFound(ServiceError):
 
 class Conflict(ServiceError):
     status = 409
+
+
+class Forbidden(ServiceError):
+    status = 403
 
 
 def parse_time(value: object, field: str) -> int:
@@ -101,12 +106,27 @@ def parse_limit(value: object, default: int) -> int:
     return limit
 
 
+def _sync_reason(response: httpx.Response) -> str:
+    """Why a PUT to an app did not register it, in our words (see `Service.sync_app`)."""
+    if "x-inngest-sdk" not in response.headers:
+        return ("no Inngest SDK answered there (no x-inngest-sdk header); check the URL is "
+                "the app's serve endpoint, e.g. http://127.0.0.1:3000/api/inngest")
+    if response.status_code in (401, 403):
+        return ("the SDK refused the request: check the app and the server use the same "
+                "signing key (or both run in dev mode)")
+    return ("the SDK answered without registering with this server: check the app's "
+            "INNGEST_BASE_URL / INNGEST_DEV points here, and the app's own logs")
+
+
 class Service:
     """Use cases over one engine; every method returns JSON-ready values or raises
     `ServiceError`."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, load_error: str | None = None) -> None:
         self.engine = engine
+        # `stepwell dev` serving while the app's code does not import: why (shown by /health
+        # and the dashboard until a fixed version loads).
+        self.load_error = load_error
 
     def _run_dict(self, run: Run, *, steps: bool = True) -> dict[str, Any]:
         """A run's API shape; SDK functions are named by their composite id, as in Inngest."""
@@ -353,8 +373,11 @@ class Service:
         return await self.engine.metrics()
 
     def health(self) -> dict[str, Any]:
-        return {"status": 200, "message": "OK",
-                "functions": sum(1 for _ in self.engine.registry.items())}
+        out: dict[str, Any] = {"status": 200, "message": "OK",
+                               "functions": sum(1 for _ in self.engine.registry.items())}
+        if self.load_error is not None:
+            out["load_error"] = self.load_error
+        return out
 
     # --- official-SDK apps -------------------------------------------------------------------
 
@@ -364,15 +387,27 @@ class Service:
             raise InvalidInput("registration body must be a JSON object")
         try:
             return await self.engine.register_app(body)
+        except AppUrlNotAllowed as exc:
+            raise Forbidden(str(exc)) from exc
         except (ProtocolError, ConfigError) as exc:
             raise InvalidInput(str(exc)) from exc
 
     async def sync_app(self, url: object, *, signing_key: str | None = None) -> dict[str, Any]:
         """Ask the SDK app at `url` to register (`PUT`, as `inngest dev -u` does) and report
-        what it registered."""
+        what it registered.
+
+        The app's answer is never echoed back: the URL is the caller's choice, so its body
+        could be anything the server can reach (a metadata service, an admin page). A failure
+        gives the status and a short reason of our own."""
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise InvalidInput("'url' must be the app's http(s) serve URL, e.g. "
                                "http://127.0.0.1:3000/api/inngest")
+        policy = self.engine.remote_settings.app_urls
+        if policy is not None:
+            try:
+                policy.check(url)
+            except AppUrlNotAllowed as exc:
+                raise Forbidden(str(exc)) from exc
         body = json.dumps({"url": url}).encode()
         headers = {"content-type": "application/json",
                    "x-inngest-server-kind": "cloud" if signing_key else "dev"}
@@ -380,8 +415,11 @@ class Service:
             headers["x-inngest-signature"] = sign(body, signing_key, int(time.time()))
         before = self.engine.registrations
         try:
-            async with httpx.AsyncClient(timeout=30) as client:
-                response = await client.put(url, content=body, headers=headers)
+            # Streamed and closed unread: only the status and headers are used, so a huge or
+            # endless answer costs nothing.
+            async with httpx.AsyncClient(timeout=30) as client, client.stream(
+                    "PUT", url, content=body, headers=headers) as response:
+                pass
         except httpx.HTTPError as exc:
             raise Unreachable(f"cannot reach the app at {url}: {type(exc).__name__}: {exc}"
                               ) from exc
@@ -389,9 +427,8 @@ class Service:
         # the host differently, so take the registration that arrived during the PUT.
         app_id = self.engine.last_registration.get(url.rstrip("/"), self.engine.last_app_id)
         if self.engine.registrations == before or app_id is None:
-            raise InvalidInput(
-                f"the app at {url} answered HTTP {response.status_code} but did not register: "
-                f"{response.text[:500]}")
+            raise InvalidInput(f"the app at {url} answered HTTP {response.status_code} but did "
+                               f"not register: {_sync_reason(response)}")
         return {"app_id": app_id, "url": url, "functions": [
             fn.spec.id for _, fn in self.engine.registry.items()
             if fn.spec.remote and fn.spec.app_id == app_id]}

@@ -41,6 +41,11 @@ APP_SOURCE = textwrap.dedent("""
         await step.sleep("nap", "1h")
         return "woke"
 
+    @app.function(id="nap", trigger="demo/nap")
+    async def nap(ctx, step):
+        await step.sleep("long-nap", "1d")
+        return "rested"
+
     other = stepwell.App("other")
 
     @other.function(id="noop", trigger="other/noop")
@@ -170,6 +175,20 @@ def test_banner_lists_every_function(dev: DevServer) -> None:
         assert fn in out
 
 
+def test_banner_shows_the_dashboard_and_hints_for_this_url(dev: DevServer) -> None:
+    out = dev.output()
+    assert f"dashboard:      {dev.url}/dashboard" in out
+    # The server is not on the default port, so every hint carries --url.
+    assert f"stepwell send demo/hello --data '{{}}' --url {dev.url}" in out
+    assert f"stepwell runs list --url {dev.url}" in out
+    # ... and the hints work as printed.
+    hint = next(line for line in out.splitlines() if line.startswith("list runs:"))
+    args = hint.split("stepwell ", 1)[1].split()
+    listed = subprocess.run(stepwell_cmd(*args), capture_output=True, text=True,
+                            timeout=DEADLINE_S, env=clean_env())
+    assert listed.returncode == 0, listed.stderr
+
+
 def test_send_then_list_and_show(dev: DevServer) -> None:
     sent = cli("send", "demo/hello", "--data", '{"name": "ada"}', url=dev.url)
     assert sent.returncode == 0, sent.stderr
@@ -211,6 +230,9 @@ def test_send_with_id_deduplicates(dev: DevServer) -> None:
     first = cli("send", "demo/hello", "--id", "order-42", url=dev.url)
     second = cli("send", "demo/hello", "--id", "order-42", url=dev.url)
     assert first.stdout.strip() == second.stdout.strip() == "order-42"
+    assert "duplicate" not in first.stderr
+    assert second.stderr.startswith("duplicate: event order-42 was already received at ")
+    assert "no run started" in second.stderr
     wait_for(lambda: runs_json(dev.url, "--event", "order-42"), "the run")
     assert len(runs_json(dev.url, "--event", "order-42")) == 1
 
@@ -236,6 +258,87 @@ def test_unknown_run_is_a_one_line_error(dev: DevServer) -> None:
         assert result.returncode == 1
         assert "no run with id 'nope'" in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_unknown_function_is_reported_not_no_runs(dev: DevServer) -> None:
+    result = cli("runs", "list", "--function", "hellp", url=dev.url)
+    assert result.returncode == 1
+    assert "no such function 'hellp'" in result.stderr and "demo/hello" in result.stderr
+    known = cli("runs", "list", "--function", "other/noop", url=dev.url)
+    assert known.returncode == 0 and known.stdout.strip() == "no runs"
+
+
+def test_bulk_cancel_by_function(dev: DevServer) -> None:
+    sent = [cli("send", "demo/nap", url=dev.url).stdout.strip() for _ in range(3)]
+
+    def all_sleeping() -> bool:
+        found = runs_json(dev.url, "--function", "demo/nap", "--status", "running")
+        return {r["event_id"] for r in found} >= set(sent)
+
+    wait_for(all_sleeping, "three sleeping runs")
+    declined = subprocess.run(stepwell_cmd("runs", "cancel", "--function", "nap", "--url",
+                                           dev.url), input="n\n", capture_output=True,
+                              text=True, timeout=DEADLINE_S, env=clean_env())
+    assert declined.returncode == 1 and "Cancel 3 run(s) of demo/nap?" in declined.stderr
+    assert "Aborted" in declined.stderr
+    assert len(runs_json(dev.url, "--function", "demo/nap", "--status", "running")) == 3
+    future = cli("runs", "cancel", "--function", "nap", "--since", "2999-01-01T00:00:00Z",
+                 "--yes", url=dev.url)
+    assert future.returncode == 0 and "no queued or running runs of demo/nap" in future.stdout
+    done = cli("runs", "cancel", "--function", "nap", "--since", "1h", "--yes", url=dev.url)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "cancelled 3 run(s) of demo/nap"
+    assert "cancelling" in done.stderr                         # the progress bar
+    assert runs_json(dev.url, "--function", "demo/nap", "--status", "running") == []
+    assert len(runs_json(dev.url, "--function", "demo/nap", "--status", "cancelled")) == 3
+    for bad, words in [(("runs", "cancel"), "give a RUN_ID or --function"),
+                       (("runs", "cancel", "x", "--function", "nap"), "not both"),
+                       (("runs", "cancel", "--function", "nap", "--since", "soon"),
+                        "neither an ISO 8601 time")]:
+        result = cli(*bad, url=dev.url)
+        assert result.returncode == 2 and words in result.stderr, result.stderr
+
+
+def test_dev_retries_quickly_by_default(monkeypatch: pytest.MonkeyPatch,
+                                        tmp_path: Path) -> None:
+    """`stepwell dev` retries after 1 s x attempt unless told otherwise; `serve` keeps the
+    production backoff."""
+    from click.testing import CliRunner
+
+    from stepwell import cli as cli_module
+
+    seen: list[float | None] = []
+    monkeypatch.setattr(cli_module, "run_server",
+                        lambda *a, **kw: seen.append(kw["retry_interval"]))
+    (tmp_path / "demo_app.py").write_text(APP_SOURCE)
+    runner = CliRunner()
+    target = str(tmp_path / "demo_app.py")
+    for args in (["dev", target, "--no-reload"],
+                 ["dev", target, "--no-reload", "--production-backoff"],
+                 ["dev", target, "--no-reload", "--retry-interval", "5"],
+                 ["serve"]):
+        result = runner.invoke(cli_module.main, args)
+        assert result.exit_code == 0, result.output
+    assert seen == [1.0, None, 5.0, None]
+
+
+def test_client_commands_do_not_import_the_engine() -> None:
+    """`stepwell send` / `runs ...` start fast because they import neither the engine, the
+    server, the storage backends, CEL nor httpx (measured: python -X importtime)."""
+    code = ("import sys, stepwell.cli; heavy = [m for m in ('stepwell.runtime.engine', "
+            "'stepwell.server.app', 'stepwell.store.sqlite', 'cel', 'httpx', 'uvicorn') "
+            "if m in sys.modules]; print(heavy)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=DEADLINE_S, env=clean_env())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_engine_default_db_is_the_cli_default() -> None:
+    from stepwell import cli as cli_module
+    from stepwell.runtime import engine
+
+    assert cli_module.DEFAULT_DB == engine.DEFAULT_DB
 
 
 def test_bad_status_filter_is_reported(dev: DevServer) -> None:
@@ -326,6 +429,14 @@ def function_ids(url: str) -> set[str]:
     return {f["id"] for f in body["data"]}
 
 
+def load_error(url: str) -> dict[str, Any] | None:
+    try:
+        health: dict[str, Any] = httpx.get(url + "/health", timeout=2).json()
+    except (httpx.TransportError, ValueError):
+        return None
+    return health if "load_error" in health else None
+
+
 def test_dev_restarts_when_the_code_changes(tmp_path: Path) -> None:
     (tmp_path / "live_app.py").write_text(APP_SOURCE)
     server = start_dev("live_app.py", tmp_path)
@@ -340,15 +451,21 @@ def test_dev_restarts_when_the_code_changes(tmp_path: Path) -> None:
                 return "bye"
         """))
         wait_for(lambda: "demo/goodbye" in function_ids(server.url), "the new function")
-        # A broken edit keeps the watcher alive and says what is wrong; fixing it recovers.
+        # A broken edit keeps the server up and says what is wrong; fixing it recovers.
         (tmp_path / "live_app.py").write_text(APP_SOURCE + "\ndef broken(:\n")
         wait_for(lambda: "SyntaxError" in server.output()
                  and "waiting for a change" in server.output(), "the syntax error report")
+        health = wait_for(lambda: load_error(server.url), "/health to report the error")
+        assert "SyntaxError" in health["load_error"] and health["functions"] == 0
+        assert cli("runs", "list", url=server.url).returncode == 0     # the API still answers
+        page = httpx.get(server.url + "/dashboard/runs", timeout=5)
+        assert page.status_code == 200 and 'id="code-problem"' in page.text
         (tmp_path / "live_app.py").write_text(APP_SOURCE)
         wait_for(lambda: function_ids(server.url) and
                  "demo/goodbye" not in function_ids(server.url), "the fixed code")
         runs = runs_json(server.url, "--status", "running")
         assert [r["function_id"] for r in runs] == ["demo/slow"]
+        assert "load_error" not in httpx.get(server.url + "/health", timeout=5).json()
     finally:
         assert server.stop(signal.SIGINT) == 0
     assert server.output().count("Traceback") == 1         # the broken edit's, and only it

@@ -35,6 +35,7 @@ CHROMIUM = os.environ.get("STEPWELL_CHROMIUM", "/usr/bin/chromium")
 HAVE_CHROMIUM = os.path.exists(CHROMIUM)
 WAIT_MS = 10_000              # an expectation gives up after this (refreshes come every 2 s)
 SIGNING_KEY = f"signkey-test-{secrets.token_hex(32)}"
+EVENT_KEY = secrets.token_hex(16)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 expect.set_options(timeout=WAIT_MS)
@@ -129,7 +130,7 @@ async def start(browser: Browser, tmp_path: Path) -> AsyncIterator[Callable[...,
     """`dash = await start(**create_app_options)`: a server on a fresh database and a page."""
     stack = contextlib.AsyncExitStack()
 
-    async def factory(**options: Any) -> Dashboard:
+    async def factory(load_error: str | None = None, **options: Any) -> Dashboard:
         engine = stepwell.Engine(make_app(), db=f"sqlite:///{tmp_path / 'dash.db'}",
                                  fsync=False, retry_interval_seconds=0.05,
                                  prefetch_seconds=0)  # every sleep hands the run back
@@ -137,7 +138,8 @@ async def start(browser: Browser, tmp_path: Path) -> AsyncIterator[Callable[...,
         stack.push_async_callback(engine.stop)
         sock = socket.create_server(("127.0.0.1", 0))
         stack.callback(sock.close)
-        server = uvicorn.Server(uvicorn.Config(create_app(Service(engine), **options),
+        service = Service(engine, load_error=load_error)
+        server = uvicorn.Server(uvicorn.Config(create_app(service, **options),
                                                log_level="warning", lifespan="off"))
         task = asyncio.create_task(server.serve(sockets=[sock]))
 
@@ -169,11 +171,26 @@ def expect_text(page: Page, text: str) -> Any:
 # --- runs ----------------------------------------------------------------------------------------
 
 
+async def test_code_that_does_not_load_is_shown_above_every_page(start: Any) -> None:
+    """`stepwell dev` serving while the app's code has a syntax error: every page says so."""
+    dash = await start(load_error='cannot import app.py:\n  File "app.py", line 3\n'
+                                  "SyntaxError: invalid syntax")
+    page = await dash.open("/dashboard/events")
+    problem = page.locator("#code-problem")
+    await expect(problem).to_be_visible()
+    await expect(problem).to_contain_text("Your code does not load")
+    await expect(problem).to_contain_text("SyntaxError: invalid syntax")
+    await page.get_by_role("link", name="Functions").click()
+    await expect(problem).to_be_visible()
+    assert dash.problems == []
+
+
 async def test_a_new_run_appears_and_its_page_shows_steps_and_output(start: Any) -> None:
     dash = await start()
     page = await dash.open("/")
     await expect(page).to_have_url(f"{dash.url}/dashboard/runs")
     await expect_text(page, "No runs yet")
+    await expect(page.locator("#code-problem")).to_be_hidden()
 
     event_id = await dash.engine.send("shop/greet", {"name": "ada"})
     run_id = await dash.run_of(str(event_id))
@@ -416,7 +433,7 @@ async def test_unknown_pages_and_ids(start: Any) -> None:
 
 
 async def test_production_mode_asks_for_the_signing_key(start: Any) -> None:
-    dash = await start(signing_keys=[SIGNING_KEY], event_keys=["ek"])
+    dash = await start(signing_keys=[SIGNING_KEY], event_keys=[EVENT_KEY])
     await dash.engine.send("shop/greet", {"name": "ada"})
     page = await dash.open("/dashboard/runs")
     await expect(page.locator("h1")).to_have_text("Signing key required")

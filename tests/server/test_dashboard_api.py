@@ -22,6 +22,7 @@ from stepwell.testing import VirtualClock
 
 HEX = secrets.token_hex(32)
 SIGNING_KEY = f"signkey-test-{HEX}"
+EVENT_KEY = secrets.token_hex(16)
 Client = Callable[..., Any]
 
 
@@ -63,7 +64,7 @@ def client(make_engine: Any) -> Client:
         async with make_engine(make_app()) as engine:
             asgi = create_app(Service(engine), **options)
             transport = httpx.ASGITransport(app=asgi)
-            async with httpx.AsyncClient(transport=transport, base_url="http://sw") as http:
+            async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
                 yield http, engine, asgi
 
     return factory
@@ -81,7 +82,7 @@ def concrete(path: str) -> str:
 
 
 async def test_every_rest_route_needs_the_signing_key_in_production_mode(client: Client) -> None:
-    async with client(signing_keys=[SIGNING_KEY], event_keys=["ek"]) as (http, _, asgi):
+    async with client(signing_keys=[SIGNING_KEY], event_keys=[EVENT_KEY]) as (http, _, asgi):
         guarded = [(route.path, method) for route in asgi.routes if isinstance(route, Route)
                    and (route.path.startswith("/v1/") or route.path == "/dev")
                    for method in sorted(route.methods or ()) if method != "HEAD"]
@@ -120,13 +121,13 @@ async def test_the_key_is_accepted_with_or_without_its_prefix_or_hashed(client: 
 
 async def test_open_routes_stay_open_and_others_keep_their_own_keys(client: Client) -> None:
     hashed = hashlib.sha256(bytes.fromhex(HEX)).hexdigest()
-    async with client(signing_keys=[SIGNING_KEY], event_keys=["ek"]) as (http, _, _asgi):
+    async with client(signing_keys=[SIGNING_KEY], event_keys=[EVENT_KEY]) as (http, _, _asgi):
         for path in ("/health", "/openapi.json", "/dashboard", "/dashboard/runs/abc",
                      "/dashboard/assets/app.js"):
             assert (await http.get(path)).status_code == 200, path
         assert (await http.get("/")).status_code == 307
         # Events: the event key, not the signing key.
-        sent = await http.post("/e/ek", json={"name": "shop/greet"})
+        sent = await http.post(f"/e/{EVENT_KEY}", json={"name": "shop/greet"})
         assert sent.status_code == 200
         assert (await http.post(f"/e/{SIGNING_KEY}", json={"name": "x"})).status_code == 401
         # SDK routes: the hashed key, as before.
@@ -145,7 +146,7 @@ async def test_dev_mode_asks_for_nothing(client: Client) -> None:
 
 
 async def test_send_events_through_the_rest_api(client: Client) -> None:
-    async with client(signing_keys=[SIGNING_KEY], event_keys=["ek"]) as (http, engine, _asgi):
+    async with client(signing_keys=[SIGNING_KEY], event_keys=[EVENT_KEY]) as (http, engine, _asgi):
         auth = bearer(SIGNING_KEY)
         reply = await http.post("/v1/events", headers=auth,
                                 json={"name": "shop/greet", "data": {"name": "ada"}})

@@ -31,7 +31,8 @@ def fuzz_app_instance(tmp: Path) -> object:
         await step.sleep("nap", "1h")
 
     service = Service.for_apps([app], db=f"sqlite:///{tmp / 'fuzz.db'}")
-    return create_app(service, manage_engine=True)
+    # schemathesis's in-process client sends `Host: testserver`.
+    return create_app(service, manage_engine=True, allowed_hosts=["localhost", "testserver"])
 
 
 # The schema is loaded at import time (schemathesis parametrizes from it), so the database

@@ -49,7 +49,8 @@ def client(make_engine: Any) -> Client:
         async with make_engine(make_app()) as engine:
             asgi = create_app(Service(engine), **app_options)
             transport = httpx.ASGITransport(app=asgi)
-            async with httpx.AsyncClient(transport=transport, base_url="http://sw") as http:
+            async with httpx.AsyncClient(transport=transport, base_url="http://localhost",
+                                         headers={"content-type": "application/json"}) as http:
                 yield http, engine
 
     return factory
@@ -223,9 +224,9 @@ async def test_unknown_ids_routes_and_bad_queries(client: Client) -> None:
 
 
 async def test_event_keys_are_checked_outside_dev_mode(client: Client) -> None:
-    async with client(event_keys={"secret"}) as (http, _):
+    async with client(event_keys={"secret-0123456789abcdef"}) as (http, _):
         assert_error(await http.post("/e/wrong", json={"name": "shop/greet"}), 401, "event key")
-        reply = await http.post("/e/secret", json={"name": "shop/greet"})
+        reply = await http.post("/e/secret-0123456789abcdef", json={"name": "shop/greet"})
         assert reply.status_code == 200
 
 
@@ -329,7 +330,8 @@ async def test_metrics_count_what_happened(client: Client, clock: VirtualClock) 
 
 
 async def test_metrics_need_the_signing_key_in_production(client: Client) -> None:
-    async with client(signing_keys=["signkey-prod-abcdef"]) as (http, _engine):
+    key = "0123456789abcdef" * 4
+    async with client(signing_keys=[f"signkey-prod-{key}"]) as (http, _engine):
         assert (await http.get("/metrics")).status_code == 401
-        reply = await http.get("/metrics", headers={"Authorization": "Bearer abcdef"})
+        reply = await http.get("/metrics", headers={"Authorization": f"Bearer {key}"})
         assert reply.status_code == 200 and "stepwell_queue_ready" in reply.text

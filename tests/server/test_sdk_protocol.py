@@ -193,9 +193,10 @@ async def test_register_endpoint_rejects_bad_bodies_and_checks_keys(make_engine:
     async with make_engine() as engine:
         service = Service(engine)
         dev = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(service)),
-                                base_url="http://sw")
+                                base_url="http://localhost")
+        key, event_key = "signkey-prod-" + "0123456789abcdef" * 4, "ek-0123456789abcdef"
         prod = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(
-            service, event_keys=["ek"], signing_keys=["signkey-prod-abcd"])), base_url="http://sw")
+            service, event_keys=[event_key], signing_keys=[key])), base_url="http://localhost")
         async with dev, prod:
             bad = await dev.post("/fn/register", json={"appName": "a", "url": "http://x",
                                                        "functions": [{"id": "f", "x": 1}]})
@@ -213,10 +214,11 @@ async def test_register_endpoint_rejects_bad_bodies_and_checks_keys(make_engine:
 
             ok = await prod.post("/fn/register", json=registration("http://127.0.0.1:1/x"),
                                  headers={"authorization":
-                                          f"Bearer {hashed_key('signkey-prod-abcd')}"})
+                                          f"Bearer {hashed_key(key)}"})
             assert ok.status_code == 200
             assert (await prod.post("/e/nope", json={"name": "a", "data": {}})).status_code == 401
-            assert (await prod.post("/e/ek", json={"name": "a", "data": {}})).status_code == 200
+            assert (await prod.post(f"/e/{event_key}", json={"name": "a", "data": {}})
+                    ).status_code == 200
             apps = (await dev.get("/v1/apps")).json()["data"]
             assert [a["app_id"] for a in apps] == ["fake"]
 
@@ -240,7 +242,7 @@ async def test_large_state_is_fetched_through_the_api(make_engine: Any,
         run_id = await start_run(engine, fake_sdk)
         run = await engine.wait(run_id)
         api = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(Service(engine))),
-                                base_url="http://sw")
+                                base_url="http://localhost")
         async with api:
             batch = (await api.get(f"/v0/runs/{run_id}/batch")).json()
             actions = (await api.get(f"/v0/runs/{run_id}/actions")).json()

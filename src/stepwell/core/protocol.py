@@ -302,7 +302,74 @@ def sdk_error(body: Any, status: int) -> dict[str, Any]:
 
 # --- signing (§6) ----------------------------------------------------------------------------
 
-_PREFIX_RE = re.compile(r"^signkey-[A-Za-z0-9]+-")
+# The SDKs strip `signkey-<env>-` with /^signkey-[\w]+-/ and hex-decode the rest (the Python
+# SDK's `bytearray.fromhex` raises on anything else), so that is the format a key must have.
+_PREFIX_RE = re.compile(r"^signkey-\w+-")
+_HEX_RE = re.compile(r"^(?:[0-9a-fA-F]{2})+$")
+MIN_SIGNING_KEY_HEX = 32       # 128 bits; Inngest issues 64 hex digits (256 bits)
+MIN_EVENT_KEY_CHARS = 16
+MIN_DISTINCT_CHARS = 8         # a random 32-digit hex string has ~15; "0000..." or "abab..." not
+
+
+def validate_signing_key(key: str) -> str:
+    """A signing key as configured, checked: `signkey-<env>-<hex>` (or the hex part alone),
+    with at least `MIN_SIGNING_KEY_HEX` hex digits that do not look made up by hand.
+
+    Why refuse at start-up: an empty or tiny secret signs and authenticates nothing (with
+    `signkey-prod-` any bearer `signkey-x-` matched the empty secret), and the official SDKs
+    cannot even hash a non-hex key, so a bad key would only fail later and less clearly.
+    Raises ConfigError saying what is wrong and what a good key looks like."""
+    example = "signkey-prod-$(openssl rand -hex 32)"
+    if not isinstance(key, str) or not key.strip():
+        raise ConfigError(f"the signing key is empty; generate one with: {example}")
+    secret = signing_secret(key.strip())
+    if key.strip().startswith("signkey-") and secret == key.strip():
+        raise ConfigError("the signing key must look like signkey-<env>-<hex>, e.g. "
+                          f"{example}")
+    if not secret:
+        raise ConfigError(f"the signing key {key.strip()!r} has no secret after its prefix; "
+                          f"generate one with: {example}")
+    if not _HEX_RE.match(secret):
+        raise ConfigError(f"the signing key's secret (after signkey-<env>-) must be hex digits, "
+                          f"an even number of them; got {len(secret)} characters that are "
+                          f"not; generate one with: {example}")
+    if len(secret) < MIN_SIGNING_KEY_HEX:
+        raise ConfigError(f"the signing key's secret has {len(secret)} hex digits; at least "
+                          f"{MIN_SIGNING_KEY_HEX} are required (Inngest's keys have 64): "
+                          f"{example}")
+    if len(set(secret.lower())) < MIN_DISTINCT_CHARS:
+        raise ConfigError("the signing key's secret repeats a few digits (it looks typed, not "
+                          f"random); generate one with: {example}")
+    return key.strip()
+
+
+def validate_event_key(key: str) -> str:
+    """An event key as configured, checked: at least `MIN_EVENT_KEY_CHARS` characters that can
+    appear in the `/e/{key}` path (no whitespace, `/`, `?` or `#`) and are not a short
+    repetition. Raises ConfigError naming the problem."""
+    example = "$(openssl rand -hex 32)"
+    if not isinstance(key, str) or not key.strip():
+        raise ConfigError(f"the event key is empty; generate one with: {example}")
+    if any(c.isspace() or c in "/?#%" or not c.isprintable() for c in key):
+        raise ConfigError("the event key may not contain whitespace, '/', '?', '#' or '%' "
+                          "(it is sent in the URL path /e/<key>)")
+    if len(key) < MIN_EVENT_KEY_CHARS:
+        raise ConfigError(f"the event key has {len(key)} characters; at least "
+                          f"{MIN_EVENT_KEY_CHARS} are required: {example}")
+    if len(set(key)) < MIN_DISTINCT_CHARS:
+        raise ConfigError("the event key repeats a few characters (it looks typed, not "
+                          f"random); generate one with: {example}")
+    return key
+
+
+def event_key_ok(key: str, keys: Iterable[str]) -> bool:
+    """Constant-time membership of `key` among the configured event keys (every key is
+    compared, so the time taken says nothing about which one, or how much, matched)."""
+    ok = False
+    for candidate in keys:
+        ok |= hmac.compare_digest(key.encode("utf-8", "surrogatepass"),
+                                  candidate.encode("utf-8", "surrogatepass"))
+    return ok
 
 
 def signing_secret(key: str) -> str:
@@ -331,6 +398,8 @@ def bearer_ok(header: str | None, keys: Iterable[str]) -> bool:
     if not header or not header.lower().startswith("bearer "):
         return False
     token = _PREFIX_RE.sub("", header[7:].strip())
+    if not token:
+        return False
     ok = False
     for key in keys:
         for candidate in (hashed_key(key), signing_secret(key)):

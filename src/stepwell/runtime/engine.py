@@ -12,9 +12,10 @@ import contextlib
 import datetime
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
+from types import CodeType
 from typing import Any, TypeVar
 
 import httpx
@@ -28,7 +29,8 @@ from stepwell.core.models import (
     RunStatus,
     validate_event_payload,
 )
-from stepwell.core.protocol import ProtocolError
+from stepwell.core.protocol import ProtocolError, Registration, validate_signing_key
+from stepwell.core.urlpolicy import AppUrlPolicy
 from stepwell.runtime import admission, checkpoint, items, scripts, sdkclient, signals, upkeep
 from stepwell.runtime.checkpoint import CheckpointError as CheckpointError  # for the service
 from stepwell.runtime.clock import Clock, SystemClock, wall_ms
@@ -37,6 +39,7 @@ from stepwell.runtime.remote import RemoteFunction, RemoteSettings
 from stepwell.runtime.scripts import Effects, Placement, Routing
 from stepwell.runtime.stats import Stats
 from stepwell.runtime.views import run_view
+from stepwell.runtime.watchdog import LoopWatchdog
 from stepwell.sdk.app import App, Function
 from stepwell.store.base import QueueItem, RunState, Store, Tx
 from stepwell.store.sqlite import SqliteStore
@@ -70,14 +73,18 @@ class Engine:
                  retry_interval_seconds: float | None = None, prefetch_seconds: float = 5.0,
                  max_parked: int = 20_000, tune_gc: bool = True,
                  sdk_concurrency: int = sdkclient.DEFAULT_LIMIT,
-                 retention: str | float | datetime.timedelta | None = "7d") -> None:
+                 retention: str | float | datetime.timedelta | None = "7d",
+                 app_url_allow: str | Sequence[str] | None = None,
+                 block_warning_seconds: float | None = 1.0) -> None:
         self.apps = list(apps)
         self.registry = Registry(apps)
         self.functions: dict[str, Function] = self.registry.native
         # How SDK apps are called: signed (production mode) when a signing key is given.
+        if signing_key is not None:
+            signing_key = validate_signing_key(signing_key)
         self.remote_settings = RemoteSettings(
             signing_key=signing_key, server_kind="cloud" if signing_key else "dev",
-            timeout_s=sdk_timeout_seconds)
+            timeout_s=sdk_timeout_seconds, app_urls=AppUrlPolicy.parse(app_url_allow))
         self.registrations = 0                         # SDK registrations received
         self.last_registration: dict[str, str] = {}    # app URL -> app id
         self.last_app_id: str | None = None
@@ -123,6 +130,9 @@ class Engine:
         self._wake = asyncio.Event()
         self._finished: dict[str, asyncio.Event] = {}
         self._running = False
+        # User code holding the event loop longer than this is reported (once per place).
+        self._watchdog = None if block_warning_seconds is None else LoopWatchdog(
+            block_warning_seconds, self._handler_owners)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -147,6 +157,8 @@ class Engine:
         self.step_pool = ThreadPoolExecutor(self.sync_threads, thread_name_prefix="stepwell-step")
         self.handler_pool = ThreadPoolExecutor(self.sync_threads, thread_name_prefix="stepwell-fn")
         self._running = True
+        if self._watchdog is not None:
+            self._watchdog.start(asyncio.get_running_loop())
         attach = getattr(self.clock, "attach", None)
         if attach is not None:
             attach(self)
@@ -191,6 +203,17 @@ class Engine:
         await self.store.close()
         self.step_pool.shutdown(wait=False, cancel_futures=True)
         self.handler_pool.shutdown(wait=False, cancel_futures=True)
+        if self._watchdog is not None:
+            self._watchdog.stop()
+
+    def _handler_owners(self) -> dict[CodeType, str]:
+        """Each native handler's code object -> its function's id (for the watchdog)."""
+        owners: dict[CodeType, str] = {}
+        for qualified, fn in self.functions.items():
+            code = getattr(fn.handler, "__code__", None)
+            if isinstance(code, CodeType):
+                owners[code] = qualified
+        return owners
 
     # --- the Host interface used by sessions -------------------------------------------------
 
@@ -248,7 +271,7 @@ class Engine:
         """Apply an SDK app's registration (`POST /fn/register`): validate every function,
         store the app, and start routing events to it. Raises ProtocolError on a bad body."""
         checksum = registration_checksum(body)
-        registration = self.registry.load_app(body, checksum)
+        registration = self.registry.load_app(body, checksum, check=self._check_app_urls)
         now = self.clock.now()
         modified = await self.store.write(lambda tx: tx.save_app(
             registration.app_id, registration.url, body, checksum, now))
@@ -258,6 +281,16 @@ class Engine:
         self.last_app_id = registration.app_id
         return {"ok": True, "modified": modified, "app_id": registration.app_id,
                 "functions": [f.spec.id for f in registration.functions]}
+
+    def _check_app_urls(self, registration: Registration) -> None:
+        """With an app URL allow-list, every URL an app registers (its serve URL and each
+        function's step URL) must be in it; raises AppUrlNotAllowed before anything is kept."""
+        policy = self.remote_settings.app_urls
+        if policy is None:
+            return
+        policy.check(registration.url, f"URL app '{registration.app_id}' registered")
+        for fn in registration.functions:
+            policy.check(fn.url, f"step URL of function '{fn.spec.id}'")
 
     async def _load_apps(self) -> None:
         """Pick up apps synced through any process (and at start-up)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from stepwell.core.config import ConfigError, CronTrigger, FunctionSpec
@@ -68,9 +68,13 @@ class Registry:
                 if isinstance(trigger, CronTrigger):
                     yield f"cron:{qid}:{index}", index, trigger, fn.spec
 
-    def load_app(self, body: dict[str, Any], checksum: str) -> Registration:
-        """Replace an SDK app's functions with those of its latest registration."""
+    def load_app(self, body: dict[str, Any], checksum: str,
+                 check: Callable[[Registration], None] | None = None) -> Registration:
+        """Replace an SDK app's functions with those of its latest registration (`check`, if
+        given, may refuse it by raising before anything is replaced)."""
         registration = parse_registration(body)
+        if check is not None:
+            check(registration)
         clash = [s.spec.qualified_id for s in registration.functions
                  if s.spec.qualified_id in self.native]
         if clash:

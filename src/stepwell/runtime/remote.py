@@ -37,6 +37,7 @@ from stepwell.core.protocol import (
     steps_map,
     wait_request,
 )
+from stepwell.core.urlpolicy import AppUrlNotAllowed, AppUrlPolicy
 from stepwell.runtime import checkpoint, gateway
 from stepwell.runtime.driver import Host, RunDriver
 from stepwell.runtime.scripts import LeaseLost
@@ -67,6 +68,7 @@ class RemoteSettings:
     signing_key: str | None = None
     server_kind: str = "dev"
     timeout_s: float = 300.0
+    app_urls: AppUrlPolicy | None = None     # None: any URL (see core.urlpolicy)
     checkpointing: bool = True       # offer SDK checkpointing (ctx.fn_id / ctx.qi_id)
 
 
@@ -351,6 +353,12 @@ class RemoteExecutor(RunDriver):
             headers["x-inngest-signature"] = sign(raw, self.settings.signing_key,
                                                   int(time.time()))
         url = with_step(self.fn.url, step_id)
+        if self.settings.app_urls is not None:
+            try:
+                self.settings.app_urls.check(url, "step URL")
+            except AppUrlNotAllowed as exc:
+                return CallResult("error", retry=False, error={
+                    "name": "AppUrlNotAllowed", "stack": "", "message": str(exc)})
         checkpointing = self._checkpointing(step_id, disable_immediate)
         self.host.stats.sdk_calls += 1
         if checkpointing:

@@ -22,13 +22,16 @@ from typing import Any, Final
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from stepwell.core.protocol import bearer_ok
+from stepwell.core.config import ConfigError
+from stepwell.core.protocol import bearer_ok, event_key_ok, validate_event_key, validate_signing_key
 from stepwell.server import metrics as prometheus
 from stepwell.server.dashboard import dashboard_routes
+from stepwell.server.guard import LOOPBACK_HOSTS, HostAllowList, RequestGuard
 from stepwell.server.openapi import openapi_document
 from stepwell.service import InvalidInput, Service, ServiceError, iso, parse_limit
 
@@ -117,17 +120,25 @@ def _query(request: Request, name: str) -> str | None:
 
 def create_app(service: Service, *, event_keys: Collection[str] | None = None,
                signing_keys: Collection[str] | None = None,
+               allowed_hosts: Collection[str] | None = None,
                manage_engine: bool = False) -> Starlette:
     """The server's ASGI app over `service`.
 
     `event_keys=None` is dev mode: any key in `POST /e/{key}` is accepted, as the Inngest dev
     server does. `signing_keys` turn on production mode for the SDK routes, the REST API and
-    the dashboard's data (see the module docstring). With `manage_engine=True` the app starts
-    the engine on ASGI startup and stops it on shutdown, for running it under a plain ASGI
-    server (`stepwell dev` manages it itself).
+    the dashboard's data (see the module docstring). Keys too weak to protect anything raise
+    ConfigError. `allowed_hosts` are the Host names the app answers to (None: the loopback
+    names; `["*"]`: any); see `stepwell.server.guard`, which also refuses cross-site writes
+    and non-JSON bodies on every route. With `manage_engine=True` the app starts the engine on
+    ASGI startup and stops it on shutdown, for running it under a plain ASGI server
+    (`stepwell dev` manages it itself).
     """
-    keys = None if event_keys is None else frozenset(event_keys)
-    signing = [k for k in (signing_keys or []) if k]
+    keys = None if event_keys is None else [validate_event_key(k) for k in event_keys]
+    signing = [validate_signing_key(k) for k in (signing_keys or [])]
+    try:
+        hosts = HostAllowList.of(allowed_hosts if allowed_hosts is not None else LOOPBACK_HOSTS)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
 
     def require_sdk_auth(request: Request) -> None:
         """With signing keys configured (production mode), SDK calls must carry the hashed key
@@ -184,7 +195,7 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
 
     async def send_events(request: Request) -> Response:
         key = request.path_params["key"]
-        if keys is not None and key not in keys:
+        if keys is not None and not event_key_ok(key, keys):
             raise Unauthorized("event key not found: send events to /e/<your event key>")
         ids = await service.send_events(await read_json(request))
         return JSONResponse({"ids": ids, "status": 200})
@@ -337,5 +348,6 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
             if manage_engine:
                 await service.stop()
 
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={
+    guard = Middleware(RequestGuard, hosts=hosts, routes=routes)
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[guard], exception_handlers={
         ServiceError: on_service_error, HTTPException: on_http_error, Exception: on_crash})

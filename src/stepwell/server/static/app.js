@@ -211,5 +211,28 @@ document.addEventListener("click", (event) => {
 });
 window.addEventListener("popstate", () => render());
 
+/** `stepwell dev` keeps serving while the app's code does not import; /health then carries
+ * the error, shown above every page until the code loads again. */
+async function watchCode() {
+  const box = document.getElementById("code-problem");
+  try {
+    const response = await fetch("/health", {cache: "no-store"});
+    const health = await response.json();
+    if (health.load_error) {
+      box.replaceChildren(
+        h("strong", {}, "Your code does not load; serving with no functions until it does."),
+        h("pre", {class: "code"}, health.load_error));
+      box.hidden = false;
+    } else {
+      box.hidden = true;
+      box.replaceChildren();
+    }
+  } catch (err) {
+    // The server is restarting or unreachable: the page's own refresh says so.
+  }
+  setTimeout(watchCode, 2000);
+}
+
 updateSession();
 render();
+watchCode();
