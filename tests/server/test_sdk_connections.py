@@ -167,3 +167,40 @@ async def test_server_accepts_connections_with_nodelay(tmp_path: Any) -> None:
         server.should_exit = True
         await task
         sock.close()
+
+
+async def test_a_started_run_keeps_its_turn_until_it_suspends(make_engine: Any) -> None:
+    """With one slot per app, three 2-call runs sent together: each run's calls come one after
+    the other (a run that started finishes first) instead of every run's first call, then every
+    run's second call."""
+    calls: list[int] = []
+
+    async def handle(request: Request) -> Response:
+        body = await request.json()
+        calls.append(body["event"]["data"]["n"])
+        if not body["steps"]:
+            return JSONResponse([{"id": "h1", "op": "StepRun", "displayName": "one",
+                                  "data": 1}], status_code=206, headers=SDK)
+        return JSONResponse({"done": body["event"]["data"]["n"]}, headers=SDK)
+
+    app = Starlette(routes=[Route("/api/inngest", handle, methods=["POST"])])
+    sock = socket.create_server(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/api/inngest"
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    registration = {"appName": "turns", "url": url, "functions": [{
+        "id": "turns-fn", "name": "fn", "triggers": [{"event": "turns/go"}],
+        "steps": {"step": {"id": "step", "runtime": {"url": f"{url}?fnId=turns-fn"},
+                           "retries": {"attempts": 0}}}}]}
+    try:
+        async with make_engine(sdk_concurrency=1) as engine:
+            await engine.register_app(registration)
+            ids = await engine.send([{"name": "turns/go", "data": {"n": n}} for n in range(3)])
+            runs = [await engine.wait(r.id) for i in ids for r in await engine.runs(event_id=i)]
+        assert sorted(r.output["done"] for r in runs) == [0, 1, 2]
+        assert len(calls) == 6
+        assert calls[0] == calls[1] and calls[2] == calls[3] and calls[4] == calls[5], calls
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()

@@ -12,6 +12,7 @@ shared/reference/inngest-protocol.md, sections 2-4.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import logging
@@ -125,6 +126,13 @@ class RemoteExecutor(RunDriver):
         self.inflight = inflight if settings.checkpointing and item_id is not None else None
 
     async def execute(self) -> None:
+        # A started run keeps its app's run slot until it suspends or ends (sdkclient).
+        slot = (contextlib.nullcontext() if self.calls is None
+                else self.calls.run_slot(self.fn.url))
+        async with slot:
+            await self._execute()
+
+    async def _execute(self) -> None:
         try:
             for _ in range(MAX_CALLS_PER_EXECUTION):
                 target = self._edited_step()
