@@ -22,6 +22,7 @@ from stepwell.cli import listen
 from stepwell.core.config import ConfigError
 from stepwell.runtime.sdkclient import AppClients
 from stepwell.server.app import create_app
+from stepwell.server.connections import server_config
 from stepwell.service import Service
 
 SDK = {"x-inngest-sdk": "inngest-js:v4.24.0"}
@@ -146,13 +147,13 @@ def test_sdk_concurrency_must_be_positive() -> None:
 
 
 async def test_server_accepts_connections_with_nodelay(tmp_path: Any) -> None:
-    """The sockets uvicorn accepts for the stepwell server (event API, checkpoints), on the
-    listening socket `stepwell dev|serve|start` make, have TCP_NODELAY (a socket from
+    """The sockets uvicorn accepts for the stepwell server (event API, checkpoints), with the
+    listening socket and server configuration `stepwell dev|serve|start` use, have TCP_NODELAY (a socket from
     `socket.create_server` gives accepted connections without it)."""
     service = Service.for_apps([], db=f"sqlite:///{tmp_path / 'db.sqlite'}")
     app = create_app(service, manage_engine=True)
     sock = listen("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(server_config(app, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
