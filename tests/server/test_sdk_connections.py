@@ -148,8 +148,8 @@ def test_sdk_concurrency_must_be_positive() -> None:
 
 async def test_server_accepts_connections_with_nodelay(tmp_path: Any) -> None:
     """The sockets uvicorn accepts for the stepwell server (event API, checkpoints), with the
-    listening socket and server configuration `stepwell dev|serve|start` use, have TCP_NODELAY (a socket from
-    `socket.create_server` gives accepted connections without it)."""
+    listening socket and server configuration `stepwell dev|serve|start` use, have
+    TCP_NODELAY (a socket from `socket.create_server` gives accepted connections without it)."""
     service = Service.for_apps([], db=f"sqlite:///{tmp_path / 'db.sqlite'}")
     app = create_app(service, manage_engine=True)
     sock = listen("127.0.0.1", 0)
