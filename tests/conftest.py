@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, closing
 from importlib import resources
@@ -36,6 +37,7 @@ BACKENDS = {"both": ["sqlite", "postgres"], "sqlite": ["sqlite"],
             "postgres": ["postgres"]}[os.environ.get("STEPWELL_TEST_DB", "both")]
 TEST_DB_PREFIX = "sw_test_"
 TEMPLATE_LOCK = "hashtextextended('stepwell:test-template', 0)"
+TEMPLATE_KEEP_S = 6 * 3600
 _names = itertools.count()
 
 
@@ -62,6 +64,25 @@ def _schema_digest() -> str:
     return digest.hexdigest()[:10]
 
 
+def _build_template(admin: psycopg.Connection[Any], name: str) -> None:
+    """Create and migrate the template `name` (under TEMPLATE_LOCK), stamped with the time."""
+    admin.execute(f'CREATE DATABASE "{name}"')
+    with closing(psycopg.connect(pg_url(name), autocommit=True)) as conn:
+        migrate(conn)
+    admin.execute(f"COMMENT ON DATABASE \"{name}\" IS '{int(time.time())}'")
+
+
+def _stale_template(admin: psycopg.Connection[Any], db: str, current: str) -> bool:
+    """Another schema's template, built long ago. A recent one may serve a pytest session of
+    another checkout running now (a branch with other migrations), so it is left alone."""
+    if not db.startswith("sw_tmpl_") or db == current:
+        return False
+    row = admin.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+                        "WHERE datname = %s", (db,)).fetchone()
+    built = None if row is None else row[0]
+    return built is not None and built.isdigit() and time.time() - int(built) > TEMPLATE_KEEP_S
+
+
 @pytest.fixture(scope="session")
 def pg_template() -> str:
     """The name of a database with the current schema, to copy per test. Built once per schema
@@ -76,16 +97,28 @@ def pg_template() -> str:
             for db in names:
                 stale_test = db.startswith(TEST_DB_PREFIX) and not pid_alive(
                     int(db.removeprefix(TEST_DB_PREFIX).split("_")[0] or 0))
-                stale_template = db.startswith("sw_tmpl_") and db != name
-                if stale_test or stale_template:
+                if stale_test or _stale_template(admin, db, name):
                     admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
             if name not in names:
-                admin.execute(f'CREATE DATABASE "{name}"')
-                with closing(psycopg.connect(pg_url(name), autocommit=True)) as conn:
-                    migrate(conn)
+                _build_template(admin, name)
         finally:
             admin.execute(f"SELECT pg_advisory_unlock({TEMPLATE_LOCK})")
     return name
+
+
+def _copy_template(admin: psycopg.Connection[Any], template: str, name: str) -> None:
+    try:
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    except psycopg.errors.InvalidCatalogName:
+        # Dropped by a session of an older checkout (which dropped every other template).
+        admin.execute(f"SELECT pg_advisory_lock({TEMPLATE_LOCK})")
+        try:
+            if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                             (template,)).fetchone() is None:
+                _build_template(admin, template)
+        finally:
+            admin.execute(f"SELECT pg_advisory_unlock({TEMPLATE_LOCK})")
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
 
 
 @pytest.fixture(scope="session")
@@ -97,7 +130,7 @@ def pg_databases(pg_template: str) -> Iterator[Callable[[str], str]]:
     def create(name: str) -> str:
         with closing(pg_admin()) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+            _copy_template(admin, pg_template, name)
         created.append(name)
         return pg_url(name)
 
@@ -112,7 +145,7 @@ def pg_database(pg_template: str) -> Iterator[str]:
     """A fresh, migrated Postgres database for one test; its URL. Dropped after the test."""
     name = f"{TEST_DB_PREFIX}{os.getpid()}_{next(_names)}"
     with closing(pg_admin()) as admin:
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+        _copy_template(admin, pg_template, name)
     try:
         yield pg_url(name)
     finally:
@@ -121,13 +154,16 @@ def pg_database(pg_template: str) -> Iterator[str]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Every test using `db_url` runs on each backend. The end-to-end tests also run on
-    Postgres with `STEPWELL_PG_GUESS=0` (`postgres-strict`): writers then wait for every answer,
-    which is the path a wrong guess falls back to, so it must pass the same suite."""
+    """Every test using `db_url` runs on each backend. The end-to-end tests and those marked
+    `postgres_strict` (the storage contract) also run on Postgres with `STEPWELL_PG_GUESS=0`
+    (`postgres-strict`): writers then wait for every answer, which is the path a wrong guess
+    falls back to, so it must pass the same suite."""
     if "db_url" not in metafunc.fixturenames:
         return
     backends = list(BACKENDS)
-    if "postgres" in backends and metafunc.definition.path.parent.name == "e2e":
+    strict_too = (metafunc.definition.path.parent.name == "e2e"
+                  or metafunc.definition.get_closest_marker("postgres_strict") is not None)
+    if "postgres" in backends and strict_too:
         backends.append("postgres-strict")
     metafunc.parametrize("db_url", backends, indirect=True)
 

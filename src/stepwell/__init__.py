@@ -13,6 +13,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from stepwell.client import Client, ClientError
     from stepwell.core.config import (
         Batch,
         Cancel,
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 # Public name -> the module that defines it.
 _HOMES: dict[str, str] = {
+    **dict.fromkeys(["Client", "ClientError"], "stepwell.client"),
     **dict.fromkeys(["Batch", "Cancel", "Concurrency", "ConfigError", "Cron", "Debounce",
                      "Priority", "RateLimit", "Singleton", "Throttle", "Timeouts"],
                     "stepwell.core.config"),
@@ -57,6 +59,8 @@ __all__ = [
     "App",
     "Batch",
     "Cancel",
+    "Client",
+    "ClientError",
     "Concurrency",
     "ConfigError",
     "Context",

@@ -13,22 +13,22 @@ import asyncio
 import contextlib
 import importlib
 import importlib.util
-import logging
 import os
 import signal
 import socket
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 
-from stepwell import cli_client
+from stepwell import cli_client, cli_logging
+from stepwell.core.urls import redact
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -151,15 +151,6 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def shown_db(url: str) -> str:
-    """A database URL as printed: without its password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@",
-                                                                 ":***@", 1)))
-
-
 async def start_service(service: Service) -> None:
     """Start the engine. A database that cannot be used (wrong or unreachable URL, a schema
     from a newer stepwell) is one clear error naming the URL, not a traceback."""
@@ -170,7 +161,7 @@ async def start_service(service: Service) -> None:
 
 
 def banner(url: str, db: str, apps: Sequence[App]) -> str:
-    lines = [f"stepwell server running at {url}  (db: {shown_db(db)})", "functions:"]
+    lines = [f"stepwell server running at {url}  (db: {redact(db)})", "functions:"]
     example = None
     for app in apps:
         for fn in app.functions.values():
@@ -189,6 +180,50 @@ def banner(url: str, db: str, apps: Sequence[App]) -> str:
     lines.append(f"list runs:      stepwell runs list{target}")
     lines.append("press Ctrl+C to stop")
     return "\n".join(lines)
+
+
+SHUTDOWN_GRACE_S = float(os.environ.get("STEPWELL_SHUTDOWN_GRACE_S", "30"))
+
+
+def _quiet_server(uvicorn: Any) -> Any:
+    """uvicorn's Server without its own signal handling: it swaps in handlers while serving
+    and raises the signals it caught again when it returns, so each signal would reach
+    `Shutdown` twice and one SIGTERM would look like two. (uvicorn is imported lazily.)"""
+
+    class QuietServer(uvicorn.Server):  # type: ignore[misc]
+        def capture_signals(self) -> contextlib.AbstractContextManager[None]:
+            return contextlib.nullcontext()
+
+    return QuietServer
+
+
+class Shutdown:
+    """SIGINT/SIGTERM: the first asks for a clean stop (`on_request`); a second one, or the
+    clean stop taking longer than `SHUTDOWN_GRACE_S` (a step body that never returns keeps its
+    thread, and the interpreter waits for it at exit), ends the process at once. That is safe:
+    every acknowledged event and committed step is on disk, and what was running is resumed
+    by the next process, exactly as after a crash."""
+
+    def __init__(self, on_request: Callable[[], None]) -> None:
+        self.on_request = on_request
+        self.requested = False
+
+    def __call__(self) -> None:
+        if self.requested:
+            self.now("a second signal")
+        self.requested = True
+        timer = threading.Timer(SHUTDOWN_GRACE_S, self.now,
+                                args=(f"the clean stop taking over {SHUTDOWN_GRACE_S:g} s",))
+        timer.daemon = True
+        timer.start()
+        self.on_request()
+
+    @staticmethod
+    def now(why: str) -> None:
+        sys.stderr.write(f"stepwell: stopping now ({why}); unfinished work resumes on the "
+                         "next start\n")
+        sys.stderr.flush()
+        os._exit(1)
 
 
 @dataclass(frozen=True)
@@ -241,17 +276,18 @@ async def serve(service: Service, sock: socket.socket, apps: Sequence[App], db: 
                               max_connections=exposure.max_connections)
     config = server_config(app, limits, lifespan="off", log_level="warning", access_log=False,
                            timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
+    server = _quiet_server(uvicorn)(config)
     loop = asyncio.get_running_loop()
 
     def request_exit() -> None:
         server.should_exit = True
 
-    # uvicorn swaps in its own handlers while serving and re-raises caught signals when it
-    # returns; ours only set a flag, so that re-raise cannot interrupt the engine's shutdown.
+    # Ours are the only handlers (see `_quiet_server`): the first signal stops the server, then the
+    # engine; a second one, or a stop past its grace, ends the process (`Shutdown`).
+    shutdown = Shutdown(request_exit)
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, request_exit)
+            loop.add_signal_handler(sig, shutdown)
     await start_service(service)
     syncing: list[asyncio.Task[None]] = []
     try:
@@ -274,14 +310,16 @@ async def serve(service: Service, sock: socket.socket, apps: Sequence[App], db: 
 async def sync_when_up(service: Service, url: str, signing_keys: Sequence[str],
                        attempts: int = 30) -> None:
     """Sync an SDK app given with -u, retrying while it starts up (as `inngest dev -u`)."""
-    from stepwell.service import ServiceError
+    from stepwell.service import ServiceError, SyncRefused
 
     for attempt in range(attempts):
         try:
             result = await service.sync_app(url, signing_key=signing_keys[0] if signing_keys
                                             else None)
         except ServiceError as exc:
-            if attempt == attempts - 1:
+            # A refused registration names the function and why, and a URL outside
+            # --app-url-allow (403) stays outside: retrying cannot help.
+            if isinstance(exc, SyncRefused) or exc.status == 403 or attempt == attempts - 1:
                 click.echo(f"could not sync {url}: {exc.message}", err=True)
                 return
             await asyncio.sleep(min(0.2 * 2 ** attempt, 5))
@@ -299,6 +337,34 @@ retention_option = click.option(
 
 def engine_retention(value: str) -> str | None:
     return None if value.strip().lower() in ("none", "off", "forever") else value
+
+
+def _remember_logging(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """Kept in the environment, so `stepwell dev`'s reloaded generations log the same way."""
+    if value is not None:
+        os.environ[str(param.envvar)] = value
+
+
+log_options = [
+    click.option("--log-level", type=click.Choice(cli_logging.LEVELS, case_sensitive=False),
+                 envvar="STEPWELL_LOG_LEVEL", expose_value=False, callback=_remember_logging,
+                 help="Log this level and above (default info; env STEPWELL_LOG_LEVEL)."),
+    click.option("--log-format", type=click.Choice(cli_logging.FORMATS), expose_value=False,
+                 envvar="STEPWELL_LOG_FORMAT", callback=_remember_logging,
+                 help="text (default) for people, json (one object per line) for log "
+                      "shippers; env STEPWELL_LOG_FORMAT."),
+]
+
+
+def with_log_options(fn: F) -> F:
+    for option in reversed(log_options):
+        fn = option(fn)
+    return fn
+
+
+def setup_logging() -> None:
+    cli_logging.configure(os.environ.get("STEPWELL_LOG_LEVEL", "info"),
+                          os.environ.get("STEPWELL_LOG_FORMAT", "text"))
 
 
 def server_options(fn: F) -> F:
@@ -341,6 +407,7 @@ def server_options(fn: F) -> F:
                      help="Requests in flight to each official-SDK app at most; further runs "
                           "wait their turn, in order."),
         retention_option,
+        *log_options,
     ]):
         fn = option(fn)
     return fn
@@ -372,9 +439,7 @@ def run_server(apps: list[App], db: str, host: str, port: int, *, worker: bool =
                signing_keys: Sequence[str] = (), retry_interval: float | None = None,
                retention: str = "7d", exposure: Exposure = Exposure(),
                sock: socket.socket | None = None, load_error: str | None = None) -> None:
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)   # one line per SDK call is noise
+    setup_logging()
     service = make_service(apps, db, worker=worker, signing_keys=signing_keys,
                            retry_interval=retry_interval, retention=retention,
                            app_url_allow=exposure.app_url_allow, load_error=load_error,
@@ -515,6 +580,7 @@ def start(target: str, db: str, host: str, port: int, sync_urls: tuple[str, ...]
 @click.argument("target", metavar="PATH_OR_MODULE[:ATTR]")
 @click.option("--db", default=DEFAULT_DB, show_default=True, help="Database URL.")
 @retention_option
+@with_log_options
 def worker(target: str, db: str, retention: str) -> None:
     """Run the functions of the apps in a file or module, without an HTTP server.
 
@@ -524,8 +590,7 @@ def worker(target: str, db: str, retention: str) -> None:
     it through `stepwell start` / `stepwell serve` or `Engine.send` in another process.
     SIGINT or SIGTERM stops it cleanly (what it was running is handed back at once).
     """
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     apps = load_apps(target)
     service = make_service(apps, db, retention=retention)
     asyncio.run(run_worker(service, apps, db))
@@ -534,13 +599,14 @@ def worker(target: str, db: str, retention: str) -> None:
 async def run_worker(service: Service, apps: Sequence[App], db: str) -> None:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
+    shutdown = Shutdown(stopping.set)
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stopping.set)
+            loop.add_signal_handler(sig, shutdown)
     await start_service(service)
     try:
         functions = [fn.qualified_id for app in apps for fn in app.functions.values()]
-        click.echo(f"stepwell worker running (db: {shown_db(db)}, pid {os.getpid()}); "
+        click.echo(f"stepwell worker running (db: {redact(db)}, pid {os.getpid()}); "
                    f"functions: {', '.join(functions) or '(none)'}")
         await stopping.wait()
     finally:

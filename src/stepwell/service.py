@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import time
+import uuid
 from typing import Any, Final
 
 import httpx
@@ -32,6 +34,7 @@ from stepwell.sdk.app import App
 from stepwell.service_views import STATUS_NAMES, event_dict, function_config, run_dict, trigger_dict
 from stepwell.service_views import iso as iso  # re-exported for transports
 
+log = logging.getLogger("stepwell.sync")
 MAX_LIMIT: Final = 1000
 # Bulk cancellation reads this many active runs of one function at most per status.
 BULK_CANCEL_SCAN: Final = 100_000
@@ -61,6 +64,10 @@ class NotFound(ServiceError):
 
 class Conflict(ServiceError):
     status = 409
+
+
+class SyncRefused(InvalidInput):
+    """An SDK app's registration was refused: retrying the same app cannot succeed."""
 
 
 class Forbidden(ServiceError):
@@ -124,6 +131,9 @@ class Service:
 
     def __init__(self, engine: Engine, *, load_error: str | None = None) -> None:
         self.engine = engine
+        # The last refused registration per app URL (the Python SDK answers the sync with 200
+        # whatever we said, so the refusal is kept to be shown by /v1/apps and the dashboard).
+        self.sync_errors: dict[str, dict[str, Any]] = {}
         # `stepwell dev` serving while the app's code does not import: why (shown by /health
         # and the dashboard until a fixed version loads).
         self.load_error = load_error
@@ -307,9 +317,11 @@ class Service:
             raise InvalidInput("'app_id' is required")
         if not isinstance(fn_id, str) or not fn_id:
             raise InvalidInput("'function_id' is required")
-        qualified = fn_id if fn_id.startswith(f"{app_id}/") else f"{app_id}/{fn_id}"
-        if qualified not in self.engine.functions:
-            raise NotFound(f"no function {qualified!r} is registered")
+        qualified = self._function_of_app(app_id, fn_id)
+        if qualified is None:
+            raise NotFound(f"no function '{app_id}/{fn_id}' is registered (an SDK function is "
+                           f"named by its slug '{app_id}-<id>' or by the id it was created "
+                           "with)")
         if body.get("started_before") is None:
             raise InvalidInput("'started_before' is required")
         before = parse_time(body["started_before"], "started_before")
@@ -338,6 +350,22 @@ class Service:
         return {"function_id": qualified, "app_id": app_id, "started_after": iso(after),
                 "started_before": iso(before), "if": body.get("if"),
                 "cancelled": len(cancelled), "run_ids": cancelled}
+
+    def _function_of_app(self, app_id: str, fn_id: str) -> str | None:
+        """The qualified id of app `app_id`'s function `fn_id`: a native function's id (or
+        `app/fn`), or an SDK function's slug (`<app>-<fn>`, what Inngest's API takes) or the
+        id it was created with."""
+        for qid, fn in self.engine.registry.items():
+            spec = fn.spec
+            if spec.app_id != app_id:
+                continue
+            if spec.remote:
+                found = fn_id == spec.id or f"{app_id}-{fn_id}" == spec.id
+            else:
+                found = fn_id in (spec.id, qid)
+            if found:
+                return qid
+        return None
 
     # --- signals -----------------------------------------------------------------------------
 
@@ -385,12 +413,23 @@ class Service:
         """`POST /fn/register` from an SDK app."""
         if not isinstance(body, dict):
             raise InvalidInput("registration body must be a JSON object")
+        url = str(body.get("url") or "")
+        app_id = body.get("appName") or body.get("appname") or body.get("app_name")
         try:
-            return await self.engine.register_app(body)
+            result = await self.engine.register_app(body)
         except AppUrlNotAllowed as exc:
             raise Forbidden(str(exc)) from exc
         except (ProtocolError, ConfigError) as exc:
-            raise InvalidInput(str(exc)) from exc
+            # Loud on purpose: the Python SDK answers the sync with 200 whatever we say here,
+            # so without this log line and the Apps page a refused app just never runs.
+            message = f"sync refused: {exc}"
+            log.error("app %s at %s: %s", app_id or "(no id)", url or "(no url)", message)
+            self.sync_errors[url.rstrip("/")] = {
+                "app_id": app_id if isinstance(app_id, str) else None, "url": url,
+                "error": message, "at": iso(int(time.time() * 1000))}
+            raise InvalidInput(message) from exc
+        self.sync_errors.pop(url.rstrip("/"), None)
+        return result
 
     async def sync_app(self, url: object, *, signing_key: str | None = None) -> dict[str, Any]:
         """Ask the SDK app at `url` to register (`PUT`, as `inngest dev -u` does) and report
@@ -414,6 +453,7 @@ class Service:
         if signing_key:
             headers["x-inngest-signature"] = sign(body, signing_key, int(time.time()))
         before = self.engine.registrations
+        started = iso(int(time.time() * 1000) - 1000)
         try:
             # Streamed and closed unread: only the status and headers are used, so a huge or
             # endless answer costs nothing.
@@ -427,18 +467,58 @@ class Service:
         # the host differently, so take the registration that arrived during the PUT.
         app_id = self.engine.last_registration.get(url.rstrip("/"), self.engine.last_app_id)
         if self.engine.registrations == before or app_id is None:
+            refused = self._refusal_since(url, started)
+            if refused is not None:
+                raise SyncRefused(f"the app at {url} was not synced: {refused['error']}")
             raise InvalidInput(f"the app at {url} answered HTTP {response.status_code} but did "
                                f"not register: {_sync_reason(response)}")
         return {"app_id": app_id, "url": url, "functions": [
             fn.spec.id for _, fn in self.engine.registry.items()
             if fn.spec.remote and fn.spec.app_id == app_id]}
 
+    def _refusal_since(self, url: str, since: str | None) -> dict[str, Any] | None:
+        """The refusal recorded for the app at `url` (its serve URL as given, or as the SDK
+        reported it) since `since`, if any."""
+        wanted = url.rstrip("/")
+        for key, refusal in self.sync_errors.items():
+            if (key == wanted or key.split("?")[0] == wanted) and (
+                    since is None or str(refusal["at"]) >= since):
+                return refusal
+        return None
+
     async def list_apps(self) -> list[dict[str, Any]]:
+        """Synced SDK apps, and apps whose last sync was refused (`error` says which function
+        and why; a synced app whose later sync was refused keeps its functions)."""
         out = []
+        refused = dict(self.sync_errors)
         for app_id, url, _body, checksum in await self.engine.read(lambda tx: tx.list_apps()):
-            out.append({"app_id": app_id, "url": url, "checksum": checksum, "functions": [
-                fn.spec.id for _, fn in self.engine.registry.items()
-                if fn.spec.remote and fn.spec.app_id == app_id]})
+            error = refused.pop(url.rstrip("/"), None)
+            out.append({"app_id": app_id, "url": url, "checksum": checksum,
+                        "error": error["error"] if error else None, "functions": [
+                            fn.spec.id for _, fn in self.engine.registry.items()
+                            if fn.spec.remote and fn.spec.app_id == app_id]})
+        for url, error in refused.items():
+            out.append({"app_id": error["app_id"], "url": url, "checksum": None,
+                        "error": error["error"], "functions": []})
+        return out
+
+    async def dev_functions(self) -> list[dict[str, Any]]:
+        """Every function as the Go dev server's `GET /dev` lists it: its registered config in
+        Inngest's internal shape (`id`, `name`, `slug`, `triggers`, `steps` with their `uri`
+        and retries, and the flow-control options as registered). Native functions are
+        listed the same way, with no step URI."""
+        out: list[dict[str, Any]] = []
+        for _app_id, _url, body, _checksum in await self.engine.read(lambda tx: tx.list_apps()):
+            for raw in body.get("functions") or []:
+                if isinstance(raw, dict):
+                    out.append(_go_function(raw))
+        for qid, fn in sorted(self.engine.registry.native.items()):
+            spec = fn.spec
+            out.append({"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"stepwell:{qid}")),
+                        "fv": 1, "name": spec.name, "slug": spec.public_id,
+                        "triggers": [trigger_dict(t) for t in spec.triggers],
+                        "steps": [{"id": "step", "name": spec.name, "uri": "",
+                                   "retries": spec.retries}], **function_config(spec)})
         return out
 
     async def run_batch(self, run_id: str) -> list[dict[str, Any]]:
@@ -533,6 +613,40 @@ class Service:
             out.append({"id": qid, "counts": counts, "capped": capped,
                         "total": sum(counts.values())})
         return out
+
+
+_GO_FUNCTION_KEYS = ("priority", "timeouts", "concurrency", "debounce", "checkpoint",
+                     "batchEvents", "rateLimit", "throttle", "cancel", "singleton")
+
+
+def _go_function(raw: dict[str, Any]) -> dict[str, Any]:
+    """An SDK function's registration as Go's `inngest.Function` JSON (what `GET /dev` shows):
+    the `steps` map becomes a list of `{id, name, uri, retries}`, concurrency a list of limits,
+    and `idempotency` the 24 h rate limit Go turns it into."""
+    slug = str(raw.get("id"))
+    steps = []
+    for step_id, step in sorted((raw.get("steps") or {}).items()):
+        step = step if isinstance(step, dict) else {}
+        retries = (step.get("retries") or {}).get("attempts")
+        entry = {"id": step.get("id") or step_id, "name": step.get("name") or step_id,
+                 "uri": (step.get("runtime") or {}).get("url", "")}
+        if retries is not None:
+            entry["retries"] = retries
+        steps.append(entry)
+    out: dict[str, Any] = {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"stepwell:{slug}")),
+                           "fv": 1, "name": raw.get("name") or slug, "slug": slug,
+                           "triggers": list(raw.get("triggers") or []), "steps": steps}
+    for key in _GO_FUNCTION_KEYS:
+        if raw.get(key) is not None:
+            out[key] = raw[key]
+    concurrency = out.get("concurrency")
+    if isinstance(concurrency, int):
+        out["concurrency"] = [{"limit": concurrency}]
+    elif isinstance(concurrency, dict):
+        out["concurrency"] = [concurrency]
+    if raw.get("idempotency") and "rateLimit" not in out:
+        out["rateLimit"] = {"limit": 1, "period": "24h", "key": raw["idempotency"]}
+    return out
 
 
 # Per function and status, the dashboard counts at most this many runs (see

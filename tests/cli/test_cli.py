@@ -46,6 +46,11 @@ APP_SOURCE = textwrap.dedent("""
         await step.sleep("long-nap", "1d")
         return "rested"
 
+    @app.function(id="boom", trigger="demo/boom", retries=0)
+    async def boom(ctx, step):
+        ctx.logger.info("about to explode")
+        await step.run("explode", lambda: 1 / 0)
+
     other = stepwell.App("other")
 
     @other.function(id="noop", trigger="other/noop")
@@ -115,9 +120,10 @@ class DevServer:
                 self.proc.stdout.close()
 
 
-def start_dev(target: str, cwd: Path) -> DevServer:
+def start_dev(target: str, cwd: Path, *extra: str) -> DevServer:
     proc = subprocess.Popen(
-        stepwell_cmd("dev", target, "--port", "0", "--db", f"sqlite:///{cwd / 'sw.db'}"),
+        stepwell_cmd("dev", target, "--port", "0", "--db", f"sqlite:///{cwd / 'sw.db'}",
+                     *extra),
         cwd=cwd, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     server = DevServer(proc)
 
@@ -339,6 +345,43 @@ def test_engine_default_db_is_the_cli_default() -> None:
     from stepwell.runtime import engine
 
     assert cli_module.DEFAULT_DB == engine.DEFAULT_DB
+
+
+def test_failures_are_logged_in_text(dev: DevServer) -> None:
+    event_id = cli("send", "demo/boom", url=dev.url).stdout.strip()
+    run = wait_for(lambda: next(iter(runs_json(dev.url, "--event", event_id)), None),
+                   "the run")
+    line = wait_for(lambda: next((x for x in dev.output().splitlines()
+                                  if f"run {run['run_id']} demo/boom failed:" in x), None),
+                    "the run's failure line")
+    assert " ERROR stepwell.run: " in line and line.endswith("ZeroDivisionError: division by zero")
+    assert any("step 'explode' failed on attempt 1 of 1, no retry" in x
+               for x in dev.output().splitlines())
+    noted = next(x for x in dev.output().splitlines() if "about to explode" in x)
+    assert noted.endswith(f"about to explode [run={run['run_id']} function=demo/boom]")
+
+
+def test_log_format_json(tmp_path: Path) -> None:
+    (tmp_path / "json_app.py").write_text(APP_SOURCE)
+    server = start_dev("json_app.py", tmp_path, "--log-format", "json", "--log-level", "info")
+    try:
+        event_id = cli("send", "demo/boom", url=server.url).stdout.strip()
+
+        def failure() -> dict[str, Any] | None:
+            for line in server.output().splitlines():
+                if line.startswith("{") and '"status": "failed"' in line:
+                    record: dict[str, Any] = json.loads(line)
+                    return record
+            return None
+
+        record = wait_for(failure, "the JSON failure line")
+        [run] = runs_json(server.url, "--event", event_id)
+        assert record["level"] == "error" and record["logger"] == "stepwell.run"
+        assert record["run_id"] == run["run_id"] and record["function_id"] == "demo/boom"
+        assert record["message"].endswith("ZeroDivisionError: division by zero")
+        assert record["ts"].endswith("Z")
+    finally:
+        server.stop()
 
 
 def test_bad_status_filter_is_reported(dev: DevServer) -> None:

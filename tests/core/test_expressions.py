@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import time
 from types import MappingProxyType
 from typing import Any
 
@@ -8,12 +7,10 @@ import cel
 import pytest
 
 from stepwell.core.expressions import (
-    MISSING,
     Expression,
     ExpressionError,
     ExpressionEvalError,
     compile_expression,
-    lookup_path,
     match_expression,
 )
 
@@ -268,13 +265,20 @@ def test_pruning_does_not_change_results(source: str) -> None:
 
 def test_evaluation_cost_does_not_grow_with_unused_event_fields() -> None:
     # Unpruned, the library converts all 2000 fields per call (~1 ms); pruned it is ~10 us.
+    # Checked by what the CEL program is given (not by timing it: a busy machine is slow).
     event = with_data(total=150.5, **{f"k{i}": {"v": [i, str(i)]} for i in range(2000)})
     expr = compile_expression("event.data.total > 100")
-    runs = 200
-    start = time.perf_counter()
-    for _ in range(runs):
-        assert expr.matches(event)
-    assert (time.perf_counter() - start) / runs < 0.0005
+    program = expr._program
+    given: list[dict[str, Any]] = []
+
+    class Recording:
+        def execute(self, activation: dict[str, Any]) -> Any:
+            given.append(activation)
+            return program.execute(activation)
+
+    object.__setattr__(expr, "_program", Recording())
+    assert expr.matches(event)
+    assert given == [{"event": {"data": {"total": 150.5}}}]
 
 
 # ---------------------------------------------------------------------------- compilation
@@ -397,31 +401,3 @@ def test_match_expression_rejects_bad_paths(path: str) -> None:
 def test_match_expression_rejects_non_strings() -> None:
     with pytest.raises(ExpressionError, match="must be a string"):
         match_expression(None)  # type: ignore[arg-type]
-
-
-# ---------------------------------------------------------------------------- lookup_path
-
-
-@pytest.mark.parametrize(
-    ("path", "expected"),
-    [
-        ("data.orderId", "o-1"),
-        ("data.userId", 7),
-        ("data.note", None),
-        ("data.nested.deep", {"value": 1.0}),
-        ("name", "shop/order.created"),
-        ("data.nope", MISSING),
-        ("data.text.length", MISSING),
-        ("data.items.0", MISSING),
-        ("nope.x", MISSING),
-    ],
-)
-def test_lookup_path(path: str, expected: Any) -> None:
-    assert lookup_path(EVENT, path) == expected
-
-
-def test_missing_is_a_distinct_sentinel() -> None:
-    assert MISSING is not None
-    assert repr(MISSING) == "MISSING"
-    assert lookup_path({"a": None}, "a") is None
-    assert lookup_path({"a": {}}, "a.b") is MISSING

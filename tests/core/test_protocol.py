@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from stepwell.core.config import CronTrigger, EventTrigger
-from stepwell.core.models import Memo
+from stepwell.core.config import CronTrigger, EventTrigger, id_for_key
+from stepwell.core.models import InvalidEventError, Memo, validate_event_payload
 from stepwell.core.protocol import (
     ProtocolError,
     bearer_ok,
@@ -25,6 +26,7 @@ from stepwell.core.protocol import (
     steps_map,
     wait_request,
 )
+from stepwell.runtime.gateway import canonical_header
 
 TS_BODY: dict[str, Any] = {
     "appName": "ts-app", "deployType": "ping", "url": "http://127.0.0.1:3000/api/inngest",
@@ -167,3 +169,44 @@ def test_signing_matches_the_sdk_algorithm() -> None:
     assert bearer_ok(f"Bearer signkey-test-{token}", [key])
     assert not bearer_ok("Bearer undefined", [key])
     assert not bearer_ok(None, [key])
+
+
+@pytest.mark.parametrize("fn_id", ["py-app-billing/charge", "parallel_steps/child",
+                                   "py-app-crazy%$^&*(_+{|:<?☃️", "a&stepId=evil?x=1"])
+def test_any_sdk_function_id_is_accepted_and_encoded_in_its_url(fn_id: str) -> None:
+    body = {"appname": "py-app", "url": "http://127.0.0.1:3000/api/inngest?x=1",
+            "functions": [{"id": fn_id, "triggers": [{"event": "a/b"}]}]}
+    [fn] = parse_registration(body).functions
+    assert fn.spec.id == fn_id and fn.spec.qualified_id == f"py-app/{fn_id}"
+    query = parse_qs(urlsplit(fn.url).query)
+    assert query == {"x": ["1"], "fnId": [fn_id], "stepId": ["step"]}
+
+
+def test_function_ids_in_storage_keys_are_encoded_one_to_one() -> None:
+    assert id_for_key("shop/process-order") == "shop/process-order"   # old keys unchanged
+    assert id_for_key("app/a:b.c_d-e") == "app/a:b.c_d-e"
+    encoded = {id_for_key(i) for i in ("app/x y", "app/x%20y", "app/☃", "app/%E2%98%83")}
+    assert len(encoded) == 4
+    assert all(" " not in k and "☃" not in k for k in encoded)
+
+
+def test_an_empty_sdk_function_id_is_refused_naming_the_app() -> None:
+    body = {"appname": "py-app", "url": "http://127.0.0.1:3000/api/inngest",
+            "functions": [{"id": "", "triggers": [{"event": "a/b"}]}]}
+    with pytest.raises(ProtocolError, match=r"app 'py-app'.*non-empty"):
+        parse_registration(body)
+
+
+def test_events_with_integers_beyond_2_pow_53_are_refused_naming_the_field() -> None:
+    validate_event_payload({"name": "a/b", "data": {"n": 2**53 - 1, "m": -(2**53 - 1)}})
+    with pytest.raises(InvalidEventError, match=r"'data\.items\[1\]\.n'.*2\^53.*string"):
+        validate_event_payload({"name": "a/b", "data": {"items": [{"n": 1}, {"n": 2**53}]}})
+    with pytest.raises(InvalidEventError, match=r"'user\.id'"):
+        validate_event_payload({"name": "a/b", "data": {}, "user": {"id": -(2**63)}})
+
+
+def test_ai_gateway_header_names_are_canonical_as_go_sends_them() -> None:
+    assert canonical_header("x-api-key") == "X-Api-Key"
+    assert canonical_header("content-type") == "Content-Type"
+    assert canonical_header("AUTHORIZATION") == "Authorization"
+    assert canonical_header("anthropic-version") == "Anthropic-Version"

@@ -152,6 +152,38 @@ async def test_error_outside_steps_is_retried_then_fails(make_engine: Any,
     assert run.error is not None and run.error["name"] == "RuntimeError"
 
 
+async def test_errors_outside_steps_are_counted_per_unit_of_work(make_engine: Any,
+                                                                clock: VirtualClock) -> None:
+    """As in Inngest, each unit of work (the code after the last recorded step) starts again
+    at attempt 0: with retries=1, one transient error after each step is retried every time,
+    and `ctx.attempt` outside steps is that unit's count."""
+    app = stepwell.App("t")
+    seen: list[tuple[str, int]] = []
+    failed: set[str] = set()
+
+    @app.function(id="units", trigger="t/units", retries=1)
+    async def units(ctx: stepwell.Context, step: stepwell.Step) -> str:
+        for name in ("one", "two", "three"):
+            await step.run(name, lambda name=name: name)
+            seen.append((name, ctx.attempt))
+            if name not in failed:
+                failed.add(name)
+                raise ConnectionError(f"transient failure after step {name}")
+        return "done"
+
+    async with make_engine(app) as engine:
+        run = await run_one(engine, "t/units", {})
+        await clock.advance("3h")
+        run = await engine.wait(run.id, timeout=10)
+    assert run.status == "completed" and run.output == "done", run.error
+    # A replay runs the code after earlier steps again; `ctx.attempt` there is the attempt of
+    # the unit being retried (as the SDKs see it: one attempt per request).
+    assert seen == [("one", 0), ("one", 1), ("two", 0), ("one", 1), ("two", 1),
+                    ("three", 0), ("one", 1), ("two", 1), ("three", 1)], seen
+    handler = [s for s in run.steps if s.id == "(handler)"]
+    assert len(handler) == 3 and all(s.status == "failed" for s in handler), handler
+
+
 async def test_non_serializable_step_output_fails_the_step_naming_it(make_engine: Any) -> None:
     app = stepwell.App("t")
 
@@ -175,10 +207,11 @@ def test_invalid_retries_rejected_at_definition(retries: Any) -> None:
         app.function(id="f", trigger="t/x", retries=retries)
 
 
-async def test_a_crashed_session_lets_its_lease_expire_and_the_run_resumes(
-        make_engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An executor bug must not strand a run: only the leases of live sessions are renewed, so
-    the crashed session's item expires and is claimed again."""
+async def test_a_crashed_session_is_retried_with_backoff_and_the_run_resumes(
+        make_engine: Any, monkeypatch: pytest.MonkeyPatch, clock: VirtualClock) -> None:
+    """An executor bug must not strand a run: the crash is recorded on the run as a failed
+    `(engine)` attempt and the run is retried after a backoff (tests/e2e/test_faults.py
+    injects faults at every stage)."""
     from stepwell.runtime import items
 
     real_execute = items.RunSession.execute
@@ -197,8 +230,12 @@ async def test_a_crashed_session_lets_its_lease_expire_and_the_run_resumes(
     async def fine(ctx: stepwell.Context, step: stepwell.Step) -> str:
         return str(await step.run("s", lambda: "ok"))
 
-    async with make_engine(app, lease_seconds=1) as engine:
+    async with make_engine(app, clock=clock) as engine:
         [run] = await engine.runs(event_id=await engine.send("t/go", {}))
+        await engine.idle()
+        await clock.advance("1m")
         run = await engine.wait(run.id, timeout=20)
     assert crashes == [run.id]
     assert run.status == "completed" and run.output == "ok"
+    [crash] = [s for s in run.steps if s.id == "(engine)"]
+    assert "executor bug" in crash.failures[0]["error"]["message"]

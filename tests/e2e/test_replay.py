@@ -196,3 +196,47 @@ async def test_rerun_with_edited_step_input_is_refused_for_native_functions(
         with pytest.raises(ValueError, match="TypeScript SDK only"):
             await engine.replay(run.id, from_step="price", step_input=[7])
         assert len(await engine.runs()) == 1           # nothing was started
+
+
+async def test_a_step_inserted_before_recorded_ones_records_a_warning(
+        make_engine: Any, clock: VirtualClock) -> None:
+    app = stepwell.App("t")
+    version = {"v": 1}
+
+    @app.function(id="ins", trigger="t/ins")
+    async def ins(ctx: stepwell.Context, step: stepwell.Step) -> str:
+        if version["v"] == 2:
+            await step.run("inserted", lambda: "new")
+        await step.run("a", lambda: "a")
+        version["v"] = 2
+        await step.sleep("nap", "1h")
+        return "ok"
+
+    async with make_engine(app) as engine:
+        [run] = await engine.runs(event_id=await engine.send("t/ins", {}))
+        await engine.idle()
+        await clock.advance("1h")
+        run = await engine.wait(run.id)
+    assert any("order" in w for w in run.warnings)
+
+
+async def test_swapped_steps_record_a_warning_on_the_virtual_clock(
+        make_engine: Any, clock: VirtualClock) -> None:
+    app = stepwell.App("t")
+    version = {"v": 1}
+
+    @app.function(id="swap", trigger="t/swap")
+    async def swap(ctx: stepwell.Context, step: stepwell.Step) -> str:
+        order = ["a", "b"] if version["v"] == 1 else ["b", "a"]
+        for name in order:
+            await step.run(name, lambda n=name: n)
+        version["v"] = 2
+        await step.sleep("nap", "1h")
+        return "ok"
+
+    async with make_engine(app) as engine:
+        [run] = await engine.runs(event_id=await engine.send("t/swap", {}))
+        await engine.idle()
+        await clock.advance("1h")
+        run = await engine.wait(run.id)
+    assert any("order" in w for w in run.warnings)

@@ -238,6 +238,7 @@ class AppSpec:
     app_id: str
     cmd: list[str]
     cwd: Path
+    env: tuple[tuple[str, str], ...] = ()    # extra environment of the app's process
 
 
 def python_app_spec() -> AppSpec:
@@ -276,6 +277,7 @@ def start_app(spec: AppSpec, server_url: str, keys: Keys | None = None) -> Proce
     `INNGEST_DEV=0` + `INNGEST_BASE_URL` + `INNGEST_SIGNING_KEY` + `INNGEST_EVENT_KEY` in
     production mode."""
     env = base_env()
+    env.update(dict(spec.env))
     env["PORT"] = "0"
     env["INNGEST_BASE_URL"] = server_url  # where the API and the event API are
     if keys is None:
@@ -396,7 +398,7 @@ class SdkHarness:
         assert response.status_code == 200, response.text
         entries = list(response.json())
         return [e for e in entries
-                if (kind is None or e["kind"] == kind) and (key is None or e["key"] == key)]
+                if (kind is None or e["kind"] == kind) and (key is None or e.get("key") == key)]
 
 
 def step_names(run: dict[str, Any]) -> list[str]:

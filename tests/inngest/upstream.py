@@ -8,8 +8,9 @@ Routes:
 - anything else under GET: 404 with a text body;
 - `POST /ai/chat/completions`: a fake OpenAI chat completion; answers 401 unless the request
   carries `Authorization: Bearer <API_KEY>`;
+- `POST /anthropic/.../messages`: a fake Anthropic message; 401 unless `x-api-key` is API_KEY;
 - `POST /ai-broken/chat/completions`: 500 with a JSON error.
-Every request is recorded (path, method, headers, body) for the tests to inspect.
+Every request is recorded (path, method, headers, header names as sent, body) for the tests.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def _handler(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
             except ValueError:
                 body = raw.decode(errors="replace")
             upstream.requests.append({"path": parts.path, "method": self.command,
+                                      "header_names": list(self.headers.keys()),
                                       "headers": {k.lower(): v for k, v in self.headers.items()},
                                       "body": body})
             return parts.path, parse_qs(parts.query), body
@@ -88,6 +90,13 @@ def _handler(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
                     "choices": [{"index": 0, "finish_reason": "stop", "message": {
                         "role": "assistant", "content": f"summary of: {text}"}}],
                     "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}})
+            elif path.startswith("/anthropic/") and path.endswith("/messages"):
+                if self.headers.get("x-api-key") != API_KEY:
+                    self._reply(401, {"type": "error", "error": {"message": "bad api key"}})
+                    return
+                self._reply(200, {"id": "msg_1", "type": "message", "role": "assistant",
+                                  "model": body["model"], "stop_reason": "end_turn",
+                                  "content": [{"type": "text", "text": "hello"}]})
             elif path == "/ai-broken/chat/completions":
                 self._reply(500, {"error": {"message": "model overloaded"}})
             else:

@@ -1,10 +1,11 @@
 """Apps and a worker process for the multi-process Postgres tests; not a test module.
 
-    python pg_worker_app.py cron DB_URL JOURNAL ORIGIN_WALL_MS ORIGIN_VIRTUAL_MS SPEED
+    python pg_worker_app.py cron DB_URL JOURNAL CLOCK_FILE
 
-runs an engine whose clock is shared by every process started with the same origin and speed
-(virtual time = origin_virtual + (wall - origin_wall) * speed), so a once-a-minute cron fires
-every second of real time in all of them alike. It runs until SIGTERM.
+runs an engine whose clock is the virtual instant written in CLOCK_FILE (epoch ms), shared by
+every process started with the same file: the test moves time forward by rewriting it, one
+cron tick at a time, only once the previous tick's run is done, so the test does not depend on
+how fast the machine is. It runs until SIGTERM.
 
 `work_app` is the app the `stepwell worker` CLI test loads (`pg_worker_app.py:work_app`).
 Journals are append-only JSON lines written with one `os.write` each.
@@ -17,10 +18,12 @@ import json
 import os
 import signal
 import sys
-import time
+from pathlib import Path
 from typing import Any
 
 import stepwell
+
+POLL_S = 0.01
 
 
 def journal(path: str, **record: Any) -> None:
@@ -31,21 +34,28 @@ def journal(path: str, **record: Any) -> None:
         os.close(fd)
 
 
-class SharedFastClock:
-    """Wall time sped up, identically in every process given the same origin."""
+def set_clock(path: Path, instant_ms: int) -> None:
+    """Move the shared virtual clock (atomically: readers see the old or the new instant)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(str(instant_ms))
+    os.replace(tmp, path)
 
-    def __init__(self, origin_wall_ms: int, origin_virtual_ms: int, speed: float) -> None:
-        self.w0 = origin_wall_ms
-        self.v0 = origin_virtual_ms
-        self.speed = speed
+
+class SharedFileClock:
+    """The virtual instant in a file, the same in every process that reads it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
 
     def now(self) -> int:
-        return self.v0 + int((time.time() * 1000 - self.w0) * self.speed)
+        return int(self.path.read_text())
 
     async def sleep_until(self, when_ms: int) -> None:
-        delay = (when_ms - self.now()) / self.speed / 1000
-        if delay > 0:
-            await asyncio.sleep(delay)
+        """Until the test moves the clock there (a file has no change notification: poll)."""
+        while True:
+            if self.now() >= when_ms:
+                return
+            await asyncio.sleep(POLL_S)
 
 
 def cron_app(journal_path: str) -> stepwell.App:
@@ -75,9 +85,9 @@ async def job(ctx: stepwell.Context, step: stepwell.Step) -> dict[str, Any]:
     return {"n": ctx.event.data["n"], "pid": pid}
 
 
-async def run_cron(db: str, journal_path: str, w0: int, v0: int, speed: float) -> None:
-    engine = stepwell.Engine(cron_app(journal_path), db=db,
-                             clock=SharedFastClock(w0, v0, speed), poll_seconds=0.2)
+async def run_cron(db: str, journal_path: str, clock_path: str) -> None:
+    engine = stepwell.Engine(cron_app(journal_path), db=db, clock=SharedFileClock(clock_path),
+                             poll_seconds=0.2)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with engine:
@@ -86,6 +96,6 @@ async def run_cron(db: str, journal_path: str, w0: int, v0: int, speed: float) -
 
 
 if __name__ == "__main__":
-    mode, db_url, journal_file, wall0, virtual0, speed_text = sys.argv[1:7]
+    mode, db_url, journal_file, clock_file = sys.argv[1:5]
     assert mode == "cron"
-    asyncio.run(run_cron(db_url, journal_file, int(wall0), int(virtual0), float(speed_text)))
+    asyncio.run(run_cron(db_url, journal_file, clock_file))

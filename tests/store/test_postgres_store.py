@@ -22,11 +22,12 @@ import psycopg
 import pytest
 
 from stepwell.core.models import Memo
+from stepwell.core.urls import redact
 from stepwell.runtime import admission
 from stepwell.runtime.scripts import LeaseLost, hold
-from stepwell.store.base import NewRun, StoreError, WaitRow
+from stepwell.store.base import NewRun, StoreError, WaitRow, migration_files
 from stepwell.store.postgres import SCHEMA_VERSION, PostgresStore, migrate
-from stepwell.store.postgres_conn import PostgresWriter, redact
+from stepwell.store.postgres_conn import PostgresWriter
 from stepwell.store.postgres_tx import PostgresTx, WriterState
 
 Script = Callable[[PostgresTx], Any]
@@ -61,6 +62,22 @@ def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread, out
+
+
+def wait_until_blocked(url: str, backend_pid: int, deadline_s: float = 30.0) -> None:
+    """Until the backend `backend_pid` waits for a lock (seen in pg_stat_activity, from a
+    connection of its own in autocommit, so each look is fresh): the proof that a second
+    transaction waits for the first, whatever the machine's speed."""
+    deadline = time.monotonic() + deadline_s
+    with closing(psycopg.connect(url, autocommit=True)) as observer:
+        while True:
+            row = observer.execute(
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                (backend_pid,)).fetchone()
+            if row is not None and row[0] == "Lock":
+                return
+            assert time.monotonic() < deadline, f"backend {backend_pid} never waited for a lock"
+            time.sleep(0.01)
 
 
 def run_writer(url: str, scripts: list[Script], **options: Any) -> list[Any]:
@@ -152,8 +169,7 @@ def test_processes_starting_together_migrate_once(pg_database: str) -> None:
 def test_an_older_schema_is_upgraded(pg_database: str) -> None:
     with closing(connect(pg_database)) as conn:
         conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-        from stepwell.store.postgres import _migrations
-        conn.execute(_migrations()[0][1].encode())
+        conn.execute(migration_files("postgres")[0][1].encode())
         conn.execute("CREATE TABLE stepwell_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         conn.execute("INSERT INTO stepwell_meta VALUES ('schema_version', '1')")
         conn.execute("INSERT INTO queue (unique_key, kind, due_at) VALUES ('exec:old', 'exec', 5)")
@@ -178,7 +194,7 @@ def test_concurrency_slots_are_counted_across_processes(pg_database: str) -> Non
                     return admission.claim(tx2, 100, "w2", 10**13, 1)
 
             thread, out = in_thread(second)
-            time.sleep(0.3)
+            wait_until_blocked(pg_database, c2.info.backend_pid)
             assert thread.is_alive(), "the second claimer did not wait for the first"
         thread.join(10)
         assert out == [[]], out           # its item was parked: the key is full
@@ -196,15 +212,15 @@ def test_flow_state_updates_are_serialized(pg_database: str) -> None:
             def second() -> Any:
                 with transaction(c2) as tx2:
                     state = tx2.get_flow("throttle:fn:k")
-                    tx2.put_flow("throttle:fn:k", text=str(int(state[1]) + 1))
+                    tx2.put_flow("throttle:fn:k", text=str(int(state[0]) + 1))
                     return state
 
             thread, out = in_thread(second)
-            time.sleep(0.3)
+            wait_until_blocked(pg_database, c2.info.backend_pid)
             assert thread.is_alive(), "the second transaction did not wait for the lock"
             tx1.put_flow("throttle:fn:k", text="1")
         thread.join(10)
-        assert out == [(None, "1", None)]
+        assert out == [("1", None)]
         assert c1.execute("SELECT text FROM flow_state").fetchall() == [("2",)]
 
 
@@ -233,7 +249,7 @@ def test_run_status_is_compare_and_set(pg_database: str) -> None:
                     return tx2.finish_run("run0", "cancelled", 6)
 
             thread, out = in_thread(second)
-            time.sleep(0.2)
+            wait_until_blocked(pg_database, c2.info.backend_pid)
         thread.join(10)
         assert out == [False]
         assert c1.execute("SELECT status, output FROM runs").fetchall() == [("completed", "1")]
@@ -359,7 +375,7 @@ async def test_a_read_of_several_statements_sees_one_snapshot(pg_database: str) 
 
         assert await store.read(counted) == ("queued", "queued")   # one snapshot
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
-            await store.read(lambda tx: tx.delete_app("x"))
+            await store.read(lambda tx: tx.delete_step_wait("x", "y"))
     finally:
         await store.close()
 

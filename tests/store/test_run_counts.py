@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
-from stepwell.runtime.engine import open_store
 from stepwell.store.base import NewRun, Store, Tx
 
-
-@pytest.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    s = open_store(db_url)
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
+pytestmark = pytest.mark.postgres_strict     # part of the storage contract
 
 
 async def test_counts_are_exact_below_the_cap_and_capped_above(store: Store) -> None:

@@ -3,25 +3,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from stepwell.runtime.engine import open_store
 from stepwell.store.base import NewRun, Store, Tx
 
 NOW = 1_000_000
 
 
-@pytest.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    s = open_store(db_url)
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
+pytestmark = pytest.mark.postgres_strict     # part of the storage contract
 
 
 async def write(store: Store, fn: Callable[[Tx], Any]) -> Any:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from typing import Any, Literal, TypeVar
+from urllib.parse import quote
 
 from stepwell.core.cron import CronError, CronSchedule, parse_cron
 from stepwell.core.durations import DurationError, format_duration, parse_duration_ms
@@ -29,10 +30,22 @@ MAX_RETRIES = 20
 DEFAULT_RETRIES = 4
 MAX_CANCEL_RULES = 5
 MAX_CONCURRENCY_LIMITS = 2
+# Beyond these a limit means "no limit" in practice, and the database columns holding them are
+# 32-bit: refused at definition rather than failing at the first run.
+MAX_CONCURRENCY = 100_000
+MAX_FLOW_LIMIT = 1_000_000      # throttle / rate_limit `limit` and `burst`
 MIN_PERIOD_MS = 1_000
 MAX_PERIOD_MS = 7 * 24 * 3600 * 1000
-MAX_SLEEP_MS = 366 * 24 * 3600 * 1000
+MAX_SLEEP_MS = 366 * 24 * 3600 * 1000          # sleeps, waits and timeouts: at most a year
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+
+
+def id_for_key(qualified_id: str) -> str:
+    """A function id as it goes into a storage key (`cron:<id>:0`, `batch:<id>:<key>`...):
+    SDK function ids may hold any character, so everything outside the characters native ids
+    use is %-encoded (`%` included), which keeps every key that existed before unchanged and
+    makes the encoding one-to-one."""
+    return quote(qualified_id, safe="/:.-_")
 
 
 class ConfigError(ValueError):
@@ -126,11 +139,6 @@ class EventTrigger:
     @property
     def is_wildcard(self) -> bool:
         return self.name.endswith("*")
-
-    def matches_name(self, name: str) -> bool:
-        if self.is_wildcard:
-            return name.startswith(self.name[:-1])
-        return name == self.name
 
 
 @dataclass(frozen=True)
@@ -334,10 +342,11 @@ def _cancel_rule(check: _Checker, raw: object) -> CancelRule:
 def _keyed(check: _Checker, option: str, value: object, cls: type[Any],
            needs_period: bool) -> KeyedLimit:
     cfg = check.coerce(option, value, cls)
-    limit = check.integer(f"{option}.limit", cfg.limit, 1)
+    most = MAX_FLOW_LIMIT if needs_period else MAX_CONCURRENCY
+    limit = check.integer(f"{option}.limit", cfg.limit, 1, most)
     period = check.duration(f"{option}.period", cfg.period, MIN_PERIOD_MS, MAX_PERIOD_MS) if (
         needs_period) else 0
-    burst = check.integer(f"{option}.burst", getattr(cfg, "burst", 1), 1)
+    burst = check.integer(f"{option}.burst", getattr(cfg, "burst", 1), 1, MAX_FLOW_LIMIT)
     key = check.optional_expression(f"{option}.key", cfg.key)
     scope = getattr(cfg, "scope", "fn")
     if scope not in ("fn", "env", "account"):
@@ -371,7 +380,13 @@ def build_spec(app_id: str, fn_id: str, *, trigger: object, name: str | None = N
                priority: object = None, idempotency: object = None, singleton: object = None,
                failure_of: str | None = None, remote: bool = False) -> FunctionSpec:
     """Validate every option of a function definition; raise `ConfigError` on the first problem."""
-    if not isinstance(fn_id, str) or not _ID_RE.match(fn_id):
+    if remote:
+        # An SDK app's function id is whatever string the SDK registered (Inngest accepts any
+        # non-empty one: `billing/charge`, unicode, punctuation); it is encoded wherever it
+        # goes into a URL or a key (`id_for_key`).
+        if not isinstance(fn_id, str) or not fn_id:
+            raise ConfigError(f"function id {fn_id!r} is invalid: it must be a non-empty string")
+    elif not isinstance(fn_id, str) or not _ID_RE.match(fn_id):
         raise ConfigError(
             f"function id {fn_id!r} is invalid: use letters, digits, '-', '_', '.', ':' "
             "and start with a letter or digit")

@@ -79,6 +79,14 @@ def _check_expression(expression: str, zone: datetime.tzinfo) -> None:
             f"invalid cron expression {expression!r}: unknown macro; "
             f"allowed macros are {', '.join(_MACROS)}"
         )
+    fields = expression.split()
+    if len(fields) == 6 and not (fields[0].isdigit() and int(fields[0]) < 60):
+        # Five fields fire at most once a minute; a seconds field may pick one second of it.
+        raise CronError(
+            f"invalid cron expression {expression!r}: it fires more than once a minute; "
+            "the shortest interval is one minute (a sixth, leading seconds field may only be "
+            'one second, e.g. "30 * * * * *")'
+        )
     try:
         # Computing one fire time, not just constructing, also catches expressions cronsim
         # accepts syntactically but that never fire (it gives up after 50 years).

@@ -27,12 +27,10 @@ from typing import Any, Final, TypeAlias
 import cel
 
 __all__ = [
-    "MISSING",
     "Expression",
     "ExpressionError",
     "ExpressionEvalError",
     "compile_expression",
-    "lookup_path",
     "match_expression",
 ]
 
@@ -44,16 +42,6 @@ class ExpressionError(ValueError):
 class ExpressionEvalError(ValueError):
     """Evaluating a compiled expression failed (missing key, wrong operand types, ...)."""
 
-
-class _Missing:
-    """Type of :data:`MISSING`; a class only so the sentinel has a readable repr."""
-
-    def __repr__(self) -> str:
-        return "MISSING"
-
-
-MISSING: Final[object] = _Missing()
-"""Returned by :func:`lookup_path` for an absent path, since ``None`` is a valid JSON value."""
 
 _VARIABLES: Final = ("event", "async")
 
@@ -166,6 +154,9 @@ class Expression:
             return False
 
 
+MAX_EXPRESSION_LENGTH = 10_000
+
+
 def compile_expression(source: str) -> Expression:
     """Compile ``source`` (cached), raising :class:`ExpressionError` with the problem's position.
 
@@ -176,6 +167,11 @@ def compile_expression(source: str) -> Expression:
         raise ExpressionError(f"expression must be a string, got {type(source).__name__}")
     if not source.strip():
         raise ExpressionError("expression must not be empty")
+    if len(source) > MAX_EXPRESSION_LENGTH:
+        # Compiling is superlinear in the length: a 400 KB expression held the event loop for
+        # seconds, at every sync of the app that sent it.
+        raise ExpressionError(f"expression is {len(source)} characters; at most "
+                              f"{MAX_EXPRESSION_LENGTH} are allowed")
     return _compile(source)
 
 
@@ -315,13 +311,3 @@ def match_expression(path: str) -> str:
     fields = "".join(f'["{s}"]' if s in _CEL_WORDS else f".{s}" for s in segments)
     return f"event{fields} == async{fields}"
 
-
-def lookup_path(obj: Mapping[str, Any], path: str) -> Any:
-    """Value at dotted ``path`` in nested mappings, or :data:`MISSING` if any part is absent
-    or not a mapping; the same reading of a path that :func:`match_expression` produces."""
-    current: Any = obj
-    for key in path.split("."):
-        if not isinstance(current, Mapping) or key not in current:
-            return MISSING
-        current = current[key]
-    return current

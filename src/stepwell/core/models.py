@@ -6,9 +6,15 @@ server and user code can pass them around freely. Times are UTC epoch millisecon
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Generic, Literal, get_args
+
+from typing_extensions import TypeVar
+
+from stepwell.core.jsonsafe import unsafe_integer, unsafe_integer_message
+from stepwell.core.serialize import NotSerializableError, to_json_value
 
 RunStatus = Literal["queued", "running", "completed", "failed", "cancelled", "skipped"]
 ACTIVE_STATUSES: tuple[RunStatus, ...] = ("queued", "running")
@@ -29,26 +35,59 @@ FUNCTION_FINISHED = "inngest/function.finished"
 FUNCTION_CANCELLED = "inngest/function.cancelled"
 FUNCTION_INVOKED = "inngest/function.invoked"
 SCHEDULED_TIMER = "inngest/scheduled.timer"
+# The events that report how a run ended. A run triggered by one of them emits none itself
+# (Inngest's rule: finish handlers never trigger finish handlers), so they cannot form a loop.
+LIFECYCLE_EVENTS = frozenset({FUNCTION_FAILED, FUNCTION_FINISHED, FUNCTION_CANCELLED})
+# Inngest's limit on an event (its API's absolute maximum), applied to every event stepwell
+# stores: sent through the API or `engine.send`, by a step, or emitted by the engine itself.
+MAX_EVENT_BYTES = 3 * 1024 * 1024
+
+
+def is_internal_event(name: str) -> bool:
+    """Events in Inngest's reserved `inngest/` namespace."""
+    return name.lower().startswith("inngest/")
+
+
+def is_lifecycle_event(name: str) -> bool:
+    return name in LIFECYCLE_EVENTS
+
 
 
 class InvalidEventError(ValueError):
     """An event that cannot be accepted; nothing is stored for it."""
 
 
-@dataclass(slots=True)
-class Event:
+# What an event's `data` is: a JSON object unless the event is declared with a model.
+D = TypeVar("D", default=dict[str, Any])
+
+
+@dataclass
+class Event(Generic[D]):
     """An event, or, used as a trigger, an event name with an optional `if_` filter.
 
     API.md uses one name for both (`stepwell.Event("shop/order.created", if_="...")` as a trigger,
     `ctx.event` as the received event), so one class serves both roles.
+
+    `stepwell.Event[OrderCreated]("shop/order.created")` declares an event whose data is the
+    Pydantic model (or dataclass) `OrderCreated`: as a trigger, the handler's `ctx.event.data`
+    is an `OrderCreated`; in `wait_for_event(event=...)` the returned event's is; given to
+    `send` its data is validated first. (Not slotted: `Event[Model](...)` records the model on
+    the instance as `__orig_class__`, standard typing behaviour.)
     """
 
     name: str
-    data: dict[str, Any] = field(default_factory=dict)
+    data: D = field(default_factory=dict)  # type: ignore[assignment]
     id: str = ""
     ts: int = 0
     user: dict[str, Any] = field(default_factory=dict)
     if_: str | None = None
+
+    @property
+    def schema(self) -> Any | None:
+        """The model an `Event[Model](...)` declaration names, else None."""
+        declared = getattr(self, "__orig_class__", None)
+        args = get_args(declared) if declared is not None else ()
+        return args[0] if args else None
 
     def to_dict(self) -> dict[str, Any]:
         """The wire shape (Inngest's), used in storage, expressions and HTTP."""
@@ -56,8 +95,8 @@ class Event:
                 "user": self.user}
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> Event:
-        return cls(name=raw["name"], data=raw.get("data") or {}, id=raw.get("id") or "",
+    def from_dict(cls, raw: dict[str, Any]) -> Event[dict[str, Any]]:
+        return Event(name=raw["name"], data=raw.get("data") or {}, id=raw.get("id") or "",
                    ts=int(raw.get("ts") or 0), user=raw.get("user") or {})
 
 
@@ -95,6 +134,47 @@ def validate_event_payload(raw: object) -> None:
         raise InvalidEventError(
             f"event '{name}' has unknown fields {sorted(unknown)}; allowed: name, data, id, ts, "
             "user, v")
+    big = unsafe_integer({"data": data, "user": user})
+    if big is not None:
+        raise InvalidEventError(unsafe_integer_message(f"event '{name}'", big))
+
+
+def _plain_data(name: str, data: Any) -> Any:
+    """Event data given as a Pydantic model or a dataclass, as the JSON object it is stored as
+    (anything else is left for `validate_event_payload` to name)."""
+    if callable(getattr(data, "model_dump", None)) or (
+            dataclasses.is_dataclass(data) and not isinstance(data, type)):
+        try:
+            return to_json_value(data, what=f"event '{name}' data")
+        except NotSerializableError as exc:
+            raise InvalidEventError(str(exc)) from None
+    return data
+
+
+def normalize_send(args: tuple[Any, ...]) -> tuple[bool, list[Event]]:
+    """What `send(...)` was given (`(name, data)`, an Event, a dict, or a list of these) as
+    validated events, and whether it was one event (the caller then returns one id)."""
+    if len(args) == 2 and isinstance(args[0], str):
+        data = args[1]
+        if data is not None and not isinstance(data, dict):     # a model or a dataclass
+            data = _plain_data(args[0], data)
+        raw_items: list[Any] = [{"name": args[0], "data": data}]
+        single = True
+    elif len(args) == 1:
+        single = not isinstance(args[0], list | tuple)
+        raw_items = [args[0]] if single else list(args[0])
+    else:
+        raise InvalidEventError(
+            "send() takes (name, data), an Event, a dict, or a list of these")
+    events = []
+    for raw in raw_items:
+        payload = raw.to_dict() if isinstance(raw, Event) else raw
+        if isinstance(payload, dict) and payload.get("data") is not None and not isinstance(
+                payload["data"], dict):
+            payload = {**payload, "data": _plain_data(str(payload.get("name")), payload["data"])}
+        validate_event_payload(payload)
+        events.append(Event.from_dict(payload))
+    return single, events
 
 
 def hash_step_id(step_id: str, occurrence: int) -> str:
@@ -123,6 +203,11 @@ class Memo:
     started_at: int = 0
     ended_at: int = 0
     pending: bool = False       # a wait or invoke not yet resolved (outcome still unknown)
+
+    def sleeping(self, now: int) -> bool:
+        """A sleep whose wake time is still ahead of `now`: recorded, but not yet passed (the
+        run may not go beyond it, and the step is not done)."""
+        return self.kind == "sleep" and self.due_at is not None and self.due_at > now
 
 
 @dataclass(slots=True)

@@ -9,14 +9,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import rfc8785
 
 from stepwell.core.config import Cancel, ConfigError, Cron, FunctionSpec, build_spec
 from stepwell.core.durations import DurationError, parse_duration_ms, parse_timestamp_ms
+from stepwell.core.expressions import ExpressionError, compile_expression
 from stepwell.core.models import INPUT_PREFIX, Event, Memo
 
 # Keys a registered function may carry (§1.2); anything else is rejected so a typo or an
@@ -25,6 +28,7 @@ KNOWN_FUNCTION_KEYS = frozenset({
     "id", "name", "triggers", "steps", "concurrency", "throttle", "rateLimit", "debounce",
     "batchEvents", "priority", "cancel", "idempotency", "singleton", "timeouts", "checkpoint",
     "retries", "optimizeParallelism"})
+MAX_FUNCTIONS_PER_APP = 1_000
 KNOWN_APP_KEYS = frozenset({
     "appName", "appname", "app_name", "deployType", "deploy_type", "url", "sdk", "v",
     "framework", "capabilities", "appVersion", "app_version", "featureObservations",
@@ -99,12 +103,25 @@ def parse_registration(body: Any) -> Registration:
     functions = body.get("functions")
     if not isinstance(functions, list):
         raise ProtocolError(f"app '{app_id}': 'functions' must be an array")
-    specs = [_function_spec(app_id, url, raw) for raw in functions]
-    ids = [s.spec.id for s in specs]
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if len(functions) > MAX_FUNCTIONS_PER_APP:
+        raise ProtocolError(f"app '{app_id}' registers {len(functions)} functions; at most "
+                            f"{MAX_FUNCTIONS_PER_APP} are allowed per app")
+    try:
+        specs = [_function_spec(app_id, url, raw) for raw in functions]
+    except ProtocolError as exc:
+        raise ProtocolError(f"app '{app_id}': {exc}") from None
+    counts = Counter(s.spec.id for s in specs)
+    dupes = sorted(i for i, n in counts.items() if n > 1)
     if dupes:
         raise ProtocolError(f"app '{app_id}': function ids {dupes} are registered twice")
     return Registration(app_id, url, specs)
+
+
+def _step_url(app_url: str, fn_id: str) -> str:
+    """The app's URL for a function's calls, its id %-encoded (ids may hold `/`, `&`, `?`...)."""
+    parts = urlsplit(app_url)
+    query = [*parse_qsl(parts.query), ("fnId", fn_id), ("stepId", "step")]
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def _function_spec(app_id: str, app_url: str, raw: Any) -> RemoteFunctionSpec:
@@ -125,7 +142,7 @@ def _function_spec(app_id: str, app_url: str, raw: Any) -> RemoteFunctionSpec:
             raise ProtocolError(f"function '{fn_id}': trigger {trig!r} has neither 'event' nor "
                                 "'cron'")
     step = (raw.get("steps") or {}).get("step") or {}
-    url = ((step.get("runtime") or {}).get("url")) or f"{app_url}?fnId={fn_id}&stepId=step"
+    url = ((step.get("runtime") or {}).get("url")) or _step_url(app_url, fn_id)
     retries = (step.get("retries") or {}).get("attempts", raw.get("retries", 4))
     cancels = []
     for rule in raw.get("cancel") or []:
@@ -172,8 +189,7 @@ def steps_map(memos: Iterable[Memo], now: int) -> tuple[dict[str, Any], list[str
     `{"input": [...]}` for a step a rerun gave new input and that has not run yet (the TS SDK
     then runs it with those arguments)."""
     memos = list(memos)
-    done = [m for m in memos if m.kind != "input" and not m.pending and not (
-        m.kind == "sleep" and m.due_at is not None and m.due_at > now)]
+    done = [m for m in memos if m.kind != "input" and not m.pending and not m.sleeping(now)]
     done.sort(key=lambda m: (m.seq, m.ended_at))
     steps = {m.hash: memo_value(m) for m in done}
     for m in memos:
@@ -251,7 +267,15 @@ def wait_request(op: Op) -> tuple[str, int, str | None, str | None]:
     timeout_ms = _timeout_ms(op)
     expression = op.opts.get("if") or None
     path = match_path_of(expression)
-    return event, timeout_ms, path, None if path else expression
+    condition = None if path else expression
+    if condition is not None:
+        # Checked now, so a bad or oversized condition fails this step instead of failing
+        # the ingestion of every later event of that name.
+        try:
+            compile_expression(condition)
+        except ExpressionError as exc:
+            raise ProtocolError(f"WaitForEvent op {op.id} has an invalid 'if': {exc}") from None
+    return event, timeout_ms, path, condition
 
 
 SIGNAL_CONFLICTS = ("replace", "fail")

@@ -10,12 +10,32 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from stepwell.core.config import EventTrigger, FunctionSpec
+from stepwell.core.models import is_internal_event, is_lifecycle_event
 
 MAX_INDEX_KEYS = 200
+INTERNAL_PREFIX = "inngest/"
+
+
+def wildcard_matches(prefix: str, name: str) -> bool:
+    """Whether a wildcard trigger (`prefix*`) matches an event name.
+
+    Internal events (`inngest/...`: a run's finished/failed/cancelled events, invocations,
+    cron ticks) are matched only by a wildcard that names that namespace itself (`inngest/*`,
+    `inngest/function.*`), never by a broader one (`*`, `i*`). Inngest's wildcards (`app/*`,
+    `app/user.*`) cannot match across namespaces at all and a bare `*` matches nothing there,
+    so no Inngest app relies on `*` catching `inngest/function.finished`; a function on `*`
+    here means "every event of mine", and it would otherwise be triggered by its own
+    `inngest/function.finished` event forever (issue 10.1)."""
+    if not name.startswith(prefix):
+        return False
+    return not is_internal_event(name) or prefix.lower().startswith(INTERNAL_PREFIX)
 
 
 class Router:
-    """Maps an event to the functions it triggers: exact names by dict, wildcards by prefix."""
+    """Maps an event to the functions it triggers: exact names by dict, wildcards by prefix.
+
+    A run's own lifecycle events (`inngest/function.finished` etc., whose `data.function_id`
+    is the function) never trigger that same function, whatever its triggers say."""
 
     def __init__(self, specs: Iterable[FunctionSpec]) -> None:
         self._exact: dict[str, list[tuple[FunctionSpec, EventTrigger]]] = {}
@@ -33,17 +53,26 @@ class Router:
         """Functions to start for this event, each once even if several triggers match."""
         name = event["name"]
         candidates = list(self._exact.get(name, ()))
-        candidates += [(s, t) for prefix, s, t in self._wildcards if name.startswith(prefix)]
+        candidates += [(s, t) for prefix, s, t in self._wildcards
+                       if wildcard_matches(prefix, name)]
+        emitter = _emitter(event) if is_lifecycle_event(name) else None
         out: list[FunctionSpec] = []
         for spec, trigger in candidates:
-            if spec in out:
+            if spec in out or emitter in (spec.public_id, spec.qualified_id):
                 continue
             if trigger.condition is None or trigger.condition.matches(event):
                 out.append(spec)
         return out
 
     def subscribed(self, name: str) -> bool:
-        return name in self._exact or any(name.startswith(p) for p, _, _ in self._wildcards)
+        return name in self._exact or any(wildcard_matches(p, name)
+                                          for p, _, _ in self._wildcards)
+
+
+def _emitter(event: Mapping[str, Any]) -> object:
+    """The function a lifecycle event reports on (`data.function_id`)."""
+    data = event.get("data")
+    return data.get("function_id") if isinstance(data, Mapping) else None
 
 
 def path_value(payload: Mapping[str, Any], path: str) -> Any:

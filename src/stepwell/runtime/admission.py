@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from stepwell.core.config import FunctionSpec
-from stepwell.core.expressions import compile_expression
+from stepwell.core.config import FunctionSpec, id_for_key
+from stepwell.core.expressions import ExpressionError, compile_expression
 from stepwell.core.flow import (
     FlowKeyError,
     batch_is_full,
@@ -40,9 +40,9 @@ from stepwell.store.base import QueueItem, Tx
 IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
 
 
-def gcra_state(state: tuple[float | None, str | None, int | None] | None) -> int | None:
+def gcra_state(state: tuple[str | None, int | None] | None) -> int | None:
     """A stored GCRA arrival time (an exact integer, kept as text)."""
-    return None if state is None or state[1] is None else int(state[1])
+    return None if state is None or state[0] is None else int(state[0])
 
 
 def ingest_events(tx: Tx, events: list[Event], now: int, routing: Routing, place: Placement,
@@ -59,6 +59,25 @@ def ingest_events(tx: Tx, events: list[Event], now: int, routing: Routing, place
         process_event(tx, event, now, routing, place, effects)
 
 
+def defer_events(tx: Tx, events: list[Event], now: int) -> None:
+    """Store events for a worker to route (a process that only sends events knows no
+    functions): unprocessed, with one `route` queue item, so the first worker that claims it
+    routes them with its functions, through the same queue and wake-ups as any work."""
+    stored = [e.id for e in events
+              if tx.insert_event(e, now, now - EVENT_DEDUPE_WINDOW_MS, processed=False)]
+    if stored:
+        tx.enqueue("route", f"route:{stored[0]}", now, payload={"events": stored})
+
+
+def route_deferred(tx: Tx, item: QueueItem, owner: str, now: int, routing: Routing,
+                   place: Placement, effects: Effects) -> None:
+    """A worker routes events a sender deferred (each once: `mark_event_processed` is a
+    compare-and-set, shared with the recovery of unprocessed events)."""
+    ids = (item.payload or {}).get("events") or []
+    ingest_events(tx, tx.get_events(ids), now, routing, place, effects, already_stored=True)
+    tx.release_item(item.id, owner, None, now)
+
+
 def process_event(tx: Tx, event: Event, now: int, routing: Routing, place: Placement,
                   effects: Effects) -> None:
     payload = event.to_dict()
@@ -71,7 +90,12 @@ def process_event(tx: Tx, event: Event, now: int, routing: Routing, place: Place
         if wait.expires_at is not None and wait.expires_at < now:
             continue
         if wait.expr is not None:
-            condition = compile_expression(wait.expr)
+            try:
+                condition = compile_expression(wait.expr)
+            except ExpressionError:
+                # Stored by an older version that did not check it: it can match nothing,
+                # and must not fail the ingestion of this event (and of every later one).
+                continue
             if not condition.matches(wait.event_ctx, payload):
                 continue
         if not tx.delete_wait(wait.id):
@@ -100,7 +124,7 @@ def admit(tx: Tx, spec: FunctionSpec, event: Event, now: int, place: Placement,
           effects: Effects, *, routing: Routing, parent: tuple[str, str] | None = None) -> None:
     """Start `spec` for one triggering event, through the function's flow control."""
     payload = event.to_dict()
-    qid = spec.qualified_id
+    qid = id_for_key(spec.qualified_id)
     try:
         if spec.batch is not None and parent is None:
             condition = spec.batch.condition
@@ -110,7 +134,7 @@ def admit(tx: Tx, spec: FunctionSpec, event: Event, now: int, place: Placement,
         if spec.idempotency is not None:
             key = f"idem:{qid}:{evaluate_key(spec.idempotency, payload, option='idempotency')}"
             state = tx.get_flow(key)
-            if state is not None and state[2] is not None and state[2] > now:
+            if state is not None and state[1] is not None and state[1] > now:
                 _skip(tx, spec, [event], now, "Idempotent",
                       f"an earlier event with the same idempotency key "
                       f"'{spec.idempotency.source}' started a run within 24h")
@@ -141,14 +165,14 @@ def start_run(tx: Tx, spec: FunctionSpec, events: list[Event], now: int, place: 
               replay_of: str | None = None) -> str | None:
     """The last stages: singleton, throttle, priority, concurrency; then the run exists."""
     payload = events[0].to_dict()
-    qid = spec.qualified_id
+    qid = id_for_key(spec.qualified_id)
     admission = Admission(now, now)
     try:
         if spec.singleton is not None:
             single = spec.singleton
             key = f"single:{qid}:{evaluate_key(single.key, payload, option='singleton')}"
             state = tx.get_flow(key)
-            holder = None if state is None else state[1]
+            holder = None if state is None else state[0]
             active = holder is not None and (run := tx.get_run(holder)) is not None and (
                 run.status in ("queued", "running"))
             if active and single.mode == "skip":
@@ -233,7 +257,8 @@ def _collect_batch(tx: Tx, spec: FunctionSpec, event: Event, now: int, place: Pl
                    effects: Effects, routing: Routing) -> None:
     batch = spec.batch
     assert batch is not None
-    key = f"batch:{spec.qualified_id}:{evaluate_key(batch.key, event.to_dict(), option='batch')}"
+    key = (f"batch:{id_for_key(spec.qualified_id)}:"
+           f"{evaluate_key(batch.key, event.to_dict(), option='batch')}")
     size = tx.add_batch_event(key, event.id)
     if batch_is_full(size, batch.max_size):
         flush_batch(tx, spec, key, now, place, effects, routing)
@@ -256,7 +281,7 @@ def flush_batch(tx: Tx, spec: FunctionSpec, key: str, now: int, place: Placement
 def _debounce(tx: Tx, spec: FunctionSpec, event: Event, now: int) -> None:
     debounce = spec.debounce
     assert debounce is not None
-    key = (f"debounce:{spec.qualified_id}:"
+    key = (f"debounce:{id_for_key(spec.qualified_id)}:"
            f"{evaluate_key(debounce.key, event.to_dict(), option='debounce')}")
     item = tx.get_item(key)
     if item is None:

@@ -16,10 +16,19 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from stepwell.core.backoff import retry_delay_ms
 from stepwell.core.config import FunctionSpec
-from stepwell.core.models import FUNCTION_INVOKED, Event, Memo, RunStatus
+from stepwell.core.eventsize import check_event_size
+from stepwell.core.models import (
+    FUNCTION_INVOKED,
+    Event,
+    InvalidEventError,
+    Memo,
+    RunStatus,
+    validate_event_payload,
+)
 from stepwell.core.routing import match_key, path_value
-from stepwell.runtime import admission, scripts, signals
+from stepwell.runtime import admission, runlog, scripts, signals
 from stepwell.runtime.scripts import Effects, Ending, LeaseLost, Placement
+from stepwell.sdk.errors import StepError
 from stepwell.store.base import RunState, Tx, WaitRow
 
 if TYPE_CHECKING:
@@ -29,11 +38,12 @@ if TYPE_CHECKING:
     from stepwell.runtime.stats import Stats
 
 R = TypeVar("R")
-FUNCTION_KEY = "__function__"      # failure counter of code outside steps
+FUNCTION_KEY = "__function__"      # failure counters of code outside steps (one per unit)
 INVOKE_TIMEOUT_ERROR = {
     "name": "InngestInvokeTimeoutError", "stack": "",
     "message": "Timed out waiting for invoked function to complete"}
 log = logging.getLogger("stepwell.run")
+MAX_INVOKE_DEPTH = 100          # nested invocations (a run invoking, invoked by a run ...)
 
 
 class Target(Protocol):
@@ -121,7 +131,9 @@ class RunDriver:
             stats.step_seconds.observe(max(0, memo.ended_at - memo.started_at) / 1000)
 
     async def record_failure(self, step_hash: str, step_id: str, attempt: int,
-                             error: dict[str, Any]) -> None:
+                             error: dict[str, Any], *, next_at: int | None) -> None:
+        """Record a failed attempt (0-based) and log it; `next_at`: when the next attempt may
+        start, None when none follows."""
         run_id, now = self.run_id, self.now()
 
         def script(tx: Tx, place: Placement, effects: Effects) -> None:
@@ -129,6 +141,8 @@ class RunDriver:
 
         await self.host.commit(self._held(script))
         self.host.stats.step_attempts_failed += 1
+        runlog.attempt_failed(run_id, self.spec.public_id, step_id, attempt, self.spec.retries,
+                              error, now=now, next_at=next_at)
         self.failures.setdefault(step_hash, []).append(
             {"attempt": attempt, "error": error, "at": now, "step_id": step_id})
 
@@ -143,27 +157,42 @@ class RunDriver:
         return now + retry_delay_ms(failures, seed=f"{self.run_id}:{key}")
 
     async def end(self, status: RunStatus, *, output: Any = None,
-                  error: dict[str, Any] | None = None) -> None:
+                  error: dict[str, Any] | None = None,
+                  event_error: dict[str, Any] | None = None) -> None:
         run = self.state.run
         ending = Ending(run.id, run.function_id, status, output=output, error=error,
                         parent_run_id=run.parent_run_id, parent_step=run.parent_step,
-                        event=self.first_event or None)
+                        event=self.first_event or None, event_error=event_error)
         now, routing = self.now(), self.host.routing
         with contextlib.suppress(LeaseLost):
             await self.host.commit(self._held(
                 lambda tx, place, effects: scripts.end_run(tx, ending, now, place, routing,
                                                            effects)))
 
-    async def retry_function(self, error: dict[str, Any], *, after_ms: int | None = None) -> None:
-        """An error outside any step: retry the whole invocation like a step, or fail the run
-        once the function's retries are used up."""
-        failures = len(self.failures.get(FUNCTION_KEY, ()))
-        if failures >= self.spec.retries:
-            await self.end("failed", error=error)
+    def function_unit(self) -> str:
+        """The failure counter of the current unit of work outside steps. As in Inngest, each
+        new unit (the code after the last recorded step) starts again at attempt 0: an early
+        transient error does not use up the retries of code that runs later. Steps recorded so
+        far identify the unit (a retried unit records none)."""
+        return f"{FUNCTION_KEY}:{len(self.memos)}"
+
+    def function_attempt(self) -> int:
+        """How many times the current unit of work has failed (`ctx.attempt`)."""
+        return len(self.failures.get(self.function_unit(), ()))
+
+    async def retry_function(self, error: dict[str, Any], *, after_ms: int | None = None,
+                             event_error: dict[str, Any] | None = None,
+                             retry: bool = True) -> None:
+        """An error outside any step: retry the current unit of work like a step, or fail the
+        run once its retries are used up (or at once when `retry` is False)."""
+        unit = self.function_unit()
+        failures = self.function_attempt()
+        if not retry or failures >= self.spec.retries:
+            await self.end("failed", error=error, event_error=event_error)
             return
-        due = self.retry_due(FUNCTION_KEY, failures + 1, after_ms=after_ms)
+        due = self.retry_due(unit, failures + 1, after_ms=after_ms)
         with contextlib.suppress(LeaseLost):
-            await self.record_failure(FUNCTION_KEY, FUNCTION_KEY, failures, error)
+            await self.record_failure(unit, FUNCTION_KEY, failures, error, next_at=due)
             await self.release(due, timer=True)
 
     async def release(self, due: int | None, *, timer: bool = False) -> None:
@@ -255,16 +284,48 @@ class RunDriver:
                           raw_events: list[dict[str, Any]]) -> list[str]:
         now = self.now()
         events = []
-        for raw in raw_events:
-            event = Event.from_dict(raw)
-            event.id = event.id or scripts.new_id()
-            event.ts = event.ts or now
-            events.append(event)
+        try:
+            for raw in raw_events:
+                validate_event_payload(raw)
+                check_event_size(raw)
+                event = Event.from_dict(raw)
+                event.id = event.id or scripts.new_id()
+                event.ts = event.ts or now
+                events.append(event)
+        except InvalidEventError as exc:
+            # Deterministic: the same events would be refused again, so the step fails now.
+            error = {"name": "InvalidEventError", "message": f"step '{step_id}': {exc}",
+                     "stack": ""}
+            await self.checkpoint(Memo(step_hash, step_id, "send", seq, error=error,
+                                       started_at=now, ended_at=now))
+            raise StepError(step_id, error) from None
         ids = [e.id for e in events]
         memo = Memo(step_hash, step_id, "send", seq, data=ids, started_at=now, ended_at=now)
         await self.checkpoint(memo, lambda tx, place, effects: scripts.store_emitted(
             tx, events, now, effects))
         return ids
+
+    async def _invoke_depth(self) -> int:
+        """How many invocations deep this run is (its invoking ancestors, counted up to the
+        limit: one read per level, and most runs have no parent)."""
+        parent = self.state.run.parent_run_id
+
+        def count(tx: Tx) -> int:
+            depth, current = 0, parent
+            while current is not None and depth < MAX_INVOKE_DEPTH:
+                row = tx.get_run(current)
+                depth += 1
+                current = row.parent_run_id if row is not None else None
+            return depth
+
+        return 0 if parent is None else await self.host.read(count)
+
+    def function_not_found(self, step_id: str, ref: object) -> dict[str, Any]:
+        """The error of an invoke whose target does not exist."""
+        return {"name": "FunctionNotFoundError", "stack": "",
+                "message": f"step '{step_id}': no function {ref!r} is registered (give a "
+                           "function object, 'fn-id', 'app-id/fn-id' or an SDK app's "
+                           "composite id)"}
 
     async def invoke(self, step_hash: str, step_id: str, seq: int, *, ref: object,
                      data: dict[str, Any], timeout_ms: int | None) -> Memo:
@@ -272,15 +333,21 @@ class RunDriver:
         function exists, record the step as failed. Returns the memo."""
         now = self.now()
         target = self.host.find_function(ref)
+        error: dict[str, Any] | None = None
         if target is None:
-            error = {"name": "FunctionNotFoundError", "stack": "",
-                     "message": f"step '{step_id}': no function {ref!r} is registered (give a "
-                                "function object, 'fn-id', 'app-id/fn-id' or an SDK app's "
-                                "composite id)"}
+            error = self.function_not_found(step_id, ref)
+        elif await self._invoke_depth() >= MAX_INVOKE_DEPTH:
+            # A function invoking itself (or A invoking B invoking A) would otherwise nest
+            # runs without end, each parent waiting on its child.
+            error = {"name": "InvokeDepthError", "stack": "",
+                     "message": f"step '{step_id}': this run is {MAX_INVOKE_DEPTH} invocations "
+                                f"deep; at most {MAX_INVOKE_DEPTH} nested invokes are allowed"}
+        if error is not None:
             memo = Memo(step_hash, step_id, "invoke", seq, error=error, started_at=now,
                         ended_at=now)
             await self.checkpoint(memo)
             return memo
+        assert target is not None
         due = None if timeout_ms is None else now + timeout_ms
         memo = Memo(step_hash, step_id, "invoke", seq, due_at=due, started_at=now, pending=True)
         child = Event(name=FUNCTION_INVOKED, data=dict(data), id=scripts.new_id(), ts=now)

@@ -21,17 +21,31 @@ from typing import Any, TypeVar
 import httpx
 
 from stepwell.core.config import ConfigError
+from stepwell.core.eventsize import check_event_size
 from stepwell.core.models import (
     TERMINAL_STATUSES,
     Event,
-    InvalidEventError,
     Run,
     RunStatus,
-    validate_event_payload,
+    normalize_send,
 )
-from stepwell.core.protocol import ProtocolError, Registration, validate_signing_key
+from stepwell.core.protocol import (
+    ProtocolError,
+    Registration,
+    parse_registration,
+    validate_signing_key,
+)
 from stepwell.core.urlpolicy import AppUrlPolicy
-from stepwell.runtime import admission, checkpoint, items, scripts, sdkclient, signals, upkeep
+from stepwell.runtime import (
+    admission,
+    checkpoint,
+    items,
+    runlog,
+    scripts,
+    sdkclient,
+    signals,
+    upkeep,
+)
 from stepwell.runtime.checkpoint import CheckpointError as CheckpointError  # for the service
 from stepwell.runtime.clock import Clock, SystemClock, wall_ms
 from stepwell.runtime.registry import Registry, registration_checksum
@@ -41,6 +55,7 @@ from stepwell.runtime.stats import Stats
 from stepwell.runtime.views import run_view
 from stepwell.runtime.watchdog import LoopWatchdog
 from stepwell.sdk.app import App, Function
+from stepwell.sdk.step import check_event_data
 from stepwell.store.base import QueueItem, RunState, Store, Tx
 from stepwell.store.sqlite import SqliteStore
 
@@ -79,6 +94,7 @@ class Engine:
         self.apps = list(apps)
         self.registry = Registry(apps)
         self.functions: dict[str, Function] = self.registry.native
+        self._typed = [fn for fn in self.functions.values() if fn.event_types]
         # How SDK apps are called: signed (production mode) when a signing key is given.
         if signing_key is not None:
             signing_key = validate_signing_key(signing_key)
@@ -270,8 +286,19 @@ class Engine:
     async def register_app(self, body: dict[str, Any]) -> dict[str, Any]:
         """Apply an SDK app's registration (`POST /fn/register`): validate every function,
         store the app, and start routing events to it. Raises ProtocolError on a bad body."""
-        checksum = registration_checksum(body)
-        registration = self.registry.load_app(body, checksum, check=self._check_app_urls)
+        # Hashing and validating a registration is CPU work proportional to its size (up to
+        # 1,000 functions): done on a thread so the event loop keeps serving, and skipped when
+        # the app is already loaded with this exact registration (every SDK re-sync).
+        if not isinstance(body, dict):
+            raise ProtocolError("registration body must be a JSON object")
+        checksum = await asyncio.to_thread(registration_checksum, body)
+        app_id = body.get("appName")
+        if isinstance(app_id, str) and self.registry.checksums.get(app_id) == checksum:
+            registration = self.registry.loaded[app_id]
+        else:
+            parsed = await asyncio.to_thread(parse_registration, body)
+            registration = self.registry.load_app(body, checksum, parsed,
+                                                  check=self._check_app_urls)
         now = self.clock.now()
         modified = await self.store.write(lambda tx: tx.save_app(
             registration.app_id, registration.url, body, checksum, now))
@@ -300,7 +327,8 @@ class Engine:
             if self.registry.checksums.get(app_id) == checksum:
                 continue
             try:
-                self.registry.load_app(body, checksum)
+                parsed = await asyncio.to_thread(parse_registration, body)
+                self.registry.load_app(body, checksum, parsed)
                 changed = True
             except (ProtocolError, ConfigError) as exc:
                 log.error("stored app %s cannot be loaded: %s", app_id, exc)
@@ -352,6 +380,9 @@ class Engine:
         stats.events_received += len(effects.event_ids)
         stats.runs_created += effects.runs_created
         stats.runs_finished.update(effects.ended)
+        for run_id, function_id, status, error in effects.unsuccessful:
+            spec = self.routing.functions.get(function_id)
+            runlog.run_ended(run_id, spec.public_id if spec else function_id, status, error)
         for run_id in effects.finished_runs:
             waiter = self._finished.get(run_id)
             if waiter is not None:
@@ -383,36 +414,50 @@ class Engine:
     async def send(self, *args: Any) -> str | list[str]:
         """Send events: `(name, data)`, an `Event`, a dict, or a list of these. Returns the id
         (or ids). Events are durable once this returns."""
-        single, events = self._normalize_send(args)
+        single, events = normalize_send(args)
         if not events:
             return []
+        for event in events:
+            check_event_size(event.to_dict())
+        self._check_declared(args, events)
         now = self.clock.now()
         for event in events:
             event.id = event.id or scripts.new_id()
             event.ts = event.ts or now
-        routing = self.routing
-        await self.commit(lambda tx, place, effects: admission.ingest_events(
-            tx, events, now, routing, place, effects))
+        if self.routes_events:
+            routing = self.routing
+            await self.commit(lambda tx, place, effects: admission.ingest_events(
+                tx, events, now, routing, place, effects))
+        else:
+            await self.store.write(lambda tx: admission.defer_events(tx, events, now))
         ids = [e.id for e in events]
         return ids[0] if single else ids
 
-    @staticmethod
-    def _normalize_send(args: tuple[Any, ...]) -> tuple[bool, list[Event]]:
-        if len(args) == 2 and isinstance(args[0], str):
-            raw_items: list[Any] = [{"name": args[0], "data": args[1]}]
-            single = True
-        elif len(args) == 1:
-            single = not isinstance(args[0], list | tuple)
-            raw_items = [args[0]] if single else list(args[0])
-        else:
-            raise InvalidEventError(
-                "send() takes (name, data), an Event, a dict, or a list of these")
-        events = []
-        for raw in raw_items:
-            payload = raw.to_dict() if isinstance(raw, Event) else raw
-            validate_event_payload(payload)
-            events.append(Event.from_dict(payload))
-        return single, events
+    def _check_declared(self, args: tuple[Any, ...], events: list[Event]) -> None:
+        """Events declared with a model (`Event[Model](...)` given to `send`, or the trigger
+        of a function here) are validated before anything is stored: InvalidEventError
+        naming the field, so a bad event fails in the sender, not later in a run."""
+        given = args[0] if len(args) == 1 else None
+        items = given if isinstance(given, list | tuple) else [given]
+        for item, event in zip(items, events, strict=False):
+            if isinstance(item, Event) and item.schema is not None:
+                check_event_data(item.schema, event.name, event.data)
+        if self._typed:
+            for event in events:
+                for fn in self._typed:
+                    schema = fn.event_type(event.name)
+                    if schema is not None:
+                        check_event_data(schema, event.name, event.data)
+                        break
+
+    @property
+    def routes_events(self) -> bool:
+        """Whether this engine routes the events it receives itself. A process that only sends
+        events (no worker, no functions of its own: `Engine(db=..., worker=False)`, `stepwell
+        serve --no-worker`) leaves that to the workers, which know the functions: its events
+        are stored unrouted and the first worker to claim them routes them, even one that
+        starts later. Routing them here, with no functions, would drop them silently."""
+        return self.worker or bool(self.registry.native)
 
     async def _ingest_stored(self, events: list[Event]) -> None:
         now, routing = self.clock.now(), self.routing
@@ -423,8 +468,9 @@ class Engine:
 
     async def runs(self, event_id: str | None = None, function_id: str | None = None,
                    status: str | None = None, limit: int = 1000) -> list[Run]:
-        """Runs, newest first, filtered by event, function (`fn-id` or `app/fn-id`) or status."""
-        if function_id is not None and "/" not in function_id:
+        """Runs, newest first, filtered by event, function (`fn-id`, `app/fn-id` or an SDK
+        function's composite id, which may itself hold slashes) or status."""
+        if function_id is not None:
             fn = self.find_function(function_id)
             if fn is not None:
                 function_id = fn.qualified_id

@@ -88,6 +88,15 @@ async def fetch(client: httpx.AsyncClient, op: Op) -> Outcome:
                          "body": text})
 
 
+def canonical_header(name: str) -> str:
+    """A header name as Inngest's Go server sends it (`X-Api-Key`, `Content-Type`): Go's
+    canonical MIME form, the first letter and every letter after a hyphen upper-cased. Some
+    providers' gateways and test doubles compare names case-sensitively."""
+    if not name.isascii() or any(c in name for c in " \t:"):
+        return name
+    return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
+
+
 def _redacted(url: str) -> str:
     """The URL without its query string (Gemini's carries the API key), for error messages."""
     return urlunsplit(urlsplit(url)._replace(query=""))
@@ -130,6 +139,7 @@ async def infer(client: httpx.AsyncClient, op: Op) -> Outcome:
     url, headers = _authorized(_url(op), _headers(op), auth_key, fmt)
     if not any(k.lower() == "content-type" for k in headers):
         headers["content-type"] = "application/json"
+    headers = {canonical_header(k): v for k, v in headers.items()}
     shown = _redacted(url)
     try:
         response = await client.post(url, headers=headers,

@@ -6,13 +6,12 @@ worker; an item leased ahead of its instant (a timer) is prepared at once and ac
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import TYPE_CHECKING
 
 from stepwell.core.config import CronTrigger, FunctionSpec
 from stepwell.core.models import SCHEDULED_TIMER, Event
-from stepwell.runtime import admission, scripts
+from stepwell.runtime import admission, faults, scripts
 from stepwell.runtime.remote import RemoteExecutor, RemoteFunction
 from stepwell.runtime.scripts import Dispatch, Effects, Placement
 from stepwell.runtime.session import RunSession
@@ -30,30 +29,37 @@ async def handle(engine: Engine, item: QueueItem,
     # An item leased ahead of its instant (a timer) is loaded now and acted on at due_at.
     not_before = item.due_at if item.due_at > engine.clock.now() else None
     if item.kind == "exec" and item.run_id is not None and states is not None:
+        run_id = item.run_id
         try:
-            loaded = await asyncio.shield(states)
+            loaded = (await asyncio.shield(states)).get(run_id)
         except Exception:
-            # Hand it back for a later attempt rather than hold it with nobody working.
-            log.exception("loading run %s failed; handing it back", item.run_id)
-            owner, now = engine.owner, engine.clock.now()
-            with contextlib.suppress(Exception):
-                await engine.store.write(lambda tx: tx.release_item(
-                    item.id, owner, now + 1_000, now))
-            return
-        await execute(engine, item.id, loaded.get(item.run_id), not_before=not_before,
+            # The batch read failed (one bad run spoils the read of all): this run alone.
+            try:
+                loaded = await engine.store.read(lambda tx: tx.load_run_state(run_id))
+            except Exception as exc:
+                await faults.crashed(engine, item.id, run_id, exc, "loading the run's state")
+                return
+        await execute(engine, item.id, loaded, not_before=not_before,
                       may_park=not item.concurrency)
         return
-    if not_before is not None:
-        await engine.park_until(not_before)
-    if item.kind == "cron":
-        await fire_cron(engine, item)
-    elif item.kind == "timeout":
-        await fire_timeout(engine, item)
-    elif item.kind in ("batch", "debounce"):
-        await fire_flow(engine, item)
-    else:
-        log.error("unknown queue item kind %r; dropping it", item.kind)
-        await drop(engine, item.id)
+    try:
+        if not_before is not None:
+            await engine.park_until(not_before)
+        if item.kind == "cron":
+            await fire_cron(engine, item)
+        elif item.kind == "timeout":
+            await fire_timeout(engine, item)
+        elif item.kind in ("batch", "debounce"):
+            await fire_flow(engine, item)
+        elif item.kind == "route":
+            owner, now, routing = engine.owner, engine.clock.now(), engine.routing
+            await engine.commit(lambda tx, place, effects: admission.route_deferred(
+                tx, item, owner, now, routing, place, effects))
+        else:
+            log.error("unknown queue item kind %r; dropping it", item.kind)
+            await drop(engine, item.id)
+    except Exception as exc:
+        await faults.item_failed(engine, item.id, item.kind, exc)
 
 
 async def drop(engine: Engine, item_id: int) -> None:
@@ -74,7 +80,12 @@ async def run_dispatch(engine: Engine, dispatch: Dispatch) -> None:
         await execute(engine, dispatch.item_id, RunState(row, dispatch.events), started=True,
                       may_park=True)
         return
-    state = await engine.store.read(lambda tx: tx.load_run_state(dispatch.run_id))
+    try:
+        state = await engine.store.read(lambda tx: tx.load_run_state(dispatch.run_id))
+    except Exception as exc:
+        await faults.crashed(engine, dispatch.item_id, dispatch.run_id, exc,
+                             "loading the run's state")
+        return
     await execute(engine, dispatch.item_id, state)
 
 
@@ -87,6 +98,15 @@ async def execute(engine: Engine, item_id: int, state: RunState | None, *,
     if state is None or state.run.status not in ("queued", "running"):
         await drop(engine, item_id)
         return
+    try:
+        await _execute(engine, item_id, state, started=started, not_before=not_before,
+                       may_park=may_park)
+    except Exception as exc:
+        await faults.crashed(engine, item_id, state.run.id, exc, "running the run")
+
+
+async def _execute(engine: Engine, item_id: int, state: RunState, *, started: bool,
+                   not_before: int | None, may_park: bool) -> None:
     fn = engine.registry.get(state.run.function_id)
     if fn is None:
         # Another deployment's function: leave it for a worker that has it.

@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from stepwell.core.config import ConfigError, CronTrigger, FunctionSpec
+from stepwell.core.config import ConfigError, CronTrigger, FunctionSpec, id_for_key
 from stepwell.core.protocol import Registration, parse_registration
 from stepwell.core.routing import Router
 from stepwell.runtime.remote import RemoteFunction
@@ -34,6 +34,7 @@ class Registry:
                 self.native[fn.qualified_id] = fn
         self.remote: dict[str, RemoteFunction] = {}
         self.checksums: dict[str, str] = {}
+        self.loaded: dict[str, Registration] = {}       # app id -> its registration
         self.sdks: dict[str, str] = {}              # app id -> its registration's `sdk`
         self.routing = self._routing()
 
@@ -66,13 +67,15 @@ class Registry:
         for qid, fn in self.items():
             for index, trigger in enumerate(fn.spec.triggers):
                 if isinstance(trigger, CronTrigger):
-                    yield f"cron:{qid}:{index}", index, trigger, fn.spec
+                    yield f"cron:{id_for_key(qid)}:{index}", index, trigger, fn.spec
 
     def load_app(self, body: dict[str, Any], checksum: str,
+                 registration: Registration | None = None,
                  check: Callable[[Registration], None] | None = None) -> Registration:
-        """Replace an SDK app's functions with those of its latest registration (`check`, if
+        """Replace an SDK app's functions with those of its latest registration (`body`, or
+        `registration` when the caller already parsed it, off the event loop; `check`, if
         given, may refuse it by raising before anything is replaced)."""
-        registration = parse_registration(body)
+        registration = registration or parse_registration(body)
         if check is not None:
             check(registration)
         clash = [s.spec.qualified_id for s in registration.functions
@@ -85,6 +88,7 @@ class Registry:
         for item in registration.functions:
             self.remote[item.spec.qualified_id] = RemoteFunction(item.spec, item.url)
         self.checksums[registration.app_id] = checksum
+        self.loaded[registration.app_id] = registration
         self.sdks[registration.app_id] = str(body.get("sdk") or "")   # e.g. "js:v4.24.0"
         self.routing = self._routing()
         return registration

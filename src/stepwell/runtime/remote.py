@@ -40,7 +40,7 @@ from stepwell.core.protocol import (
 )
 from stepwell.core.urlpolicy import AppUrlNotAllowed, AppUrlPolicy
 from stepwell.runtime import checkpoint, gateway
-from stepwell.runtime.driver import Host, RunDriver
+from stepwell.runtime.driver import FUNCTION_KEY, Host, RunDriver
 from stepwell.runtime.scripts import LeaseLost
 from stepwell.runtime.sdkclient import AppClients
 from stepwell.store.base import RunState
@@ -81,8 +81,10 @@ class CallResult:
     output: Any = None
     ops: list[Op] | None = None
     error: dict[str, Any] | None = None
-    retry: bool = True
+    retry: bool = True               # False: the SDK sent `x-inngest-no-retry: true`
     retry_at: int | None = None
+    # The SDK's own error body (a JSON object), kept verbatim as the failed run's output.
+    output_error: dict[str, Any] | None = None
 
 
 def with_step(url: str, step_id: str) -> str:
@@ -124,6 +126,8 @@ class RemoteExecutor(RunDriver):
         self._dues: list[int | None] = []
         # Set: discovery calls offer the SDK checkpointing (see runtime/checkpoint.py).
         self.inflight = inflight if settings.checkpointing and item_id is not None else None
+        self._in_flight: dict[str, asyncio.Task[CallResult]] = {}   # targeted calls
+        self._planned: dict[str, Op] = {}
 
     async def execute(self) -> None:
         # A started run keeps its app's run slot until it suspends or ends (sdkclient).
@@ -134,60 +138,67 @@ class RemoteExecutor(RunDriver):
 
     async def _execute(self) -> None:
         try:
-            for _ in range(MAX_CALLS_PER_EXECUTION):
-                target = self._edited_step()
-                result = await (self._call("step", disable_immediate=False) if target is None
-                                else self._call(target, disable_immediate=True))
-                try:
-                    proceed = await self._handle(result)
-                except ProtocolError as exc:
-                    await self.retry_function({"name": "ProtocolError", "message": str(exc),
-                                               "stack": ""})
-                    return
-                if not proceed:
-                    return
-                if self._dues:
-                    dues = [d for d in self._dues if d is not None]
-                    await self.release(min(dues) if dues else None)
-                    return
-            # A step-per-call loop this long means the app never finishes: let others run.
-            await self.release(self.now())
+            await self._drive()
         except LeaseLost:
             log.info("run %s: lease lost (cancelled or reclaimed); stopping", self.run_id)
+        finally:
+            for task in self._in_flight.values():
+                task.cancel()
+
+    async def _drive(self) -> None:
+        """Discovery calls and the targeted calls of parallel steps, until the run ends or
+        has to wait. As in Inngest, a discovery call follows a completed round of parallel
+        steps, or each finished step of a round whose ops ask for `parallelMode: "race"`."""
+        for _ in range(MAX_CALLS_PER_EXECUTION):
+            edited = None if self._in_flight else self._edited_step()
+            result = await (self._call(edited, disable_immediate=True) if edited is not None
+                            else self._call("step", disable_immediate=bool(self._in_flight)))
+            try:
+                proceed = await self._handle(result)
+                if proceed and self._in_flight:
+                    proceed = await self._await_targeted()
+            except ProtocolError as exc:
+                if await self._settle_in_flight():
+                    await self.retry_function({"name": "ProtocolError", "message": str(exc),
+                                               "stack": ""})
+                return
+            if not proceed:
+                return
+            if self._dues and not self._in_flight:
+                dues = [d for d in self._dues if d is not None]
+                await self.release(min(dues) if dues else None)
+                return
+        # A step-per-call loop this long means the app never finishes: let others run.
+        if await self._settle_in_flight():
+            await self.release(self.now())
 
     async def _handle(self, result: CallResult) -> bool:
-        """Apply one response; False once the run has ended or was handed back."""
+        """Apply one discovery response; False once the run has ended or was handed back."""
         if result.kind == "done":
+            self._cancel_in_flight()
             await self.end("completed", output=result.output)
             return False
         if result.kind == "error":
             assert result.error is not None
-            if not result.retry:
-                await self.end("failed", error=result.error)
-            else:
-                await self.retry_function(result.error, after_ms=result.retry_at)
+            # Targeted calls still running commit their results first.
+            if not await self._settle_in_flight():
+                return False
+            await self.retry_function(result.output_error or result.error,
+                                      after_ms=result.retry_at, retry=result.retry,
+                                      event_error=result.error)
             return False
-        planned: list[Op] = []
         for op in result.ops or []:
             if op.op == "StepPlanned":
-                planned.append(op)
+                if op.id not in self._in_flight and op.id not in self.memos:
+                    # Parallel steps: each runs in its own targeted call, concurrently.
+                    self._in_flight[op.id] = asyncio.create_task(
+                        self._call(op.id, disable_immediate=True))
+                    self._planned[op.id] = op
             elif op.op == "RunComplete":
                 await self.end("completed", output=op.data)
                 return False
             else:
-                await self._apply(op)
-        if planned:
-            # Parallel steps: each runs in its own targeted call, concurrently.
-            results = await asyncio.gather(*(
-                self._call(op.id, disable_immediate=True) for op in planned))
-            for op, sub in zip(planned, results, strict=True):
-                if sub.kind == "ops":
-                    for inner in sub.ops or []:
-                        if inner.op not in ("StepPlanned", "RunComplete"):
-                            await self._apply(inner)
-                elif sub.kind == "error":
-                    await self._step_error(op, sub.error or {}, retry=sub.retry,
-                                           after_ms=sub.retry_at)
+                await self._apply(op, no_retry=not result.retry)
         return True
 
     def _edited_step(self) -> str | None:
@@ -199,10 +210,76 @@ class RemoteExecutor(RunDriver):
                 return target
         return None
 
+    async def _await_targeted(self) -> bool:
+        """Wait for the targeted calls in flight (for the first of them when one asks for race
+        mode) and apply what they answered; False once the run has ended."""
+        race = any(op.opts.get("parallelMode") == "race" for op in self._planned.values()
+                   if op.id in self._in_flight)
+        # A run that must wait anyway (a sleep, a wait, a retry) lets every branch finish.
+        when = (asyncio.FIRST_COMPLETED if race and not self._dues else asyncio.ALL_COMPLETED)
+        done, _ = await asyncio.wait(self._in_flight.values(), return_when=when)
+        finished = [h for h, task in self._in_flight.items() if task in done]
+        for step_hash in finished:
+            task = self._in_flight.pop(step_hash)
+            op = self._planned.pop(step_hash)
+            if not await self._targeted(op, task.result()):
+                return False
+        return True
+
+    async def _settle_in_flight(self) -> bool:
+        """Let every targeted call in flight finish and record its outcome; False once one
+        of them ended the run."""
+        while self._in_flight:
+            done, _ = await asyncio.wait(self._in_flight.values())
+            for step_hash in [h for h, t in self._in_flight.items() if t in done]:
+                task = self._in_flight.pop(step_hash)
+                op = self._planned.pop(step_hash)
+                if not await self._targeted(op, task.result()):
+                    return False
+        return True
+
+    async def _targeted(self, op: Op, sub: CallResult) -> bool:
+        """Apply the answer of a targeted call; False once it ended the run. An error answer
+        (not a StepError op) is the call's own failure, as in Inngest: retried as that unit of
+        work while retries are left, else it fails the run with the SDK's error body."""
+        if sub.kind == "done":
+            # The function returned from a targeted call: as in Inngest, the run is complete.
+            self._cancel_in_flight()
+            await self.end("completed", output=sub.output)
+            return False
+        if sub.kind == "ops":
+            for inner in sub.ops or []:
+                if inner.op not in ("StepPlanned", "RunComplete"):
+                    await self._apply(inner, no_retry=not sub.retry)
+        elif sub.kind == "error":
+            assert sub.error is not None
+            attempt = self._attempt(op.id)
+            if sub.retry and attempt < self.spec.retries:
+                due = self.retry_due(op.id, attempt + 1, after_ms=sub.retry_at)
+                await self.record_failure(op.id, op.display_name or op.id, attempt, sub.error,
+                                          next_at=due)
+                self._dues.append(due)
+                return True
+            self._cancel_in_flight()
+            await self.end("failed", error=sub.output_error or sub.error,
+                           event_error=sub.error)
+            return False
+        return True
+
+    def _cancel_in_flight(self) -> None:
+        for task in self._in_flight.values():
+            task.cancel()
+        self._in_flight.clear()
+        self._planned.clear()
+
     def _seq(self) -> int:
         return len(self.memos)
 
-    async def _apply(self, op: Op) -> None:
+    def function_not_found(self, step_id: str, ref: object) -> dict[str, Any]:
+        """Inngest's own error for an invoke of an unknown function, which SDK code may test."""
+        return {"name": "Error", "message": f"could not find function with ID: {ref}"}
+
+    async def _apply(self, op: Op, *, no_retry: bool = False) -> None:
         existing = self.memos.get(op.id)
         if existing is not None:
             if op.op in ("StepRun", "Step") and existing.kind == "run" and not existing.pending:
@@ -217,7 +294,8 @@ class RemoteExecutor(RunDriver):
                                            data=op.data, attempts=self._attempt(op.id) + 1,
                                            started_at=self.now(), ended_at=self.now()))
             elif op.op == "StepError":
-                await self._step_error(op, op.error or {}, retry=True)
+                # `x-inngest-no-retry: true` on the response fails the step at once.
+                await self._step_error(op, op.error or {}, retry=not no_retry)
             elif op.op == "StepFailed":
                 await self._step_error(op, op.error or {}, retry=False)
             elif op.op == "Sleep":
@@ -272,7 +350,7 @@ class RemoteExecutor(RunDriver):
         keep waiting, or resolve a wait/invoke whose time is up and go on. A step whose result
         the SDK was already given must not come back: that app is not following the protocol."""
         now = self.now()
-        if memo.kind == "sleep" and memo.due_at is not None and memo.due_at > now:
+        if memo.sleeping(now):
             self._dues.append(memo.due_at)
         elif memo.pending:
             if memo.due_at is None or memo.due_at > now:
@@ -313,18 +391,22 @@ class RemoteExecutor(RunDriver):
     async def _step_error(self, op: Op, error: dict[str, Any], *, retry: bool,
                           after_ms: int | None = None) -> None:
         attempt = self._attempt(op.id)
-        await self.record_failure(op.id, op.display_name or op.id, attempt, error)
-        if retry and attempt < self.spec.retries:
-            self._dues.append(self.retry_due(op.id, attempt + 1, after_ms=after_ms))
+        retrying = retry and attempt < self.spec.retries
+        due = self.retry_due(op.id, attempt + 1, after_ms=after_ms) if retrying else None
+        await self.record_failure(op.id, op.display_name or op.id, attempt, error, next_at=due)
+        if due is not None:
+            self._dues.append(due)
             return
         await self.checkpoint(Memo(op.id, op.display_name or op.id, "run", self._seq(),
                                    error=error, attempts=attempt + 1, started_at=self.now(),
                                    ended_at=self.now()))
 
     def _discovery_attempt(self) -> int:
-        """A call retries whichever step is in backoff (or the handler itself)."""
-        retrying = [len(f) for h, f in self.failures.items() if h not in self.memos]
-        return max(retrying, default=0)
+        """A discovery call retries whichever step is in backoff, or the current unit of work
+        outside steps (earlier units that went on count no more)."""
+        retrying = [len(f) for h, f in self.failures.items()
+                    if h not in self.memos and not h.startswith(FUNCTION_KEY)]
+        return max([*retrying, self.function_attempt()])
 
     # --- the HTTP call -----------------------------------------------------------------------
 
@@ -348,12 +430,22 @@ class RemoteExecutor(RunDriver):
 
     async def _call(self, step_id: str, *, disable_immediate: bool) -> CallResult:
         body = self._request_body(step_id, disable_immediate)
-        raw = canonical_json(body)
-        if len(raw) > MAX_REQUEST_BYTES:
-            # Too large to send inline: the SDK fetches events and memos from /v0/runs.
-            body.update(events=[], steps={}, use_api=True)
-            body["ctx"]["use_api"] = True
+        try:
             raw = canonical_json(body)
+            if len(raw) > MAX_REQUEST_BYTES:
+                # Too large to send inline: the SDK fetches events and memos from /v0/runs.
+                body.update(events=[], steps={}, use_api=True)
+                body["ctx"]["use_api"] = True
+                raw = canonical_json(body)
+        except ValueError as exc:
+            # Not representable as the RFC 8785 JSON the SDKs verify (an integer beyond 2^53
+            # that came from a native sender or a step's output): the run cannot go on, and
+            # retrying cannot change that, so it fails at once instead of crashing each lease.
+            return CallResult("error", retry=False, error={
+                "name": "UnserializableRunState", "stack": "",
+                "message": f"the run's events or step results cannot be sent to the SDK: {exc} "
+                           "(JSON numbers must be within ±(2^53 - 1); send bigger ones as "
+                           "strings)"})
         headers = {"content-type": "application/json", "x-run-id": self.run_id,
                    "x-inngest-req-version": "2", "x-inngest-step-id": step_id,
                    "x-inngest-server-kind": self.settings.server_kind}
@@ -419,11 +511,13 @@ class RemoteExecutor(RunDriver):
             return CallResult("done", output=body)
         if status == 206:
             try:
-                return CallResult("ops", ops=parse_ops(body if body is not None else []))
+                return CallResult("ops", ops=parse_ops(body if body is not None else []),
+                                  retry=no_retry != "true")
             except ProtocolError as exc:
                 return CallResult("error", error={"name": "ProtocolError", "stack": "",
                                                   "message": str(exc)})
         retry = no_retry != "true" if no_retry is not None else True
         return CallResult("error", error=sdk_error(body, status), retry=retry,
-                          retry_at=_retry_after(response.headers.get("retry-after"), now))
+                          retry_at=_retry_after(response.headers.get("retry-after"), now),
+                          output_error=dict(body) if isinstance(body, dict) else None)
 

@@ -14,17 +14,18 @@ from typing import Any
 from ulid import ULID
 
 from stepwell.core.config import FunctionSpec
+from stepwell.core.eventsize import fit_lifecycle
 from stepwell.core.models import (
     EVENT_DEDUPE_WINDOW_MS,
     FUNCTION_CANCELLED,
     FUNCTION_FAILED,
     FUNCTION_FINISHED,
     Event,
-    Memo,
     RunStatus,
+    is_lifecycle_event,
 )
 from stepwell.core.routing import Router, match_key, path_value
-from stepwell.store.base import NewRun, Tx, WaitRow
+from stepwell.store.base import NewRun, RunRow, Tx, WaitRow
 
 
 def new_id() -> str:
@@ -53,6 +54,9 @@ class Effects:
     emitted: list[Event] = field(default_factory=list)     # stored unprocessed: ingest next
     finished_runs: list[str] = field(default_factory=list)
     ended: list[str] = field(default_factory=list)          # the final status of each
+    # (run id, function id, status, error) of each run that ended other than completed: logged
+    unsuccessful: list[tuple[str, str, str, dict[str, Any] | None]] = field(
+        default_factory=list)
     runs_created: int = 0
     event_ids: list[str] = field(default_factory=list)
     wake: bool = False          # ready work was queued for any worker: poll now
@@ -185,13 +189,6 @@ def hold(tx: Tx, item_id: int | None, owner: str, lease_until: int) -> None:
         raise LeaseLost(f"queue item {item_id} is no longer held by {owner}")
 
 
-def commit_memo(tx: Tx, run_id: str, memo: Memo, item_id: int | None, owner: str,
-                lease_until: int) -> bool:
-    """A step's outcome; False if it was already committed (by a previous holder)."""
-    hold(tx, item_id, owner, lease_until)
-    return tx.insert_memo(run_id, memo)
-
-
 @dataclass(slots=True)
 class Ending:
     """How a run ended, with what its parent (invoke) and the system events need."""
@@ -204,6 +201,14 @@ class Ending:
     parent_run_id: str | None = None
     parent_step: str | None = None
     event: dict[str, Any] | None = None
+    # What the system events and an invoking parent get, when it differs from the run's own
+    # `error`: an SDK run stores the SDK's error body verbatim, while Inngest's
+    # `inngest/function.failed` event carries `{name, message, stack, error}`.
+    event_error: dict[str, Any] | None = None
+
+    @property
+    def reported_error(self) -> dict[str, Any] | None:
+        return self.event_error if self.event_error is not None else self.error
 
 
 def end_run(tx: Tx, ending: Ending, now: int, place: Placement, routing: Routing,
@@ -217,27 +222,61 @@ def end_run(tx: Tx, ending: Ending, now: int, place: Placement, routing: Routing
     tx.delete_run_waits(ending.run_id)
     effects.finished_runs.append(ending.run_id)
     effects.ended.append(ending.status)
+    if ending.status != "completed":
+        effects.unsuccessful.append((ending.run_id, ending.function_id, ending.status,
+                                     ending.reported_error))
     if ending.parent_run_id and ending.parent_step:
         outcome = ({"data": ending.output} if ending.status == "completed" else
-                   {"error": ending.error or {"name": "Cancelled", "message": ending.status}})
+                   {"error": ending.reported_error or {"name": "Cancelled",
+                                                       "message": ending.status}})
         if tx.resolve_memo(ending.parent_run_id, ending.parent_step, outcome, now):
             enqueue_exec(tx, ending.parent_run_id, now, place, effects)
+    store_emitted(tx, lifecycle_events(ending, now, routing), now, effects)
+    return True
+
+
+def fail_bare(tx: Tx, run: RunRow, error: dict[str, Any], now: int, place: Placement,
+              effects: Effects) -> None:
+    """Fail a run with nothing but the store's own operations: for when `end_run` itself is
+    what fails (no lifecycle events; a parent's invoke is still resolved, so it goes on)."""
+    if not tx.finish_run(run.id, "failed", now, error=error):
+        return
+    tx.delete_items(run_id=run.id)
+    tx.delete_run_waits(run.id)
+    effects.finished_runs.append(run.id)
+    effects.ended.append("failed")
+    effects.unsuccessful.append((run.id, run.function_id, "failed", error))
+    if run.parent_run_id and run.parent_step and tx.resolve_memo(
+            run.parent_run_id, run.parent_step, {"error": error}, now):
+        enqueue_exec(tx, run.parent_run_id, now, place, effects)
+
+
+def lifecycle_events(ending: Ending, now: int, routing: Routing) -> list[Event]:
+    """The events that report how a run ended (`inngest/function.failed`, `.cancelled`,
+    `.finished`), each within the event size limit (`fit_lifecycle`). A run that a lifecycle
+    event triggered reports nothing: as in Inngest, finish handlers never trigger finish
+    handlers, so no chain of them can loop."""
+    trigger = (ending.event or {}).get("name")
+    if isinstance(trigger, str) and is_lifecycle_event(trigger):
+        return []
     system: list[Event] = []
     spec = routing.functions.get(ending.function_id)
     public_id = spec.public_id if spec is not None else ending.function_id
     base = {"function_id": public_id, "run_id": ending.run_id,
             "event": ending.event or {}}
     if ending.status == "failed":
-        system.append(_system_event(FUNCTION_FAILED, {**base, "error": ending.error}, now))
+        system.append(_system_event(FUNCTION_FAILED, {**base, "error": ending.reported_error},
+                                    now))
     elif ending.status == "cancelled" and routing.router.subscribed(FUNCTION_CANCELLED):
-        system.append(_system_event(FUNCTION_CANCELLED, {**base, "error": ending.error}, now))
+        system.append(_system_event(FUNCTION_CANCELLED, {**base, "error": ending.reported_error},
+                                    now))
     if routing.router.subscribed(FUNCTION_FINISHED):
         data = {**base, "result": ending.output} if ending.status == "completed" else {
-            **base, "error": ending.error}
+            **base, "error": ending.reported_error}
         system.append(_system_event(FUNCTION_FINISHED, data, now))
-    if system:
-        store_emitted(tx, system, now, effects)
-    return True
+    for event in system:
+        event.data = fit_lifecycle(event.name, event.data, ending.run_id)
+    return system
 
 
 def _system_event(name: str, data: dict[str, Any], now: int) -> Event:

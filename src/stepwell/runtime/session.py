@@ -21,16 +21,23 @@ import hashlib
 import inspect
 import json
 import logging
-import traceback
 from typing import TYPE_CHECKING, Any
 
 from stepwell.core.models import Event, Memo, error_dict, hash_step_id
 from stepwell.core.serialize import NotSerializableError, to_json_value
-from stepwell.runtime.driver import FUNCTION_KEY, Host, RunDriver
+from stepwell.runtime.driver import Host, RunDriver
 from stepwell.runtime.scripts import LeaseLost
-from stepwell.sdk.context import Context, FailureInfo, ReplayAwareLogger, current_attempt
+from stepwell.runtime.usercode import user_traceback
+from stepwell.sdk.context import (
+    Context,
+    FailureInfo,
+    ReplayAwareLogger,
+    current_attempt,
+    current_step,
+)
 from stepwell.sdk.errors import NonDeterminismError, NonRetriableError, RetryAfterError, StepError
 from stepwell.sdk.step import Step, StepRequest, SyncStep
+from stepwell.sdk.types import rebuild
 from stepwell.store.base import RunState
 
 if TYPE_CHECKING:
@@ -44,11 +51,30 @@ class Suspend(BaseException):
     swallow it."""
 
 
+class EngineFault(BaseException):
+    """Unwinds a handler when stepwell itself failed at a step (a checkpoint that could not be
+    committed, a bug): a BaseException so user `except Exception` won't swallow it and carry on
+    past a step whose outcome was not recorded. The session re-raises the original error for
+    `faults.crashed` to record."""
+
+
 def _fingerprint(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     if not args and not kwargs:
         return ""
     text = json.dumps([args, kwargs], sort_keys=True, default=lambda o: type(o).__name__)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def _not_awaited(step_ids: list[str]) -> dict[str, Any]:
+    """The error of a run whose handler called steps without awaiting them: those steps never
+    ran, so the run cannot have done what its code says."""
+    first = step_ids[0]
+    return {"name": "StepNotAwaitedError", "stack": "",
+            "message": f"step '{first}' was called but never awaited, so it never ran"
+                       + (f" (also: {', '.join(repr(s) for s in step_ids[1:4])})"
+                          if len(step_ids) > 1 else "")
+                       + ": put `await` before the step call (or hand it to asyncio.gather); "
+                         "a plain `def` handler's SyncStep needs no await"}
 
 
 def _retry_after(exc: BaseException, now: int) -> int | None:
@@ -75,6 +101,7 @@ class RunSession(RunDriver):
         self._unwind: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._warned_order = False
         self._unwind_pending = False
+        self._fault: Exception | None = None
 
     # --- driving the handler ---------------------------------------------------------------
 
@@ -91,17 +118,24 @@ class RunSession(RunDriver):
             err = data.get("error") or {}
             error = FailureInfo(str(err.get("name", "Error")), str(err.get("message", "")),
                                 str(err.get("stack", "")))
+        schema = self.fn.event_type(event.name)
+        if schema is not None:
+            # Data sent by an SDK app, the HTTP API or an older version of the code is checked
+            # here; `rebuild` raises DataMismatchError (non-retriable) naming the field.
+            event = Event(name=event.name, id=event.id, ts=event.ts, user=event.user,
+                          data=rebuild(schema, event.data,
+                                       what=f"the data of event '{event.name}' ({event.id})"))
         logger = ReplayAwareLogger(log, self.replaying,
                                    {"run_id": self.run_id, "function_id": self.fn.qualified_id})
         return Context(event=event, events=events, run_id=self.run_id,
                        function_id=self.fn.qualified_id, logger=logger,
-                       function_attempt=len(self.failures.get(FUNCTION_KEY, ())), error=error)
+                       function_attempt=self.function_attempt, error=error)
 
     async def execute(self) -> None:
         """Run (or resume) the handler until it returns, fails or must wait."""
-        ctx = self._context()
         step = Step(self)
         try:
+            ctx = self._context()       # typed event data that does not fit fails the run here
             if self.fn.is_async:
                 output = await self.fn.handler(ctx, step)
             else:
@@ -109,7 +143,10 @@ class RunSession(RunDriver):
                 call = functools.partial(self.fn.handler, ctx, SyncStep(step, loop))
                 output = await loop.run_in_executor(
                     self.host.handler_pool, contextvars.copy_context().run, call)
+        except EngineFault:
+            self._raise_fault()
         except Suspend:
+            self._raise_fault()
             await self._gate()
             dues = [due for due, _ in self._suspends.values() if due is not None]
             timer = all(is_timer for _, is_timer in self._suspends.values())
@@ -117,17 +154,25 @@ class RunSession(RunDriver):
         except LeaseLost:
             log.info("run %s: lease lost (cancelled or reclaimed); stopping", self.run_id)
         except StepError as exc:
+            self._raise_fault()
             await self._gate()
             await self.end("failed", error=exc.error)
         except NonRetriableError as exc:
+            self._raise_fault()
             await self._gate()
-            await self.end("failed", error=error_dict(exc, stack=traceback.format_exc()))
+            await self.end("failed", error=error_dict(exc, stack=user_traceback(exc)))
         except Exception as exc:
+            self._raise_fault()
             await self._gate()
-            await self.retry_function(error_dict(exc, stack=traceback.format_exc()),
+            await self.retry_function(error_dict(exc, stack=user_traceback(exc)),
                                       after_ms=_retry_after(exc, self.now()))
         else:
+            self._raise_fault()
             await self._gate()
+            missed = step.never_awaited()
+            if missed:
+                await self.end("failed", error=_not_awaited(missed))
+                return
             try:
                 value = to_json_value(output, what=f"function '{self.fn.qualified_id}'")
             except NotSerializableError as exc:
@@ -135,8 +180,15 @@ class RunSession(RunDriver):
             else:
                 await self.end("completed", output=value)
         finally:
+            step.never_awaited()           # close the rest, so Python does not warn later
             if self._unwind.done():
                 self._unwind.exception()   # mark retrieved
+
+    def _raise_fault(self) -> None:
+        """If stepwell failed at a step, whatever the handler did next is moot: hand the
+        original error to the session's caller (`items.execute`, then `faults.crashed`)."""
+        if self._fault is not None:
+            raise self._fault
 
     # --- suspension --------------------------------------------------------------------------
 
@@ -201,6 +253,21 @@ class RunSession(RunDriver):
     # --- the step driver ---------------------------------------------------------------------
 
     async def perform(self, request: StepRequest) -> Any:
+        """A step, as the handler awaits it. Its outcome reaches the handler as a value,
+        StepError, NonDeterminismError or Suspend; anything else escaping is stepwell's own
+        failure, which unwinds the whole handler (`EngineFault`)."""
+        try:
+            return await self._perform(request)
+        except (Suspend, StepError, NonRetriableError, LeaseLost):
+            raise
+        except Exception as exc:
+            if self._fault is None:
+                self._fault = exc
+            if not self._unwind.done():
+                self._unwind.set_exception(Suspend())     # every other branch unwinds too
+            raise EngineFault(f"stepwell failed at step '{request.step_id}'") from exc
+
+    async def _perform(self, request: StepRequest) -> Any:
         if self._unwind.done():
             raise Suspend()
         occurrence = self._occurrences.get(request.step_id, 0)
@@ -257,7 +324,9 @@ class RunSession(RunDriver):
         """Whether recorded steps overlapped in time: parallel branches interleave differently
         from one execution to the next, so positions say nothing about changed code then."""
         ends: float = float("-inf")
-        for memo in sorted(self.memos.values(), key=lambda m: m.started_at or 0):
+        # Ties broken by recording order: on the virtual clock steps in sequence share one
+        # instant, and a sleep started at it must not look like it overlaps the steps before.
+        for memo in sorted(self.memos.values(), key=lambda m: (m.started_at or 0, m.seq)):
             started = memo.started_at or 0
             if started < ends:
                 return True
@@ -268,10 +337,12 @@ class RunSession(RunDriver):
     async def _warn_new_step(self, step_id: str, seq: int) -> None:
         if self._warned_order:
             return
-        self._warned_order = True
         recorded = sorted(self.memos.values(), key=lambda m: m.seq)
         missing = [m.step_id for m in recorded if m.seq < seq and m.hash not in self._consumed]
         if missing and not self._ran_in_parallel():
+            # Set only once a warning is made: a step inserted before every recorded one
+            # misses none, and the recorded step after it is then reported as moved.
+            self._warned_order = True
             await self.warn(
                 f"non-determinism: step '{step_id}' was reached before recorded step(s) "
                 f"{missing[:3]} this time; the handler's step order changed")
@@ -292,7 +363,7 @@ class RunSession(RunDriver):
                 f"non-determinism: step '{request.step_id}' was reached at position {seq} but "
                 f"recorded at position {memo.seq}; the handler's step order changed")
         now = self.now()
-        if memo.kind == "sleep" and memo.due_at is not None and memo.due_at > now:
+        if memo.sleeping(now) and memo.due_at is not None:
             if not self._may_park(memo.due_at):
                 return await self._suspend(memo.hash, memo.due_at, timer=True)
             await self._park_until(memo.due_at)
@@ -314,25 +385,27 @@ class RunSession(RunDriver):
         failures = len(self.failures.get(step_hash, ()))
         started = self.now()
         token = current_attempt.set(failures)
+        step_token = current_step.set(request.step_id)
         try:
             value = await self._call(request)
             data = to_json_value(value, what=f"step '{request.step_id}'")
         except Exception as exc:
-            error = error_dict(exc, stack=traceback.format_exc())
+            error = error_dict(exc, stack=user_traceback(exc))
             final = (isinstance(exc, NonRetriableError | NotSerializableError)
                      or failures >= self.spec.retries)
-            await self.record_failure(step_hash, request.step_id, failures, error)
-            if final:
+            due = None if final else self.retry_due(step_hash, failures + 1,
+                                                    after_ms=_retry_after(exc, self.now()))
+            await self.record_failure(step_hash, request.step_id, failures, error, next_at=due)
+            if due is None:
                 await self.checkpoint(Memo(step_hash, request.step_id, "run", seq, error=error,
                                            fingerprint=fingerprint, attempts=failures + 1,
                                            started_at=started, ended_at=self.now()))
                 self._consumed.add(step_hash)
                 raise StepError(request.step_id, error) from None
-            due = self.retry_due(step_hash, failures + 1,
-                                 after_ms=_retry_after(exc, self.now()))
             return await self._suspend(step_hash, due, timer=True)
         finally:
             current_attempt.reset(token)
+            current_step.reset(step_token)
         await self.checkpoint(Memo(step_hash, request.step_id, "run", seq, data=data,
                                    fingerprint=fingerprint, attempts=failures + 1,
                                    started_at=started, ended_at=self.now()))

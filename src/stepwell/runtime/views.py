@@ -12,8 +12,7 @@ def _status(memo: Memo, run_ended_at: int | None, now: int) -> tuple[str, int | 
     or invoking (it was cancelled) shows that step as interrupted at the run's end."""
     if memo.error is not None:
         return "failed", memo.ended_at
-    unfinished = memo.pending or (memo.kind == "sleep" and memo.due_at is not None and (
-        memo.due_at > (run_ended_at if run_ended_at is not None else now)))
+    unfinished = memo.pending or memo.sleeping(run_ended_at if run_ended_at is not None else now)
     if not unfinished:
         return "completed", memo.ended_at
     if run_ended_at is not None:
@@ -35,14 +34,20 @@ def run_view(state: RunState, *, now: int) -> Run:
             id=memo.step_id, kind=memo.kind, status=status, attempts=memo.attempts,
             output=memo.data, error=memo.error, started_at=memo.started_at, ended_at=step_end,
             failures=state.failures.get(memo.hash, [])))
+    current_unit = f"{FUNCTION_KEY}:{len(state.memos)}"
     for step_hash, failures in state.failures.items():
         if step_hash in state.memos:
             continue
         last = failures[-1]
+        handler = step_hash.startswith(FUNCTION_KEY)
+        # Code outside steps fails per unit of work; an earlier unit that failed and then went
+        # on (a later step was recorded) is shown as failed attempts, not as still retrying.
+        status = "failed" if (handler and (step_hash != current_unit or ended_at is not None)
+                              ) else "retrying"
         steps.append(StepInfo(
-            id="(handler)" if step_hash == FUNCTION_KEY else str(last.get("step_id", step_hash)),
+            id="(handler)" if handler else str(last.get("step_id", step_hash)),
             kind="run",
-            status="retrying", attempts=len(failures), error=last.get("error"),
+            status=status, attempts=len(failures), error=last.get("error"),
             started_at=int(last.get("at", 0)), failures=failures))
     return Run(id=row.id, function_id=row.function_id, status=row.status,
                event_id=row.event_ids[0] if row.event_ids else None, created_at=row.created_at,

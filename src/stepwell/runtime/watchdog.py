@@ -17,27 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
-import sysconfig
 import threading
 import time
 from collections.abc import Callable, Mapping
 from types import CodeType, FrameType
 
+from stepwell.runtime.usercode import is_user_code
+
 log = logging.getLogger("stepwell.engine")
-
-_INTERNAL = tuple(
-    os.path.normcase(os.path.realpath(path)) + os.sep
-    for path in {os.path.dirname(os.path.dirname(__file__)), sysconfig.get_paths()["stdlib"],
-                 sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
-
-
-def _is_user_code(filename: str) -> bool:
-    if filename.startswith("<"):          # <frozen ...>, <string>: not the user's file
-        return False
-    path = os.path.normcase(os.path.realpath(filename))
-    return not path.startswith(_INTERNAL)
 
 
 class LoopWatchdog:
@@ -91,7 +79,7 @@ class LoopWatchdog:
         while frame is not None:
             stack.append(frame)
             frame = frame.f_back
-        user = next((f for f in stack if _is_user_code(f.f_code.co_filename)), None)
+        user = next((f for f in stack if is_user_code(f.f_code.co_filename)), None)
         if user is None:
             return
         where = (user.f_code.co_filename, user.f_lineno)

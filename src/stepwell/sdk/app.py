@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from stepwell.core.config import ConfigError, FunctionSpec, build_spec
@@ -21,6 +21,17 @@ class Function:
     handler: Handler
     app: App
     on_failure: Function | None = None
+    # Event name (or wildcard) -> the model its data is declared as (`Event[Model](...)`).
+    event_types: dict[str, Any] = field(default_factory=dict)
+
+    def event_type(self, name: str) -> Any | None:
+        """The declared data type of event `name` for this function's triggers, if any."""
+        if name in self.event_types:
+            return self.event_types[name]
+        for pattern, schema in self.event_types.items():
+            if pattern.endswith("*") and name.startswith(pattern[:-1]):
+                return schema
+        return None
 
     @property
     def id(self) -> str:
@@ -50,6 +61,12 @@ def _check_handler(fn_id: str, option: str, handler: object) -> Handler:
     if len(positional) < 2 and not any(p.kind == p.VAR_POSITIONAL for p in params.values()):
         raise ConfigError(f"function '{fn_id}': {option} must accept two arguments (ctx, step)")
     return handler
+
+
+def declared_types(trigger: Any) -> dict[str, Any]:
+    """The `Event[Model]("name")` declarations among a function's triggers."""
+    found = trigger if isinstance(trigger, list | tuple) else [trigger]
+    return {t.name: t.schema for t in found if isinstance(t, Event) and t.schema is not None}
 
 
 class App:
@@ -91,7 +108,7 @@ class App:
             _check_handler(id, "the handler", handler)
             if id in self.functions:
                 raise ConfigError(f"function '{id}' is already defined in app '{self.id}'")
-            fn = Function(spec, handler, self, failure)
+            fn = Function(spec, handler, self, failure, event_types=declared_types(trigger))
             self.functions[id] = fn
             if failure is not None:
                 self.functions[failure.id] = failure

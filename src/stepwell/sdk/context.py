@@ -6,13 +6,16 @@ import contextvars
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic
 
-from stepwell.core.models import Event
+from stepwell.core.models import D, Event
 
 # The attempt of the step currently executing, set by the runtime around the step's callable.
 current_attempt: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "stepwell_attempt", default=None)
+# The id of the step currently executing (for `ctx.logger` lines), set alongside it.
+current_step: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "stepwell_step", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +28,9 @@ class FailureInfo:
 
 
 class ReplayAwareLogger:
-    """`ctx.logger`: logs once per real execution, stays quiet while replaying memoized steps."""
+    """`ctx.logger`: logs once per real execution, stays quiet while replaying memoized steps.
+    Every record carries `run_id` and `function_id` (and `step_id` inside a step), which the
+    CLI's log formats print."""
 
     def __init__(self, logger: logging.Logger, replaying: Callable[[], bool],
                  extra: dict[str, Any]) -> None:
@@ -36,7 +41,9 @@ class ReplayAwareLogger:
     def _log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
         if self._replaying():
             return
-        kwargs.setdefault("extra", self._extra)
+        step_id = current_step.get()
+        kwargs.setdefault("extra", self._extra if step_id is None
+                          else {**self._extra, "step_id": step_id})
         kwargs.setdefault("stacklevel", 3)
         self._logger.log(level, msg, *args, **kwargs)
 
@@ -57,13 +64,14 @@ class ReplayAwareLogger:
         self._log(logging.ERROR, msg, *args, **kwargs)
 
 
-class Context:
-    """The run as the handler sees it."""
+class Context(Generic[D]):
+    """The run as the handler sees it. `Context[Model]` types `ctx.event.data` as `Model` when
+    the function's trigger is declared `Event[Model]("name")` (the data is rebuilt as one)."""
 
-    def __init__(self, *, event: Event, events: list[Event], run_id: str, function_id: str,
-                 logger: ReplayAwareLogger, function_attempt: int,
+    def __init__(self, *, event: Event[D], events: list[Event], run_id: str, function_id: str,
+                 logger: ReplayAwareLogger, function_attempt: Callable[[], int],
                  error: FailureInfo | None = None) -> None:
-        self.event = event
+        self.event: Event[D] = event
         self.events = events
         self.run_id = run_id
         self.function_id = function_id
@@ -73,9 +81,10 @@ class Context:
 
     @property
     def attempt(self) -> int:
-        """0-based attempt of the step now executing (or of the handler outside steps)."""
+        """0-based attempt of the step now executing, or, outside steps, of the current unit of
+        work (the code after the last recorded step: each new unit starts again at 0)."""
         step_attempt = current_attempt.get()
-        return self._function_attempt if step_attempt is None else step_attempt
+        return self._function_attempt() if step_attempt is None else step_attempt
 
     def __repr__(self) -> str:
         return f"Context(run_id={self.run_id!r}, function_id={self.function_id!r})"

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-from collections.abc import Callable, Coroutine
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
+from stepwell.core.config import MAX_SLEEP_MS
 from stepwell.core.durations import DurationError, parse_duration_ms, parse_timestamp_ms
 from stepwell.core.expressions import (
     Expression,
@@ -20,10 +23,12 @@ from stepwell.core.expressions import (
     compile_expression,
     match_expression,
 )
-from stepwell.core.models import Event, InvalidEventError, validate_event_payload
+from stepwell.core.models import D, Event, InvalidEventError, normalize_send
 from stepwell.sdk.errors import InvalidStepError
+from stepwell.sdk.types import rebuild, return_type
 
-MAX_SLEEP_MS = 366 * 24 * 3600 * 1000
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -70,19 +75,47 @@ def _duration(step_id: str, what: str, value: object) -> int:
 
 def normalize_events(step_id: str, events: object) -> list[dict[str, Any]]:
     """`send_event` accepts an Event, a dict or a list of these."""
-    items = events if isinstance(events, list | tuple) else [events]
-    out = []
-    for item in items:
-        raw = item.to_dict() if isinstance(item, Event) else item
-        try:
-            validate_event_payload(raw)
-        except InvalidEventError as exc:
-            raise InvalidStepError(f"step '{step_id}': {exc}") from None
-        assert isinstance(raw, dict)
-        out.append(dict(raw))
-    if not out:
+    items = list(events) if isinstance(events, list | tuple) else [events]
+    if not items:
         raise InvalidStepError(f"step '{step_id}': send_event needs at least one event")
-    return out
+    try:
+        _, normalized = normalize_send((items,))
+        for item in items:
+            if isinstance(item, Event) and item.schema is not None:
+                check_event_data(item.schema, item.name, item.data)
+    except InvalidEventError as exc:
+        raise InvalidStepError(f"step '{step_id}': {exc}") from None
+    return [e.to_dict() for e in normalized]
+
+
+def check_event_data(schema: Any, name: str, data: Any) -> Any:
+    """Event data validated against its declared model (InvalidEventError naming the field)."""
+    from stepwell.sdk.types import DataMismatchError
+
+    try:
+        return rebuild(schema, data, what=f"event '{name}' data")
+    except DataMismatchError as exc:
+        raise InvalidEventError(str(exc)) from None
+
+
+M = TypeVar("M", bound=Callable[..., Coroutine[Any, Any, Any]])
+
+
+def _tracked(method: M) -> M:
+    """Remember each step call's coroutine, so a call that is never awaited (a forgotten
+    `await`) can be reported by name when the handler returns (`Step.never_awaited`)."""
+
+    @functools.wraps(method)
+    def call(self: Step, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Any]:
+        coro = method(self, *args, **kwargs)
+        calls = self._calls
+        if len(calls) >= 64:          # keep only the ones not yet started
+            calls[:] = [c for c in calls
+                        if inspect.getcoroutinestate(c) == inspect.CORO_CREATED]
+        calls.append(coro)
+        return coro
+
+    return cast(M, call)
 
 
 class Step:
@@ -90,20 +123,58 @@ class Step:
 
     def __init__(self, driver: StepDriver) -> None:
         self._driver = driver
+        self._calls: list[Coroutine[Any, Any, Any]] = []
 
+    def never_awaited(self) -> list[str]:
+        """The ids of step calls made but never awaited (nor handed to `asyncio.gather` or a
+        task); each is closed, so Python does not also warn about it."""
+        missed = []
+        for coro in self._calls:
+            if inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
+                frame = getattr(coro, "cr_frame", None)
+                missed.append(str(frame.f_locals.get("step_id", "?")) if frame else "?")
+                coro.close()
+        self._calls.clear()
+        return missed
+
+    @overload
+    async def run(self, step_id: str, fn: Callable[..., Any], *args: Any,
+                  output_type: type[T], **kwargs: Any) -> T: ...
+
+    @overload
+    async def run(self, step_id: str, fn: Callable[P, Awaitable[T]],
+                  *args: P.args, **kwargs: P.kwargs) -> T: ...
+
+    @overload
+    async def run(self, step_id: str, fn: Callable[P, T], *args: P.args,
+                  **kwargs: P.kwargs) -> T: ...
+
+    @_tracked
     async def run(self, step_id: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run `fn(*args, **kwargs)` (sync or async) once; its JSON result is memoized."""
+        """Run `fn(*args, **kwargs)` (sync or async) once; its JSON result is memoized.
+
+        The result comes back as the type `fn` returns, on the first run and on replay: a
+        Pydantic model or dataclass (also inside `list[...]` etc.) named by `fn`'s return
+        annotation, or by `output_type=` (which is not passed on to `fn`), is rebuilt from
+        the stored JSON; other values come back as their JSON."""
         _check_id(step_id)
         if not callable(fn):
             raise InvalidStepError(f"step '{step_id}': fn must be callable, got {fn!r}")
-        return await self._driver.perform(
+        output_type = kwargs.pop("output_type", None)
+        data = await self._driver.perform(
             StepRequest("run", step_id, fn=fn, args=args, kwargs=kwargs))
+        target = output_type if output_type is not None else return_type(fn)
+        if target is None:
+            return data
+        return rebuild(target, data, what=f"the result of step '{step_id}'")
 
+    @_tracked
     async def sleep(self, step_id: str, duration: str | int | float | datetime.timedelta) -> None:
         """Durable sleep (up to a year)."""
         ms = _duration(_check_id(step_id), "sleep duration", duration)
         await self._driver.perform(StepRequest("sleep", step_id, sleep_ms=ms))
 
+    @_tracked
     async def sleep_until(self, step_id: str, when: datetime.datetime | str | int | float) -> None:
         """Durable sleep until an aware datetime, ISO-8601 string or epoch milliseconds."""
         _check_id(step_id)
@@ -113,11 +184,29 @@ class Step:
             raise InvalidStepError(f"step '{step_id}': {exc}") from None
         await self._driver.perform(StepRequest("sleep", step_id, until_ms=until))
 
+    @overload
+    async def wait_for_event(self, step_id: str, *, event: Event[D],
+                             timeout: str | int | float | datetime.timedelta,
+                             match: str | None = None, if_: str | None = None
+                             ) -> Event[D] | None: ...
+
+    @overload
     async def wait_for_event(self, step_id: str, *, event: str,
                              timeout: str | int | float | datetime.timedelta,
-                             match: str | None = None, if_: str | None = None) -> Event | None:
-        """The first matching event after this step is reached, or None on timeout."""
+                             match: str | None = None, if_: str | None = None
+                             ) -> Event | None: ...
+
+    @_tracked
+    async def wait_for_event(self, step_id: str, *, event: str | Event[Any],
+                             timeout: str | int | float | datetime.timedelta,
+                             match: str | None = None, if_: str | None = None
+                             ) -> Event[Any] | None:
+        """The first matching event after this step is reached, or None on timeout. With a
+        declared event (`event=Event[Model]("name")`) its data comes back as a `Model`
+        (DataMismatchError, naming the field, if it does not fit)."""
         _check_id(step_id)
+        schema = event.schema if isinstance(event, Event) else None
+        event = event.name if isinstance(event, Event) else event
         if not isinstance(event, str) or not event:
             raise InvalidStepError(f"step '{step_id}': event must be a non-empty event name")
         ms = _duration(step_id, "timeout", timeout)
@@ -132,8 +221,15 @@ class Step:
         result = await self._driver.perform(StepRequest(
             "wait", step_id, event_name=event, match_path=match, condition=condition,
             timeout_ms=ms))
-        return None if result is None else Event.from_dict(result)
+        if result is None:
+            return None
+        received: Event[Any] = Event.from_dict(result)
+        if schema is not None:
+            received.data = rebuild(schema, received.data, what=f"event '{event}' data "
+                                    f"(received by step '{step_id}')")
+        return received
 
+    @_tracked
     async def wait_for_signal(self, step_id: str, *, signal: str,
                               timeout: str | int | float | datetime.timedelta,
                               on_conflict: str = "fail") -> dict[str, Any] | None:
@@ -152,6 +248,7 @@ class Step:
             "wait", step_id, signal=signal, on_conflict=on_conflict, timeout_ms=ms))
         return result
 
+    @_tracked
     async def send_event(self, step_id: str, events: Event | dict[str, Any] | list[Any]
                          ) -> list[str]:
         """Send events (once, even on replay); returns their ids."""
@@ -159,6 +256,7 @@ class Step:
         ids: list[str] = await self._driver.perform(StepRequest("send", step_id, events=batch))
         return ids
 
+    @_tracked
     async def invoke(self, step_id: str, *, function: Any, data: dict[str, Any] | None = None,
                      timeout: str | int | float | datetime.timedelta | None = None) -> Any:
         """Run another function as a child run and return its output (StepError if it failed)."""
@@ -183,6 +281,14 @@ class SyncStep:
     def _call(self, coro: Coroutine[Any, Any, Any]) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
+    @overload
+    def run(self, step_id: str, fn: Callable[..., Any], *args: Any,
+            output_type: type[T], **kwargs: Any) -> T: ...
+
+    @overload
+    def run(self, step_id: str, fn: Callable[P, T], *args: P.args,
+            **kwargs: P.kwargs) -> T: ...
+
     def run(self, step_id: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return self._call(self._step.run(step_id, fn, *args, **kwargs))
 
@@ -192,10 +298,20 @@ class SyncStep:
     def sleep_until(self, step_id: str, when: datetime.datetime | str | int | float) -> None:
         self._call(self._step.sleep_until(step_id, when))
 
+    @overload
+    def wait_for_event(self, step_id: str, *, event: Event[D],
+                       timeout: str | int | float | datetime.timedelta,
+                       match: str | None = None, if_: str | None = None) -> Event[D] | None: ...
+
+    @overload
     def wait_for_event(self, step_id: str, *, event: str,
                        timeout: str | int | float | datetime.timedelta,
-                       match: str | None = None, if_: str | None = None) -> Event | None:
-        result: Event | None = self._call(self._step.wait_for_event(
+                       match: str | None = None, if_: str | None = None) -> Event | None: ...
+
+    def wait_for_event(self, step_id: str, *, event: str | Event[Any],
+                       timeout: str | int | float | datetime.timedelta,
+                       match: str | None = None, if_: str | None = None) -> Event[Any] | None:
+        result: Event[Any] | None = self._call(self._step.wait_for_event(
             step_id, event=event, timeout=timeout, match=match, if_=if_))
         return result
 

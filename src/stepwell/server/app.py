@@ -4,7 +4,8 @@ Who may call what: `/health`, `/openapi.json` and the dashboard's page and asset
 `/e/{key}` needs an event key in production mode; the SDK routes (`/fn/register`, `/v0/...`) need
 the hashed signing key as the official SDKs send it; the REST API (`/v1/...`, which is also all
 the dashboard reads) and `/dev` need the signing key as a bearer token. In dev mode (no keys)
-everything is open, as on Inngest's dev server.
+everything is open, as on Inngest's dev server. Before any of that, `stepwell.server.guard`
+refuses foreign Host names, cross-site writes and non-JSON bodies on every route.
 
 Handlers are thin: they decode the request, call the service layer, and wrap its JSON-ready
 result in Inngest's envelope (`{"data": ..., "metadata": ...}` for v1 routes). Every failure,
@@ -29,6 +30,7 @@ from starlette.routing import Route
 
 from stepwell.core.config import ConfigError
 from stepwell.core.protocol import bearer_ok, event_key_ok, validate_event_key, validate_signing_key
+from stepwell.core.storage import StorageFailure
 from stepwell.server import metrics as prometheus
 from stepwell.server.dashboard import dashboard_routes
 from stepwell.server.guard import LOOPBACK_HOSTS, HostAllowList, RequestGuard
@@ -120,7 +122,7 @@ def _query(request: Request, name: str) -> str | None:
 
 def create_app(service: Service, *, event_keys: Collection[str] | None = None,
                signing_keys: Collection[str] | None = None,
-               allowed_hosts: Collection[str] | None = None,
+               allowed_hosts: str | Collection[str] | None = None,
                manage_engine: bool = False) -> Starlette:
     """The server's ASGI app over `service`.
 
@@ -190,7 +192,7 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
 
     async def dev_info(request: Request) -> Response:
         return JSONResponse({"version": "stepwell", "mode": "cloud" if signing else "dev",
-                             "functions": service.list_functions(),
+                             "functions": await service.dev_functions(),
                              "apps": await service.list_apps()})
 
     async def send_events(request: Request) -> Response:
@@ -334,6 +336,14 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
             message = f"method {request.method} is not allowed on {request.url.path}"
         return error_response(exc.status_code, message)
 
+    async def on_storage_failure(request: Request, exc: Exception) -> Response:
+        # The database's condition, not a bug: 507 (disk full) or 503, with when to retry.
+        assert isinstance(exc, StorageFailure)
+        response = error_response(exc.http_status, str(exc))
+        if exc.retry_after_s is not None:
+            response.headers["retry-after"] = str(exc.retry_after_s)
+        return response
+
     async def on_crash(request: Request, exc: Exception) -> Response:
         # Starlette re-raises after this reply, so the ASGI server logs the traceback once.
         return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
@@ -350,4 +360,5 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
 
     guard = Middleware(RequestGuard, hosts=hosts, routes=routes)
     return Starlette(routes=routes, lifespan=lifespan, middleware=[guard], exception_handlers={
-        ServiceError: on_service_error, HTTPException: on_http_error, Exception: on_crash})
+        ServiceError: on_service_error, HTTPException: on_http_error,
+        StorageFailure: on_storage_failure, Exception: on_crash})

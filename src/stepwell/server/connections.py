@@ -131,10 +131,9 @@ def guarded_protocol(limits: ConnectionLimits) -> type[H11Protocol]:
             """Close the connection, answering first if nothing was sent on it yet."""
             if self.transport.is_closing():
                 return
-            cycle: Any = self.cycle
-            nothing_sent = (self.conn.our_state is h11.IDLE if cycle is None
-                            else not cycle.response_started)
-            if nothing_sent and self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            # h11 leaves SEND_RESPONSE when a response head is written: before that, the
+            # client has had nothing for its current request and can be told why.
+            if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                 self.transport.write(_raw_response(status, reason, message))
             self._set_phase("closed", None)
             self.transport.close()

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
+from html import escape
 from importlib import resources
 from typing import Final
 
@@ -66,24 +67,34 @@ def _assets() -> dict[str, Asset]:
     return found
 
 
-@cache
-def _index_html() -> bytes:
+@lru_cache(maxsize=16)
+def _index_html(base: str) -> bytes:
     """The page, with each asset's URL carrying its content hash, so browsers that cached an
-    older version fetch the new one."""
+    older version fetch the new one, and every URL under `base`, the path the server is
+    mounted at (`app.mount("/stepwell", ...)`; "" at the root). The scripts read `base` from
+    a meta tag and build every link and API call under it."""
     html = (resources.files("stepwell.server") / "static" / "index.html").read_text("utf-8")
     for name, asset in _assets().items():
         html = html.replace(f"/dashboard/assets/{name}\"",
                             f"/dashboard/assets/{name}?v={asset.etag.strip(chr(34))}\"")
+    quoted = escape(base, quote=True)
+    html = html.replace('"/dashboard', f'"{quoted}/dashboard').replace(
+        "<head>\n", f'<head>\n<meta name="stepwell-base" content="{quoted}">\n', 1)
     return html.encode()
+
+
+def mount_path(request: Request) -> str:
+    """The path prefix this app is mounted under (Starlette's `Mount`, `--root-path`)."""
+    return str(request.scope.get("root_path", "")).rstrip("/")
 
 
 async def _root(request: Request) -> Response:
     """`/` is the dashboard, as on Inngest's dev server."""
-    return RedirectResponse("/dashboard/runs", status_code=307)
+    return RedirectResponse(f"{mount_path(request)}/dashboard/runs", status_code=307)
 
 
 async def _page(request: Request) -> Response:
-    return Response(_index_html(), media_type="text/html; charset=utf-8",
+    return Response(_index_html(mount_path(request)), media_type="text/html; charset=utf-8",
                     headers=SECURITY_HEADERS)
 
 

@@ -72,17 +72,16 @@ class HostAllowList:
     shown: str
 
     @classmethod
-    def of(cls, entries: Iterable[str]) -> HostAllowList:
-        """Raises ValueError naming an entry that is not a host."""
+    def of(cls, entries: str | Iterable[str]) -> HostAllowList:
+        """Entries may also be comma- or space-separated. Raises ValueError naming an entry
+        that is not a host."""
         names: set[str] = set()
         name_ports: set[tuple[str, str]] = set()
         suffixes: list[str] = []
         shown: list[str] = []
         any_host = False
-        for raw in entries:
-            entry = raw.strip()
-            if not entry:
-                continue
+        for raw in _split_entries(entries):
+            entry = raw
             shown.append(entry)
             if entry == "*":
                 any_host = True
@@ -126,9 +125,13 @@ def allowed_hosts(configured: Iterable[str] | None, bound_host: str | None = Non
     entries = list(LOOPBACK_HOSTS)
     if bound_host and bound_host.strip() not in _WILDCARD_BINDS:
         entries.append(bound_host.strip())
-    for value in configured or ():
-        entries.extend(p for p in re.split(r"[\s,]+", value) if p)
-    return entries
+    return entries + _split_entries(configured or ())
+
+
+def _split_entries(values: str | Iterable[str]) -> list[str]:
+    if isinstance(values, str):
+        values = [values]
+    return [part for value in values for part in re.split(r"[\s,]+", value) if part]
 
 
 def _error(status: int, message: str) -> JSONResponse:

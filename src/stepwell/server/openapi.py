@@ -80,7 +80,9 @@ def openapi_document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "stepwell", "version": "1",
                  "description": "Inngest's event API and REST API v1, plus stepwell additions "
-                                "(marked x-stepwell)."},
+                                "(marked x-stepwell). On every route: a Host the server does not "
+                                "answer to gets 421, a write from another site or origin 403, a "
+                                "request body that is not application/json 415."},
         "paths": _secured({
             "/e/{key}": {"post": {
                 "summary": "Send one event or an array of events (Inngest event API)",
@@ -171,7 +173,9 @@ def openapi_document() -> dict[str, Any]:
                         "functions": {"type": "array", "items": {"type": "object"}}}}}}},
                 "responses": {"200": {"description": '{"ok": true, "modified": bool, ...}'},
                               "default": {"$ref": "#/components/responses/Error"}}}},
-            "/v1/apps": {"get": {"summary": "Synced SDK apps", "x-stepwell": True,
+            "/v1/apps": {"get": {"summary": "Synced SDK apps, and apps whose last sync was "
+                                            "refused (`error` names the function and why)",
+                                 "x-stepwell": True,
                                  "responses": _ok("apps")}},
             "/v1/apps/sync": {"post": {
                 "summary": "Ask the SDK app at `url` to register (as `inngest dev -u`)",
@@ -190,7 +194,9 @@ def openapi_document() -> dict[str, Any]:
                 "parameters": [_param("run_id", "path")],
                 "responses": {"200": {"description": "{step hash: memo}"},
                               "default": {"$ref": "#/components/responses/Error"}}}},
-            "/dev": {"get": {"summary": "Server mode, functions and apps", "x-stepwell": True,
+            "/dev": {"get": {"summary": "Server mode, apps, and every function's registered "
+                                        "config (as Go's dev server lists it: slug, triggers, "
+                                        "steps with their URI and retries)", "x-stepwell": True,
                              "responses": {"200": {"description": "info"}}}},
             "/health": {"get": {"summary": "Liveness", "x-stepwell": True,
                                 "responses": {"200": {"description": "OK"}}}},

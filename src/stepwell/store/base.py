@@ -18,6 +18,7 @@ from importlib import resources
 from typing import Any, Protocol, TypeVar
 
 from stepwell.core.models import Event, Memo, RunStatus
+from stepwell.core.storage import StorageFailure
 
 R = TypeVar("R")
 
@@ -58,7 +59,8 @@ class QueueItem:
     """Work to do at or after `due_at`; `unique_key` keeps one item per purpose.
 
     Kinds: `exec` (run or resume a run; key `exec:<run>`), `cron` (fire a schedule; key
-    `cron:<fn>:<n>`), `timeout` (enforce `timeouts.finish` / `start`; key `timeout:<run>:<which>`).
+    `cron:<fn>:<n>`), `timeout` (enforce `timeouts.finish` / `start`; key `timeout:<run>:<which>`),
+    `route` (route events a process without functions stored; key `route:<first event>`).
     """
 
     id: int
@@ -103,43 +105,68 @@ class RunState:
 
 
 class Tx(Protocol):
-    """One transaction. All methods are synchronous; the backend runs them on its own thread."""
+    """One transaction. All methods are synchronous; the backend runs them on its own thread.
+
+    Each method's docstring is its contract, checked on every backend by the contract suite
+    (tests/store/test_tx_contract_*.py): a new backend is done when that suite passes. Times
+    are epoch milliseconds; "free" means not leased, "ready" free, not blocked and due.
+    """
 
     # --- events --------------------------------------------------------------------------
     def insert_event(self, event: Event, received_at: int, dedupe_after: int,
                      processed: bool) -> bool:
-        """Store an event. False (nothing written) if its id was stored after `dedupe_after`."""
+        """Store an event received at `received_at`. Insert-once by id within a window: if an
+        event with this id was stored after `dedupe_after`, nothing is written and the answer
+        is False; one stored at or before it is replaced (new fields and arrival time)."""
 
     def mark_event_processed(self, event_id: str) -> bool:
-        """Compare-and-set processed 0 -> 1; False if another worker processed it first."""
+        """Compare-and-set processed 0 -> 1; False if another worker processed it first (or
+        there is no such event)."""
 
-    def unprocessed_events(self, received_before: int, limit: int) -> list[Event]: ...
+    def unprocessed_events(self, received_before: int, limit: int) -> list[Event]:
+        """Up to `limit` events not yet processed that were received strictly before
+        `received_before`, oldest first (recovery after a crash between store and process)."""
 
-    def get_events(self, ids: Sequence[str]) -> list[Event]: ...
+    def get_events(self, ids: Sequence[str]) -> list[Event]:
+        """The stored events with these ids, in the order of `ids`; unknown ids are skipped."""
 
-    def list_events(self, name: str | None, limit: int) -> list[tuple[Event, int]]: ...
+    def list_events(self, name: str | None, limit: int) -> list[tuple[Event, int]]:
+        """Up to `limit` events (of `name` only, if given), newest received first, each with
+        the time it was received."""
 
     # --- runs ----------------------------------------------------------------------------
-    def insert_run(self, run: NewRun) -> None: ...
+    def insert_run(self, run: NewRun) -> None:
+        """Insert a new run (its id is new: ids are ULIDs). A run created `skipped` or
+        `failed` (flow control refused or could not place it) has ended when created."""
 
     def start_run(self, run_id: str, now: int) -> bool:
         """queued/running -> running (sets started_at once); False if no longer active."""
 
     def finish_run(self, run_id: str, status: RunStatus, now: int, *, output: Any = None,
                    error: dict[str, Any] | None = None) -> bool:
-        """Active -> terminal status, compare-and-set. False if it had already ended."""
+        """Active -> terminal status, with its end time, output and error: compare-and-set,
+        False if it had already ended (or does not exist), and then nothing changes."""
 
-    def add_run_warning(self, run_id: str, warning: str) -> None: ...
+    def add_run_warning(self, run_id: str, warning: str) -> None:
+        """Append a warning to the run, once (a warning already there is not repeated); no-op
+        for an unknown run."""
 
-    def get_run(self, run_id: str) -> RunRow | None: ...
+    def get_run(self, run_id: str) -> RunRow | None:
+        """The run's row, or None."""
 
     def list_runs(self, *, event_id: str | None = None, function_id: str | None = None,
-                  status: str | None = None, limit: int = 100) -> list[RunRow]: ...
+                  status: str | None = None, limit: int = 100) -> list[RunRow]:
+        """Up to `limit` runs matching every filter given, newest first (created_at, then id,
+        descending). `event_id` finds batched runs through any of their events."""
 
-    def load_run_state(self, run_id: str) -> RunState | None: ...
+    def load_run_state(self, run_id: str) -> RunState | None:
+        """`load_run_states` for one run: its state, or None."""
 
     def load_run_states(self, run_ids: Sequence[str]) -> dict[str, RunState]:
-        """Several runs' states in one read (ids not found are absent)."""
+        """Several runs' states in one consistent read, keyed by run id (ids not found are
+        absent): the row, its events still stored (in the run's order), every memo by hash
+        (pending ones with `pending=True` and no outcome) and failed attempts per step hash,
+        in attempt order."""
 
     # --- steps ---------------------------------------------------------------------------
     def insert_memo(self, run_id: str, memo: Memo) -> bool:
@@ -147,11 +174,14 @@ class Tx(Protocol):
 
     def resolve_memo(self, run_id: str, step_hash: str, outcome: dict[str, Any],
                      now: int) -> bool:
-        """Compare-and-set a pending memo's outcome; False if it was already resolved (an
+        """Compare-and-set a pending memo's outcome (`{"data": ...}` or `{"error": ...}`) and
+        end time; False if it was already resolved, is not pending, or does not exist (an
         event and a timeout racing: exactly one wins)."""
 
     def insert_step_failure(self, run_id: str, step_hash: str, step_id: str, attempt: int,
-                            error: dict[str, Any], at: int) -> None: ...
+                            error: dict[str, Any], at: int) -> None:
+        """Record a failed attempt of a step, once per (run, step, attempt): a repeat of the
+        same attempt (a script run again) keeps the first record."""
 
     # --- queue ---------------------------------------------------------------------------
     def enqueue(self, kind: str, unique_key: str, due_at: int, *, run_id: str | None = None,
@@ -162,10 +192,16 @@ class Tx(Protocol):
         to run again when its holder releases it. Returns the id if this call leased it to
         `owner`, else None; an existing item with concurrency keys is never leased here (it
         must be claimed, which checks its slots). `priority_at` orders ready items (default:
-        `due_at`); `concurrency` lists the (key, limit) slots the item holds while leased."""
+        `due_at`); `concurrency` lists the (key, limit) slots the item holds while leased.
+
+        An existing item keeps its id, kind, run and payload; its due time and priority only
+        move earlier; a blocked one stays blocked (unleased); its timer flag is cleared."""
 
     def claim_due(self, now: int, owner: str, lease_until: int, limit: int) -> list[QueueItem]:
-        """Lease up to `limit` ready (due, unblocked) items in priority order."""
+        """Lease up to `limit` ready items (free, unblocked, due by `now`) to `owner` until
+        `lease_until`, returned in priority order (`priority_at`, then id). Concurrency keys
+        do not limit the claim: the caller decides which claimed items may hold their slots
+        (`count_held`, `block_item`; see `runtime.admission.claim`)."""
 
     def claim_timers(self, until: int, owner: str, lease_until: int,
                      limit: int) -> list[QueueItem]:
@@ -176,25 +212,37 @@ class Tx(Protocol):
         """The due time of the earliest unleased timer item."""
 
     def count_held(self, key: str) -> int:
-        """Leased items holding a slot of this concurrency key."""
+        """Leased items holding a slot of this concurrency key (as their first or second key).
+        In a write, counting and then keeping or blocking the claimed items is atomic across
+        workers (a concurrent claimer of the key waits, then counts these)."""
 
     def block_item(self, item_id: int, owner: str) -> None:
-        """Park a claimed item until a slot of one of its keys frees (FIFO per key)."""
+        """Park a claimed item until a slot of one of its keys frees (FIFO per key): it is
+        unleased, and neither claimable nor counted ready until woken. No-op unless `owner`
+        holds it."""
 
     def unblock_all(self) -> int:
-        """Let every blocked item be reconsidered (a safety net against a missed wake-up)."""
+        """Let every blocked item be reconsidered (a safety net against a missed wake-up);
+        returns how many were blocked."""
 
-    def get_item(self, unique_key: str) -> QueueItem | None: ...
+    def get_item(self, unique_key: str) -> QueueItem | None:
+        """The item with this key (with its current `owner`), or None. In a write, the key is
+        serialized: a concurrent read-then-update of the same key (debounce, batch) waits."""
 
-    def delete_item(self, item_id: int) -> None: ...
+    def delete_item(self, item_id: int) -> None:
+        """Delete an item whoever holds it; slots it held are freed (waking as
+        `release_item` does)."""
 
-    def update_item(self, item_id: int, due_at: int, payload: dict[str, Any]) -> None: ...
+    def update_item(self, item_id: int, due_at: int, payload: dict[str, Any]) -> None:
+        """Set an item's due time (and priority, to the same) and replace its payload."""
 
-    def get_flow(self, key: str) -> tuple[float | None, str | None, int | None] | None:
-        """Flow-control state: (number, text, expiry) stored under a key."""
+    def get_flow(self, key: str) -> tuple[str | None, int | None] | None:
+        """Flow-control state stored under a key: (value, expiry), or None. In a write, the
+        key is serialized until commit: callers read, decide, then `put_flow`."""
 
-    def put_flow(self, key: str, *, num: float | None = None, text: str | None = None,
-                 expires_at: int | None = None) -> None: ...
+    def put_flow(self, key: str, *, text: str | None = None,
+                 expires_at: int | None = None) -> None:
+        """Store (replace) the state under a key; `prune` deletes it once `expires_at` passed."""
 
     def add_batch_event(self, batch_key: str, event_id: str) -> int:
         """Append an event to a pending batch; returns the batch's size."""
@@ -208,7 +256,7 @@ class Tx(Protocol):
     def renew_leases(self, owner: str, lease_until: int, item_ids: Sequence[int]) -> int:
         """Extend the leases `owner` still holds among `item_ids` (the items its live sessions
         work on: an item whose session died is not renewed, so its lease expires and the run
-        is picked up again)."""
+        is picked up again). Returns how many were extended."""
 
     def release_item(self, item_id: int, owner: str, due_at: int | None, now: int, *,
                      timer: bool = False) -> bool:
@@ -220,18 +268,24 @@ class Tx(Protocol):
         it may be claimed ahead of `due_at` (`claim_timers`). Kept only for exec items without
         concurrency keys and not flagged to run again; `enqueue` on the key clears it."""
 
-    def delete_items(self, *, run_id: str) -> None: ...
+    def delete_items(self, *, run_id: str) -> None:
+        """Delete every queue item of a run (it ended), freeing and waking their slots."""
 
-    def release_expired_leases(self, wall_now: int) -> int: ...
+    def release_expired_leases(self, wall_now: int) -> int:
+        """Unlease every item whose lease ended strictly before `wall_now` (its worker stalled
+        or died); returns how many. Their slots are freed and woken."""
 
-    def lease_owners(self) -> list[str]: ...
+    def lease_owners(self) -> list[str]:
+        """The distinct owners holding leases now."""
 
     def release_leases_of(self, owner: str) -> int:
-        """Release every item a (dead) worker holds."""
+        """Release every item a (dead) worker holds; returns how many. Slots are woken."""
 
-    def next_due_at(self) -> int | None: ...
+    def next_due_at(self) -> int | None:
+        """The due time of the earliest free, unblocked item (due or not), or None."""
 
-    def count_ready(self, now: int) -> int: ...
+    def count_ready(self, now: int) -> int:
+        """How many free, unblocked items are due by `now`."""
 
     def count_runs(self, function_id: str, status: RunStatus, cap: int) -> int:
         """How many runs of a function have `status`, counting at most `cap` (bounded work)."""
@@ -249,25 +303,27 @@ class Tx(Protocol):
         """Store an app's latest registration; True if it changed (checksum differs)."""
 
     def list_apps(self) -> list[tuple[str, str, dict[str, Any], str]]:
-        """(app id, url, registration body, checksum) of every synced app."""
-
-    def delete_app(self, app_id: str) -> bool: ...
+        """(app id, url, registration body, checksum) of every synced app, by app id."""
 
     # --- waits ---------------------------------------------------------------------------
-    def insert_wait(self, wait: WaitRow) -> None: ...
+    def insert_wait(self, wait: WaitRow) -> None:
+        """Register a pending wait or cancel rule (its `id` is assigned here)."""
 
     def match_paths(self, event_name: str) -> list[str]:
         """Distinct `match` paths among pending waits for this event name."""
 
     def find_waits(self, event_name: str, match_keys: Sequence[str]) -> list[WaitRow]:
-        """Pending waits for the name whose match_key is one of `match_keys` or is null."""
+        """Pending waits for the name whose match_key is one of `match_keys` or is null, oldest
+        first (by id). Expiry is the caller's to check."""
 
     def delete_wait(self, wait_id: int) -> bool:
         """Compare-and-set delete: False if another event (or a timeout) took it first."""
 
-    def delete_step_wait(self, run_id: str, step_hash: str) -> bool: ...
+    def delete_step_wait(self, run_id: str, step_hash: str) -> bool:
+        """Delete the waits of one step of a run (its timeout resolved it); True if any."""
 
-    def delete_run_waits(self, run_id: str) -> None: ...
+    def delete_run_waits(self, run_id: str) -> None:
+        """Delete every wait and cancel rule of a run (it ended)."""
 
 
 class Store(Protocol):
@@ -296,5 +352,18 @@ def migration_files(dialect: str) -> list[tuple[int, str]]:
                   for entry in folder.iterdir() if entry.name.endswith(".sql"))
 
 
-class StoreError(RuntimeError):
+def pending_migrations(dialect: str, current: int) -> tuple[int, list[str]]:
+    """What a database at schema version `current` (0: empty) needs: the version it will be at
+    and the SQL of each migration after `current`, in order. A database written by a newer
+    stepwell is refused (StoreError), on every backend with the same words."""
+    migrations = migration_files(dialect)
+    latest = migrations[-1][0]
+    if current > latest:
+        raise StoreError(
+            f"this database has schema version {current}, written by a newer stepwell; "
+            f"this stepwell knows up to version {latest}: upgrade stepwell")
+    return latest, [sql for version, sql in migrations if version > current]
+
+
+class StoreError(StorageFailure):
     """The database is unreachable, corrupt, or from an incompatible stepwell version."""

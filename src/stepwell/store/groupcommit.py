@@ -19,6 +19,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
+from stepwell.core.storage import StorageFailure
+
 R = TypeVar("R")
 Script = Callable[[Any], Any]
 MAX_GROUP = 512
@@ -104,6 +106,10 @@ class GroupCommit:
             values = transactor.run([script for script, _ in batch])
             results = [(future, True, value)
                        for (_, future), value in zip(batch, values, strict=True)]
+        except StorageFailure as exc:
+            # The database's condition (a full disk, a lock held elsewhere, an outage), not a
+            # script's fault: every script would fail alone too, each after its own wait.
+            results = [(future, False, exc) for _, future in batch]
         except Exception:
             # One script failed: run each alone so the others still commit and the failing one
             # gets its own exception.

@@ -27,7 +27,8 @@ from typing import TypeVar
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from stepwell.store.base import StoreError, Tx, migration_files
+from stepwell.core.urls import redact
+from stepwell.store.base import StoreError, Tx, migration_files, pending_migrations
 from stepwell.store.groupcommit import GroupCommit
 from stepwell.store.postgres_conn import (
     MIN_SERVER_VERSION,
@@ -36,7 +37,6 @@ from stepwell.store.postgres_conn import (
     connect,
     is_transient,
     reason,
-    redact,
     rollback,
 )
 from stepwell.store.postgres_sql import NeedsTransaction
@@ -46,15 +46,7 @@ R = TypeVar("R")
 log = logging.getLogger("stepwell.store.postgres")
 
 
-def is_postgres_url(url: str) -> bool:
-    return url.startswith(("postgres://", "postgresql://"))
-
-
-def _migrations() -> list[tuple[int, str]]:
-    return migration_files("postgres")
-
-
-SCHEMA_VERSION = max(v for v, _ in _migrations())
+SCHEMA_VERSION = migration_files("postgres")[-1][0]
 
 
 def migrate(conn: Conn) -> int:
@@ -68,16 +60,12 @@ def migrate(conn: Conn) -> int:
         row = conn.execute(
             "SELECT value FROM stepwell_meta WHERE key='schema_version'").fetchone()
         current = int(row[0]) if row else 0
-        if current > SCHEMA_VERSION:
-            raise StoreError(
-                f"this database has schema version {current}, written by a newer stepwell; "
-                f"this stepwell knows up to version {SCHEMA_VERSION}: upgrade stepwell")
-        for version, sql in _migrations():
-            if version > current:
-                conn.execute(sql.encode())       # several statements: simple query protocol
+        latest, pending = pending_migrations("postgres", current)
+        for sql in pending:
+            conn.execute(sql.encode())           # several statements: simple query protocol
         conn.execute("INSERT INTO stepwell_meta VALUES ('schema_version', %s) "
                      "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                     (str(SCHEMA_VERSION),))
+                     (str(latest),))
     return current
 
 

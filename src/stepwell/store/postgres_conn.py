@@ -20,12 +20,13 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from stepwell.core.storage import StorageFull
+from stepwell.core.urls import redact
 from stepwell.store.base import StoreError, Tx
 from stepwell.store.postgres_tx import (
     WORK_CHANNEL,
@@ -38,18 +39,6 @@ from stepwell.store.postgres_tx import (
 log = logging.getLogger("stepwell.store.postgres")
 MIN_SERVER_VERSION = 130000        # pg_current_xact_id_if_assigned, pg_xact_status(xid8)
 CONNECT_TIMEOUT_S = 10
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable database URL>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def reason(exc: BaseException) -> str:
@@ -73,6 +62,13 @@ def is_transient(exc: BaseException) -> bool:
     """Worth retrying: the connection broke, the server is restarting, or Postgres aborted the
     transaction as a deadlock/serialization victim (all `OperationalError`s in psycopg)."""
     return isinstance(exc, psycopg.OperationalError)
+
+
+def disk_full(url: str, exc: BaseException) -> StorageFull:
+    """Postgres could not write (SQLSTATE 53100): failed at once rather than retried as an
+    outage, so a request learns it now (HTTP 507) and the engine defers its work."""
+    return StorageFull(f"the disk of Postgres at {redact(url)} is full ({reason(exc)}); "
+                       "nothing was written: free space, then retry")
 
 
 def is_broken(conn: Conn | None) -> bool:
@@ -178,6 +174,8 @@ class PostgresWriter:
                 continue
             except Exception as exc:
                 rollback(conn)
+                if isinstance(exc, psycopg.errors.DiskFull):
+                    raise disk_full(self.url, exc) from exc
                 if not is_transient(exc):
                     raise
                 outage = outage or Outage(self.url, self.outage_seconds, "writing to Postgres")

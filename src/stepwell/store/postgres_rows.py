@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from stepwell.core.models import Event, Memo
 from stepwell.store.base import QueueItem, RunRow, RunState
-from stepwell.store.postgres_sql import Row, loads
+from stepwell.store.codec import loads
+from stepwell.store.postgres_sql import Row
 
 RUN_COLUMNS = ("id, function_id, status, event_id, event_ids, created_at, started_at, ended_at, "
                "output, error, warnings, parent_run_id, parent_step, replay_of")

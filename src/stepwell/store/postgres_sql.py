@@ -22,7 +22,6 @@ run that, not Postgres, caps throughput. So a writer's transaction works in thre
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,14 +36,6 @@ Cursor = psycopg.Cursor[Row]
 # Notified (in the committing transaction, so delivered at commit) when work may have become
 # claimable: idle workers LISTEN on it and poll at once.
 WORK_CHANNEL = "stepwell_work"
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
-def loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
 
 
 class Misprediction(Exception):
@@ -149,7 +140,6 @@ KINDS: list[Bulk] = [
          "RETURNING ck1, ck2, owner", keys=0, wake=True),
     Bulk("drop_waits", "waits", f"DELETE FROM waits WHERE run_id = ANY({_arrays('text')})"),
 ]
-BULK = {kind.name: kind for kind in KINDS}
 
 
 class WriterState:

@@ -25,6 +25,7 @@ from typing import Any
 
 from stepwell.core.models import Event, Memo, RunStatus
 from stepwell.store.base import NewRun, QueueItem, RunRow, RunState, WaitRow
+from stepwell.store.codec import dumps, loads
 from stepwell.store.postgres_rows import (
     EVENT_COLUMNS,
     QUEUE_COLUMNS,
@@ -44,8 +45,6 @@ from stepwell.store.postgres_sql import (
     Pipe,
     Row,
     WriterState,
-    dumps,
-    loads,
 )
 
 __all__ = ["WORK_CHANNEL", "Conn", "Misprediction", "PostgresTx", "WriterState"]
@@ -260,25 +259,9 @@ class PostgresTx(Pipe):
             f"RETURNING {QUEUE_COLUMNS}", (owner, lease_until, now, limit))
         items = [queue_item(r) for r in rows]
         items.sort(key=lambda i: (i.priority_at if i.priority_at is not None else i.due_at, i.id))
-        # At most one item per concurrency key per claim, so that runs of one key *start* in
-        # FIFO order: two claimed together would be dispatched at once and race. The others go
-        # straight back (unseen by anyone else) and are claimed in the next round.
-        kept: list[QueueItem] = []
-        returned: list[int] = []
-        taken: set[str] = set()
-        for item in items:
-            keys = {key for key, _ in item.concurrency}
-            if keys & taken:
-                returned.append(item.id)
-                continue
-            taken |= keys
-            kept.append(item)
-        if returned:
-            self._send("UPDATE queue SET owner=NULL, lease_until=NULL WHERE id = ANY(%s)",
-                       (returned,))
         # Lock every concurrency key the claim touches at once, in order (see count_held).
-        self.lock(*(f"c:{key}" for key in taken))
-        return kept
+        self.lock(*(f"c:{key}" for item in items for key, _ in item.concurrency))
+        return items
 
     def claim_timers(self, until: int, owner: str, lease_until: int,
                      limit: int) -> list[QueueItem]:
@@ -429,19 +412,19 @@ class PostgresTx(Pipe):
                    (due_at, due_at, dumps(payload), item_id))
 
     # --- flow-control state --------------------------------------------------------------------
-    def get_flow(self, key: str) -> tuple[float | None, str | None, int | None] | None:
+    def get_flow(self, key: str) -> tuple[str | None, int | None] | None:
         # Every caller decides from this value and then calls put_flow: lock the key first.
         self.lock(key)
-        row = self._one("SELECT num, text, expires_at FROM flow_state WHERE key=%s", (key,),
+        row = self._one("SELECT text, expires_at FROM flow_state WHERE key=%s", (key,),
                         tables=("flow_state",))
-        return None if row is None else (row[0], row[1], row[2])
+        return None if row is None else (row[0], row[1])
 
-    def put_flow(self, key: str, *, num: float | None = None, text: str | None = None,
+    def put_flow(self, key: str, *, text: str | None = None,
                  expires_at: int | None = None) -> None:
         self._send(
-            "INSERT INTO flow_state (key, num, text, expires_at) VALUES (%s, %s, %s, %s) "
-            "ON CONFLICT (key) DO UPDATE SET num=excluded.num, text=excluded.text, "
-            "expires_at=excluded.expires_at", (key, num, text, expires_at),
+            "INSERT INTO flow_state (key, text, expires_at) VALUES (%s, %s, %s) "
+            "ON CONFLICT (key) DO UPDATE SET text=excluded.text, "
+            "expires_at=excluded.expires_at", (key, text, expires_at),
             tables=("flow_state",))
 
     def add_batch_event(self, batch_key: str, event_id: str) -> int:
@@ -510,9 +493,6 @@ class PostgresTx(Pipe):
         rows = self._rows("SELECT app_id, url, config, checksum FROM apps ORDER BY app_id",
                           tables=("apps",))
         return [(r[0], r[1], loads(r[2]), r[3]) for r in rows]
-
-    def delete_app(self, app_id: str) -> bool:
-        return self._count("DELETE FROM apps WHERE app_id=%s", (app_id,), tables=("apps",)) == 1
 
     # --- waits -------------------------------------------------------------------------------
     def insert_wait(self, wait: WaitRow) -> None:

@@ -9,15 +9,7 @@ from typing import Any
 
 from stepwell.core.models import Event, Memo, RunStatus
 from stepwell.store.base import NewRun, QueueItem, RunRow, RunState, WaitRow
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
-def loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
+from stepwell.store.codec import dumps, loads
 
 _RUN_COLUMNS = ("id, function_id, status, event_ids, created_at, started_at, ended_at, output, "
                 "error, warnings, parent_run_id, parent_step, event_id, replay_of")
@@ -388,17 +380,17 @@ class SqliteTx:
                        (due_at, due_at, dumps(payload), item_id))
 
     # --- flow-control state --------------------------------------------------------------------
-    def get_flow(self, key: str) -> tuple[float | None, str | None, int | None] | None:
-        row = self.c.execute("SELECT num, text, expires_at FROM flow_state WHERE key=?",
+    def get_flow(self, key: str) -> tuple[str | None, int | None] | None:
+        row = self.c.execute("SELECT text, expires_at FROM flow_state WHERE key=?",
                              (key,)).fetchone()
-        return None if row is None else (row[0], row[1], row[2])
+        return None if row is None else (row[0], row[1])
 
-    def put_flow(self, key: str, *, num: float | None = None, text: str | None = None,
+    def put_flow(self, key: str, *, text: str | None = None,
                  expires_at: int | None = None) -> None:
         self.c.execute(
-            "INSERT INTO flow_state (key, num, text, expires_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET num=excluded.num, text=excluded.text, "
-            "expires_at=excluded.expires_at", (key, num, text, expires_at))
+            "INSERT INTO flow_state (key, text, expires_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET text=excluded.text, "
+            "expires_at=excluded.expires_at", (key, text, expires_at))
 
     def add_batch_event(self, batch_key: str, event_id: str) -> int:
         self.c.execute("INSERT INTO batch_events (batch_key, event_id) VALUES (?, ?)",
@@ -458,9 +450,6 @@ class SqliteTx:
     def list_apps(self) -> list[tuple[str, str, dict[str, Any], str]]:
         rows = self.c.execute("SELECT app_id, url, config, checksum FROM apps ORDER BY app_id")
         return [(r[0], r[1], loads(r[2]), r[3]) for r in rows]
-
-    def delete_app(self, app_id: str) -> bool:
-        return self.c.execute("DELETE FROM apps WHERE app_id=?", (app_id,)).rowcount == 1
 
     # --- waits -------------------------------------------------------------------------------
     def insert_wait(self, wait: WaitRow) -> None:

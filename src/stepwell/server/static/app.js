@@ -6,7 +6,7 @@
 // in `view.fail()`: a 401 asks for the signing key, a 404 shows "not found", anything else the
 // server's message.
 
-import {ApiError, h, notice, session} from "./lib.js";
+import {ApiError, BASE, h, notice, session} from "./lib.js";
 import * as pages from "./pages.js";
 
 const ROUTES = [
@@ -164,7 +164,7 @@ export async function render() {
   let params = [];
   let section = "";
   for (const [pattern, fn, nav] of ROUTES) {
-    const match = url.pathname.match(pattern);
+    const match = appPath(url.pathname).match(pattern);
     if (match) {
       page = fn;
       section = nav;
@@ -192,8 +192,15 @@ export async function render() {
   }
 }
 
+/** A path on this server without the mount point ("/stepwell/dashboard" -> "/dashboard"). */
+function appPath(pathname) {
+  return BASE && pathname.startsWith(BASE) ? pathname.slice(BASE.length) || "/" : pathname;
+}
+
+/** Show a dashboard page; `path` is relative to the mount point ("/dashboard/runs"). */
 export function navigate(path) {
-  if (path !== location.pathname + location.search) history.pushState(null, "", path);
+  const full = BASE + path;
+  if (full !== location.pathname + location.search) history.pushState(null, "", full);
   render();
   window.scrollTo(0, 0);
 }
@@ -205,9 +212,9 @@ document.addEventListener("click", (event) => {
   if (!link || event.defaultPrevented || event.button !== 0) return;
   if (event.metaKey || event.ctrlKey || event.shiftKey || event.altKey || link.target) return;
   const url = new URL(link.href, location.href);
-  if (url.origin !== location.origin || !url.pathname.startsWith("/dashboard")) return;
+  if (url.origin !== location.origin || !url.pathname.startsWith(BASE + "/dashboard")) return;
   event.preventDefault();
-  navigate(url.pathname + url.search);
+  navigate(appPath(url.pathname) + url.search);
 });
 window.addEventListener("popstate", () => render());
 
@@ -216,7 +223,7 @@ window.addEventListener("popstate", () => render());
 async function watchCode() {
   const box = document.getElementById("code-problem");
   try {
-    const response = await fetch("/health", {cache: "no-store"});
+    const response = await fetch(`${BASE}/health`, {cache: "no-store"});
     const health = await response.json();
     if (health.load_error) {
       box.replaceChildren(

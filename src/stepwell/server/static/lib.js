@@ -5,6 +5,14 @@
 
 const KEY_STORAGE = "stepwell.signingKey";
 
+/** Where the server is mounted ("" at the root, "/stepwell" under `app.mount("/stepwell", ...)`):
+ * the page says so in a meta tag, and every path below is relative to it. */
+export const BASE = (document.querySelector('meta[name="stepwell-base"]')?.getAttribute("content")
+  || "").replace(/\/+$/, "");
+
+/** A server path ("/dashboard/runs", "/v1/runs") as a URL under the mount point. */
+export const under = (path) => (path.startsWith("/") && !path.startsWith("//") ? BASE + path : path);
+
 /** An element: h("a", {href: "/x", class: "link"}, "text", child, [more children]). */
 export function h(tag, props, ...children) {
   const el = document.createElement(tag);
@@ -13,6 +21,7 @@ export function h(tag, props, ...children) {
     if (name.startsWith("on")) el.addEventListener(name.slice(2), value);
     else if (name === "class") el.className = value;
     else if (name === "text") el.textContent = value;
+    else if (name === "href") el.setAttribute(name, under(String(value)));
     else if (name in el && typeof value !== "string") el[name] = value;
     else el.setAttribute(name, value === true ? "" : String(value));
   }
@@ -60,7 +69,7 @@ export async function api(method, path, body) {
   }
   let response;
   try {
-    response = await fetch(path, init);
+    response = await fetch(under(path), init);
   } catch (err) {
     throw new ApiError(0, "cannot reach the stepwell server (is it running?)");
   }

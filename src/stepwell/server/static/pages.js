@@ -3,7 +3,7 @@
 // them can still change.
 
 import {
-  ApiError, api, between, duration, empty, errorBlock, h, jsonBlock, notice, shortId,
+  ApiError, BASE, api, between, duration, empty, errorBlock, h, jsonBlock, notice, shortId,
   statusBadge, time, withQuery,
 } from "./lib.js";
 
@@ -451,12 +451,15 @@ export async function apps(view) {
       section("SDK apps", synced.length ? h("table", {class: "table apps-table"},
         h("thead", {}, h("tr", {}, h("th", {}, "App"), h("th", {}, "URL"),
           h("th", {}, "Functions"), h("th", {}, "Checksum"))),
-        h("tbody", {}, synced.map((app) => h("tr", {"data-app": app.app_id},
-          h("td", {class: "fn"}, app.app_id), h("td", {class: "mono"}, app.url),
-          h("td", {}, app.functions.join(", ") || h("span", {class: "muted"}, "none")),
+        h("tbody", {}, synced.map((app) => h("tr", {"data-app": app.app_id || app.url},
+          h("td", {class: "fn"}, app.app_id || h("span", {class: "muted"}, "(unknown)")),
+          h("td", {class: "mono"}, app.url),
+          h("td", {}, app.functions.join(", ") || h("span", {class: "muted"}, "none"),
+            // A refused sync names the function and why (the SDK itself may say nothing).
+            app.error ? h("div", {class: "sync-error status-failed"}, app.error) : null),
           h("td", {class: "mono muted"}, shortId(app.checksum || "")))))) : empty(
         "No SDK app is synced. Point an app at this server (INNGEST_DEV=" +
-        `${location.origin}) or sync it by its URL above.`)),
+        `${location.origin}${BASE}) or sync it by its URL above.`)),
       native.size ? section("In-process apps", h("table", {class: "table"},
         h("thead", {}, h("tr", {}, h("th", {}, "App"), h("th", {}, "Functions"))),
         h("tbody", {}, [...native].map(([app, fns]) => h("tr", {},

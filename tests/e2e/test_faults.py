@@ -1,0 +1,298 @@
+"""No crash loops (issue 10.3): an unexpected exception in stepwell's own code, at any stage of
+a session, fails the run (or the attempt, with backoff, then the run) with the error recorded,
+never leaves it leased and stuck, and the worker carries on with other runs.
+
+Faults are injected by monkeypatching each stage to raise while a switch is on: loading a run's
+state, replaying it, running a step, committing a checkpoint, the end-of-run script, acting on a
+script's effects, and the HTTP executor's handling of an SDK answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+import stepwell
+from stepwell.runtime import driver, scripts, session
+from stepwell.runtime import engine as engine_module
+from stepwell.runtime.remote import RemoteExecutor
+from stepwell.testing import VirtualClock
+
+DEADLINE_S = 60.0
+
+
+class Fault:
+    """Makes a patched stage raise while `on`, at most `times` times (None: always)."""
+
+    def __init__(self, times: int | None = None) -> None:
+        self.on = False
+        self.times = times
+        self.raised = 0
+
+    def maybe_raise(self, stage: str, args: tuple[Any, ...] = ()) -> None:
+        if self.on and (self.times is None or self.raised < self.times) and _targeted(args):
+            self.raised += 1
+            raise RuntimeError(f"injected {stage} fault")
+
+
+HEALTHY = ("healthy", "faults/healthy")
+
+
+def _targeted(args: tuple[Any, ...]) -> bool:
+    """Faults hit the run under test, not the healthy runs that show the worker carries on
+    (stages that cannot tell whose work they do are hit whatever it is)."""
+    for arg in args:
+        spec = getattr(arg, "spec", None)
+        if spec is not None:
+            return spec.id not in HEALTHY
+        function_id = getattr(arg, "function_id", None)
+        if isinstance(function_id, str):
+            return function_id not in HEALTHY
+    return True
+
+
+def inject(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, fault: Fault,
+           stage: str, *, after: bool = False) -> None:
+    """Wrap `owner.name` (sync or async) so it raises when the fault is on (before the
+    original, or after it when `after`: the work is done, then the failure)."""
+    original = getattr(owner, name)
+    if asyncio.iscoroutinefunction(original):
+        async def wrapped_async(*args: Any, **kwargs: Any) -> Any:
+            if not after:
+                fault.maybe_raise(stage, args)
+            value = await original(*args, **kwargs)
+            if after:
+                fault.maybe_raise(stage, args)
+            return value
+        monkeypatch.setattr(owner, name, wrapped_async)
+        return
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if not after:
+            fault.maybe_raise(stage, args)
+        value = original(*args, **kwargs)
+        if after:
+            fault.maybe_raise(stage, args)
+        return value
+    monkeypatch.setattr(owner, name, wrapped)
+
+
+def faulty_app(retries: int) -> stepwell.App:
+    app = stepwell.App("faults")
+
+    @app.function(id="sleepy", trigger="faults/go", retries=retries)
+    async def sleepy(ctx: stepwell.Context, step: stepwell.Step) -> str:
+        first = await step.run("first", lambda: "one")
+        await step.sleep("nap", "1h")
+        second = await step.run("second", lambda: "two")
+        return f"{first}-{second}"
+
+    @app.function(id="healthy", trigger="faults/other")
+    async def healthy(ctx: stepwell.Context, step: stepwell.Step) -> int:
+        return int(await step.run("double", lambda: ctx.event.data["n"] * 2))
+
+    return app
+
+
+async def settle(engine: stepwell.Engine) -> None:
+    await asyncio.wait_for(engine.idle(), DEADLINE_S)
+
+
+async def run_with_fault(make_engine: Any, clock: VirtualClock, fault: Fault, *,
+                         retries: int) -> tuple[stepwell.Run, list[stepwell.Run]]:
+    """Start a run, turn the fault on before it resumes from its sleep, let time pass (for
+    backoffs), then check that other runs still complete. Returns the run, and the others."""
+    async with make_engine(faulty_app(retries), clock=clock) as engine:
+        event_id = await engine.send("faults/go", {})
+        await settle(engine)
+        [run] = await engine.runs(event_id=str(event_id))
+        fault.on = True
+        for _ in range(8):                     # the sleep, then every backoff
+            await clock.advance("1h")
+            await settle(engine)
+        others = [await engine.send("faults/other", {"n": n}) for n in range(3)]
+        await settle(engine)
+        fault.on = False
+        found = await engine.get_run(run.id)
+        assert found is not None
+        done = [await engine.wait((await engine.runs(event_id=str(e)))[0].id, DEADLINE_S)
+                for e in others]
+        assert not engine._sessions, "a session is still holding a run"
+        return found, done
+
+
+def assert_failed_with(run: stepwell.Run, fragment: str, *, crashes: int) -> None:
+    assert run.status == "failed", (run.status, run.steps)
+    assert run.error is not None and run.error["name"] == "StepwellInternalError", run.error
+    assert fragment in run.error["message"], run.error["message"]
+    engine_steps = [s for s in run.steps if s.id == "(engine)"]
+    recorded = len(engine_steps[0].failures) if engine_steps else 0
+    assert recorded == crashes, run.steps
+
+
+def assert_others_completed(others: list[stepwell.Run]) -> None:
+    assert [(r.status, r.output) for r in others] == [("completed", 0), ("completed", 2),
+                                                      ("completed", 4)]
+
+
+def store_tx_class(engine_url: str) -> Any:
+    if engine_url.startswith("sqlite"):
+        from stepwell.store.sqlite_tx import SqliteTx
+        return SqliteTx
+    from stepwell.store.postgres_tx import PostgresTx
+    return PostgresTx
+
+
+async def test_a_fault_loading_the_run_state_fails_the_run(
+        make_engine: Any, clock: VirtualClock, db_url: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fault = Fault()
+    inject(monkeypatch, store_tx_class(db_url), "load_run_states", fault, "state loading")
+    run, others = await run_with_fault(make_engine, clock, fault, retries=2)
+    # The state cannot be read even to count the attempts: failed at once, by the bare script.
+    assert_failed_with(run, "injected state loading fault", crashes=0)
+    assert_others_completed(others)
+
+
+@pytest.mark.parametrize(("owner", "name", "stage"), [
+    (session.RunSession, "_replay", "replay"),
+    (session.RunSession, "_run", "step execution"),
+    (driver.RunDriver, "checkpoint", "checkpoint"),
+])
+async def test_a_fault_in_a_session_stage_is_retried_then_fails_the_run(
+        make_engine: Any, clock: VirtualClock, monkeypatch: pytest.MonkeyPatch,
+        owner: Any, name: str, stage: str) -> None:
+    fault = Fault()
+    inject(monkeypatch, owner, name, fault, stage)
+    run, others = await run_with_fault(make_engine, clock, fault, retries=2)
+    assert_failed_with(run, f"injected {stage} fault", crashes=2)
+    assert [s.id for s in run.steps][:1] == ["first"]      # what was done before is kept
+    assert_others_completed(others)
+
+
+async def test_a_fault_in_the_end_script_fails_the_run_by_the_bare_script(
+        make_engine: Any, clock: VirtualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    fault = Fault()
+    inject(monkeypatch, scripts, "end_run", fault, "end script")
+    run, others = await run_with_fault(make_engine, clock, fault, retries=1)
+    assert_failed_with(run, "injected end script fault", crashes=1)
+    assert_others_completed(others)
+
+
+async def test_a_transient_fault_is_retried_and_the_run_completes(
+        make_engine: Any, clock: VirtualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    fault = Fault(times=1)
+    inject(monkeypatch, driver.RunDriver, "checkpoint", fault, "checkpoint")
+    run, others = await run_with_fault(make_engine, clock, fault, retries=2)
+    assert run.status == "completed" and run.output == "one-two", run
+    [engine_step] = [s for s in run.steps if s.id == "(engine)"]
+    assert "injected checkpoint fault" in engine_step.failures[0]["error"]["message"]
+    assert_others_completed(others)
+
+
+async def test_a_fault_acting_on_effects_after_a_commit_loses_nothing(
+        make_engine: Any, clock: VirtualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The script committed, then acting on its effects raised: the run goes on from what was
+    committed, once, and ends completed."""
+    fault = Fault(times=1)
+    inject(monkeypatch, engine_module.Engine, "_apply", fault, "effects", after=True)
+    run, others = await run_with_fault(make_engine, clock, fault, retries=2)
+    assert run.status == "completed" and run.output == "one-two", run
+    assert [s.id for s in run.steps if s.kind == "run"] == ["first", "second", "(engine)"]
+    assert [s.attempts for s in run.steps if s.kind == "run"] == [1, 1, 1]
+    assert_others_completed(others)
+
+
+async def test_a_user_except_exception_does_not_swallow_an_engine_fault(
+        make_engine: Any, clock: VirtualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = stepwell.App("swallow")
+    carried_on: list[str] = []
+
+    @app.function(id="f", trigger="swallow/go", retries=0)
+    async def f(ctx: stepwell.Context, step: stepwell.Step) -> str:
+        try:
+            await step.run("a", lambda: 1)
+        except Exception:
+            carried_on.append("swallowed")
+        return "done"
+
+    fault = Fault()
+    inject(monkeypatch, driver.RunDriver, "checkpoint", fault, "checkpoint")
+    async with make_engine(app, clock=clock) as engine:
+        fault.on = True
+        event_id = await engine.send("swallow/go", {})
+        await settle(engine)
+        fault.on = False
+        [listed] = await engine.runs(event_id=str(event_id))
+        run = await engine.get_run(listed.id)
+    assert carried_on == []
+    assert run is not None
+    assert_failed_with(run, "injected checkpoint fault", crashes=0)
+
+
+# --- the HTTP executor (official-SDK apps) ---------------------------------------------------
+
+SDK = {"x-inngest-sdk": "inngest-py:v0.5.19", "content-type": "application/json"}
+
+
+@pytest.fixture
+async def sdk_url() -> AsyncIterator[str]:
+    """A minimal SDK app: one step, then done."""
+
+    async def handle(request: Request) -> Response:
+        body = json.loads(await request.body())
+        if "ha" in body["steps"]:
+            return Response(json.dumps("finished"), headers=SDK)
+        return Response(json.dumps([{"id": "ha", "op": "StepRun", "displayName": "a",
+                                     "data": 1}]), status_code=206, headers=SDK)
+
+    app = Starlette(routes=[Route("/api/inngest", handle, methods=["POST"])])
+    sock = socket.create_server(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}/api/inngest"
+    server.should_exit = True
+    await task
+    sock.close()
+
+
+def registration(url: str, retries: int) -> dict[str, Any]:
+    return {"appName": "sdk", "url": url, "functions": [{
+        "id": "sdk-fn", "name": "fn", "triggers": [{"event": "sdk/go"}],
+        "steps": {"step": {"id": "step", "runtime": {"url": f"{url}?fnId=sdk-fn&stepId=step"},
+                           "retries": {"attempts": retries}}}}]}
+
+
+@pytest.mark.parametrize("stage", ["_handle", "_call"])
+async def test_a_fault_in_the_http_executor_is_retried_then_fails_the_run(
+        make_engine: Any, clock: VirtualClock, monkeypatch: pytest.MonkeyPatch,
+        sdk_url: str, stage: str) -> None:
+    fault = Fault()
+    inject(monkeypatch, RemoteExecutor, stage, fault, "SDK executor")
+    native = faulty_app(0)
+    async with make_engine(native, clock=clock) as engine:
+        await engine.register_app(registration(sdk_url, 2))
+        fault.on = True
+        event_id = await engine.send("sdk/go", {})
+        for _ in range(8):
+            await settle(engine)
+            await clock.advance("1h")
+        other = await engine.send("faults/other", {"n": 5})
+        await settle(engine)
+        fault.on = False
+        [listed] = await engine.runs(event_id=str(event_id))
+        run = await engine.get_run(listed.id)
+        [done] = await engine.runs(event_id=str(other))
+    assert run is not None
+    assert_failed_with(run, "injected SDK executor fault", crashes=2)
+    assert (done.status, done.output) == ("completed", 10)
