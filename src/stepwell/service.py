@@ -33,7 +33,7 @@ from stepwell.core.models import (
 from stepwell.core.protocol import ProtocolError, sign, steps_map
 from stepwell.core.urlpolicy import AppUrlNotAllowed
 from stepwell.runtime.engine import DEFAULT_DB as DEFAULT_DB  # re-exported for transports
-from stepwell.runtime.engine import Engine
+from stepwell.runtime.engine import CheckpointError, Engine
 from stepwell.sdk.app import App
 from stepwell.service_views import (
     ACTIVITIES,
@@ -347,6 +347,44 @@ class Service:
         assert run is not None
         return self._run_dict(run)
 
+    async def rerun_run(self, run_id: str, body: object = None) -> dict[str, Any]:
+        """Inngest's REST v2 rerun: `{}` reruns from the start; `{"fromStep": {"stepId": id,
+        "input": [...]}}` reuses the results of the steps before that step and, with `input`,
+        runs that step with those arguments (TypeScript SDK functions). Returns
+        `{"runId": <new run>}`."""
+        body = {} if body is None else body
+        if not isinstance(body, dict) or set(body) - {"fromStep"}:
+            raise InvalidInput('the body must be empty or {"fromStep": {"stepId": "<step id>", '
+                               '"input": [<arguments>]}}')
+        from_step: str | None = None
+        step_input: list[Any] | None = None
+        raw = body.get("fromStep")
+        if raw is not None:
+            if not isinstance(raw, dict) or set(raw) - {"stepId", "input"}:
+                raise InvalidInput('fromStep must be {"stepId": "<step id>", "input": '
+                                   '[<arguments>]} ("input" optional)')
+            from_step = raw.get("stepId")
+            if not isinstance(from_step, str) or not from_step:
+                raise InvalidInput("Step ID is required: fromStep.stepId must be a step id (a "
+                                   "non-empty string)")
+            if "input" in raw and raw["input"] is not None:
+                if not isinstance(raw["input"], list):
+                    raise InvalidInput("Step input must be a valid JSON array (the step's "
+                                       "arguments), got "
+                                       f"{type(raw['input']).__name__}")
+                step_input = raw["input"]
+        try:
+            new_id = await self.engine.replay(run_id, from_step=from_step,
+                                              step_input=step_input)
+        except LookupError as exc:
+            raise NotFound(str(exc)) from None
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+        if new_id is None:
+            raise Conflict(f"the rerun of run {run_id} was skipped: the function's singleton "
+                           "setting allows one active run for its key")
+        return {"runId": new_id}
+
     async def cancel_run(self, run_id: str) -> dict[str, Any]:
         """Cancel one run. Cancelling a cancelled run is a no-op; a finished one is a conflict.
 
@@ -600,6 +638,17 @@ class Service:
         if state is None:
             raise NotFound(f"no run {run_id!r}")
         return [e.to_dict() for e in state.events]
+
+    async def checkpoint_async(self, run_id: str, body: object) -> dict[str, Any]:
+        """`POST /v1/checkpoint/{id}/async`: step results a TypeScript SDK app ran inside the
+        call it is answering (docs/checkpointing.md). 409 once that call lost the run."""
+        try:
+            stored = await self.engine.checkpoint_async(run_id, body)
+        except CheckpointError as exc:
+            error = ServiceError(str(exc))
+            error.status = exc.status
+            raise error from None
+        return {"stored": stored}
 
     async def run_actions(self, run_id: str) -> dict[str, Any]:
         """`GET /v0/runs/{id}/actions`: the run's resolved memos, as the `steps` map."""

@@ -36,7 +36,17 @@ from stepwell.core.protocol import (
 )
 from stepwell.core.storage import StorageFailure
 from stepwell.core.urlpolicy import AppUrlPolicy
-from stepwell.runtime import admission, items, runlog, scripts, signals, upkeep
+from stepwell.runtime import (
+    admission,
+    checkpoint,
+    items,
+    runlog,
+    scripts,
+    sdkclient,
+    signals,
+    upkeep,
+)
+from stepwell.runtime.checkpoint import CheckpointError as CheckpointError  # for the service
 from stepwell.runtime.clock import Clock, SystemClock, wall_ms
 from stepwell.runtime.registry import Registry, registration_checksum
 from stepwell.runtime.remote import RemoteFunction, RemoteSettings
@@ -77,6 +87,7 @@ class Engine:
                  signing_key: str | None = None, sdk_timeout_seconds: float = 300.0,
                  retry_interval_seconds: float | None = None, prefetch_seconds: float = 5.0,
                  max_parked: int = 20_000, tune_gc: bool = True,
+                 sdk_concurrency: int = sdkclient.DEFAULT_LIMIT,
                  retention: str | float | datetime.timedelta | None = "7d",
                  app_url_allow: str | Sequence[str] | None = None,
                  block_warning_seconds: float | None = 1.0,
@@ -95,6 +106,12 @@ class Engine:
         self.last_registration: dict[str, str] = {}    # app URL -> app id
         self.last_app_id: str | None = None
         self._http: httpx.AsyncClient | None = None
+        # Calls to SDK apps: at most this many in flight per app, queued in order (sdkclient).
+        if sdk_concurrency < 1:
+            raise ConfigError(f"sdk_concurrency must be at least 1, got {sdk_concurrency}")
+        self.sdk_concurrency = sdk_concurrency
+        self._app_clients: sdkclient.AppClients | None = None
+        self.inflight = checkpoint.Inflight()          # SDK calls that may be checkpointed
         self.db = db or DEFAULT_DB
         self.store = open_store(self.db, fsync=fsync)
         self.clock: Clock = clock or SystemClock()
@@ -200,6 +217,9 @@ class Engine:
         if self._http is not None:
             await self._http.aclose()
             self._http = None
+        if self._app_clients is not None:
+            await self._app_clients.aclose()
+            self._app_clients = None
         detach = getattr(self.clock, "detach", None)
         if detach is not None:
             detach(self)
@@ -322,10 +342,39 @@ class Engine:
         if changed:
             await self._register_crons()
 
+    async def checkpoint_async(self, run_id: str, body: object) -> int:
+        """Apply an SDK's `POST /v1/checkpoint/{run_id}/async`: commit the step results it
+        ran inside our call, under the lease of the worker making that call. Returns how many
+        were new. Raises checkpoint.CheckpointError (StaleDispatch once the lease is gone)."""
+        cp = checkpoint.parse_checkpoint(run_id, body)
+        executor = self.inflight.get(run_id)
+        try:
+            if (executor is not None and executor.item_id == cp.ref.item_id
+                    and cp.ref.owner == self.owner):
+                stored = await executor.accept_checkpoint(cp)
+            elif cp.results:
+                stored = await self.commit(checkpoint.commit_elsewhere(
+                    cp, self.clock.now(), self.lease_until()))
+            else:
+                stored = 0
+        except scripts.LeaseLost as exc:
+            raise checkpoint.StaleDispatch(
+                f"run {run_id}: the call being checkpointed no longer holds the run "
+                f"(cancelled, ended or taken over): {exc}") from None
+        self.stats.sdk_checkpoints += 1
+        return stored
+
     def http_client(self) -> httpx.AsyncClient:
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=self.remote_settings.timeout_s)
+            self._http = sdkclient.nodelay_client(timeout=self.remote_settings.timeout_s,
+                                                  connections=100)
         return self._http
+
+    def app_clients(self) -> sdkclient.AppClients:
+        if self._app_clients is None:
+            self._app_clients = sdkclient.AppClients(limit=self.sdk_concurrency,
+                                                     timeout=self.remote_settings.timeout_s)
+        return self._app_clients
 
     def _apply(self, effects: Effects) -> None:
         for dispatch in effects.dispatch:
@@ -505,11 +554,14 @@ class Engine:
         return await self.commit(lambda tx, place, effects: signals.deliver(
             tx, signal, data, now, place, effects))
 
-    async def replay(self, run_id: str, *, from_step: str | None = None) -> str | None:
+    async def replay(self, run_id: str, *, from_step: str | None = None,
+                     step_input: list[Any] | None = None) -> str | None:
         """Run a run's function again with the same events; with `from_step`, reuse the
         results of the steps before that step. Returns the new run's id (None if the
-        function's singleton setting skipped it). Raises ReplayError (a ValueError; RunNotFound,
-        also a LookupError, when there is no such run)."""
+        function's singleton setting skipped it). `step_input` (with `from_step`) reruns that
+        step with these arguments: TypeScript SDK functions only, the one SDK that takes a
+        step's input from the server. Raises ReplayError (a ValueError; RunNotFound, also a
+        LookupError, when there is no such run)."""
         run = await self.store.read(lambda tx: tx.get_run(run_id))
         if run is None:
             raise admission.RunNotFound(f"no run with id {run_id!r}")
@@ -517,9 +569,22 @@ class Engine:
         if fn is None:
             raise admission.ReplayError(
                 f"run {run_id} belongs to {run.function_id}, which is not registered here")
+        if step_input is not None:
+            if from_step is None:
+                raise admission.ReplayError("a step's input can only be given with the step "
+                                            "to rerun from")
+            sdk = (self.registry.sdks.get(fn.spec.app_id, "")
+                   if isinstance(fn, RemoteFunction) else "native")
+            if not sdk.startswith("js:"):
+                raise admission.ReplayError(
+                    f"run {run_id} belongs to {run.function_id} ({sdk or 'unknown SDK'}): "
+                    "editing a step's input is supported for functions on the TypeScript SDK "
+                    "only (native and Python SDK steps cannot take their input from the "
+                    "server); rerun from the step without 'input'")
         spec, now, routing = fn.spec, self.clock.now(), self.routing
         return await self.commit(lambda tx, place, effects: admission.replay_run(
-            tx, spec, run_id, now, place, effects, routing=routing, from_step=from_step))
+            tx, spec, run_id, now, place, effects, routing=routing, from_step=from_step,
+            step_input=step_input))
 
     # --- idle detection (tests, VirtualClock) ------------------------------------------------
 
@@ -555,6 +620,7 @@ class Engine:
             "runs_finished": dict(stats.runs_finished),
             "steps_committed": dict(stats.steps_committed),
             "step_attempts_failed": stats.step_attempts_failed,
+            "sdk_calls": stats.sdk_calls, "sdk_checkpoints": stats.sdk_checkpoints,
             "step_seconds": stats.step_seconds, "queue_wait_seconds": stats.queue_wait_seconds,
             "sessions_active": self._active(), "runs_parked": len(self._parked),
             "queue_ready": ready,

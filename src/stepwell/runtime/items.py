@@ -148,7 +148,8 @@ async def _execute(engine: Engine, item_id: int, state: RunState, *, started: bo
         return
     if isinstance(fn, RemoteFunction):
         await RemoteExecutor(engine, fn, state, item_id, engine.http_client(),
-                             engine.remote_settings).execute()
+                             engine.remote_settings, engine.inflight,
+                             engine.app_clients()).execute()
     else:
         # Replayed now; it parks where the run sleeps until not_before (see RunSession).
         await RunSession(engine, fn, state, item_id, not_before=not_before,

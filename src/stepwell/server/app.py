@@ -88,6 +88,10 @@ class JSONOut(JSONResponse):
             return super().render(jsonsafe.repair(content)[0])
 
 
+class NotImplementedByServer(ServiceError):
+    status = 501
+
+
 def error_response(status: int, message: str) -> JSONOut:
     return JSONOut({"error": message, "status": status}, status_code=status)
 
@@ -260,6 +264,26 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
         require_sdk_auth(request)
         return JSONOut(await service.run_actions(request.path_params["run_id"]))
 
+    async def checkpoint_async(request: Request) -> Response:
+        require_sdk_auth(request)
+        result = await service.checkpoint_async(request.path_params["run_id"],
+                                                await read_json(request))
+        return JSONResponse({**result, "status": 200})
+
+    async def checkpoint_sync(request: Request) -> Response:
+        require_sdk_auth(request)
+        raise NotImplementedByServer(
+            "durable endpoints (inngest.endpoint(), the synchronous checkpoint API "
+            f"{request.url.path}) are not supported by stepwell; functions checkpoint through "
+            "/v1/checkpoint/{run_id}/async")
+
+    async def run_metadata(request: Request) -> Response:
+        require_sdk_auth(request)
+        raise NotImplementedByServer(
+            "run metadata sent through the API (POST /v1/runs/{run_id}/metadata, e.g. "
+            "step.metadata() aimed at another run or step) is not supported by stepwell; "
+            "metadata set inside a step is accepted with the step's result and not stored")
+
     async def dev_info(request: Request) -> Response:
         return JSONOut({"version": "stepwell", "mode": "cloud" if signing else "dev",
                         "functions": await service.dev_functions(),
@@ -282,6 +306,13 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
     async def replay_run(request: Request) -> Response:
         body = await read_json(request) if await request.body() else None
         return envelope(await service.replay_run(request.path_params["run_id"], body))
+
+    async def rerun_run(request: Request) -> Response:
+        """REST v2: `{"data": {"runId"}, "metadata": {"fetchedAt", "cachedUntil"}}`."""
+        body = await read_json(request) if await request.body() else None
+        data = await service.rerun_run(request.path_params["run_id"], body)
+        now = iso(int(time.time() * 1000))
+        return JSONResponse({"data": data, "metadata": {"fetchedAt": now, "cachedUntil": None}})
 
     async def cancel_run(request: Request) -> Response:
         return envelope(await service.cancel_run(request.path_params["run_id"]))
@@ -363,6 +394,10 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
         Route("/fn/register", register, methods=["POST"]),
         Route("/v0/runs/{run_id}/batch", run_batch, methods=["GET"]),
         Route("/v0/runs/{run_id}/actions", run_actions, methods=["GET"]),
+        Route("/v1/checkpoint/{run_id}/async", checkpoint_async, methods=["POST"]),
+        Route("/v1/checkpoint", checkpoint_sync, methods=["POST"]),
+        Route("/v1/checkpoint/{run_id}/steps", checkpoint_sync, methods=["POST"]),
+        Route("/v1/runs/{run_id}/metadata", run_metadata, methods=["POST"]),
         # The REST API and the dev-server info: the signing key, raw or hashed.
         Route("/dev", api(dev_info), methods=["GET"]),
         Route("/v1/apps", api(list_apps), methods=["GET"]),
@@ -377,6 +412,9 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
         Route("/v1/runs/{run_id}/cancel", api(cancel_run), methods=["POST"]),
         Route("/v1/runs/{run_id}/replay", api(replay_run), methods=["POST"]),
         Route("/v1/runs/{run_id}/events", api(run_events), methods=["GET"]),
+        # REST v2 (Inngest serves it under /api/v2; both work).
+        Route("/v2/runs/{run_id}/rerun", api(rerun_run), methods=["POST"]),
+        Route("/api/v2/runs/{run_id}/rerun", api(rerun_run), methods=["POST"]),
         Route("/v1/cancellations", api(bulk_cancel), methods=["POST"]),
         Route("/v1/signals", api(send_signal), methods=["POST"]),
         Route("/v1/functions", api(functions), methods=["GET"]),
