@@ -193,13 +193,21 @@ def clock() -> VirtualClock:
 
 
 @pytest.fixture
-def make_engine(db_url: str, clock: VirtualClock) -> EngineFactory:
-    """`async with make_engine(app) as engine:` a started engine on a real database."""
+def make_engine(db_url: str, clock: VirtualClock,
+                request: pytest.FixtureRequest) -> EngineFactory:
+    """`async with make_engine(app) as engine:` a started engine on a real database.
+
+    On the virtual clock engines replay every run to check its determinism; a test marked
+    `@pytest.mark.counts_executions` (it counts how often handlers run, or changes the code
+    between replays on purpose) gets engines without that check."""
+    unchecked = request.node.get_closest_marker("counts_executions") is not None
 
     @asynccontextmanager
     async def factory(*apps: stepwell.App, **kwargs: Any) -> AsyncIterator[stepwell.Engine]:
         kwargs.setdefault("db", db_url)
         kwargs.setdefault("clock", clock)
+        if unchecked:
+            kwargs.setdefault("check_determinism", False)
         engine = stepwell.Engine(*apps, **kwargs)
         async with engine:
             yield engine

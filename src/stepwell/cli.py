@@ -133,13 +133,24 @@ def load_apps(target: str) -> list[App]:
 
 
 def listen(host: str, port: int) -> socket.socket:
-    """Bind before starting anything, so a busy port fails fast with a clear message."""
+    """Bind before starting anything, so a busy port fails fast with a clear message.
+
+    The socket is made with proto=IPPROTO_TCP and TCP_NODELAY: asyncio sets TCP_NODELAY on
+    the connections it accepts only when the listening socket says IPPROTO_TCP (and
+    `socket.create_server` says 0), and without it every reply that follows a small write
+    waits for the client's delayed ACK (~40 ms per request)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
-        return socket.create_server((host, port), family=family)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
     except OSError as exc:
+        sock.close()
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}"
                                    ) from exc
+    return sock
 
 
 async def start_service(service: Service) -> None:
@@ -226,6 +237,7 @@ class Exposure:
     app_url_allow: tuple[str, ...] = ()
     header_timeout: float = 10.0
     max_connections: int | None = None
+    sdk_concurrency: int = 32        # calls in flight to each SDK app at most
 
 
 def make_asgi(service: Service, host: str, *, event_keys: Sequence[str] = (),
@@ -392,6 +404,10 @@ def server_options(fn: F) -> F:
                      metavar="SECONDS",
                      help="Retry failed steps after SECONDS x attempt instead of the "
                           "exponential backoff (for local development)."),
+        click.option("--sdk-concurrency", type=click.IntRange(min=1), default=32,
+                     show_default=True, envvar="STEPWELL_SDK_CONCURRENCY", metavar="N",
+                     help="Requests in flight to each official-SDK app at most; further runs "
+                          "wait their turn, in order."),
         retention_option,
         *log_options,
     ]):
@@ -402,7 +418,8 @@ def server_options(fn: F) -> F:
 def make_service(apps: list[App], db: str, *, worker: bool = True,
                  signing_keys: Sequence[str] = (), retry_interval: float | None = None,
                  retention: str = "7d", app_url_allow: Sequence[str] = (),
-                 load_error: str | None = None) -> Service:
+                 load_error: str | None = None, check_determinism: bool = False,
+                 sdk_concurrency: int = 32) -> Service:
     """The service over a new engine; invalid options are one clear error."""
     from stepwell.core.config import ConfigError
     from stepwell.service import Service
@@ -412,7 +429,9 @@ def make_service(apps: list[App], db: str, *, worker: bool = True,
                                    signing_key=signing_keys[0] if signing_keys else None,
                                    retry_interval_seconds=retry_interval,
                                    retention=engine_retention(retention),
-                                   app_url_allow=list(app_url_allow) or None)
+                                   app_url_allow=list(app_url_allow) or None,
+                                   check_determinism=check_determinism,
+                                   sdk_concurrency=sdk_concurrency)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     service.load_error = load_error
@@ -423,11 +442,14 @@ def run_server(apps: list[App], db: str, host: str, port: int, *, worker: bool =
                sync_urls: Sequence[str] = (), event_keys: Sequence[str] = (),
                signing_keys: Sequence[str] = (), retry_interval: float | None = None,
                retention: str = "7d", exposure: Exposure = Exposure(),
-               sock: socket.socket | None = None, load_error: str | None = None) -> None:
+               sock: socket.socket | None = None, load_error: str | None = None,
+               check_determinism: bool = False) -> None:
     setup_logging()
     service = make_service(apps, db, worker=worker, signing_keys=signing_keys,
                            retry_interval=retry_interval, retention=retention,
-                           app_url_allow=exposure.app_url_allow, load_error=load_error)
+                           app_url_allow=exposure.app_url_allow, load_error=load_error,
+                           check_determinism=check_determinism,
+                           sdk_concurrency=exposure.sdk_concurrency)
     app = make_asgi(service, host, event_keys=event_keys, signing_keys=signing_keys,
                     exposure=exposure)
     sock = sock or listen(host, port)
@@ -451,7 +473,7 @@ def dev(target: str | None, db: str, host: str, port: int, sync_urls: tuple[str,
         event_keys: tuple[str, ...], signing_keys: tuple[str, ...],
         allowed_hosts: tuple[str, ...], app_url_allow: tuple[str, ...],
         header_timeout: float, max_connections: int | None,
-        retry_interval: float | None, retention: str, reload: bool,
+        retry_interval: float | None, sdk_concurrency: int, retention: str, reload: bool,
         production_backoff: bool) -> None:
     """Run the engine and HTTP server for the apps in a file or module (and any official-SDK
     apps synced with -u or /v1/apps/sync).
@@ -464,15 +486,18 @@ def dev(target: str | None, db: str, host: str, port: int, sync_urls: tuple[str,
     if retry_interval is None and not production_backoff:
         retry_interval = DEV_RETRY_INTERVAL
     apps = load_apps(target) if target else []      # fail fast, before watching anything
-    exposure = Exposure(allowed_hosts, app_url_allow, header_timeout, max_connections)
+    exposure = Exposure(allowed_hosts, app_url_allow, header_timeout, max_connections,
+                        sdk_concurrency)
     options: dict[str, Any] = dict(sync_urls=sync_urls, event_keys=event_keys,
                                    signing_keys=signing_keys, retry_interval=retry_interval,
-                                   retention=retention, exposure=exposure)
+                                   retention=retention, exposure=exposure,
+                                   check_determinism=True)
     if not (reload and target):
         run_server(apps, db, host, port, **options)
         return
     checked = make_service(apps, db, signing_keys=signing_keys, retry_interval=retry_interval,
-                           retention=retention, app_url_allow=app_url_allow)
+                           retention=retention, app_url_allow=app_url_allow,
+                           sdk_concurrency=sdk_concurrency)
     make_asgi(checked, host, event_keys=event_keys, signing_keys=signing_keys,
               exposure=exposure)                     # options checked before watching
     import watchfiles
@@ -526,13 +551,15 @@ def serve_command(db: str, host: str, port: int, sync_urls: tuple[str, ...],
                   event_keys: tuple[str, ...], signing_keys: tuple[str, ...],
                   allowed_hosts: tuple[str, ...], app_url_allow: tuple[str, ...],
                   header_timeout: float, max_connections: int | None,
-                  retry_interval: float | None, retention: str, no_worker: bool) -> None:
+                  retry_interval: float | None, sdk_concurrency: int, retention: str,
+                  no_worker: bool) -> None:
     """Run the server for apps written with the official Inngest SDKs: event API, SDK
     endpoint, REST API. Production mode when event or signing keys are given."""
     run_server([], db, host, port, worker=not no_worker, sync_urls=sync_urls,
                event_keys=event_keys, signing_keys=signing_keys, retry_interval=retry_interval,
                retention=retention, exposure=Exposure(allowed_hosts, app_url_allow,
-                                                      header_timeout, max_connections))
+                                                      header_timeout, max_connections,
+                                                      sdk_concurrency))
 
 
 @main.command()
@@ -542,7 +569,7 @@ def start(target: str, db: str, host: str, port: int, sync_urls: tuple[str, ...]
           event_keys: tuple[str, ...], signing_keys: tuple[str, ...],
           allowed_hosts: tuple[str, ...], app_url_allow: tuple[str, ...],
           header_timeout: float, max_connections: int | None,
-          retry_interval: float | None, retention: str) -> None:
+          retry_interval: float | None, sdk_concurrency: int, retention: str) -> None:
     """Run the apps of a file or module in production: the HTTP server (event API, REST API,
     SDK endpoint) and a worker, on the database --db.
 
@@ -553,7 +580,7 @@ def start(target: str, db: str, host: str, port: int, sync_urls: tuple[str, ...]
     run_server(load_apps(target), db, host, port, sync_urls=sync_urls, event_keys=event_keys,
                signing_keys=signing_keys, retry_interval=retry_interval, retention=retention,
                exposure=Exposure(allowed_hosts, app_url_allow, header_timeout,
-                                 max_connections))
+                                 max_connections, sdk_concurrency))
 
 
 @main.command()

@@ -161,8 +161,9 @@ def compact(value: Any, width: int = 60) -> str:
 
 @runs.command("list")
 @click.option("--function", "function_id", default=None, help="Function id (fn or app/fn).")
-@click.option("--status", default=None, help="queued, running, completed, failed, cancelled, "
-                                             "skipped.")
+@click.option("--status", default=None,
+              help="queued, running, completed, failed, cancelled, skipped; or what a running "
+                   "run is doing: sleeping, waiting, invoking, retrying.")
 @click.option("--event", "event_id", default=None, help="Runs started by this event id.")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
 @url_option
@@ -183,8 +184,14 @@ def runs_list(function_id: str | None, status: str | None, event_id: str | None,
         return
     click.echo(table(
         ["RUN ID", "FUNCTION", "STATUS", "STARTED", "DURATION", "EVENT"],
-        [[r["run_id"], r["function_id"], r["status"], short_time(r["run_started_at"]),
+        [[r["run_id"], r["function_id"], shown_status(r), short_time(r["run_started_at"]),
           duration(r["run_started_at"], r["ended_at"]), r["event_id"] or "-"] for r in found]))
+
+
+def shown_status(run: dict[str, Any]) -> str:
+    """`Running (sleeping)` when the server says what a running run is doing."""
+    doing = run.get("activity")
+    return f"{run['status']} ({doing})" if doing else str(run["status"])
 
 
 def check_function(url: str, function_id: str) -> str:
@@ -213,7 +220,7 @@ def step_detail(step: dict[str, Any]) -> str:
 
 def show_run(run: dict[str, Any]) -> str:
     fields = [("run", run["run_id"]), ("function", run["function_id"]),
-              ("status", run["status"]), ("event", run["event_id"] or "-"),
+              ("status", shown_status(run)), ("event", run["event_id"] or "-"),
               ("queued", short_time(run["run_started_at"])),
               ("started", short_time(run.get("started_at"))),
               ("ended", short_time(run["ended_at"])),
@@ -316,8 +323,16 @@ def bulk_cancel(url: str, function_id: str, since: str | None, *, yes: bool,
                 as_json: bool) -> None:
     """Cancel the function's active runs one by one, with a confirmation and a progress bar;
     repeats while new pages of active runs appear (the listing is capped per call)."""
-    qualified = check_function(url, function_id)
     cutoff = parse_since(since, datetime.datetime.now(datetime.UTC)) if since else None
+    try:
+        qualified = check_function(url, function_id)
+    except click.ClickException:
+        # A function no longer defined (renamed or deleted) can still have orphaned runs.
+        qualified = function_id
+        if not active_runs(url, qualified, cutoff):
+            raise
+        click.echo(f"{qualified} is not defined by the server: these runs are orphaned",
+                   err=True)
     todo = active_runs(url, qualified, cutoff)
     window = f" queued since {cutoff.isoformat(timespec='seconds')}" if cutoff else ""
     if not todo:

@@ -11,16 +11,20 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any, Final
 
 import httpx
 
 from stepwell.core.config import ConfigError
+from stepwell.core.eventids import parse_seed, seeded_id
 from stepwell.core.expressions import ExpressionError, compile_expression
 from stepwell.core.models import (
     ACTIVE_STATUSES,
+    MAX_EVENT_TS_MS,
     TERMINAL_STATUSES,
     InvalidEventError,
     Run,
@@ -29,15 +33,24 @@ from stepwell.core.models import (
 from stepwell.core.protocol import ProtocolError, sign, steps_map
 from stepwell.core.urlpolicy import AppUrlNotAllowed
 from stepwell.runtime.engine import DEFAULT_DB as DEFAULT_DB  # re-exported for transports
-from stepwell.runtime.engine import Engine
+from stepwell.runtime.engine import CheckpointError, Engine
 from stepwell.sdk.app import App
-from stepwell.service_views import STATUS_NAMES, event_dict, function_config, run_dict, trigger_dict
+from stepwell.service_views import (
+    ACTIVITIES,
+    STATUS_NAMES,
+    activity,
+    event_dict,
+    function_config,
+    run_dict,
+    trigger_dict,
+)
 from stepwell.service_views import iso as iso  # re-exported for transports
 
 log = logging.getLogger("stepwell.sync")
 MAX_LIMIT: Final = 1000
 # Bulk cancellation reads this many active runs of one function at most per status.
 BULK_CANCEL_SCAN: Final = 100_000
+ACTIVITY_SCAN: Final = 1_000     # running runs looked at for `status=sleeping` and the like
 
 
 class ServiceError(Exception):
@@ -74,11 +87,53 @@ class Forbidden(ServiceError):
     status = 403
 
 
+class PartialSend(InvalidInput):
+    """A batch whose events before `ids`' end were stored and the rest refused."""
+
+    def __init__(self, message: str, ids: list[str]) -> None:
+        super().__init__(message)
+        self.ids = ids
+
+
+@dataclass(slots=True)
+class EventBatch:
+    """An event API body as the transport read it: the events (before the first that could
+    not be read), whether the body was an array, and why the reading stopped, if it did."""
+
+    items: list[object]
+    is_array: bool = True
+    error: str | None = None
+
+    def where(self, index: int | None) -> str:
+        """The event's position, for a batch's messages (a lone event needs none)."""
+        return f"event [{index}]: " if self.is_array and index is not None else ""
+
+    def not_stored(self) -> str:
+        return " (the batch was not stored)" if self.is_array and len(self.items) > 1 else ""
+
+
+def _with_seeded_ids(items: list[object], seed: tuple[int, bytes] | None) -> list[object]:
+    """Give each event without an id the one Inngest derives from the request's seed (its
+    1-based position in the request); events with an id, or a request without a seed, keep
+    theirs."""
+    if seed is None:
+        return items
+    out: list[object] = []
+    for position, item in enumerate(items, start=1):
+        if isinstance(item, dict) and not item.get("id"):
+            item = {**item, "id": seeded_id(seed, position)}
+        out.append(item)
+    return out
+
+
 def parse_time(value: object, field: str) -> int:
-    """An RFC 3339 string or epoch ms, as epoch ms (times in request bodies)."""
+    """An RFC 3339 string or epoch ms, as epoch ms (times in request bodies), between 1970
+    and the end of year 9999 (what every column and `iso` can hold)."""
+    ms: int | None = None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return int(value)
-    if isinstance(value, str):
+        if isinstance(value, int) or math.isfinite(value):
+            ms = int(value)
+    elif isinstance(value, str):
         try:
             moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
@@ -86,9 +141,14 @@ def parse_time(value: object, field: str) -> int:
         else:
             if moment.tzinfo is None:
                 moment = moment.replace(tzinfo=datetime.UTC)
-            return int(moment.timestamp() * 1000)
-    raise InvalidInput(f"'{field}' must be an RFC 3339 time such as 2026-01-01T00:00:00Z "
-                       "or epoch milliseconds")
+            ms = int(moment.timestamp() * 1000)
+    if ms is None:
+        raise InvalidInput(f"'{field}' must be an RFC 3339 time such as "
+                           "2026-01-01T00:00:00Z or epoch milliseconds")
+    if not 0 <= ms <= MAX_EVENT_TS_MS:
+        raise InvalidInput(f"'{field}' is out of range: epoch milliseconds from 0 to "
+                           f"{MAX_EVENT_TS_MS} (year 9999) are accepted, got {value!r}")
+    return ms
 
 
 def parse_status(value: str) -> RunStatus:
@@ -98,7 +158,7 @@ def parse_status(value: str) -> RunStatus:
         if status == lowered:
             return status
     raise InvalidInput(f"unknown run status {value!r}; use one of "
-                       f"{', '.join(STATUS_NAMES)}")
+                       f"{', '.join([*STATUS_NAMES, *ACTIVITIES])}")
 
 
 def parse_limit(value: object, default: int) -> int:
@@ -160,11 +220,14 @@ class Service:
 
     # --- events ------------------------------------------------------------------------------
 
-    async def send_events(self, body: object) -> list[str]:
+    async def send_events(self, body: object, *, seed: str | None = None) -> list[str]:
         """Ingest Inngest's event API body: one event object or an array of them.
 
         All events are validated before any is stored, so a bad item in a batch stores nothing
-        and the caller can fix it and resend the whole batch.
+        and the caller can fix it and resend the whole batch. (`POST /e/{key}` keeps the
+        events before a bad one instead, as Inngest does: `send_event_batch`.) `seed` is the
+        official SDKs' `x-inngest-event-id-seed`: events without an id get one derived from
+        it, so a retried send stores nothing twice.
         """
         items: list[object]
         if isinstance(body, list):
@@ -174,12 +237,40 @@ class Service:
         else:
             raise InvalidInput("the body must be an event object or an array of event objects, "
                                f"got {type(body).__name__}")
+        batch = EventBatch(items, isinstance(body, list))
         try:
-            ids = await self.engine.send(items)
+            return await self._send(_with_seeded_ids(items, parse_seed(seed)))
         except InvalidEventError as exc:
-            where = "" if len(items) == 1 else " (the batch was not stored)"
-            raise InvalidInput(f"{exc}{where}") from exc
+            raise InvalidInput(f"{batch.where(exc.index)}{exc}{batch.not_stored()}") from exc
+
+    async def _send(self, items: list[object]) -> list[str]:
+        ids = await self.engine.send(items)
         assert isinstance(ids, list)
+        return ids
+
+    async def send_event_batch(self, batch: EventBatch, *, seed: str | None = None
+                               ) -> list[str]:
+        """Inngest's `POST /e/{key}`: store the events up to the first invalid one (or the
+        point where the body stopped being valid JSON) and, if there was one, raise
+        `PartialSend` (400) carrying the ids of the events that were stored, as Inngest
+        answers and the SDKs report in `SendEventsError.ids`. Nothing is stored for a request
+        retried with the same `x-inngest-event-id-seed`."""
+        items = _with_seeded_ids(batch.items, parse_seed(seed))
+        message = batch.error
+        ids: list[str] = []
+        try:
+            if items:
+                ids = await self._send(items)
+        except InvalidEventError as exc:
+            # Validated one event at a time before anything is stored: the ones before the
+            # invalid one are sent again on their own (this is the failure path only).
+            message = f"{batch.where(exc.index)}{exc}"
+            valid = items[:exc.index] if exc.index is not None else []
+            ids = await self._send(valid) if valid else []
+        if message is not None:
+            stored = (f" ({len(ids)} event{'s' if len(ids) != 1 else ''} before it "
+                      "were stored)") if ids else " (nothing was stored)"
+            raise PartialSend(f"{message}{stored}", ids)
         return ids
 
     async def list_events(self, name: str | None = None, limit: int = 20
@@ -211,7 +302,22 @@ class Service:
     async def list_runs(self, *, function_id: str | None = None, status: str | None = None,
                         event_id: str | None = None, limit: int = 100
                         ) -> list[dict[str, Any]]:
-        """Runs, newest first; `status` takes our names or Inngest's (`Running`...)."""
+        """Runs, newest first; `status` takes our names or Inngest's (`Running`...), or what a
+        running run is doing: `sleeping`, `waiting`, `invoking`, `retrying` (derived from its
+        steps, among the newest `ACTIVITY_SCAN` running runs)."""
+        if status and status.strip().lower() in ACTIVITIES:
+            doing = status.strip().lower()
+            running = await self.engine.runs(event_id=event_id or None,
+                                             function_id=function_id or None,
+                                             status="running", limit=ACTIVITY_SCAN)
+            found = []
+            for listed in running:
+                run = await self.engine.get_run(listed.id)
+                if run is not None and activity(run) == doing:
+                    found.append(self._run_dict(run, steps=False) | {"activity": doing})
+                    if len(found) >= limit:
+                        break
+            return found
         wanted = parse_status(status) if status else None
         runs = await self.engine.runs(event_id=event_id or None,
                                       function_id=function_id or None, status=wanted,
@@ -240,6 +346,44 @@ class Service:
         run = await self.engine.get_run(new_id)
         assert run is not None
         return self._run_dict(run)
+
+    async def rerun_run(self, run_id: str, body: object = None) -> dict[str, Any]:
+        """Inngest's REST v2 rerun: `{}` reruns from the start; `{"fromStep": {"stepId": id,
+        "input": [...]}}` reuses the results of the steps before that step and, with `input`,
+        runs that step with those arguments (TypeScript SDK functions). Returns
+        `{"runId": <new run>}`."""
+        body = {} if body is None else body
+        if not isinstance(body, dict) or set(body) - {"fromStep"}:
+            raise InvalidInput('the body must be empty or {"fromStep": {"stepId": "<step id>", '
+                               '"input": [<arguments>]}}')
+        from_step: str | None = None
+        step_input: list[Any] | None = None
+        raw = body.get("fromStep")
+        if raw is not None:
+            if not isinstance(raw, dict) or set(raw) - {"stepId", "input"}:
+                raise InvalidInput('fromStep must be {"stepId": "<step id>", "input": '
+                                   '[<arguments>]} ("input" optional)')
+            from_step = raw.get("stepId")
+            if not isinstance(from_step, str) or not from_step:
+                raise InvalidInput("Step ID is required: fromStep.stepId must be a step id (a "
+                                   "non-empty string)")
+            if "input" in raw and raw["input"] is not None:
+                if not isinstance(raw["input"], list):
+                    raise InvalidInput("Step input must be a valid JSON array (the step's "
+                                       "arguments), got "
+                                       f"{type(raw['input']).__name__}")
+                step_input = raw["input"]
+        try:
+            new_id = await self.engine.replay(run_id, from_step=from_step,
+                                              step_input=step_input)
+        except LookupError as exc:
+            raise NotFound(str(exc)) from None
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+        if new_id is None:
+            raise Conflict(f"the rerun of run {run_id} was skipped: the function's singleton "
+                           "setting allows one active run for its key")
+        return {"runId": new_id}
 
     async def cancel_run(self, run_id: str) -> dict[str, Any]:
         """Cancel one run. Cancelling a cancelled run is a no-op; a finished one is a conflict.
@@ -400,9 +544,14 @@ class Service:
         The app's answer is never echoed back: the URL is the caller's choice, so its body
         could be anything the server can reach (a metadata service, an admin page). A failure
         gives the status and a short reason of our own."""
+        hint = "'url' must be the app's http(s) serve URL, e.g. http://127.0.0.1:3000/api/inngest"
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise InvalidInput("'url' must be the app's http(s) serve URL, e.g. "
-                               "http://127.0.0.1:3000/api/inngest")
+            raise InvalidInput(hint)
+        try:
+            if not httpx.URL(url).host:
+                raise InvalidInput(f"{hint}; {url!r} names no host")
+        except httpx.InvalidURL as exc:
+            raise InvalidInput(f"{hint}; {url!r} is not a valid URL: {exc}") from None
         policy = self.engine.remote_settings.app_urls
         if policy is not None:
             try:
@@ -489,6 +638,17 @@ class Service:
         if state is None:
             raise NotFound(f"no run {run_id!r}")
         return [e.to_dict() for e in state.events]
+
+    async def checkpoint_async(self, run_id: str, body: object) -> dict[str, Any]:
+        """`POST /v1/checkpoint/{id}/async`: step results a TypeScript SDK app ran inside the
+        call it is answering (docs/checkpointing.md). 409 once that call lost the run."""
+        try:
+            stored = await self.engine.checkpoint_async(run_id, body)
+        except CheckpointError as exc:
+            error = ServiceError(str(exc))
+            error.status = exc.status
+            raise error from None
+        return {"stored": stored}
 
     async def run_actions(self, run_id: str) -> dict[str, Any]:
         """`GET /v0/runs/{id}/actions`: the run's resolved memos, as the `steps` map."""

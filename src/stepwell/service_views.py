@@ -7,6 +7,7 @@ import datetime
 from dataclasses import asdict
 from typing import Any, Final
 
+from stepwell.core import jsonsafe
 from stepwell.core.config import CancelRule, CronTrigger, EventTrigger, FunctionSpec, Trigger
 from stepwell.core.durations import format_duration
 from stepwell.core.expressions import Expression, match_expression
@@ -23,7 +24,10 @@ def iso(ms: int | None) -> str | None:
     """Epoch ms as Inngest writes times: RFC 3339 in UTC with milliseconds."""
     if ms is None:
         return None
-    moment = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC)
+    try:
+        moment = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC)
+    except (OverflowError, OSError, ValueError):    # a row no valid input could have written
+        return None
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -32,6 +36,19 @@ def step_dict(step: StepInfo) -> dict[str, Any]:
     out["started_at"] = iso(step.started_at) if step.started_at else None
     out["ended_at"] = iso(step.ended_at)
     return out
+
+
+# What a running run is doing, derived from its steps (`runs list --status sleeping`).
+ACTIVITIES: Final = ("sleeping", "waiting", "invoking", "retrying")
+
+
+def activity(run: Run) -> str | None:
+    """`sleeping`, `waiting` (for an event or a signal), `invoking` (waiting for a child run)
+    or `retrying` (a step in backoff) for a running run whose steps say so; None otherwise."""
+    if run.status != "running":
+        return None
+    current = {step.status for step in run.steps}
+    return next((state for state in ACTIVITIES if state in current), None)
 
 
 def run_dict(run: Run, *, steps: bool = True, public_id: str | None = None) -> dict[str, Any]:
@@ -63,14 +80,30 @@ def run_dict(run: Run, *, steps: bool = True, public_id: str | None = None) -> d
     }
     if steps:
         out["steps"] = [step_dict(s) for s in run.steps]
+        out["activity"] = activity(run)
+    return _degraded(out, "output", "error", "steps")
+
+
+def _degraded(out: dict[str, Any], *fields: str) -> dict[str, Any]:
+    """Defence in depth for rows stored by older versions, which accepted what ingest now
+    refuses (`1e400`, lone surrogates): such values are shown repaired, and the row says what
+    was changed in `degraded`, so one bad row never fails a whole listing."""
+    problems: list[str] = []
+    for name in fields:
+        if name in out:
+            out[name], found = jsonsafe.repair(out[name], name)
+            problems += found
+    if problems:
+        out["degraded"] = problems
     return out
 
 
 def event_dict(event: Event, received_at: int | None = None) -> dict[str, Any]:
     """Inngest's v1 event shape (`internal_id`, `receivedAt` and the event itself)."""
-    return {"internal_id": event.id, "id": event.id, "name": event.name, "data": event.data,
-            "user": event.user, "ts": event.ts,
-            "receivedAt": iso(received_at if received_at is not None else event.ts)}
+    return _degraded({"internal_id": event.id, "id": event.id, "name": event.name,
+                      "data": event.data, "user": event.user, "ts": event.ts,
+                      "receivedAt": iso(received_at if received_at is not None else event.ts)},
+                     "name", "data", "user", "id", "internal_id")
 
 
 def trigger_dict(trigger: Trigger) -> dict[str, Any]:

@@ -27,7 +27,13 @@ class VirtualClock:
     `advance(d)` first lets all ready work run to quiescence, then moves time forward to each due
     item (sleep, timeout, retry backoff, cron tick...) in order, letting the engine settle after
     each, and returns when the engine is idle at `now + d`.
+
+    Engines on a virtual clock also check every run for determinism (`Engine(
+    check_determinism=...)`): each run is replayed from its memos at each suspension and at its
+    end, so a step argument computed outside a step fails the test, not production.
     """
+
+    virtual = True      # engines read it: tests check determinism by default
 
     def __init__(self, start: int | datetime.datetime | None = None) -> None:
         if start is None:

@@ -384,6 +384,24 @@ def test_log_format_json(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_runs_can_be_listed_by_what_they_wait_on(dev: DevServer) -> None:
+    event_id = cli("send", "demo/slow", url=dev.url).stdout.strip()
+
+    def sleeping() -> list[dict[str, Any]]:
+        return [r for r in runs_json(dev.url, "--status", "sleeping")
+                if r["event_id"] == event_id]
+
+    [run] = wait_for(sleeping, "the run to be listed as sleeping")
+    assert run["status"] == "Running" and run["activity"] == "sleeping"
+    assert all(r["event_id"] != event_id for r in runs_json(dev.url, "--status", "waiting"))
+    listed = cli("runs", "list", "--status", "sleeping", url=dev.url)
+    assert listed.returncode == 0 and "Running (sleeping)" in listed.stdout
+    assert "Running (sleeping)" in cli("runs", "show", run["run_id"], url=dev.url).stdout
+    for status in ("waiting", "retrying", "invoking"):
+        assert cli("runs", "list", "--status", status, url=dev.url).returncode == 0
+    cli("runs", "cancel", run["run_id"], url=dev.url)
+
+
 def test_bad_status_filter_is_reported(dev: DevServer) -> None:
     result = cli("runs", "list", "--status", "sleepy", url=dev.url)
     assert result.returncode == 1 and "unknown run status" in result.stderr

@@ -152,6 +152,7 @@ async def test_error_outside_steps_is_retried_then_fails(make_engine: Any,
     assert run.error is not None and run.error["name"] == "RuntimeError"
 
 
+@pytest.mark.counts_executions
 async def test_errors_outside_steps_are_counted_per_unit_of_work(make_engine: Any,
                                                                 clock: VirtualClock) -> None:
     """As in Inngest, each unit of work (the code after the last recorded step) starts again

@@ -76,6 +76,7 @@ async def test_wait_for_event_match_if_and_timeout(make_engine: Any,
     assert r3.steps[0].kind == "wait" and r3.steps[0].status == "completed"
 
 
+@pytest.mark.counts_executions
 async def test_send_event_triggers_functions_once(make_engine: Any) -> None:
     app = stepwell.App("t")
     sends = 0

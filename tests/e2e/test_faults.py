@@ -296,3 +296,46 @@ async def test_a_fault_in_the_http_executor_is_retried_then_fails_the_run(
     assert run is not None
     assert_failed_with(run, "injected SDK executor fault", crashes=2)
     assert (done.status, done.output) == ("completed", 10)
+
+
+async def test_an_event_that_cannot_be_processed_is_not_retried_forever(
+        make_engine: Any, clock: VirtualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An emitted event whose processing raises (a bug, a poison payload) was re-ingested by
+    every maintenance pass, forever; the events stored with it were held back too. Now the
+    batch is split, the others are processed, and the bad one is kept (visible) but marked
+    processed after one failure."""
+    from stepwell.runtime import admission
+
+    real_process = admission.process_event
+    attempts: list[str] = []
+
+    def process(tx: Any, event: stepwell.Event, *args: Any, **kwargs: Any) -> None:
+        if event.name == "poison/x":
+            attempts.append(event.id)
+            raise RuntimeError("injected event processing fault")
+        real_process(tx, event, *args, **kwargs)
+
+    monkeypatch.setattr(admission, "process_event", process)
+    app = faulty_app(0)
+
+    @app.function(id="sender", trigger="faults/send")
+    async def sender(ctx: stepwell.Context, step: stepwell.Step) -> None:
+        await step.send_event("both", [{"name": "poison/x", "data": {}},
+                                       {"name": "faults/other", "data": {"n": 21}}])
+
+    async with make_engine(app, clock=clock) as engine:
+        await engine.send("faults/send", {})
+        await settle(engine)
+        first_pass = len(attempts)               # the batch, then the event alone
+        for _ in range(5):                       # past the unprocessed grace, then upkeep
+            await settle(engine)
+            await clock.advance("1m")
+            await engine._maintain()             # its loop runs every 10 real seconds
+        await settle(engine)
+        runs = {r.function_id: r for r in await engine.runs()}
+        stale = await engine.store.read(lambda tx: tx.unprocessed_events(10**15, 10))
+        names = [e.name for e, _ in await engine.events()]
+    assert 0 < first_pass == len(attempts), (first_pass, attempts)
+    assert (runs["faults/healthy"].status, runs["faults/healthy"].output) == ("completed", 42)
+    assert stale == []
+    assert "poison/x" in names                   # kept: nothing stored is lost

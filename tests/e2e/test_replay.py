@@ -6,6 +6,8 @@ import asyncio
 import datetime
 from typing import Any
 
+import pytest
+
 import stepwell
 from stepwell.testing import VirtualClock
 
@@ -41,6 +43,7 @@ async def test_loops_with_repeated_and_dynamic_ids(make_engine: Any, clock: Virt
     assert run.warnings == []
 
 
+@pytest.mark.counts_executions
 async def test_changed_step_arguments_on_replay_are_flagged_not_reused(
         make_engine: Any, clock: VirtualClock) -> None:
     """A handler whose step inputs differ on replay (a non-deterministic value computed outside a
@@ -65,6 +68,7 @@ async def test_changed_step_arguments_on_replay_are_flagged_not_reused(
     assert any("different arguments" in w for w in run.warnings)
 
 
+@pytest.mark.counts_executions
 async def test_reordered_steps_record_a_warning(make_engine: Any, clock: VirtualClock) -> None:
     app = stepwell.App("t")
     flip = {"on": False}
@@ -177,6 +181,26 @@ async def test_function_ids_are_qualified_by_app(make_engine: Any) -> None:
         assert (await engine.wait(ra.id)).output == "a"
 
 
+async def test_rerun_with_edited_step_input_is_refused_for_native_functions(
+        make_engine: Any) -> None:
+    """Editing a step's input on rerun needs an SDK that takes the input from the server (the
+    TypeScript SDK); a native function says so instead of running with its old arguments."""
+    app = stepwell.App("t")
+
+    @app.function(id="priced", trigger="t/priced")
+    async def priced(ctx: stepwell.Context, step: stepwell.Step) -> Any:
+        return await step.run("price", lambda qty: qty * 10, ctx.event.data["qty"])
+
+    async with make_engine(app) as engine:
+        [run] = await engine.runs(event_id=await engine.send("t/priced", {"qty": 2}))
+        run = await engine.wait(run.id)
+        assert run.output == 20
+        with pytest.raises(ValueError, match="TypeScript SDK only"):
+            await engine.replay(run.id, from_step="price", step_input=[7])
+        assert len(await engine.runs()) == 1           # nothing was started
+
+
+@pytest.mark.counts_executions
 async def test_a_step_inserted_before_recorded_ones_records_a_warning(
         make_engine: Any, clock: VirtualClock) -> None:
     app = stepwell.App("t")
@@ -199,6 +223,7 @@ async def test_a_step_inserted_before_recorded_ones_records_a_warning(
     assert any("order" in w for w in run.warnings)
 
 
+@pytest.mark.counts_executions
 async def test_swapped_steps_record_a_warning_on_the_virtual_clock(
         make_engine: Any, clock: VirtualClock) -> None:
     app = stepwell.App("t")

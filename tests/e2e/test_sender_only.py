@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 import stepwell
 
 
@@ -25,6 +27,7 @@ def shop_app(seen: list[Any]) -> stepwell.App:
     return app
 
 
+@pytest.mark.counts_executions
 async def test_events_sent_before_any_worker_start_runs_once_a_worker_starts(
         make_engine: Any) -> None:
     seen: list[Any] = []
@@ -55,6 +58,7 @@ async def test_a_sender_beside_a_running_worker_starts_runs_and_resolves_waits(
         assert (done.status, done.output) == ("completed", "shipped")
 
 
+@pytest.mark.counts_executions
 async def test_an_event_sent_twice_by_a_sender_is_routed_once(make_engine: Any) -> None:
     seen: list[Any] = []
     async with make_engine(shop_app(seen)) as worker, make_engine(worker=False) as sender:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 import stepwell
 from stepwell.store.base import QueueItem
 from stepwell.testing import VirtualClock
@@ -35,6 +37,7 @@ def sleeper_app(calls: list[str], clock: VirtualClock, sleep: str) -> stepwell.A
     return app
 
 
+@pytest.mark.counts_executions
 async def test_short_sleep_stays_in_memory(make_engine: Any, clock: VirtualClock) -> None:
     calls: list[str] = []
     async with make_engine(sleeper_app(calls, clock, "2s")) as engine:
@@ -55,6 +58,7 @@ async def test_short_sleep_stays_in_memory(make_engine: Any, clock: VirtualClock
     assert [s.status for s in run.steps] == ["completed", "completed", "completed"]
 
 
+@pytest.mark.counts_executions
 async def test_long_sleep_hands_the_run_back(make_engine: Any, clock: VirtualClock) -> None:
     calls: list[str] = []
     async with make_engine(sleeper_app(calls, clock, "1h")) as engine:
@@ -69,6 +73,7 @@ async def test_long_sleep_hands_the_run_back(make_engine: Any, clock: VirtualClo
     assert calls == ["handler", "before", "handler", "after"]     # replayed after the sleep
 
 
+@pytest.mark.counts_executions
 async def test_timer_is_leased_ahead_and_resumes_at_its_instant(make_engine: Any,
                                                                 clock: VirtualClock) -> None:
     calls: list[str] = []
@@ -92,6 +97,7 @@ async def test_timer_is_leased_ahead_and_resumes_at_its_instant(make_engine: Any
     assert calls == ["handler", "before", "handler", "after"]
 
 
+@pytest.mark.counts_executions
 async def test_prefetch_disabled(make_engine: Any, clock: VirtualClock) -> None:
     calls: list[str] = []
     async with make_engine(sleeper_app(calls, clock, "2s"), prefetch_seconds=0) as engine:

@@ -43,6 +43,7 @@ async def get_points() -> list[Point]:
     return [Point(1, 2), Point(3, 4)]
 
 
+@pytest.mark.counts_executions
 async def test_step_results_come_back_as_declared_types_on_first_run_and_replay(
         make_engine: Any, clock: VirtualClock) -> None:
     app = stepwell.App("types")

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 import stepwell
-from stepwell.server.app import MAX_BODY_BYTES, create_app
+from stepwell.server.app import MAX_BODY_BYTES, MAX_EVENT_REQUEST_BYTES, create_app
 from stepwell.service import Service, iso
 from stepwell.testing import VirtualClock
 
@@ -160,14 +160,14 @@ async def test_functions_and_health(client: Client) -> None:
 @pytest.mark.parametrize(("body", "words"), [
     (b"{not json", ("not valid JSON",)),
     (b"", ("empty",)),
-    (b'"just a string"', ("event object",)),
+    (b'"just a string"', ("an event must be an object",)),
     (b'{"data": {}}', ("name",)),
     (b'{"name": "", "data": {}}', ("name",)),
     (b'{"name": "shop/greet", "data": [1, 2]}', ("data", "object")),
     (b'{"name": "shop/greet", "data": "x"}', ("data", "object")),
     (b'{"name": "shop/greet", "data": {"x": NaN}}', ("NaN",)),
-    (b'[{"name": "shop/greet"}, {"data": {}}]', ("name", "not stored")),
-    (b'[{"name": "shop/greet"}, 7]', ("object",)),
+    (b'[{"data": {}}, {"name": "shop/greet"}]', ("event [0]", "name", "nothing was stored")),
+    (b'[7, {"name": "shop/greet"}]', ("event [0]", "object")),
     (b'{"name": "shop/greet", "ts": 9223372036854775808}', ("ts", "year 9999")),
     (b'{"name": "shop/greet", "ts": -1}', ("ts", "epoch milliseconds")),
     (b'\xff\xfe', ("UTF-8",)),
@@ -191,10 +191,10 @@ async def test_oversize_body_is_refused(client: Client) -> None:
         assert_error(await http.post("/e/dev", content=big), 413, "3 MiB")
 
         async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it streams
-            for _ in range(4):
+            for _ in range(MAX_EVENT_REQUEST_BYTES // (1024 * 1024) + 1):
                 yield b" " * (1024 * 1024)
 
-        assert_error(await http.post("/e/dev", content=chunks()), 413, "3 MiB")
+        assert_error(await http.post("/e/dev", content=chunks()), 413, "32 MiB")
         assert (await http.get("/v1/events")).json()["data"] == []
 
 

@@ -20,9 +20,18 @@ from stepwell.core.models import MAX_EVENT_BYTES, InvalidEventError
 _SHRINKABLE = ("result", "error", "event")
 
 
+_MEASURED = ("name", "data", "user")
+
+
 def event_size(payload: dict[str, Any]) -> int:
-    """The size of an event as stored and sent: its compact JSON encoding, in UTF-8 bytes."""
-    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=str)
+    """The size of an event: the compact JSON encoding (UTF-8 bytes) of its name, data and user
+    fields. Its `id` and `ts` have limits of their own and may be filled in by the server, so
+    an event that fitted in the 3 MiB request body it came in always fits here too."""
+    return json_size({k: payload[k] for k in _MEASURED if payload.get(k) or k == "name"})
+
+
+def json_size(value: Any) -> int:
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
     return len(text.encode("utf-8", "surrogatepass"))
 
 
@@ -50,7 +59,7 @@ def fit_lifecycle(name: str, data: dict[str, Any], run_id: str,
     if event_size({"name": name, "data": data}) + headroom <= limit:
         return data
     out = dict(data)
-    sizes = sorted(((event_size({"v": out[k]}), k) for k in _SHRINKABLE if k in out),
+    sizes = sorted(((json_size(out[k]), k) for k in _SHRINKABLE if k in out),
                    reverse=True)
     for size, key in sizes:
         out[key] = reference(key, size, run_id)

@@ -13,6 +13,7 @@ from typing import Any, Generic, Literal, get_args
 
 from typing_extensions import TypeVar
 
+from stepwell.core import jsonsafe
 from stepwell.core.jsonsafe import unsafe_integer, unsafe_integer_message
 from stepwell.core.serialize import NotSerializableError, to_json_value
 
@@ -21,10 +22,18 @@ ACTIVE_STATUSES: tuple[RunStatus, ...] = ("queued", "running")
 TERMINAL_STATUSES: tuple[RunStatus, ...] = ("completed", "failed", "cancelled", "skipped")
 
 # Step kinds recorded with each memo, so a replay can tell a sleep memo from a run memo.
-StepKind = Literal["run", "sleep", "wait", "send", "invoke"]
+# "input": not a step but an edited input for one (rerun from a step with new input; its
+# hash is INPUT_PREFIX + the step's hash, so it never collides with the step's own result).
+StepKind = Literal["run", "sleep", "wait", "send", "invoke", "input"]
+INPUT_PREFIX = "input:"
 
 EVENT_DEDUPE_WINDOW_MS = 24 * 3600 * 1000
 MAX_EVENT_NAME_LENGTH = 256
+# An event's own `id` (its idempotency key): long enough for any UUID, ULID or composite key,
+# short enough to index. Inngest has no documented cap; see docs/limits.md.
+MAX_EVENT_ID_LENGTH = 256
+# Events in one send (Inngest's MaxEvents for one event API request).
+MAX_EVENTS_PER_SEND = 5000
 
 # System events (Inngest's names, so SDK apps interoperate).
 FUNCTION_FAILED = "inngest/function.failed"
@@ -51,7 +60,10 @@ def is_lifecycle_event(name: str) -> bool:
 
 
 class InvalidEventError(ValueError):
-    """An event that cannot be accepted; nothing is stored for it."""
+    """An event that cannot be accepted; nothing is stored for it. `index` is its position in
+    the batch it came in, when it came in one."""
+
+    index: int | None = None
 
 
 # What an event's `data` is: a JSON object unless the event is declared with a model.
@@ -100,11 +112,16 @@ class Event(Generic[D]):
 MAX_EVENT_TS_MS = 253_402_300_799_999      # 9999-12-31T23:59:59.999Z: fits every column
 
 
-def validate_event_payload(raw: object) -> None:
-    """Reject what cannot be an event, naming the field and what is allowed."""
+def validate_event_payload(raw: object) -> int:
+    """Reject what cannot be an event, naming the field and what is allowed. Returns its size
+    as compact JSON in UTF-8 bytes (limited by the callers that store it: `normalize_send`)."""
     if not isinstance(raw, dict):
         raise InvalidEventError(
             f"an event must be an object with 'name' and 'data', got {type(raw).__name__}")
+    try:   # first, so that no message below can carry text that cannot be shown
+        size = len(jsonsafe.dumps_checked(raw))
+    except jsonsafe.UnsafeJSON as exc:
+        raise InvalidEventError(f"event field '{exc.path}' {exc.reason}") from None
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip():
         raise InvalidEventError("event has no 'name': a non-empty string is required")
@@ -121,6 +138,9 @@ def validate_event_payload(raw: object) -> None:
     eid = raw.get("id")
     if eid is not None and (not isinstance(eid, str)):
         raise InvalidEventError(f"event '{name}' has an 'id' that is not a string")
+    if isinstance(eid, str) and len(eid) > MAX_EVENT_ID_LENGTH:
+        raise InvalidEventError(f"event '{name}' has an 'id' of {len(eid)} characters; at "
+                                f"most {MAX_EVENT_ID_LENGTH} are allowed")
     ts = raw.get("ts")
     if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float)
                            or not 0 <= ts <= MAX_EVENT_TS_MS):
@@ -134,6 +154,13 @@ def validate_event_payload(raw: object) -> None:
     big = unsafe_integer({"data": data, "user": user})
     if big is not None:
         raise InvalidEventError(unsafe_integer_message(f"event '{name}'", big))
+    return size
+
+
+def check_size(name: str, size: int) -> None:
+    if size > MAX_EVENT_BYTES:
+        raise InvalidEventError(f"event '{name}' is {size} bytes as JSON; at most "
+                                f"{MAX_EVENT_BYTES} bytes (3 MiB) are accepted per event")
 
 
 def _plain_data(name: str, data: Any) -> Any:
@@ -148,9 +175,12 @@ def _plain_data(name: str, data: Any) -> Any:
     return data
 
 
-def normalize_send(args: tuple[Any, ...]) -> tuple[bool, list[Event]]:
+def normalize_send(args: tuple[Any, ...], *, limit_size: bool = True
+                   ) -> tuple[bool, list[Event]]:
     """What `send(...)` was given (`(name, data)`, an Event, a dict, or a list of these) as
-    validated events, and whether it was one event (the caller then returns one id)."""
+    validated events, and whether it was one event (the caller then returns one id). Each is
+    held to MAX_EVENT_BYTES as given (Inngest measures the event as sent), unless the caller
+    checks the size itself (`limit_size=False`)."""
     if len(args) == 2 and isinstance(args[0], str):
         data = args[1]
         if data is not None and not isinstance(data, dict):     # a model or a dataclass
@@ -163,13 +193,23 @@ def normalize_send(args: tuple[Any, ...]) -> tuple[bool, list[Event]]:
     else:
         raise InvalidEventError(
             "send() takes (name, data), an Event, a dict, or a list of these")
+    if len(raw_items) > MAX_EVENTS_PER_SEND:
+        raise InvalidEventError(f"send() got {len(raw_items)} events; at most "
+                                f"{MAX_EVENTS_PER_SEND} are accepted in one call")
     events = []
-    for raw in raw_items:
+    for index, raw in enumerate(raw_items):
         payload = raw.to_dict() if isinstance(raw, Event) else raw
-        if isinstance(payload, dict) and payload.get("data") is not None and not isinstance(
-                payload["data"], dict):
-            payload = {**payload, "data": _plain_data(str(payload.get("name")), payload["data"])}
-        validate_event_payload(payload)
+        try:
+            if isinstance(payload, dict) and payload.get("data") is not None and not isinstance(
+                    payload["data"], dict):
+                payload = {**payload,
+                           "data": _plain_data(str(payload.get("name")), payload["data"])}
+            size = validate_event_payload(payload)
+            if limit_size:
+                check_size(str(payload.get("name")), size)
+        except InvalidEventError as exc:
+            exc.index = None if single else index     # the batch's invalid event, for callers
+            raise
         events.append(Event.from_dict(payload))
     return single, events
 

@@ -20,7 +20,7 @@ import rfc8785
 from stepwell.core.config import Cancel, ConfigError, Cron, FunctionSpec, build_spec
 from stepwell.core.durations import DurationError, parse_duration_ms, parse_timestamp_ms
 from stepwell.core.expressions import ExpressionError, compile_expression
-from stepwell.core.models import Event, Memo
+from stepwell.core.models import INPUT_PREFIX, Event, Memo
 
 # Keys a registered function may carry (§1.2); anything else is rejected so a typo or an
 # unsupported feature is reported at sync time instead of silently ignored.
@@ -185,10 +185,18 @@ def memo_value(memo: Memo) -> Any:
 
 
 def steps_map(memos: Iterable[Memo], now: int) -> tuple[dict[str, Any], list[str]]:
-    """The `steps` map and `ctx.stack` for a call: only steps whose outcome is known."""
-    done = [m for m in memos if not m.pending and not m.sleeping(now)]
+    """The `steps` map and `ctx.stack` for a call: only steps whose outcome is known, plus
+    `{"input": [...]}` for a step a rerun gave new input and that has not run yet (the TS SDK
+    then runs it with those arguments)."""
+    memos = list(memos)
+    done = [m for m in memos if m.kind != "input" and not m.pending and not m.sleeping(now)]
     done.sort(key=lambda m: (m.seq, m.ended_at))
-    return {m.hash: memo_value(m) for m in done}, [m.hash for m in done]
+    steps = {m.hash: memo_value(m) for m in done}
+    for m in memos:
+        target = m.hash.removeprefix(INPUT_PREFIX)
+        if m.kind == "input" and target not in steps:
+            steps[target] = {"input": m.data}
+    return steps, [m.hash for m in done]
 
 
 def canonical_json(value: Any) -> bytes:

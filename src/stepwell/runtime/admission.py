@@ -23,7 +23,7 @@ from stepwell.core.flow import (
     rate_limit_gcra,
     throttle_gcra,
 )
-from stepwell.core.models import EVENT_DEDUPE_WINDOW_MS, Event
+from stepwell.core.models import EVENT_DEDUPE_WINDOW_MS, INPUT_PREFIX, Event, Memo
 from stepwell.core.routing import event_match_keys, match_key, path_value
 from stepwell.runtime.scripts import (
     Admission,
@@ -212,12 +212,15 @@ class RunNotFound(ReplayError, LookupError):
 
 
 def replay_run(tx: Tx, spec: FunctionSpec, run_id: str, now: int, place: Placement,
-               effects: Effects, *, routing: Routing, from_step: str | None = None) -> str | None:
+               effects: Effects, *, routing: Routing, from_step: str | None = None,
+               step_input: list[Any] | None = None) -> str | None:
     """A new run of the run's function with the same events, through the function's
     concurrency, throttle and singleton (not idempotency or rate limits: it was asked for).
 
     With `from_step`, the results of the steps recorded before it are copied into the new run,
-    which replays them and executes again from that step on ("rerun from step")."""
+    which replays them and executes again from that step on ("rerun from step"); with
+    `step_input` as well, that step runs with these arguments instead of its own (stored as an
+    "input" memo the SDK receives as `{"input": [...]}`)."""
     state = tx.load_run_state(run_id)
     if state is None:
         raise RunNotFound(f"no run with id {run_id!r}")
@@ -225,12 +228,19 @@ def replay_run(tx: Tx, spec: FunctionSpec, run_id: str, now: int, place: Placeme
         raise ReplayError(f"run {run_id} has no stored events left to replay it with")
     copied = []
     if from_step is not None:
-        recorded = sorted(state.memos.values(), key=lambda m: m.seq)
+        recorded = sorted((m for m in state.memos.values() if m.kind != "input"),
+                          key=lambda m: m.seq)
         first = next((m for m in recorded if m.step_id == from_step), None)
         if first is None:
             known = ", ".join(dict.fromkeys(m.step_id for m in recorded)) or "none"
             raise ReplayError(f"run {run_id} has no step {from_step!r} (its steps: {known})")
         copied = [m for m in recorded if m.seq < first.seq and not m.pending]
+        if step_input is not None:
+            if first.kind != "run":
+                raise ReplayError(f"step {from_step!r} of run {run_id} is a {first.kind} step; "
+                                  "only step.run steps take input")
+            copied.append(Memo(INPUT_PREFIX + first.hash, first.step_id, "input", first.seq,
+                               data=list(step_input), started_at=now, ended_at=now))
     new_id = start_run(tx, spec, state.events, now, place, effects, routing=routing,
                        replay_of=run_id)
     if new_id is not None and copied:

@@ -60,6 +60,7 @@ class Host(Protocol):
     owner: str
     stats: Stats
     retry_interval_ms: int | None
+    check_determinism: bool
     step_pool: Executor
     handler_pool: Executor
 

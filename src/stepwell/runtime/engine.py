@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 import httpx
 
 from stepwell.core.config import ConfigError
-from stepwell.core.eventsize import check_event_size
 from stepwell.core.models import (
     TERMINAL_STATUSES,
     Event,
@@ -35,8 +34,19 @@ from stepwell.core.protocol import (
     parse_registration,
     validate_signing_key,
 )
+from stepwell.core.storage import StorageFailure
 from stepwell.core.urlpolicy import AppUrlPolicy
-from stepwell.runtime import admission, items, runlog, scripts, signals, upkeep
+from stepwell.runtime import (
+    admission,
+    checkpoint,
+    items,
+    runlog,
+    scripts,
+    sdkclient,
+    signals,
+    upkeep,
+)
+from stepwell.runtime.checkpoint import CheckpointError as CheckpointError  # for the service
 from stepwell.runtime.clock import Clock, SystemClock, wall_ms
 from stepwell.runtime.registry import Registry, registration_checksum
 from stepwell.runtime.remote import RemoteFunction, RemoteSettings
@@ -88,9 +98,11 @@ class Engine:
                  signing_key: str | None = None, sdk_timeout_seconds: float = 300.0,
                  retry_interval_seconds: float | None = None, prefetch_seconds: float = 5.0,
                  max_parked: int = 20_000, tune_gc: bool = True,
+                 sdk_concurrency: int = sdkclient.DEFAULT_LIMIT,
                  retention: str | float | datetime.timedelta | None = "7d",
                  app_url_allow: str | Sequence[str] | None = None,
-                 block_warning_seconds: float | None = 1.0) -> None:
+                 block_warning_seconds: float | None = 1.0,
+                 check_determinism: bool | None = None) -> None:
         self.apps = list(apps)
         self.registry = Registry(apps)
         self.functions: dict[str, Function] = self.registry.native
@@ -105,6 +117,12 @@ class Engine:
         self.last_registration: dict[str, str] = {}    # app URL -> app id
         self.last_app_id: str | None = None
         self._http: httpx.AsyncClient | None = None
+        # Calls to SDK apps: at most this many in flight per app, queued in order (sdkclient).
+        if sdk_concurrency < 1:
+            raise ConfigError(f"sdk_concurrency must be at least 1, got {sdk_concurrency}")
+        self.sdk_concurrency = sdk_concurrency
+        self._app_clients: sdkclient.AppClients | None = None
+        self.inflight = checkpoint.Inflight()          # SDK calls that may be checkpointed
         self.db = db or DEFAULT_DB
         self.store = open_store(self.db, fsync=fsync)
         self.clock: Clock = clock or SystemClock()
@@ -140,6 +158,12 @@ class Engine:
         self._wake = asyncio.Event()
         self._finished: dict[str, asyncio.Event] = {}
         self._running = False
+        self.orphans_logged: set[str] = set()     # functions whose runs no one here can run
+        # Replay every native run from its memos at each suspension and at its end, and fail
+        # it on a divergence (see runtime/determinism.py). None: on under the virtual clock
+        # (stepwell.testing); `stepwell dev` turns it on; production leaves it off.
+        self.check_determinism = (bool(getattr(self.clock, "virtual", False))
+                                  if check_determinism is None else check_determinism)
         # User code holding the event loop longer than this is reported (once per place).
         self._watchdog = None if block_warning_seconds is None else LoopWatchdog(
             block_warning_seconds, self._handler_owners)
@@ -208,6 +232,9 @@ class Engine:
         if self._http is not None:
             await self._http.aclose()
             self._http = None
+        if self._app_clients is not None:
+            await self._app_clients.aclose()
+            self._app_clients = None
         detach = getattr(self.clock, "detach", None)
         if detach is not None:
             detach(self)
@@ -330,10 +357,39 @@ class Engine:
         if changed:
             await self._register_crons()
 
+    async def checkpoint_async(self, run_id: str, body: object) -> int:
+        """Apply an SDK's `POST /v1/checkpoint/{run_id}/async`: commit the step results it
+        ran inside our call, under the lease of the worker making that call. Returns how many
+        were new. Raises checkpoint.CheckpointError (StaleDispatch once the lease is gone)."""
+        cp = checkpoint.parse_checkpoint(run_id, body)
+        executor = self.inflight.get(run_id)
+        try:
+            if (executor is not None and executor.item_id == cp.ref.item_id
+                    and cp.ref.owner == self.owner):
+                stored = await executor.accept_checkpoint(cp)
+            elif cp.results:
+                stored = await self.commit(checkpoint.commit_elsewhere(
+                    cp, self.clock.now(), self.lease_until()))
+            else:
+                stored = 0
+        except scripts.LeaseLost as exc:
+            raise checkpoint.StaleDispatch(
+                f"run {run_id}: the call being checkpointed no longer holds the run "
+                f"(cancelled, ended or taken over): {exc}") from None
+        self.stats.sdk_checkpoints += 1
+        return stored
+
     def http_client(self) -> httpx.AsyncClient:
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=self.remote_settings.timeout_s)
+            self._http = sdkclient.nodelay_client(timeout=self.remote_settings.timeout_s,
+                                                  connections=100)
         return self._http
+
+    def app_clients(self) -> sdkclient.AppClients:
+        if self._app_clients is None:
+            self._app_clients = sdkclient.AppClients(limit=self.sdk_concurrency,
+                                                     timeout=self.remote_settings.timeout_s)
+        return self._app_clients
 
     def _apply(self, effects: Effects) -> None:
         for dispatch in effects.dispatch:
@@ -380,11 +436,9 @@ class Engine:
     async def send(self, *args: Any) -> str | list[str]:
         """Send events: `(name, data)`, an `Event`, a dict, or a list of these. Returns the id
         (or ids). Events are durable once this returns."""
-        single, events = normalize_send(args)
+        single, events = normalize_send(args)    # validated, each at most MAX_EVENT_BYTES
         if not events:
             return []
-        for event in events:
-            check_event_size(event.to_dict())
         self._check_declared(args, events)
         now = self.clock.now()
         for event in events:
@@ -426,9 +480,26 @@ class Engine:
         return self.worker or bool(self.registry.native)
 
     async def _ingest_stored(self, events: list[Event]) -> None:
+        """Process events already stored (emitted by runs, or left by a dead process). If that
+        fails for a reason other than the database's condition, each is processed alone, and
+        one that still fails is kept but marked processed: otherwise it would be tried again
+        by every upkeep pass, forever, holding back the events stored with it."""
         now, routing = self.clock.now(), self.routing
-        await self.commit(lambda tx, place, effects: admission.ingest_events(
-            tx, events, now, routing, place, effects, already_stored=True))
+        try:
+            await self.commit(lambda tx, place, effects: admission.ingest_events(
+                tx, events, now, routing, place, effects, already_stored=True))
+            return
+        except StorageFailure:
+            raise                       # nothing is wrong with the events: upkeep retries
+        except Exception:
+            if len(events) > 1:
+                for event in events:
+                    await self._ingest_stored([event])
+                return
+            log.exception("event %s (%s) cannot be processed: it is kept, but starts no run "
+                          "and resolves no wait", events[0].id, events[0].name)
+        event_id = events[0].id
+        await self.store.write(lambda tx: tx.mark_event_processed(event_id))
 
     # --- runs --------------------------------------------------------------------------------
 
@@ -500,11 +571,14 @@ class Engine:
         return await self.commit(lambda tx, place, effects: signals.deliver(
             tx, signal, data, now, place, effects))
 
-    async def replay(self, run_id: str, *, from_step: str | None = None) -> str | None:
+    async def replay(self, run_id: str, *, from_step: str | None = None,
+                     step_input: list[Any] | None = None) -> str | None:
         """Run a run's function again with the same events; with `from_step`, reuse the
         results of the steps before that step. Returns the new run's id (None if the
-        function's singleton setting skipped it). Raises ReplayError (a ValueError; RunNotFound,
-        also a LookupError, when there is no such run)."""
+        function's singleton setting skipped it). `step_input` (with `from_step`) reruns that
+        step with these arguments: TypeScript SDK functions only, the one SDK that takes a
+        step's input from the server. Raises ReplayError (a ValueError; RunNotFound, also a
+        LookupError, when there is no such run)."""
         run = await self.store.read(lambda tx: tx.get_run(run_id))
         if run is None:
             raise admission.RunNotFound(f"no run with id {run_id!r}")
@@ -512,9 +586,22 @@ class Engine:
         if fn is None:
             raise admission.ReplayError(
                 f"run {run_id} belongs to {run.function_id}, which is not registered here")
+        if step_input is not None:
+            if from_step is None:
+                raise admission.ReplayError("a step's input can only be given with the step "
+                                            "to rerun from")
+            sdk = (self.registry.sdks.get(fn.spec.app_id, "")
+                   if isinstance(fn, RemoteFunction) else "native")
+            if not sdk.startswith("js:"):
+                raise admission.ReplayError(
+                    f"run {run_id} belongs to {run.function_id} ({sdk or 'unknown SDK'}): "
+                    "editing a step's input is supported for functions on the TypeScript SDK "
+                    "only (native and Python SDK steps cannot take their input from the "
+                    "server); rerun from the step without 'input'")
         spec, now, routing = fn.spec, self.clock.now(), self.routing
         return await self.commit(lambda tx, place, effects: admission.replay_run(
-            tx, spec, run_id, now, place, effects, routing=routing, from_step=from_step))
+            tx, spec, run_id, now, place, effects, routing=routing, from_step=from_step,
+            step_input=step_input))
 
     # --- idle detection (tests, VirtualClock) ------------------------------------------------
 
@@ -550,6 +637,7 @@ class Engine:
             "runs_finished": dict(stats.runs_finished),
             "steps_committed": dict(stats.steps_committed),
             "step_attempts_failed": stats.step_attempts_failed,
+            "sdk_calls": stats.sdk_calls, "sdk_checkpoints": stats.sdk_checkpoints,
             "step_seconds": stats.step_seconds, "queue_wait_seconds": stats.queue_wait_seconds,
             "sessions_active": self._active(), "runs_parked": len(self._parked),
             "queue_ready": ready,

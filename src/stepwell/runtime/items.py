@@ -89,6 +89,34 @@ async def run_dispatch(engine: Engine, dispatch: Dispatch) -> None:
     await execute(engine, dispatch.item_id, state)
 
 
+ORPHAN_RETRY_MS = 60_000
+
+
+def orphan_warning(function_id: str) -> str:
+    return (f"orphaned: no worker that claimed this run defines function {function_id!r} "
+            "(renamed or deleted?); it resumes where it was if the function comes back, or "
+            f"cancel it: stepwell runs cancel --function {function_id}")
+
+
+async def orphaned(engine: Engine, item_id: int, run_id: str, function_id: str) -> None:
+    """A run of a function this worker does not define: another deployment's, or a function
+    renamed or deleted. Hand it back for a minute (a worker that has it takes it), mark the
+    run once so the dashboard and CLI say why it does not move, and log once per function
+    (not once per claim)."""
+    if function_id not in engine.orphans_logged:
+        engine.orphans_logged.add(function_id)
+        log.warning("runs of function %s are waiting for a worker that defines it (renamed or "
+                    "deleted?); they resume if it comes back, or cancel them with `stepwell "
+                    "runs cancel --function %s`", function_id, function_id)
+    owner, now, text = engine.owner, engine.clock.now(), orphan_warning(function_id)
+
+    def hand_back(tx: Tx) -> None:
+        tx.add_run_warning(run_id, text)
+        tx.release_item(item_id, owner, now + ORPHAN_RETRY_MS, now)
+
+    await engine.store.write(hand_back)
+
+
 async def execute(engine: Engine, item_id: int, state: RunState | None, *,
                   started: bool = False, not_before: int | None = None,
                   may_park: bool = False) -> None:
@@ -109,11 +137,7 @@ async def _execute(engine: Engine, item_id: int, state: RunState, *, started: bo
                    not_before: int | None, may_park: bool) -> None:
     fn = engine.registry.get(state.run.function_id)
     if fn is None:
-        # Another deployment's function: leave it for a worker that has it.
-        log.warning("run %s belongs to unknown function %s; releasing it", state.run.id,
-                    state.run.function_id)
-        owner, now = engine.owner, engine.clock.now()
-        await engine.store.write(lambda tx: tx.release_item(item_id, owner, now + 60_000, now))
+        await orphaned(engine, item_id, state.run.id, state.run.function_id)
         return
     native = not isinstance(fn, RemoteFunction)
     if not_before is not None and (not native or state.run.started_at is None):
@@ -124,7 +148,8 @@ async def _execute(engine: Engine, item_id: int, state: RunState, *, started: bo
         return
     if isinstance(fn, RemoteFunction):
         await RemoteExecutor(engine, fn, state, item_id, engine.http_client(),
-                             engine.remote_settings).execute()
+                             engine.remote_settings, engine.inflight,
+                             engine.app_clients()).execute()
     else:
         # Replayed now; it parks where the run sleeps until not_before (see RunSession).
         await RunSession(engine, fn, state, item_id, not_before=not_before,

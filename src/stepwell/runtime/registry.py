@@ -35,6 +35,7 @@ class Registry:
         self.remote: dict[str, RemoteFunction] = {}
         self.checksums: dict[str, str] = {}
         self.loaded: dict[str, Registration] = {}       # app id -> its registration
+        self.sdks: dict[str, str] = {}              # app id -> its registration's `sdk`
         self.routing = self._routing()
 
     def _routing(self) -> Routing:
@@ -88,5 +89,6 @@ class Registry:
             self.remote[item.spec.qualified_id] = RemoteFunction(item.spec, item.url)
         self.checksums[registration.app_id] = checksum
         self.loaded[registration.app_id] = registration
+        self.sdks[registration.app_id] = str(body.get("sdk") or "")   # e.g. "js:v4.24.0"
         self.routing = self._routing()
         return registration

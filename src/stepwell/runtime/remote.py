@@ -12,6 +12,7 @@ shared/reference/inngest-protocol.md, sections 2-4.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import logging
@@ -23,7 +24,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import httpx
 
 from stepwell.core.config import FunctionSpec
-from stepwell.core.models import Memo
+from stepwell.core.models import INPUT_PREFIX, Memo
 from stepwell.core.protocol import (
     Op,
     ProtocolError,
@@ -38,9 +39,10 @@ from stepwell.core.protocol import (
     wait_request,
 )
 from stepwell.core.urlpolicy import AppUrlNotAllowed, AppUrlPolicy
-from stepwell.runtime import gateway
+from stepwell.runtime import checkpoint, gateway
 from stepwell.runtime.driver import FUNCTION_KEY, Host, RunDriver
 from stepwell.runtime.scripts import LeaseLost
+from stepwell.runtime.sdkclient import AppClients
 from stepwell.store.base import RunState
 
 log = logging.getLogger("stepwell.remote")
@@ -68,6 +70,7 @@ class RemoteSettings:
     server_kind: str = "dev"
     timeout_s: float = 300.0
     app_urls: AppUrlPolicy | None = None     # None: any URL (see core.urlpolicy)
+    checkpointing: bool = True       # offer SDK checkpointing (ctx.fn_id / ctx.qi_id)
 
 
 @dataclass
@@ -112,16 +115,28 @@ class RemoteExecutor(RunDriver):
     """One claimed run of an SDK-served function."""
 
     def __init__(self, host: Host, fn: RemoteFunction, state: RunState, item_id: int | None,
-                 client: httpx.AsyncClient, settings: RemoteSettings) -> None:
+                 client: httpx.AsyncClient, settings: RemoteSettings,
+                 inflight: checkpoint.Inflight | None = None,
+                 calls: AppClients | None = None) -> None:
         super().__init__(host, fn.spec, state, item_id)
         self.fn = fn
-        self.client = client
+        self.client = client              # server-made requests (step.fetch, step.ai.infer)
+        self.calls = calls                # calls to the app: bounded and fair per app
         self.settings = settings
         self._dues: list[int | None] = []
+        # Set: discovery calls offer the SDK checkpointing (see runtime/checkpoint.py).
+        self.inflight = inflight if settings.checkpointing and item_id is not None else None
         self._in_flight: dict[str, asyncio.Task[CallResult]] = {}   # targeted calls
         self._planned: dict[str, Op] = {}
 
     async def execute(self) -> None:
+        # A started run keeps its app's run slot until it suspends or ends (sdkclient).
+        slot = (contextlib.nullcontext() if self.calls is None
+                else self.calls.run_slot(self.fn.url))
+        async with slot:
+            await self._execute()
+
+    async def _execute(self) -> None:
         try:
             await self._drive()
         except LeaseLost:
@@ -135,7 +150,9 @@ class RemoteExecutor(RunDriver):
         has to wait. As in Inngest, a discovery call follows a completed round of parallel
         steps, or each finished step of a round whose ops ask for `parallelMode: "race"`."""
         for _ in range(MAX_CALLS_PER_EXECUTION):
-            result = await self._call("step", disable_immediate=bool(self._in_flight))
+            edited = None if self._in_flight else self._edited_step()
+            result = await (self._call(edited, disable_immediate=True) if edited is not None
+                            else self._call("step", disable_immediate=bool(self._in_flight)))
             try:
                 proceed = await self._handle(result)
                 if proceed and self._in_flight:
@@ -183,6 +200,15 @@ class RemoteExecutor(RunDriver):
             else:
                 await self._apply(op, no_retry=not result.retry)
         return True
+
+    def _edited_step(self) -> str | None:
+        """A step a rerun gave new input that has not run yet: it is called directly (as
+        Inngest does), since a checkpointing SDK would take its input for a result."""
+        for memo in self.memos.values():
+            target = memo.hash.removeprefix(INPUT_PREFIX)
+            if memo.kind == "input" and target not in self.memos:
+                return target
+        return None
 
     async def _await_targeted(self) -> bool:
         """Wait for the targeted calls in flight (for the first of them when one asks for race
@@ -256,6 +282,10 @@ class RemoteExecutor(RunDriver):
     async def _apply(self, op: Op, *, no_retry: bool = False) -> None:
         existing = self.memos.get(op.id)
         if existing is not None:
+            if op.op in ("StepRun", "Step") and existing.kind == "run" and not existing.pending:
+                # A result already committed through a checkpoint, reported again because
+                # the SDK did not get that checkpoint's answer: stored once.
+                return
             await self._replayed(existing)
             return
         try:
@@ -332,6 +362,29 @@ class RemoteExecutor(RunDriver):
                 f"the SDK reported step '{memo.step_id}' again although its result was sent "
                 "in the request's steps map")
 
+    async def accept_checkpoint(self, cp: checkpoint.Checkpoint) -> int:
+        """Commit the step results the SDK checkpointed during our call (lease-checked, once
+        each: a result posted again is ignored). Raises LeaseLost."""
+        stored = 0
+        for op in cp.results:
+            if op.id in self.memos:
+                continue
+            await self.checkpoint(checkpoint.result_memo(op, self._seq(), self._attempt(op.id) + 1,
+                                                         self.now()))
+            stored += 1
+        return stored
+
+    async def _reload(self) -> None:
+        """Re-read the run's steps after a checkpointing call: some may have been committed
+        by another process that received the SDK's checkpoints."""
+        run_id = self.run_id
+        fresh = await self.host.read(lambda tx: tx.load_run_state(run_id))
+        if fresh is not None:
+            self.memos.clear()
+            self.memos.update(fresh.memos)
+            self.failures.clear()
+            self.failures.update(fresh.failures)
+
     def _attempt(self, step_hash: str) -> int:
         return len(self.failures.get(step_hash, ()))
 
@@ -357,6 +410,9 @@ class RemoteExecutor(RunDriver):
 
     # --- the HTTP call -----------------------------------------------------------------------
 
+    def _checkpointing(self, step_id: str, disable_immediate: bool) -> bool:
+        return self.inflight is not None and step_id == "step" and not disable_immediate
+
     def _request_body(self, step_id: str, disable_immediate: bool) -> dict[str, Any]:
         steps, stack = steps_map(self.memos.values(), self.now())
         events = [e.to_dict() for e in self.state.events] or [{"name": "", "data": {}}]
@@ -365,6 +421,10 @@ class RemoteExecutor(RunDriver):
                "disable_immediate_execution": disable_immediate, "use_api": False,
                "stack": {"stack": stack, "current": len(stack)}, "env": "",
                "step_id": step_id}
+        if self._checkpointing(step_id, disable_immediate):
+            assert self.item_id is not None
+            ctx["fn_id"] = checkpoint.function_uuid(self.fn.qualified_id)
+            ctx["qi_id"] = checkpoint.DispatchRef(self.item_id, self.host.owner).encode()
         return {"event": events[0], "events": events, "steps": steps, "ctx": ctx,
                 "version": 2, "use_api": False}
 
@@ -399,14 +459,28 @@ class RemoteExecutor(RunDriver):
             except AppUrlNotAllowed as exc:
                 return CallResult("error", retry=False, error={
                     "name": "AppUrlNotAllowed", "stack": "", "message": str(exc)})
+        checkpointing = self._checkpointing(step_id, disable_immediate)
+        self.host.stats.sdk_calls += 1
+        if checkpointing:
+            assert self.inflight is not None
+            self.inflight.register(self.run_id, self)
         try:
-            response = await self.client.post(url, content=raw, headers=headers,
-                                              timeout=self.settings.timeout_s)
+            post = self.client.post if self.calls is None else self.calls.post
+            response = await post(url, content=raw, headers=headers,
+                                  timeout=self.settings.timeout_s)
         except httpx.HTTPError as exc:
             return CallResult("error", error={
                 "name": "SDKUnreachable", "stack": "",
                 "message": f"calling {url} failed: {type(exc).__name__}: {exc}"})
-        return self._classify(response, url)
+        finally:
+            if checkpointing:
+                assert self.inflight is not None
+                self.inflight.unregister(self.run_id, self)
+        result = self._classify(response, url)
+        if checkpointing and result.kind == "ops" and not any(
+                op.op == "RunComplete" for op in result.ops or []):
+            await self._reload()
+        return result
 
     def _classify(self, response: httpx.Response, url: str) -> CallResult:
         now = self.now()

@@ -17,14 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import hashlib
 import inspect
-import json
 import logging
 from typing import TYPE_CHECKING, Any
 
 from stepwell.core.models import Event, Memo, error_dict, hash_step_id
 from stepwell.core.serialize import NotSerializableError, to_json_value
+from stepwell.runtime.determinism import ReplayCheck, check_replay, fingerprint
 from stepwell.runtime.driver import Host, RunDriver
 from stepwell.runtime.scripts import LeaseLost
 from stepwell.runtime.usercode import user_traceback
@@ -56,13 +55,6 @@ class EngineFault(BaseException):
     committed, a bug): a BaseException so user `except Exception` won't swallow it and carry on
     past a step whose outcome was not recorded. The session re-raises the original error for
     `faults.crashed` to record."""
-
-
-def _fingerprint(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    if not args and not kwargs:
-        return ""
-    text = json.dumps([args, kwargs], sort_keys=True, default=lambda o: type(o).__name__)
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 def _not_awaited(step_ids: list[str]) -> dict[str, Any]:
@@ -102,6 +94,9 @@ class RunSession(RunDriver):
         self._warned_order = False
         self._unwind_pending = False
         self._fault: Exception | None = None
+        # Arguments of the `run` steps seen by this execution, to say what changed when a
+        # determinism check finds other arguments (memos keep only a hash).
+        self._args_seen: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
 
     # --- driving the handler ---------------------------------------------------------------
 
@@ -148,6 +143,8 @@ class RunSession(RunDriver):
         except Suspend:
             self._raise_fault()
             await self._gate()
+            if await self._diverged():
+                return
             dues = [due for due, _ in self._suspends.values() if due is not None]
             timer = all(is_timer for _, is_timer in self._suspends.values())
             await self.release(min(dues) if dues else None, timer=timer)
@@ -173,6 +170,8 @@ class RunSession(RunDriver):
             if missed:
                 await self.end("failed", error=_not_awaited(missed))
                 return
+            if await self._diverged():
+                return
             try:
                 value = to_json_value(output, what=f"function '{self.fn.qualified_id}'")
             except NotSerializableError as exc:
@@ -183,6 +182,22 @@ class RunSession(RunDriver):
             step.never_awaited()           # close the rest, so Python does not warn later
             if self._unwind.done():
                 self._unwind.exception()   # mark retrieved
+
+    async def _diverged(self) -> bool:
+        """`Engine(check_determinism=True)` (`stepwell dev`, the virtual clock): replay the
+        handler from the memos now, and fail the run if it goes another way."""
+        if not self.host.check_determinism or not self.memos:
+            return False
+        ctx = self._context()
+        ctx.logger = ReplayAwareLogger(log, lambda: True, {})     # the check logs nothing
+        check = ReplayCheck(dict(self.memos), self._args_seen,
+                            ordered=not self._ran_in_parallel())
+        divergence = await check_replay(self.fn, ctx, check, self.host.handler_pool)
+        if divergence is None:
+            return False
+        await self.end("failed", error={"name": "NonDeterminismError", "message": divergence,
+                                        "stack": ""})
+        return True
 
     def _raise_fault(self) -> None:
         """If stepwell failed at a step, whatever the handler did next is moot: hand the
@@ -275,18 +290,20 @@ class RunSession(RunDriver):
         step_hash = hash_step_id(request.step_id, occurrence)
         seq = self._seq
         self._seq += 1
-        fingerprint = _fingerprint(request.args, request.kwargs) if request.kind == "run" else ""
+        args_hash = fingerprint(request.args, request.kwargs) if request.kind == "run" else ""
+        if request.kind == "run":
+            self._args_seen[step_hash] = (request.args, dict(request.kwargs))
         self._in_flight += 1
         try:
             memo = self.memos.get(step_hash)
             if memo is not None:
-                return await self._replay(request, memo, seq, fingerprint)
+                return await self._replay(request, memo, seq, args_hash)
             await self._gate()
             await self._verify_lease()
             if self._unconsumed > 0:
                 await self._warn_new_step(request.step_id, seq)
             if request.kind == "run":
-                return await self._run(request, step_hash, seq, fingerprint)
+                return await self._run(request, step_hash, seq, args_hash)
             if request.kind == "sleep":
                 return await self._sleep(request, step_hash, seq)
             if request.kind == "wait" and request.signal is not None:

@@ -41,5 +41,7 @@ class Stats:
     runs_finished: Counter[str] = field(default_factory=Counter)     # by final status
     steps_committed: Counter[str] = field(default_factory=Counter)   # by step kind
     step_attempts_failed: int = 0
+    sdk_calls: int = 0                  # requests to SDK apps
+    sdk_checkpoints: int = 0            # checkpoint requests from SDK apps applied
     step_seconds: Histogram = field(default_factory=Histogram)       # `run` steps' bodies
     queue_wait_seconds: Histogram = field(default_factory=Histogram)  # due -> claimed

@@ -27,6 +27,8 @@ def run_view(state: RunState, *, now: int) -> Run:
     steps: list[StepInfo] = []
     ended_at = row.ended_at if row.status in TERMINAL_STATUSES else None
     for memo in sorted(state.memos.values(), key=lambda m: (m.seq, m.started_at)):
+        if memo.kind == "input":          # a rerun's edited input, not a step of its own
+            continue
         status, step_end = _status(memo, ended_at, now)
         steps.append(StepInfo(
             id=memo.step_id, kind=memo.kind, status=status, attempts=memo.attempts,

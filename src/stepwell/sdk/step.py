@@ -79,7 +79,9 @@ def normalize_events(step_id: str, events: object) -> list[dict[str, Any]]:
     if not items:
         raise InvalidStepError(f"step '{step_id}': send_event needs at least one event")
     try:
-        _, normalized = normalize_send((items,))
+        # The size is checked when the step runs (the driver's check), so an oversize event
+        # fails that step, recorded, rather than the function's code.
+        _, normalized = normalize_send((items,), limit_size=False)
         for item in items:
             if isinstance(item, Event) and item.schema is not None:
                 check_event_data(item.schema, item.name, item.data)

@@ -11,11 +11,15 @@ Handlers are thin: they decode the request, call the service layer, and wrap its
 result in Inngest's envelope (`{"data": ..., "metadata": ...}` for v1 routes). Every failure,
 including unknown routes, oversize bodies and bugs, answers `{"error": "...", "status": N}` so
 SDKs and scripts always get JSON they can show to a person.
+
+Every JSON body comes in through `read_json` or, on the event API, `read_events`, and so
+through `core.jsonsafe`: what cannot be stored and shown again is a 400 naming the field, on
+every route alike (docs/limits.md). A URL holding NUL is refused before any route
+(`RejectNulInUrl`); answers render even for rows an older version stored unsafely (`JSONOut`).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
@@ -24,21 +28,39 @@ from typing import Any, Final
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from stepwell.core import jsonsafe
 from stepwell.core.config import ConfigError
+from stepwell.core.models import MAX_EVENT_BYTES, MAX_EVENTS_PER_SEND
 from stepwell.core.protocol import bearer_ok, event_key_ok, validate_event_key, validate_signing_key
 from stepwell.core.storage import StorageFailure
 from stepwell.server import metrics as prometheus
 from stepwell.server.dashboard import dashboard_routes
 from stepwell.server.guard import LOOPBACK_HOSTS, HostAllowList, RequestGuard
 from stepwell.server.openapi import openapi_document
-from stepwell.service import InvalidInput, Service, ServiceError, iso, parse_limit
+from stepwell.service import (
+    EventBatch,
+    InvalidInput,
+    PartialSend,
+    Service,
+    ServiceError,
+    iso,
+    parse_limit,
+)
 
-# Inngest's event API accepts request bodies up to 3 MiB; so do we, and say so when refused.
+# Every JSON route accepts request bodies up to 3 MiB, the size of one event.
 MAX_BODY_BYTES: Final = 3 * 1024 * 1024
+# The event API (`POST /e/{key}`, `POST /v1/events`) caps each event at MAX_EVENT_BYTES (3 MiB,
+# as Inngest does) and the whole request at this much, so one send() of several large events
+# goes through. Inngest streams the request with no total cap; stepwell holds it in memory, so
+# it takes a bound that one process can afford many times over. See docs/limits.md.
+MAX_EVENT_REQUEST_BYTES: Final = 32 * 1024 * 1024
+# Sent by both official SDKs with every send, the same on each retry (see core.eventids).
+EVENT_ID_SEED: Final = "x-inngest-event-id-seed"
 DEFAULT_EVENT_LIMIT: Final = 20       # Inngest's default page size for GET /v1/events
 DEFAULT_RUN_LIMIT: Final = 100
 
@@ -53,43 +75,119 @@ class Unauthorized(ServiceError):
     status = 401
 
 
-def error_response(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message, "status": status}, status_code=status)
+class JSONOut(JSONResponse):
+    """A JSON response that always renders: if the content holds what strict JSON cannot
+    write (a non-finite number or a lone surrogate stored by an older version, or nesting too
+    deep), it is shown repaired (`jsonsafe.repair`) rather than failing the whole request.
+    The views mark the rows they repair (`degraded`); this is the last line behind them."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except (ValueError, RecursionError):
+            return super().render(jsonsafe.repair(content)[0])
 
 
-def envelope(data: Any) -> JSONResponse:
+class NotImplementedByServer(ServiceError):
+    status = 501
+
+
+def error_response(status: int, message: str) -> JSONOut:
+    return JSONOut({"error": message, "status": status}, status_code=status)
+
+
+def envelope(data: Any) -> JSONOut:
     """Inngest's v1 envelope. Nothing is cached, so `cached_until` is the fetch time."""
     now = iso(int(time.time() * 1000))
-    return JSONResponse({"data": data, "metadata": {"fetched_at": now, "cached_until": now}})
+    return JSONOut({"data": data, "metadata": {"fetched_at": now, "cached_until": now}})
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+def _mib(size: int) -> str:
+    return f"{size // (1024 * 1024)} MiB"
 
 
-async def read_json(request: Request) -> Any:
-    """The request body as JSON, refusing bodies over `MAX_BODY_BYTES` before reading them all
+async def read_text(request: Request, limit: int = MAX_BODY_BYTES) -> str:
+    """The request body as text, refusing bodies over `limit` bytes before reading them all
     (the declared length is checked first; a body without one is counted as it streams in)."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+    if declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"the request body is {int(declared)} bytes; at most "
-                              f"{MAX_BODY_BYTES} bytes (3 MiB) are accepted")
+                              f"{limit} bytes ({_mib(limit)}) are accepted")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise PayloadTooLarge(f"the request body is over {MAX_BODY_BYTES} bytes (3 MiB), "
-                                  "the most that is accepted")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise PayloadTooLarge(f"the request body is over {limit} bytes "
+                                      f"({_mib(limit)}), the most that is accepted")
+    except ClientDisconnect:
+        # Nobody will read the answer; a 400 (not a crash with a traceback) ends the request.
+        raise InvalidInput("the client went away before it sent the whole body") from None
     if not body.strip():
         raise InvalidInput("the request body is empty; send JSON")
     try:
-        text = body.decode("utf-8")
+        return body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"the request body is not UTF-8 text: {exc}") from exc
+
+
+def unsafe_message(exc: jsonsafe.UnsafeJSON) -> str:
+    where = f"'{exc.path}'" if exc.path else "the request body"
+    return f"{where} {exc.reason}"
+
+
+async def read_json(request: Request) -> Any:
+    """The request body as JSON, checked by `jsonsafe` (the one door every JSON body goes
+    through): what it refuses, and text that is not JSON, is a 400 naming the field."""
+    text = await read_text(request)
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return jsonsafe.parse(text)
+    except jsonsafe.UnsafeJSON as exc:
+        raise InvalidInput(unsafe_message(exc)) from None
     except ValueError as exc:
-        raise InvalidInput(f"the request body is not valid JSON: {exc}") from exc
+        raise InvalidInput(f"the request body is not valid JSON: {exc}") from None
+
+
+async def read_events(request: Request) -> EventBatch:
+    """The event API's body: one event object or an array of them, parsed one event at a time
+    so that each is held to MAX_EVENT_BYTES and the events before a broken one can still be
+    stored (as Inngest does). The request as a whole may be MAX_EVENT_REQUEST_BYTES."""
+    parsed = jsonsafe.parse_items(await read_text(request, MAX_EVENT_REQUEST_BYTES),
+                                  max_item_bytes=MAX_EVENT_BYTES, max_items=MAX_EVENTS_PER_SEND)
+    problem = parsed.error
+    message: str | None = None
+    if isinstance(problem, jsonsafe.UnsafeJSON):
+        message = unsafe_message(problem)
+    elif isinstance(problem, jsonsafe.ItemTooLarge):
+        if not parsed.is_array:
+            raise PayloadTooLarge(f"the event is {problem.size} bytes; at most "
+                                  f"{MAX_EVENT_BYTES} bytes (3 MiB) are accepted per event")
+        message = str(problem)
+    elif problem is not None:
+        message = f"the request body is not valid JSON: {problem}"
+    if message is not None and not parsed.items and not parsed.is_array:
+        raise InvalidInput(message)
+    return EventBatch(parsed.items, parsed.is_array, message)
+
+
+class RejectNulInUrl:
+    """ASGI middleware: a URL whose path or query holds NUL (`%00`) is a 400 before any route
+    sees it. No name or id may contain NUL (Postgres cannot store it in text, SQLite would
+    store it and Postgres then fail on it), and this one check covers every path and query
+    parameter of every route, as `jsonsafe` covers every body."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            query = bytes(scope.get("query_string", b"")).lower()
+            if "\x00" in scope.get("path", "") or b"%00" in query or b"\x00" in query:
+                response = error_response(400, "the URL contains the NUL character (%00); no "
+                                               "name, id or query value may contain it")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def require_api_auth(request: Request, signing_keys: Collection[str]) -> None:
@@ -148,7 +246,7 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
     async def register(request: Request) -> Response:
         require_sdk_auth(request)
         result = await service.register_app(await read_json(request))
-        return JSONResponse({**result, "status": 200})
+        return JSONOut({**result, "status": 200})
 
     async def sync_app(request: Request) -> Response:
         body = await read_json(request)
@@ -160,23 +258,47 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
 
     async def run_batch(request: Request) -> Response:
         require_sdk_auth(request)
-        return JSONResponse(await service.run_batch(request.path_params["run_id"]))
+        return JSONOut(await service.run_batch(request.path_params["run_id"]))
 
     async def run_actions(request: Request) -> Response:
         require_sdk_auth(request)
-        return JSONResponse(await service.run_actions(request.path_params["run_id"]))
+        return JSONOut(await service.run_actions(request.path_params["run_id"]))
+
+    async def checkpoint_async(request: Request) -> Response:
+        require_sdk_auth(request)
+        result = await service.checkpoint_async(request.path_params["run_id"],
+                                                await read_json(request))
+        return JSONResponse({**result, "status": 200})
+
+    async def checkpoint_sync(request: Request) -> Response:
+        require_sdk_auth(request)
+        raise NotImplementedByServer(
+            "durable endpoints (inngest.endpoint(), the synchronous checkpoint API "
+            f"{request.url.path}) are not supported by stepwell; functions checkpoint through "
+            "/v1/checkpoint/{run_id}/async")
+
+    async def run_metadata(request: Request) -> Response:
+        require_sdk_auth(request)
+        raise NotImplementedByServer(
+            "run metadata sent through the API (POST /v1/runs/{run_id}/metadata, e.g. "
+            "step.metadata() aimed at another run or step) is not supported by stepwell; "
+            "metadata set inside a step is accepted with the step's result and not stored")
 
     async def dev_info(request: Request) -> Response:
-        return JSONResponse({"version": "stepwell", "mode": "cloud" if signing else "dev",
-                             "functions": await service.dev_functions(),
-                             "apps": await service.list_apps()})
+        return JSONOut({"version": "stepwell", "mode": "cloud" if signing else "dev",
+                        "functions": await service.dev_functions(),
+                        "apps": await service.list_apps()})
 
     async def send_events(request: Request) -> Response:
         key = request.path_params["key"]
         if keys is not None and not event_key_ok(key, keys):
             raise Unauthorized("event key not found: send events to /e/<your event key>")
-        ids = await service.send_events(await read_json(request))
-        return JSONResponse({"ids": ids, "status": 200})
+        try:
+            batch = await read_events(request)
+        except InvalidInput as exc:      # Inngest's answer always carries `ids`
+            raise PartialSend(exc.message, []) from None
+        ids = await service.send_event_batch(batch, seed=request.headers.get(EVENT_ID_SEED))
+        return JSONOut({"ids": ids, "status": 200})
 
     async def get_run(request: Request) -> Response:
         return envelope(await service.get_run(request.path_params["run_id"]))
@@ -184,6 +306,13 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
     async def replay_run(request: Request) -> Response:
         body = await read_json(request) if await request.body() else None
         return envelope(await service.replay_run(request.path_params["run_id"], body))
+
+    async def rerun_run(request: Request) -> Response:
+        """REST v2: `{"data": {"runId"}, "metadata": {"fetchedAt", "cachedUntil"}}`."""
+        body = await read_json(request) if await request.body() else None
+        data = await service.rerun_run(request.path_params["run_id"], body)
+        now = iso(int(time.time() * 1000))
+        return JSONResponse({"data": data, "metadata": {"fetchedAt": now, "cachedUntil": None}})
 
     async def cancel_run(request: Request) -> Response:
         return envelope(await service.cancel_run(request.path_params["run_id"]))
@@ -222,15 +351,20 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
                         media_type=prometheus.CONTENT_TYPE)
 
     async def health(request: Request) -> Response:
-        return JSONResponse(service.health())
+        return JSONOut(service.health())
 
     async def openapi(request: Request) -> Response:
-        return JSONResponse(openapi_document())
+        return JSONOut(openapi_document())
 
     async def send_events_api(request: Request) -> Response:
         """Sending events with the REST API's credentials (the dashboard's "Send event"), so a
         person holding the signing key needs no event key as well."""
-        return envelope({"ids": await service.send_events(await read_json(request))})
+        batch = await read_events(request)
+        if batch.error is not None:
+            raise InvalidInput(f"{batch.error} (nothing was stored)")
+        body = batch.items if batch.is_array else batch.items[0]
+        return envelope({"ids": await service.send_events(
+            body, seed=request.headers.get(EVENT_ID_SEED))})
 
     async def run_events(request: Request) -> Response:
         return envelope(await service.run_events(request.path_params["run_id"]))
@@ -260,6 +394,10 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
         Route("/fn/register", register, methods=["POST"]),
         Route("/v0/runs/{run_id}/batch", run_batch, methods=["GET"]),
         Route("/v0/runs/{run_id}/actions", run_actions, methods=["GET"]),
+        Route("/v1/checkpoint/{run_id}/async", checkpoint_async, methods=["POST"]),
+        Route("/v1/checkpoint", checkpoint_sync, methods=["POST"]),
+        Route("/v1/checkpoint/{run_id}/steps", checkpoint_sync, methods=["POST"]),
+        Route("/v1/runs/{run_id}/metadata", run_metadata, methods=["POST"]),
         # The REST API and the dev-server info: the signing key, raw or hashed.
         Route("/dev", api(dev_info), methods=["GET"]),
         Route("/v1/apps", api(list_apps), methods=["GET"]),
@@ -274,6 +412,9 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
         Route("/v1/runs/{run_id}/cancel", api(cancel_run), methods=["POST"]),
         Route("/v1/runs/{run_id}/replay", api(replay_run), methods=["POST"]),
         Route("/v1/runs/{run_id}/events", api(run_events), methods=["GET"]),
+        # REST v2 (Inngest serves it under /api/v2; both work).
+        Route("/v2/runs/{run_id}/rerun", api(rerun_run), methods=["POST"]),
+        Route("/api/v2/runs/{run_id}/rerun", api(rerun_run), methods=["POST"]),
         Route("/v1/cancellations", api(bulk_cancel), methods=["POST"]),
         Route("/v1/signals", api(send_signal), methods=["POST"]),
         Route("/v1/functions", api(functions), methods=["GET"]),
@@ -284,7 +425,15 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
 
     async def on_service_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ServiceError)
+        if isinstance(exc, PartialSend):     # Inngest's answer: the ids that were stored
+            return JSONOut({"ids": exc.ids, "status": exc.status, "error": exc.message},
+                                status_code=exc.status)
         response = error_response(exc.status, exc.message)
+        if isinstance(exc, PayloadTooLarge):
+            # The rest of the body was never read: the connection cannot carry another
+            # request, and `Connection: close` says so rather than leaving the client to find
+            # out with its next one.
+            response.headers["connection"] = "close"
         if isinstance(exc, Unauthorized) and request.url.path.startswith(("/v1/", "/dev")):
             response.headers["www-authenticate"] = 'Bearer realm="stepwell"'
         return response
@@ -307,8 +456,12 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
         return response
 
     async def on_crash(request: Request, exc: Exception) -> Response:
-        # Starlette re-raises after this reply, so the ASGI server logs the traceback once.
-        return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+        # Starlette re-raises after this reply, so the ASGI server logs the traceback once,
+        # and then closes the connection: `Connection: close` tells the client so, and it
+        # sends its next request on a new connection instead of into a closed one.
+        response = error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+        response.headers["connection"] = "close"
+        return response
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -321,6 +474,7 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
                 await service.stop()
 
     guard = Middleware(RequestGuard, hosts=hosts, routes=routes)
-    return Starlette(routes=routes, lifespan=lifespan, middleware=[guard], exception_handlers={
+    return Starlette(routes=routes, lifespan=lifespan,
+                     middleware=[guard, Middleware(RejectNulInUrl)], exception_handlers={
         ServiceError: on_service_error, HTTPException: on_http_error,
         StorageFailure: on_storage_failure, Exception: on_crash})

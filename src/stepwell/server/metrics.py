@@ -43,6 +43,12 @@ class _Snapshot(Collector):
         yield CounterMetricFamily("stepwell_step_attempts_failed",
                                   "Failed step attempts (each retry counts).",
                                   value=v["step_attempts_failed"])
+        yield CounterMetricFamily("stepwell_sdk_calls",
+                                  "Requests this process made to SDK apps.",
+                                  value=v["sdk_calls"])
+        yield CounterMetricFamily("stepwell_sdk_checkpoints",
+                                  "Checkpoint requests from SDK apps this process applied.",
+                                  value=v["sdk_checkpoints"])
         for name, text in (
                 ("step_seconds", "How long `run` step bodies took (successful attempts)."),
                 ("queue_wait_seconds", "How late due work was claimed by this process (runs "

@@ -29,6 +29,19 @@ _RUNS = {"type": "array", "items": _RUN}
 _EVENT_IN = {"oneOf": [{"$ref": "#/components/schemas/EventIn"},
                        {"type": "array", "items": {"$ref": "#/components/schemas/EventIn"}}]}
 _EVENTS = {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}
+_SEED = {"name": "x-inngest-event-id-seed", "in": "header", "required": False,
+         "description": "<epoch ms>,<base64 of 10 bytes>, as the official SDKs send it: events "
+                        "without an id get ids derived from it, so a retried send stores "
+                        "nothing twice",
+         "schema": {"type": "string"}}
+_IDS_ERROR = {"type": "object", "properties": {
+    "ids": {"type": "array", "items": {"type": "string"}}, "status": {"type": "integer"},
+    "error": {"type": "string"}}}
+_EVENT_LIMITS = ("Each event at most 3 MiB as JSON, the request at most 32 MiB and 5000 "
+                 "events; names and ids at most 256 characters. Every JSON body, on every "
+                 "route, is refused with a 400 naming the field if it holds a non-finite "
+                 "number (1e400, NaN), a lone surrogate or NUL, or nests deeper than 128 "
+                 "levels (see docs/limits.md).")
 # In production mode (the server has signing keys) the REST API needs the signing key as a
 # bearer token; in dev mode nothing, hence the empty alternative.
 _API_AUTH: list[dict[str, list[str]]] = [{}, {"signingKey": []}]
@@ -86,9 +99,15 @@ def openapi_document() -> dict[str, Any]:
         "paths": _secured({
             "/e/{key}": {"post": {
                 "summary": "Send one event or an array of events (Inngest event API)",
-                "parameters": [_param("key", "path")],
+                "description": _EVENT_LIMITS + " In a batch, the events before the first "
+                               "invalid one are stored and their ids returned with the 400, "
+                               "as Inngest does.",
+                "parameters": [_param("key", "path"), _SEED],
                 "requestBody": {"content": {"application/json": {"schema": _EVENT_IN}}},
                 "responses": {"200": {"description": '{"ids": [...], "status": 200}'},
+                              "400": {"description": "an invalid event: the ids of the events "
+                                                     "before it, which were stored",
+                                      "content": {"application/json": {"schema": _IDS_ERROR}}},
                               "default": {"$ref": "#/components/responses/Error"}}}},
             "/v1/events": {
                 "get": {"summary": "Events, newest first",
@@ -96,7 +115,9 @@ def openapi_document() -> dict[str, Any]:
                         "responses": _ok("events", _EVENTS)},
                 "post": {"summary": "Send one event or an array of events with the REST API's "
                                     "credentials (no event key); the dashboard's Send event",
-                         "x-stepwell": True,
+                         "description": _EVENT_LIMITS + " All or nothing: one invalid event "
+                                                        "stores none.",
+                         "x-stepwell": True, "parameters": [_SEED],
                          "requestBody": {"content": {"application/json": {"schema": _EVENT_IN}}},
                          "responses": _ok("the stored events' ids", {
                              "type": "object", "properties": {
@@ -200,6 +221,8 @@ def openapi_document() -> dict[str, Any]:
                              "responses": {"200": {"description": "info"}}}},
             "/health": {"get": {"summary": "Liveness", "x-stepwell": True,
                                 "responses": {"200": {"description": "OK"}}}},
+            "/openapi.json": {"get": {"summary": "This document", "x-stepwell": True,
+                                      "responses": {"200": {"description": "OpenAPI 3.1"}}}},
             "/metrics": {"get": {
                 "summary": "Prometheus metrics: this process's counters (events, runs by final "
                            "status, steps by kind, failed attempts) and the queue's state "
