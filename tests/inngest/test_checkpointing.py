@@ -173,7 +173,7 @@ def test_checkpoint_api_validates_its_input(ckpt: SdkHarness) -> None:
                                                                        "id": "s", "name": "1s"}]})
     assert bad_op.status_code == 400 and "Sleep" in bad_op.json()["error"], bad_op.text
     sync = ckpt.client.post(f"{ckpt.url}/v1/checkpoint", json={"run_id": "r"})
-    assert sync.status_code == 501 and "durable endpoints" in sync.json()["error"], sync.text
+    assert sync.status_code == 400 and "durable endpoints" in sync.json()["error"], sync.text
     # Nothing was stored by the refused checkpoints.
     assert len(ckpt.get_run(run["run_id"])["steps"]) == 3
 
@@ -206,7 +206,7 @@ def test_metadata_for_another_run_fails_the_step_clearly(ckpt: SdkHarness) -> No
     assert "not supported by stepwell" in str(run["output"])
     direct = ckpt.client.post(f"{ckpt.url}/v1/runs/{other['run_id']}/metadata",
                               json={"target": {"run_id": other["run_id"]}, "metadata": []})
-    assert direct.status_code == 501 and "not supported" in direct.json()["error"]
+    assert direct.status_code == 400 and "not supported" in direct.json()["error"]
 
 
 # --- REST v2 rerun ---------------------------------------------------------------------------

@@ -89,7 +89,10 @@ class JSONOut(JSONResponse):
 
 
 class NotImplementedByServer(ServiceError):
-    status = 501
+    """A route of Inngest's API that stepwell does not offer: a 4xx naming it (no server error:
+    nothing failed, and the SDK fails the step with the message instead of retrying)."""
+
+    status = 400
 
 
 def error_response(status: int, message: str) -> JSONOut:

@@ -215,6 +215,48 @@ def openapi_document() -> dict[str, Any]:
                 "parameters": [_param("run_id", "path")],
                 "responses": {"200": {"description": "{step hash: memo}"},
                               "default": {"$ref": "#/components/responses/Error"}}}},
+            "/v1/checkpoint/{run_id}/async": {"post": {
+                "summary": "TypeScript SDK checkpointing: commit the results of steps the SDK "
+                           "ran inside one call, under the calling worker's lease (409 once "
+                           "that call no longer holds the run)",
+                "parameters": [_param("run_id", "path")],
+                "requestBody": {"content": {"application/json": {"schema": {
+                    "type": "object", "required": ["fnId", "qiId", "steps"],
+                    "properties": {"fnId": {"type": "string"}, "qiId": {"type": "string"},
+                                   "steps": {"type": "array"}}}}}},
+                "responses": {"200": {"description": "committed"},
+                              "default": {"$ref": "#/components/responses/Error"}}}},
+            **{path: {"post": {
+                "summary": "Durable endpoints' synchronous checkpoints: not supported (400, "
+                           "naming the route)",
+                "parameters": params,
+                "requestBody": {"required": False, "content": {"application/json": {
+                    "schema": {}}}},
+                "responses": {"400": {"$ref": "#/components/responses/Error"},
+                              "default": {"$ref": "#/components/responses/Error"}}}}
+               for path, params in (("/v1/checkpoint", []),
+                                    ("/v1/checkpoint/{run_id}/steps",
+                                     [_param("run_id", "path")]))},
+            "/v1/runs/{run_id}/metadata": {"post": {
+                "summary": "step.metadata aimed at another run: not supported (400)",
+                "parameters": [_param("run_id", "path")],
+                "requestBody": {"required": False, "content": {"application/json": {
+                    "schema": {}}}},
+                "responses": {"400": {"$ref": "#/components/responses/Error"},
+                              "default": {"$ref": "#/components/responses/Error"}}}},
+            **{path: {"post": {
+                "summary": "Inngest's REST v2 rerun: a new run of the run's function with the "
+                           "same events; with fromStep, from that step on (its input edited "
+                           "for TypeScript SDK functions)",
+                "parameters": [_param("run_id", "path")],
+                "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {"fromStep": {
+                        "type": "object", "required": ["stepId"],
+                        "properties": {"stepId": {"type": "string", "minLength": 1},
+                                       "input": {}}}}}}}},
+                "responses": _ok("the new run's id", {
+                    "type": "object", "properties": {"runId": {"type": "string"}}})}}
+               for path in ("/v2/runs/{run_id}/rerun", "/api/v2/runs/{run_id}/rerun")},
             "/dev": {"get": {"summary": "Server mode, apps, and every function's registered "
                                         "config (as Go's dev server lists it: slug, triggers, "
                                         "steps with their URI and retries)", "x-stepwell": True,
