@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from stepwell import cli_client, cli_logging
-from stepwell.core.urls import redact
+from stepwell.core.urls import DEFAULT_DB, redact
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 # The engine, the server and their dependencies are imported by the commands that run them,
 # not here: `stepwell send` and `stepwell runs ...` only make HTTP calls and must start fast.
-DEFAULT_DB = "sqlite:///.stepwell/stepwell.db"     # the engine's default (checked by a test)
 DEV_RETRY_INTERVAL = 1.0    # `stepwell dev` retries after this many seconds x attempt
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -324,16 +324,18 @@ def bulk_cancel(url: str, function_id: str, since: str | None, *, yes: bool,
     """Cancel the function's active runs one by one, with a confirmation and a progress bar;
     repeats while new pages of active runs appear (the listing is capped per call)."""
     cutoff = parse_since(since, datetime.datetime.now(datetime.UTC)) if since else None
+    unknown: click.ClickException | None = None
     try:
         qualified = check_function(url, function_id)
-    except click.ClickException:
+    except click.ClickException as exc:
         # A function no longer defined (renamed or deleted) can still have orphaned runs.
-        qualified = function_id
-        if not active_runs(url, qualified, cutoff):
-            raise
+        qualified, unknown = function_id, exc
+    todo = active_runs(url, qualified, cutoff)
+    if unknown is not None:
+        if not todo:
+            raise unknown
         click.echo(f"{qualified} is not defined by the server: these runs are orphaned",
                    err=True)
-    todo = active_runs(url, qualified, cutoff)
     window = f" queued since {cutoff.isoformat(timespec='seconds')}" if cutoff else ""
     if not todo:
         click.echo(json.dumps({"cancelled": [], "ended": []}) if as_json else

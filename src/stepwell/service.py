@@ -32,7 +32,7 @@ from stepwell.core.models import (
 )
 from stepwell.core.protocol import ProtocolError, sign, steps_map
 from stepwell.core.urlpolicy import AppUrlNotAllowed
-from stepwell.runtime.engine import DEFAULT_DB as DEFAULT_DB  # re-exported for transports
+from stepwell.core.urls import DEFAULT_DB as DEFAULT_DB  # re-exported for transports
 from stepwell.runtime.engine import CheckpointError, Engine
 from stepwell.sdk.app import App
 from stepwell.service_views import (

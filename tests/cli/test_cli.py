@@ -344,7 +344,7 @@ def test_engine_default_db_is_the_cli_default() -> None:
     from stepwell import cli as cli_module
     from stepwell.runtime import engine
 
-    assert cli_module.DEFAULT_DB == engine.DEFAULT_DB
+    assert cli_module.DEFAULT_DB == engine.DEFAULT_DB == "sqlite:///.stepwell/stepwell.db"
 
 
 def test_failures_are_logged_in_text(dev: DevServer) -> None:

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
+DEFAULT_DB = "sqlite:///.stepwell/stepwell.db"
+"""The database every command and `Engine()` use when given none: a SQLite file in the current
+directory's `.stepwell/` (defined here, in a module with no heavy imports, so the CLI's option
+defaults do not have to import the engine)."""
+
 
 def redact(url: str) -> str:
     """The URL without its password (`postgresql://user:***@host/db`)."""

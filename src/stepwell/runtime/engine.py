@@ -36,6 +36,7 @@ from stepwell.core.protocol import (
 )
 from stepwell.core.storage import StorageFailure
 from stepwell.core.urlpolicy import AppUrlPolicy
+from stepwell.core.urls import DEFAULT_DB
 from stepwell.runtime import (
     admission,
     checkpoint,
@@ -61,7 +62,6 @@ from stepwell.store.sqlite import SqliteStore
 
 R = TypeVar("R")
 log = logging.getLogger("stepwell.engine")
-DEFAULT_DB = "sqlite:///.stepwell/stepwell.db"
 UNPROCESSED_GRACE_MS = 5_000
 PREFETCH_BATCH = 1_000        # timers leased ahead per claim (keeps claim transactions short)
 

@@ -6,8 +6,9 @@ import threading
 from typing import Any
 
 from stepwell.core.config import ConfigError
+from stepwell.core.urls import DEFAULT_DB
 from stepwell.integrations.blocking import BlockingEngine
-from stepwell.runtime.engine import DEFAULT_DB, Engine
+from stepwell.runtime.engine import Engine
 from stepwell.sdk.app import App
 
 _lock = threading.Lock()
