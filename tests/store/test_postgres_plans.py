@@ -23,7 +23,7 @@ import pytest
 from psycopg import sql
 
 from stepwell.core.models import Event, Memo
-from stepwell.store.base import NewRun, WaitRow
+from stepwell.store.base import RunRow, WaitRow
 from stepwell.store.postgres_tx import PostgresTx, WriterState
 
 HOT_TABLES = {"runs", "queue", "waits", "memos", "step_failures", "events", "run_events",
@@ -186,7 +186,7 @@ HOT_CALLS: list[tuple[str, Callable[[PostgresTx], Any]]] = [
     ("delete_item", lambda t: t.delete_item(52)),
     ("delete_items", lambda t: t.delete_items(run_id="run52")),
     ("block_item", lambda t: t.block_item(11, "w1")),
-    ("new run", lambda t: (t.insert_run(NewRun("fresh", "app/fn1", ["ev3"], NOW)),
+    ("new run", lambda t: (t.insert_run(RunRow("fresh", "app/fn1", ["ev3"], NOW)),
                            t.enqueue("exec", "exec:fresh", NOW, run_id="fresh", owner="w",
                                      lease_until=NOW + 1))),
     ("start_run", lambda t: t.start_run("run8", NOW)),

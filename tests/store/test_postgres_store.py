@@ -25,7 +25,7 @@ from stepwell.core.models import Memo
 from stepwell.core.urls import redact
 from stepwell.runtime import admission
 from stepwell.runtime.scripts import LeaseLost, hold
-from stepwell.store.base import NewRun, StoreError, WaitRow, migration_files
+from stepwell.store.base import RunRow, StoreError, WaitRow, migration_files
 from stepwell.store.postgres import SCHEMA_VERSION, PostgresStore, migrate
 from stepwell.store.postgres_conn import PostgresWriter
 from stepwell.store.postgres_tx import PostgresTx, WriterState
@@ -105,7 +105,7 @@ def seed_runs(url: str, count: int, *, owner: str | None = "w", concurrency: Any
     ids = []
     with closing(connect(url)) as conn, transaction(conn) as tx:
         for i in range(count):
-            tx.insert_run(NewRun(f"run{i}", "app/fn", [f"ev{i}"], i))
+            tx.insert_run(RunRow(f"run{i}", "app/fn", [f"ev{i}"], i))
             item = tx.enqueue("exec", f"exec:run{i}", i, run_id=f"run{i}", owner=owner,
                               lease_until=10**13 if owner else None, concurrency=concurrency)
             ids.append(item)
@@ -335,7 +335,7 @@ def test_buffered_writes_are_visible_to_later_reads(pg_database: str) -> None:
     seed_runs(pg_database, 1)
 
     def script(tx: PostgresTx) -> Any:
-        tx.insert_run(NewRun("new", "app/fn", ["e"], 7))
+        tx.insert_run(RunRow("new", "app/fn", ["e"], 7))
         tx.insert_memo("new", Memo("h", "s", "run", 0, data="x"))
         tx.finish_run("run0", "completed", 9, output=3)
         state = tx.load_run_state("new")

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from stepwell.core.models import Event, Memo
-from stepwell.store.base import NewRun, WaitRow
+from stepwell.store.base import RunRow, WaitRow
 from stepwell.store.sqlite import migrate
 from stepwell.store.sqlite_tx import SqliteTx
 
@@ -29,7 +29,7 @@ def tx(tmp_path: Path) -> SqliteTx:
     t = SqliteTx(conn)
     for i in range(50):  # some rows, so the planner has statistics to work with
         t.insert_event(Event(f"e/{i % 5}", {"i": i}, id=f"ev{i}", ts=i), i, 0, processed=True)
-        t.insert_run(NewRun(f"run{i}", "app/fn", [f"ev{i}"], i))
+        t.insert_run(RunRow(f"run{i}", "app/fn", [f"ev{i}"], i))
         t.enqueue("exec", f"exec:run{i}", i, run_id=f"run{i}")
         t.insert_wait(WaitRow(f"run{i}", "wait", "e/1", 10**12, "h", f"data.id={i}", None, {}))
         t.insert_memo(f"run{i}", Memo("h", "s", "run", 0, data=i))

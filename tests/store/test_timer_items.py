@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from stepwell.store.base import NewRun, Store, Tx
+from stepwell.store.base import RunRow, Store, Tx
 
 NOW = 1_000_000
 
@@ -23,7 +23,7 @@ async def write(store: Store, fn: Callable[[Tx], Any]) -> Any:
 async def leased_exec(store: Store, run_id: str, *, concurrency: list[tuple[str, int]] | None = None
                       ) -> int:
     def script(tx: Tx) -> int:
-        tx.insert_run(NewRun(run_id, "app/fn", [], NOW))
+        tx.insert_run(RunRow(run_id, "app/fn", [], NOW))
         item = tx.enqueue("exec", f"exec:{run_id}", NOW, run_id=run_id, owner="w",
                           lease_until=NOW + 30_000, concurrency=concurrency or [])
         assert item is not None

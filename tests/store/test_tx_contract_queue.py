@@ -378,14 +378,17 @@ async def test_next_due_at_and_count_ready_see_only_free_unblocked_items(store: 
                             ) == [0, 2, 3]
 
 
-async def test_update_item_replaces_due_time_priority_and_payload(store: Store) -> None:
+async def test_update_item_replaces_due_time_priority_payload_and_event(store: Store) -> None:
     await store.write(lambda tx: tx.enqueue("debounce", "d", NOW + 10, payload={"e": "1"},
-                                            priority_at=NOW - 100))
+                                            priority_at=NOW - 100, event_id="e1"))
     got = await item(store, "d")
-    await store.write(lambda tx: tx.update_item(got.id, NOW + 500, {"e": "2", "first_at": 1}))
+    assert got.event_id == "e1"
+    await store.write(lambda tx: tx.update_item(got.id, NOW + 500, {"e": "2", "first_at": 1},
+                                                event_id="e2"))
     updated = await item(store, "d")
     assert (updated.id, updated.kind, updated.due_at, updated.priority_at, updated.payload) == (
         got.id, "debounce", NOW + 500, NOW + 500, {"e": "2", "first_at": 1})
+    assert updated.event_id == "e2"
 
 
 async def test_delete_item_and_delete_items_of_a_run(store: Store) -> None:

@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 
+from stepwell.core.config import FunctionSpec
 from stepwell.core.models import Event, Memo
-from stepwell.store.base import NewRun, Store, Tx
+from stepwell.runtime.scripts import record_unstarted_run
+from stepwell.store.base import RunRow, Store, Tx
 
 pytestmark = pytest.mark.postgres_strict
 
@@ -112,7 +114,7 @@ async def test_list_events_is_newest_first_by_name_up_to_a_limit(store: Store) -
 
 
 async def test_a_run_round_trips_with_its_fields(store: Store) -> None:
-    new = NewRun("r1", "app/fn", ["e1"], NOW, parent_run_id="p1", parent_step="h1",
+    new = RunRow("r1", "app/fn", ["e1"], NOW, parent_run_id="p1", parent_step="h1",
                  replay_of="r0")
     await store.write(lambda tx: tx.insert_run(new))
     row = await store.read(lambda tx: tx.get_run("r1"))
@@ -125,13 +127,15 @@ async def test_a_run_round_trips_with_its_fields(store: Store) -> None:
     assert await store.read(lambda tx: tx.get_run("nope")) is None
 
 
-async def test_a_run_created_skipped_or_failed_has_ended_when_created(store: Store) -> None:
+async def test_a_run_is_stored_as_given_ended_or_started(store: Store) -> None:
     error = {"name": "RateLimited", "message": "m", "stack": ""}
 
     def script(tx: Tx) -> None:
-        tx.insert_run(NewRun("s", "app/fn", ["e1"], NOW, status="skipped", error=error))
-        tx.insert_run(NewRun("f", "app/fn", ["e1"], NOW, status="failed", error=error))
-        tx.insert_run(NewRun("r", "app/fn", ["e1"], NOW, status="running", started_at=NOW))
+        tx.insert_run(RunRow("s", "app/fn", ["e1"], NOW, status="skipped", ended_at=NOW,
+                             error=error))
+        tx.insert_run(RunRow("f", "app/fn", ["e1"], NOW, status="failed", ended_at=NOW,
+                             error=error))
+        tx.insert_run(RunRow("r", "app/fn", ["e1"], NOW, status="running", started_at=NOW))
 
     await store.write(script)
     rows = {r.id: r for r in await store.read(lambda tx: tx.list_runs())}
@@ -140,13 +144,30 @@ async def test_a_run_created_skipped_or_failed_has_ended_when_created(store: Sto
     assert (rows["r"].status, rows["r"].started_at, rows["r"].ended_at) == ("running", NOW, None)
 
 
+async def test_a_run_created_skipped_or_failed_has_ended_when_created(store: Store) -> None:
+    """The runtime's rule (above the seam): flow control's unstarted runs end at creation."""
+    error = {"name": "RateLimited", "message": "m", "stack": ""}
+    spec = FunctionSpec(app_id="app", id="fn", name="fn", triggers=())
+
+    def script(tx: Tx) -> list[str]:
+        return [record_unstarted_run(tx, spec, [event("e1")], NOW, status, error)
+                for status in ("skipped", "failed")]
+
+    skipped, failed = await store.write(script)
+    rows = {r.id: r for r in await store.read(lambda tx: tx.list_runs())}
+    assert (rows[skipped].status, rows[skipped].ended_at, rows[skipped].error) == (
+        "skipped", NOW, error)
+    assert (rows[failed].status, rows[failed].ended_at, rows[failed].error) == (
+        "failed", NOW, error)
+
+
 async def test_a_batched_run_lists_all_its_events_in_order(store: Store) -> None:
     def script(tx: Tx) -> None:
         for i in ("b", "a", "c"):
             tx.insert_event(event(i), NOW, NOW, True)
-        tx.insert_run(NewRun("batch", "app/fn", ["b", "a", "c"], NOW))
-        tx.insert_run(NewRun("single", "app/fn", ["a"], NOW + 1))
-        tx.insert_run(NewRun("none", "app/cron", [], NOW + 2))
+        tx.insert_run(RunRow("batch", "app/fn", ["b", "a", "c"], NOW))
+        tx.insert_run(RunRow("single", "app/fn", ["a"], NOW + 1))
+        tx.insert_run(RunRow("none", "app/cron", [], NOW + 2))
 
     await store.write(script)
     row = await store.read(lambda tx: tx.get_run("batch"))
@@ -161,7 +182,7 @@ async def test_a_batched_run_lists_all_its_events_in_order(store: Store) -> None
 
 
 async def test_start_run_sets_started_at_once_and_only_while_active(store: Store) -> None:
-    await store.write(lambda tx: tx.insert_run(NewRun("r1", "app/fn", [], NOW)))
+    await store.write(lambda tx: tx.insert_run(RunRow("r1", "app/fn", [], NOW)))
     assert await store.write(lambda tx: tx.start_run("r1", NOW + 1))
     assert await store.write(lambda tx: tx.start_run("r1", NOW + 2))        # still running
     row = await store.read(lambda tx: tx.get_run("r1"))
@@ -175,8 +196,8 @@ async def test_start_run_sets_started_at_once_and_only_while_active(store: Store
 
 async def test_finish_run_is_compare_and_set(store: Store) -> None:
     def script(tx: Tx) -> None:
-        tx.insert_run(NewRun("q", "app/fn", [], NOW))
-        tx.insert_run(NewRun("r", "app/fn", [], NOW, status="running", started_at=NOW))
+        tx.insert_run(RunRow("q", "app/fn", [], NOW))
+        tx.insert_run(RunRow("r", "app/fn", [], NOW, status="running", started_at=NOW))
 
     await store.write(script)
     assert await store.write(lambda tx: tx.finish_run("q", "cancelled", NOW + 1,
@@ -195,7 +216,7 @@ async def test_finish_run_is_compare_and_set(store: Store) -> None:
 
 
 async def test_a_warning_is_added_once(store: Store) -> None:
-    await store.write(lambda tx: tx.insert_run(NewRun("r1", "app/fn", [], NOW)))
+    await store.write(lambda tx: tx.insert_run(RunRow("r1", "app/fn", [], NOW)))
     for text in ("w1", "w2", "w1"):
         await store.write(lambda tx, text=text: tx.add_run_warning("r1", text))
     await store.write(lambda tx: tx.add_run_warning("nope", "w"))       # no run: nothing
@@ -206,10 +227,10 @@ async def test_a_warning_is_added_once(store: Store) -> None:
 
 async def test_list_runs_is_newest_first_filtered_and_limited(store: Store) -> None:
     def script(tx: Tx) -> None:
-        tx.insert_run(NewRun("a", "app/f", ["e1"], NOW))
-        tx.insert_run(NewRun("c", "app/f", ["e1"], NOW + 1))
-        tx.insert_run(NewRun("b", "app/f", ["e2"], NOW + 1))
-        tx.insert_run(NewRun("d", "app/g", ["e1"], NOW + 2, status="skipped"))
+        tx.insert_run(RunRow("a", "app/f", ["e1"], NOW))
+        tx.insert_run(RunRow("c", "app/f", ["e1"], NOW + 1))
+        tx.insert_run(RunRow("b", "app/f", ["e2"], NOW + 1))
+        tx.insert_run(RunRow("d", "app/g", ["e1"], NOW + 2, status="skipped"))
 
     await store.write(script)
 
@@ -237,8 +258,8 @@ async def test_load_run_states_returns_each_run_found_with_events_memos_and_fail
 
     def script(tx: Tx) -> None:
         tx.insert_event(event("e1", v=1), NOW, NOW, True)
-        tx.insert_run(NewRun("r1", "app/fn", ["e1"], NOW))
-        tx.insert_run(NewRun("r2", "app/fn", ["gone"], NOW))
+        tx.insert_run(RunRow("r1", "app/fn", ["e1"], NOW))
+        tx.insert_run(RunRow("r2", "app/fn", ["gone"], NOW))
         for memo in (done, nothing, failed, waiting, sleep):
             tx.insert_memo("r1", memo)
         for attempt in (1, 0):
@@ -271,7 +292,7 @@ async def test_load_run_states_returns_each_run_found_with_events_memos_and_fail
 async def test_a_memo_is_inserted_once_and_never_overwritten(store: Store) -> None:
     first = Memo("h1", "one", "run", 0, data="first", started_at=NOW, ended_at=NOW)
     second = Memo("h1", "one", "run", 0, data="second", started_at=NOW, ended_at=NOW + 5)
-    await store.write(lambda tx: [tx.insert_run(NewRun(r, "app/fn", [], NOW)) for r in "12"])
+    await store.write(lambda tx: [tx.insert_run(RunRow(r, "app/fn", [], NOW)) for r in "12"])
     assert await store.write(lambda tx: tx.insert_memo("1", first))
     # A second worker committing the same step (it lost the lease meanwhile): refused.
     assert not await store.write(lambda tx: tx.insert_memo("1", second))
@@ -284,7 +305,7 @@ async def test_a_memo_is_inserted_once_and_never_overwritten(store: Store) -> No
 
 async def test_resolve_memo_is_compare_and_set_on_a_pending_memo(store: Store) -> None:
     def script(tx: Tx) -> None:
-        tx.insert_run(NewRun("r1", "app/fn", [], NOW))
+        tx.insert_run(RunRow("r1", "app/fn", [], NOW))
         tx.insert_memo("r1", Memo("w", "wait", "wait", 0, due_at=NOW + 60, started_at=NOW,
                                   pending=True))
         tx.insert_memo("r1", Memo("i", "invoke", "invoke", 1, started_at=NOW, pending=True))
@@ -310,7 +331,7 @@ async def test_resolve_memo_is_compare_and_set_on_a_pending_memo(store: Store) -
 
 
 async def test_a_step_failure_is_recorded_once_per_attempt(store: Store) -> None:
-    await store.write(lambda tx: tx.insert_run(NewRun("r1", "app/fn", [], NOW)))
+    await store.write(lambda tx: tx.insert_run(RunRow("r1", "app/fn", [], NOW)))
     for message in ("first", "again"):
         await store.write(lambda tx, m=message: tx.insert_step_failure(
             "r1", "h1", "one", 0, {"message": m}, NOW))

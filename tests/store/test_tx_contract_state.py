@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from stepwell.core.models import Event, Memo
-from stepwell.store.base import NewRun, Store, Tx, WaitRow
+from stepwell.store.base import RunRow, Store, Tx, WaitRow
 
 pytestmark = pytest.mark.postgres_strict
 
@@ -132,18 +132,18 @@ def seed_retention(tx: Tx) -> None:
     for n, status in enumerate(("completed", "failed", "cancelled")):
         run_id = f"old-{status}"
         tx.insert_event(Event("app/e", id=f"ev-{run_id}"), NOW, NOW, True)
-        tx.insert_run(NewRun(run_id, "app/fn", [f"ev-{run_id}"], NOW))
+        tx.insert_run(RunRow(run_id, "app/fn", [f"ev-{run_id}"], NOW))
         tx.finish_run(run_id, status, NOW + 10 + n)
         tx.insert_memo(run_id, memo)
         tx.insert_step_failure(run_id, "h", "s", 0, {"m": 1}, NOW)
         tx.insert_wait(WaitRow(run_id=run_id, kind="cancel", event_name="app/x",
                                expires_at=None))
         tx.enqueue("timeout", f"timeout:{run_id}", NOW, run_id=run_id)
-    tx.insert_run(NewRun("old-skipped", "app/fn", [], NOW, status="skipped"))   # ended NOW
-    tx.insert_run(NewRun("recent", "app/fn", ["ev-recent"], NOW))
+    tx.insert_run(RunRow("old-skipped", "app/fn", [], NOW, status="skipped", ended_at=NOW))
+    tx.insert_run(RunRow("recent", "app/fn", ["ev-recent"], NOW))
     tx.finish_run("recent", "completed", CUTOFF + 1)
-    tx.insert_run(NewRun("active", "app/fn", ["ev-active"], NOW - 100))         # never ended
-    tx.insert_run(NewRun("batched", "app/fn", ["ev-b1", "ev-b2"], NOW))        # still running
+    tx.insert_run(RunRow("active", "app/fn", ["ev-active"], NOW - 100))         # never ended
+    tx.insert_run(RunRow("batched", "app/fn", ["ev-b1", "ev-b2"], NOW))        # still running
     for event_id in ("ev-recent", "ev-active", "ev-b1", "ev-b2", "ev-pending", "ev-debounced",
                      "ev-free-1", "ev-free-2"):
         tx.insert_event(Event("app/e", id=event_id), NOW + len(event_id), NOW, True)
@@ -151,7 +151,7 @@ def seed_retention(tx: Tx) -> None:
     tx.insert_event(Event("app/e", id="ev-new"), CUTOFF + 5, NOW, True)
     tx.add_batch_event("batch:app/fn:k", "ev-pending")
     tx.enqueue("debounce", "debounce:app/fn:k", NOW + 50,
-               payload={"function_id": "app/fn", "event_id": "ev-debounced", "first_at": NOW})
+               payload={"function_id": "app/fn", "first_at": NOW}, event_id="ev-debounced")
     tx.put_flow("rate:old", text="1", expires_at=NOW + 100)       # expired at NOW + 500
     tx.put_flow("rate:later", text="1", expires_at=NOW + 900)
     tx.put_flow("single:forever", text="x")
@@ -216,7 +216,7 @@ async def test_one_failing_script_in_a_group_fails_alone(store: Store) -> None:
         def run(tx: Tx) -> int:
             with lock:
                 calls[f"s{n}"] = calls.get(f"s{n}", 0) + 1
-            tx.insert_run(NewRun(f"r{n}", "app/fn", [], NOW))
+            tx.insert_run(RunRow(f"r{n}", "app/fn", [], NOW))
             tx.insert_memo(f"r{n}", Memo("h", "s", "run", 0, data=n, started_at=NOW,
                                          ended_at=NOW))
             if n == 2:

@@ -24,6 +24,19 @@ from stepwell.core.flow import (
     throttle_gcra,
 )
 from stepwell.core.models import EVENT_DEDUPE_WINDOW_MS, INPUT_PREFIX, Event, Memo
+from stepwell.core.queue import (
+    BATCH,
+    DEBOUNCE,
+    ROUTE,
+    batch_key,
+    concurrency_key,
+    debounce_key,
+    idempotency_key,
+    rate_limit_key,
+    route_key,
+    singleton_key,
+    throttle_key,
+)
 from stepwell.core.routing import event_match_keys, match_key, path_value
 from stepwell.runtime.scripts import (
     Admission,
@@ -66,7 +79,7 @@ def defer_events(tx: Tx, events: list[Event], now: int) -> None:
     stored = [e.id for e in events
               if tx.insert_event(e, now, now - EVENT_DEDUPE_WINDOW_MS, processed=False)]
     if stored:
-        tx.enqueue("route", f"route:{stored[0]}", now, payload={"events": stored})
+        tx.enqueue(ROUTE, route_key(stored[0]), now, payload={"events": stored})
 
 
 def route_deferred(tx: Tx, item: QueueItem, owner: str, now: int, routing: Routing,
@@ -132,7 +145,8 @@ def admit(tx: Tx, spec: FunctionSpec, event: Event, now: int, place: Placement,
                 _collect_batch(tx, spec, event, now, place, effects, routing)
                 return
         if spec.idempotency is not None:
-            key = f"idem:{qid}:{evaluate_key(spec.idempotency, payload, option='idempotency')}"
+            key = idempotency_key(
+                qid, evaluate_key(spec.idempotency, payload, option="idempotency"))
             state = tx.get_flow(key)
             if state is not None and state[1] is not None and state[1] > now:
                 _skip(tx, spec, [event], now, "Idempotent",
@@ -142,7 +156,7 @@ def admit(tx: Tx, spec: FunctionSpec, event: Event, now: int, place: Placement,
             tx.put_flow(key, expires_at=now + IDEMPOTENCY_WINDOW_MS)
         if spec.rate_limit is not None:
             rl = spec.rate_limit
-            key = f"rate:{qid}:{evaluate_key(rl.key, payload, option='rate_limit')}"
+            key = rate_limit_key(qid, evaluate_key(rl.key, payload, option="rate_limit"))
             state = tx.get_flow(key)
             gcra = rate_limit_gcra(rl.limit, rl.period_ms)
             allowed, tat = gcra.allows(gcra_state(state), now)
@@ -170,7 +184,7 @@ def start_run(tx: Tx, spec: FunctionSpec, events: list[Event], now: int, place: 
     try:
         if spec.singleton is not None:
             single = spec.singleton
-            key = f"single:{qid}:{evaluate_key(single.key, payload, option='singleton')}"
+            key = singleton_key(qid, evaluate_key(single.key, payload, option="singleton"))
             state = tx.get_flow(key)
             holder = None if state is None else state[0]
             active = holder is not None and (run := tx.get_run(holder)) is not None and (
@@ -185,7 +199,7 @@ def start_run(tx: Tx, spec: FunctionSpec, events: list[Event], now: int, place: 
             tx.put_flow(key, text=admission.run_id)
         if spec.throttle is not None:
             th = spec.throttle
-            key = f"throttle:{qid}:{evaluate_key(th.key, payload, option='throttle')}"
+            key = throttle_key(qid, evaluate_key(th.key, payload, option="throttle"))
             state = tx.get_flow(key)
             gcra = throttle_gcra(th.limit, th.period_ms, th.burst)
             start, tat = gcra.schedule(gcra_state(state), now)
@@ -195,7 +209,7 @@ def start_run(tx: Tx, spec: FunctionSpec, events: list[Event], now: int, place: 
         for limit in spec.concurrency:
             value = evaluate_key(limit.key, payload, option="concurrency")
             scope = {"fn": qid, "env": "env", "account": "account"}[limit.scope]
-            admission.concurrency.append((f"c:{scope}:{value}", limit.limit))
+            admission.concurrency.append((concurrency_key(scope, value), limit.limit))
     except FlowKeyError as exc:
         _key_failed(tx, spec, events, now, exc)
         return None
@@ -257,13 +271,13 @@ def _collect_batch(tx: Tx, spec: FunctionSpec, event: Event, now: int, place: Pl
                    effects: Effects, routing: Routing) -> None:
     batch = spec.batch
     assert batch is not None
-    key = (f"batch:{id_for_key(spec.qualified_id)}:"
-           f"{evaluate_key(batch.key, event.to_dict(), option='batch')}")
+    key = batch_key(id_for_key(spec.qualified_id),
+                    evaluate_key(batch.key, event.to_dict(), option="batch"))
     size = tx.add_batch_event(key, event.id)
     if batch_is_full(size, batch.max_size):
         flush_batch(tx, spec, key, now, place, effects, routing)
     elif size == 1:
-        tx.enqueue("batch", key, now + batch.timeout_ms,
+        tx.enqueue(BATCH, key, now + batch.timeout_ms,
                    payload={"function_id": spec.qualified_id})
 
 
@@ -281,20 +295,21 @@ def flush_batch(tx: Tx, spec: FunctionSpec, key: str, now: int, place: Placement
 def _debounce(tx: Tx, spec: FunctionSpec, event: Event, now: int) -> None:
     debounce = spec.debounce
     assert debounce is not None
-    key = (f"debounce:{id_for_key(spec.qualified_id)}:"
-           f"{evaluate_key(debounce.key, event.to_dict(), option='debounce')}")
+    key = debounce_key(id_for_key(spec.qualified_id),
+                       evaluate_key(debounce.key, event.to_dict(), option="debounce"))
     item = tx.get_item(key)
+    # The window's latest event is the item's `event_id` (the column keeps it from pruning).
     if item is None:
-        tx.enqueue("debounce", key, debounce_due(now, now, debounce.period_ms,
-                                                 debounce.timeout_ms),
-                   payload={"function_id": spec.qualified_id, "event_id": event.id,
-                            "first_at": now})
+        tx.enqueue(DEBOUNCE, key, debounce_due(now, now, debounce.period_ms,
+                                               debounce.timeout_ms),
+                   payload={"function_id": spec.qualified_id, "first_at": now},
+                   event_id=event.id)
         return
     payload: dict[str, Any] = dict(item.payload or {})
+    payload.pop("event_id", None)       # where stepwell before schema v10 kept it
     due = debounce_due(now, int(payload.get("first_at", now)), debounce.period_ms,
                        debounce.timeout_ms)
-    payload["event_id"] = event.id
-    tx.update_item(item.id, due, payload)
+    tx.update_item(item.id, due, payload, event_id=event.id)
 
 
 def fire_debounce(tx: Tx, spec: FunctionSpec, item: QueueItem, owner: str, now: int,
@@ -308,7 +323,7 @@ def fire_debounce(tx: Tx, spec: FunctionSpec, item: QueueItem, owner: str, now: 
         tx.release_item(item.id, owner, current.due_at, now)
         return
     tx.release_item(item.id, owner, None, now)
-    events = tx.get_events([str((current.payload or {}).get("event_id", ""))])
+    events = tx.get_events([current.event_id or ""])
     if events:
         start_run(tx, spec, events, now, place, effects, routing=routing)
 

@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING
 
 from stepwell.core.config import CronTrigger, FunctionSpec
 from stepwell.core.models import SCHEDULED_TIMER, Event
+from stepwell.core.queue import BATCH, CRON, DEBOUNCE, EXEC, ROUTE, TIMEOUT
 from stepwell.runtime import admission, faults, scripts
 from stepwell.runtime.remote import RemoteExecutor, RemoteFunction
 from stepwell.runtime.scripts import Dispatch, Effects, Placement
 from stepwell.runtime.session import RunSession
-from stepwell.store.base import QueueItem, RunRow, RunState, Tx
+from stepwell.store.base import QueueItem, RunState, Tx
 
 if TYPE_CHECKING:
     from stepwell.runtime.engine import Engine
@@ -28,7 +29,7 @@ async def handle(engine: Engine, item: QueueItem,
     """Act on one claimed item. `states`: the claimed runs' states, loaded in one read."""
     # An item leased ahead of its instant (a timer) is loaded now and acted on at due_at.
     not_before = item.due_at if item.due_at > engine.clock.now() else None
-    if item.kind == "exec" and item.run_id is not None and states is not None:
+    if item.kind == EXEC and item.run_id is not None and states is not None:
         run_id = item.run_id
         try:
             loaded = (await asyncio.shield(states)).get(run_id)
@@ -45,13 +46,13 @@ async def handle(engine: Engine, item: QueueItem,
     try:
         if not_before is not None:
             await engine.park_until(not_before)
-        if item.kind == "cron":
+        if item.kind == CRON:
             await fire_cron(engine, item)
-        elif item.kind == "timeout":
+        elif item.kind == TIMEOUT:
             await fire_timeout(engine, item)
-        elif item.kind in ("batch", "debounce"):
+        elif item.kind in (BATCH, DEBOUNCE):
             await fire_flow(engine, item)
-        elif item.kind == "route":
+        elif item.kind == ROUTE:
             owner, now, routing = engine.owner, engine.clock.now(), engine.routing
             await engine.commit(lambda tx, place, effects: admission.route_deferred(
                 tx, item, owner, now, routing, place, effects))
@@ -72,13 +73,10 @@ async def run_dispatch(engine: Engine, dispatch: Dispatch) -> None:
     """A run this process leased inside a script: a new run (its state is at hand) or one an
     event, an invoke or a timeout just resumed."""
     if dispatch.new_run is not None:
-        new = dispatch.new_run
-        row = RunRow(new.id, new.function_id, new.status, new.event_ids, new.created_at,
-                     new.started_at, None, None, None, [], new.parent_run_id,
-                     new.parent_step, new.replay_of)
-        # A new run leased here by create_run never has concurrency keys.
-        await execute(engine, dispatch.item_id, RunState(row, dispatch.events), started=True,
-                      may_park=True)
+        # The row just inserted is the run's state; a new run leased here by create_run never
+        # has concurrency keys.
+        await execute(engine, dispatch.item_id, RunState(dispatch.new_run, dispatch.events),
+                      started=True, may_park=True)
         return
     try:
         state = await engine.store.read(lambda tx: tx.load_run_state(dispatch.run_id))
@@ -192,7 +190,7 @@ async def fire_flow(engine: Engine, item: QueueItem) -> None:
     spec, owner, now, routing = fn.spec, engine.owner, engine.clock.now(), engine.routing
 
     def script(tx: Tx, place: Placement, effects: Effects) -> None:
-        if item.kind == "batch":
+        if item.kind == BATCH:
             admission.flush_batch(tx, spec, item.unique_key, now, place, effects, routing)
         else:
             admission.fire_debounce(tx, spec, item, owner, now, place, effects, routing)

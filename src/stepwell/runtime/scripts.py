@@ -24,8 +24,9 @@ from stepwell.core.models import (
     RunStatus,
     is_lifecycle_event,
 )
+from stepwell.core.queue import EXEC, TIMEOUT, exec_key, timeout_key
 from stepwell.core.routing import Router, match_key, path_value
-from stepwell.store.base import NewRun, RunRow, Tx, WaitRow
+from stepwell.store.base import RunRow, Tx, WaitRow
 
 
 def new_id() -> str:
@@ -42,7 +43,7 @@ class Dispatch:
 
     item_id: int
     run_id: str
-    new_run: NewRun | None = None          # set when the run was just created (nothing to load)
+    new_run: RunRow | None = None          # set when the run was just created (nothing to load)
     events: list[Event] = field(default_factory=list)
 
 
@@ -82,7 +83,7 @@ def enqueue_exec(tx: Tx, run_id: str, due_at: int, place: Placement, effects: Ef
     """Queue the run to execute at `due_at`; if it is due now and this process has room, lease
     it to this process right away (no polling round trip)."""
     owner = place.take() if due_at <= place.now else None
-    leased = tx.enqueue("exec", f"exec:{run_id}", due_at, run_id=run_id, owner=owner,
+    leased = tx.enqueue(EXEC, exec_key(run_id), due_at, run_id=run_id, owner=owner,
                         lease_until=place.lease_until if owner else None)
     if leased is not None:
         effects.dispatch.append(Dispatch(leased, run_id))
@@ -123,7 +124,7 @@ def create_run(tx: Tx, spec: FunctionSpec, events: list[Event], now: int, place:
     whose claim order (priority, then age) keeps limited keys FIFO."""
     adm = admission or Admission(now, now)
     owner = place.take() if adm.due_at <= now and not adm.concurrency else None
-    run = NewRun(adm.run_id, spec.qualified_id, [e.id for e in events], now,
+    run = RunRow(adm.run_id, spec.qualified_id, [e.id for e in events], now,
                  parent_run_id=parent[0] if parent else None,
                  parent_step=parent[1] if parent else None, replay_of=replay_of)
     if owner is not None:
@@ -131,7 +132,7 @@ def create_run(tx: Tx, spec: FunctionSpec, events: list[Event], now: int, place:
         run.status, run.started_at = "running", now
     tx.insert_run(run)
     effects.runs_created += 1
-    item = tx.enqueue("exec", f"exec:{run.id}", adm.due_at, run_id=run.id, owner=owner,
+    item = tx.enqueue(EXEC, exec_key(run.id), adm.due_at, run_id=run.id, owner=owner,
                       lease_until=place.lease_until if owner else None,
                       priority_at=adm.priority_at, concurrency=adm.concurrency)
     if owner is not None and item is not None:
@@ -144,7 +145,7 @@ def create_run(tx: Tx, spec: FunctionSpec, events: list[Event], now: int, place:
         if adm.due_at <= now:
             effects.wake = True
         if spec.timeout_start_ms is not None:
-            tx.enqueue("timeout", f"timeout:{run.id}:start", now + spec.timeout_start_ms,
+            tx.enqueue(TIMEOUT, timeout_key(run.id, "start"), now + spec.timeout_start_ms,
                        run_id=run.id,
                        payload={"which": "start", "after_ms": spec.timeout_start_ms})
     first = events[0].to_dict()
@@ -160,15 +161,16 @@ def create_run(tx: Tx, spec: FunctionSpec, events: list[Event], now: int, place:
 
 def record_unstarted_run(tx: Tx, spec: FunctionSpec, events: list[Event], now: int,
                          status: RunStatus, error: dict[str, Any]) -> str:
-    """A run that flow control refused (skipped) or could not place (failed), kept visible."""
-    run = NewRun(new_id(), spec.qualified_id, [e.id for e in events], now, status=status,
-                 error=error)
+    """A run that flow control refused (skipped) or could not place (failed), kept visible: it
+    ended when it was created (so retention counts its age from then)."""
+    run = RunRow(new_id(), spec.qualified_id, [e.id for e in events], now, status=status,
+                 ended_at=now, error=error)
     tx.insert_run(run)
     return run.id
 
 
 def schedule_finish_timeout(tx: Tx, run_id: str, started_at: int, finish_ms: int) -> None:
-    tx.enqueue("timeout", f"timeout:{run_id}:finish", started_at + finish_ms, run_id=run_id,
+    tx.enqueue(TIMEOUT, timeout_key(run_id, "finish"), started_at + finish_ms, run_id=run_id,
                payload={"which": "finish", "after_ms": finish_ms})
 
 

@@ -24,34 +24,27 @@ R = TypeVar("R")
 
 
 @dataclass(slots=True)
-class NewRun:
+class RunRow:
+    """A run as stored: the one shape of a run below the public `Run` view, for a run being
+    created (`insert_run` writes every field as given) and for one read back.
+
+    The public `stepwell.Run` stays a separate class: it is the documented API (with the run's
+    steps and its first event as `event_id`), built from this row by `runtime.views`.
+    """
+
     id: str
     function_id: str
     event_ids: list[str]
     created_at: int
     status: RunStatus = "queued"
     started_at: int | None = None
+    ended_at: int | None = None
+    output: Any = None
+    error: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
     parent_run_id: str | None = None
     parent_step: str | None = None          # hashed step id in the parent (invoke)
-    error: dict[str, Any] | None = None     # for runs created already `skipped`
     replay_of: str | None = None            # the run this one replays
-
-
-@dataclass(slots=True)
-class RunRow:
-    id: str
-    function_id: str
-    status: RunStatus
-    event_ids: list[str]
-    created_at: int
-    started_at: int | None
-    ended_at: int | None
-    output: Any
-    error: dict[str, Any] | None
-    warnings: list[str]
-    parent_run_id: str | None
-    parent_step: str | None
-    replay_of: str | None = None
 
 
 @dataclass(slots=True)
@@ -60,7 +53,9 @@ class QueueItem:
 
     Kinds: `exec` (run or resume a run; key `exec:<run>`), `cron` (fire a schedule; key
     `cron:<fn>:<n>`), `timeout` (enforce `timeouts.finish` / `start`; key `timeout:<run>:<which>`),
-    `route` (route events a process without functions stored; key `route:<first event>`).
+    `route` (route events a process without functions stored; key `route:<first event>`),
+    `batch` and `debounce` (a flow-control window; see `core.queue` for every kind and key).
+    `event_id`: the event the item holds back (a debounce's latest), kept from pruning.
     """
 
     id: int
@@ -72,6 +67,7 @@ class QueueItem:
     priority_at: int = 0
     concurrency: list[tuple[str, int]] = field(default_factory=list)   # (key, limit) held
     owner: str | None = None
+    event_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -135,9 +131,10 @@ class Tx(Protocol):
         the time it was received."""
 
     # --- runs ----------------------------------------------------------------------------
-    def insert_run(self, run: NewRun) -> None:
-        """Insert a new run (its id is new: ids are ULIDs). A run created `skipped` or
-        `failed` (flow control refused or could not place it) has ended when created."""
+    def insert_run(self, run: RunRow) -> None:
+        """Insert a new run (its id is new: ids are ULIDs), every field as given (a run created
+        `skipped` comes with its `ended_at`: the runtime decides that, see
+        `scripts.record_unstarted_run`); a batched run is found by each of its events."""
 
     def start_run(self, run_id: str, now: int) -> bool:
         """queued/running -> running (sets started_at once); False if no longer active."""
@@ -187,15 +184,18 @@ class Tx(Protocol):
     def enqueue(self, kind: str, unique_key: str, due_at: int, *, run_id: str | None = None,
                 payload: dict[str, Any] | None = None, owner: str | None = None,
                 lease_until: int | None = None, priority_at: int | None = None,
-                concurrency: Sequence[tuple[str, int]] = ()) -> int | None:
+                concurrency: Sequence[tuple[str, int]] = (),
+                event_id: str | None = None) -> int | None:
         """Insert, or for an existing key move its due time earlier and, if it is leased, flag it
         to run again when its holder releases it. Returns the id if this call leased it to
         `owner`, else None; an existing item with concurrency keys is never leased here (it
         must be claimed, which checks its slots). `priority_at` orders ready items (default:
         `due_at`); `concurrency` lists the (key, limit) slots the item holds while leased.
 
-        An existing item keeps its id, kind, run and payload; its due time and priority only
-        move earlier; a blocked one stays blocked (unleased); its timer flag is cleared."""
+        An existing item keeps its id, kind, run, payload and event; its due time and priority
+        only move earlier; a blocked one stays blocked (unleased); its timer flag is cleared.
+        The rule is `store.queue_rules.merge_enqueue` (the SQL is generated next to it).
+        `event_id`: an event the item holds back (kept from `prune` while the item exists)."""
 
     def claim_due(self, now: int, owner: str, lease_until: int, limit: int) -> list[QueueItem]:
         """Lease up to `limit` ready items (free, unblocked, due by `now`) to `owner` until
@@ -233,8 +233,10 @@ class Tx(Protocol):
         """Delete an item whoever holds it; slots it held are freed (waking as
         `release_item` does)."""
 
-    def update_item(self, item_id: int, due_at: int, payload: dict[str, Any]) -> None:
-        """Set an item's due time (and priority, to the same) and replace its payload."""
+    def update_item(self, item_id: int, due_at: int, payload: dict[str, Any],
+                    event_id: str | None = None) -> None:
+        """Set an item's due time (and priority, to the same) and replace its payload and the
+        event it holds back."""
 
     def get_flow(self, key: str) -> tuple[str | None, int | None] | None:
         """Flow-control state stored under a key: (value, expiry), or None. In a write, the
@@ -293,9 +295,10 @@ class Tx(Protocol):
     # --- retention -------------------------------------------------------------------------------
     def prune(self, ended_before: int, now: int, limit: int) -> tuple[int, int, int]:
         """Delete up to `limit` finished runs that ended before `ended_before` (with their
-        steps), up to `limit` processed events received before it that no run, batch or
-        debounce still refers to, and up to `limit` expired flow-control entries. Returns the
-        three counts. Safe to run from several processes at once."""
+        steps), up to `limit` processed events received before it that no run, batch or queue
+        item (`QueueItem.event_id`: a debounce's event) still refers to, and up to `limit`
+        expired flow-control entries. Returns the three counts. Safe to run from several
+        processes at once."""
 
     # --- apps (official-SDK apps) ---------------------------------------------------------------
     def save_app(self, app_id: str, url: str, config: dict[str, Any], checksum: str,

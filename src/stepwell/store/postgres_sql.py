@@ -29,6 +29,9 @@ from typing import Any
 
 import psycopg
 
+from stepwell.store.queue_rules import POSTGRES, rearm_set
+from stepwell.store.rows import FAILURES, MEMOS, QUEUE, RUNS, WAITS, Columns, events_table, names
+
 Row = tuple[Any, ...]
 Conn = psycopg.Connection[Row]
 Cursor = psycopg.Cursor[Row]
@@ -63,56 +66,45 @@ def _arrays(*types: str) -> str:
     return ", ".join(f"%s::{t}[]" for t in types)
 
 
+def _insert(table: str, columns: Columns) -> str:
+    """Insert one row per array element; the columns and their types are `rows`'."""
+    return (f"INSERT INTO {table} ({names(columns)}) "
+            f"SELECT * FROM unnest({_arrays(*(t for _, t in columns))})")
+
+
 # In flush order: for one table, the order the hot scripts perform these operations in (a lease
 # is renewed before the item is released or deleted; a memo is inserted before it is resolved).
 KINDS: list[Bulk] = [
     # New events only (a duplicate id is not inserted, and the strict re-run applies the
     # de-duplication window to it).
     Bulk("event", "events",
-         "INSERT INTO events (id, name, data, user_data, ts, received_at, processed) "
-         "SELECT * FROM unnest("
-         + _arrays("text", "text", "text", "text", "bigint", "bigint", "boolean")
-         + ") ON CONFLICT (id) DO NOTHING RETURNING id", check=True),
+         _insert("events", events_table("user_data"))
+         + " ON CONFLICT (id) DO NOTHING RETURNING id", check=True),
     Bulk("lease", "queue",
          "UPDATE queue SET lease_until = v.until "
          f"FROM unnest({_arrays('bigint', 'text', 'bigint')}) AS v(id, owner, until) "
          "WHERE queue.id = v.id AND queue.owner = v.owner RETURNING queue.id", check=True),
-    Bulk("run", "runs",
-         "INSERT INTO runs (id, function_id, status, event_id, event_ids, created_at, "
-         "started_at, parent_run_id, parent_step, error, ended_at, replay_of) "
-         "SELECT * FROM unnest("
-         + _arrays("text", "text", "text", "text", "text", "bigint", "bigint", "text", "text",
-                   "text", "bigint", "text") + ")"),
+    Bulk("run", "runs", _insert("runs", RUNS)),
     Bulk("new_item", "queue",
-         "INSERT INTO queue (id, unique_key, kind, run_id, due_at, payload, owner, lease_until, "
-         "priority_at, ck1, cl1, ck2, cl2) OVERRIDING SYSTEM VALUE SELECT * FROM unnest("
-         + _arrays("bigint", "text", "text", "text", "bigint", "text", "text", "bigint",
-                   "bigint", "text", "int", "text", "int")
-         + ") ON CONFLICT (unique_key) DO NOTHING RETURNING id", check=True),
+         _insert("queue", (("id", "bigint"), *QUEUE)).replace(
+             ") SELECT", ") OVERRIDING SYSTEM VALUE SELECT", 1)
+         + " ON CONFLICT (unique_key) DO NOTHING RETURNING id", check=True),
     Bulk("start", "runs",
          "UPDATE runs SET status = 'running', started_at = coalesce(runs.started_at, v.now) "
          f"FROM unnest({_arrays('text', 'bigint')}) AS v(id, now) "
          "WHERE runs.id = v.id AND runs.status IN ('queued', 'running') RETURNING runs.id",
          check=True),
     Bulk("memo", "memos",
-         "INSERT INTO memos (run_id, hash, step_id, kind, seq, outcome, fingerprint, due_at, "
-         "attempts, started_at, ended_at) SELECT * FROM unnest("
-         + _arrays("text", "text", "text", "text", "int", "text", "text", "bigint", "int",
-                   "bigint", "bigint")
-         + ") ON CONFLICT DO NOTHING RETURNING run_id, hash", check=True, keys=2),
+         _insert("memos", MEMOS) + " ON CONFLICT DO NOTHING RETURNING run_id, hash",
+         check=True, keys=2),
     Bulk("resolve", "memos",
          "UPDATE memos SET outcome = v.outcome, ended_at = v.now "
          f"FROM unnest({_arrays('text', 'text', 'text', 'bigint')}) AS v(run_id, hash, "
          "outcome, now) WHERE memos.run_id = v.run_id AND memos.hash = v.hash "
          "AND memos.outcome IS NULL RETURNING memos.run_id, memos.hash", check=True, keys=2),
     Bulk("failure", "step_failures",
-         "INSERT INTO step_failures (run_id, hash, step_id, attempt, error, at) "
-         f"SELECT * FROM unnest({_arrays('text', 'text', 'text', 'int', 'text', 'bigint')}) "
-         "ON CONFLICT DO NOTHING"),
-    Bulk("wait", "waits",
-         "INSERT INTO waits (run_id, kind, step_hash, event_name, match_key, expr, event_ctx, "
-         "expires_at) SELECT * FROM unnest("
-         + _arrays("text", "text", "text", "text", "text", "text", "text", "bigint") + ")"),
+         _insert("step_failures", FAILURES) + " ON CONFLICT DO NOTHING"),
+    Bulk("wait", "waits", _insert("waits", WAITS)),
     Bulk("take_wait", "waits",
          f"DELETE FROM waits WHERE id = ANY({_arrays('bigint')}) RETURNING id", check=True),
     Bulk("finish", "runs",
@@ -127,12 +119,8 @@ KINDS: list[Bulk] = [
          "WHERE queue.id = v.id AND queue.owner = v.owner AND NOT queue.rerun "
          "RETURNING queue.id, queue.ck1, queue.ck2, queue.owner", check=True, wake=True),
     Bulk("rearm", "queue",
-         "UPDATE queue SET owner = NULL, lease_until = NULL, "
-         "due_at = CASE WHEN queue.rerun THEN least(v.due, v.now) ELSE v.due END, "
-         "priority_at = CASE WHEN queue.rerun THEN least(v.due, v.now) ELSE v.due END, "
-         "timer = (v.timer AND NOT queue.rerun AND queue.kind = 'exec' "
-         "AND queue.ck1 IS NULL AND queue.ck2 IS NULL), "
-         "rerun = false FROM unnest(" + _arrays("bigint", "text", "bigint", "bigint", "boolean")
+         f"UPDATE queue SET {rearm_set(POSTGRES, due='v.due', now='v.now', timer='v.timer')} "
+         "FROM unnest(" + _arrays("bigint", "text", "bigint", "bigint", "boolean")
          + ") AS v(id, owner, due, now, timer) WHERE queue.id = v.id AND queue.owner = v.owner "
          "RETURNING queue.id, queue.ck1, queue.ck2, v.owner", check=True, wake=True),
     Bulk("drop_items", "queue",

@@ -24,20 +24,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from stepwell.core.models import Event, Memo, RunStatus
-from stepwell.store.base import NewRun, QueueItem, RunRow, RunState, WaitRow
+from stepwell.store import rows as r
+from stepwell.store.base import QueueItem, RunRow, RunState, WaitRow
 from stepwell.store.codec import dumps, loads
-from stepwell.store.postgres_rows import (
-    EVENT_COLUMNS,
-    QUEUE_COLUMNS,
-    RUN_COLUMNS,
-    RUN_STATE_SQL,
-    TIMER,
-    UPSERT,
-    event_row,
-    queue_item,
-    run_row,
-    run_state,
-)
+from stepwell.store.postgres_rows import EVENT_COLUMNS, RUN_STATE_SQL, run_state
 from stepwell.store.postgres_sql import (
     WORK_CHANNEL,
     Conn,
@@ -46,8 +36,32 @@ from stepwell.store.postgres_sql import (
     Row,
     WriterState,
 )
+from stepwell.store.queue_rules import (
+    CLAIM_ORDER,
+    POSTGRES,
+    TIMER_ORDER,
+    WAKE_ORDER,
+    claim_key,
+    rearm_set,
+    timer_key,
+    upsert_sql,
+)
 
 __all__ = ["WORK_CHANNEL", "Conn", "Misprediction", "PostgresTx", "WriterState"]
+
+
+def _marks(n: int) -> str:
+    return ", ".join(["%s"] * n)
+
+
+_RUN_INSERT = f"INSERT INTO runs ({r.RUN_COLUMNS}) VALUES ({_marks(r.RUN_WIDTH)})"
+_MEMO_INSERT = (f"INSERT INTO memos ({r.names(r.MEMOS)}) VALUES ({_marks(len(r.MEMOS))}) "
+                "ON CONFLICT DO NOTHING")
+_ENQUEUE = (f"INSERT INTO queue ({r.names(r.QUEUE)}) VALUES ({_marks(len(r.QUEUE))}) "
+            + upsert_sql(POSTGRES))
+_REARM = ("UPDATE queue SET " + rearm_set(POSTGRES, due="%s::bigint", now="%s::bigint",
+                                          timer="%s::boolean")
+          + " WHERE id=%s AND owner=%s RETURNING ck1, ck2, %s::text")
 
 class PostgresTx(Pipe):
     """`Tx` over one connection in pipeline mode, inside an open transaction."""
@@ -55,19 +69,16 @@ class PostgresTx(Pipe):
     # --- events ------------------------------------------------------------------------------
     def insert_event(self, event: Event, received_at: int, dedupe_after: int,
                      processed: bool) -> bool:
-        data, user = dumps(event.data), dumps(event.user) if event.user else None
+        row = r.event_values(event, received_at, processed)
         if self.optimistic:
-            self._buffer("event", (event.id, event.name, data, user, event.ts, received_at,
-                                   processed))
+            self._buffer("event", row)
             return True
         return self._count(
             "INSERT INTO events (id, name, data, user_data, ts, received_at, processed) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
             "name=excluded.name, data=excluded.data, user_data=excluded.user_data, "
             "ts=excluded.ts, received_at=excluded.received_at, processed=excluded.processed "
-            "WHERE events.received_at <= %s",
-            (event.id, event.name, data, user, event.ts, received_at, processed, dedupe_after),
-            tables=("events",)) == 1
+            "WHERE events.received_at <= %s", (*row, dedupe_after), tables=("events",)) == 1
 
     def mark_event_processed(self, event_id: str) -> bool:
         return self._affects_one("UPDATE events SET processed=true WHERE id=%s AND NOT processed",
@@ -77,14 +88,14 @@ class PostgresTx(Pipe):
         rows = self._rows(
             f"SELECT {EVENT_COLUMNS} FROM events WHERE NOT processed AND received_at < %s "
             "ORDER BY received_at LIMIT %s", (received_before, limit), tables=("events",))
-        return [event_row(r) for r in rows]
+        return [r.event_from_row(row) for row in rows]
 
     def get_events(self, ids: Sequence[str]) -> list[Event]:
         if not ids:
             return []
         rows = self._rows(f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ANY(%s)",
                           (list(ids),), tables=("events",))
-        by_id = {r[0]: event_row(r) for r in rows}
+        by_id = {row[0]: r.event_from_row(row) for row in rows}
         return [by_id[i] for i in ids if i in by_id]
 
     def list_events(self, name: str | None, limit: int) -> list[tuple[Event, int]]:
@@ -92,23 +103,17 @@ class PostgresTx(Pipe):
         rows = self._rows(f"SELECT {EVENT_COLUMNS}, received_at FROM events {where}"
                           "ORDER BY received_at DESC LIMIT %s", (*args, limit),
                           tables=("events",))
-        return [(event_row(r), r[5]) for r in rows]
+        return [(r.event_from_row(row), row[5]) for row in rows]
 
     # --- runs --------------------------------------------------------------------------------
-    def insert_run(self, run: NewRun) -> None:
-        batched = len(run.event_ids) > 1
-        row = (run.id, run.function_id, run.status, run.event_ids[0] if run.event_ids else None,
-               dumps(run.event_ids) if batched else None, run.created_at, run.started_at,
-               run.parent_run_id, run.parent_step, dumps(run.error) if run.error else None,
-               run.created_at if run.status in ("skipped", "failed") else None, run.replay_of)
+    def insert_run(self, run: RunRow) -> None:
+        row = r.run_values(run)
         if self.optimistic:
             self._buffer("run", row)
             self.new_runs.add(run.id)
         else:
-            self._send("INSERT INTO runs (id, function_id, status, event_id, event_ids, "
-                       "created_at, started_at, parent_run_id, parent_step, error, ended_at, "
-                       "replay_of) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", row)
-        if batched:
+            self._send(_RUN_INSERT, row)
+        if len(run.event_ids) > 1:
             self._send("INSERT INTO run_events (event_id, run_id) "
                        "SELECT e, %s FROM unnest(%s::text[]) AS e ON CONFLICT DO NOTHING",
                        (run.id, run.event_ids), tables=("run_events",))
@@ -143,9 +148,9 @@ class PostgresTx(Pipe):
             self._send("UPDATE runs SET warnings=%s WHERE id=%s", (dumps(warnings), run_id))
 
     def get_run(self, run_id: str) -> RunRow | None:
-        row = self._one(f"SELECT {RUN_COLUMNS} FROM runs WHERE id=%s", (run_id,),
+        row = self._one(f"SELECT {r.RUN_COLUMNS} FROM runs WHERE id=%s", (run_id,),
                         tables=("runs",))
-        return None if row is None else run_row(row)
+        return None if row is None else r.run_from_row(row)
 
     def list_runs(self, *, event_id: str | None = None, function_id: str | None = None,
                   status: str | None = None, limit: int = 100) -> list[RunRow]:
@@ -155,7 +160,7 @@ class PostgresTx(Pipe):
             if value is not None:
                 where.append(f"runs.{column} = %s")
                 args.append(value)
-        columns = ", ".join(f"runs.{c.strip()}" for c in RUN_COLUMNS.split(","))
+        columns = r.names(r.RUNS, "runs.")
         if event_id is None:
             branches = [("runs", where, args)]
         else:
@@ -175,7 +180,7 @@ class PostgresTx(Pipe):
                      + " ORDER BY created_at DESC, id DESC LIMIT %s"]
             values.append(limit)
         rows = self._rows(parts[0], values, tables=("runs", "run_events"))
-        return [run_row(r) for r in rows]
+        return [r.run_from_row(row) for row in rows]
 
     def load_run_state(self, run_id: str) -> RunState | None:
         return self.load_run_states([run_id]).get(run_id)
@@ -189,18 +194,11 @@ class PostgresTx(Pipe):
 
     # --- steps -------------------------------------------------------------------------------
     def insert_memo(self, run_id: str, memo: Memo) -> bool:
-        outcome = None if memo.pending else (
-            {"error": memo.error} if memo.error is not None else {"data": memo.data})
-        row = (run_id, memo.hash, memo.step_id, memo.kind, memo.seq,
-               None if outcome is None else dumps(outcome), memo.fingerprint, memo.due_at,
-               memo.attempts, memo.started_at, memo.ended_at)
+        row = r.memo_values(run_id, memo)
         if self.optimistic:
             self._buffer("memo", row)
             return True
-        return self._count(
-            "INSERT INTO memos (run_id, hash, step_id, kind, seq, outcome, fingerprint, due_at, "
-            "attempts, started_at, ended_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-            "ON CONFLICT DO NOTHING", row) == 1
+        return self._count(_MEMO_INSERT, row) == 1
 
     def resolve_memo(self, run_id: str, step_hash: str, outcome: dict[str, Any],
                      now: int) -> bool:
@@ -214,22 +212,21 @@ class PostgresTx(Pipe):
 
     def insert_step_failure(self, run_id: str, step_hash: str, step_id: str, attempt: int,
                             error: dict[str, Any], at: int) -> None:
-        row = (run_id, step_hash, step_id, attempt, dumps(error), at)
+        row = r.failure_values(run_id, step_hash, step_id, attempt, error, at)
         if self.optimistic:
             self._buffer("failure", row)
             return
-        self._send("INSERT INTO step_failures (run_id, hash, step_id, attempt, error, at) "
+        self._send(f"INSERT INTO step_failures ({r.names(r.FAILURES)}) "
                    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", row)
 
     # --- queue -------------------------------------------------------------------------------
     def enqueue(self, kind: str, unique_key: str, due_at: int, *, run_id: str | None = None,
                 payload: dict[str, Any] | None = None, owner: str | None = None,
                 lease_until: int | None = None, priority_at: int | None = None,
-                concurrency: Sequence[tuple[str, int]] = ()) -> int | None:
-        (ck1, cl1), (ck2, cl2) = [*concurrency, (None, None), (None, None)][:2]
-        values = (unique_key, kind, run_id, due_at, None if payload is None else dumps(payload),
-                  owner, lease_until, due_at if priority_at is None else priority_at,
-                  ck1, cl1, ck2, cl2)
+                concurrency: Sequence[tuple[str, int]] = (),
+                event_id: str | None = None) -> int | None:
+        values = r.queue_values(kind, unique_key, due_at, run_id, payload, owner, lease_until,
+                                priority_at, concurrency, event_id)
         if self.optimistic and self.state is not None and run_id in self.new_runs:
             # The exec item of a run this transaction inserted: its key cannot exist yet, so
             # the insert creates it, with an id reserved in advance (checked in finish()).
@@ -239,10 +236,7 @@ class PostgresTx(Pipe):
                 self.notify = True
                 return None
             return item_id
-        row = self._one(f"INSERT INTO queue (unique_key, kind, run_id, due_at, payload, owner, "
-                        "lease_until, priority_at, ck1, cl1, ck2, cl2) "
-                        f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) {UPSERT}",
-                        values)
+        row = self._one(_ENQUEUE, values)
         assert row is not None
         if owner is not None and row[1] == owner:
             return int(row[0])
@@ -255,10 +249,9 @@ class PostgresTx(Pipe):
             # of their number from a generic plan.
             "UPDATE queue SET owner=%s, lease_until=%s WHERE id = ANY(ARRAY("
             "SELECT id FROM queue WHERE owner IS NULL AND NOT blocked AND due_at <= %s "
-            "ORDER BY priority_at, id LIMIT %s FOR UPDATE SKIP LOCKED)) "
-            f"RETURNING {QUEUE_COLUMNS}", (owner, lease_until, now, limit))
-        items = [queue_item(r) for r in rows]
-        items.sort(key=lambda i: (i.priority_at if i.priority_at is not None else i.due_at, i.id))
+            f"ORDER BY {CLAIM_ORDER} LIMIT %s FOR UPDATE SKIP LOCKED)) "
+            f"RETURNING {r.QUEUE_COLUMNS}", (owner, lease_until, now, limit))
+        items = sorted(map(r.item_from_row, rows), key=claim_key)
         # Lock every concurrency key the claim touches at once, in order (see count_held).
         self.lock(*(f"c:{key}" for item in items for key, _ in item.concurrency))
         return items
@@ -268,11 +261,9 @@ class PostgresTx(Pipe):
         rows = self._rows(
             "UPDATE queue SET owner=%s, lease_until=%s WHERE id = ANY(ARRAY("
             "SELECT id FROM queue WHERE owner IS NULL AND NOT blocked AND timer AND due_at <= %s "
-            "ORDER BY due_at LIMIT %s FOR UPDATE SKIP LOCKED)) "
-            f"RETURNING {QUEUE_COLUMNS}", (owner, lease_until, until, limit))
-        items = [queue_item(r) for r in rows]
-        items.sort(key=lambda i: (i.due_at, i.id))
-        return items
+            f"ORDER BY {TIMER_ORDER} LIMIT %s FOR UPDATE SKIP LOCKED)) "
+            f"RETURNING {r.QUEUE_COLUMNS}", (owner, lease_until, until, limit))
+        return sorted(map(r.item_from_row, rows), key=timer_key)
 
     def next_timer_at(self) -> int | None:
         row = self._one("SELECT due_at FROM queue WHERE owner IS NULL AND NOT blocked AND timer "
@@ -310,7 +301,7 @@ class PostgresTx(Pipe):
             self.notify = True
             self._send(
                 "UPDATE queue SET blocked=false WHERE id = (SELECT id FROM queue "
-                "WHERE blocked AND (ck1 = %s OR ck2 = %s) ORDER BY priority_at, id "
+                f"WHERE blocked AND (ck1 = %s OR ck2 = %s) ORDER BY {WAKE_ORDER} "
                 "LIMIT 1 FOR UPDATE SKIP LOCKED)", (key, key))
 
     def renew_lease(self, item_id: int, owner: str, lease_until: int) -> bool:
@@ -342,13 +333,8 @@ class PostgresTx(Pipe):
                 self._wake([row])
                 return True
             due_at = now
-        row = self._one(
-            "UPDATE queue SET owner=NULL, lease_until=NULL, "
-            "due_at = CASE WHEN rerun THEN least(%s::bigint, %s::bigint) ELSE %s END, "
-            "priority_at = CASE WHEN rerun THEN least(%s::bigint, %s::bigint) ELSE %s END, "
-            f"timer = {TIMER.format('%s::boolean')}, rerun=false "
-            "WHERE id=%s AND owner=%s RETURNING ck1, ck2, %s::text",
-            (due_at, now, due_at, due_at, now, due_at, timer, item_id, owner, owner))
+        row = self._one(_REARM, (due_at, now, due_at, due_at, now, due_at, timer, item_id,
+                                 owner, owner))
         if row is None:
             return False
         self.notify = True
@@ -372,7 +358,7 @@ class PostgresTx(Pipe):
 
     def lease_owners(self) -> list[str]:
         rows = self._rows("SELECT DISTINCT owner FROM queue WHERE owner IS NOT NULL")
-        return [r[0] for r in rows]
+        return [row[0] for row in rows]
 
     def release_leases_of(self, owner: str) -> int:
         rows = self._rows("UPDATE queue SET owner=NULL, lease_until=NULL WHERE owner=%s "
@@ -394,22 +380,20 @@ class PostgresTx(Pipe):
     def get_item(self, unique_key: str) -> QueueItem | None:
         # Debounce and batch items are read, then updated from what was read: serialize that.
         self.lock(unique_key)
-        row = self._one(
-            "SELECT id, kind, unique_key, due_at, run_id, payload, priority_at, owner "
-            "FROM queue WHERE unique_key=%s", (unique_key,))
-        if row is None:
-            return None
-        return QueueItem(row[0], row[1], row[2], row[3], row[4], loads(row[5]),
-                         priority_at=row[6], owner=row[7])
+        row = self._one(f"SELECT {r.QUEUE_COLUMNS} FROM queue WHERE unique_key=%s",
+                        (unique_key,))
+        return None if row is None else r.item_from_row(row)
 
     def delete_item(self, item_id: int) -> None:
         self._then("DELETE FROM queue WHERE id=%s RETURNING ck1, ck2, owner", (item_id,),
                    self._wake)
 
-    def update_item(self, item_id: int, due_at: int, payload: dict[str, Any]) -> None:
+    def update_item(self, item_id: int, due_at: int, payload: dict[str, Any],
+                    event_id: str | None = None) -> None:
         self.notify = True
-        self._send("UPDATE queue SET due_at=%s, priority_at=%s, payload=%s WHERE id=%s",
-                   (due_at, due_at, dumps(payload), item_id))
+        self._send(
+            "UPDATE queue SET due_at=%s, priority_at=%s, payload=%s, event_id=%s WHERE id=%s",
+            (due_at, due_at, dumps(payload), event_id, item_id))
 
     # --- flow-control state --------------------------------------------------------------------
     def get_flow(self, key: str) -> tuple[str | None, int | None] | None:
@@ -450,7 +434,7 @@ class PostgresTx(Pipe):
     # --- retention -------------------------------------------------------------------------------
     def prune(self, ended_before: int, now: int, limit: int) -> tuple[int, int, int]:
         # SKIP LOCKED: workers pruning at the same time take different rows.
-        ids = [r[0] for r in self._rows(
+        ids = [row[0] for row in self._rows(
             "SELECT id FROM runs WHERE ended_at < %s AND status IN "
             "('completed', 'failed', 'cancelled', 'skipped') ORDER BY ended_at LIMIT %s "
             "FOR UPDATE SKIP LOCKED", (ended_before, limit))]
@@ -467,8 +451,7 @@ class PostgresTx(Pipe):
             "AND (SELECT 1 FROM runs r WHERE r.event_id = e.id LIMIT 1) IS NULL "
             "AND (SELECT 1 FROM run_events x WHERE x.event_id = e.id LIMIT 1) IS NULL "
             "AND (SELECT 1 FROM batch_events b WHERE b.event_id = e.id LIMIT 1) IS NULL "
-            "AND e.id NOT IN (SELECT payload::json->>'event_id' FROM queue "
-            "WHERE kind = 'debounce' AND payload::json->>'event_id' IS NOT NULL) "
+            "AND (SELECT 1 FROM queue q WHERE q.event_id = e.id LIMIT 1) IS NULL "
             "ORDER BY e.received_at LIMIT %s FOR UPDATE OF e SKIP LOCKED))",
             (ended_before, limit))
         flows = self._count(
@@ -492,31 +475,27 @@ class PostgresTx(Pipe):
     def list_apps(self) -> list[tuple[str, str, dict[str, Any], str]]:
         rows = self._rows("SELECT app_id, url, config, checksum FROM apps ORDER BY app_id",
                           tables=("apps",))
-        return [(r[0], r[1], loads(r[2]), r[3]) for r in rows]
+        return [(row[0], row[1], loads(row[2]), row[3]) for row in rows]
 
     # --- waits -------------------------------------------------------------------------------
     def insert_wait(self, wait: WaitRow) -> None:
-        row = (wait.run_id, wait.kind, wait.step_hash, wait.event_name, wait.match_key,
-               wait.expr, None if wait.event_ctx is None else dumps(wait.event_ctx),
-               wait.expires_at)
+        row = r.wait_values(wait)
         if self.optimistic:
             self._buffer("wait", row)
             return
-        self._send("INSERT INTO waits (run_id, kind, step_hash, event_name, match_key, expr, "
-                   "event_ctx, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", row)
+        self._send(f"INSERT INTO waits ({r.names(r.WAITS)}) VALUES ({_marks(len(r.WAITS))})",
+                   row)
 
     def match_paths(self, event_name: str) -> list[str]:
         rows = self._rows(
             "SELECT DISTINCT split_part(match_key, '=', 1) FROM waits "
             "WHERE event_name=%s AND match_key IS NOT NULL", (event_name,), tables=("waits",))
-        return [r[0] for r in rows]
+        return [row[0] for row in rows]
 
     def find_waits(self, event_name: str, match_keys: Sequence[str]) -> list[WaitRow]:
-        sql = ("SELECT id, run_id, kind, step_hash, event_name, match_key, expr, event_ctx, "
-               "expires_at FROM waits WHERE event_name=%s AND match_key IS NULL "
-               "UNION ALL SELECT id, run_id, kind, step_hash, event_name, match_key, expr, "
-               "event_ctx, expires_at FROM waits WHERE event_name=%s AND match_key = ANY(%s) "
-               "ORDER BY id")
+        sql = (f"SELECT {r.WAIT_COLUMNS} FROM waits WHERE event_name=%s AND match_key IS NULL "
+               f"UNION ALL SELECT {r.WAIT_COLUMNS} FROM waits "
+               "WHERE event_name=%s AND match_key = ANY(%s) ORDER BY id")
         args = (event_name, event_name, list(match_keys))
         state = self.state
         if self.optimistic and state is not None and state.quiet(event_name):
@@ -527,9 +506,7 @@ class PostgresTx(Pipe):
         rows = self._rows(sql, args, tables=("waits",))
         if state is not None:
             state.looked_up(event_name, bool(rows))
-        return [WaitRow(id=r[0], run_id=r[1], kind=r[2], step_hash=r[3], event_name=r[4],
-                        match_key=r[5], expr=r[6], event_ctx=loads(r[7]), expires_at=r[8])
-                for r in rows]
+        return [r.wait_from_row(row) for row in rows]
 
     def delete_wait(self, wait_id: int) -> bool:
         if self.optimistic:
