@@ -10,6 +10,7 @@ from typing import Any
 
 from stepwell.core.config import ConfigError, CronTrigger, FunctionSpec, id_for_key
 from stepwell.core.protocol import Registration, parse_registration
+from stepwell.core.queue import cron_key
 from stepwell.core.routing import Router
 from stepwell.runtime.remote import RemoteFunction
 from stepwell.runtime.scripts import Routing
@@ -67,7 +68,7 @@ class Registry:
         for qid, fn in self.items():
             for index, trigger in enumerate(fn.spec.triggers):
                 if isinstance(trigger, CronTrigger):
-                    yield f"cron:{id_for_key(qid)}:{index}", index, trigger, fn.spec
+                    yield cron_key(id_for_key(qid), index), index, trigger, fn.spec
 
     def load_app(self, body: dict[str, Any], checksum: str,
                  registration: Registration | None = None,
