@@ -193,7 +193,10 @@ def hold(tx: Tx, item_id: int | None, owner: str, lease_until: int) -> None:
 
 @dataclass(slots=True)
 class Ending:
-    """How a run ended, with what its parent (invoke) and the system events need."""
+    """How a run ended, with what its parent (invoke) and the system events need.
+
+    Not a shape of the run (that is `RunRow`): the command `end_run` carries out, with what no
+    row holds (the triggering event, the error the system events report)."""
 
     run_id: str
     function_id: str
