@@ -22,11 +22,13 @@ from typing import Any
 
 from stepwell.core.models import ACTIVE_STATUSES, TERMINAL_STATUSES
 from stepwell.runtime.determinism import Divergence
-from stepwell.runtime.engine import open_store
-from stepwell.runtime.history import History, read_history, replay_history
+from stepwell.runtime.engine import Engine, open_store
+from stepwell.runtime.history import History, HistoryError, read_history, replay_history
 from stepwell.sdk.app import App, Function
 from stepwell.store.base import RunState, Tx
 
+__all__ = ["CheckReport", "HistoryError", "check_database", "check_histories", "export_history",
+           "read_folder"]
 LOAD_CHUNK = 500           # run states read per transaction
 
 
@@ -131,8 +133,6 @@ def read_folder(folder: str | Path) -> list[History]:
     """Every `*.json` history under `folder` (HistoryError names a bad file)."""
     root = Path(folder)
     if not root.is_dir():
-        from stepwell.runtime.history import HistoryError
-
         raise HistoryError(f"{root}: not a folder of exported histories")
     return [read_history(path) for path in sorted(root.rglob("*.json"))]
 
@@ -170,6 +170,16 @@ async def load_histories(db_url: str, *, sample: int = 100,
         return histories
     finally:
         await store.close()
+
+
+async def export_history(engine: Engine, run_id: str) -> dict[str, Any] | None:
+    """`GET /v1/runs/{id}/history`: the run's history as JSON, or None for an unknown run."""
+    state = await engine.read(functools.partial(_state, run_id=run_id))
+    return None if state is None else History.from_state(state).to_json()
+
+
+def _state(tx: Tx, *, run_id: str) -> RunState | None:
+    return tx.load_run_state(run_id)
 
 
 def _states(tx: Tx, *, run_ids: list[str]) -> dict[str, RunState]:

@@ -136,6 +136,7 @@ class ReplayCheck:
         self.found: Divergence | None = None
         self.replayed = 0
         self._consumed: set[str] = set()
+        self._misplaced: tuple[str, int, int] | None = None    # (step, recorded, reached)
         self._occurrences: dict[str, int] = {}
         self._seq = 0
 
@@ -157,25 +158,38 @@ class ReplayCheck:
                        if m.hash not in self._consumed and m.kind != "input"),
                       key=lambda m: m.seq)
 
-    def finished(self) -> None:
-        """The handler returned or raised: in strict mode, recorded steps never reached are a
-        divergence (a removed step, or a removed `patched` call)."""
-        ahead = [m for m in self._ahead() if not m.pending]
-        if not self.strict or not ahead or self.found is not None:
+    def _skipped(self) -> list[Memo]:
+        """Recorded steps not replayed although a step recorded after them was."""
+        last = max((self.memos[h].seq for h in self._consumed), default=-1)
+        return [m for m in self._ahead() if m.seq < last]
+
+    def settle(self, *, ended: bool) -> None:
+        """The replay is over (strict mode decides here what a misplaced step meant): recorded
+        steps skipped over (or, if the handler `ended`, never reached) were removed; steps
+        misplaced otherwise were reordered."""
+        if not self.strict or self.found is not None:
             return
-        ids = ", ".join(repr(m.step_id) for m in ahead[:3])
-        patch = ahead[0].kind == "patch"
-        self._diverge(
-            "removed", ahead[0].step_id, f"step(s) {ids} recorded",
-            "the handler ends without reaching them",
+        gone = [m for m in self._ahead() if not m.pending] if ended else self._skipped()
+        if gone:
+            self._removed(gone)
+        elif self._misplaced is not None:
+            step_id, recorded, seq = self._misplaced
+            self._diverge("reordered", step_id, f"reached at position {recorded}",
+                          f"reached at position {seq}", REORDER_FIX)
+
+    def _removed(self, gone: list[Memo]) -> _Diverged:
+        ids = ", ".join(repr(m.step_id) for m in gone[:3])
+        return self._diverge(
+            "removed", gone[0].step_id, f"step(s) {ids} recorded",
+            "the handler no longer reaches them",
             "replace the removed `patched(...)` call by `step.deprecate_patch(...)` until no "
-            "unfinished run recorded it" if patch else
+            "unfinished run recorded it" if gone[0].kind == "patch" else
             "keep the removed step for the runs recorded with it: " + PATCH_FIX)
 
     async def perform(self, request: StepRequest) -> Any:
-        occurrence = self._occurrences.get(request.step_id, 0)
-        self._occurrences[request.step_id] = occurrence + 1
-        step_hash = hash_step_id(request.step_id, occurrence)
+        occurrence = self._occurrences.get(request.key, 0)
+        self._occurrences[request.key] = occurrence + 1
+        step_hash = hash_step_id(request.key, occurrence)
         memo = self.memos.get(step_hash)
         if request.kind == "patch":
             return self._patch(request, memo)
@@ -197,7 +211,10 @@ class ReplayCheck:
                                     "called with other arguments",
                                     f"called with {_short.repr(list(new[0]))}", FIX,
                                     describe_change(request.step_id, old, new))
-        if self.ordered and memo.seq != seq:
+        if self.ordered and memo.seq != seq and self.strict:
+            if self._misplaced is None:             # removed or reordered: `settle` decides
+                self._misplaced = (request.step_id, memo.seq, seq)
+        elif self.ordered and memo.seq != seq:
             raise self._diverge(
                 "reordered", request.step_id, f"reached at position {memo.seq}",
                 f"reached at position {seq}", REORDER_FIX,
@@ -235,6 +252,9 @@ class ReplayCheck:
         """A step the recording does not have: new code past the recorded end, or (strict,
         with recorded steps still ahead) a step inserted before recorded ones."""
         ahead = self._ahead()
+        skipped = self._skipped() if self.strict else []
+        if skipped:
+            raise self._removed(skipped)
         if self.strict and self.ordered and ahead:
             ids = ", ".join(repr(m.step_id) for m in ahead[:3])
             raise self._diverge(
@@ -282,8 +302,7 @@ async def replay_handler(fn: Function, ctx: Context, check: ReplayCheck,
         end.error = exc
     finally:
         step.never_awaited()
-    if not end.stopped and check.found is None:
-        check.finished()
+    check.settle(ended=not end.stopped)
     return end
 
 

@@ -298,9 +298,9 @@ class RunSession(RunDriver):
     async def _perform(self, request: StepRequest) -> Any:
         if self._unwind.done():
             raise Suspend()
-        occurrence = self._occurrences.get(request.step_id, 0)
-        self._occurrences[request.step_id] = occurrence + 1
-        step_hash = hash_step_id(request.step_id, occurrence)
+        occurrence = self._occurrences.get(request.key, 0)
+        self._occurrences[request.key] = occurrence + 1
+        step_hash = hash_step_id(request.key, occurrence)
         if request.kind == "patch":
             self._in_flight += 1
             try:

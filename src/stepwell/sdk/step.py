@@ -54,6 +54,14 @@ class StepRequest:
     deprecated: bool = False                    # patch: deprecate_patch (records nothing)
 
 
+    @property
+    def key(self) -> str:
+        """What identifies the step in the run's history (hashed with its occurrence): its
+        id, except that patches have their own namespace, so `patched("x")` and a step
+        `"x"` never collide."""
+        return f"patch:{self.step_id}" if self.kind == "patch" else self.step_id
+
+
 class StepDriver(Protocol):
     async def perform(self, request: StepRequest) -> Any: ...
 
