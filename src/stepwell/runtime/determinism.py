@@ -203,7 +203,8 @@ class ReplayCheck:
                 f"a '{request.kind}' step", "give the new step its own id",
                 f"non-determinism: step '{request.step_id}' was recorded as a '{memo.kind}' "
                 f"step and is a '{request.kind}' step on replay; give the new step its own id")
-        if request.kind == "run" and memo.fingerprint:
+        # A step recorded without arguments has no fingerprint; strict checks compare anyway.
+        if request.kind == "run" and (memo.fingerprint or self.strict):
             new = (request.args, dict(request.kwargs))
             if fingerprint(*new) != memo.fingerprint:
                 old = self.args_seen.get(step_hash)
