@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from stepwell.runtime.determinism import Divergence
+    from stepwell.runtime.engine import Engine
     from stepwell.sdk.app import App
     from stepwell.sdk.step import StepRequest
 
@@ -175,3 +176,14 @@ async def replay(history: str | Path | dict[str, Any], app: App, *,
     return ReplayResult(output=replayed.end.output, error=replayed.end.error,
                         stopped=replayed.end.stopped, steps_replayed=replayed.steps_replayed,
                         executed=local.executed if local is not None else [])
+
+
+async def export_history(engine: Engine, run_id: str) -> dict[str, Any]:
+    """A run's recorded history, as `stepwell runs export` writes it: record a run in a test
+    with one version of the code, then `replay` it against the next."""
+    from stepwell.service_deploy import export_history as export
+
+    history = await export(engine, run_id)
+    if history is None:
+        raise LookupError(f"no run with id {run_id!r}")
+    return history
