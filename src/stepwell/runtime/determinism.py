@@ -294,7 +294,8 @@ async def replay_handler(fn: Function, ctx: Context, check: ReplayCheck,
 
     end = ReplayEnd()
     try:
-        end.output = await asyncio.wait_for(replay(), timeout)
+        async with asyncio.timeout(timeout):       # no task per replay, unlike wait_for
+            end.output = await replay()
     except (_Stop, TimeoutError):     # the frontier, or awaiting something that is no step
         end.stopped = True
     except _Diverged:
