@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from stepwell import cli_client, cli_logging
+from stepwell import cli_client, cli_deploy, cli_logging
 from stepwell.core.urls import DEFAULT_DB, redact
 
 if TYPE_CHECKING:
@@ -624,6 +624,8 @@ async def run_worker(service: Service, apps: Sequence[App], db: str) -> None:
 
 main.add_command(cli_client.send)
 main.add_command(cli_client.runs)
+cli_client.runs.add_command(cli_deploy.runs_export)
+main.add_command(cli_deploy.check)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from typing import Any, Final
 
 import httpx
 
+from stepwell import service_deploy
 from stepwell.core.config import ConfigError
 from stepwell.core.eventids import parse_seed, seeded_id
 from stepwell.core.expressions import ExpressionError, compile_expression
@@ -298,6 +299,13 @@ class Service:
         if run is None:
             raise NotFound(f"no run with id {run_id!r}")
         return self._run_dict(run)
+
+    async def run_history(self, run_id: str) -> dict[str, Any]:
+        """The run's recorded history as a self-contained file (`runtime.history`)."""
+        history = await service_deploy.export_history(self.engine, run_id)
+        if history is None:
+            raise NotFound(f"no run with id {run_id!r}")
+        return history
 
     async def list_runs(self, *, function_id: str | None = None, status: str | None = None,
                         event_id: str | None = None, limit: int = 100

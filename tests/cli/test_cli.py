@@ -531,3 +531,42 @@ def test_dev_restarts_when_the_code_changes(tmp_path: Path) -> None:
         assert server.stop(signal.SIGINT) == 0
     assert server.output().count("Traceback") == 1         # the broken edit's, and only it
     assert server.output().rstrip().endswith("stepwell stopped")
+
+
+def test_export_a_run_then_check_new_code_against_it(dev: DevServer, tmp_path: Path) -> None:
+    """The deploy check as CI runs it: exported histories, the new code, an exit status."""
+    event_id = cli("send", "demo/slow", url=dev.url).stdout.strip()
+
+    def sleeping() -> list[dict[str, Any]]:
+        return [r for r in runs_json(dev.url, "--status", "sleeping")
+                if r["event_id"] == event_id]
+
+    [run] = wait_for(sleeping, "the run to sleep")
+    histories = tmp_path / "histories"
+    histories.mkdir()
+    exported = cli("runs", "export", run["run_id"], "-o", str(histories / "slow.json"),
+                   url=dev.url)
+    assert exported.returncode == 0, exported.stderr
+    assert json.loads((histories / "slow.json").read_text())["run"]["id"] == run["run_id"]
+
+    (tmp_path / "demo_app.py").write_text(APP_SOURCE)
+    same = cli("check", str(tmp_path / "demo_app.py"), "--histories", str(histories))
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "demo/slow: 1/1 unfinished runs replay cleanly" in same.stdout
+    assert "OK: safe to deploy" in same.stdout
+
+    changed = APP_SOURCE.replace('await step.run("first", lambda: 1)',
+                                 'await step.run("first", lambda n: n, 2)')
+    assert changed != APP_SOURCE
+    (tmp_path / "new_app.py").write_text(changed)
+    diverged = cli("check", str(tmp_path / "new_app.py"), "--histories", str(histories),
+                   "--json")
+    assert diverged.returncode == 1, diverged.stdout + diverged.stderr
+    report = json.loads(diverged.stdout)
+    [slow] = [f for f in report["functions"] if f["function_id"] == "demo/slow"]
+    [divergence] = slow["divergences"]
+    assert (divergence["run_id"], divergence["kind"], divergence["step"]) == (
+        run["run_id"], "changed-args", "first")
+    missing = cli("runs", "export", "no-such-run", url=dev.url)
+    assert missing.returncode == 1 and "no run with id 'no-such-run'" in missing.stderr
+    cli("runs", "cancel", run["run_id"], url=dev.url)

@@ -13,6 +13,7 @@ Arithmetic is done on exact fractions and rounded once at the end, so ``"1.1s"``
 from __future__ import annotations
 
 import datetime
+import functools
 import math
 import re
 from fractions import Fraction
@@ -85,7 +86,10 @@ def _duration_error(what: str, value: object, reason: str = "") -> DurationError
     return DurationError(f"invalid {what} {value!r}: {prefix}{_DURATION_HINT}")
 
 
+@functools.lru_cache(maxsize=512)
 def _parse_duration_string(value: str, what: str) -> int:
+    """Exact (fractions, no float rounding), hence slow-ish: cached, as handlers pass the same
+    literal (`"1d"`) on every execution and every replay."""
     text = value.strip()
     if not text:
         raise _duration_error(what, value, "empty string")

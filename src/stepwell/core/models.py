@@ -24,7 +24,7 @@ TERMINAL_STATUSES: tuple[RunStatus, ...] = ("completed", "failed", "cancelled", 
 # Step kinds recorded with each memo, so a replay can tell a sleep memo from a run memo.
 # "input": not a step but an edited input for one (rerun from a step with new input; its
 # hash is INPUT_PREFIX + the step's hash, so it never collides with the step's own result).
-StepKind = Literal["run", "sleep", "wait", "send", "invoke", "input"]
+StepKind = Literal["run", "sleep", "wait", "send", "invoke", "input", "patch"]
 INPUT_PREFIX = "input:"
 
 EVENT_DEDUPE_WINDOW_MS = 24 * 3600 * 1000

@@ -19,11 +19,17 @@ import contextvars
 import functools
 import inspect
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from stepwell.core.models import Event, Memo, error_dict, hash_step_id
 from stepwell.core.serialize import NotSerializableError, to_json_value
-from stepwell.runtime.determinism import ReplayCheck, check_replay, fingerprint
+from stepwell.runtime.determinism import (
+    ReplayCheck,
+    check_replay,
+    fingerprint,
+    ran_in_parallel,
+)
 from stepwell.runtime.driver import Host, RunDriver
 from stepwell.runtime.scripts import LeaseLost
 from stepwell.runtime.usercode import user_traceback
@@ -73,6 +79,31 @@ def _retry_after(exc: BaseException, now: int) -> int | None:
     return exc.due_at(now) if isinstance(exc, RetryAfterError) else None
 
 
+def run_context(fn: Function, events: list[Event], run_id: str, *, attempt: Callable[[], int],
+                replaying: Callable[[], bool]) -> Context:
+    """The `ctx` a handler gets: the first event (typed if the function declares its data; for
+    an on_failure handler the original event and the failure, Inngest's shape), all events,
+    and a logger that stays quiet while `replaying()`."""
+    events = events or [Event(name="", id="")]
+    event, error = events[0], None
+    if fn.spec.failure_of is not None:
+        data = event.data
+        event = Event.from_dict(data.get("event") or {"name": ""})
+        err = data.get("error") or {}
+        error = FailureInfo(str(err.get("name", "Error")), str(err.get("message", "")),
+                            str(err.get("stack", "")))
+    schema = fn.event_type(event.name)
+    if schema is not None:
+        # Data sent by an SDK app, the HTTP API or an older version of the code is checked
+        # here; `rebuild` raises DataMismatchError (non-retriable) naming the field.
+        event = Event(name=event.name, id=event.id, ts=event.ts, user=event.user,
+                      data=rebuild(schema, event.data,
+                                   what=f"the data of event '{event.name}' ({event.id})"))
+    logger = ReplayAwareLogger(log, replaying, {"run_id": run_id, "function_id": fn.qualified_id})
+    return Context(event=event, events=events, run_id=run_id, function_id=fn.qualified_id,
+                   logger=logger, function_attempt=attempt, error=error)
+
+
 class RunSession(RunDriver):
     def __init__(self, host: Host, fn: Function, state: RunState, item_id: int | None, *,
                  not_before: int | None = None, may_park: bool = False) -> None:
@@ -86,7 +117,8 @@ class RunSession(RunDriver):
         self._unverified = False      # parked since the lease was last checked
         self._occurrences: dict[str, int] = {}
         self._seq = 0
-        self._unconsumed = len(self.memos)
+        # Recorded steps not yet replayed ("input" memos are a rerun's arguments, not steps).
+        self._unconsumed = sum(1 for memo in self.memos.values() if memo.kind != "input")
         self._consumed: set[str] = set()
         self._in_flight = 0
         self._suspends: dict[str, tuple[int | None, bool]] = {}   # hash -> (due, is a timer)
@@ -104,27 +136,8 @@ class RunSession(RunDriver):
         return self._unconsumed > 0
 
     def _context(self) -> Context:
-        events = self.state.events or [Event(name="", id="")]
-        event, error = events[0], None
-        if self.spec.failure_of is not None:
-            # An on_failure handler sees the original event and the failure (Inngest's shape).
-            data = event.data
-            event = Event.from_dict(data.get("event") or {"name": ""})
-            err = data.get("error") or {}
-            error = FailureInfo(str(err.get("name", "Error")), str(err.get("message", "")),
-                                str(err.get("stack", "")))
-        schema = self.fn.event_type(event.name)
-        if schema is not None:
-            # Data sent by an SDK app, the HTTP API or an older version of the code is checked
-            # here; `rebuild` raises DataMismatchError (non-retriable) naming the field.
-            event = Event(name=event.name, id=event.id, ts=event.ts, user=event.user,
-                          data=rebuild(schema, event.data,
-                                       what=f"the data of event '{event.name}' ({event.id})"))
-        logger = ReplayAwareLogger(log, self.replaying,
-                                   {"run_id": self.run_id, "function_id": self.fn.qualified_id})
-        return Context(event=event, events=events, run_id=self.run_id,
-                       function_id=self.fn.qualified_id, logger=logger,
-                       function_attempt=self.function_attempt, error=error)
+        return run_context(self.fn, self.state.events, self.run_id,
+                           attempt=self.function_attempt, replaying=self.replaying)
 
     async def execute(self) -> None:
         """Run (or resume) the handler until it returns, fails or must wait."""
@@ -285,9 +298,16 @@ class RunSession(RunDriver):
     async def _perform(self, request: StepRequest) -> Any:
         if self._unwind.done():
             raise Suspend()
-        occurrence = self._occurrences.get(request.step_id, 0)
-        self._occurrences[request.step_id] = occurrence + 1
-        step_hash = hash_step_id(request.step_id, occurrence)
+        occurrence = self._occurrences.get(request.key, 0)
+        self._occurrences[request.key] = occurrence + 1
+        step_hash = hash_step_id(request.key, occurrence)
+        if request.kind == "patch":
+            self._in_flight += 1
+            try:
+                return await self._patch(request, step_hash)
+            finally:
+                self._in_flight -= 1
+                self._maybe_unwind()
         seq = self._seq
         self._seq += 1
         args_hash = fingerprint(request.args, request.kwargs) if request.kind == "run" else ""
@@ -337,19 +357,47 @@ class RunSession(RunDriver):
             self._in_flight -= 1
             self._maybe_unwind()
 
+    async def _patch(self, request: StepRequest, step_hash: str) -> bool | None:
+        """`step.patched` / `step.deprecate_patch`: the recorded answer, else True at the
+        frontier of the run's history (new code reaching this point first) and False when
+        recorded steps still lie ahead (the run went past this point under the old code).
+        Patches take no position in the step order (`seq` is not advanced), so adding one
+        does not make the recorded steps after it look moved."""
+        memo = self.memos.get(step_hash)
+        if memo is not None:
+            if memo.kind != "patch":
+                text = (f"non-determinism: step '{request.step_id}' was recorded as a "
+                        f"'{memo.kind}' step and is now a patch; give the patch its own id")
+                await self.warn(text)
+                raise NonDeterminismError(text)
+            self._take(memo)
+            if request.deprecated:
+                if memo.data is False:
+                    await self.warn(
+                        f"patch '{request.step_id}': this run took the old branch and the "
+                        "code now has deprecate_patch (only the new branch); keep "
+                        "`patched()` until `stepwell check` finds no such run")
+                return None
+            return bool(memo.data)
+        if request.deprecated:
+            return None
+        await self._gate()
+        await self._verify_lease()
+        taken = self._unconsumed == 0
+        now = self.now()
+        await self.checkpoint(Memo(step_hash, request.step_id, "patch", self._seq, data=taken,
+                                   started_at=now, ended_at=now))
+        self._consumed.add(step_hash)
+        return taken
+
+    def _take(self, memo: Memo) -> None:
+        """Count a recorded memo as replayed (once)."""
+        if memo.hash not in self._consumed:
+            self._consumed.add(memo.hash)
+            self._unconsumed -= 1
+
     def _ran_in_parallel(self) -> bool:
-        """Whether recorded steps overlapped in time: parallel branches interleave differently
-        from one execution to the next, so positions say nothing about changed code then."""
-        ends: float = float("-inf")
-        # Ties broken by recording order: on the virtual clock steps in sequence share one
-        # instant, and a sleep started at it must not look like it overlaps the steps before.
-        for memo in sorted(self.memos.values(), key=lambda m: (m.started_at or 0, m.seq)):
-            started = memo.started_at or 0
-            if started < ends:
-                return True
-            ended = memo.ended_at if memo.ended_at is not None else float("inf")
-            ends = max(ends, ended)
-        return False
+        return ran_in_parallel(self.memos)
 
     async def _warn_new_step(self, step_id: str, seq: int) -> None:
         if self._warned_order:
@@ -391,9 +439,7 @@ class RunSession(RunDriver):
             memo = await self.resolve_timeout(memo)
             if memo.pending:
                 return await self._suspend(memo.hash, None)
-        if memo.hash not in self._consumed:
-            self._consumed.add(memo.hash)
-            self._unconsumed -= 1
+        self._take(memo)
         if memo.error is not None:
             raise StepError(request.step_id, memo.error)
         return memo.data

@@ -9,6 +9,7 @@ from typing import Any
 
 from stepwell.core.config import ConfigError, FunctionSpec, build_spec
 from stepwell.core.models import FUNCTION_FAILED, Event
+from stepwell.sdk.versions import check_version, code_fingerprint
 
 Handler = Callable[..., Any]
 
@@ -23,6 +24,7 @@ class Function:
     on_failure: Function | None = None
     # Event name (or wildcard) -> the model its data is declared as (`Event[Model](...)`).
     event_types: dict[str, Any] = field(default_factory=dict)
+    explicit_version: str | None = None
 
     def event_type(self, name: str) -> Any | None:
         """The declared data type of event `name` for this function's triggers, if any."""
@@ -40,6 +42,12 @@ class Function:
     @property
     def qualified_id(self) -> str:
         return self.spec.qualified_id
+
+    @property
+    def version(self) -> str:
+        """The version runs started now record: the function's `version=`, else the app's,
+        else a fingerprint of the handler's code (`sdk.versions`)."""
+        return self.explicit_version or self.app.version or code_fingerprint(self.handler)
 
     @property
     def is_async(self) -> bool:
@@ -72,18 +80,21 @@ def declared_types(trigger: Any) -> dict[str, Any]:
 class App:
     """A group of functions; its id prefixes theirs (`"shop/process-order"`)."""
 
-    def __init__(self, id: str) -> None:
+    def __init__(self, id: str, *, version: str | None = None) -> None:
+        """`version`: the version of this code (a release tag, a commit) that runs started on
+        it record; default: a fingerprint of each handler's code (`Function.version`)."""
         if not isinstance(id, str) or not id.strip() or "/" in id:
             raise ConfigError(f"app id {id!r} is invalid: a non-empty string without '/'")
         self.id = id
+        self.version = check_version(f"app {id!r}", version)
         self.functions: dict[str, Function] = {}
 
     def function(self, *, id: str, trigger: Any, name: str | None = None, retries: int = 4,
                  concurrency: Any = None, throttle: Any = None, rate_limit: Any = None,
                  debounce: Any = None, batch: Any = None, priority: Any = None,
                  idempotency: str | None = None, singleton: Any = None, cancel_on: Any = None,
-                 timeouts: Any = None, on_failure: Handler | None = None
-                 ) -> Callable[[Handler], Function]:
+                 timeouts: Any = None, on_failure: Handler | None = None,
+                 version: str | None = None) -> Callable[[Handler], Function]:
         """Define a function: `@app.function(id=..., trigger=...)` over its handler.
 
         Every option is validated here, never at run time: a wrong one raises `ConfigError`
@@ -107,6 +118,8 @@ class App:
             timeouts: `Timeouts`: cancel runs queued or running too long.
             on_failure: a handler `(ctx, step)` run as its own durable function once a run
                 has failed for good (`ctx.error`, and the original `ctx.event`).
+            version: the version of this function's code that its runs record (default: the
+                app's `version=`, else a fingerprint of the handler's code).
 
         Every option also takes a plain dict with the same keys as its class.
         """
@@ -118,6 +131,7 @@ class App:
                           throttle=throttle, rate_limit=rate_limit, debounce=debounce,
                           batch=batch, priority=priority, idempotency=idempotency,
                           singleton=singleton)
+        explicit = check_version(f"function '{id}'", version)
         failure = None
         if on_failure is not None:
             _check_handler(id, "on_failure", on_failure)
@@ -127,13 +141,14 @@ class App:
                 trigger=Event(FUNCTION_FAILED,
                               if_=f"event.data.function_id == '{spec.qualified_id}'"),
                 failure_of=spec.qualified_id)
-            failure = Function(failure_spec, on_failure, self)
+            failure = Function(failure_spec, on_failure, self, explicit_version=explicit)
 
         def decorate(handler: Handler) -> Function:
             _check_handler(id, "the handler", handler)
             if id in self.functions:
                 raise ConfigError(f"function '{id}' is already defined in app '{self.id}'")
-            fn = Function(spec, handler, self, failure, event_types=declared_types(trigger))
+            fn = Function(spec, handler, self, failure, event_types=declared_types(trigger),
+                          explicit_version=explicit)
             self.functions[id] = fn
             if failure is not None:
                 self.functions[failure.id] = failure

@@ -35,7 +35,7 @@ T = TypeVar("T")
 class StepRequest:
     """What a step call asks of the runtime. `kind` picks which fields matter."""
 
-    kind: str                                   # run | sleep | wait | send | invoke
+    kind: str                                   # run | sleep | wait | send | invoke | patch
     step_id: str
     fn: Callable[..., Any] | None = None
     args: tuple[Any, ...] = ()
@@ -51,6 +51,15 @@ class StepRequest:
     events: list[dict[str, Any]] = field(default_factory=list)   # send
     function: Any = None                        # invoke: Function or id
     data: dict[str, Any] | None = None          # invoke
+    deprecated: bool = False                    # patch: deprecate_patch (records nothing)
+
+
+    @property
+    def key(self) -> str:
+        """What identifies the step in the run's history (hashed with its occurrence): its
+        id, except that patches have their own namespace, so `patched("x")` and a step
+        `"x"` never collide."""
+        return f"patch:{self.step_id}" if self.kind == "patch" else self.step_id
 
 
 class StepDriver(Protocol):
@@ -270,6 +279,32 @@ class Step:
             "invoke", step_id, function=function, data=data or {}, timeout_ms=ms))
 
 
+    @_tracked
+    async def patched(self, change_id: str) -> bool:
+        """Whether this run takes the new branch of a code change (`if await
+        step.patched("change-id"): new code else: old code`).
+
+        A run that reaches this point for the first time while executing new code gets True;
+        a run that had already gone past this point under the old code (its recorded steps
+        continue after it) gets False, so it replays the old branch it took. The answer is
+        recorded as the run's step `change_id` (kind `patch`), so every later replay, on any
+        worker and after any restart, agrees. It takes no position in the step order: adding
+        it does not shift the steps after it. Retire a change with `deprecate_patch` once no
+        unfinished run took the old branch (`stepwell check` lists them)."""
+        _check_id(change_id)
+        answer: bool = await self._driver.perform(StepRequest("patch", change_id))
+        return answer
+
+    @_tracked
+    async def deprecate_patch(self, change_id: str) -> None:
+        """The second step of retiring `patched(change_id)`: the old branch is gone from the
+        code and the new one is unconditional. Runs that recorded the patch replay cleanly;
+        nothing new is recorded. Remove the call once `stepwell check` finds no unfinished run
+        that recorded it."""
+        _check_id(change_id)
+        await self._driver.perform(StepRequest("patch", change_id, deprecated=True))
+
+
 class SyncStep:
     """Blocking step API for plain `def` handlers, which run on a worker thread.
 
@@ -332,3 +367,10 @@ class SyncStep:
                timeout: str | int | float | datetime.timedelta | None = None) -> Any:
         return self._call(self._step.invoke(step_id, function=function, data=data,
                                             timeout=timeout))
+
+    def patched(self, change_id: str) -> bool:
+        answer: bool = self._call(self._step.patched(change_id))
+        return answer
+
+    def deprecate_patch(self, change_id: str) -> None:
+        self._call(self._step.deprecate_patch(change_id))

@@ -372,6 +372,9 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
     async def run_events(request: Request) -> Response:
         return envelope(await service.run_events(request.path_params["run_id"]))
 
+    async def run_history(request: Request) -> Response:
+        return JSONOut(await service.run_history(request.path_params["run_id"]))
+
     async def function_stats(request: Request) -> Response:
         return envelope(await service.function_run_counts())
 
@@ -415,6 +418,7 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
         Route("/v1/runs/{run_id}/cancel", api(cancel_run), methods=["POST"]),
         Route("/v1/runs/{run_id}/replay", api(replay_run), methods=["POST"]),
         Route("/v1/runs/{run_id}/events", api(run_events), methods=["GET"]),
+        Route("/v1/runs/{run_id}/history", api(run_history), methods=["GET"]),
         # REST v2 (Inngest serves it under /api/v2; both work).
         Route("/v2/runs/{run_id}/rerun", api(rerun_run), methods=["POST"]),
         Route("/api/v2/runs/{run_id}/rerun", api(rerun_run), methods=["POST"]),

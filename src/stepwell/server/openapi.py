@@ -145,6 +145,15 @@ def openapi_document() -> dict[str, Any]:
                 "summary": "The events that triggered a run (several for a batch)",
                 "x-stepwell": True, "parameters": [_param("run_id", "path")],
                 "responses": _ok("events", _EVENTS)}},
+            "/v1/runs/{run_id}/history": {"get": {
+                "summary": "The run's recorded history, self-contained (`stepwell runs export`): "
+                           "events, each step's recorded outcome, failed attempts, status; "
+                           "what `stepwell check --histories` and `stepwell.testing.replay` read",
+                "x-stepwell": True, "parameters": [_param("run_id", "path")],
+                "responses": {"200": {"description": "the history (not enveloped)", "content": {
+                    "application/json": {"schema": {"type": "object", "required": [
+                        "format", "format_version", "run", "events", "steps"]}}}},
+                    "404": {"description": "no such run"}}}},
             "/v1/stats/functions": {"get": {
                 "summary": "Each function's number of runs by status (counted up to 1000 per "
                            "status; `capped` lists the statuses that reached it)",

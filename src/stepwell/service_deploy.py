@@ -1,0 +1,197 @@
+"""The deploy check: replay recorded runs against the code about to be deployed.
+
+`stepwell check APP --db URL` reads every unfinished run (and a sample of finished ones) of the
+app's functions from the database; `--histories DIR` reads exported history files instead, so
+CI can run the check without production access. Each history is replayed in this process
+against the new code with no side effects (`runtime.history`): no step body is called, each
+recorded step returns its recorded result. The report says, per function, how many runs replay
+cleanly, and for each divergence the run, the step, what the history has, what the code does
+now and the fix. Unfinished runs are the ones a deploy affects: a divergence there (or an
+unfinished run of a function the code no longer has) fails the check.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stepwell.core.models import ACTIVE_STATUSES, TERMINAL_STATUSES
+from stepwell.runtime.determinism import Divergence
+from stepwell.runtime.engine import Engine, open_store
+from stepwell.runtime.history import History, HistoryError, read_history, replay_history
+from stepwell.sdk.app import App, Function
+from stepwell.store.base import RunState, Tx
+
+__all__ = ["CheckReport", "HistoryError", "check_database", "check_histories", "export_history",
+           "read_folder"]
+LOAD_CHUNK = 500           # run states read per transaction
+
+
+@dataclass(slots=True)
+class FunctionReport:
+    """What the check found for one function."""
+
+    function_id: str
+    unfinished: int = 0
+    unfinished_clean: int = 0
+    finished: int = 0
+    finished_clean: int = 0
+    divergences: list[tuple[str, bool, Divergence]] = field(default_factory=list)
+
+    def add(self, run_id: str, finished: bool, divergence: Divergence | None) -> None:
+        if finished:
+            self.finished += 1
+            self.finished_clean += divergence is None
+        else:
+            self.unfinished += 1
+            self.unfinished_clean += divergence is None
+        if divergence is not None:
+            self.divergences.append((run_id, finished, divergence))
+
+
+@dataclass(slots=True)
+class CheckReport:
+    """The whole check: per function, plus unfinished runs of functions the code lacks."""
+
+    functions: dict[str, FunctionReport] = field(default_factory=dict)
+    missing: dict[str, int] = field(default_factory=dict)     # function id -> unfinished runs
+    histories: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """Whether the deploy is safe for the runs in flight."""
+        return not self.missing and all(
+            f.unfinished_clean == f.unfinished for f in self.functions.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok, "histories": self.histories, "seconds": round(self.seconds, 3),
+            "missing_functions": self.missing,
+            "functions": [{
+                "function_id": f.function_id, "unfinished": f.unfinished,
+                "unfinished_clean": f.unfinished_clean, "finished": f.finished,
+                "finished_clean": f.finished_clean,
+                "divergences": [{"run_id": run_id, "finished": finished, "kind": d.kind,
+                                 "step": d.step_id, "recorded": d.recorded, "now": d.now,
+                                 "fix": d.fix, "message": d.message}
+                                for run_id, finished, d in f.divergences]}
+                for f in self.functions.values()],
+        }
+
+    def text(self, *, limit: int = 20) -> str:
+        lines = []
+        for f in self.functions.values():
+            lines.append(f"{f.function_id}: {f.unfinished_clean}/{f.unfinished} unfinished "
+                         f"runs replay cleanly; {f.finished_clean}/{f.finished} finished runs")
+            for run_id, finished, d in f.divergences[:limit]:
+                lines.append(f"  {'finished' if finished else 'unfinished'} run {run_id}, "
+                             f"step '{d.step_id}' ({d.kind}): history has {d.recorded}; "
+                             f"the code: {d.now}\n    fix: {d.fix}")
+            if len(f.divergences) > limit:
+                lines.append(f"  ... and {len(f.divergences) - limit} more (--json lists all)")
+        for function_id, count in self.missing.items():
+            lines.append(f"{function_id}: {count} unfinished run(s), but the code has no such "
+                         "function (renamed or deleted): they would stop where they are; keep "
+                         "the function until they finish, or cancel them")
+        verdict = "OK: safe to deploy" if self.ok else "FAILED: unfinished runs would diverge"
+        lines.append(f"{verdict} ({self.histories} histories checked in {self.seconds:.2f} s)")
+        return "\n".join(lines)
+
+
+def _functions(apps: Sequence[App]) -> dict[str, Function]:
+    return {fn.qualified_id: fn for app in apps for fn in app.functions.values()}
+
+
+async def check_histories(apps: Sequence[App], histories: Iterable[History]) -> CheckReport:
+    """Replay each history against the apps' code (see the module docstring)."""
+    functions = _functions(apps)
+    report = CheckReport(functions={fid: FunctionReport(fid) for fid in functions})
+    started = time.perf_counter()
+    with ThreadPoolExecutor(4, thread_name_prefix="stepwell-check") as pool:
+        for history in histories:
+            report.histories += 1
+            fn = functions.get(history.function_id)
+            if fn is None:
+                if not history.finished:
+                    report.missing[history.function_id] = (
+                        report.missing.get(history.function_id, 0) + 1)
+                continue
+            replayed = await replay_history(fn, history, pool)
+            report.functions[fn.qualified_id].add(history.run_id, history.finished,
+                                                  replayed.divergence)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def read_folder(folder: str | Path) -> list[History]:
+    """Every `*.json` history under `folder` (HistoryError names a bad file)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise HistoryError(f"{root}: not a folder of exported histories")
+    return [read_history(path) for path in sorted(root.rglob("*.json"))]
+
+
+async def load_histories(db_url: str, *, sample: int = 100,
+                         function_ids: Sequence[str] | None = None) -> list[History]:
+    """Every unfinished run's history in the database, and up to `sample` finished ones (the
+    newest) of each function named or with unfinished runs."""
+    store = open_store(db_url)
+    await store.open()
+    try:
+        def ids(tx: Tx) -> list[str]:
+            wanted: list[str] = []
+            active = {row.function_id for status in ACTIVE_STATUSES
+                      for row in tx.list_runs(status=status, limit=1_000_000)}
+            functions = sorted(active | set(function_ids or ()))
+            for fid in functions:
+                for status in ACTIVE_STATUSES:
+                    wanted += [r.id for r in tx.list_runs(function_id=fid, status=status,
+                                                          limit=1_000_000)]
+                if sample > 0:
+                    finished = [r for status in TERMINAL_STATUSES
+                                for r in tx.list_runs(function_id=fid, status=status,
+                                                      limit=sample)]
+                    finished.sort(key=lambda r: r.created_at, reverse=True)
+                    wanted += [r.id for r in finished[:sample]]
+            return wanted
+
+        run_ids = await store.read(ids)
+        histories: list[History] = []
+        for start in range(0, len(run_ids), LOAD_CHUNK):
+            chunk = run_ids[start:start + LOAD_CHUNK]
+            states = await store.read(functools.partial(_states, run_ids=chunk))
+            histories += [History.from_state(states[i]) for i in chunk if i in states]
+        return histories
+    finally:
+        await store.close()
+
+
+async def export_history(engine: Engine, run_id: str) -> dict[str, Any] | None:
+    """`GET /v1/runs/{id}/history`: the run's history as JSON, or None for an unknown run."""
+    state = await engine.read(functools.partial(_state, run_id=run_id))
+    return None if state is None else History.from_state(state).to_json()
+
+
+def _state(tx: Tx, *, run_id: str) -> RunState | None:
+    return tx.load_run_state(run_id)
+
+
+def _states(tx: Tx, *, run_ids: list[str]) -> dict[str, RunState]:
+    return tx.load_run_states(run_ids)
+
+
+async def check_database(apps: Sequence[App], db_url: str, *, sample: int = 100
+                         ) -> CheckReport:
+    """`stepwell check APP --db URL`: the apps' functions' runs, and unfinished runs of
+    functions the apps no longer have."""
+    functions = sorted(_functions(apps))
+    histories = await load_histories(db_url, sample=sample, function_ids=functions)
+    wanted = set(functions)
+    histories = [h for h in histories if h.function_id in wanted or not h.finished]
+    return await check_histories(apps, histories)
