@@ -45,6 +45,7 @@ from stepwell.runtime import (
     scripts,
     sdkclient,
     signals,
+    tracing,
     upkeep,
 )
 from stepwell.runtime.checkpoint import CheckpointError as CheckpointError  # for the service
@@ -89,7 +90,9 @@ class Engine:
     another takes them), `max_concurrency` (runs executing at once), `sync_threads` (for sync
     handlers and steps), `prefetch_seconds` and `max_parked` (timers resumed ahead of time),
     `retry_interval_seconds` (a linear retry backoff, for development), `signing_key` and
-    `sdk_timeout_seconds` (calls to apps on the official SDKs).
+    `sdk_timeout_seconds` (calls to apps on the official SDKs). Runs are traced with
+    OpenTelemetry through `tracer_provider` (an SDK `TracerProvider`), or exported over OTLP/HTTP
+    to `otlp_endpoint` (default: `OTEL_EXPORTER_OTLP_ENDPOINT`); see runtime/tracing.py.
     """
 
     def __init__(self, *apps: App, db: str | None = None, clock: Clock | None = None,
@@ -102,7 +105,8 @@ class Engine:
                  retention: str | float | datetime.timedelta | None = "7d",
                  app_url_allow: str | Sequence[str] | None = None,
                  block_warning_seconds: float | None = 1.0,
-                 check_determinism: bool | None = None) -> None:
+                 check_determinism: bool | None = None, tracer_provider: Any = None,
+                 otlp_endpoint: str | None = None) -> None:
         self.apps = list(apps)
         self.registry = Registry(apps)
         self.functions: dict[str, Function] = self.registry.native
@@ -141,6 +145,7 @@ class Engine:
         self._parked: dict[object, int] = {}          # token -> the instant it waits for
         self.tune_gc = tune_gc
         self.stats = Stats()
+        self.tracing = tracing.configure(tracer_provider, otlp_endpoint)
         # Finished runs (with their steps), the events nothing refers to any more, and expired
         # flow-control state are deleted this long after they ended / arrived. None keeps all.
         self.retention_ms = upkeep.retention_ms(retention)
@@ -243,6 +248,7 @@ class Engine:
         self.handler_pool.shutdown(wait=False, cancel_futures=True)
         if self._watchdog is not None:
             self._watchdog.stop()
+        self.tracing.close()
 
     def _handler_owners(self) -> dict[CodeType, str]:
         """Each native handler's code object -> its function's id (for the watchdog)."""
@@ -444,6 +450,7 @@ class Engine:
         for event in events:
             event.id = event.id or scripts.new_id()
             event.ts = event.ts or now
+        tracing.stamp(events, tracing.caller_traceparent())   # the run joins the caller's trace
         if self.routes_events:
             routing = self.routing
             await self.commit(lambda tx, place, effects: admission.ingest_events(
