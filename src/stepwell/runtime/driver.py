@@ -26,7 +26,8 @@ from stepwell.core.models import (
     validate_event_payload,
 )
 from stepwell.core.routing import match_key, path_value
-from stepwell.runtime import admission, runlog, scripts, signals, tracing
+from stepwell.core.traceparent import stamp
+from stepwell.runtime import admission, runlog, scripts, signals
 from stepwell.runtime.scripts import Effects, Ending, LeaseLost, Placement
 from stepwell.sdk.errors import StepError
 from stepwell.store.base import RunState, Tx, WaitRow
@@ -304,7 +305,7 @@ class RunDriver:
                 event.id = event.id or scripts.new_id()
                 event.ts = event.ts or now
                 events.append(event)
-            tracing.stamp(events, self.trace_context())
+            stamp(events, self.trace_context())
         except InvalidEventError as exc:
             # Deterministic: the same events would be refused again, so the step fails now.
             error = {"name": "InvalidEventError", "message": f"step '{step_id}': {exc}",
@@ -364,7 +365,7 @@ class RunDriver:
         due = None if timeout_ms is None else now + timeout_ms
         memo = Memo(step_hash, step_id, "invoke", seq, due_at=due, started_at=now, pending=True)
         child = Event(name=FUNCTION_INVOKED, data=dict(data), id=scripts.new_id(), ts=now)
-        tracing.stamp([child], self.trace_context())
+        stamp([child], self.trace_context())
         spec, run_id, routing = target.spec, self.run_id, self.host.routing
 
         def start_child(tx: Tx, place: Placement, effects: Effects) -> None:

@@ -35,6 +35,7 @@ from stepwell.core.protocol import (
     validate_signing_key,
 )
 from stepwell.core.storage import StorageFailure
+from stepwell.core.traceparent import caller_traceparent, stamp
 from stepwell.core.urlpolicy import AppUrlPolicy
 from stepwell.core.urls import DEFAULT_DB
 from stepwell.runtime import (
@@ -450,7 +451,7 @@ class Engine:
         for event in events:
             event.id = event.id or scripts.new_id()
             event.ts = event.ts or now
-        tracing.stamp(events, tracing.caller_traceparent())   # the run joins the caller's trace
+        stamp(events, caller_traceparent())       # the run joins the caller's trace
         if self.routes_events:
             routing = self.routing
             await self.commit(lambda tx, place, effects: admission.ingest_events(

@@ -38,12 +38,13 @@ from stepwell.core.protocol import (
     steps_map,
     wait_request,
 )
+from stepwell.core.traceparent import TRACEPARENT
 from stepwell.core.urlpolicy import AppUrlNotAllowed, AppUrlPolicy
 from stepwell.runtime import checkpoint, gateway
 from stepwell.runtime.driver import FUNCTION_KEY, Host, RunDriver
 from stepwell.runtime.scripts import LeaseLost
 from stepwell.runtime.sdkclient import AppClients
-from stepwell.runtime.tracing import TRACEPARENT, call_traceparent
+from stepwell.runtime.tracing import call_traceparent
 from stepwell.store.base import RunState
 
 log = logging.getLogger("stepwell.remote")

@@ -27,12 +27,16 @@ import functools
 import hashlib
 import logging
 import os
-import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from stepwell.core.config import ConfigError
 from stepwell.core.models import Event, Memo
+from stepwell.core.traceparent import (
+    TRACEPARENT,
+    format_traceparent,
+    parse_traceparent,
+)
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, SpanContext, Tracer
@@ -40,50 +44,8 @@ if TYPE_CHECKING:
     from stepwell.store.base import RunState
 
 log = logging.getLogger("stepwell.tracing")
-TRACEPARENT = "traceparent"           # the key in an event's `user`, and the HTTP header
 INSTALL_HINT = "pip install 'stepwell[otel]'"
-_TRACEPARENT_RE = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
-
-
-def parse_traceparent(value: object) -> tuple[int, int, int] | None:
-    """A W3C `traceparent` (version 00) as (trace id, span id, flags), None if it is not one
-    (or names the invalid all-zero ids)."""
-    if not isinstance(value, str):
-        return None
-    found = _TRACEPARENT_RE.match(value.strip().lower())
-    if found is None:
-        return None
-    trace_id, span_id, flags = (int(part, 16) for part in found.groups())
-    return None if trace_id == 0 or span_id == 0 else (trace_id, span_id, flags)
-
-
-def format_traceparent(trace_id: int, span_id: int, flags: int) -> str:
-    return f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
-
-
-def caller_traceparent() -> str | None:
-    """The current OpenTelemetry span of the caller as a `traceparent`, if it has one. Reads
-    it only when the application imported OpenTelemetry (else it can have no span), so a
-    process without it pays one dictionary lookup."""
-    import sys
-
-    if "opentelemetry.trace" not in sys.modules:
-        return None
-    from opentelemetry import trace
-
-    ctx = trace.get_current_span().get_span_context()
-    if not ctx.is_valid:
-        return None
-    return format_traceparent(ctx.trace_id, ctx.span_id, int(ctx.trace_flags))
-
-
-def stamp(events: Iterable[Event], traceparent: str | None) -> None:
-    """Give events without trace context this one (stored in `user.traceparent`)."""
-    if traceparent is None:
-        return
-    for event in events:
-        if TRACEPARENT not in event.user:
-            event.user = {**event.user, TRACEPARENT: traceparent}
+ENDPOINT_ENV = "STEPWELL_OTLP_ENDPOINT"
 
 
 def _derived(kind: str, run_id: str, size: int) -> int:
@@ -324,10 +286,14 @@ def call_traceparent(span: Span | None) -> str | None:
 
 def configure(tracer_provider: Any = None, otlp_endpoint: str | None = None) -> NoTracing:
     """The engine's tracing: through `tracer_provider` (an SDK TracerProvider) when given;
-    else exported over OTLP/HTTP to `otlp_endpoint`, or to `OTEL_EXPORTER_OTLP_ENDPOINT` when
+    else exported over OTLP/HTTP to `otlp_endpoint` (or `STEPWELL_OTLP_ENDPOINT`, which the
+    CLI's `--otlp-endpoint` sets), or to `OTEL_EXPORTER_OTLP_ENDPOINT` when
     that is set (service name `OTEL_SERVICE_NAME`, default "stepwell"); else none."""
     if tracer_provider is not None:
         return OtelTracing(tracer_provider, owned=False)
+    # `--otlp-endpoint` reaches the engine as STEPWELL_OTLP_ENDPOINT (so that `stepwell dev`'s
+    # reloaded generations see it too): asked for explicitly, unlike the OTEL_ variable.
+    otlp_endpoint = otlp_endpoint or os.environ.get(ENDPOINT_ENV) or None
     explicit = otlp_endpoint is not None
     endpoint = otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     if not endpoint:
