@@ -132,7 +132,8 @@ class RunDriver:
         stats = self.host.stats
         stats.steps_committed[memo.kind] += 1
         if memo.kind == "run" and memo.ended_at is not None:
-            stats.step_seconds.observe(max(0, memo.ended_at - memo.started_at) / 1000)
+            stats.step_took(self.spec.qualified_id,
+                            max(0, memo.ended_at - memo.started_at) / 1000)
 
     async def record_failure(self, step_hash: str, step_id: str, attempt: int,
                              error: dict[str, Any], *, next_at: int | None) -> None:

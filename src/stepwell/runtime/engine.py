@@ -54,7 +54,7 @@ from stepwell.runtime.clock import Clock, SystemClock, wall_ms
 from stepwell.runtime.registry import Registry, registration_checksum
 from stepwell.runtime.remote import RemoteFunction, RemoteSettings
 from stepwell.runtime.scripts import Effects, Placement, Routing
-from stepwell.runtime.stats import Stats
+from stepwell.runtime.stats import Stats, backlog
 from stepwell.runtime.views import run_view
 from stepwell.runtime.watchdog import LoopWatchdog
 from stepwell.sdk.app import App, Function
@@ -405,10 +405,7 @@ class Engine:
             self._spawn_background(self._ingest_stored(effects.emitted))
         if effects.wake:
             self._wake.set()
-        stats = self.stats
-        stats.events_received += len(effects.event_ids)
-        stats.runs_created += effects.runs_created
-        stats.runs_finished.update(effects.ended)
+        self.stats.count(effects)
         for run_id, function_id, status, error in effects.unsuccessful:
             spec = self.routing.functions.get(function_id)
             runlog.run_ended(run_id, spec.public_id if spec else function_id, status, error)
@@ -635,12 +632,17 @@ class Engine:
         """This process's counters (since it started) and the shared queue's state now."""
         now = self.clock.now()
 
-        def queue(tx: Tx) -> tuple[int, int | None]:
-            return tx.count_ready(now), tx.next_due_at()
+        def queue(tx: Tx) -> tuple[int, int | None, list[tuple[str, str | None, int, int]]]:
+            return tx.count_ready(now), tx.next_due_at(), tx.run_backlog(now)
 
-        ready, next_due = await self.store.read(queue)
+        ready, next_due, waiting = await self.store.read(queue)
         stats = self.stats
+        functions, keys = backlog(waiting, now)
         return {
+            "runs_started": dict(stats.runs_started),
+            "function_runs_finished": dict(stats.function_runs_finished),
+            "function_step_seconds": dict(stats.function_step_seconds),
+            "backlog": functions, "concurrency_backlog": keys,
             "events_received": stats.events_received, "runs_created": stats.runs_created,
             "runs_finished": dict(stats.runs_finished),
             "steps_committed": dict(stats.steps_committed),
