@@ -59,9 +59,11 @@ class Stats:
         """What a committed script did."""
         self.events_received += len(effects.event_ids)
         self.runs_created += effects.runs_created
-        self.runs_started.update(effects.started)
-        self.runs_finished.update(status for _, status in effects.ended)
-        self.function_runs_finished.update(effects.ended)
+        if effects.started:
+            self.runs_started.update(effects.started)
+        if effects.ended:
+            self.runs_finished.update(status for _, status in effects.ended)
+            self.function_runs_finished.update(effects.ended)
 
     def step_took(self, function_id: str, seconds: float) -> None:
         self.step_seconds.observe(seconds)
