@@ -211,3 +211,22 @@ def test_without_tracing_nothing_of_opentelemetry_is_imported(tmp_path: Any) -> 
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=60, env=env)
     assert done.returncode == 0, done.stderr
+
+
+async def test_a_run_cancelled_from_outside_has_its_run_span(
+        make_engine: Any, clock: VirtualClock, exporter: InMemorySpanExporter) -> None:
+    async with make_engine(flaky_app(failures=0),
+                           tracer_provider=provider_for(exporter)) as engine:
+        run_id = await run_of(engine, "t/order")
+        await engine.idle()                          # asleep for a minute
+        await clock.advance("10s")
+        assert await engine.cancel(run_id)
+        await engine.idle()
+    spans = by_name(exporter.get_finished_spans())
+    [root] = spans["run t/order"]
+    assert root.attributes is not None and root.attributes["stepwell.run.status"] == "cancelled"
+    assert root.status.status_code is StatusCode.ERROR
+    [sleep] = spans["sleep cool-off"]            # cut short where the run ended
+    assert sleep.end_time == root.end_time
+    assert sleep.parent is not None and root.context is not None
+    assert sleep.parent.span_id == root.context.span_id

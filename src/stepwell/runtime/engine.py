@@ -406,6 +406,10 @@ class Engine:
         if effects.wake:
             self._wake.set()
         self.stats.count(effects)
+        if self.tracing.enabled and effects.unsuccessful:
+            cancelled = [u[0] for u in effects.unsuccessful if u[2] == "cancelled"]
+            if cancelled:
+                self._spawn_background(tracing.trace_cancelled(self, cancelled))
         for run_id, function_id, status, error in effects.unsuccessful:
             spec = self.routing.functions.get(function_id)
             runlog.run_ended(run_id, spec.public_id if spec else function_id, status, error)

@@ -11,7 +11,8 @@ stored:
 - The run span's id is derived from the run id, so every process that executes a part of the
   run parents its spans on the same span. The run span itself is emitted when the run ends
   (with its real start time, `started_at`), together with a span for each sleep, wait and
-  invoke the run recorded (from its memos).
+  invoke the run recorded (from its memos). A run cancelled from outside an executor gets it
+  from the process that cancelled it (`trace_cancelled`).
 - A step attempt's span is emitted by the process that ran it, when the attempt ends: error
   status and an `exception` event when it failed; a retry is a new attempt, a new span.
 - A call to an SDK app is a span whose context goes to the app as the `traceparent` header,
@@ -41,7 +42,8 @@ from stepwell.core.traceparent import (
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, SpanContext, Tracer
 
-    from stepwell.store.base import RunState
+    from stepwell.runtime.driver import Host
+    from stepwell.store.base import RunState, Tx
 
 log = logging.getLogger("stepwell.tracing")
 INSTALL_HINT = "pip install 'stepwell[otel]'"
@@ -274,6 +276,19 @@ class OtelTracing(NoTracing):
             self.provider.force_flush()
         except Exception:
             log.exception("flushing the OpenTelemetry spans failed")
+
+
+async def trace_cancelled(host: Host, run_ids: list[str]) -> None:
+    """The run spans of runs cancelled from outside any executor (the API, `cancel_on`, a
+    timeout), read back from the store once the cancellation has committed."""
+    for run_id in run_ids:
+        def load(tx: Tx, run_id: str = run_id) -> RunState | None:
+            return tx.load_run_state(run_id)
+
+        state = await host.read(load)
+        if state is not None and state.run.ended_at is not None:
+            host.tracing.run_ended(state, state.run.function_id, state.run.status,
+                              state.run.ended_at, state.run.error)
 
 
 def call_traceparent(span: Span | None) -> str | None:
