@@ -341,7 +341,8 @@ def engine_retention(value: str) -> str | None:
 
 
 def _remember_logging(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
-    """Kept in the environment, so `stepwell dev`'s reloaded generations log the same way."""
+    """Kept in the environment, so `stepwell dev`'s reloaded generations log (and trace) the
+    same way."""
     if value is not None:
         os.environ[str(param.envvar)] = value
 
@@ -355,6 +356,14 @@ log_options = [
                  help="text (default) for people, json (one object per line) for log "
                       "shippers; env STEPWELL_LOG_FORMAT."),
 ]
+
+
+otlp_option = click.option(
+    "--otlp-endpoint", metavar="URL", envvar="STEPWELL_OTLP_ENDPOINT", expose_value=False,
+    callback=_remember_logging,
+    help="Export traces of runs over OTLP/HTTP to this collector (spans go to URL/v1/traces; "
+         "needs `pip install 'stepwell[otel]'`). Default: OTEL_EXPORTER_OTLP_ENDPOINT.")
+log_options.append(otlp_option)
 
 
 def with_log_options(fn: F) -> F:

@@ -29,6 +29,7 @@ from stepwell.core.models import (
     StepInfo,
     normalize_send,
 )
+from stepwell.core.traceparent import caller_traceparent, stamp
 from stepwell.loop_thread import block_on
 
 DEFAULT_URL: Final = "http://127.0.0.1:8288"
@@ -121,9 +122,15 @@ class AsyncClient:
     async def send(self, *args: Any) -> str | list[str]:
         """As `Engine.send`: `(name, data)`, an `Event`, a dict, or a list of these; returns the
         id (or ids). The server has stored the events durably when this returns."""
+        return await self._send(args, caller_traceparent())
+
+    async def _send(self, args: tuple[Any, ...], traceparent: str | None) -> str | list[str]:
+        """`traceparent`: the sender's trace context, read in the sender's thread (the sync
+        client's calls run on another one)."""
         single, events = normalize_send(args)
         if not events:
             return []
+        stamp(events, traceparent)            # the runs join the sender's trace
         body = [e.to_dict() for e in events]
         for raw in body:           # let the server stamp what was not given
             if not raw["id"]:
@@ -218,7 +225,7 @@ class Client:
         self.url = self.aio.url
 
     def send(self, *args: Any) -> str | list[str]:
-        return block_on(self._loop_client.send(*args))
+        return block_on(self._loop_client._send(args, caller_traceparent()))
 
     def get_run(self, run_id: str) -> Run | None:
         return block_on(self._loop_client.get_run(run_id))

@@ -32,6 +32,7 @@ from stepwell.core.models import (
     RunStatus,
 )
 from stepwell.core.protocol import ProtocolError, sign, steps_map
+from stepwell.core.traceparent import TRACEPARENT, parse_traceparent
 from stepwell.core.urlpolicy import AppUrlNotAllowed
 from stepwell.core.urls import DEFAULT_DB as DEFAULT_DB  # re-exported for transports
 from stepwell.runtime.engine import CheckpointError, Engine
@@ -111,6 +112,21 @@ class EventBatch:
 
     def not_stored(self) -> str:
         return " (the batch was not stored)" if self.is_array and len(self.items) > 1 else ""
+
+
+def _with_traceparent(items: list[object], header: str | None) -> list[object]:
+    """Events sent with a `traceparent` request header (W3C trace context) and none of their
+    own carry it in `user.traceparent`: their runs join the sender's trace. A malformed
+    header is ignored, as the W3C spec asks."""
+    if header is None or parse_traceparent(header) is None:
+        return items
+    out: list[object] = []
+    for item in items:
+        user = item.get("user") or {} if isinstance(item, dict) else None
+        if isinstance(item, dict) and isinstance(user, dict) and TRACEPARENT not in user:
+            item = {**item, "user": {**user, TRACEPARENT: header.strip().lower()}}
+        out.append(item)
+    return out
 
 
 def _with_seeded_ids(items: list[object], seed: tuple[int, bytes] | None) -> list[object]:
@@ -221,14 +237,16 @@ class Service:
 
     # --- events ------------------------------------------------------------------------------
 
-    async def send_events(self, body: object, *, seed: str | None = None) -> list[str]:
+    async def send_events(self, body: object, *, seed: str | None = None,
+                          traceparent: str | None = None) -> list[str]:
         """Ingest Inngest's event API body: one event object or an array of them.
 
         All events are validated before any is stored, so a bad item in a batch stores nothing
         and the caller can fix it and resend the whole batch. (`POST /e/{key}` keeps the
         events before a bad one instead, as Inngest does: `send_event_batch`.) `seed` is the
         official SDKs' `x-inngest-event-id-seed`: events without an id get one derived from
-        it, so a retried send stores nothing twice.
+        it, so a retried send stores nothing twice. `traceparent`: the request's W3C trace
+        context header, for the events without their own (`user.traceparent`).
         """
         items: list[object]
         if isinstance(body, list):
@@ -240,7 +258,8 @@ class Service:
                                f"got {type(body).__name__}")
         batch = EventBatch(items, isinstance(body, list))
         try:
-            return await self._send(_with_seeded_ids(items, parse_seed(seed)))
+            return await self._send(_with_traceparent(_with_seeded_ids(items, parse_seed(seed)),
+                                                      traceparent))
         except InvalidEventError as exc:
             raise InvalidInput(f"{batch.where(exc.index)}{exc}{batch.not_stored()}") from exc
 
@@ -249,14 +268,14 @@ class Service:
         assert isinstance(ids, list)
         return ids
 
-    async def send_event_batch(self, batch: EventBatch, *, seed: str | None = None
-                               ) -> list[str]:
+    async def send_event_batch(self, batch: EventBatch, *, seed: str | None = None,
+                               traceparent: str | None = None) -> list[str]:
         """Inngest's `POST /e/{key}`: store the events up to the first invalid one (or the
         point where the body stopped being valid JSON) and, if there was one, raise
         `PartialSend` (400) carrying the ids of the events that were stored, as Inngest
         answers and the SDKs report in `SendEventsError.ids`. Nothing is stored for a request
         retried with the same `x-inngest-event-id-seed`."""
-        items = _with_seeded_ids(batch.items, parse_seed(seed))
+        items = _with_traceparent(_with_seeded_ids(batch.items, parse_seed(seed)), traceparent)
         message = batch.error
         ids: list[str] = []
         try:

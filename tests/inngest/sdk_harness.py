@@ -216,9 +216,9 @@ class Keys:
 
 
 def start_serve(db_url: str, cwd: Path, *, keys: Keys | None = None, port: int = 0,
-                sync_urls: tuple[str, ...] = ()) -> Process:
+                sync_urls: tuple[str, ...] = (), extra_args: tuple[str, ...] = ()) -> Process:
     cmd = [sys.executable, "-m", "stepwell", "serve", "--db", db_url, "--host", "127.0.0.1",
-           "--port", str(port), *SERVE_EXTRA_ARGS]
+           "--port", str(port), *SERVE_EXTRA_ARGS, *extra_args]
     if keys is not None:
         cmd += ["--event-key", keys.event_key, "--signing-key", keys.signing_key]
     for url in sync_urls:
@@ -411,9 +411,9 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def start_harness(spec: AppSpec, db_url: str, cwd: Path,
-                  keys: Keys | None = None) -> Iterator[SdkHarness]:
-    server = start_serve(db_url, cwd, keys=keys)
+def start_harness(spec: AppSpec, db_url: str, cwd: Path, keys: Keys | None = None,
+                  serve_args: tuple[str, ...] = ()) -> Iterator[SdkHarness]:
+    server = start_serve(db_url, cwd, keys=keys, extra_args=serve_args)
     app: Process | None = None
     # Inngest's REST API takes the signing key as a bearer token in production mode.
     headers = {} if keys is None else {"Authorization": f"Bearer {keys.signing_key}"}

@@ -26,6 +26,7 @@ from stepwell.core.models import (
     validate_event_payload,
 )
 from stepwell.core.routing import match_key, path_value
+from stepwell.core.traceparent import stamp
 from stepwell.runtime import admission, runlog, scripts, signals
 from stepwell.runtime.scripts import Effects, Ending, LeaseLost, Placement
 from stepwell.sdk.errors import StepError
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 
     from stepwell.runtime.clock import Clock
     from stepwell.runtime.stats import Stats
+    from stepwell.runtime.tracing import NoTracing
 
 R = TypeVar("R")
 FUNCTION_KEY = "__function__"      # failure counters of code outside steps (one per unit)
@@ -59,6 +61,7 @@ class Host(Protocol):
     clock: Clock
     owner: str
     stats: Stats
+    tracing: NoTracing
     retry_interval_ms: int | None
     check_determinism: bool
     step_pool: Executor
@@ -129,7 +132,8 @@ class RunDriver:
         stats = self.host.stats
         stats.steps_committed[memo.kind] += 1
         if memo.kind == "run" and memo.ended_at is not None:
-            stats.step_seconds.observe(max(0, memo.ended_at - memo.started_at) / 1000)
+            stats.step_took(self.spec.qualified_id,
+                            max(0, memo.ended_at - memo.started_at) / 1000)
 
     async def record_failure(self, step_hash: str, step_id: str, attempt: int,
                              error: dict[str, Any], *, next_at: int | None) -> None:
@@ -165,10 +169,19 @@ class RunDriver:
                         parent_run_id=run.parent_run_id, parent_step=run.parent_step,
                         event=self.first_event or None, event_error=event_error)
         now, routing = self.now(), self.host.routing
+        ended = False
         with contextlib.suppress(LeaseLost):
-            await self.host.commit(self._held(
+            ended = await self.host.commit(self._held(
                 lambda tx, place, effects: scripts.end_run(tx, ending, now, place, routing,
                                                            effects)))
+        if ended and self.host.tracing.enabled:
+            self.host.tracing.run_ended(self.state, run.function_id, status, now, error)
+
+    def trace_context(self) -> str | None:
+        """The run span's `traceparent` for the events this run sends and the runs it
+        invokes, so that they join its trace (None when tracing is not configured)."""
+        trace = self.host.tracing.run_trace(self.state)
+        return None if trace is None else trace.traceparent
 
     def function_unit(self) -> str:
         """The failure counter of the current unit of work outside steps. As in Inngest, each
@@ -293,6 +306,7 @@ class RunDriver:
                 event.id = event.id or scripts.new_id()
                 event.ts = event.ts or now
                 events.append(event)
+            stamp(events, self.trace_context())
         except InvalidEventError as exc:
             # Deterministic: the same events would be refused again, so the step fails now.
             error = {"name": "InvalidEventError", "message": f"step '{step_id}': {exc}",
@@ -352,6 +366,7 @@ class RunDriver:
         due = None if timeout_ms is None else now + timeout_ms
         memo = Memo(step_hash, step_id, "invoke", seq, due_at=due, started_at=now, pending=True)
         child = Event(name=FUNCTION_INVOKED, data=dict(data), id=scripts.new_id(), ts=now)
+        stamp([child], self.trace_context())
         spec, run_id, routing = target.spec, self.run_id, self.host.routing
 
         def start_child(tx: Tx, place: Placement, effects: Effects) -> None:

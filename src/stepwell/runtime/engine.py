@@ -35,6 +35,7 @@ from stepwell.core.protocol import (
     validate_signing_key,
 )
 from stepwell.core.storage import StorageFailure
+from stepwell.core.traceparent import caller_traceparent, stamp
 from stepwell.core.urlpolicy import AppUrlPolicy
 from stepwell.core.urls import DEFAULT_DB
 from stepwell.runtime import (
@@ -45,6 +46,7 @@ from stepwell.runtime import (
     scripts,
     sdkclient,
     signals,
+    tracing,
     upkeep,
 )
 from stepwell.runtime.checkpoint import CheckpointError as CheckpointError  # for the service
@@ -52,7 +54,7 @@ from stepwell.runtime.clock import Clock, SystemClock, wall_ms
 from stepwell.runtime.registry import Registry, registration_checksum
 from stepwell.runtime.remote import RemoteFunction, RemoteSettings
 from stepwell.runtime.scripts import Effects, Placement, Routing
-from stepwell.runtime.stats import Stats
+from stepwell.runtime.stats import Stats, backlog
 from stepwell.runtime.views import run_view
 from stepwell.runtime.watchdog import LoopWatchdog
 from stepwell.sdk.app import App, Function
@@ -89,7 +91,9 @@ class Engine:
     another takes them), `max_concurrency` (runs executing at once), `sync_threads` (for sync
     handlers and steps), `prefetch_seconds` and `max_parked` (timers resumed ahead of time),
     `retry_interval_seconds` (a linear retry backoff, for development), `signing_key` and
-    `sdk_timeout_seconds` (calls to apps on the official SDKs).
+    `sdk_timeout_seconds` (calls to apps on the official SDKs). Runs are traced with
+    OpenTelemetry through `tracer_provider` (an SDK `TracerProvider`), or exported over OTLP/HTTP
+    to `otlp_endpoint` (default: `OTEL_EXPORTER_OTLP_ENDPOINT`); see runtime/tracing.py.
     """
 
     def __init__(self, *apps: App, db: str | None = None, clock: Clock | None = None,
@@ -102,7 +106,8 @@ class Engine:
                  retention: str | float | datetime.timedelta | None = "7d",
                  app_url_allow: str | Sequence[str] | None = None,
                  block_warning_seconds: float | None = 1.0,
-                 check_determinism: bool | None = None) -> None:
+                 check_determinism: bool | None = None, tracer_provider: Any = None,
+                 otlp_endpoint: str | None = None) -> None:
         self.apps = list(apps)
         self.registry = Registry(apps)
         self.functions: dict[str, Function] = self.registry.native
@@ -141,6 +146,7 @@ class Engine:
         self._parked: dict[object, int] = {}          # token -> the instant it waits for
         self.tune_gc = tune_gc
         self.stats = Stats()
+        self.tracing = tracing.configure(tracer_provider, otlp_endpoint)
         # Finished runs (with their steps), the events nothing refers to any more, and expired
         # flow-control state are deleted this long after they ended / arrived. None keeps all.
         self.retention_ms = upkeep.retention_ms(retention)
@@ -243,6 +249,7 @@ class Engine:
         self.handler_pool.shutdown(wait=False, cancel_futures=True)
         if self._watchdog is not None:
             self._watchdog.stop()
+        self.tracing.close()
 
     def _handler_owners(self) -> dict[CodeType, str]:
         """Each native handler's code object -> its function's id (for the watchdog)."""
@@ -398,10 +405,11 @@ class Engine:
             self._spawn_background(self._ingest_stored(effects.emitted))
         if effects.wake:
             self._wake.set()
-        stats = self.stats
-        stats.events_received += len(effects.event_ids)
-        stats.runs_created += effects.runs_created
-        stats.runs_finished.update(effects.ended)
+        self.stats.count(effects)
+        if self.tracing.enabled and effects.unsuccessful:
+            cancelled = [u[0] for u in effects.unsuccessful if u[2] == "cancelled"]
+            if cancelled:
+                self._spawn_background(tracing.trace_cancelled(self, cancelled))
         for run_id, function_id, status, error in effects.unsuccessful:
             spec = self.routing.functions.get(function_id)
             runlog.run_ended(run_id, spec.public_id if spec else function_id, status, error)
@@ -444,6 +452,7 @@ class Engine:
         for event in events:
             event.id = event.id or scripts.new_id()
             event.ts = event.ts or now
+        stamp(events, caller_traceparent())       # the run joins the caller's trace
         if self.routes_events:
             routing = self.routing
             await self.commit(lambda tx, place, effects: admission.ingest_events(
@@ -627,12 +636,17 @@ class Engine:
         """This process's counters (since it started) and the shared queue's state now."""
         now = self.clock.now()
 
-        def queue(tx: Tx) -> tuple[int, int | None]:
-            return tx.count_ready(now), tx.next_due_at()
+        def queue(tx: Tx) -> tuple[int, int | None, list[tuple[str, str | None, int, int]]]:
+            return tx.count_ready(now), tx.next_due_at(), tx.run_backlog(now)
 
-        ready, next_due = await self.store.read(queue)
+        ready, next_due, waiting = await self.store.read(queue)
         stats = self.stats
+        functions, keys = backlog(waiting, now)
         return {
+            "runs_started": dict(stats.runs_started),
+            "function_runs_finished": dict(stats.function_runs_finished),
+            "function_step_seconds": dict(stats.function_step_seconds),
+            "backlog": functions, "concurrency_backlog": keys,
             "events_received": stats.events_received, "runs_created": stats.runs_created,
             "runs_finished": dict(stats.runs_finished),
             "steps_committed": dict(stats.steps_committed),

@@ -169,6 +169,7 @@ async def start(engine: Engine, item_id: int, state: RunState, spec: FunctionSpe
         scripts.hold(tx, item_id, owner, until)
         if not tx.start_run(run.id, now):
             return False
+        effects.started.append(spec.qualified_id)
         if spec.timeout_finish_ms is not None:
             scripts.schedule_finish_timeout(tx, run.id, now, spec.timeout_finish_ms)
         return True

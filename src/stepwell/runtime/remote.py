@@ -38,11 +38,13 @@ from stepwell.core.protocol import (
     steps_map,
     wait_request,
 )
+from stepwell.core.traceparent import TRACEPARENT
 from stepwell.core.urlpolicy import AppUrlNotAllowed, AppUrlPolicy
 from stepwell.runtime import checkpoint, gateway
 from stepwell.runtime.driver import FUNCTION_KEY, Host, RunDriver
 from stepwell.runtime.scripts import LeaseLost
 from stepwell.runtime.sdkclient import AppClients
+from stepwell.runtime.tracing import call_traceparent
 from stepwell.store.base import RunState
 
 log = logging.getLogger("stepwell.remote")
@@ -461,6 +463,33 @@ class RemoteExecutor(RunDriver):
                     "name": "AppUrlNotAllowed", "stack": "", "message": str(exc)})
         checkpointing = self._checkpointing(step_id, disable_immediate)
         self.host.stats.sdk_calls += 1
+        span = self.host.tracing.start_call(self.state, self.fn.qualified_id, step_id,
+                                            body["ctx"]["attempt"], self.now())
+        traceparent = call_traceparent(span)
+        if traceparent is not None:
+            headers[TRACEPARENT] = traceparent       # the app's spans join the run's trace
+        result: CallResult | None = None
+        try:
+            result = await self._post(url, raw, headers, checkpointing)
+            return result
+        finally:
+            if span is not None:
+                self._end_span(span, result)
+
+    def _end_span(self, span: Any, result: CallResult | None) -> None:
+        """End a call's span: its outcome, the opcodes answered, the error of a failed call
+        or of a step that failed in it (None: the call was abandoned, e.g. cancelled)."""
+        if result is None:
+            self.host.tracing.end_call(span, self.now(), "abandoned", None, [])
+            return
+        ops = [op.op for op in result.ops or []]
+        error = result.error if result.kind == "error" else next(
+            (op.error or {} for op in result.ops or [] if op.op in ("StepError", "StepFailed")),
+            None)
+        self.host.tracing.end_call(span, self.now(), result.kind, error, ops)
+
+    async def _post(self, url: str, raw: bytes, headers: dict[str, str],
+                    checkpointing: bool) -> CallResult:
         if checkpointing:
             assert self.inflight is not None
             self.inflight.register(self.run_id, self)

@@ -54,7 +54,8 @@ class Effects:
     dispatch: list[Dispatch] = field(default_factory=list)
     emitted: list[Event] = field(default_factory=list)     # stored unprocessed: ingest next
     finished_runs: list[str] = field(default_factory=list)
-    ended: list[str] = field(default_factory=list)          # the final status of each
+    started: list[str] = field(default_factory=list)        # function of each run started
+    ended: list[tuple[str, str]] = field(default_factory=list)  # (function, final status)
     # (run id, function id, status, error) of each run that ended other than completed: logged
     unsuccessful: list[tuple[str, str, str, dict[str, Any] | None]] = field(
         default_factory=list)
@@ -130,6 +131,7 @@ def create_run(tx: Tx, spec: FunctionSpec, events: list[Event], now: int, place:
     if owner is not None:
         # Leased to this process: it starts now, so it is `running` from the first write.
         run.status, run.started_at = "running", now
+        effects.started.append(spec.qualified_id)
     tx.insert_run(run)
     effects.runs_created += 1
     item = tx.enqueue(EXEC, exec_key(run.id), adm.due_at, run_id=run.id, owner=owner,
@@ -226,7 +228,7 @@ def end_run(tx: Tx, ending: Ending, now: int, place: Placement, routing: Routing
     tx.delete_items(run_id=ending.run_id)
     tx.delete_run_waits(ending.run_id)
     effects.finished_runs.append(ending.run_id)
-    effects.ended.append(ending.status)
+    effects.ended.append((ending.function_id, ending.status))
     if ending.status != "completed":
         effects.unsuccessful.append((ending.run_id, ending.function_id, ending.status,
                                      ending.reported_error))
@@ -249,7 +251,7 @@ def fail_bare(tx: Tx, run: RunRow, error: dict[str, Any], now: int, place: Place
     tx.delete_items(run_id=run.id)
     tx.delete_run_waits(run.id)
     effects.finished_runs.append(run.id)
-    effects.ended.append("failed")
+    effects.ended.append((run.function_id, "failed"))
     effects.unsuccessful.append((run.id, run.function_id, "failed", error))
     if run.parent_run_id and run.parent_step and tx.resolve_memo(
             run.parent_run_id, run.parent_step, {"error": error}, now):

@@ -459,6 +459,7 @@ class RunSession(RunDriver):
             due = None if final else self.retry_due(step_hash, failures + 1,
                                                     after_ms=_retry_after(exc, self.now()))
             await self.record_failure(step_hash, request.step_id, failures, error, next_at=due)
+            self._traced(request.step_id, failures, started, error, final=due is None)
             if due is None:
                 await self.checkpoint(Memo(step_hash, request.step_id, "run", seq, error=error,
                                            fingerprint=fingerprint, attempts=failures + 1,
@@ -472,8 +473,17 @@ class RunSession(RunDriver):
         await self.checkpoint(Memo(step_hash, request.step_id, "run", seq, data=data,
                                    fingerprint=fingerprint, attempts=failures + 1,
                                    started_at=started, ended_at=self.now()))
+        self._traced(request.step_id, failures, started, None, final=True)
         self._consumed.add(step_hash)
         return data
+
+    def _traced(self, step_id: str, attempt: int, started: int,
+                error: dict[str, Any] | None, *, final: bool) -> None:
+        """The attempt's span (when tracing is configured; see runtime/tracing.py)."""
+        tracing = self.host.tracing
+        if tracing.enabled:
+            tracing.step_attempt(self.state, self.fn.qualified_id, step_id, step_id, attempt,
+                                 started, self.now(), error, final=final)
 
     async def _call(self, request: StepRequest) -> Any:
         fn = request.fn

@@ -38,6 +38,7 @@ from stepwell.core.config import ConfigError
 from stepwell.core.models import MAX_EVENT_BYTES, MAX_EVENTS_PER_SEND
 from stepwell.core.protocol import bearer_ok, event_key_ok, validate_event_key, validate_signing_key
 from stepwell.core.storage import StorageFailure
+from stepwell.core.traceparent import TRACEPARENT
 from stepwell.server import metrics as prometheus
 from stepwell.server.dashboard import dashboard_routes
 from stepwell.server.guard import LOOPBACK_HOSTS, HostAllowList, RequestGuard
@@ -300,7 +301,8 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
             batch = await read_events(request)
         except InvalidInput as exc:      # Inngest's answer always carries `ids`
             raise PartialSend(exc.message, []) from None
-        ids = await service.send_event_batch(batch, seed=request.headers.get(EVENT_ID_SEED))
+        ids = await service.send_event_batch(batch, seed=request.headers.get(EVENT_ID_SEED),
+                                             traceparent=request.headers.get(TRACEPARENT))
         return JSONOut({"ids": ids, "status": 200})
 
     async def get_run(request: Request) -> Response:
@@ -367,7 +369,8 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
             raise InvalidInput(f"{batch.error} (nothing was stored)")
         body = batch.items if batch.is_array else batch.items[0]
         return envelope({"ids": await service.send_events(
-            body, seed=request.headers.get(EVENT_ID_SEED))})
+            body, seed=request.headers.get(EVENT_ID_SEED),
+            traceparent=request.headers.get(TRACEPARENT))})
 
     async def run_events(request: Request) -> Response:
         return envelope(await service.run_events(request.path_params["run_id"]))

@@ -57,6 +57,7 @@ class _Snapshot(Collector):
             yield HistogramMetricFamily(f"stepwell_{name}", text,
                                         buckets=histogram.cumulative(),
                                         sum_value=histogram.total)
+        yield from _per_function(v)
         yield GaugeMetricFamily("stepwell_sessions_active",
                                 "Runs executing in this process now.", value=v["sessions_active"])
         yield GaugeMetricFamily("stepwell_runs_parked",
@@ -68,6 +69,44 @@ class _Snapshot(Collector):
         yield GaugeMetricFamily("stepwell_queue_lag_seconds",
                                 "How long the oldest ready item has waited for a worker.",
                                 value=v["queue_lag_seconds"])
+
+
+def _per_function(v: dict[str, Any]) -> Iterator[Metric]:
+    """What operators watch per function: throughput, step latency and the backlog (also per
+    concurrency key: the busiest keys by name, the rest as "other")."""
+    started = CounterMetricFamily("stepwell_function_runs_started",
+                                  "Runs this process started, by function.",
+                                  labels=["function"])
+    for function_id, count in sorted(v["runs_started"].items()):
+        started.add_metric([function_id], count)
+    yield started
+    finished = CounterMetricFamily("stepwell_function_runs_finished",
+                                   "Runs this process ended, by function and final status.",
+                                   labels=["function", "status"])
+    for (function_id, status), count in sorted(v["function_runs_finished"].items()):
+        finished.add_metric([function_id, status], count)
+    yield finished
+    steps = HistogramMetricFamily("stepwell_function_step_seconds",
+                                  "How long `run` step bodies took, by function.",
+                                  labels=["function"])
+    for function_id, histogram in sorted(v["function_step_seconds"].items()):
+        steps.add_metric([function_id], histogram.cumulative(), histogram.total)
+    yield steps
+    for labels, values, name, what in (
+            (["function"], v["backlog"], "stepwell_function_backlog", "function"),
+            (["function", "key"], v["concurrency_backlog"], "stepwell_concurrency_backlog",
+             "function and concurrency key (the busiest keys; the rest as key=\"other\")")):
+        count = GaugeMetricFamily(name, f"Runs due and waiting for a worker or a concurrency "
+                                        f"slot (all processes), by {what}.", labels=labels)
+        oldest = GaugeMetricFamily(f"{name}_oldest_seconds",
+                                   f"How long the oldest of those has waited, by {what}.",
+                                   labels=labels)
+        for key, backlog in sorted(values.items()):
+            label_values = [key] if isinstance(key, str) else list(key)
+            count.add_metric(label_values, backlog.count)
+            oldest.add_metric(label_values, backlog.oldest_seconds)
+        yield count
+        yield oldest
 
 
 def render(values: dict[str, Any]) -> bytes:

@@ -292,6 +292,11 @@ class Tx(Protocol):
     def count_runs(self, function_id: str, status: RunStatus, cap: int) -> int:
         """How many runs of a function have `status`, counting at most `cap` (bounded work)."""
 
+    def run_backlog(self, now: int) -> list[tuple[str, str | None, int, int]]:
+        """The runs due by `now` that no worker holds (ready, or waiting for a concurrency
+        slot), grouped by function and first concurrency key: (function id, key or None,
+        how many, the earliest due time). For `/metrics`; one row per key in the backlog."""
+
     # --- retention -------------------------------------------------------------------------------
     def prune(self, ended_before: int, now: int, limit: int) -> tuple[int, int, int]:
         """Delete up to `limit` finished runs that ended before `ended_before` (with their

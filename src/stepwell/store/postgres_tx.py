@@ -377,6 +377,13 @@ class PostgresTx(Pipe):
                         "AND due_at <= %s", (now,))
         return 0 if row is None else int(row[0])
 
+    def run_backlog(self, now: int) -> list[tuple[str, str | None, int, int]]:
+        rows = self._rows(
+            "SELECT r.function_id, q.ck1, count(*), min(q.due_at) FROM queue q "
+            "JOIN runs r ON r.id = q.run_id WHERE q.kind = 'exec' AND q.owner IS NULL "
+            "AND q.due_at <= %s GROUP BY r.function_id, q.ck1", (now,))
+        return [(r[0], r[1], int(r[2]), int(r[3])) for r in rows]
+
     def get_item(self, unique_key: str) -> QueueItem | None:
         # Debounce and batch items are read, then updated from what was read: serialize that.
         self.lock(unique_key)

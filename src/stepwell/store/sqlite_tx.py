@@ -312,6 +312,13 @@ class SqliteTx:
             (now,)).fetchone()
         return int(row[0])
 
+    def run_backlog(self, now: int) -> list[tuple[str, str | None, int, int]]:
+        rows = self.c.execute(
+            "SELECT r.function_id, q.ck1, count(*), min(q.due_at) FROM queue q "
+            "JOIN runs r ON r.id = q.run_id WHERE q.kind = 'exec' AND q.owner IS NULL "
+            "AND q.due_at <= ? GROUP BY r.function_id, q.ck1", (now,)).fetchall()
+        return [(r[0], r[1], int(r[2]), int(r[3])) for r in rows]
+
     def get_item(self, unique_key: str) -> QueueItem | None:
         row = self.c.execute(f"SELECT {r.QUEUE_COLUMNS} FROM queue WHERE unique_key=?",
                              (unique_key,)).fetchone()

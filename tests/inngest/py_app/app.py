@@ -9,7 +9,8 @@ it at `stepwell serve` with `INNGEST_DEV=http://127.0.0.1:PORT`, as a user would
 Run: `python tests/inngest/py_app/app.py [PORT]` (or `PORT=...`; 0 picks a free port). It prints
 `py-app listening on http://127.0.0.1:NNNNN` once it accepts connections, and serves the SDK at
 `/api/inngest`. `GET /_test/ledger` lists the side effects the steps performed (which step ran,
-when, with what), so the tests can check memoization, retries and ordering from the app's side.
+when, with what), so the tests can check memoization, retries and ordering from the app's side;
+`GET /_test/traceparents` the `traceparent` header of each call the server made.
 """
 
 from __future__ import annotations
@@ -425,6 +426,22 @@ inngest.fast_api.serve(app, client, FUNCTIONS)
 @app.get("/_test/ledger")
 async def ledger() -> list[dict[str, Any]]:
     return LEDGER
+
+
+# The W3C `traceparent` header of each call the server made to the SDK endpoint, in order.
+TRACEPARENTS: list[str] = []
+
+
+@app.middleware("http")
+async def remember_traceparent(request: fastapi.Request, call_next: Any) -> Any:
+    if request.url.path == "/api/inngest" and request.method == "POST":
+        TRACEPARENTS.append(request.headers.get("traceparent", ""))
+    return await call_next(request)
+
+
+@app.get("/_test/traceparents")
+async def traceparents() -> list[str]:
+    return TRACEPARENTS
 
 
 def main() -> None:
