@@ -12,6 +12,7 @@ import datetime
 import json
 import logging
 import math
+import operator
 import time
 import uuid
 from dataclasses import dataclass
@@ -33,7 +34,8 @@ from stepwell.core.models import (
 from stepwell.core.protocol import ProtocolError, sign, steps_map
 from stepwell.core.urlpolicy import AppUrlNotAllowed
 from stepwell.core.urls import DEFAULT_DB as DEFAULT_DB  # re-exported for transports
-from stepwell.runtime.engine import CheckpointError, Engine
+from stepwell.runtime.checkpoint import CheckpointError
+from stepwell.runtime.engine import Engine
 from stepwell.sdk.app import App
 from stepwell.service_views import (
     ACTIVITIES,
@@ -191,6 +193,9 @@ class Service:
 
     def __init__(self, engine: Engine, *, load_error: str | None = None) -> None:
         self.engine = engine
+        # The machinery behind the public API (registry, registrar, reads, checkpoints): the
+        # use cases that have no public engine method go through it.
+        self.worker = engine._worker
         # The last refused registration per app URL (the Python SDK answers the sync with 200
         # whatever we said, so the refusal is kept to be shown by /v1/apps and the dashboard).
         self.sync_errors: dict[str, dict[str, Any]] = {}
@@ -200,7 +205,7 @@ class Service:
 
     def _run_dict(self, run: Run, *, steps: bool = True) -> dict[str, Any]:
         """A run's API shape; SDK functions are named by their composite id, as in Inngest."""
-        fn = self.engine.registry.get(run.function_id)
+        fn = self.worker.registry.get(run.function_id)
         return run_dict(run, steps=steps, public_id=fn.spec.public_id if fn else None)
 
     @classmethod
@@ -461,7 +466,7 @@ class Service:
         """The qualified id of app `app_id`'s function `fn_id`: a native function's id (or
         `app/fn`), or an SDK function's slug (`<app>-<fn>`, what Inngest's API takes) or the
         id it was created with."""
-        for qid, fn in self.engine.registry.items():
+        for qid, fn in self.worker.registry.items():
             spec = fn.spec
             if spec.app_id != app_id:
                 continue
@@ -493,7 +498,7 @@ class Service:
 
     def list_functions(self) -> list[dict[str, Any]]:
         out = []
-        for qid, fn in sorted(self.engine.registry.items()):
+        for qid, fn in sorted(self.worker.registry.items()):
             spec = fn.spec
             out.append({"id": qid, "slug": spec.public_id, "app_id": spec.app_id,
                         "function_id": spec.id, "name": spec.name,
@@ -508,7 +513,7 @@ class Service:
 
     def health(self) -> dict[str, Any]:
         out: dict[str, Any] = {"status": 200, "message": "OK",
-                               "functions": sum(1 for _ in self.engine.registry.items())}
+                               "functions": sum(1 for _ in self.worker.registry.items())}
         if self.load_error is not None:
             out["load_error"] = self.load_error
         return out
@@ -522,7 +527,7 @@ class Service:
         url = str(body.get("url") or "")
         app_id = body.get("appName") or body.get("appname") or body.get("app_name")
         try:
-            result = await self.engine.register_app(body)
+            result = await self.worker.registrar.register(body)
         except AppUrlNotAllowed as exc:
             raise Forbidden(str(exc)) from exc
         except (ProtocolError, ConfigError) as exc:
@@ -552,7 +557,7 @@ class Service:
                 raise InvalidInput(f"{hint}; {url!r} names no host")
         except httpx.InvalidURL as exc:
             raise InvalidInput(f"{hint}; {url!r} is not a valid URL: {exc}") from None
-        policy = self.engine.remote_settings.app_urls
+        policy = self.worker.remote_settings.app_urls
         if policy is not None:
             try:
                 policy.check(url)
@@ -563,7 +568,7 @@ class Service:
                    "x-inngest-server-kind": "cloud" if signing_key else "dev"}
         if signing_key:
             headers["x-inngest-signature"] = sign(body, signing_key, int(time.time()))
-        before = self.engine.registrations
+        before = self.worker.registrar.registrations
         started = iso(int(time.time() * 1000) - 1000)
         try:
             # Streamed and closed unread: only the status and headers are used, so a huge or
@@ -576,15 +581,16 @@ class Service:
                               ) from exc
         # The SDK registers (POSTs to us) before it answers the PUT; its reported URL may spell
         # the host differently, so take the registration that arrived during the PUT.
-        app_id = self.engine.last_registration.get(url.rstrip("/"), self.engine.last_app_id)
-        if self.engine.registrations == before or app_id is None:
+        registrar = self.worker.registrar
+        app_id = registrar.last_registration.get(url.rstrip("/"), registrar.last_app_id)
+        if registrar.registrations == before or app_id is None:
             refused = self._refusal_since(url, started)
             if refused is not None:
                 raise SyncRefused(f"the app at {url} was not synced: {refused['error']}")
             raise InvalidInput(f"the app at {url} answered HTTP {response.status_code} but did "
                                f"not register: {_sync_reason(response)}")
         return {"app_id": app_id, "url": url, "functions": [
-            fn.spec.id for _, fn in self.engine.registry.items()
+            fn.spec.id for _, fn in self.worker.registry.items()
             if fn.spec.remote and fn.spec.app_id == app_id]}
 
     def _refusal_since(self, url: str, since: str | None) -> dict[str, Any] | None:
@@ -602,11 +608,11 @@ class Service:
         and why; a synced app whose later sync was refused keeps its functions)."""
         out = []
         refused = dict(self.sync_errors)
-        for app_id, url, _body, checksum in await self.engine.read(lambda tx: tx.list_apps()):
+        for app_id, url, _body, checksum in await self.worker.read(lambda tx: tx.list_apps()):
             error = refused.pop(url.rstrip("/"), None)
             out.append({"app_id": app_id, "url": url, "checksum": checksum,
                         "error": error["error"] if error else None, "functions": [
-                            fn.spec.id for _, fn in self.engine.registry.items()
+                            fn.spec.id for _, fn in self.worker.registry.items()
                             if fn.spec.remote and fn.spec.app_id == app_id]})
         for url, error in refused.items():
             out.append({"app_id": error["app_id"], "url": url, "checksum": None,
@@ -619,11 +625,11 @@ class Service:
         and retries, and the flow-control options as registered). Native functions are
         listed the same way, with no step URI."""
         out: list[dict[str, Any]] = []
-        for _app_id, _url, body, _checksum in await self.engine.read(lambda tx: tx.list_apps()):
+        for _app_id, _url, body, _checksum in await self.worker.read(lambda tx: tx.list_apps()):
             for raw in body.get("functions") or []:
                 if isinstance(raw, dict):
                     out.append(_go_function(raw))
-        for qid, fn in sorted(self.engine.registry.native.items()):
+        for qid, fn in sorted(self.worker.registry.native.items()):
             spec = fn.spec
             out.append({"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"stepwell:{qid}")),
                         "fv": 1, "name": spec.name, "slug": spec.public_id,
@@ -634,7 +640,7 @@ class Service:
 
     async def run_batch(self, run_id: str) -> list[dict[str, Any]]:
         """`GET /v0/runs/{id}/batch`: the run's events, for SDK calls sent with use_api."""
-        state = await self.engine.read(lambda tx: tx.load_run_state(run_id))
+        state = await self.worker.read(lambda tx: tx.load_run_state(run_id))
         if state is None:
             raise NotFound(f"no run {run_id!r}")
         return [e.to_dict() for e in state.events]
@@ -643,7 +649,7 @@ class Service:
         """`POST /v1/checkpoint/{id}/async`: step results a TypeScript SDK app ran inside the
         call it is answering (docs/checkpointing.md). 409 once that call lost the run."""
         try:
-            stored = await self.engine.checkpoint_async(run_id, body)
+            stored = await self.worker.checkpoint_async(run_id, body)
         except CheckpointError as exc:
             error = ServiceError(str(exc))
             error.status = exc.status
@@ -652,10 +658,10 @@ class Service:
 
     async def run_actions(self, run_id: str) -> dict[str, Any]:
         """`GET /v0/runs/{id}/actions`: the run's resolved memos, as the `steps` map."""
-        state = await self.engine.read(lambda tx: tx.load_run_state(run_id))
+        state = await self.worker.read(lambda tx: tx.load_run_state(run_id))
         if state is None:
             raise NotFound(f"no run {run_id!r}")
-        steps, _ = steps_map(state.memos.values(), self.engine.clock.now())
+        steps, _ = steps_map(state.memos.values(), self.worker.clock.now())
         return steps
 
     # =========================================================================================
@@ -681,7 +687,7 @@ class Service:
         ids = sorted({run["event_id"] for run in runs if run["event_id"]})
         names: dict[str, str] = {}
         if ids:
-            events = await self.engine.read(lambda tx: tx.get_events(ids))
+            events = await self.worker.read(lambda tx: tx.get_events(ids))
             names = {event.id: event.name for event in events}
         for run in runs:
             run["event_name"] = names.get(run["event_id"]) if run["event_id"] else None
@@ -692,7 +698,7 @@ class Service:
 
         Read through the run's stored state (as `/v0/runs/{id}/batch` is), which has the
         events in the order the run received them."""
-        state = await self.engine.read(lambda tx: tx.load_run_state(run_id))
+        state = await self.worker.read(lambda tx: tx.load_run_state(run_id))
         if state is None:
             raise NotFound(f"no run with id {run_id!r}")
         return [event_dict(event) for event in state.events]
@@ -702,7 +708,7 @@ class Service:
         only the options that are set, written as a user would write them in `@app.function`)."""
         out = self.list_functions()
         for item in out:
-            fn = self.engine.registry.get(item["id"])
+            fn = self.worker.registry.get(item["id"])
             item["config"] = function_config(fn.spec) if fn is not None else {}
         return out
 
@@ -713,11 +719,12 @@ class Service:
         refreshes this every few seconds, whatever the size of the database."""
         cap = RUN_COUNT_CAP if cap is None else cap
         out = []
-        for qid, _fn in sorted(self.engine.registry.items()):
+        for qid, _fn in sorted(self.worker.registry.items()):
             counts: dict[str, int] = {}
             capped: list[str] = []
             for status in STATUS_NAMES:
-                found = await self.engine.count_runs(qid, status, cap + 1)
+                found = await self.worker.read(operator.methodcaller(
+                    "count_runs", qid, status, cap + 1))
                 if found > cap:
                     capped.append(STATUS_NAMES[status])
                 counts[STATUS_NAMES[status]] = min(found, cap)
