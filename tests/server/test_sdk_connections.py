@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 import stepwell
-from stepwell.cli import listen
+from stepwell.cli_serve import listen
 from stepwell.core.config import ConfigError
 from stepwell.runtime.sdkclient import AppClients
 from stepwell.server.app import create_app
