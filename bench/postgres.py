@@ -97,7 +97,7 @@ async def child(url: str, role: str, ids: list[int], senders: int, writers: int,
     engine = stepwell.Engine(build_app(started, finished), db=url, worker=role != "send",
                              max_concurrency=5000)
     if writers:
-        engine.store.writers = writers  # type: ignore[attr-defined]
+        engine._worker.store.writers = writers  # type: ignore[attr-defined]
     async with engine:
         print("ready", flush=True)
         await asyncio.to_thread(sys.stdin.readline)
@@ -114,7 +114,7 @@ async def child(url: str, role: str, ids: list[int], senders: int, writers: int,
         await asyncio.gather(*(sender() for _ in range(senders)))
         if role != "send":
             while True:
-                done = await engine.store.read(_count_completed)
+                done = await engine._worker.store.read(_count_completed)
                 if done >= expect:
                     break
                 await asyncio.sleep(0.02)

@@ -3,98 +3,54 @@
 It wraps an `Engine` and speaks in plain, JSON-ready dicts shaped like Inngest's REST API v1, so
 that no transport ever touches the store or hand-builds a response shape, and every transport
 reports the same problem with the same words. Failures are raised as `ServiceError` subclasses that
-carry the HTTP status a transport should use; nothing here knows about HTTP itself.
+carry the HTTP status a transport should use (`service_errors`); nothing here knows about HTTP
+itself. The use cases of apps on the official SDKs are in `service_apps` (`SdkApps`, a base of
+`Service`), for size: `Service` is the one service layer.
 """
 
 from __future__ import annotations
 
-import datetime
-import json
-import logging
-import math
-import time
-import uuid
+import operator
 from dataclasses import dataclass
 from typing import Any, Final
 
-import httpx
-
 from stepwell import service_deploy
-from stepwell.core.config import ConfigError
 from stepwell.core.eventids import parse_seed, seeded_id
 from stepwell.core.expressions import ExpressionError, compile_expression
 from stepwell.core.models import (
     ACTIVE_STATUSES,
-    MAX_EVENT_TS_MS,
     TERMINAL_STATUSES,
     InvalidEventError,
     Run,
-    RunStatus,
 )
-from stepwell.core.protocol import ProtocolError, sign, steps_map
 from stepwell.core.traceparent import TRACEPARENT, parse_traceparent
-from stepwell.core.urlpolicy import AppUrlNotAllowed
-from stepwell.core.urls import DEFAULT_DB as DEFAULT_DB  # re-exported for transports
-from stepwell.runtime.engine import CheckpointError, Engine
+from stepwell.core.urls import DEFAULT_DB
+from stepwell.runtime.engine import Engine
 from stepwell.sdk.app import App
+from stepwell.service_apps import SdkApps
+from stepwell.service_errors import (
+    MAX_LIMIT,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PartialSend,
+    parse_status,
+    parse_time,
+)
 from stepwell.service_views import (
     ACTIVITIES,
     STATUS_NAMES,
     activity,
     event_dict,
     function_config,
+    iso,
     run_dict,
     trigger_dict,
 )
-from stepwell.service_views import iso as iso  # re-exported for transports
 
-log = logging.getLogger("stepwell.sync")
-MAX_LIMIT: Final = 1000
 # Bulk cancellation reads this many active runs of one function at most per status.
 BULK_CANCEL_SCAN: Final = 100_000
 ACTIVITY_SCAN: Final = 1_000     # running runs looked at for `status=sleeping` and the like
-
-
-class ServiceError(Exception):
-    """A request the service cannot satisfy; `status` is the HTTP status that describes it."""
-
-    status = 500
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class InvalidInput(ServiceError):
-    status = 400
-
-
-class Unreachable(ServiceError):
-    status = 502
-
-
-class NotFound(ServiceError):
-    status = 404
-
-
-class Conflict(ServiceError):
-    status = 409
-
-
-class SyncRefused(InvalidInput):
-    """An SDK app's registration was refused: retrying the same app cannot succeed."""
-
-
-class Forbidden(ServiceError):
-    status = 403
-
-
-class PartialSend(InvalidInput):
-    """A batch whose events before `ids`' end were stored and the rest refused."""
-
-    def __init__(self, message: str, ids: list[str]) -> None:
-        super().__init__(message)
-        self.ids = ids
 
 
 @dataclass(slots=True)
@@ -143,71 +99,15 @@ def _with_seeded_ids(items: list[object], seed: tuple[int, bytes] | None) -> lis
     return out
 
 
-def parse_time(value: object, field: str) -> int:
-    """An RFC 3339 string or epoch ms, as epoch ms (times in request bodies), between 1970
-    and the end of year 9999 (what every column and `iso` can hold)."""
-    ms: int | None = None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if isinstance(value, int) or math.isfinite(value):
-            ms = int(value)
-    elif isinstance(value, str):
-        try:
-            moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            pass
-        else:
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=datetime.UTC)
-            ms = int(moment.timestamp() * 1000)
-    if ms is None:
-        raise InvalidInput(f"'{field}' must be an RFC 3339 time such as "
-                           "2026-01-01T00:00:00Z or epoch milliseconds")
-    if not 0 <= ms <= MAX_EVENT_TS_MS:
-        raise InvalidInput(f"'{field}' is out of range: epoch milliseconds from 0 to "
-                           f"{MAX_EVENT_TS_MS} (year 9999) are accepted, got {value!r}")
-    return ms
-
-
-def parse_status(value: str) -> RunStatus:
-    """A run status filter, accepting our names and Inngest's capitalised ones."""
-    lowered = value.strip().lower()
-    for status in STATUS_NAMES:
-        if status == lowered:
-            return status
-    raise InvalidInput(f"unknown run status {value!r}; use one of "
-                       f"{', '.join([*STATUS_NAMES, *ACTIVITIES])}")
-
-
-def parse_limit(value: object, default: int) -> int:
-    if value is None or value == "":
-        return default
-    try:
-        limit = int(str(value))
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= MAX_LIMIT:
-        raise InvalidInput(f"'limit' must be an integer from 1 to {MAX_LIMIT}, got {value!r}")
-    return limit
-
-
-def _sync_reason(response: httpx.Response) -> str:
-    """Why a PUT to an app did not register it, in our words (see `Service.sync_app`)."""
-    if "x-inngest-sdk" not in response.headers:
-        return ("no Inngest SDK answered there (no x-inngest-sdk header); check the URL is "
-                "the app's serve endpoint, e.g. http://127.0.0.1:3000/api/inngest")
-    if response.status_code in (401, 403):
-        return ("the SDK refused the request: check the app and the server use the same "
-                "signing key (or both run in dev mode)")
-    return ("the SDK answered without registering with this server: check the app's "
-            "INNGEST_BASE_URL / INNGEST_DEV points here, and the app's own logs")
-
-
-class Service:
+class Service(SdkApps):
     """Use cases over one engine; every method returns JSON-ready values or raises
     `ServiceError`."""
 
     def __init__(self, engine: Engine, *, load_error: str | None = None) -> None:
         self.engine = engine
+        # The machinery behind the public API (registry, registrar, reads, checkpoints): the
+        # use cases that have no public engine method go through it.
+        self.worker = engine._worker
         # The last refused registration per app URL (the Python SDK answers the sync with 200
         # whatever we said, so the refusal is kept to be shown by /v1/apps and the dashboard).
         self.sync_errors: dict[str, dict[str, Any]] = {}
@@ -217,7 +117,7 @@ class Service:
 
     def _run_dict(self, run: Run, *, steps: bool = True) -> dict[str, Any]:
         """A run's API shape; SDK functions are named by their composite id, as in Inngest."""
-        fn = self.engine.registry.get(run.function_id)
+        fn = self.worker.registry.get(run.function_id)
         return run_dict(run, steps=steps, public_id=fn.spec.public_id if fn else None)
 
     @classmethod
@@ -321,7 +221,7 @@ class Service:
 
     async def run_history(self, run_id: str) -> dict[str, Any]:
         """The run's recorded history as a self-contained file (`runtime.history`)."""
-        history = await service_deploy.export_history(self.engine, run_id)
+        history = await service_deploy.export_history(self.worker, run_id)
         if history is None:
             raise NotFound(f"no run with id {run_id!r}")
         return history
@@ -488,7 +388,7 @@ class Service:
         """The qualified id of app `app_id`'s function `fn_id`: a native function's id (or
         `app/fn`), or an SDK function's slug (`<app>-<fn>`, what Inngest's API takes) or the
         id it was created with."""
-        for qid, fn in self.engine.registry.items():
+        for qid, fn in self.worker.registry.items():
             spec = fn.spec
             if spec.app_id != app_id:
                 continue
@@ -520,7 +420,7 @@ class Service:
 
     def list_functions(self) -> list[dict[str, Any]]:
         out = []
-        for qid, fn in sorted(self.engine.registry.items()):
+        for qid, fn in sorted(self.worker.registry.items()):
             spec = fn.spec
             out.append({"id": qid, "slug": spec.public_id, "app_id": spec.app_id,
                         "function_id": spec.id, "name": spec.name,
@@ -535,155 +435,10 @@ class Service:
 
     def health(self) -> dict[str, Any]:
         out: dict[str, Any] = {"status": 200, "message": "OK",
-                               "functions": sum(1 for _ in self.engine.registry.items())}
+                               "functions": sum(1 for _ in self.worker.registry.items())}
         if self.load_error is not None:
             out["load_error"] = self.load_error
         return out
-
-    # --- official-SDK apps -------------------------------------------------------------------
-
-    async def register_app(self, body: object) -> dict[str, Any]:
-        """`POST /fn/register` from an SDK app."""
-        if not isinstance(body, dict):
-            raise InvalidInput("registration body must be a JSON object")
-        url = str(body.get("url") or "")
-        app_id = body.get("appName") or body.get("appname") or body.get("app_name")
-        try:
-            result = await self.engine.register_app(body)
-        except AppUrlNotAllowed as exc:
-            raise Forbidden(str(exc)) from exc
-        except (ProtocolError, ConfigError) as exc:
-            # Loud on purpose: the Python SDK answers the sync with 200 whatever we say here,
-            # so without this log line and the Apps page a refused app just never runs.
-            message = f"sync refused: {exc}"
-            log.error("app %s at %s: %s", app_id or "(no id)", url or "(no url)", message)
-            self.sync_errors[url.rstrip("/")] = {
-                "app_id": app_id if isinstance(app_id, str) else None, "url": url,
-                "error": message, "at": iso(int(time.time() * 1000))}
-            raise InvalidInput(message) from exc
-        self.sync_errors.pop(url.rstrip("/"), None)
-        return result
-
-    async def sync_app(self, url: object, *, signing_key: str | None = None) -> dict[str, Any]:
-        """Ask the SDK app at `url` to register (`PUT`, as `inngest dev -u` does) and report
-        what it registered.
-
-        The app's answer is never echoed back: the URL is the caller's choice, so its body
-        could be anything the server can reach (a metadata service, an admin page). A failure
-        gives the status and a short reason of our own."""
-        hint = "'url' must be the app's http(s) serve URL, e.g. http://127.0.0.1:3000/api/inngest"
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise InvalidInput(hint)
-        try:
-            if not httpx.URL(url).host:
-                raise InvalidInput(f"{hint}; {url!r} names no host")
-        except httpx.InvalidURL as exc:
-            raise InvalidInput(f"{hint}; {url!r} is not a valid URL: {exc}") from None
-        policy = self.engine.remote_settings.app_urls
-        if policy is not None:
-            try:
-                policy.check(url)
-            except AppUrlNotAllowed as exc:
-                raise Forbidden(str(exc)) from exc
-        body = json.dumps({"url": url}).encode()
-        headers = {"content-type": "application/json",
-                   "x-inngest-server-kind": "cloud" if signing_key else "dev"}
-        if signing_key:
-            headers["x-inngest-signature"] = sign(body, signing_key, int(time.time()))
-        before = self.engine.registrations
-        started = iso(int(time.time() * 1000) - 1000)
-        try:
-            # Streamed and closed unread: only the status and headers are used, so a huge or
-            # endless answer costs nothing.
-            async with httpx.AsyncClient(timeout=30) as client, client.stream(
-                    "PUT", url, content=body, headers=headers) as response:
-                pass
-        except httpx.HTTPError as exc:
-            raise Unreachable(f"cannot reach the app at {url}: {type(exc).__name__}: {exc}"
-                              ) from exc
-        # The SDK registers (POSTs to us) before it answers the PUT; its reported URL may spell
-        # the host differently, so take the registration that arrived during the PUT.
-        app_id = self.engine.last_registration.get(url.rstrip("/"), self.engine.last_app_id)
-        if self.engine.registrations == before or app_id is None:
-            refused = self._refusal_since(url, started)
-            if refused is not None:
-                raise SyncRefused(f"the app at {url} was not synced: {refused['error']}")
-            raise InvalidInput(f"the app at {url} answered HTTP {response.status_code} but did "
-                               f"not register: {_sync_reason(response)}")
-        return {"app_id": app_id, "url": url, "functions": [
-            fn.spec.id for _, fn in self.engine.registry.items()
-            if fn.spec.remote and fn.spec.app_id == app_id]}
-
-    def _refusal_since(self, url: str, since: str | None) -> dict[str, Any] | None:
-        """The refusal recorded for the app at `url` (its serve URL as given, or as the SDK
-        reported it) since `since`, if any."""
-        wanted = url.rstrip("/")
-        for key, refusal in self.sync_errors.items():
-            if (key == wanted or key.split("?")[0] == wanted) and (
-                    since is None or str(refusal["at"]) >= since):
-                return refusal
-        return None
-
-    async def list_apps(self) -> list[dict[str, Any]]:
-        """Synced SDK apps, and apps whose last sync was refused (`error` says which function
-        and why; a synced app whose later sync was refused keeps its functions)."""
-        out = []
-        refused = dict(self.sync_errors)
-        for app_id, url, _body, checksum in await self.engine.read(lambda tx: tx.list_apps()):
-            error = refused.pop(url.rstrip("/"), None)
-            out.append({"app_id": app_id, "url": url, "checksum": checksum,
-                        "error": error["error"] if error else None, "functions": [
-                            fn.spec.id for _, fn in self.engine.registry.items()
-                            if fn.spec.remote and fn.spec.app_id == app_id]})
-        for url, error in refused.items():
-            out.append({"app_id": error["app_id"], "url": url, "checksum": None,
-                        "error": error["error"], "functions": []})
-        return out
-
-    async def dev_functions(self) -> list[dict[str, Any]]:
-        """Every function as the Go dev server's `GET /dev` lists it: its registered config in
-        Inngest's internal shape (`id`, `name`, `slug`, `triggers`, `steps` with their `uri`
-        and retries, and the flow-control options as registered). Native functions are
-        listed the same way, with no step URI."""
-        out: list[dict[str, Any]] = []
-        for _app_id, _url, body, _checksum in await self.engine.read(lambda tx: tx.list_apps()):
-            for raw in body.get("functions") or []:
-                if isinstance(raw, dict):
-                    out.append(_go_function(raw))
-        for qid, fn in sorted(self.engine.registry.native.items()):
-            spec = fn.spec
-            out.append({"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"stepwell:{qid}")),
-                        "fv": 1, "name": spec.name, "slug": spec.public_id,
-                        "triggers": [trigger_dict(t) for t in spec.triggers],
-                        "steps": [{"id": "step", "name": spec.name, "uri": "",
-                                   "retries": spec.retries}], **function_config(spec)})
-        return out
-
-    async def run_batch(self, run_id: str) -> list[dict[str, Any]]:
-        """`GET /v0/runs/{id}/batch`: the run's events, for SDK calls sent with use_api."""
-        state = await self.engine.read(lambda tx: tx.load_run_state(run_id))
-        if state is None:
-            raise NotFound(f"no run {run_id!r}")
-        return [e.to_dict() for e in state.events]
-
-    async def checkpoint_async(self, run_id: str, body: object) -> dict[str, Any]:
-        """`POST /v1/checkpoint/{id}/async`: step results a TypeScript SDK app ran inside the
-        call it is answering (docs/checkpointing.md). 409 once that call lost the run."""
-        try:
-            stored = await self.engine.checkpoint_async(run_id, body)
-        except CheckpointError as exc:
-            error = ServiceError(str(exc))
-            error.status = exc.status
-            raise error from None
-        return {"stored": stored}
-
-    async def run_actions(self, run_id: str) -> dict[str, Any]:
-        """`GET /v0/runs/{id}/actions`: the run's resolved memos, as the `steps` map."""
-        state = await self.engine.read(lambda tx: tx.load_run_state(run_id))
-        if state is None:
-            raise NotFound(f"no run {run_id!r}")
-        steps, _ = steps_map(state.memos.values(), self.engine.clock.now())
-        return steps
 
     # =========================================================================================
     # Dashboard support: the JSON the dashboard needs beyond Inngest's REST API (from here to
@@ -708,7 +463,7 @@ class Service:
         ids = sorted({run["event_id"] for run in runs if run["event_id"]})
         names: dict[str, str] = {}
         if ids:
-            events = await self.engine.read(lambda tx: tx.get_events(ids))
+            events = await self.worker.read(lambda tx: tx.get_events(ids))
             names = {event.id: event.name for event in events}
         for run in runs:
             run["event_name"] = names.get(run["event_id"]) if run["event_id"] else None
@@ -719,7 +474,7 @@ class Service:
 
         Read through the run's stored state (as `/v0/runs/{id}/batch` is), which has the
         events in the order the run received them."""
-        state = await self.engine.read(lambda tx: tx.load_run_state(run_id))
+        state = await self.worker.read(lambda tx: tx.load_run_state(run_id))
         if state is None:
             raise NotFound(f"no run with id {run_id!r}")
         return [event_dict(event) for event in state.events]
@@ -729,7 +484,7 @@ class Service:
         only the options that are set, written as a user would write them in `@app.function`)."""
         out = self.list_functions()
         for item in out:
-            fn = self.engine.registry.get(item["id"])
+            fn = self.worker.registry.get(item["id"])
             item["config"] = function_config(fn.spec) if fn is not None else {}
         return out
 
@@ -740,51 +495,18 @@ class Service:
         refreshes this every few seconds, whatever the size of the database."""
         cap = RUN_COUNT_CAP if cap is None else cap
         out = []
-        for qid, _fn in sorted(self.engine.registry.items()):
+        for qid, _fn in sorted(self.worker.registry.items()):
             counts: dict[str, int] = {}
             capped: list[str] = []
             for status in STATUS_NAMES:
-                found = await self.engine.count_runs(qid, status, cap + 1)
+                found = await self.worker.read(operator.methodcaller(
+                    "count_runs", qid, status, cap + 1))
                 if found > cap:
                     capped.append(STATUS_NAMES[status])
                 counts[STATUS_NAMES[status]] = min(found, cap)
             out.append({"id": qid, "counts": counts, "capped": capped,
                         "total": sum(counts.values())})
         return out
-
-
-_GO_FUNCTION_KEYS = ("priority", "timeouts", "concurrency", "debounce", "checkpoint",
-                     "batchEvents", "rateLimit", "throttle", "cancel", "singleton")
-
-
-def _go_function(raw: dict[str, Any]) -> dict[str, Any]:
-    """An SDK function's registration as Go's `inngest.Function` JSON (what `GET /dev` shows):
-    the `steps` map becomes a list of `{id, name, uri, retries}`, concurrency a list of limits,
-    and `idempotency` the 24 h rate limit Go turns it into."""
-    slug = str(raw.get("id"))
-    steps = []
-    for step_id, step in sorted((raw.get("steps") or {}).items()):
-        step = step if isinstance(step, dict) else {}
-        retries = (step.get("retries") or {}).get("attempts")
-        entry = {"id": step.get("id") or step_id, "name": step.get("name") or step_id,
-                 "uri": (step.get("runtime") or {}).get("url", "")}
-        if retries is not None:
-            entry["retries"] = retries
-        steps.append(entry)
-    out: dict[str, Any] = {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"stepwell:{slug}")),
-                           "fv": 1, "name": raw.get("name") or slug, "slug": slug,
-                           "triggers": list(raw.get("triggers") or []), "steps": steps}
-    for key in _GO_FUNCTION_KEYS:
-        if raw.get(key) is not None:
-            out[key] = raw[key]
-    concurrency = out.get("concurrency")
-    if isinstance(concurrency, int):
-        out["concurrency"] = [{"limit": concurrency}]
-    elif isinstance(concurrency, dict):
-        out["concurrency"] = [concurrency]
-    if raw.get("idempotency") and "rateLimit" not in out:
-        out["rateLimit"] = {"limit": 1, "period": "24h", "key": raw["idempotency"]}
-    return out
 
 
 # Per function and status, the dashboard counts at most this many runs (see

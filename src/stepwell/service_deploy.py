@@ -22,9 +22,10 @@ from typing import Any
 
 from stepwell.core.models import ACTIVE_STATUSES, TERMINAL_STATUSES
 from stepwell.runtime.determinism import Divergence
-from stepwell.runtime.engine import Engine, open_store
 from stepwell.runtime.history import History, HistoryError, read_history, replay_history
+from stepwell.runtime.worker import Worker
 from stepwell.sdk.app import App, Function
+from stepwell.store import open_store
 from stepwell.store.base import RunState, Tx
 
 __all__ = ["CheckReport", "HistoryError", "check_database", "check_histories", "export_history",
@@ -172,9 +173,9 @@ async def load_histories(db_url: str, *, sample: int = 100,
         await store.close()
 
 
-async def export_history(engine: Engine, run_id: str) -> dict[str, Any] | None:
+async def export_history(worker: Worker, run_id: str) -> dict[str, Any] | None:
     """`GET /v1/runs/{id}/history`: the run's history as JSON, or None for an unknown run."""
-    state = await engine.read(functools.partial(_state, run_id=run_id))
+    state = await worker.read(functools.partial(_state, run_id=run_id))
     return None if state is None else History.from_state(state).to_json()
 
 

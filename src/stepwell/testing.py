@@ -183,7 +183,7 @@ async def export_history(engine: Engine, run_id: str) -> dict[str, Any]:
     with one version of the code, then `replay` it against the next."""
     from stepwell.service_deploy import export_history as export
 
-    history = await export(engine, run_id)
+    history = await export(engine._worker, run_id)
     if history is None:
         raise LookupError(f"no run with id {run_id!r}")
     return history

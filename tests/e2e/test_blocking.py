@@ -85,5 +85,5 @@ async def test_the_watchdog_can_be_turned_off(make_engine: Any) -> None:
         return None
 
     async with make_engine(app, block_warning_seconds=None) as engine:
-        assert engine._watchdog is None
+        assert engine._worker._watchdog is None
         assert not any(t.name == "stepwell-watchdog" for t in threading.enumerate())

@@ -44,7 +44,7 @@ def make_app() -> stepwell.App:
 async def test_an_argument_computed_outside_a_step_fails_the_run(make_engine: Any,
                                                                  clock: VirtualClock) -> None:
     async with make_engine(make_app()) as engine:
-        assert engine.check_determinism          # on by default under the virtual clock
+        assert engine._worker.check_determinism          # on by default under the virtual clock
         [run] = await engine.runs(event_id=await engine.send("det/order", {}))
         await engine.idle()
         await clock.advance("3s")

@@ -97,7 +97,7 @@ async def test_send_event_triggers_functions_once(make_engine: Any) -> None:
     async with make_engine(app) as engine:
         run = await only_run(engine, await engine.send("t/produce", {}))
         await engine.idle()
-        clock: VirtualClock = engine.clock  # type: ignore[assignment]
+        clock: VirtualClock = engine._worker.clock  # type: ignore[assignment]
         await clock.advance("1m")
         run = await engine.wait(run.id)
         assert run.status == "completed" and len(run.output) == 3

@@ -23,8 +23,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import stepwell
-from stepwell.runtime import driver, scripts, session
-from stepwell.runtime import engine as engine_module
+from stepwell.runtime import driver, scripts, session, upkeep, worker
 from stepwell.runtime.remote import RemoteExecutor
 from stepwell.testing import VirtualClock
 
@@ -127,7 +126,7 @@ async def run_with_fault(make_engine: Any, clock: VirtualClock, fault: Fault, *,
         assert found is not None
         done = [await engine.wait((await engine.runs(event_id=str(e)))[0].id, DEADLINE_S)
                 for e in others]
-        assert not engine._sessions, "a session is still holding a run"
+        assert not engine._worker._sessions, "a session is still holding a run"
         return found, done
 
 
@@ -205,7 +204,7 @@ async def test_a_fault_acting_on_effects_after_a_commit_loses_nothing(
     """The script committed, then acting on its effects raised: the run goes on from what was
     committed, once, and ends completed."""
     fault = Fault(times=1)
-    inject(monkeypatch, engine_module.Engine, "_apply", fault, "effects", after=True)
+    inject(monkeypatch, worker.Worker, "_apply", fault, "effects", after=True)
     run, others = await run_with_fault(make_engine, clock, fault, retries=2)
     assert run.status == "completed" and run.output == "one-two", run
     assert [s.id for s in run.steps if s.kind == "run"] == ["first", "second", "(engine)"]
@@ -281,7 +280,7 @@ async def test_a_fault_in_the_http_executor_is_retried_then_fails_the_run(
     inject(monkeypatch, RemoteExecutor, stage, fault, "SDK executor")
     native = faulty_app(0)
     async with make_engine(native, clock=clock) as engine:
-        await engine.register_app(registration(sdk_url, 2))
+        await engine._worker.registrar.register(registration(sdk_url, 2))
         fault.on = True
         event_id = await engine.send("sdk/go", {})
         for _ in range(8):
@@ -330,10 +329,10 @@ async def test_an_event_that_cannot_be_processed_is_not_retried_forever(
         for _ in range(5):                       # past the unprocessed grace, then upkeep
             await settle(engine)
             await clock.advance("1m")
-            await engine._maintain()             # its loop runs every 10 real seconds
+            await upkeep.maintain(engine._worker)  # its loop runs every 10 real seconds
         await settle(engine)
         runs = {r.function_id: r for r in await engine.runs()}
-        stale = await engine.store.read(lambda tx: tx.unprocessed_events(10**15, 10))
+        stale = await engine._worker.store.read(lambda tx: tx.unprocessed_events(10**15, 10))
         names = [e.name for e, _ in await engine.events()]
     assert 0 < first_pass == len(attempts), (first_pass, attempts)
     assert (runs["faults/healthy"].status, runs["faults/healthy"].output) == ("completed", 42)

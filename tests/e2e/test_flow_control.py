@@ -253,7 +253,7 @@ async def test_runs_resumed_by_one_event_still_respect_the_limit(make_engine: An
         await step.wait_for_event("go", event="app/go", timeout="1h")
 
         async def count_leased() -> None:
-            items = [await engine.store.read(lambda tx, r=r: tx.get_item(f"exec:{r.id}"))
+            items = [await engine._worker.store.read(lambda tx, r=r: tx.get_item(f"exec:{r.id}"))
                      for r in await engine.runs(function_id="w")]
             leased_while_running.append(sum(1 for i in items if i and i.owner))
 

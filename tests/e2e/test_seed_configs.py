@@ -164,7 +164,7 @@ async def test_generate_report_priority_jumps_the_last_100_seconds(
 
 async def _until_parked(engine: stepwell.Engine, clock: VirtualClock) -> None:
     async def parked() -> None:
-        while (due := await engine.next_due_at()) is not None and due <= clock.now():  # noqa: ASYNC110
+        while (due := await engine._worker.next_due_at()) is not None and due <= clock.now():  # noqa: ASYNC110
             await asyncio.sleep(0.001)
     await asyncio.wait_for(parked(), 10)
 

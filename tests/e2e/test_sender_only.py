@@ -32,7 +32,7 @@ async def test_events_sent_before_any_worker_start_runs_once_a_worker_starts(
         make_engine: Any) -> None:
     seen: list[Any] = []
     async with make_engine(worker=False) as sender:
-        assert not sender.routes_events
+        assert not sender._worker.routes_events
         first = await sender.send("shop/order.created", {"orderId": 1})
         second = await sender.send([{"name": "shop/order.created", "data": {"orderId": 2}}])
         assert await sender.runs() == []            # nobody routed them yet: no worker

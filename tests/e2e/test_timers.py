@@ -15,7 +15,7 @@ from stepwell.testing import VirtualClock
 
 
 async def exec_item(engine: stepwell.Engine, run_id: str) -> QueueItem | None:
-    return await engine.store.read(lambda tx: tx.get_item(f"exec:{run_id}"))
+    return await engine._worker.store.read(lambda tx: tx.get_item(f"exec:{run_id}"))
 
 
 async def only_run(engine: stepwell.Engine, event_id: str | list[str]) -> stepwell.Run:
@@ -48,7 +48,7 @@ async def test_short_sleep_stays_in_memory(make_engine: Any, clock: VirtualClock
         assert run is not None and run.status == "running"
         assert [s.status for s in run.steps] == ["completed", "sleeping"]
         item = await exec_item(engine, run.id)
-        assert item is not None and item.owner == engine.owner     # still leased: in memory
+        assert item is not None and item.owner == engine._worker.owner     # still leased: in memory
         await clock.advance("1999ms")
         assert calls == ["handler", "before"]
         await clock.advance("1ms")
@@ -85,7 +85,7 @@ async def test_timer_is_leased_ahead_and_resumes_at_its_instant(make_engine: Any
         assert item is not None and item.owner is None            # 30 s: beyond the horizon
         await clock.advance("26s")                                # now within 5 s of it
         item = await exec_item(engine, run.id)
-        assert item is not None and item.owner == engine.owner
+        assert item is not None and item.owner == engine._worker.owner
         assert calls == ["handler", "before", "handler"]          # replayed up to the sleep
         run = await engine.get_run(run.id)
         assert run is not None and run.steps[-1].status == "sleeping"
@@ -133,7 +133,7 @@ async def test_cancelled_while_leased_ahead_runs_no_more_steps(
         await engine.idle()
         await clock.advance("6s")
         item = await exec_item(engine, run.id)
-        assert item is not None and item.owner == engine.owner
+        assert item is not None and item.owner == engine._worker.owner
         assert await engine.cancel(run.id)
         await clock.advance("10s")
         run = await engine.wait(run.id)
@@ -187,7 +187,7 @@ async def test_retry_backoff_waits_for_its_instant(make_engine: Any,
         run = await only_run(engine, await engine.send("t/go", {}))
         await engine.idle()
         item = await exec_item(engine, run.id)
-        assert item is not None and item.owner == engine.owner     # within the horizon
+        assert item is not None and item.owner == engine._worker.owner     # within the horizon
         await clock.advance("2999ms")
         assert len(attempts) == 1
         await clock.advance("1ms")
@@ -282,7 +282,7 @@ async def test_at_most_max_parked_runs_wait_in_memory(make_engine: Any,
         runs = [await only_run(engine, await engine.send("t/nap", {})) for _ in range(5)]
         await engine.idle()
         owners = [(await exec_item(engine, r.id)) for r in runs]
-        in_memory = [i for i in owners if i is not None and i.owner == engine.owner]
+        in_memory = [i for i in owners if i is not None and i.owner == engine._worker.owner]
         assert len(in_memory) == 2
         await clock.advance("2s")
         done = [await engine.wait(r.id) for r in runs]

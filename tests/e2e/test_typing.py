@@ -165,7 +165,8 @@ async def test_wait_for_event_returns_the_declared_model(make_engine: Any) -> No
 
 
 async def test_the_http_api_refuses_typed_event_data_that_does_not_fit(make_engine: Any) -> None:
-    from stepwell.service import InvalidInput, Service
+    from stepwell.service import Service
+    from stepwell.service_errors import InvalidInput
 
     app = stepwell.App("shop")
 

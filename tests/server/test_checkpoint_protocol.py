@@ -71,7 +71,7 @@ def checkpoint_body(call: dict[str, Any], *ops: dict[str, Any]) -> dict[str, Any
 
 
 async def run_once(engine: stepwell.Engine, app: ScriptedApp) -> stepwell.Run:
-    await engine.register_app(registration(app.url))
+    await engine._worker.registrar.register(registration(app.url))
     event_id = await engine.send("ck/go", {})
     await engine.idle()
     [run] = await engine.runs(event_id=event_id)
@@ -85,8 +85,8 @@ async def test_a_checkpoint_posted_twice_is_stored_once(make_engine: Any,
     async def script(call: dict[str, Any]) -> tuple[int, Any]:
         assert call["ctx"]["fn_id"] and call["ctx"]["qi_id"]
         body = checkpoint_body(call, step_run("a", 1))
-        answers.append(await engine.checkpoint_async(call["ctx"]["run_id"], body))
-        answers.append(await engine.checkpoint_async(call["ctx"]["run_id"], body))
+        answers.append(await engine._worker.checkpoint_async(call["ctx"]["run_id"], body))
+        answers.append(await engine._worker.checkpoint_async(call["ctx"]["run_id"], body))
         # ... and reported once more in the answer (the SDK missed the checkpoint's reply).
         return 206, [step_run("a", 1), {"op": "RunComplete", "id": "done", "data": {"ok": 1}}]
 
@@ -108,7 +108,7 @@ async def test_checkpoint_through_another_process_is_lease_checked(
     async def script(call: dict[str, Any]) -> tuple[int, Any]:
         run_id = call["ctx"]["run_id"]
         if not call["steps"]:
-            stored = await other.checkpoint_async(run_id, checkpoint_body(
+            stored = await other._worker.checkpoint_async(run_id, checkpoint_body(
                 call, step_run("a", "from-b")))
             assert stored == 1
             return 206, [{"op": "Sleep", "id": "nap", "displayName": "nap", "name": "0s"}]
@@ -128,10 +128,10 @@ async def test_checkpoint_after_cancel_is_refused(make_engine: Any,
 
     async def script(call: dict[str, Any]) -> tuple[int, Any]:
         run_id = call["ctx"]["run_id"]
-        await engine.checkpoint_async(run_id, checkpoint_body(call, step_run("a", 1)))
+        await engine._worker.checkpoint_async(run_id, checkpoint_body(call, step_run("a", 1)))
         assert await engine.cancel(run_id)
         with pytest.raises(StaleDispatch) as info:
-            await engine.checkpoint_async(run_id, checkpoint_body(call, step_run("b", 2)))
+            await engine._worker.checkpoint_async(run_id, checkpoint_body(call, step_run("b", 2)))
         refused.append(str(info.value))
         return 400, {"name": "StaleDispatchError", "message": "stale", "stack": None}
 

@@ -16,7 +16,7 @@ import stepwell
 from stepwell.core.config import MAX_CONCURRENCY, ConfigError
 from stepwell.core.expressions import MAX_EXPRESSION_LENGTH
 from stepwell.core.protocol import MAX_FUNCTIONS_PER_APP, Op, ProtocolError, wait_request
-from stepwell.runtime import engine as engine_module
+from stepwell.runtime import registration as registration_module
 from stepwell.server.app import create_app
 from stepwell.service import Service
 
@@ -89,19 +89,19 @@ async def test_too_many_functions_in_one_app_are_400(make_engine: Any) -> None:
         ok = await http.post("/fn/register", json=registration(
             *(function(f"f{n}") for n in range(MAX_FUNCTIONS_PER_APP))))
         assert ok.status_code == 200, ok.text
-        assert len(engine.registry.remote) == MAX_FUNCTIONS_PER_APP
+        assert len(engine._worker.registry.remote) == MAX_FUNCTIONS_PER_APP
 
 
 async def test_registration_is_validated_off_the_loop_and_once_per_checksum(
         make_engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     parsed_on: list[str] = []
-    real_parse = engine_module.parse_registration
+    real_parse = registration_module.parse_registration
 
     def recording(body: Any) -> Any:
         parsed_on.append(threading.current_thread().name)
         return real_parse(body)
 
-    monkeypatch.setattr(engine_module, "parse_registration", recording)
+    monkeypatch.setattr(registration_module, "parse_registration", recording)
     body = registration(*(function(f"f{n}") for n in range(200)))
     async with http_client(make_engine) as (http, _):
         loop_thread = threading.current_thread().name

@@ -249,7 +249,7 @@ async def test_a_bad_stored_row_is_shown_degraded_and_the_listings_answer(
         good = (await http.post("/e/dev", json={"name": "shop/greet", "data": {"n": 1}}))
         good_id = good.json()["ids"][0]
         await engine.idle()
-        insert_bad_rows(db_url, engine.clock.now())
+        insert_bad_rows(db_url, engine._worker.clock.now())
 
         events = await stored_events(http)
         assert [e["id"] for e in events] == ["bad-event", good_id]

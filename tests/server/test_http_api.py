@@ -12,7 +12,8 @@ import pytest
 
 import stepwell
 from stepwell.server.app import MAX_BODY_BYTES, MAX_EVENT_REQUEST_BYTES, create_app
-from stepwell.service import Service, iso
+from stepwell.service import Service
+from stepwell.service_views import iso
 from stepwell.testing import VirtualClock
 
 Client = Callable[..., Any]

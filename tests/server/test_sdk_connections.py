@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 import stepwell
-from stepwell.cli import listen
+from stepwell.cli_serve import listen
 from stepwell.core.config import ConfigError
 from stepwell.runtime.sdkclient import AppClients
 from stepwell.server.app import create_app
@@ -130,7 +130,7 @@ async def test_engine_bounds_calls_to_each_app(make_engine: Any, held: HeldApp) 
         "steps": {"step": {"id": "step", "runtime": {"url": f"{held.url}?fnId=held-fn"},
                            "retries": {"attempts": 0}}}}]}
     async with make_engine(sdk_concurrency=3) as engine:
-        await engine.register_app(registration)
+        await engine._worker.registrar.register(registration)
         ids = await engine.send([{"name": "held/go", "data": {"n": n}} for n in range(10)])
         await until(lambda: held.in_flight == 3, "three calls in flight")
         await asyncio.sleep(0.1)
@@ -195,7 +195,7 @@ async def test_a_started_run_keeps_its_turn_until_it_suspends(make_engine: Any) 
                            "retries": {"attempts": 0}}}}]}
     try:
         async with make_engine(sdk_concurrency=1) as engine:
-            await engine.register_app(registration)
+            await engine._worker.registrar.register(registration)
             ids = await engine.send([{"name": "turns/go", "data": {"n": n}} for n in range(3)])
             runs = [await engine.wait(r.id) for i in ids for r in await engine.runs(event_id=i)]
         assert sorted(r.output["done"] for r in runs) == [0, 1, 2]

@@ -81,7 +81,7 @@ def registration(url: str, retries: int = 2, **options: Any) -> dict[str, Any]:
 
 
 async def start_run(engine: stepwell.Engine, fake: FakeSDK, retries: int = 2) -> str:
-    await engine.register_app(registration(fake.url, retries))
+    await engine._worker.registrar.register(registration(fake.url, retries))
     event_id = await engine.send("fake/go", {"n": 1})
     await engine.idle()
     [run] = await engine.runs(event_id=event_id)
@@ -174,7 +174,7 @@ async def test_unreachable_app_is_retried_then_the_run_continues(
     port = dead.getsockname()[1]
     dead.close()                       # nothing listens there now
     async with make_engine(clock=clock) as engine:
-        await engine.register_app(registration(f"http://127.0.0.1:{port}/api/inngest"))
+        await engine._worker.registrar.register(registration(f"http://127.0.0.1:{port}/api/inngest"))
         event_id = await engine.send("fake/go", {})
         await engine.idle()
         [run] = await engine.runs(event_id=event_id)
@@ -182,7 +182,7 @@ async def test_unreachable_app_is_retried_then_the_run_continues(
         assert current is not None and current.status == "running"
         assert "SDKUnreachable" in json.dumps([s.failures for s in current.steps])
         # the app comes up (same function now served by the fake app) and the retry succeeds
-        await engine.register_app(registration(fake_sdk.url))
+        await engine._worker.registrar.register(registration(fake_sdk.url))
         fake_sdk.script = lambda step, body: (200, SDK, "recovered")
         await clock.advance("2h")
         run = await engine.wait(run.id)
@@ -286,7 +286,7 @@ async def test_native_and_sdk_functions_invoke_each_other(make_engine: Any,
 
     fake_sdk.script = script
     async with make_engine(app) as engine:
-        await engine.register_app(registration(fake_sdk.url))
+        await engine._worker.registrar.register(registration(fake_sdk.url))
         [native_run] = await engine.runs(event_id=await engine.send("native/parent", {}))
         [sdk_run] = await engine.runs(event_id=await engine.send("fake/go", {}))
         native_run = await engine.wait(native_run.id)
@@ -353,7 +353,7 @@ async def test_wait_for_signal_resolves_conflicts_and_times_out(
 
     fake_sdk.script = script
     async with make_engine(clock=clock) as engine:
-        await engine.register_app(registration(fake_sdk.url))
+        await engine._worker.registrar.register(registration(fake_sdk.url))
         ids = [await engine.send("fake/go", data) for data in (
             {"signal": "approve"}, {"signal": "approve", "conflict": "fail"},
             {"signal": "never"})]

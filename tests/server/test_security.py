@@ -193,8 +193,8 @@ async def test_json_routes_refuse_other_content_types(client: Client) -> None:
                 assert reply.status_code == 415, (path, content_type, reply.text)
                 error = reply.json()["error"]
                 assert "application/json" in error and path in error
-        assert engine.registry.remote == {}
-        assert await engine.read(lambda tx: tx.list_apps()) == []
+        assert engine._worker.registry.remote == {}
+        assert await engine._worker.read(lambda tx: tx.list_apps()) == []
         assert await stored_events(engine) == []
         # What the SDKs send is accepted, parameters included.
         for content_type in ("application/json", "application/json; charset=utf-8",
@@ -228,7 +228,7 @@ async def test_cross_site_writes_are_refused(client: Client) -> None:
                 assert "refused" in reply.json()["error"]
             reply = await http.delete("/v1/runs/01ABC", headers=headers)
             assert reply.status_code == 403, (headers, reply.text)
-        assert engine.registry.remote == {} and await stored_events(engine) == []
+        assert engine._worker.registry.remote == {} and await stored_events(engine) == []
         # The dashboard's own requests (same origin), and reads from anywhere, pass.
         for headers in ({"origin": "http://localhost:8288", "sec-fetch-site": "same-origin"},
                         {"sec-fetch-site": "none"}, {}):
@@ -286,7 +286,7 @@ async def test_app_url_allow_list_bounds_sync_registration_and_calls(
             assert "--app-url-allow" in reply.json()["error"]
         allowed = await http.post("/fn/register", json=registration("http://app.internal/api"))
         assert allowed.status_code == 200, allowed.text
-        assert await engine.read(lambda tx: [a[0] for a in tx.list_apps()]) == ["evil"]
+        assert await engine._worker.read(lambda tx: [a[0] for a in tx.list_apps()]) == ["evil"]
     assert recorder.requests == []
 
     # An app registered (and stored) by a server without the list, then run by one with it.

@@ -134,8 +134,8 @@ def attack_site(target: str) -> Starlette:
 
 
 async def nothing_stored(engine: stepwell.Engine) -> None:
-    assert engine.registry.remote == {}
-    assert await engine.read(lambda tx: tx.list_apps()) == []
+    assert engine._worker.registry.remote == {}
+    assert await engine._worker.read(lambda tx: tx.list_apps()) == []
     assert await engine.events() == []
 
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from stepwell.runtime.engine import open_store
+from stepwell.store import open_store
 from stepwell.store.base import Store
 
 

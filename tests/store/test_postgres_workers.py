@@ -162,7 +162,7 @@ async def test_an_idle_worker_is_woken_by_notify_not_by_polling(pg_database: str
     async with stepwell.Engine(app, db=pg_database, poll_seconds=3600) as worker, \
             stepwell.Engine(app, db=pg_database, worker=False) as producer:
         await asyncio.sleep(0.3)        # let the worker go idle
-        assert not worker._sessions
+        assert not worker._worker._sessions
         await producer.send("wake/go", {})
         await asyncio.wait_for(started.wait(), DEADLINE_S)
 

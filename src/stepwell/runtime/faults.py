@@ -34,7 +34,7 @@ from stepwell.runtime.scripts import Effects, Ending, LeaseLost, Placement
 from stepwell.store.base import Tx
 
 if TYPE_CHECKING:
-    from stepwell.runtime.engine import Engine
+    from stepwell.runtime.worker import Worker
 
 log = logging.getLogger("stepwell.engine")
 ENGINE_KEY = "__engine__"        # failure counter of stepwell's own errors on a run
@@ -49,7 +49,7 @@ def engine_error(exc: BaseException, stage: str) -> dict[str, Any]:
             "message": f"stepwell failed while {stage}: {type(exc).__name__}: {exc}"}
 
 
-async def crashed(engine: Engine, item_id: int, run_id: str, exc: BaseException,
+async def crashed(engine: Worker, item_id: int, run_id: str, exc: BaseException,
                   stage: str) -> str:
     """Record an unexpected exception on the run and retry it with backoff, or fail it once
     its retries are used up. Returns what was done: retrying, failed, gone or unrecorded."""
@@ -107,7 +107,7 @@ async def crashed(engine: Engine, item_id: int, run_id: str, exc: BaseException,
     return "unrecorded"
 
 
-async def item_failed(engine: Engine, item_id: int, kind: str, exc: BaseException) -> None:
+async def item_failed(engine: Worker, item_id: int, kind: str, exc: BaseException) -> None:
     """A cron tick, timeout or flow-control item whose handling raised: try it again later
     rather than leave it leased (its lease would expire and it would fail at once again)."""
     log.error("%s item %s failed; trying again in %d s", kind, item_id,
@@ -115,7 +115,7 @@ async def item_failed(engine: Engine, item_id: int, kind: str, exc: BaseExceptio
     await hand_back(engine, item_id, NON_RUN_RETRY_MS)
 
 
-async def hand_back(engine: Engine, item_id: int, delay_ms: int) -> None:
+async def hand_back(engine: Worker, item_id: int, delay_ms: int) -> None:
     owner, now = engine.owner, engine.clock.now()
     try:
         await engine.store.write(lambda tx: tx.release_item(item_id, owner, now + delay_ms, now))

@@ -19,12 +19,12 @@ from stepwell.runtime.session import RunSession
 from stepwell.store.base import QueueItem, RunState, Tx
 
 if TYPE_CHECKING:
-    from stepwell.runtime.engine import Engine
+    from stepwell.runtime.worker import Worker
 
 log = logging.getLogger("stepwell.engine")
 
 
-async def handle(engine: Engine, item: QueueItem,
+async def handle(engine: Worker, item: QueueItem,
                  states: asyncio.Future[dict[str, RunState]] | None) -> None:
     """Act on one claimed item. `states`: the claimed runs' states, loaded in one read."""
     # An item leased ahead of its instant (a timer) is loaded now and acted on at due_at.
@@ -63,13 +63,13 @@ async def handle(engine: Engine, item: QueueItem,
         await faults.item_failed(engine, item.id, item.kind, exc)
 
 
-async def drop(engine: Engine, item_id: int) -> None:
+async def drop(engine: Worker, item_id: int) -> None:
     """Delete an item that has nothing left to do."""
     owner, now = engine.owner, engine.clock.now()
     await engine.store.write(lambda tx: tx.release_item(item_id, owner, None, now))
 
 
-async def run_dispatch(engine: Engine, dispatch: Dispatch) -> None:
+async def run_dispatch(engine: Worker, dispatch: Dispatch) -> None:
     """A run this process leased inside a script: a new run (its state is at hand) or one an
     event, an invoke or a timeout just resumed."""
     if dispatch.new_run is not None:
@@ -96,7 +96,7 @@ def orphan_warning(function_id: str) -> str:
             f"cancel it: stepwell runs cancel --function {function_id}")
 
 
-async def orphaned(engine: Engine, item_id: int, run_id: str, function_id: str) -> None:
+async def orphaned(engine: Worker, item_id: int, run_id: str, function_id: str) -> None:
     """A run of a function this worker does not define: another deployment's, or a function
     renamed or deleted. Hand it back for a minute (a worker that has it takes it), mark the
     run once so the dashboard and CLI say why it does not move, and log once per function
@@ -115,7 +115,7 @@ async def orphaned(engine: Engine, item_id: int, run_id: str, function_id: str) 
     await engine.store.write(hand_back)
 
 
-async def execute(engine: Engine, item_id: int, state: RunState | None, *,
+async def execute(engine: Worker, item_id: int, state: RunState | None, *,
                   started: bool = False, not_before: int | None = None,
                   may_park: bool = False) -> None:
     """Drive a leased run. `not_before`: the item was leased ahead of its due time, nothing
@@ -131,7 +131,7 @@ async def execute(engine: Engine, item_id: int, state: RunState | None, *,
         await faults.crashed(engine, item_id, state.run.id, exc, "running the run")
 
 
-async def _execute(engine: Engine, item_id: int, state: RunState, *, started: bool,
+async def _execute(engine: Worker, item_id: int, state: RunState, *, started: bool,
                    not_before: int | None, may_park: bool) -> None:
     fn = engine.registry.get(state.run.function_id)
     if fn is None:
@@ -154,7 +154,7 @@ async def _execute(engine: Engine, item_id: int, state: RunState, *, started: bo
                          may_park=may_park).execute()
 
 
-async def start(engine: Engine, item_id: int, state: RunState, spec: FunctionSpec) -> bool:
+async def start(engine: Worker, item_id: int, state: RunState, spec: FunctionSpec) -> bool:
     """Mark a queued run started (or cancel it if it waited past timeouts.start)."""
     run, now = state.run, engine.clock.now()
     routing = engine.routing
@@ -182,7 +182,7 @@ async def start(engine: Engine, item_id: int, state: RunState, spec: FunctionSpe
     return ok
 
 
-async def fire_flow(engine: Engine, item: QueueItem) -> None:
+async def fire_flow(engine: Worker, item: QueueItem) -> None:
     """A batch's timeout or a debounce window ended: start the run it was holding back."""
     fn = engine.registry.get(str((item.payload or {}).get("function_id")))
     if fn is None:
@@ -199,7 +199,7 @@ async def fire_flow(engine: Engine, item: QueueItem) -> None:
     await engine.commit(script)
 
 
-async def fire_timeout(engine: Engine, item: QueueItem) -> None:
+async def fire_timeout(engine: Worker, item: QueueItem) -> None:
     """timeouts.start or timeouts.finish elapsed: cancel the run if it is still going."""
     payload = item.payload or {}
     which = payload.get("which", "finish")
@@ -219,7 +219,7 @@ async def fire_timeout(engine: Engine, item: QueueItem) -> None:
     await engine.commit(script)
 
 
-async def fire_cron(engine: Engine, item: QueueItem) -> None:
+async def fire_cron(engine: Worker, item: QueueItem) -> None:
     """A schedule's tick: start its run (exactly once per tick) and arm the next tick."""
     payload = item.payload or {}
     fn = engine.registry.get(str(payload.get("function_id")))

@@ -1,23 +1,74 @@
-"""Housekeeping a worker does besides running work: retention (pruning old runs, events and
-flow-control state), telling its own leases from a dead process's, and tuning the collector."""
+"""Housekeeping a worker does besides running work: the maintenance loop (renewing its leases,
+releasing expired ones, picking up apps synced elsewhere and events left unprocessed),
+retention (pruning old runs, events and flow-control state), telling its own leases from a dead
+process's, and tuning the collector."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import functools
 import gc
+import logging
 import os
 import socket
 import uuid
+from typing import TYPE_CHECKING
 
 from stepwell.core.config import ConfigError
 from stepwell.core.durations import parse_duration_ms
-from stepwell.runtime.clock import Clock
+from stepwell.runtime.clock import Clock, wall_ms
 from stepwell.store.base import Store, Tx
+
+if TYPE_CHECKING:
+    from stepwell.runtime.worker import Worker
+
+log = logging.getLogger("stepwell.engine")
 
 DEFAULT_GC_THRESHOLD, TUNED_GC_THRESHOLD = 700, 50_000
 PRUNE_BATCH, PRUNE_ROUNDS = 500, 20      # rows per table per transaction; rounds per call
 MIN_RETENTION_MS = 24 * 3600 * 1000      # event de-duplication and idempotency keep 24 h
+UNPROCESSED_GRACE_MS = 5_000             # stored events younger than this are still in flight
+
+
+async def maintenance_loop(worker: Worker) -> None:
+    """`maintain` every third of the lease time, for as long as the worker runs."""
+    interval = max(worker.lease_ms / 3000, 0.05)
+    while worker.running:
+        await asyncio.sleep(interval)
+        try:
+            await maintain(worker)
+        except Exception:
+            log.exception("maintenance failed; will retry")
+
+
+async def maintain(worker: Worker) -> None:
+    """One maintenance pass: renew the leases of the worker's live sessions (a dead session's
+    lease is left to expire), release expired leases and unblock blocked items (a safety net
+    for a missed wake-up), load apps synced through other processes, apply the retention
+    policy, and ingest events stored but left unprocessed (by a process that died)."""
+    owner, until, wall = worker.owner, worker.lease_until(), wall_ms()
+    held = worker.held_items()
+    released = await worker.store.write(lambda tx: (tx.renew_leases(owner, until, held),
+                                                    tx.release_expired_leases(wall),
+                                                    tx.unblock_all())[1:])
+    if any(released):
+        worker.wake.set()
+    await worker.registrar.load_stored()
+    if worker.retention_ms is not None:
+        await prune(worker.store, worker.clock, worker.retention_ms)
+    before = worker.clock.now() - UNPROCESSED_GRACE_MS
+    stale = await worker.store.read(lambda tx: tx.unprocessed_events(before, 500))
+    if stale:
+        await worker.ingest_stored(stale)
+
+
+async def reclaim_dead_local_workers(worker: Worker) -> None:
+    """Leases held by a dead process on this host are released at once, not after expiry."""
+    owners = await worker.store.read(lambda tx: tx.lease_owners())
+    dead = dead_local_owners(owners, worker.owner)
+    if dead:
+        await worker.store.write(lambda tx: [tx.release_leases_of(o) for o in dead])
 
 
 def tune_gc() -> None:

@@ -43,15 +43,9 @@ from stepwell.server import metrics as prometheus
 from stepwell.server.dashboard import dashboard_routes
 from stepwell.server.guard import LOOPBACK_HOSTS, HostAllowList, RequestGuard
 from stepwell.server.openapi import openapi_document
-from stepwell.service import (
-    EventBatch,
-    InvalidInput,
-    PartialSend,
-    Service,
-    ServiceError,
-    iso,
-    parse_limit,
-)
+from stepwell.service import EventBatch, Service
+from stepwell.service_errors import InvalidInput, PartialSend, ServiceError, parse_limit
+from stepwell.service_views import iso
 
 # Every JSON route accepts request bodies up to 3 MiB, the size of one event.
 MAX_BODY_BYTES: Final = 3 * 1024 * 1024
