@@ -203,7 +203,7 @@ def test_without_tracing_nothing_of_opentelemetry_is_imported(tmp_path: Any) -> 
             async with stepwell.Engine(app, db="sqlite:///{tmp_path}/t.db") as engine:
                 [run] = await engine.runs(event_id=await engine.send("t/f", {{}}))
                 run = await engine.wait(run.id)
-                assert run.output == 1 and engine.tracing is NO_TRACING
+                assert run.output == 1 and engine._worker.tracing is NO_TRACING
             assert not [m for m in sys.modules if m.startswith("opentelemetry")], "imported"
         asyncio.run(main())
     """)
