@@ -389,7 +389,7 @@ def server_options(fn: F) -> F:
                           "localhost, 127.0.0.1, [::1] and the --host bound to."),
         click.option("--app-url-allow", "app_url_allow", multiple=True, metavar="HOSTS",
                      envvar="STEPWELL_APP_URL_ALLOW",
-                     help="Only call SDK apps (sync, registration, runs) at URLs whose host "
+                     help="Only call URLs (app sync, registration, runs, step.fetch) whose host "
                           "is in this list: names, .domains, IPs or networks, e.g. "
                           "127.0.0.0/8,app.internal (repeatable). Default: any URL."),
         click.option("--header-timeout", type=click.FloatRange(min=0.1), default=10.0,

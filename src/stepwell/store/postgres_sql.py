@@ -69,9 +69,9 @@ KINDS: list[Bulk] = [
     # New events only (a duplicate id is not inserted, and the strict re-run applies the
     # de-duplication window to it).
     Bulk("event", "events",
-         "INSERT INTO events (id, name, data, user_data, ts, received_at, processed) "
-         "SELECT * FROM unnest("
-         + _arrays("text", "text", "text", "text", "bigint", "bigint", "boolean")
+         "INSERT INTO events (id, name, data, user_data, ts, received_at, processed, "
+         "generation) SELECT * FROM unnest("
+         + _arrays("text", "text", "text", "text", "bigint", "bigint", "boolean", "integer")
          + ") ON CONFLICT (id) DO NOTHING RETURNING id", check=True),
     Bulk("lease", "queue",
          "UPDATE queue SET lease_until = v.until "
