@@ -512,13 +512,23 @@ def test_dev_restarts_when_the_code_changes(tmp_path: Path) -> None:
                 return "bye"
         """))
         wait_for(lambda: "demo/goodbye" in function_ids(server.url), "the new function")
-        # A broken edit keeps the server up and says what is wrong; fixing it recovers.
+        # A broken edit keeps the server up, serving the last code that imported, and says
+        # what is wrong; fixing it swaps the fixed code in.
         (tmp_path / "live_app.py").write_text(APP_SOURCE + "\ndef broken(:\n")
         wait_for(lambda: "SyntaxError" in server.output()
                  and "waiting for a change" in server.output(), "the syntax error report")
+        assert "still serving the last code that imported" in server.output()
         health = wait_for(lambda: load_error(server.url), "/health to report the error")
-        assert "SyntaxError" in health["load_error"] and health["functions"] == 0
-        assert cli("runs", "list", url=server.url).returncode == 0     # the API still answers
+        assert "SyntaxError" in health["load_error"]
+        assert "Still serving the last code that imported" in health["load_error"]
+        assert "demo/goodbye" in function_ids(server.url)
+        assert health["functions"] == len(function_ids(server.url))
+        # An event sent meanwhile starts a run of the last good code, which completes.
+        sent = cli("send", "demo/goodbye", "--data", "{}", url=server.url)
+        assert sent.returncode == 0, sent.stderr
+        wait_for(lambda: [r["output"] for r in runs_json(server.url, "--function",
+                                                         "demo/goodbye")] == ["bye"],
+                 "a run of the last good code")
         page = httpx.get(server.url + "/dashboard/runs", timeout=5)
         assert page.status_code == 200 and 'id="code-problem"' in page.text
         (tmp_path / "live_app.py").write_text(APP_SOURCE)
