@@ -402,6 +402,42 @@ def test_runs_can_be_listed_by_what_they_wait_on(dev: DevServer) -> None:
     cli("runs", "cancel", run["run_id"], url=dev.url)
 
 
+def test_orphaned_runs_are_listed_by_status(tmp_path: Path) -> None:
+    """A run left asleep by a function the code no longer defines is listed by
+    `runs list --status orphaned` (and a run of a defined function is not)."""
+    import asyncio
+
+    import stepwell
+
+    old = stepwell.App("demo")
+
+    @old.function(id="gone", trigger="demo/gone")
+    async def gone(ctx: stepwell.Context, step: stepwell.Step) -> str:
+        await step.sleep("nap", "50ms")
+        return "back"
+
+    async def leave_a_sleeping_run() -> str:
+        async with stepwell.Engine(old, db=f"sqlite:///{tmp_path / 'sw.db'}",
+                                   prefetch_seconds=0) as engine:
+            [run] = await engine.runs(event_id=await engine.send("demo/gone", {}))
+            await engine.idle()
+            return run.id
+
+    orphan = asyncio.run(leave_a_sleeping_run())
+    (tmp_path / "live_app.py").write_text(APP_SOURCE)            # no demo/gone
+    server = start_dev("live_app.py", tmp_path, "--no-reload")
+    try:
+        cli("send", "demo/slow", url=server.url)
+        listed = wait_for(lambda: runs_json(server.url, "--status", "orphaned"),
+                          "the run to be listed as orphaned")
+        assert [(r["run_id"], r["activity"]) for r in listed] == [(orphan, "orphaned")]
+        shown = cli("runs", "list", "--status", "orphaned", url=server.url)
+        assert shown.returncode == 0 and "Running (orphaned)" in shown.stdout
+        assert "demo/gone" in shown.stdout and "demo/slow" not in shown.stdout
+    finally:
+        server.stop()
+
+
 def test_bad_status_filter_is_reported(dev: DevServer) -> None:
     result = cli("runs", "list", "--status", "sleepy", url=dev.url)
     assert result.returncode == 1 and "unknown run status" in result.stderr
