@@ -204,7 +204,7 @@ def server_options(fn: F) -> F:
                           "localhost, 127.0.0.1, [::1] and the --host bound to."),
         click.option("--app-url-allow", "app_url_allow", multiple=True, metavar="HOSTS",
                      envvar="STEPWELL_APP_URL_ALLOW",
-                     help="Only call SDK apps (sync, registration, runs) at URLs whose host "
+                     help="Only call URLs (app sync, registration, runs, step.fetch) whose host "
                           "is in this list: names, .domains, IPs or networks, e.g. "
                           "127.0.0.0/8,app.internal (repeatable). Default: any URL."),
         click.option("--header-timeout", type=click.FloatRange(min=0.1), default=10.0,
@@ -257,13 +257,16 @@ def run_server(apps: list[App], db: str, host: str, port: int, *, worker: bool =
                signing_keys: Sequence[str] = (), retry_interval: float | None = None,
                retention: str = "7d", exposure: Exposure = Exposure(),
                sock: socket.socket | None = None, load_error: str | None = None,
-               check_determinism: bool = False) -> None:
+               check_determinism: bool = False,
+               on_service: Callable[[Service], object] | None = None) -> None:
     setup_logging()
     service = make_service(apps, db, worker=worker, signing_keys=signing_keys,
                            retry_interval=retry_interval, retention=retention,
                            app_url_allow=exposure.app_url_allow, load_error=load_error,
                            check_determinism=check_determinism,
                            sdk_concurrency=exposure.sdk_concurrency)
+    if on_service is not None:        # `stepwell dev` updates its load_error (cli_dev)
+        on_service(service)
     app = make_asgi(service, host, event_keys=event_keys, signing_keys=signing_keys,
                     exposure=exposure)
     sock = sock or listen(host, port)
@@ -278,8 +281,9 @@ def run_server(apps: list[App], db: str, host: str, port: int, *, worker: bool =
 @click.argument("target", metavar="[PATH_OR_MODULE[:ATTR]]", required=False)
 @server_options
 @click.option("--reload/--no-reload", default=True, show_default=True,
-              help="Restart when a .py file next to the app changes (runs resume where they "
-                   "were: their state is in the database).")
+              help="Swap in the code when a .py file next to the app changes and it imports "
+                   "(runs resume where they were); until then the last code that imported "
+                   "keeps serving.")
 @click.option("--production-backoff", is_flag=True,
               help="Retry failed steps with the production exponential backoff instead of "
                    f"dev's {DEV_RETRY_INTERVAL:g} s x attempt.")
@@ -314,47 +318,13 @@ def dev(target: str | None, db: str, host: str, port: int, sync_urls: tuple[str,
                            sdk_concurrency=sdk_concurrency)
     make_asgi(checked, host, event_keys=event_keys, signing_keys=signing_keys,
               exposure=exposure)                     # options checked before watching
-    import watchfiles
+    from stepwell.cli_dev import run_dev
 
     sock = listen(host, port)       # kept across restarts: clients never see the port close
     try:
-        watchfiles.run_process(
-            watched_folder(target), target=serve_reloaded,
-            args=(target, db, host, port, sock, options), watch_filter=watchfiles.PythonFilter(),
-            callback=lambda changes: click.echo(
-                "stepwell: code changed (" + ", ".join(sorted(Path(p).name for _, p in changes))
-                + "), restarting", err=True))
+        run_dev(target, db, host, port, sock, options)   # the last code that imports serves
     finally:
         sock.close()
-
-
-def watched_folder(target: str) -> Path:
-    """The folder whose Python files `stepwell dev` watches: the app file's, else the current
-    one (a module target is imported from there or from installed packages)."""
-    where, _ = split_target(target)
-    path = Path(where)
-    return path.resolve().parent if path.suffix == ".py" else Path.cwd()
-
-
-def serve_reloaded(target: str, db: str, host: str, port: int, sock: socket.socket,
-                   options: dict[str, Any]) -> None:
-    """One generation of `stepwell dev --reload`, in a fresh process: load the code, serve.
-
-    Code that does not import (a syntax error mid-edit) does not take the server down: the
-    event API, REST API and dashboard keep answering with no functions (runs wait and resume
-    where they were once the code loads; an event sent meanwhile is stored but, with no
-    function loaded, starts no run), the error is printed and shown on the dashboard, and the
-    watcher starts the next generation on the next change."""
-    try:
-        apps, error = load_apps(target), None
-    except click.ClickException as exc:
-        apps, error = [], exc.format_message()
-        click.echo(f"Error: {error}\nstepwell: serving the API and dashboard with no functions "
-                   "until the code loads (waiting for a change)", err=True)
-    try:
-        run_server(apps, db, host, port, sock=sock, load_error=error, **options)
-    except click.ClickException as exc:
-        click.echo(f"Error: {exc.format_message()}  (waiting for a change)", err=True)
 
 
 @main.command("serve")

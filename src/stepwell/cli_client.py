@@ -162,8 +162,9 @@ def compact(value: Any, width: int = 60) -> str:
 @runs.command("list")
 @click.option("--function", "function_id", default=None, help="Function id (fn or app/fn).")
 @click.option("--status", default=None,
-              help="queued, running, completed, failed, cancelled, skipped; or what a running "
-                   "run is doing: sleeping, waiting, invoking, retrying.")
+              help="queued, running, completed, failed, cancelled, skipped; what a running "
+                   "run is doing: sleeping, waiting, invoking, retrying; or orphaned (runs of "
+                   "a function no longer defined).")
 @click.option("--event", "event_id", default=None, help="Runs started by this event id.")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
 @url_option

@@ -38,13 +38,13 @@ from stepwell.service_errors import (
     parse_time,
 )
 from stepwell.service_views import (
-    ACTIVITIES,
+    DERIVED_STATUSES,
     STATUS_NAMES,
-    activity,
     event_dict,
     function_config,
     iso,
     run_dict,
+    runs_doing,
     trigger_dict,
 )
 
@@ -229,22 +229,17 @@ class Service(SdkApps):
     async def list_runs(self, *, function_id: str | None = None, status: str | None = None,
                         event_id: str | None = None, limit: int = 100
                         ) -> list[dict[str, Any]]:
-        """Runs, newest first; `status` takes our names or Inngest's (`Running`...), or what a
-        running run is doing: `sleeping`, `waiting`, `invoking`, `retrying` (derived from its
-        steps, among the newest `ACTIVITY_SCAN` running runs)."""
-        if status and status.strip().lower() in ACTIVITIES:
+        """Runs, newest first; `status` takes our names or Inngest's (`Running`...), what a
+        running run is doing (`sleeping`, `waiting`, `invoking`, `retrying`, from its steps) or
+        `orphaned` (of a function no longer defined), derived among the newest `ACTIVITY_SCAN`
+        runs of each status."""
+        if status and status.strip().lower() in DERIVED_STATUSES:
             doing = status.strip().lower()
-            running = await self.engine.runs(event_id=event_id or None,
-                                             function_id=function_id or None,
-                                             status="running", limit=ACTIVITY_SCAN)
-            found = []
-            for listed in running:
-                run = await self.engine.get_run(listed.id)
-                if run is not None and activity(run) == doing:
-                    found.append(self._run_dict(run, steps=False) | {"activity": doing})
-                    if len(found) >= limit:
-                        break
-            return found
+            found = await runs_doing(
+                self.engine, lambda fn: self.worker.registry.get(fn) is not None, doing,
+                function_id=function_id or None, event_id=event_id or None, limit=limit,
+                scan=ACTIVITY_SCAN)
+            return [self._run_dict(run, steps=False) | {"activity": doing} for run in found]
         wanted = parse_status(status) if status else None
         runs = await self.engine.runs(event_id=event_id or None,
                                       function_id=function_id or None, status=wanted,

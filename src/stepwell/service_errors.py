@@ -12,7 +12,7 @@ import math
 from typing import Final
 
 from stepwell.core.models import MAX_EVENT_TS_MS, RunStatus
-from stepwell.service_views import ACTIVITIES, STATUS_NAMES
+from stepwell.service_views import DERIVED_STATUSES, STATUS_NAMES
 
 MAX_LIMIT: Final = 1000
 
@@ -91,7 +91,7 @@ def parse_status(value: str) -> RunStatus:
         if status == lowered:
             return status
     raise InvalidInput(f"unknown run status {value!r}; use one of "
-                       f"{', '.join([*STATUS_NAMES, *ACTIVITIES])}")
+                       f"{', '.join([*STATUS_NAMES, *DERIVED_STATUSES])}")
 
 
 def parse_limit(value: object, default: int) -> int:

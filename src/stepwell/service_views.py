@@ -4,8 +4,9 @@ JSON-ready dicts, in the shapes of Inngest's REST API v1 (plus stepwell's own fi
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from stepwell.core import jsonsafe
 from stepwell.core.config import CancelRule, CronTrigger, EventTrigger, FunctionSpec, Trigger
@@ -49,6 +50,54 @@ def activity(run: Run) -> str | None:
         return None
     current = {step.status for step in run.steps}
     return next((state for state in ACTIVITIES if state in current), None)
+
+
+# An unfinished run of a function no longer defined (renamed or deleted): a worker that claimed
+# it marked it with the warning `runtime.items.orphan_warning` starts with.
+ORPHANED: Final = "orphaned"
+ORPHAN_MARK: Final = "orphaned:"
+# Every derived filter of `runs list --status` / `GET /v1/runs?status=`.
+DERIVED_STATUSES: Final = (*ACTIVITIES, ORPHANED)
+
+
+def is_orphaned(run: Run, defined: Callable[[str], bool]) -> bool:
+    """Marked orphaned by a worker, not finished, and still of no function defined here (a run
+    whose function came back keeps the warning, but resumes: it is not orphaned)."""
+    return (not run.done and not defined(run.function_id)
+            and any(w.startswith(ORPHAN_MARK) for w in run.warnings))
+
+
+class RunSource(Protocol):
+    """The engine's run reads (the views stay above the runtime: import-linter)."""
+
+    async def runs(self, event_id: str | None = None, function_id: str | None = None,
+                   status: str | None = None, limit: int = 1000) -> list[Run]: ...
+
+    async def get_run(self, run_id: str) -> Run | None: ...
+
+
+async def runs_doing(engine: RunSource, defined: Callable[[str], bool], doing: str, *,
+                     function_id: str | None, event_id: str | None, limit: int,
+                     scan: int) -> list[Run]:
+    """Up to `limit` runs, newest first, in the derived state `doing` (one of
+    DERIVED_STATUSES), among the newest `scan` runs of each status it can be derived from;
+    `defined` says whether a function id is defined here."""
+    found: list[Run] = []
+    for status in ("queued", "running") if doing == ORPHANED else ("running",):
+        listed = await engine.runs(event_id=event_id, function_id=function_id, status=status,
+                                   limit=scan)
+        for run in listed:
+            if doing == ORPHANED:
+                if is_orphaned(run, defined):
+                    found.append(run)
+                continue
+            full = await engine.get_run(run.id)     # the steps say what it is doing
+            if full is not None and activity(full) == doing:
+                found.append(full)
+            if len(found) >= limit:
+                break
+    found.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+    return found[:limit]
 
 
 def run_dict(run: Run, *, steps: bool = True, public_id: str | None = None) -> dict[str, Any]:

@@ -402,6 +402,42 @@ def test_runs_can_be_listed_by_what_they_wait_on(dev: DevServer) -> None:
     cli("runs", "cancel", run["run_id"], url=dev.url)
 
 
+def test_orphaned_runs_are_listed_by_status(tmp_path: Path) -> None:
+    """A run left asleep by a function the code no longer defines is listed by
+    `runs list --status orphaned` (and a run of a defined function is not)."""
+    import asyncio
+
+    import stepwell
+
+    old = stepwell.App("demo")
+
+    @old.function(id="gone", trigger="demo/gone")
+    async def gone(ctx: stepwell.Context, step: stepwell.Step) -> str:
+        await step.sleep("nap", "50ms")
+        return "back"
+
+    async def leave_a_sleeping_run() -> str:
+        async with stepwell.Engine(old, db=f"sqlite:///{tmp_path / 'sw.db'}",
+                                   prefetch_seconds=0) as engine:
+            [run] = await engine.runs(event_id=await engine.send("demo/gone", {}))
+            await engine.idle()
+            return run.id
+
+    orphan = asyncio.run(leave_a_sleeping_run())
+    (tmp_path / "live_app.py").write_text(APP_SOURCE)            # no demo/gone
+    server = start_dev("live_app.py", tmp_path, "--no-reload")
+    try:
+        cli("send", "demo/slow", url=server.url)
+        listed = wait_for(lambda: runs_json(server.url, "--status", "orphaned"),
+                          "the run to be listed as orphaned")
+        assert [(r["run_id"], r["activity"]) for r in listed] == [(orphan, "orphaned")]
+        shown = cli("runs", "list", "--status", "orphaned", url=server.url)
+        assert shown.returncode == 0 and "Running (orphaned)" in shown.stdout
+        assert "demo/gone" in shown.stdout and "demo/slow" not in shown.stdout
+    finally:
+        server.stop()
+
+
 def test_bad_status_filter_is_reported(dev: DevServer) -> None:
     result = cli("runs", "list", "--status", "sleepy", url=dev.url)
     assert result.returncode == 1 and "unknown run status" in result.stderr
@@ -512,13 +548,23 @@ def test_dev_restarts_when_the_code_changes(tmp_path: Path) -> None:
                 return "bye"
         """))
         wait_for(lambda: "demo/goodbye" in function_ids(server.url), "the new function")
-        # A broken edit keeps the server up and says what is wrong; fixing it recovers.
+        # A broken edit keeps the server up, serving the last code that imported, and says
+        # what is wrong; fixing it swaps the fixed code in.
         (tmp_path / "live_app.py").write_text(APP_SOURCE + "\ndef broken(:\n")
         wait_for(lambda: "SyntaxError" in server.output()
                  and "waiting for a change" in server.output(), "the syntax error report")
+        assert "still serving the last code that imported" in server.output()
         health = wait_for(lambda: load_error(server.url), "/health to report the error")
-        assert "SyntaxError" in health["load_error"] and health["functions"] == 0
-        assert cli("runs", "list", url=server.url).returncode == 0     # the API still answers
+        assert "SyntaxError" in health["load_error"]
+        assert "Still serving the last code that imported" in health["load_error"]
+        assert "demo/goodbye" in function_ids(server.url)
+        assert health["functions"] == len(function_ids(server.url))
+        # An event sent meanwhile starts a run of the last good code, which completes.
+        sent = cli("send", "demo/goodbye", "--data", "{}", url=server.url)
+        assert sent.returncode == 0, sent.stderr
+        wait_for(lambda: [r["output"] for r in runs_json(server.url, "--function",
+                                                         "demo/goodbye")] == ["bye"],
+                 "a run of the last good code")
         page = httpx.get(server.url + "/dashboard/runs", timeout=5)
         assert page.status_code == 200 and 'id="code-problem"' in page.text
         (tmp_path / "live_app.py").write_text(APP_SOURCE)

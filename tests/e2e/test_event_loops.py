@@ -12,7 +12,8 @@ import pytest
 
 import stepwell
 from stepwell.core.models import MAX_EVENT_BYTES, InvalidEventError
-from stepwell.runtime.driver import MAX_INVOKE_DEPTH
+from stepwell.runtime import driver
+from stepwell.runtime.driver import MAX_EVENT_GENERATION, MAX_INVOKE_DEPTH
 
 IDLE_DEADLINE_S = 60.0       # a loop never goes idle; a bounded run of events does, quickly
 
@@ -169,3 +170,49 @@ async def test_a_function_invoking_itself_stops_at_the_invoke_depth_limit(
         ("failed", "InvokeDepthError")}
     assert all(f"at most {MAX_INVOKE_DEPTH} nested invokes" in (r.error or {})["message"]
                for r in runs)
+
+
+async def test_functions_sending_each_other_events_stop_at_the_generation_limit(
+        make_engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sends `ping/b`, B sends `ping/a`, ...: each event is one generation past the trigger
+    of the run that sent it; the send that would pass the limit fails its step (no retries),
+    and the loop ends. A function triggered meanwhile by an ordinary event is unaffected.
+    (The limit is lowered to keep the test fast; the rule is the same at 100.)"""
+    assert MAX_EVENT_GENERATION == 100
+    limit = 12
+    monkeypatch.setattr(driver, "MAX_EVENT_GENERATION", limit)
+    app = stepwell.App("ping")
+
+    @app.function(id="a", trigger="ping/a", retries=3)
+    async def a(ctx: stepwell.Context, step: stepwell.Step) -> None:
+        await step.send_event("to-b", stepwell.Event("ping/b", {"n": ctx.event.data["n"] + 1}))
+
+    @app.function(id="b", trigger="ping/b", retries=3)
+    async def b(ctx: stepwell.Context, step: stepwell.Step) -> None:
+        await step.send_event("to-a", stepwell.Event("ping/a", {"n": ctx.event.data["n"] + 1}))
+
+    @app.function(id="other", trigger="ping/other")
+    async def other(ctx: stepwell.Context, step: stepwell.Step) -> str:
+        return await step.run("work", lambda: "ok")
+
+    async with make_engine(app) as engine:
+        await engine.send("ping/a", {"n": 0})
+        await engine.send("ping/other", {})
+        await settle(engine)
+        runs = await engine.runs(limit=1000)
+        events = await stored_events(engine)
+        loop = [r for r in runs if r.function_id in ("ping/a", "ping/b")]
+        # Generations 0..limit: one run each; the last one's send is refused.
+        assert len(loop) == limit + 1
+        assert len([e for e in events if e.name in ("ping/a", "ping/b")]) == limit + 1
+        [failed] = [r for r in loop if r.status == "failed"]
+        assert all(r.status == "completed" for r in loop if r is not failed)
+        detail = await engine.get_run(failed.id)
+    assert detail is not None and detail.error is not None
+    assert detail.error["name"] == "EventLoopError"
+    message = detail.error["message"]
+    assert f"at most {limit} generations" in message
+    assert "'ping/b'" in message and "'ping/a'" in message        # the chain's events
+    assert [s.attempts for s in detail.steps] == [1]               # not retried
+    [done] = [r for r in runs if r.function_id == "ping/other"]
+    assert done.status == "completed" and done.output == "ok"

@@ -251,6 +251,38 @@ async def test_a_failed_run_shows_its_error_and_attempts_and_filters_find_it(
     assert dash.problems == []
 
 
+async def test_orphaned_runs_can_be_filtered(start: Any, tmp_path: Path) -> None:
+    """A run of a function the code no longer defines (deleted since the run slept) is found
+    with the status filter's "Orphaned" entry, and only it."""
+    old = stepwell.App("shop")
+
+    @old.function(id="gone", trigger="shop/gone")
+    async def gone(ctx: stepwell.Context, step: stepwell.Step) -> str:
+        await step.sleep("nap", "50ms")
+        return "back"
+
+    async with stepwell.Engine(old, db=f"sqlite:///{tmp_path / 'dash.db'}", fsync=False,
+                               prefetch_seconds=0) as engine:
+        [run] = await engine.runs(event_id=await engine.send("shop/gone", {}))
+        await engine.idle()                      # asleep, handed back
+    dash = await start()                         # the same database, without shop/gone
+    ok = await dash.run_of(str(await dash.engine.send("shop/greet", {"name": "x"})))
+    await dash.engine.wait(ok, timeout=10)
+
+    async def marked() -> bool:
+        found = await dash.engine.get_run(run.id)
+        return found is not None and any(w.startswith("orphaned:") for w in found.warnings)
+
+    await dash.until(marked, "the run to be marked orphaned")
+    page = await dash.open("/dashboard/runs")
+    await expect(page.locator("tbody tr")).to_have_count(2)
+    await page.select_option("#filter-status", "orphaned")
+    await expect(page.locator("tbody tr")).to_have_text(
+        [re.compile("Running.*orphaned.*shop/gone")])
+    await expect(page).to_have_url(f"{dash.url}/dashboard/runs?status=orphaned")
+    assert dash.problems == []
+
+
 async def test_cancel_a_sleeping_run_from_its_page(start: Any) -> None:
     dash = await start()
     run_id = await dash.run_of(str(await dash.engine.send("shop/slow", {})))

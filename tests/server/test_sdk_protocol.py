@@ -51,6 +51,8 @@ class FakeSDK:
         """A model provider / upstream API for AIGateway and Gateway ops: records the request,
         answers 204 on `/provider/empty`, else JSON."""
         self.provider_calls.append(request)
+        if request.url.path.endswith("/redirect"):
+            return Response(status_code=302, headers={"location": request.query_params["to"]})
         if request.url.path.endswith("/empty"):
             return Response(status_code=204, headers={"x-upstream": "yes"})
         return Response(json.dumps({"ok": True, "path": request.url.path}),
@@ -335,6 +337,69 @@ async def test_ai_gateway_authenticates_per_format_and_gateway_passes_status(
     assert by_path["/provider/gemini:generateContent"].query_params["key"] == "g-key"
     assert by_path["/provider/empty"].method == "DELETE"
     assert by_path["/provider/empty"].headers["x-a"] == "1"
+
+
+def provider_ops(base: str, target: str) -> list[dict[str, Any]]:
+    """A fetch and an inference, both to `base`'s redirect route pointing at `target`."""
+    redirect = f"{base}/redirect?to={target}"
+    return [{"id": "hf", "op": "Gateway", "displayName": "fetch", "opts": {"url": redirect}},
+            {"id": "ha", "op": "AIGateway", "displayName": "infer", "opts": {
+                "url": redirect, "format": "openai-chat", "auth_key": "sk", "body": {}}}]
+
+
+def answer_ops(ops: list[dict[str, Any]]) -> Callable[[str, dict[str, Any]], Reply]:
+    def script(step: str, body: dict[str, Any]) -> Reply:
+        steps = body["steps"]
+        return (200, SDK, steps) if {"hf", "ha"} <= set(steps) else (206, SDK, ops)
+    return script
+
+
+async def test_server_side_requests_follow_redirects_within_the_allow_list(
+        make_engine: Any, fake_sdk: FakeSDK) -> None:
+    """step.fetch and step.ai.infer follow a redirect to an allowed host (each hop checked)."""
+    base = fake_sdk.url.rsplit("/api/inngest", 1)[0] + "/provider"
+    fake_sdk.script = answer_ops(provider_ops(base, f"{base}/landed"))
+    async with make_engine(app_url_allow=["127.0.0.1"]) as engine:
+        run = await engine.wait(await start_run(engine, fake_sdk))
+    assert run.status == "completed", run
+    assert run.output["hf"]["data"]["status_code"] == 200
+    assert json.loads(run.output["hf"]["data"]["body"])["path"] == "/provider/landed"
+    assert run.output["ha"]["data"]["path"] == "/provider/landed"
+
+
+async def test_server_side_requests_never_follow_a_redirect_out_of_the_allow_list(
+        make_engine: Any, fake_sdk: FakeSDK) -> None:
+    """A redirect from an allowed upstream to a host outside `--app-url-allow` (here
+    `localhost`, the same real server under a name the list does not hold) is not followed:
+    the step fails at once, without retries, naming the refused URL and the list; the target
+    never sees a request."""
+    base = fake_sdk.url.rsplit("/api/inngest", 1)[0] + "/provider"
+    port = base.split(":")[2].split("/")[0]
+    fake_sdk.script = answer_ops(provider_ops(base, f"http://localhost:{port}/provider/secret"))
+    async with make_engine(app_url_allow=["127.0.0.1"]) as engine:
+        run = await engine.wait(await start_run(engine, fake_sdk, retries=3))
+    # The scripted SDK hands the steps' outcomes back as the output: both failed.
+    paths = [r.url.path for r in fake_sdk.provider_calls]
+    assert "/provider/secret" not in paths
+    assert paths == ["/provider/redirect"] * 2               # one each, no retries
+    for step in ("hf", "ha"):
+        message = run.output[step]["error"]["message"]
+        assert "'http://localhost:" in message and "/provider/secret' is not allowed" in message
+        assert "'localhost' is not in the server's app URL allow-list (127.0.0.1)" in message
+
+
+async def test_server_side_requests_to_a_disallowed_host_are_refused_at_once(
+        make_engine: Any, fake_sdk: FakeSDK) -> None:
+    base = fake_sdk.url.rsplit("/api/inngest", 1)[0] + "/provider"
+    # The app is allowed, the host its steps fetch from is not.
+    fake_sdk.script = answer_ops(provider_ops(base.replace("127.0.0.1", "localhost"),
+                                              f"{base}/landed"))
+    async with make_engine(app_url_allow=["127.0.0.1"]) as engine:
+        run = await engine.wait(await start_run(engine, fake_sdk, retries=3))
+    assert fake_sdk.provider_calls == []
+    for step in ("hf", "ha"):
+        message = run.output[step]["error"]["message"]
+        assert "is not in the server's app URL allow-list" in message, run
 
 
 async def test_wait_for_signal_resolves_conflicts_and_times_out(

@@ -213,6 +213,7 @@ HOT_CALLS: list[tuple[str, Callable[[PostgresTx], Any]]] = [
     ("mark_event_processed", lambda t: t.mark_event_processed("ev100")),
     ("unprocessed_events", lambda t: t.unprocessed_events(NOW, 10)),
     ("get_events", lambda t: t.get_events(["ev1", "ev2"])),
+    ("event_generation", lambda t: t.event_generation(["ev1", "ev2"])),
     ("events by name", lambda t: t.list_events("e/3", 10)),
     ("recent events", lambda t: t.list_events(None, 10)),
     ("flow state", lambda t: (t.get_flow("throttle:fn:9"),

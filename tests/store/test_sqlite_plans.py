@@ -66,6 +66,7 @@ HOT_CALLS: list[tuple[str, Callable[[SqliteTx], Any]]] = [
     ("delete_run_waits", lambda t: t.delete_run_waits("run4")),
     ("unprocessed_events", lambda t: t.unprocessed_events(100, 10)),
     ("mark_event_processed", lambda t: t.mark_event_processed("ev3")),
+    ("event_generation", lambda t: t.event_generation(["ev3", "ev4"])),
 ]
 
 

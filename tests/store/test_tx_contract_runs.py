@@ -65,6 +65,24 @@ async def test_an_event_round_trips_with_its_fields(store: Store) -> None:
     assert await store.read(lambda tx: tx.get_events(["e1", "e2"])) == [full, bare]
 
 
+async def test_event_generation_is_the_highest_stored_and_zero_by_default(
+        store: Store) -> None:
+    def script(tx: Tx) -> None:
+        tx.insert_event(event("g0"), NOW, NOW, processed=True)
+        tx.insert_event(event("g3"), NOW, NOW, processed=False, generation=3)
+        tx.insert_event(event("g7"), NOW, NOW, processed=False, generation=7)
+
+    await store.write(script)
+    assert await store.read(lambda tx: tx.event_generation(["g0"])) == 0
+    assert await store.read(lambda tx: tx.event_generation(["g0", "g3", "nope"])) == 3
+    assert await store.read(lambda tx: tx.event_generation(["g7", "g3"])) == 7
+    assert await store.read(lambda tx: tx.event_generation(["nope"])) == 0
+    assert await store.read(lambda tx: tx.event_generation([])) == 0
+    # Replaced past the dedupe window: the new generation is kept.
+    await store.write(lambda tx: tx.insert_event(event("g7"), NOW + 5, NOW, True, generation=1))
+    assert await store.read(lambda tx: tx.event_generation(["g7"])) == 1
+
+
 async def test_mark_event_processed_is_compare_and_set(store: Store) -> None:
     await store.write(lambda tx: tx.insert_event(event("e1"), NOW, NOW, processed=False))
     assert await store.write(lambda tx: tx.mark_event_processed("e1"))

@@ -46,6 +46,10 @@ INVOKE_TIMEOUT_ERROR = {
     "message": "Timed out waiting for invoked function to complete"}
 log = logging.getLogger("stepwell.run")
 MAX_INVOKE_DEPTH = 100          # nested invocations (a run invoking, invoked by a run ...)
+# Events sent by runs started by events sent by runs ...: an event a run sends is one
+# generation past the run's trigger. A send past the limit fails its step, so a loop of
+# functions sending each other's events (A -> B -> A ...) ends instead of running forever.
+MAX_EVENT_GENERATION = 100
 
 
 class Target(Protocol):
@@ -314,11 +318,31 @@ class RunDriver:
             await self.checkpoint(Memo(step_hash, step_id, "send", seq, error=error,
                                        started_at=now, ended_at=now))
             raise StepError(step_id, error) from None
+        trigger_ids = self.state.run.event_ids
+        generation = 1 + await self.host.read(lambda tx: tx.event_generation(trigger_ids))
+        if generation > MAX_EVENT_GENERATION:
+            error = self.event_loop_error(step_id, [e.name for e in events])
+            await self.checkpoint(Memo(step_hash, step_id, "send", seq, error=error,
+                                       started_at=now, ended_at=now))
+            raise StepError(step_id, error)
         ids = [e.id for e in events]
         memo = Memo(step_hash, step_id, "send", seq, data=ids, started_at=now, ended_at=now)
         await self.checkpoint(memo, lambda tx, place, effects: scripts.store_emitted(
-            tx, events, now, effects))
+            tx, events, now, effects, generation=generation))
         return ids
+
+    def event_loop_error(self, step_id: str, sent: list[str]) -> dict[str, Any]:
+        """The error of a send past MAX_EVENT_GENERATION: not retried (the run's trigger
+        would be just as deep on the next attempt)."""
+        trigger = self.state.events[0].name if self.state.events else "?"
+        return {"name": "EventLoopError", "stack": "",
+                "message": f"step '{step_id}': not sending {', '.join(map(repr, sent))}: "
+                           f"this run of {self.spec.qualified_id!r} was triggered by "
+                           f"{trigger!r}, the end of a chain of {MAX_EVENT_GENERATION} events "
+                           "each sent by a run the previous one started; at most "
+                           f"{MAX_EVENT_GENERATION} generations are allowed, so functions "
+                           "that send each other's events (A -> B -> A ...) stop here; "
+                           "end the loop with a condition (docs: limits-engine.md)"}
 
     async def _invoke_depth(self) -> int:
         """How many invocations deep this run is (its invoking ancestors, counted up to the

@@ -6,6 +6,13 @@ answers: it reports the request as an opcode, the server performs it and saves t
 the step's result, and the next call replays the handler with it. Each function returns either
 the step's data or an error; the caller turns an error into a retried step error, like a
 failed `StepRun` (shared/reference/inngest-protocol.md, section 3.2).
+
+These are requests to URLs an app chose, made from the server's network, so they obey the
+server's `--app-url-allow` list (core.urlpolicy) like every call to an app: the first URL and
+every redirect hop are checked before they are requested (redirects are followed one hop at a
+time, at most MAX_REDIRECTS, as Inngest's executor follows them with its dial-time checks). A
+URL outside the list fails the step at once, without retries: the same URL would be refused
+again.
 """
 
 from __future__ import annotations
@@ -18,12 +25,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import httpx
 
 from stepwell.core.protocol import Op, ProtocolError
+from stepwell.core.urlpolicy import AppUrlNotAllowed, AppUrlPolicy
 
 # A fetch is a plain HTTP call: generous, but a dead upstream must not hold a run for minutes.
 FETCH_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 # Model inference can legitimately take minutes (long completions, reasoning models).
 AI_TIMEOUT = httpx.Timeout(300.0, connect=10.0)
 EXCERPT_CHARS = 300
+MAX_REDIRECTS = 10
 ANTHROPIC_VERSION = "2023-06-01"
 # Response headers that describe the wire encoding httpx has already undone: passing them on
 # would make the SDK's `new Response(...)` claim a length or encoding the body no longer has.
@@ -35,14 +44,39 @@ _NULL_BODY_STATUSES = frozenset({101, 103, 204, 205, 304})
 
 @dataclass(frozen=True)
 class Outcome:
-    """The step's result (`data`) or why it failed (`error`, retried like a step error)."""
+    """The step's result (`data`) or why it failed (`error`, retried like a step error unless
+    `retry` is False)."""
 
     data: Any = None
     error: dict[str, Any] | None = None
+    retry: bool = True
 
 
-def _error(name: str, message: str) -> Outcome:
-    return Outcome(error={"name": name, "message": message, "stack": ""})
+def _error(name: str, message: str, *, retry: bool = True) -> Outcome:
+    return Outcome(error={"name": name, "message": message, "stack": ""}, retry=retry)
+
+
+class _Refused(Exception):
+    """A URL (the first or a redirect's) outside the allow-list, or too many redirects."""
+
+
+async def _send(client: httpx.AsyncClient, policy: AppUrlPolicy | None, what: str,
+                request: httpx.Request) -> httpx.Response:
+    """Send `request`, following redirects one hop at a time and checking each URL against
+    `policy` before it is requested (httpx's own redirect following would not)."""
+    for _ in range(MAX_REDIRECTS + 1):
+        if policy is not None:
+            try:
+                policy.check(_redacted(str(request.url)), f"{what} URL")
+            except AppUrlNotAllowed as exc:
+                raise _Refused(str(exc)) from None
+        response = await client.send(request, follow_redirects=False)
+        if response.next_request is None:
+            return response
+        await response.aclose()
+        request = response.next_request
+    raise _Refused(f"{what}: stopped after {MAX_REDIRECTS} redirects (last to "
+                   f"{_redacted(str(request.url))})")
 
 
 def _url(op: Op) -> str:
@@ -69,7 +103,8 @@ def _excerpt(text: str) -> str:
     return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "..."
 
 
-async def fetch(client: httpx.AsyncClient, op: Op) -> Outcome:
+async def fetch(client: httpx.AsyncClient, op: Op, policy: AppUrlPolicy | None = None
+                ) -> Outcome:
     """Perform a `Gateway` request. Any HTTP status is a successful step (fetch semantics: the
     app inspects `res.status`); only a failure to get a response at all is an error. The data
     is what the SDK rebuilds its `Response` from: `{status_code, headers, body}`."""
@@ -78,8 +113,10 @@ async def fetch(client: httpx.AsyncClient, op: Op) -> Outcome:
     body = op.opts.get("body")
     content = None if body is None else body if isinstance(body, str) else json.dumps(body)
     try:
-        response = await client.request(method, url, headers=_headers(op), content=content,
-                                        timeout=FETCH_TIMEOUT, follow_redirects=True)
+        response = await _send(client, policy, "step.fetch", client.build_request(
+            method, url, headers=_headers(op), content=content, timeout=FETCH_TIMEOUT))
+    except _Refused as exc:
+        return _error("FetchError", f"step.fetch {method} {url}: {exc}", retry=False)
     except httpx.HTTPError as exc:
         return _error("FetchError", f"step.fetch {method} {url} failed: {_cause(exc)}")
     headers = {k: v for k, v in response.headers.items() if k.lower() not in _WIRE_HEADERS}
@@ -127,7 +164,8 @@ def _authorized(url: str, headers: dict[str, str], auth_key: str, fmt: str
     return url, headers
 
 
-async def infer(client: httpx.AsyncClient, op: Op) -> Outcome:
+async def infer(client: httpx.AsyncClient, op: Op, policy: AppUrlPolicy | None = None
+                ) -> Outcome:
     """Perform an `AIGateway` request: POST `opts.body` as JSON to the provider with its auth;
     the step's data is the provider's JSON response. A non-2xx answer or a body that is not
     JSON is an error naming the status and the start of the body (the URL is shown without
@@ -142,9 +180,11 @@ async def infer(client: httpx.AsyncClient, op: Op) -> Outcome:
     headers = {canonical_header(k): v for k, v in headers.items()}
     shown = _redacted(url)
     try:
-        response = await client.post(url, headers=headers,
-                                     content=json.dumps(op.opts.get("body") or {}),
-                                     timeout=AI_TIMEOUT)
+        response = await _send(client, policy, "step.ai.infer", client.build_request(
+            "POST", url, headers=headers, content=json.dumps(op.opts.get("body") or {}),
+            timeout=AI_TIMEOUT))
+    except _Refused as exc:
+        return _error("AIGatewayError", f"step.ai.infer POST {shown}: {exc}", retry=False)
     except httpx.HTTPError as exc:
         return _error("AIGatewayError", f"step.ai.infer POST {shown} failed: {_cause(exc)}")
     if not 200 <= response.status_code < 300:

@@ -91,6 +91,7 @@ ORPHAN_RETRY_MS = 60_000
 
 
 def orphan_warning(function_id: str) -> str:
+    """The run's mark (`runs list --status orphaned` finds runs by its `orphaned:` start)."""
     return (f"orphaned: no worker that claimed this run defines function {function_id!r} "
             "(renamed or deleted?); it resumes where it was if the function comes back, or "
             f"cancel it: stepwell runs cancel --function {function_id}")

@@ -339,9 +339,9 @@ class RemoteExecutor(RunDriver):
         backoff (the SDK reports the op again on the next call, and it is made again)."""
         started = self.now()
         perform = gateway.fetch if op.op == "Gateway" else gateway.infer
-        outcome = await perform(self.client, op)
+        outcome = await perform(self.client, op, self.settings.app_urls)
         if outcome.error is not None:
-            await self._step_error(op, outcome.error, retry=True)
+            await self._step_error(op, outcome.error, retry=outcome.retry)
             return
         await self.checkpoint(Memo(op.id, op.display_name or op.id, "run", self._seq(),
                                    data=outcome.data, attempts=self._attempt(op.id) + 1,

@@ -176,11 +176,14 @@ def schedule_finish_timeout(tx: Tx, run_id: str, started_at: int, finish_ms: int
                payload={"which": "finish", "after_ms": finish_ms})
 
 
-def store_emitted(tx: Tx, events: list[Event], now: int, effects: Effects) -> None:
-    """Store events produced by the engine itself; they are processed in a following script
-    (and by recovery if the process dies in between)."""
+def store_emitted(tx: Tx, events: list[Event], now: int, effects: Effects,
+                  generation: int = 0) -> None:
+    """Store events produced by the engine itself, of `generation` (one past the trigger of
+    the run that sent them); they are processed in a following script (and by recovery if the
+    process dies in between)."""
     for event in events:
-        if tx.insert_event(event, now, now - EVENT_DEDUPE_WINDOW_MS, processed=False):
+        if tx.insert_event(event, now, now - EVENT_DEDUPE_WINDOW_MS, processed=False,
+                           generation=generation):
             effects.emitted.append(event)
 
 
@@ -238,7 +241,11 @@ def end_run(tx: Tx, ending: Ending, now: int, place: Placement, routing: Routing
                                                        "message": ending.status}})
         if tx.resolve_memo(ending.parent_run_id, ending.parent_step, outcome, now):
             enqueue_exec(tx, ending.parent_run_id, now, place, effects)
-    store_emitted(tx, lifecycle_events(ending, now, routing), now, effects)
+    emitted = lifecycle_events(ending, now, routing)
+    trigger = (ending.event or {}).get("id")
+    generation = (1 + tx.event_generation([trigger])     # one past the run's trigger
+                  if emitted and isinstance(trigger, str) else 0)
+    store_emitted(tx, emitted, now, effects, generation=generation)
     return True
 
 

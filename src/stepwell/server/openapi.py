@@ -130,8 +130,13 @@ def openapi_document() -> dict[str, Any]:
                 "responses": _ok("runs", _RUNS)}},
             "/v1/runs": {"get": {
                 "summary": "Runs, newest first", "x-stepwell": True,
-                "parameters": [_param("function_id"), _param("status"), _param("event_id"),
-                               _param("limit"),
+                "parameters": [_param("function_id"),
+                               {**_param("status"), "description":
+                                "a run status (Queued, Running, Completed, Failed, Cancelled, "
+                                "Skipped), what a running run is doing (sleeping, waiting, "
+                                "invoking, retrying) or orphaned (runs of a function no longer "
+                                "defined); derived ones carry `activity`"},
+                               _param("event_id"), _param("limit"),
                                {"name": "outputs", "in": "query", "required": False,
                                 "description": "false leaves out each run's output and error",
                                 "schema": {"type": "string", "enum": ["true", "false"]}}],

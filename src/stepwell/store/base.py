@@ -110,10 +110,14 @@ class Tx(Protocol):
 
     # --- events --------------------------------------------------------------------------
     def insert_event(self, event: Event, received_at: int, dedupe_after: int,
-                     processed: bool) -> bool:
+                     processed: bool, generation: int = 0) -> bool:
         """Store an event received at `received_at`. Insert-once by id within a window: if an
         event with this id was stored after `dedupe_after`, nothing is written and the answer
-        is False; one stored at or before it is replaced (new fields and arrival time)."""
+        is False; one stored at or before it is replaced (new fields and arrival time).
+        `generation`: how many run-sent events led to it (0 for ingested events)."""
+
+    def event_generation(self, ids: Sequence[str]) -> int:
+        """The highest `generation` among the stored events `ids`; 0 if none is stored."""
 
     def mark_event_processed(self, event_id: str) -> bool:
         """Compare-and-set processed 0 -> 1; False if another worker processed it first (or

@@ -68,17 +68,25 @@ class PostgresTx(Pipe):
 
     # --- events ------------------------------------------------------------------------------
     def insert_event(self, event: Event, received_at: int, dedupe_after: int,
-                     processed: bool) -> bool:
-        row = r.event_values(event, received_at, processed)
+                     processed: bool, generation: int = 0) -> bool:
+        row = r.event_values(event, received_at, processed, generation)
         if self.optimistic:
             self._buffer("event", row)
             return True
         return self._count(
-            "INSERT INTO events (id, name, data, user_data, ts, received_at, processed) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
-            "name=excluded.name, data=excluded.data, user_data=excluded.user_data, "
-            "ts=excluded.ts, received_at=excluded.received_at, processed=excluded.processed "
-            "WHERE events.received_at <= %s", (*row, dedupe_after), tables=("events",)) == 1
+            "INSERT INTO events (id, name, data, user_data, ts, received_at, processed, "
+            "generation) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE "
+            "SET name=excluded.name, data=excluded.data, user_data=excluded.user_data, "
+            "ts=excluded.ts, received_at=excluded.received_at, processed=excluded.processed, "
+            "generation=excluded.generation WHERE events.received_at <= %s",
+            (*row, dedupe_after), tables=("events",)) == 1
+
+    def event_generation(self, ids: Sequence[str]) -> int:
+        if not ids:
+            return 0
+        rows = self._rows("SELECT MAX(generation) FROM events WHERE id = ANY(%s)",
+                          (list(ids),), tables=("events",))
+        return int(rows[0][0] or 0) if rows else 0
 
     def mark_event_processed(self, event_id: str) -> bool:
         return self._affects_one("UPDATE events SET processed=true WHERE id=%s AND NOT processed",

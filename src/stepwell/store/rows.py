@@ -68,7 +68,8 @@ def events_table(user_column: str) -> Columns:
     """The events table. `user` is a reserved word in Postgres, where the column is
     `user_data`; the order and meaning are the same."""
     return (("id", "text"), ("name", "text"), ("data", "text"), (user_column, "text"),
-            ("ts", "bigint"), ("received_at", "bigint"), ("processed", "boolean"))
+            ("ts", "bigint"), ("received_at", "bigint"), ("processed", "boolean"),
+            ("generation", "integer"))
 
 
 def event_read_columns(user_column: str, prefix: str = "") -> str:
@@ -76,9 +77,12 @@ def event_read_columns(user_column: str, prefix: str = "") -> str:
     return names(events_table(user_column)[:5], prefix)
 
 
-def event_values(event: Event, received_at: int, processed: bool) -> tuple[Any, ...]:
+def event_values(event: Event, received_at: int, processed: bool,
+                 generation: int = 0) -> tuple[Any, ...]:
+    """An event as stored; `generation` counts the runs it descends from (see
+    `Tx.insert_event`)."""
     return (event.id, event.name, dumps(event.data), dumps(event.user) if event.user else None,
-            event.ts, received_at, processed)
+            event.ts, received_at, processed, generation)
 
 
 def event_from_row(row: Row) -> Event:

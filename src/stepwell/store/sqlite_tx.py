@@ -40,15 +40,24 @@ class SqliteTx:
 
     # --- events ------------------------------------------------------------------------------
     def insert_event(self, event: Event, received_at: int, dedupe_after: int,
-                     processed: bool) -> bool:
+                     processed: bool, generation: int = 0) -> bool:
         cur = self.c.execute(
-            "INSERT INTO events (id, name, data, user, ts, received_at, processed) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET name=excluded.name, "
+            "INSERT INTO events (id, name, data, user, ts, received_at, processed, generation) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET name=excluded.name, "
             "data=excluded.data, user=excluded.user, ts=excluded.ts, "
-            "received_at=excluded.received_at, processed=excluded.processed "
-            "WHERE events.received_at <= ?",
-            (*r.event_values(event, received_at, processed), dedupe_after))
+            "received_at=excluded.received_at, processed=excluded.processed, "
+            "generation=excluded.generation WHERE events.received_at <= ?",
+            (*r.event_values(event, received_at, processed, generation), dedupe_after))
         return cur.rowcount == 1
+
+    def event_generation(self, ids: Sequence[str]) -> int:
+        best = 0
+        for start in range(0, len(ids), _CHUNK):
+            chunk = tuple(ids[start:start + _CHUNK])
+            row = self.c.execute("SELECT MAX(generation) FROM events WHERE id IN "
+                                 f"({','.join('?' * len(chunk))})", chunk).fetchone()
+            best = max(best, row[0] or 0)
+        return best
 
     def mark_event_processed(self, event_id: str) -> bool:
         cur = self.c.execute("UPDATE events SET processed=1 WHERE id=? AND processed=0",

@@ -8,6 +8,9 @@ import {
 } from "./lib.js";
 
 const RUN_STATUSES = ["Queued", "Running", "Completed", "Failed", "Cancelled", "Skipped"];
+// Derived states the runs list can filter on too (`?status=orphaned`: runs of a function no
+// longer defined, renamed or deleted; they resume if it comes back).
+const DERIVED_FILTERS = [["orphaned", "Orphaned"]];
 const ACTIVE = new Set(["Queued", "Running"]);
 const REFRESH_MS = 2000;
 
@@ -50,7 +53,8 @@ function runsTable(runs, {showEvent = true} = {}) {
     return h("tr", {class: "clickable", "data-run-id": run.run_id, onclick: (event) => {
       if (!event.target.closest("a, button")) link.click();
     }},
-    h("td", {}, statusBadge(run.status)),
+    h("td", {}, statusBadge(run.status),
+      run.activity ? h("span", {class: "muted small activity"}, ` ${run.activity}`) : null),
     h("td", {class: "fn"}, run.function_id),
     h("td", {}, link),
     showEvent ? h("td", {}, run.event_id
@@ -91,7 +95,9 @@ export async function runs(view) {
   const statusSelect = h("select", {id: "filter-status", "aria-label": "Status",
     onchange: (event) => { filters.status = event.target.value; refilter(); }},
   h("option", {value: ""}, "All statuses"),
-  RUN_STATUSES.map((s) => h("option", {value: s, selected: s === filters.status}, s)));
+  RUN_STATUSES.map((s) => h("option", {value: s, selected: s === filters.status}, s)),
+  DERIVED_FILTERS.map(([value, label]) =>
+    h("option", {value, selected: value === filters.status}, label)));
   const fnSelect = h("select", {id: "filter-function", "aria-label": "Function",
     onchange: (event) => { filters.fn = event.target.value; refilter(); }},
   h("option", {value: ""}, "All functions"),
