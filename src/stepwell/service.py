@@ -35,10 +35,11 @@ from stepwell.core.urlpolicy import AppUrlNotAllowed
 from stepwell.core.urls import DEFAULT_DB as DEFAULT_DB  # re-exported for transports
 from stepwell.runtime.engine import CheckpointError, Engine
 from stepwell.sdk.app import App
+from stepwell import service_runs
+from stepwell.service_runs import RunFilters as RunFilters  # re-exported for transports
 from stepwell.service_views import (
     ACTIVITIES,
     STATUS_NAMES,
-    activity,
     event_dict,
     function_config,
     run_dict,
@@ -50,7 +51,6 @@ log = logging.getLogger("stepwell.sync")
 MAX_LIMIT: Final = 1000
 # Bulk cancellation reads this many active runs of one function at most per status.
 BULK_CANCEL_SCAN: Final = 100_000
-ACTIVITY_SCAN: Final = 1_000     # running runs looked at for `status=sleeping` and the like
 
 
 class ServiceError(Exception):
@@ -297,32 +297,21 @@ class Service:
         run = await self.engine.get_run(run_id)
         if run is None:
             raise NotFound(f"no run with id {run_id!r}")
-        return self._run_dict(run)
+        return self._run_dict(run) | {"state": await service_runs.run_state(self, run)}
 
     async def list_runs(self, *, function_id: str | None = None, status: str | None = None,
                         event_id: str | None = None, limit: int = 100
                         ) -> list[dict[str, Any]]:
-        """Runs, newest first; `status` takes our names or Inngest's (`Running`...), or what a
-        running run is doing: `sleeping`, `waiting`, `invoking`, `retrying` (derived from its
-        steps, among the newest `ACTIVITY_SCAN` running runs)."""
-        if status and status.strip().lower() in ACTIVITIES:
-            doing = status.strip().lower()
-            running = await self.engine.runs(event_id=event_id or None,
-                                             function_id=function_id or None,
-                                             status="running", limit=ACTIVITY_SCAN)
-            found = []
-            for listed in running:
-                run = await self.engine.get_run(listed.id)
-                if run is not None and activity(run) == doing:
-                    found.append(self._run_dict(run, steps=False) | {"activity": doing})
-                    if len(found) >= limit:
-                        break
-            return found
-        wanted = parse_status(status) if status else None
-        runs = await self.engine.runs(event_id=event_id or None,
-                                      function_id=function_id or None, status=wanted,
-                                      limit=limit)
-        return [self._run_dict(run, steps=False) for run in runs]
+        """Runs, newest first, each with its derived `state`; `status` takes our names or
+        Inngest's (`Running`...), or what an active run is doing (`sleeping`, `waiting`,
+        `invoking`, `retrying`, `orphaned`). Every filter: `find_runs`."""
+        return (await self.find_runs(RunFilters(function_id=function_id, status=status,
+                                                event_id=event_id, limit=limit)))[0]
+
+    async def find_runs(self, filters: RunFilters, *, outputs: bool = True
+                        ) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of runs for `filters` (service_runs) and the next page's cursor."""
+        return await service_runs.page(self, filters, outputs=outputs)
 
     async def replay_run(self, run_id: str, body: object = None) -> dict[str, Any]:
         """Start a new run of a run's function with the same events (`{"from_step": id}`:
@@ -667,25 +656,11 @@ class Service:
                                     status: str | None = None, event_id: str | None = None,
                                     limit: int = 100, outputs: bool = True
                                     ) -> list[dict[str, Any]]:
-        """`list_runs`, each run with the name of the event that triggered it (`event_name`),
-        so a runs table can show what started each run without one request per row. All the
-        names come from one read of the distinct event ids on the page.
-
-        `outputs=False` leaves out each run's `output` and `error` (set to null): a table that
-        refreshes every 2 s should not download a hundred large outputs it does not show."""
-        runs = await self.list_runs(function_id=function_id, status=status, event_id=event_id,
-                                    limit=limit)
-        if not outputs:
-            for run in runs:
-                run["output"] = run["error"] = None
-        ids = sorted({run["event_id"] for run in runs if run["event_id"]})
-        names: dict[str, str] = {}
-        if ids:
-            events = await self.engine.read(lambda tx: tx.get_events(ids))
-            names = {event.id: event.name for event in events}
-        for run in runs:
-            run["event_name"] = names.get(run["event_id"]) if run["event_id"] else None
-        return runs
+        """`list_runs`, each run with the name of its triggering event (`event_name`);
+        `outputs=False` leaves out outputs and errors (see `service_runs.page`)."""
+        filters = RunFilters(function_id=function_id, status=status, event_id=event_id,
+                             limit=limit)
+        return (await self.find_runs(filters, outputs=outputs))[0]
 
     async def run_events(self, run_id: str) -> list[dict[str, Any]]:
         """The events that triggered a run (one, or a batch's), oldest first, for the run page.

@@ -46,6 +46,7 @@ from stepwell.service import (
     EventBatch,
     InvalidInput,
     PartialSend,
+    RunFilters,
     Service,
     ServiceError,
     iso,
@@ -99,10 +100,12 @@ def error_response(status: int, message: str) -> JSONOut:
     return JSONOut({"error": message, "status": status}, status_code=status)
 
 
-def envelope(data: Any) -> JSONOut:
-    """Inngest's v1 envelope. Nothing is cached, so `cached_until` is the fetch time."""
+def envelope(data: Any, **metadata: Any) -> JSONOut:
+    """Inngest's v1 envelope (plus `metadata` given, such as a page's `next_cursor`). Nothing
+    is cached, so `cached_until` is the fetch time."""
     now = iso(int(time.time() * 1000))
-    return JSONOut({"data": data, "metadata": {"fetched_at": now, "cached_until": now}})
+    return JSONOut({"data": data, "metadata": {"fetched_at": now, "cached_until": now,
+                                               **metadata}})
 
 
 def _mib(size: int) -> str:
@@ -325,10 +328,9 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
         outputs = request.query_params.get("outputs", "true").strip().lower()
         if outputs not in ("true", "false"):
             raise InvalidInput(f"'outputs' must be true or false, got {outputs!r}")
-        runs = await service.list_runs_with_events(
-            function_id=_query(request, "function_id"), status=_query(request, "status"),
-            event_id=_query(request, "event_id"), limit=limit, outputs=outputs == "true")
-        return envelope(runs)
+        runs, cursor = await service.find_runs(
+            RunFilters.from_params(request.query_params, limit), outputs=outputs == "true")
+        return envelope(runs, next_cursor=cursor)
 
     async def list_events(request: Request) -> Response:
         limit = parse_limit(request.query_params.get("limit"), DEFAULT_EVENT_LIMIT)

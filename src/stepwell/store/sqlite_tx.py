@@ -8,7 +8,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from stepwell.core.models import Event, Memo, RunStatus
-from stepwell.store.base import NewRun, QueueItem, RunRow, RunState, WaitRow
+from stepwell.store import run_search
+from stepwell.store.base import (
+    NewRun,
+    QueueItem,
+    RunQuery,
+    RunRow,
+    RunState,
+    RunWork,
+    WaitRow,
+)
 from stepwell.store.codec import dumps, loads
 
 _RUN_COLUMNS = ("id, function_id, status, event_ids, created_at, started_at, ended_at, output, "
@@ -149,6 +158,21 @@ class SqliteTx:
                 rows[row[0]] = row
         ordered = sorted(rows.values(), key=lambda r: (r[4], r[0]), reverse=True)[:limit]
         return [_run_row(r) for r in ordered]
+
+    def search_runs(self, query: RunQuery) -> list[RunRow]:
+        sql, args = run_search.search_sql(query, _RUN_COLUMNS, "?")
+        return [_run_row(r) for r in self.c.execute(sql, args)]
+
+    def run_work(self, run_ids: Sequence[str]) -> dict[str, RunWork]:
+        out: dict[str, RunWork] = {}
+        for start in range(0, len(run_ids), _CHUNK):
+            chunk = tuple(run_ids[start:start + _CHUNK])
+            items, waits, children = run_search.work_sql(chunk, "?")
+            out |= run_search.collect_work(
+                chunk, self.c.execute(items, chunk).fetchall(),
+                self.c.execute(waits, chunk).fetchall(),
+                self.c.execute(children, chunk).fetchall())
+        return out
 
     def load_run_state(self, run_id: str) -> RunState | None:
         return self.load_run_states([run_id]).get(run_id)
