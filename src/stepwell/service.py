@@ -19,6 +19,7 @@ from typing import Any, Final
 
 import httpx
 
+from stepwell import service_runs
 from stepwell.core.config import ConfigError
 from stepwell.core.eventids import parse_seed, seeded_id
 from stepwell.core.expressions import ExpressionError, compile_expression
@@ -35,7 +36,6 @@ from stepwell.core.urlpolicy import AppUrlNotAllowed
 from stepwell.core.urls import DEFAULT_DB as DEFAULT_DB  # re-exported for transports
 from stepwell.runtime.engine import CheckpointError, Engine
 from stepwell.sdk.app import App
-from stepwell import service_runs
 from stepwell.service_runs import RunFilters as RunFilters  # re-exported for transports
 from stepwell.service_views import (
     ACTIVITIES,

@@ -23,7 +23,7 @@ from stepwell.core.flow import FlowKeyError, evaluate_key
 from stepwell.core.models import TERMINAL_STATUSES, Event, Run, RunStatus
 from stepwell.runtime.views import run_view
 from stepwell.service_views import ACTIVITIES, STATUS_NAMES, activity, iso
-from stepwell.store.base import RunQuery, RunState, RunWork
+from stepwell.store.base import RunQuery, RunRow, RunState, RunWork
 from stepwell.store.run_search import DOING
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ SIGNAL_WAIT_KIND: Final = "signal"      # runtime.signals' wait kind
 
 
 def _error(message: str) -> Exception:
-    from stepwell.service import InvalidInput    # the service's errors (it imports us)
+    from stepwell.service import InvalidInput  # the service's errors (it imports us)
     return InvalidInput(message)
 
 
@@ -176,12 +176,12 @@ def _summary(out: dict[str, Any]) -> str:
         return f"orphaned: no worker defines function {out['function']}"
     if kind == "scheduled":
         return f"queued{until}"
-    return kind
+    return str(kind)
 
 
 def _public(service: Service, function_id: str) -> str:
     fn = service.engine.registry.get(function_id)
-    return fn.spec.public_id if fn else function_id
+    return str(fn.spec.public_id) if fn else function_id
 
 
 def derive_state(service: Service, run: Run, state: RunState | None, work: RunWork | None,
@@ -274,6 +274,16 @@ async def run_state(service: Service, run: Run) -> dict[str, Any]:
                         service.engine.clock.now())
 
 
+async def _read_page(service: Service, query: RunQuery) -> list[RunRow]:
+    return await service.engine.read(lambda tx: tx.search_runs(query))
+
+
+async def _first_events(service: Service, rows: list[RunRow]) -> dict[str, Event]:
+    """The triggering event of each run (its first), by id, in one read."""
+    ids = sorted({r.event_ids[0] for r in rows if r.event_ids})
+    return {e.id: e for e in await service.engine.read(lambda tx: tx.get_events(ids))}
+
+
 async def search(service: Service, filters: RunFilters) -> tuple[list[dict[str, Any]], str | None]:
     """A page of runs (newest first, without steps, each with its `state`) and the cursor of
     the next page (None: this was the last)."""
@@ -285,12 +295,10 @@ async def search(service: Service, filters: RunFilters) -> tuple[list[dict[str, 
     while True:
         batch = query.limit + 1 if condition is None else min(max(query.limit, 100),
                                                               QUERY_SCAN - scanned)
-        rows = await service.engine.read(lambda tx, q=replace(query, limit=batch):
-                                         tx.search_runs(q))
+        rows = await _read_page(service, replace(query, limit=batch))
         events: dict[str, Event] = {}
         if condition is not None and rows:
-            ids = sorted({r.event_ids[0] for r in rows if r.event_ids})
-            events = {e.id: e for e in await service.engine.read(lambda tx: tx.get_events(ids))}
+            events = await _first_events(service, rows)
         consumed = 0
         position: tuple[int, str] | None = None
         for row in rows:
