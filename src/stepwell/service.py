@@ -19,7 +19,7 @@ from typing import Any, Final
 
 import httpx
 
-from stepwell import service_runs
+from stepwell import service_actions, service_runs
 from stepwell.core.config import ConfigError
 from stepwell.core.eventids import parse_seed, seeded_id
 from stepwell.core.expressions import ExpressionError, compile_expression
@@ -479,6 +479,10 @@ class Service:
         return {"run_id": run_id}
 
     # --- functions ---------------------------------------------------------------------------
+
+    async def invoke_function(self, function_id: str, body: object) -> dict[str, Any]:
+        """Start a run of a function with `{"data": ...}` (service_actions)."""
+        return await service_actions.invoke_function(self, function_id, body)
 
     def list_functions(self) -> list[dict[str, Any]]:
         out = []

@@ -342,6 +342,10 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
     async def event_runs(request: Request) -> Response:
         return envelope(await service.event_runs(request.path_params["event_id"]))
 
+    async def invoke_function(request: Request) -> Response:
+        body = await read_json(request) if await request.body() else None
+        return envelope(await service.invoke_function(request.path_params["function_id"], body))
+
     async def bulk_cancel(request: Request) -> Response:
         return envelope(await service.bulk_cancel(await read_json(request)))
 
@@ -412,6 +416,7 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
         Route("/v1/events/{event_id}", api(get_event), methods=["GET"]),
         Route("/v1/events/{event_id}/runs", api(event_runs), methods=["GET"]),
         Route("/v1/runs", api(list_runs), methods=["GET"]),
+        Route("/v1/functions/{function_id:path}/invoke", api(invoke_function), methods=["POST"]),
         Route("/v1/runs/{run_id}", api(get_run), methods=["GET"]),
         Route("/v1/runs/{run_id}", api(cancel_run), methods=["DELETE"]),  # Inngest's cancel
         Route("/v1/runs/{run_id}/cancel", api(cancel_run), methods=["POST"]),
