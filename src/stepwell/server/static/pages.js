@@ -104,7 +104,7 @@ export async function runs(view) {
       filtered ? "No runs match these filters."
         : "No runs yet. Send an event to trigger a function.",
       h("a", {href: "/dashboard/events"}, "Send an event")));
-    footer.replaceChildren(
+    footer.replaceChildren(...[
       cursors.length ? h("button", {type: "button", class: "link", id: "newer-page",
         onclick: () => { cursor = cursors.pop() || ""; load().catch((e) => view.fail(e)); }},
       "← Newer") : null,
@@ -114,7 +114,7 @@ export async function runs(view) {
           cursor = page.next;
           live.checked = false;        // an older page holds still
           load().catch((e) => view.fail(e));
-        }}, "Older →") : null);
+        }}, "Older →") : null].filter(Boolean));
   });
   const refilter = () => {
     view.setQuery({status: filters.status, function: filters.fn, id: filters.id,

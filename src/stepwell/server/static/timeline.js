@@ -34,8 +34,8 @@ export function stateLine(run) {
     orphaned: () => ["Orphaned: no worker defines ", h("strong", {}, s.function)],
     scheduled: () => ["Queued until ", time(s.until)],
     queued: () => ["Queued: waiting for a worker"],
-    running: () => ["Running"],
   }[s.kind];
+  if (s.kind === "running") return null;       // the status badge says it already
   return h("div", {class: `state state-${s.kind}`, "data-state": s.kind},
     parts ? parts() : s.summary || s.kind);
 }
