@@ -416,3 +416,16 @@ def runs_replay(run_id: str, from_step: str | None, url: str, as_json: bool) -> 
     else:
         where = f" from step {from_step!r}" if from_step else ""
         click.echo(f"replaying run {run_id}{where} as run {run['run_id']} ({run['status']})")
+
+
+@runs.command("invoke")
+@click.argument("function_id")
+@click.option("--data", default="{}", callback=parse_data, metavar="JSON",
+              help="The invoked run's event data, a JSON object.")
+@url_option
+@json_option
+def runs_invoke(function_id: str, data: dict[str, Any], url: str, as_json: bool) -> None:
+    """Start a run of a function now with --data as its event's data; prints the run's id
+    (`POST /v1/functions/{id}/invoke`, the dashboard's "Invoke")."""
+    reply = call("POST", url, f"/v1/functions/{function_id}/invoke", body={"data": data})
+    click.echo(json.dumps(reply["data"]) if as_json else reply["data"]["run_id"])

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 async def invoke_function(service: Service, function_id: str, body: object) -> dict[str, Any]:
     """Start a run of `function_id` with `{"data": {...}}` as its event's data; returns
-    `{"run_id", "event_id"}`. Unknown function: 404; bad body: 400; skipped (singleton): 409."""
+    `{"run_id", "event_id"}`. Unknown function: 404; bad body: 400; skipped (singleton): 409.
+    A run that flow control ended at once (a key the data lacks) is returned: it says why."""
     from stepwell.service import Conflict, InvalidInput, NotFound
     if body is None:
         body = {}
@@ -43,6 +44,11 @@ async def invoke_function(service: Service, function_id: str, body: object) -> d
 
     run_id = await engine.commit(start)
     if run_id is None:
+        # A flow-control key the data cannot give (throttle `event.data.user` missing) ends
+        # the run at once, failed with the reason: that run is the answer.
+        ended = await engine.runs(event_id=event.id, limit=1)
+        if ended:
+            return {"run_id": ended[0].id, "event_id": event.id}
         raise Conflict(f"the invocation of {function_id} was skipped: the function's singleton "
                        "setting allows one active run for its key")
     return {"run_id": run_id, "event_id": event.id}

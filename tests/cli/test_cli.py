@@ -439,6 +439,20 @@ def test_runs_list_pages_with_a_cursor_and_searches_event_data(dev: DevServer) -
     assert bad.returncode == 1 and "invalid 'query'" in bad.stderr
 
 
+def test_runs_invoke_starts_a_run_with_the_data(dev: DevServer) -> None:
+    started = cli("runs", "invoke", "demo/hello", "--data", '{"name": "bob"}', url=dev.url)
+    assert started.returncode == 0, started.stderr
+    run_id = started.stdout.strip()
+
+    def done() -> dict[str, Any] | None:
+        run = json.loads(cli("runs", "show", run_id, "--json", url=dev.url).stdout)
+        return run if run["status"] == "Completed" else None
+
+    assert wait_for(done, "the invoked run")["output"] == {"greeting": "hello bob"}
+    missing = cli("runs", "invoke", "demo/nope", url=dev.url)
+    assert missing.returncode == 1 and "no function 'demo/nope'" in missing.stderr
+
+
 def test_bad_status_filter_is_reported(dev: DevServer) -> None:
     result = cli("runs", "list", "--status", "sleepy", url=dev.url)
     assert result.returncode == 1 and "unknown run status" in result.stderr

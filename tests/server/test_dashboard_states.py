@@ -29,6 +29,7 @@ from stepwell.server.app import create_app
 from stepwell.service import Service
 
 CHROMIUM = os.environ.get("STEPWELL_CHROMIUM", "/usr/bin/chromium")
+HAVE_CHROMIUM = os.path.exists(CHROMIUM)
 WAIT_MS = 10_000
 SHOTS = Path(__file__).parents[2] / "docs" / "img"
 
@@ -125,7 +126,7 @@ async def until(check: Callable[[], Any], what: str) -> Any:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def setup(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Setup]:
-    if not os.path.exists(CHROMIUM):
+    if not HAVE_CHROMIUM:
         pytest.fail(f"the dashboard tests need Chromium at {CHROMIUM}")
     db = f"sqlite:///{tmp_path_factory.mktemp('states') / 'dash.db'}"
     async with stepwell.Engine(ghost_app(), db=db, fsync=False) as first:

@@ -232,3 +232,26 @@ async def test_a_query_scans_a_bounded_number_of_runs_per_page(
             if cursor is None:
                 break
         assert found == [target] and requests >= 2
+
+
+async def test_a_function_is_invoked_with_a_payload(make_engine: Any, clock: VirtualClock
+                                                    ) -> None:
+    gate = asyncio.Event()
+    async with serve(make_engine, gate) as (http, engine):
+        started = await http.post("/v1/functions/shop/slowly/invoke",
+                                  json={"data": {"user": "ada"}})
+        assert started.status_code == 200, started.text
+        run = await engine.wait(started.json()["data"]["run_id"], timeout=10)
+        assert run.status == "completed"
+        [event] = (await http.get(f"/v1/runs/{run.id}/events")).json()["data"]
+        assert (event["name"], event["data"]) == ("inngest/function.invoked", {"user": "ada"})
+        # The throttle's key is missing from the data: the run ends at once, saying why.
+        keyless = await http.post("/v1/functions/shop/slowly/invoke", json={})
+        failed = await engine.wait(keyless.json()["data"]["run_id"], timeout=10)
+        assert failed.status in ("failed", "skipped") and failed.error is not None
+        for path, body, status, words in [
+                ("/v1/functions/shop/nope/invoke", {}, 404, "no function 'shop/nope'"),
+                ("/v1/functions/shop/slowly/invoke", {"data": [1]}, 400, "JSON object"),
+                ("/v1/functions/shop/slowly/invoke", {"payload": {}}, 400, '{"data"')]:
+            bad = await http.post(path, json=body)
+            assert bad.status_code == status and words in bad.json()["error"], bad.text
