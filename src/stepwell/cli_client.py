@@ -162,21 +162,37 @@ def compact(value: Any, width: int = 60) -> str:
 @runs.command("list")
 @click.option("--function", "function_id", default=None, help="Function id (fn or app/fn).")
 @click.option("--status", default=None,
-              help="queued, running, completed, failed, cancelled, skipped; what a running "
-                   "run is doing: sleeping, waiting, invoking, retrying; or orphaned (runs of "
-                   "a function no longer defined).")
+              help="queued, running, completed, failed, cancelled, skipped (several: "
+                   "queued,running); or what an active run is doing: sleeping, waiting, "
+                   "invoking, retrying, orphaned.")
 @click.option("--event", "event_id", default=None, help="Runs started by this event id.")
+@click.option("--run", "run_id", default=None, help="The run with this id.")
+@click.option("--since", default=None,
+              help="Runs queued at or after this time (ISO 8601, or a duration ago: 30m, 2h).")
+@click.option("--until", default=None, help="Runs queued before this time (as --since).")
+@click.option("--query", default=None,
+              help="A CEL condition on the triggering event, e.g. 'event.data.userId == 42' "
+                   "or 'event.data.plan == \"pro\"'.")
+@click.option("--cursor", default=None, help="The next page: the cursor the last page printed.")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
 @url_option
 @json_option
-def runs_list(function_id: str | None, status: str | None, event_id: str | None, limit: int,
-              url: str, as_json: bool) -> None:
-    """Runs, newest first."""
-    reply = call("GET", url, "/v1/runs", params={"function_id": function_id, "status": status,
-                                                 "event_id": event_id, "limit": limit})
+def runs_list(function_id: str | None, status: str | None, event_id: str | None,
+              run_id: str | None, since: str | None, until: str | None, query: str | None,
+              cursor: str | None, limit: int, url: str, as_json: bool) -> None:
+    """Runs, newest first, with what each active run is doing."""
+    now = datetime.datetime.now(datetime.UTC)
+    times = {name: parse_since(value, now, name).isoformat().replace("+00:00", "Z")
+             for name, value in (("since", since), ("until", until)) if value}
+    reply = call("GET", url, "/v1/runs", params={
+        "function_id": function_id, "status": status, "event_id": event_id, "run_id": run_id,
+        "query": query, "cursor": cursor, "limit": limit, **times})
     found = reply["data"]
+    following = (reply.get("metadata") or {}).get("next_cursor")
     if as_json:
         click.echo(json.dumps(found, indent=2))
+        if following:
+            click.echo(f"next page: --cursor {following}", err=True)
         return
     if not found:
         if function_id:
@@ -184,9 +200,20 @@ def runs_list(function_id: str | None, status: str | None, event_id: str | None,
         click.echo("no runs")
         return
     click.echo(table(
-        ["RUN ID", "FUNCTION", "STATUS", "STARTED", "DURATION", "EVENT"],
+        ["RUN ID", "FUNCTION", "STATUS", "STARTED", "DURATION", "EVENT", "DOING"],
         [[r["run_id"], r["function_id"], shown_status(r), short_time(r["run_started_at"]),
-          duration(r["run_started_at"], r["ended_at"]), r["event_id"] or "-"] for r in found]))
+          duration(r["run_started_at"], r["ended_at"]), r["event_id"] or "-", doing(r)]
+         for r in found]))
+    if following:
+        click.echo(f"\nnext page: stepwell runs list ... --cursor {following}")
+
+
+def doing(run: dict[str, Any]) -> str:
+    """What an active run is doing, in the server's words (`-` once it ended)."""
+    state = run.get("state") or {}
+    if run["status"] not in ("Queued", "Running") or not state:
+        return "-"
+    return str(state.get("summary") or state.get("kind") or "-")
 
 
 def shown_status(run: dict[str, Any]) -> str:
@@ -226,6 +253,8 @@ def show_run(run: dict[str, Any]) -> str:
               ("started", short_time(run.get("started_at"))),
               ("ended", short_time(run["ended_at"])),
               ("duration", duration(run["run_started_at"], run["ended_at"]))]
+    if doing(run) != "-":
+        fields.insert(3, ("doing", doing(run)))
     if run.get("parent_run_id"):
         fields.append(("parent", run["parent_run_id"]))
     if run["status"] == "Completed":
@@ -289,7 +318,8 @@ def runs_cancel(run_id: str | None, function_id: str | None, since: str | None, 
                    "next step")
 
 
-def parse_since(value: str, now: datetime.datetime) -> datetime.datetime:
+def parse_since(value: str, now: datetime.datetime, option: str = "since"
+                ) -> datetime.datetime:
     """An ISO 8601 time (UTC unless it says otherwise) or a duration before `now` (`90m`)."""
     text = value.strip()
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -300,7 +330,7 @@ def parse_since(value: str, now: datetime.datetime) -> datetime.datetime:
     except ValueError:
         raise click.BadParameter(f"{value!r} is neither an ISO 8601 time "
                                  "(2026-12-01T09:00:00Z) nor a duration such as 30m, 2h or 1d",
-                                 param_hint="--since") from None
+                                 param_hint=f"--{option}") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
 
 
@@ -386,3 +416,16 @@ def runs_replay(run_id: str, from_step: str | None, url: str, as_json: bool) -> 
     else:
         where = f" from step {from_step!r}" if from_step else ""
         click.echo(f"replaying run {run_id}{where} as run {run['run_id']} ({run['status']})")
+
+
+@runs.command("invoke")
+@click.argument("function_id")
+@click.option("--data", default="{}", callback=parse_data, metavar="JSON",
+              help="The invoked run's event data, a JSON object.")
+@url_option
+@json_option
+def runs_invoke(function_id: str, data: dict[str, Any], url: str, as_json: bool) -> None:
+    """Start a run of a function now with --data as its event's data; prints the run's id
+    (`POST /v1/functions/{id}/invoke`, the dashboard's "Invoke")."""
+    reply = call("POST", url, f"/v1/functions/{function_id}/invoke", body={"data": data})
+    click.echo(json.dumps(reply["data"]) if as_json else reply["data"]["run_id"])

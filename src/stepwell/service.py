@@ -14,7 +14,7 @@ import operator
 from dataclasses import dataclass
 from typing import Any, Final
 
-from stepwell import service_deploy
+from stepwell import service_actions, service_deploy, service_runs
 from stepwell.core.eventids import parse_seed, seeded_id
 from stepwell.core.expressions import ExpressionError, compile_expression
 from stepwell.core.models import (
@@ -34,23 +34,20 @@ from stepwell.service_errors import (
     InvalidInput,
     NotFound,
     PartialSend,
-    parse_status,
     parse_time,
 )
+from stepwell.service_runs import RunFilters as RunFilters  # re-exported for transports
 from stepwell.service_views import (
-    DERIVED_STATUSES,
     STATUS_NAMES,
     event_dict,
     function_config,
     iso,
     run_dict,
-    runs_doing,
     trigger_dict,
 )
 
 # Bulk cancellation reads this many active runs of one function at most per status.
 BULK_CANCEL_SCAN: Final = 100_000
-ACTIVITY_SCAN: Final = 1_000     # running runs looked at for `status=sleeping` and the like
 
 
 @dataclass(slots=True)
@@ -217,7 +214,7 @@ class Service(SdkApps):
         run = await self.engine.get_run(run_id)
         if run is None:
             raise NotFound(f"no run with id {run_id!r}")
-        return self._run_dict(run)
+        return self._run_dict(run) | {"state": await service_runs.run_state(self, run)}
 
     async def run_history(self, run_id: str) -> dict[str, Any]:
         """The run's recorded history as a self-contained file (`runtime.history`)."""
@@ -229,22 +226,16 @@ class Service(SdkApps):
     async def list_runs(self, *, function_id: str | None = None, status: str | None = None,
                         event_id: str | None = None, limit: int = 100
                         ) -> list[dict[str, Any]]:
-        """Runs, newest first; `status` takes our names or Inngest's (`Running`...), what a
-        running run is doing (`sleeping`, `waiting`, `invoking`, `retrying`, from its steps) or
-        `orphaned` (of a function no longer defined), derived among the newest `ACTIVITY_SCAN`
-        runs of each status."""
-        if status and status.strip().lower() in DERIVED_STATUSES:
-            doing = status.strip().lower()
-            found = await runs_doing(
-                self.engine, lambda fn: self.worker.registry.get(fn) is not None, doing,
-                function_id=function_id or None, event_id=event_id or None, limit=limit,
-                scan=ACTIVITY_SCAN)
-            return [self._run_dict(run, steps=False) | {"activity": doing} for run in found]
-        wanted = parse_status(status) if status else None
-        runs = await self.engine.runs(event_id=event_id or None,
-                                      function_id=function_id or None, status=wanted,
-                                      limit=limit)
-        return [self._run_dict(run, steps=False) for run in runs]
+        """Runs, newest first, each with its derived `state`; `status` takes our names or
+        Inngest's (`Running`...), or what an active run is doing (`sleeping`, `waiting`,
+        `invoking`, `retrying`, `orphaned`). Every filter: `find_runs`."""
+        return (await self.find_runs(RunFilters(function_id=function_id, status=status,
+                                                event_id=event_id, limit=limit)))[0]
+
+    async def find_runs(self, filters: RunFilters, *, outputs: bool = True
+                        ) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of runs for `filters` (service_runs) and the next page's cursor."""
+        return await service_runs.page(self, filters, outputs=outputs)
 
     async def replay_run(self, run_id: str, body: object = None) -> dict[str, Any]:
         """Start a new run of a run's function with the same events (`{"from_step": id}`:
@@ -413,6 +404,10 @@ class Service(SdkApps):
 
     # --- functions ---------------------------------------------------------------------------
 
+    async def invoke_function(self, function_id: str, body: object) -> dict[str, Any]:
+        """Start a run of a function with `{"data": ...}` (service_actions)."""
+        return await service_actions.invoke_function(self, function_id, body)
+
     def list_functions(self) -> list[dict[str, Any]]:
         out = []
         for qid, fn in sorted(self.worker.registry.items()):
@@ -463,6 +458,11 @@ class Service(SdkApps):
         for run in runs:
             run["event_name"] = names.get(run["event_id"]) if run["event_id"] else None
         return runs
+        """`list_runs`, each run with the name of its triggering event (`event_name`);
+        `outputs=False` leaves out outputs and errors (see `service_runs.page`)."""
+        filters = RunFilters(function_id=function_id, status=status, event_id=event_id,
+                             limit=limit)
+        return (await self.find_runs(filters, outputs=outputs))[0]
 
     async def run_events(self, run_id: str) -> list[dict[str, Any]]:
         """The events that triggered a run (one, or a batch's), oldest first, for the run page.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from stepwell.core import jsonsafe
 from stepwell.core.config import CancelRule, CronTrigger, EventTrigger, FunctionSpec, Trigger
@@ -65,39 +65,6 @@ def is_orphaned(run: Run, defined: Callable[[str], bool]) -> bool:
     whose function came back keeps the warning, but resumes: it is not orphaned)."""
     return (not run.done and not defined(run.function_id)
             and any(w.startswith(ORPHAN_MARK) for w in run.warnings))
-
-
-class RunSource(Protocol):
-    """The engine's run reads (the views stay above the runtime: import-linter)."""
-
-    async def runs(self, event_id: str | None = None, function_id: str | None = None,
-                   status: str | None = None, limit: int = 1000) -> list[Run]: ...
-
-    async def get_run(self, run_id: str) -> Run | None: ...
-
-
-async def runs_doing(engine: RunSource, defined: Callable[[str], bool], doing: str, *,
-                     function_id: str | None, event_id: str | None, limit: int,
-                     scan: int) -> list[Run]:
-    """Up to `limit` runs, newest first, in the derived state `doing` (one of
-    DERIVED_STATUSES), among the newest `scan` runs of each status it can be derived from;
-    `defined` says whether a function id is defined here."""
-    found: list[Run] = []
-    for status in ("queued", "running") if doing == ORPHANED else ("running",):
-        listed = await engine.runs(event_id=event_id, function_id=function_id, status=status,
-                                   limit=scan)
-        for run in listed:
-            if doing == ORPHANED:
-                if is_orphaned(run, defined):
-                    found.append(run)
-                continue
-            full = await engine.get_run(run.id)     # the steps say what it is doing
-            if full is not None and activity(full) == doing:
-                found.append(full)
-            if len(found) >= limit:
-                break
-    found.sort(key=lambda r: (r.created_at, r.id), reverse=True)
-    return found[:limit]
 
 
 def run_dict(run: Run, *, steps: bool = True, public_id: str | None = None) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import sys
 import textwrap
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,7 +210,8 @@ def test_send_then_list_and_show(dev: DevServer) -> None:
     listed = cli("runs", "list", "--function", "hello", url=dev.url)
     assert listed.returncode == 0, listed.stderr
     header, *rows = listed.stdout.splitlines()
-    assert header.split() == ["RUN", "ID", "FUNCTION", "STATUS", "STARTED", "DURATION", "EVENT"]
+    assert header.split() == ["RUN", "ID", "FUNCTION", "STATUS", "STARTED", "DURATION", "EVENT",
+                              "DOING"]
     row = next(r for r in rows if r.startswith(run["run_id"]))
     assert "demo/hello" in row and "Completed" in row and event_id in row
 
@@ -436,6 +438,55 @@ def test_orphaned_runs_are_listed_by_status(tmp_path: Path) -> None:
         assert "demo/gone" in shown.stdout and "demo/slow" not in shown.stdout
     finally:
         server.stop()
+
+
+def test_runs_list_and_show_say_what_a_run_is_doing_as_the_api_does(dev: DevServer) -> None:
+    event_id = cli("send", "demo/slow", url=dev.url).stdout.strip()
+
+    def sleeping() -> list[dict[str, Any]]:
+        return runs_json(dev.url, "--status", "sleeping", "--event", event_id)
+
+    [run] = wait_for(sleeping, "the run to be listed as sleeping")
+    summary = run["state"]["summary"]
+    assert summary.startswith("sleeping until ") and summary.endswith("(step 'nap')")
+    assert summary in cli("runs", "list", "--event", event_id, url=dev.url).stdout
+    shown = cli("runs", "show", run["run_id"], url=dev.url).stdout
+    assert f"doing     {summary}" in shown
+    as_json = json.loads(cli("runs", "show", run["run_id"], "--json", url=dev.url).stdout)
+    assert as_json["state"] == run["state"]
+    cli("runs", "cancel", run["run_id"], url=dev.url)
+
+
+def test_runs_list_pages_with_a_cursor_and_searches_event_data(dev: DevServer) -> None:
+    tag = uuid.uuid4().hex
+    sent = [cli("send", "demo/hello", "--data", json.dumps({"name": tag, "n": n}),
+                url=dev.url).stdout.strip() for n in range(3)]
+    query = f'event.data.name == "{tag}"'
+    wait_for(lambda: len(runs_json(dev.url, "--query", query)) == 3, "three runs")
+    first = cli("runs", "list", "--query", query, "--limit", "2", url=dev.url)
+    cursor = first.stdout.rsplit("--cursor ", 1)[1].strip()
+    second = runs_json(dev.url, "--query", query, "--limit", "2", "--cursor", cursor)
+    assert [r["event_id"] for r in second] == [sent[0]]
+    assert sent[2] in first.stdout and sent[1] in first.stdout
+    one = runs_json(dev.url, "--query", f"{query} && event.data.n == 1", "--since", "1h")
+    assert [r["event_id"] for r in one] == [sent[1]]
+    assert runs_json(dev.url, "--query", query, "--until", "1h") == []
+    bad = cli("runs", "list", "--query", "event.data.n ==", url=dev.url)
+    assert bad.returncode == 1 and "invalid 'query'" in bad.stderr
+
+
+def test_runs_invoke_starts_a_run_with_the_data(dev: DevServer) -> None:
+    started = cli("runs", "invoke", "demo/hello", "--data", '{"name": "bob"}', url=dev.url)
+    assert started.returncode == 0, started.stderr
+    run_id = started.stdout.strip()
+
+    def done() -> dict[str, Any] | None:
+        run = json.loads(cli("runs", "show", run_id, "--json", url=dev.url).stdout)
+        return run if run["status"] == "Completed" else None
+
+    assert wait_for(done, "the invoked run")["output"] == {"greeting": "hello bob"}
+    missing = cli("runs", "invoke", "demo/nope", url=dev.url)
+    assert missing.returncode == 1 and "no function 'demo/nope'" in missing.stderr
 
 
 def test_bad_status_filter_is_reported(dev: DevServer) -> None:

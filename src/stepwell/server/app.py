@@ -43,7 +43,7 @@ from stepwell.server import metrics as prometheus
 from stepwell.server.dashboard import dashboard_routes
 from stepwell.server.guard import LOOPBACK_HOSTS, HostAllowList, RequestGuard
 from stepwell.server.openapi import openapi_document
-from stepwell.service import EventBatch, Service
+from stepwell.service import EventBatch, RunFilters, Service
 from stepwell.service_errors import InvalidInput, PartialSend, ServiceError, parse_limit
 from stepwell.service_views import iso
 
@@ -94,10 +94,12 @@ def error_response(status: int, message: str) -> JSONOut:
     return JSONOut({"error": message, "status": status}, status_code=status)
 
 
-def envelope(data: Any) -> JSONOut:
-    """Inngest's v1 envelope. Nothing is cached, so `cached_until` is the fetch time."""
+def envelope(data: Any, **metadata: Any) -> JSONOut:
+    """Inngest's v1 envelope (plus `metadata` given, such as a page's `next_cursor`). Nothing
+    is cached, so `cached_until` is the fetch time."""
     now = iso(int(time.time() * 1000))
-    return JSONOut({"data": data, "metadata": {"fetched_at": now, "cached_until": now}})
+    return JSONOut({"data": data, "metadata": {"fetched_at": now, "cached_until": now,
+                                               **metadata}})
 
 
 def _mib(size: int) -> str:
@@ -321,10 +323,9 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
         outputs = request.query_params.get("outputs", "true").strip().lower()
         if outputs not in ("true", "false"):
             raise InvalidInput(f"'outputs' must be true or false, got {outputs!r}")
-        runs = await service.list_runs_with_events(
-            function_id=_query(request, "function_id"), status=_query(request, "status"),
-            event_id=_query(request, "event_id"), limit=limit, outputs=outputs == "true")
-        return envelope(runs)
+        runs, cursor = await service.find_runs(
+            RunFilters.from_params(request.query_params, limit), outputs=outputs == "true")
+        return envelope(runs, next_cursor=cursor)
 
     async def list_events(request: Request) -> Response:
         limit = parse_limit(request.query_params.get("limit"), DEFAULT_EVENT_LIMIT)
@@ -335,6 +336,10 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
 
     async def event_runs(request: Request) -> Response:
         return envelope(await service.event_runs(request.path_params["event_id"]))
+
+    async def invoke_function(request: Request) -> Response:
+        body = await read_json(request) if await request.body() else None
+        return envelope(await service.invoke_function(request.path_params["function_id"], body))
 
     async def bulk_cancel(request: Request) -> Response:
         return envelope(await service.bulk_cancel(await read_json(request)))
@@ -410,6 +415,7 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
         Route("/v1/events/{event_id}", api(get_event), methods=["GET"]),
         Route("/v1/events/{event_id}/runs", api(event_runs), methods=["GET"]),
         Route("/v1/runs", api(list_runs), methods=["GET"]),
+        Route("/v1/functions/{function_id:path}/invoke", api(invoke_function), methods=["POST"]),
         Route("/v1/runs/{run_id}", api(get_run), methods=["GET"]),
         Route("/v1/runs/{run_id}", api(cancel_run), methods=["DELETE"]),  # Inngest's cancel
         Route("/v1/runs/{run_id}/cancel", api(cancel_run), methods=["POST"]),

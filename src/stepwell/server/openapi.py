@@ -130,13 +130,18 @@ def openapi_document() -> dict[str, Any]:
                 "responses": _ok("runs", _RUNS)}},
             "/v1/runs": {"get": {
                 "summary": "Runs, newest first", "x-stepwell": True,
-                "parameters": [_param("function_id"),
-                               {**_param("status"), "description":
-                                "a run status (Queued, Running, Completed, Failed, Cancelled, "
-                                "Skipped), what a running run is doing (sleeping, waiting, "
-                                "invoking, retrying) or orphaned (runs of a function no longer "
-                                "defined); derived ones carry `activity`"},
-                               _param("event_id"), _param("limit"),
+                "description": (
+                    "Filters combine (AND). `status`: a status (or several, comma-separated) or "
+                    "what an active run is doing (sleeping, waiting, invoking, retrying, "
+                    "orphaned). `since`/`until`: when the run was queued (RFC 3339 or epoch "
+                    "ms). `query`: a CEL condition on the triggering event such as "
+                    "`event.data.userId == 42`, evaluated on at most 1000 runs per request. "
+                    "`cursor`: the previous page's `metadata.next_cursor` (null on the last "
+                    "page); pages are stable while runs are added. Each run has its derived "
+                    "`state` (docs/rest-api.md)."),
+                "parameters": [_param("function_id"), _param("status"), _param("event_id"),
+                               _param("run_id"), _param("query"), _param("since"),
+                               _param("until"), _param("cursor"), _param("limit"),
                                {"name": "outputs", "in": "query", "required": False,
                                 "description": "false leaves out each run's output and error",
                                 "schema": {"type": "string", "enum": ["true", "false"]}}],
@@ -196,6 +201,15 @@ def openapi_document() -> dict[str, Any]:
                     "properties": {"signal": {"type": "string", "minLength": 1}, "data": {}}}}}},
                 "responses": _ok("the run the signal resumed", {
                     "type": "object", "properties": {"run_id": {"type": "string"}}})}},
+            "/v1/functions/{function_id}/invoke": {"post": {
+                "summary": "Start a run of a function now with {data} as its event's data (an "
+                           "inngest/function.invoked event)", "x-stepwell": True,
+                "parameters": [_param("function_id", "path")],
+                "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                    "type": "object", "additionalProperties": False,
+                    "properties": {"data": {"type": "object"}}}}}},
+                "responses": _ok("the new run", {"type": "object", "properties": {
+                    "run_id": {"type": "string"}, "event_id": {"type": "string"}}})}},
             "/v1/functions": {"get": {
                 "summary": "Registered functions with their triggers, retries and flow-control "
                            "settings (`config`)", "x-stepwell": True,
@@ -311,7 +325,12 @@ def openapi_document() -> dict[str, Any]:
                     "event_name": {"type": ["string", "null"]},
                     "function_id": {"type": "string"}, "error": {}, "steps": {"type": "array"},
                     "warnings": {"type": "array", "items": {"type": "string"}},
-                    "replay_of": {"type": ["string", "null"]}}},
+                    "replay_of": {"type": ["string", "null"]},
+                    "state": {"type": "object", "description": "what the run is doing: `kind` "
+                              "(sleeping, waiting_for_event, waiting_for_signal, "
+                              "waiting_for_run, retrying, throttled, concurrency_limited, "
+                              "orphaned, scheduled, queued, running, or the ended status), "
+                              "`summary`, and the fields of its kind"}}},
             },
             "securitySchemes": {"signingKey": {
                 "type": "http", "scheme": "bearer",

@@ -90,6 +90,42 @@ class WaitRow:
     id: int = 0
 
 
+@dataclass(slots=True, frozen=True)
+class RunQuery:
+    """What `Tx.search_runs` selects: every field given must hold (see `store.run_search`).
+
+    `doing` is what an active run is doing (a key of `run_search.DOING`: `sleeping`,
+    `waiting`, `invoking`, `retrying`, `orphaned`), judged at `now`. `before` is a cursor:
+    only runs strictly older than this (created_at, id), so pages are stable under inserts.
+    """
+
+    function_ids: tuple[str, ...] = ()
+    statuses: tuple[RunStatus, ...] = ()
+    doing: str | None = None
+    now: int = 0
+    run_id: str | None = None
+    event_id: str | None = None
+    created_from: int | None = None         # inclusive
+    created_until: int | None = None        # exclusive
+    before: tuple[int, str] | None = None
+    limit: int = 100
+
+
+@dataclass(slots=True)
+class RunWork:
+    """What an active run waits on, outside its memos (`Tx.run_work`): its exec item (when it
+    runs next, whether a worker holds it, whether it is parked on a full concurrency key and
+    which keys it holds), its pending waits, and the child runs it invoked (id, function,
+    status, the parent's step hash)."""
+
+    due_at: int | None = None
+    leased: bool = False
+    blocked: bool = False
+    concurrency: list[tuple[str, int]] = field(default_factory=list)
+    waits: list[WaitRow] = field(default_factory=list)
+    children: list[tuple[str, str, str, str | None]] = field(default_factory=list)
+
+
 @dataclass(slots=True)
 class RunState:
     """What an executor needs to replay a run."""
@@ -159,6 +195,14 @@ class Tx(Protocol):
                   status: str | None = None, limit: int = 100) -> list[RunRow]:
         """Up to `limit` runs matching every filter given, newest first (created_at, then id,
         descending). `event_id` finds batched runs through any of their events."""
+
+    def search_runs(self, query: RunQuery) -> list[RunRow]:
+        """Up to `query.limit` runs matching every filter of `query`, newest first (created_at,
+        then id, descending), in one statement: the runs list's page, whatever the filter."""
+
+    def run_work(self, run_ids: Sequence[str]) -> dict[str, RunWork]:
+        """What each of these runs waits on besides its memos (`RunWork`), keyed by run id;
+        every id given is present (empty for a run with no item, wait or child)."""
 
     def load_run_state(self, run_id: str) -> RunState | None:
         """`load_run_states` for one run: its state, or None."""

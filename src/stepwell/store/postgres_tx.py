@@ -25,7 +25,8 @@ from typing import Any
 
 from stepwell.core.models import Event, Memo, RunStatus
 from stepwell.store import rows as r
-from stepwell.store.base import QueueItem, RunRow, RunState, WaitRow
+from stepwell.store import run_search
+from stepwell.store.base import QueueItem, RunQuery, RunRow, RunState, RunWork, WaitRow
 from stepwell.store.codec import dumps, loads
 from stepwell.store.postgres_rows import EVENT_COLUMNS, RUN_STATE_SQL, run_state
 from stepwell.store.postgres_sql import (
@@ -189,6 +190,21 @@ class PostgresTx(Pipe):
             values.append(limit)
         rows = self._rows(parts[0], values, tables=("runs", "run_events"))
         return [r.run_from_row(row) for row in rows]
+
+    def search_runs(self, query: RunQuery) -> list[RunRow]:
+        sql, args = run_search.search_sql(query, r.RUN_COLUMNS, "%s")
+        rows = self._rows(sql, args, tables=("runs", "run_events", "memos", "step_failures"))
+        return [r.run_from_row(row) for row in rows]
+
+    def run_work(self, run_ids: Sequence[str]) -> dict[str, RunWork]:
+        if not run_ids:
+            return {}
+        ids = list(run_ids)
+        items, waits, children = run_search.work_sql(ids, "%s")
+        return run_search.collect_work(
+            ids, self._rows(items, ids, tables=("queue",)),
+            self._rows(waits, ids, tables=("waits",)),
+            self._rows(children, ids, tables=("runs",)))
 
     def load_run_state(self, run_id: str) -> RunState | None:
         return self.load_run_states([run_id]).get(run_id)

@@ -9,7 +9,8 @@ from typing import Any
 
 from stepwell.core.models import Event, Memo, RunStatus
 from stepwell.store import rows as r
-from stepwell.store.base import QueueItem, RunRow, RunState, WaitRow
+from stepwell.store import run_search
+from stepwell.store.base import QueueItem, RunQuery, RunRow, RunState, RunWork, WaitRow
 from stepwell.store.codec import dumps, loads
 from stepwell.store.queue_rules import (
     CLAIM_ORDER,
@@ -151,6 +152,21 @@ class SqliteTx:
                 runs[row[0]] = r.run_from_row(row)
         return sorted(runs.values(), key=lambda run: (run.created_at, run.id),
                       reverse=True)[:limit]
+
+    def search_runs(self, query: RunQuery) -> list[RunRow]:
+        sql, args = run_search.search_sql(query, r.RUN_COLUMNS, "?")
+        return [r.run_from_row(row) for row in self.c.execute(sql, args)]
+
+    def run_work(self, run_ids: Sequence[str]) -> dict[str, RunWork]:
+        out: dict[str, RunWork] = {}
+        for start in range(0, len(run_ids), _CHUNK):
+            chunk = tuple(run_ids[start:start + _CHUNK])
+            items, waits, children = run_search.work_sql(chunk, "?")
+            out |= run_search.collect_work(
+                chunk, self.c.execute(items, chunk).fetchall(),
+                self.c.execute(waits, chunk).fetchall(),
+                self.c.execute(children, chunk).fetchall())
+        return out
 
     def load_run_state(self, run_id: str) -> RunState | None:
         return self.load_run_states([run_id]).get(run_id)

@@ -60,6 +60,12 @@ export const session = {
 /** Call the REST API; resolves to the envelope's `data`, rejects with an ApiError carrying the
  * server's own message (the API always answers `{"error": "...", "status": N}`). */
 export async function api(method, path, body) {
+  const payload = await apiEnvelope(method, path, body);
+  return payload && "data" in payload ? payload.data : payload;
+}
+
+/** `api`, resolving to the whole answer (`{data, metadata}`: a page's `next_cursor`). */
+export async function apiEnvelope(method, path, body) {
   const headers = {accept: "application/json"};
   if (session.key) headers.authorization = `Bearer ${session.key}`;
   const init = {method, headers, cache: "no-store"};
@@ -84,7 +90,7 @@ export async function api(method, path, body) {
       ? payload.error : `HTTP ${response.status} ${response.statusText}`;
     throw new ApiError(response.status, message);
   }
-  return payload && "data" in payload ? payload.data : payload;
+  return payload;
 }
 
 /** `/v1/runs?status=Failed&...` without the empty parameters. */
@@ -99,7 +105,18 @@ export function withQuery(path, params) {
 
 const pad = (n, width = 2) => String(n).padStart(width, "0");
 
-/** A time as the local wall clock (the full UTC time is in the tooltip). */
+/** The viewer's time zone as it is written at `d` ("CET", "GMT+2", "UTC"). */
+function zone(d) {
+  try {
+    const part = new Intl.DateTimeFormat(undefined, {timeZoneName: "short"}).formatToParts(d)
+      .find((p) => p.type === "timeZoneName");
+    return part ? part.value : "";
+  } catch (err) {
+    return "";
+  }
+}
+
+/** A time as the local wall clock with its zone (the full UTC time is in the tooltip). */
 export function time(iso) {
   if (!iso) return h("span", {class: "muted"}, "—");
   const d = new Date(iso);
@@ -108,7 +125,8 @@ export function time(iso) {
   const sameDay = d.toDateString() === today.toDateString();
   const text = sameDay ? clock
     : `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${clock}`;
-  return h("time", {datetime: iso, title: iso}, text);
+  const tz = zone(d);
+  return h("time", {datetime: iso, title: `${d.toISOString()} (UTC)`}, tz ? `${text} ${tz}` : text);
 }
 
 /** 950 -> "950ms", 1234 -> "1.23s", 125000 -> "2m 5s", 7260000 -> "2h 1m". */

@@ -3,14 +3,15 @@
 // them can still change.
 
 import {
-  ApiError, BASE, api, between, duration, empty, errorBlock, h, jsonBlock, notice, shortId,
-  statusBadge, time, withQuery,
+  ApiError, BASE, api, apiEnvelope, between, duration, empty, errorBlock, h, jsonBlock, notice,
+  shortId, statusBadge, time, withQuery,
 } from "./lib.js";
+import {bulkCancelPanel, invokePanel, rerunPanel, resendPanel} from "./actions.js";
+import {stateLine, waterfall} from "./timeline.js";
 
 const RUN_STATUSES = ["Queued", "Running", "Completed", "Failed", "Cancelled", "Skipped"];
-// Derived states the runs list can filter on too (`?status=orphaned`: runs of a function no
-// longer defined, renamed or deleted; they resume if it comes back).
-const DERIVED_FILTERS = [["orphaned", "Orphaned"]];
+// What an active run is doing, as the `status` filter takes it (derived by the server).
+const DOING = ["sleeping", "waiting", "invoking", "retrying", "orphaned"];
 const ACTIVE = new Set(["Queued", "Running"]);
 const REFRESH_MS = 2000;
 
@@ -53,8 +54,7 @@ function runsTable(runs, {showEvent = true} = {}) {
     return h("tr", {class: "clickable", "data-run-id": run.run_id, onclick: (event) => {
       if (!event.target.closest("a, button")) link.click();
     }},
-    h("td", {}, statusBadge(run.status),
-      run.activity ? h("span", {class: "muted small activity"}, ` ${run.activity}`) : null),
+    h("td", {class: "status-cell"}, statusBadge(run.status), stateLine(run)),
     h("td", {class: "fn"}, run.function_id),
     h("td", {}, link),
     showEvent ? h("td", {}, run.event_id
@@ -70,44 +70,106 @@ function runsTable(runs, {showEvent = true} = {}) {
     h("tbody", {}, rows));
 }
 
+/** "2026-01-01T10:00" (a datetime-local input, the viewer's zone) as RFC 3339 in UTC. */
+const fromLocal = (value) => (value ? new Date(value).toISOString() : "");
+
 export async function runs(view) {
-  const filters = {status: view.query.get("status") || "", fn: view.query.get("function") || ""};
+  const q = (name) => view.query.get(name) || "";
+  const filters = {status: q("status"), fn: q("function"), id: q("id"), query: q("query"),
+    since: q("since"), until: q("until")};
   const functions = await api("GET", "/v1/functions");
   const ids = functions.map((fn) => fn.id);
   if (filters.fn && !ids.includes(filters.fn)) ids.push(filters.fn);
   const body = h("div", {class: "table-wrap", id: "runs"});
-  const footer = h("p", {class: "muted small"});
+  const footer = h("div", {class: "pager muted small"});
+  const flash = h("div", {class: "flash"});
   const live = h("input", {type: "checkbox", id: "live", checked: true});
+  const cursors = [];          // the cursors of the pages before this one (Back)
+  let cursor = "";
+  let shown = [];
+  const params = (extra) => ({status: filters.status, function_id: filters.fn,
+    query: filters.query, since: fromLocal(filters.since), until: fromLocal(filters.until),
+    limit: 50, outputs: "false", ...extra});
+  const fetchPage = async () => {
+    const base = params({cursor});
+    if (!filters.id) return apiPage(withQuery("/v1/runs", base));
+    const byRun = await apiPage(withQuery("/v1/runs", {...base, run_id: filters.id}));
+    return byRun.runs.length ? byRun : apiPage(withQuery("/v1/runs", {...base, event_id: filters.id}));
+  };
   const load = latest(async () => {
-    const limit = 100;
-    const found = await api("GET", withQuery("/v1/runs", {
-      status: filters.status, function_id: filters.fn, limit, outputs: "false"}));
-    body.replaceChildren(found.length ? runsTable(found) : empty(
-      filters.status || filters.fn ? "No runs match these filters."
+    const page = await fetchPage();
+    shown = page.runs;
+    const filtered = Object.values(filters).some(Boolean);
+    body.replaceChildren(page.runs.length ? runsTable(page.runs) : empty(
+      filtered ? "No runs match these filters."
         : "No runs yet. Send an event to trigger a function.",
       h("a", {href: "/dashboard/events"}, "Send an event")));
-    footer.textContent = found.length === limit ? `Showing the newest ${limit} runs.` : "";
+    footer.replaceChildren(...[
+      cursors.length ? h("button", {type: "button", class: "link", id: "newer-page",
+        onclick: () => { cursor = cursors.pop() || ""; load().catch((e) => view.fail(e)); }},
+      "← Newer") : null,
+      page.next ? h("button", {type: "button", class: "link", id: "older-page",
+        onclick: () => {
+          cursors.push(cursor);
+          cursor = page.next;
+          live.checked = false;        // an older page holds still
+          load().catch((e) => view.fail(e));
+        }}, "Older →") : null].filter(Boolean));
   });
   const refilter = () => {
-    view.setQuery({status: filters.status, function: filters.fn});
+    view.setQuery({status: filters.status, function: filters.fn, id: filters.id,
+      query: filters.query, since: filters.since, until: filters.until});
+    cursor = "";
+    cursors.length = 0;
+    flash.replaceChildren();
     load().catch((err) => view.fail(err));
   };
+  const input = (name, props) => h("input", {id: `filter-${name}`, value: filters[name],
+    onchange: (event) => { filters[name] = event.target.value.trim(); refilter(); }, ...props});
   const statusSelect = h("select", {id: "filter-status", "aria-label": "Status",
     onchange: (event) => { filters.status = event.target.value; refilter(); }},
   h("option", {value: ""}, "All statuses"),
   RUN_STATUSES.map((s) => h("option", {value: s, selected: s === filters.status}, s)),
-  DERIVED_FILTERS.map(([value, label]) =>
-    h("option", {value, selected: value === filters.status}, label)));
+  h("optgroup", {label: "Active runs that are"},
+    DOING.map((s) => h("option", {value: s, selected: s === filters.status}, s))));
   const fnSelect = h("select", {id: "filter-function", "aria-label": "Function",
     onchange: (event) => { filters.fn = event.target.value; refilter(); }},
   h("option", {value: ""}, "All functions"),
   ids.map((id) => h("option", {value: id, selected: id === filters.fn}, id)));
+  const bulk = h("button", {type: "button", class: "danger", id: "bulk-cancel",
+    title: "Cancel the queued and running runs of the selected function that match the filters",
+    onclick: () => {
+      const fn = functions.find((f) => f.id === filters.fn);
+      if (!fn) {
+        flash.replaceChildren(notice("info", "Choose a function first: a bulk cancel is per function."));
+        return;
+      }
+      flash.replaceChildren(bulkCancelPanel(view, fn, {since: fromLocal(filters.since),
+        until: fromLocal(filters.until), query: filters.query,
+        active: shown.filter((r) => ACTIVE.has(r.status)).length,
+        done: (text) => { flash.replaceChildren(notice("success", text)); load(); }}));
+    }}, "Cancel matching…");
   view.show(
     pageHeader("Runs", h("label", {class: "live"}, live, " Auto-refresh")),
-    h("div", {class: "filters"}, statusSelect, fnSelect),
-    body, footer);
+    h("div", {class: "filters"}, statusSelect, fnSelect,
+      input("id", {placeholder: "Run or event ID", "aria-label": "Run or event ID",
+        spellcheck: "false", class: "id-filter"}),
+      input("query", {placeholder: "event.data.userId == 42", "aria-label": "Event query",
+        spellcheck: "false", class: "query-filter"}),
+      h("label", {class: "inline"}, "From ", input("since", {type: "datetime-local",
+        "aria-label": "From"})),
+      h("label", {class: "inline"}, "to ", input("until", {type: "datetime-local",
+        "aria-label": "To"})),
+      bulk),
+    flash, body, footer);
   await load();
-  view.every(REFRESH_MS, () => (live.checked ? load() : undefined));
+  view.every(REFRESH_MS, () => (live.checked && !cursor ? load() : undefined));
+}
+
+/** A runs page: its runs and the cursor of the next (older) page. */
+async function apiPage(path) {
+  const reply = await apiEnvelope("GET", path);
+  return {runs: reply.data, next: reply.metadata?.next_cursor || ""};
 }
 
 function meta(pairs) {
@@ -115,28 +177,20 @@ function meta(pairs) {
     h("dt", {}, label), h("dd", {}, value)]));
 }
 
-function stepTiming(step, range) {
-  const start = step.started_at ? Date.parse(step.started_at) : null;
-  if (start === null || !range) return null;
-  const end = step.ended_at ? Date.parse(step.ended_at) : Date.now();
-  const span = Math.max(range.end - range.start, 1);
-  const left = ((start - range.start) / span) * 100;
-  const width = Math.max(((end - start) / span) * 100, 0.5);
-  const bar = h("div", {class: `bar bar-${step.status}`});
-  bar.style.marginLeft = `${Math.min(Math.max(left, 0), 99.5)}%`;
-  bar.style.width = `${Math.min(width, 100 - Math.min(Math.max(left, 0), 99.5))}%`;
-  return h("div", {class: "track", title: "time within the run"}, bar);
-}
-
+/** A step's failed attempts, folded under its error: one line each (time and message), the
+ * full error of an attempt only when it differs from the one shown above. */
 function failuresList(step, key) {
   if (!step.failures || !step.failures.length) return null;
   const count = step.failures.length;
-  return h("details", {class: "failures", open: step.status !== "completed"},
+  const shownMessage = step.error ? step.error.message : null;
+  return h("details", {class: "failures"},
     h("summary", {}, `${count} failed attempt${count === 1 ? "" : "s"}`),
     h("ol", {}, step.failures.map((failure, i) => h("li", {class: "failure"},
-      h("div", {class: "muted small"}, `Attempt ${(failure.attempt ?? i) + 1} · `,
-        time(failure.at ? new Date(failure.at).toISOString() : null)),
-      errorBlock(failure.error, `${key}:failure:${i}`)))));
+      h("span", {class: "muted small"}, `Attempt ${(failure.attempt ?? i) + 1} · `,
+        time(failure.at ? new Date(failure.at).toISOString() : null), " · "),
+      h("span", {class: "small"}, `${failure.error?.name || "Error"}: ${failure.error?.message ?? ""}`),
+      failure.error && failure.error.message !== shownMessage && failure.error.stack
+        ? errorBlock(failure.error, `${key}:failure:${i}`) : null))));
 }
 
 function stepsSection(run) {
@@ -144,9 +198,6 @@ function stepsSection(run) {
     return section("Steps", empty(ACTIVE.has(run.status)
       ? "No step has run yet." : "This run recorded no steps."));
   }
-  const starts = run.steps.map((s) => s.started_at && Date.parse(s.started_at)).filter(Boolean);
-  const ends = run.steps.map((s) => (s.ended_at ? Date.parse(s.ended_at) : Date.now()));
-  const range = starts.length ? {start: Math.min(...starts), end: Math.max(...ends)} : null;
   const items = run.steps.map((step, index) => {
     const key = `${run.run_id}:step:${index}:${step.id}`;
     const attempts = `${step.attempts} attempt${step.attempts === 1 ? "" : "s"}`;
@@ -160,7 +211,6 @@ function stepsSection(run) {
         h("span", {class: "small"}, time(step.started_at), " → ",
           step.ended_at ? time(step.ended_at) : h("span", {class: "muted"}, "…")),
         h("span", {class: "small num"}, duration(between(step.started_at, step.ended_at)))),
-      stepTiming(step, range),
       step.error ? errorBlock(step.error, `${key}:error`) : null,
       hasOutput ? jsonBlock(step.output, `${key}:output`) : null,
       failuresList(step, key));
@@ -176,12 +226,14 @@ function resultSection(run) {
   return null;
 }
 
-function triggerSection(events) {
+function triggerSection(events, resend) {
   if (!events.length) return section("Trigger", empty("No triggering event is recorded."));
   return section(events.length > 1 ? `Trigger (batch of ${events.length} events)` : "Trigger",
     events.map((event, i) => h("div", {class: "event-payload"},
       h("div", {class: "event-title"}, h("a", {href: eventHref(event.id)}, event.name), " ",
-        h("span", {class: "mono muted small"}, event.id)),
+        h("span", {class: "mono muted small"}, event.id), " ",
+        resend ? h("button", {type: "button", class: "link resend-event",
+          onclick: () => resend(event)}, "Resend (edit)…") : null),
       jsonBlock({name: event.name, data: event.data, id: event.id, ts: event.ts,
         user: event.user}, `trigger:${i}`))));
 }
@@ -200,10 +252,15 @@ export async function run(view) {
         "Cancel run") : null;
     const replay = h("button", {type: "button", id: "replay-run", onclick: replayRun,
       title: "Run the function again with the same event(s), as a new run"}, "Replay");
+    const rerun = current.steps.length ? h("button", {type: "button", id: "rerun-run",
+      title: "A new run that reuses the results of the steps before a step you choose",
+      onclick: () => flash.replaceChildren(rerunPanel(view, current))}, "Rerun from step…")
+      : null;
     view.show(
       h("nav", {class: "crumbs"}, h("a", {href: "/dashboard/runs"}, "Runs"), " / ",
         h("span", {class: "mono"}, current.run_id)),
-      pageHeader(current.function_id, statusBadge(current.status), replay, cancel),
+      pageHeader(current.function_id, statusBadge(current.status), replay, rerun, cancel),
+      stateLine(current),
       flash,
       meta([
         ["Run ID", h("span", {class: "mono"}, current.run_id)],
@@ -221,7 +278,8 @@ export async function run(view) {
       current.warnings.length ? h("div", {class: "warnings"}, current.warnings.map(
         (w) => notice("warning", w))) : null,
       resultSection(current),
-      triggerSection(events),
+      triggerSection(events, (event) => flash.replaceChildren(resendPanel(view, event))),
+      current.steps.length ? section("Timeline", waterfall(current)) : null,
       stepsSection(current));
   };
   async function replayRun(event) {
@@ -416,6 +474,7 @@ function countsList(fn, stats) {
 
 export async function functions(view) {
   const body = h("div", {class: "table-wrap", id: "functions"});
+  const flash = h("div", {class: "flash"});
   const load = async () => {
     const [list, stats] = await Promise.all([api("GET", "/v1/functions"),
       api("GET", "/v1/stats/functions")]);
@@ -426,14 +485,17 @@ export async function functions(view) {
       h("tbody", {}, list.map((fn) => h("tr", {"data-function": fn.id},
         h("td", {}, h("div", {class: "fn"}, fn.id),
           h("div", {class: "muted small fn-meta"}, `app ${fn.app_id}`,
-            h("span", {class: `badge kind-${fn.kind}`}, fn.kind === "sdk" ? "SDK" : "native"))),
+            h("span", {class: `badge kind-${fn.kind}`}, fn.kind === "sdk" ? "SDK" : "native")),
+          h("button", {type: "button", class: "link invoke", onclick: () => {
+            flash.replaceChildren(invokePanel(view, fn));
+          }}, "Invoke…")),
         h("td", {}, triggerList(fn)),
         h("td", {}, configList(fn)),
         h("td", {}, countsList(fn, byId.get(fn.id)))))))
       : empty("No functions are registered. Define them with @app.function, or sync an SDK app.",
         h("a", {href: "/dashboard/apps"}, "Sync an app")));
   };
-  view.show(pageHeader("Functions"), body);
+  view.show(pageHeader("Functions"), flash, body);
   await load();
   view.every(REFRESH_MS * 2.5, load);
 }

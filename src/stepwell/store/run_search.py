@@ -1,0 +1,114 @@
+"""The SQL behind `Tx.search_runs` and `Tx.run_work`, shared by both backends.
+
+The two dialects differ here only in the placeholder (`?` or `%s`) and the order of the run
+columns, so one builder serves both and the filters cannot drift apart. What a running run is
+doing is derived from the tables the engine already maintains (memos, step failures, warnings),
+never stored twice: each state is one `EXISTS` over the primary key of `memos` or
+`step_failures` (both lead with `run_id`), so filtering a page costs one statement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Final
+
+from stepwell.store.base import RunQuery, RunWork, WaitRow
+
+# What an active run may be doing, as SQL over `runs` (the alias is the table's name). The
+# runtime's `views.run_view` says the same in Python; the service checks each page's runs
+# with it, so a run with two states at once (a retry while a sleep is recorded) is shown
+# under the one the view names. A new derived state is one entry here.
+DOING: Final[dict[str, str]] = {
+    "sleeping": ("runs.status = 'running' AND EXISTS (SELECT 1 FROM memos m WHERE "
+                 "m.run_id = runs.id AND m.kind = 'sleep' AND m.due_at > {now})"),
+    "waiting": ("runs.status = 'running' AND EXISTS (SELECT 1 FROM memos m WHERE "
+                "m.run_id = runs.id AND m.kind = 'wait' AND m.outcome IS NULL)"),
+    "invoking": ("runs.status = 'running' AND EXISTS (SELECT 1 FROM memos m WHERE "
+                 "m.run_id = runs.id AND m.kind = 'invoke' AND m.outcome IS NULL)"),
+    "retrying": ("runs.status = 'running' AND EXISTS (SELECT 1 FROM step_failures f WHERE "
+                 "f.run_id = runs.id AND NOT EXISTS (SELECT 1 FROM memos m WHERE "
+                 "m.run_id = f.run_id AND m.hash = f.hash))"),
+    "orphaned": "runs.status IN ('queued', 'running') AND runs.warnings LIKE {orphan}",
+}
+ORPHAN_PATTERN: Final = '%"orphaned: %'
+
+
+def _marks(mark: str, count: int) -> str:
+    return ", ".join([mark] * count)
+
+
+def search_sql(query: RunQuery, columns: str, mark: str) -> tuple[str, list[Any]]:
+    """One SELECT of `columns` (qualified with `runs.`) for `query`, and its arguments."""
+    where: list[str] = []
+    args: list[Any] = []
+    source = "runs"
+    if query.event_id is not None:
+        # Batched runs list all their events in run_events; others only in runs.event_id.
+        where.append(f"(runs.event_id = {mark} OR runs.id IN (SELECT run_id FROM run_events "
+                     f"WHERE event_id = {mark}))")
+        args += [query.event_id, query.event_id]
+    if query.run_id is not None:
+        where.append(f"runs.id = {mark}")
+        args.append(query.run_id)
+    if query.function_ids:
+        where.append(f"runs.function_id IN ({_marks(mark, len(query.function_ids))})")
+        args += list(query.function_ids)
+    if query.statuses:
+        where.append(f"runs.status IN ({_marks(mark, len(query.statuses))})")
+        args += list(query.statuses)
+    if query.doing is not None:
+        template = DOING[query.doing]
+        # Placeholders in the order they appear in the template.
+        if "{now}" in template:
+            args.append(query.now)
+        if "{orphan}" in template:
+            args.append(ORPHAN_PATTERN)
+        where.append(template.format(now=mark, orphan=mark))
+    if query.created_from is not None:
+        where.append(f"runs.created_at >= {mark}")
+        args.append(query.created_from)
+    if query.created_until is not None:
+        where.append(f"runs.created_at < {mark}")
+        args.append(query.created_until)
+    if query.before is not None:
+        at, run_id = query.before
+        where.append(f"(runs.created_at < {mark} OR (runs.created_at = {mark} AND "
+                     f"runs.id < {mark}))")
+        args += [at, at, run_id]
+    selected = ", ".join(f"runs.{c.strip()}" for c in columns.split(","))
+    sql = f"SELECT {selected} FROM {source}"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY runs.created_at DESC, runs.id DESC LIMIT {mark}"
+    args.append(query.limit)
+    return sql, args
+
+
+def work_sql(run_ids: Sequence[str], mark: str) -> tuple[str, str, str]:
+    """The three SELECTs of `Tx.run_work` (exec items, waits, children), each taking
+    `run_ids` as its arguments."""
+    marks = _marks(mark, len(run_ids))
+    return (f"SELECT run_id, due_at, owner, blocked, ck1, cl1, ck2, cl2 FROM queue "
+            f"WHERE run_id IN ({marks}) AND kind = 'exec'",
+            f"SELECT id, run_id, kind, step_hash, event_name, match_key, expr, expires_at "
+            f"FROM waits WHERE run_id IN ({marks}) ORDER BY id",
+            f"SELECT id, function_id, status, parent_step, parent_run_id FROM runs "
+            f"WHERE parent_run_id IN ({marks}) ORDER BY created_at, id")
+
+
+def collect_work(run_ids: Sequence[str], items: Sequence[Sequence[Any]],
+                 waits: Sequence[Sequence[Any]], children: Sequence[Sequence[Any]]
+                 ) -> dict[str, RunWork]:
+    """`RunWork` per run from the rows of `work_sql`'s three statements."""
+    out = {run_id: RunWork() for run_id in run_ids}
+    for run_id, due_at, owner, blocked, ck1, cl1, ck2, cl2 in items:
+        work = out[run_id]
+        work.due_at, work.leased, work.blocked = due_at, owner is not None, bool(blocked)
+        work.concurrency = [(k, int(n)) for k, n in ((ck1, cl1), (ck2, cl2)) if k is not None]
+    for wait_id, run_id, kind, step_hash, event_name, match_key, expr, expires_at in waits:
+        out[run_id].waits.append(WaitRow(run_id=run_id, kind=kind, event_name=event_name,
+                                         expires_at=expires_at, step_hash=step_hash,
+                                         match_key=match_key, expr=expr, id=wait_id))
+    for child_id, function_id, status, parent_step, parent_run_id in children:
+        out[parent_run_id].children.append((child_id, function_id, status, parent_step))
+    return out
