@@ -46,7 +46,7 @@ async def invoke_function(service: Service, function_id: str, body: object) -> d
     if run_id is None:
         # A flow-control key the data cannot give (throttle `event.data.user` missing) ends
         # the run at once, failed with the reason: that run is the answer.
-        ended = await engine.runs(event_id=event.id, limit=1)
+        ended = await service.engine.runs(event_id=event.id, limit=1)
         if ended:
             return {"run_id": ended[0].id, "event_id": event.id}
         raise Conflict(f"the invocation of {function_id} was skipped: the function's singleton "
