@@ -227,6 +227,8 @@ def show_run(run: dict[str, Any]) -> str:
               ("duration", duration(run["run_started_at"], run["ended_at"]))]
     if run.get("parent_run_id"):
         fields.append(("parent", run["parent_run_id"]))
+    if run.get("version"):
+        fields.append(("version", run["version"]))
     if run["status"] == "Completed":
         fields.append(("output", json.dumps(run["output"], default=str)))
     error = run.get("error")

@@ -306,7 +306,10 @@ def openapi_document() -> dict[str, Any]:
                     "event_name": {"type": ["string", "null"]},
                     "function_id": {"type": "string"}, "error": {}, "steps": {"type": "array"},
                     "warnings": {"type": "array", "items": {"type": "string"}},
-                    "replay_of": {"type": ["string", "null"]}}},
+                    "replay_of": {"type": ["string", "null"]},
+                    "version": {"type": ["string", "null"],
+                                "description": "the version of the function's code the run "
+                                               "started on"}}},
             },
             "securitySchemes": {"signingKey": {
                 "type": "http", "scheme": "bearer",
