@@ -257,6 +257,8 @@ def show_run(run: dict[str, Any]) -> str:
         fields.insert(3, ("doing", doing(run)))
     if run.get("parent_run_id"):
         fields.append(("parent", run["parent_run_id"]))
+    if run.get("version"):
+        fields.append(("version", run["version"]))
     if run["status"] == "Completed":
         fields.append(("output", json.dumps(run["output"], default=str)))
     error = run.get("error")

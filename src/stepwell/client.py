@@ -77,7 +77,8 @@ def run_from_api(raw: dict[str, Any]) -> Run:
                steps=[_step(s) for s in raw.get("steps") or []],
                warnings=list(raw.get("warnings") or []),
                event_ids=list(raw.get("event_ids") or []),
-               parent_run_id=raw.get("parent_run_id"), replay_of=raw.get("replay_of"))
+               parent_run_id=raw.get("parent_run_id"), replay_of=raw.get("replay_of"),
+               version=raw.get("version"))
 
 
 class AsyncClient:

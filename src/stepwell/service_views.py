@@ -93,6 +93,7 @@ def run_dict(run: Run, *, steps: bool = True, public_id: str | None = None) -> d
         "event_ids": list(run.event_ids),
         "parent_run_id": run.parent_run_id,
         "replay_of": run.replay_of,
+        "version": run.version,
     }
     if steps:
         out["steps"] = [step_dict(s) for s in run.steps]

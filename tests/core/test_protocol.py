@@ -210,3 +210,9 @@ def test_ai_gateway_header_names_are_canonical_as_go_sends_them() -> None:
     assert canonical_header("content-type") == "Content-Type"
     assert canonical_header("AUTHORIZATION") == "Authorization"
     assert canonical_header("anthropic-version") == "Anthropic-Version"
+
+
+def test_an_sdk_apps_app_version_is_what_its_runs_record() -> None:
+    assert {s.spec.version for s in parse_registration(TS_BODY).functions} == {None}
+    versioned = parse_registration({**TS_BODY, "appVersion": "v2.3.0"})
+    assert {s.spec.version for s in versioned.functions} == {"v2.3.0"}

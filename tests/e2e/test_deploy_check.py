@@ -296,3 +296,37 @@ async def test_bad_history_files_are_named(tmp_path: Path) -> None:
         service_deploy.read_folder(tmp_path)
     with pytest.raises(service_deploy.HistoryError, match="not a folder"):
         service_deploy.read_folder(tmp_path / "missing")
+
+
+async def test_runs_record_the_version_of_the_code_they_started_on(make_engine: Any) -> None:
+    tagged = stepwell.App("tagged", version="2026.12.1")
+
+    @tagged.function(id="own", trigger="t/own", version="own-1")
+    async def own(ctx: stepwell.Context, step: stepwell.Step) -> None:
+        return None
+
+    @tagged.function(id="app-wide", trigger="t/app")
+    async def app_wide(ctx: stepwell.Context, step: stepwell.Step) -> None:
+        return None
+
+    first, second = v1([]), changed_args([])
+    fingerprints = {first.functions["order"].version, second.functions["order"].version}
+    assert len(fingerprints) == 2 and all(v.startswith("code:") for v in fingerprints)
+    assert v1([]).functions["order"].version == first.functions["order"].version
+    async with make_engine(tagged, first) as engine:
+        ids = [await engine.send(name, {}) for name in ("t/own", "t/app", "shop/order")]
+        await engine.idle()
+        versions = [(await engine.runs(event_id=i))[0].version for i in ids]
+        history = await Service(engine).run_history((await engine.runs(event_id=ids[2]))[0].id)
+        shown = await Service(engine).get_run((await engine.runs(event_id=ids[0]))[0].id)
+    assert versions == ["own-1", "2026.12.1", first.functions["order"].version]
+    assert history["run"]["version"] == first.functions["order"].version
+    assert shown["version"] == "own-1"
+
+
+def test_a_bad_version_is_a_config_error() -> None:
+    with pytest.raises(stepwell.ConfigError, match="version must be a non-empty printable"):
+        stepwell.App("x", version="")
+    app = stepwell.App("x")
+    with pytest.raises(stepwell.ConfigError, match="function 'f': version must be"):
+        app.function(id="f", trigger="x/y", version="a\nb")

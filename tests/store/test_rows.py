@@ -16,7 +16,7 @@ from stepwell.store.codec import dumps
 def test_a_run_round_trips_through_its_row(event_ids: list[str]) -> None:
     run = RunRow("r1", "app/fn", event_ids, 5, status="failed", started_at=6, ended_at=7,
                  output={"x": [1]}, error={"name": "E", "message": "m"}, warnings=["w"],
-                 parent_run_id="p", parent_step="h", replay_of="r0")
+                 parent_run_id="p", parent_step="h", replay_of="r0", version="v1")
     values = rows.run_values(run)
     assert len(values) == len(rows.RUNS) == rows.RUN_WIDTH
     assert rows.run_from_row(values) == run

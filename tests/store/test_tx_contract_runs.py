@@ -133,7 +133,7 @@ async def test_list_events_is_newest_first_by_name_up_to_a_limit(store: Store) -
 
 async def test_a_run_round_trips_with_its_fields(store: Store) -> None:
     new = RunRow("r1", "app/fn", ["e1"], NOW, parent_run_id="p1", parent_step="h1",
-                 replay_of="r0")
+                 replay_of="r0", version="code:abc")
     await store.write(lambda tx: tx.insert_run(new))
     row = await store.read(lambda tx: tx.get_run("r1"))
     assert row is not None
@@ -141,7 +141,8 @@ async def test_a_run_round_trips_with_its_fields(store: Store) -> None:
         "r1", "app/fn", "queued", ["e1"], NOW)
     assert (row.started_at, row.ended_at, row.output, row.error, row.warnings) == (
         None, None, None, None, [])
-    assert (row.parent_run_id, row.parent_step, row.replay_of) == ("p1", "h1", "r0")
+    assert (row.parent_run_id, row.parent_step, row.replay_of, row.version) == (
+        "p1", "h1", "r0", "code:abc")
     assert await store.read(lambda tx: tx.get_run("nope")) is None
 
 

@@ -256,6 +256,7 @@ class FunctionSpec:
     singleton: SingletonSpec | None = None
     failure_of: str | None = None     # set on the generated on_failure function
     remote: bool = False              # served by an official-SDK app over HTTP
+    version: str | None = None        # what runs started now record (`Function.version`)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property

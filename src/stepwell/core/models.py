@@ -280,6 +280,7 @@ class Run:
     event_ids: list[str] = field(default_factory=list)
     parent_run_id: str | None = None
     replay_of: str | None = None            # the run this one replays (`engine.replay`)
+    version: str | None = None              # of its function's code, when it started
 
     @property
     def done(self) -> bool:

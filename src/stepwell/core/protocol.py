@@ -6,6 +6,7 @@ See shared/reference/inngest-protocol.md; section numbers below refer to it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import re
@@ -110,6 +111,11 @@ def parse_registration(body: Any) -> Registration:
         specs = [_function_spec(app_id, url, raw) for raw in functions]
     except ProtocolError as exc:
         raise ProtocolError(f"app '{app_id}': {exc}") from None
+    version = body.get("appVersion") or body.get("app_version")
+    if isinstance(version, str) and version:
+        # The SDK's `appVersion` option (`new Inngest({ id, appVersion })`): what runs record.
+        specs = [dataclasses.replace(s, spec=dataclasses.replace(s.spec, version=version[:64]))
+                 for s in specs]
     counts = Counter(s.spec.id for s in specs)
     dupes = sorted(i for i, n in counts.items() if n > 1)
     if dupes:

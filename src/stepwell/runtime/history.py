@@ -70,7 +70,7 @@ class History:
                    events=list(state.events), memos=dict(state.memos),
                    failures=dict(state.failures), created_at=run.created_at,
                    started_at=run.started_at, ended_at=run.ended_at, output=run.output,
-                   error=run.error, version=getattr(run, "version", None))
+                   error=run.error, version=run.version)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -127,7 +127,8 @@ def create_run(tx: Tx, spec: FunctionSpec, events: list[Event], now: int, place:
     owner = place.take() if adm.due_at <= now and not adm.concurrency else None
     run = RunRow(adm.run_id, spec.qualified_id, [e.id for e in events], now,
                  parent_run_id=parent[0] if parent else None,
-                 parent_step=parent[1] if parent else None, replay_of=replay_of)
+                 parent_step=parent[1] if parent else None, replay_of=replay_of,
+                 version=spec.version)
     if owner is not None:
         # Leased to this process: it starts now, so it is `running` from the first write.
         run.status, run.started_at = "running", now
@@ -166,7 +167,7 @@ def record_unstarted_run(tx: Tx, spec: FunctionSpec, events: list[Event], now: i
     """A run that flow control refused (skipped) or could not place (failed), kept visible: it
     ended when it was created (so retention counts its age from then)."""
     run = RunRow(new_id(), spec.qualified_id, [e.id for e in events], now, status=status,
-                 ended_at=now, error=error)
+                 ended_at=now, error=error, version=spec.version)
     tx.insert_run(run)
     return run.id
 

@@ -53,4 +53,4 @@ def run_view(state: RunState, *, now: int) -> Run:
                event_id=row.event_ids[0] if row.event_ids else None, created_at=row.created_at,
                started_at=row.started_at, ended_at=row.ended_at, output=row.output,
                error=row.error, steps=steps, warnings=row.warnings, event_ids=row.event_ids,
-               parent_run_id=row.parent_run_id, replay_of=row.replay_of)
+               parent_run_id=row.parent_run_id, replay_of=row.replay_of, version=row.version)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +25,6 @@ class Function:
     on_failure: Function | None = None
     # Event name (or wildcard) -> the model its data is declared as (`Event[Model](...)`).
     event_types: dict[str, Any] = field(default_factory=dict)
-    explicit_version: str | None = None
 
     def event_type(self, name: str) -> Any | None:
         """The declared data type of event `name` for this function's triggers, if any."""
@@ -47,7 +47,7 @@ class Function:
     def version(self) -> str:
         """The version runs started now record: the function's `version=`, else the app's,
         else a fingerprint of the handler's code (`sdk.versions`)."""
-        return self.explicit_version or self.app.version or code_fingerprint(self.handler)
+        return self.spec.version or code_fingerprint(self.handler)
 
     @property
     def is_async(self) -> bool:
@@ -141,14 +141,18 @@ class App:
                 trigger=Event(FUNCTION_FAILED,
                               if_=f"event.data.function_id == '{spec.qualified_id}'"),
                 failure_of=spec.qualified_id)
-            failure = Function(failure_spec, on_failure, self, explicit_version=explicit)
+            failure_spec = dataclasses.replace(
+                failure_spec, version=explicit or self.version or code_fingerprint(on_failure))
+            failure = Function(failure_spec, on_failure, self)
 
         def decorate(handler: Handler) -> Function:
             _check_handler(id, "the handler", handler)
             if id in self.functions:
                 raise ConfigError(f"function '{id}' is already defined in app '{self.id}'")
-            fn = Function(spec, handler, self, failure, event_types=declared_types(trigger),
-                          explicit_version=explicit)
+            versioned = dataclasses.replace(
+                spec, version=explicit or self.version or code_fingerprint(handler))
+            fn = Function(versioned, handler, self, failure,
+                          event_types=declared_types(trigger))
             self.functions[id] = fn
             if failure is not None:
                 self.functions[failure.id] = failure

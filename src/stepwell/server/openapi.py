@@ -330,7 +330,10 @@ def openapi_document() -> dict[str, Any]:
                               "(sleeping, waiting_for_event, waiting_for_signal, "
                               "waiting_for_run, retrying, throttled, concurrency_limited, "
                               "orphaned, scheduled, queued, running, or the ended status), "
-                              "`summary`, and the fields of its kind"}}},
+                              "`summary`, and the fields of its kind"},
+                    "version": {"type": ["string", "null"],
+                                "description": "the version of the function's code the run "
+                                               "started on"}}},
             },
             "securitySchemes": {"signingKey": {
                 "type": "http", "scheme": "bearer",

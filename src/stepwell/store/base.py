@@ -45,6 +45,7 @@ class RunRow:
     parent_run_id: str | None = None
     parent_step: str | None = None          # hashed step id in the parent (invoke)
     replay_of: str | None = None            # the run this one replays
+    version: str | None = None              # of the function's code the run started on
 
 
 @dataclass(slots=True)

@@ -36,6 +36,7 @@ RUNS: Columns = (
     ("event_ids", "text"), ("created_at", "bigint"), ("started_at", "bigint"),
     ("ended_at", "bigint"), ("output", "text"), ("error", "text"), ("warnings", "text"),
     ("parent_run_id", "text"), ("parent_step", "text"), ("replay_of", "text"),
+    ("version", "text"),
 )
 RUN_COLUMNS = names(RUNS)
 
@@ -47,7 +48,7 @@ def run_values(run: RunRow) -> tuple[Any, ...]:
             run.started_at, run.ended_at, None if run.output is None else dumps(run.output),
             dumps(run.error) if run.error else None,
             dumps(run.warnings) if run.warnings else None, run.parent_run_id, run.parent_step,
-            run.replay_of)
+            run.replay_of, run.version)
 
 
 def run_from_row(row: Row) -> RunRow:
@@ -56,7 +57,7 @@ def run_from_row(row: Row) -> RunRow:
     return RunRow(id=row[0], function_id=row[1], status=row[2], event_ids=event_ids,
                   created_at=row[5], started_at=row[6], ended_at=row[7], output=loads(row[8]),
                   error=loads(row[9]), warnings=loads(row[10]) or [], parent_run_id=row[11],
-                  parent_step=row[12], replay_of=row[13])
+                  parent_step=row[12], replay_of=row[13], version=row[14])
 
 
 RUN_WIDTH = len(RUNS)      # where the columns after a run's (Postgres' run state) begin

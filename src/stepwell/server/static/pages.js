@@ -274,6 +274,8 @@ export async function run(view) {
           current.parent_run_id)] : null,
         current.replay_of ? ["Replay of", h("a", {href: runHref(current.replay_of),
           id: "replay-of"}, current.replay_of)] : null,
+        current.version ? ["Version", h("span", {class: "mono", id: "run-version"},
+          current.version)] : null,
       ]),
       current.warnings.length ? h("div", {class: "warnings"}, current.warnings.map(
         (w) => notice("warning", w))) : null,
