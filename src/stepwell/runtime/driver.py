@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
     from stepwell.runtime.clock import Clock
     from stepwell.runtime.stats import Stats
+    from stepwell.runtime.threads import StepThreads
 
 R = TypeVar("R")
 FUNCTION_KEY = "__function__"      # failure counters of code outside steps (one per unit)
@@ -61,7 +62,7 @@ class Host(Protocol):
     stats: Stats
     retry_interval_ms: int | None
     check_determinism: bool
-    step_pool: Executor
+    step_pool: StepThreads
     handler_pool: Executor
 
     @property
