@@ -177,8 +177,8 @@ def table(reps: list[dict[str, Any]], with_baseline: bool) -> str:
             "stepwell / ceiling | server CPU ms per 1,000 events |")
     rule = "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     if with_baseline:
-        head += " baseline events/s | stepwell / baseline |"
-        rule += " ---: | ---: |"
+        head += " baseline events/s | stepwell / baseline | baseline CPU ms per 1,000 |"
+        rule += " ---: | ---: | ---: |"
     lines = [head, rule]
     for index, first in enumerate(reps[0]["cells"]):
         cells = [r["cells"][index] for r in reps]
@@ -195,7 +195,8 @@ def table(reps: list[dict[str, Any]], with_baseline: bool) -> str:
             gain = statistics.median(c["stepwell"]["events_per_s"] / c["baseline"]["events_per_s"]
                                      for c in cells)
             line += (f" {cell_text([c['baseline']['events_per_s'] for c in cells])} | "
-                     f"{gain:.2f}x |")
+                     f"{gain:.2f}x | "
+                     f"{cell_text([c['baseline']['cpu_ms_per_1000'] for c in cells])} |")
         lines.append(line)
     loads = [c["load"] for r in reps for c in r["cells"]]
     lines.append("")
