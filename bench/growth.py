@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import stepwell
+from stepwell.runtime import upkeep
 from stepwell.runtime.scripts import new_id
 from stepwell.service import Service
 
@@ -227,7 +228,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         target = args.prune if args.prune is not None else args.runs // 20
         while pruned < target:
             runs, _events, _flows = await store.write(
-                lambda tx: tx.prune(cutoff, now, 1000))
+                lambda tx: tx.prune(cutoff, now, upkeep.PRUNE_BATCH))
             pruned += runs
             if runs == 0:
                 break
