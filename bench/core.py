@@ -2,7 +2,8 @@
 
     python bench/core.py [--runs 2000] [--steps 3] [--concurrency 200] [--async-steps]
 
-Prints runs/s, steps/s and event-to-start / event-to-finish latency (p50/p99) as JSON. Not a
+Prints runs/s, steps/s, event-to-start / event-to-finish latency (p50/p99) and the CPU ms per
+run (all threads; the figure a loaded machine distorts least) as JSON. Not a
 test. This is the stepwell-only quick check; `bench/run.py` runs the full comparison with the
 peers (its W3 is this workload with `--async-steps`, in a fresh process per repetition).
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import sys
 import tempfile
 from pathlib import Path
@@ -42,10 +44,15 @@ def main() -> None:
             timeout=300.0,
             option=[f"steps={args.steps}", f"fsync={0 if args.no_fsync else 1}",
                     f"sync_steps={0 if args.async_steps else 1}"])
+        cpu = resource.getrusage(resource.RUSAGE_SELF)
         result = asyncio.run(sw_bench.run(worker_args))
+        used = resource.getrusage(resource.RUSAGE_SELF)
     out = {key: result[key] for key in (
         "runs", "steps_per_run", "seconds", "runs_per_s", "steps_per_s", "start_p50_ms",
         "start_p99_ms", "finish_p50_ms", "finish_p99_ms")}
+    # CPU time per run (all threads, setup included): what a loaded machine distorts least.
+    out["cpu_ms_per_run"] = round((used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime)
+                                  * 1000 / max(1, result["runs"]), 3)
     out["fsync"] = not args.no_fsync
     out["step_bodies"] = result["settings"]["step_bodies"]
     if "errors" in result:

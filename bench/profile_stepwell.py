@@ -127,10 +127,12 @@ def main() -> int:
     parser.add_argument("--option", action="append", default=[],
                         help="passed to sw_bench.py (e.g. margin=15 for wakeup)")
     parser.add_argument("--stepwell-ref", default="")
+    parser.add_argument("--py-spy", default="",
+                        help="a py-spy executable to use instead of the peers venv's")
     args = parser.parse_args()
 
-    ok, reason = harness.ensure_peers(skip_install=False)
-    spy = harness.PEERS_VENV / "bin" / "py-spy"
+    ok, reason = (True, "ok") if args.py_spy else harness.ensure_peers(skip_install=False)
+    spy = Path(args.py_spy) if args.py_spy else harness.PEERS_VENV / "bin" / "py-spy"
     if not ok or not spy.exists():
         print(f"py-spy is not available: {reason}", file=sys.stderr)
         return 1

@@ -25,7 +25,7 @@ SNAPSHOT = Path(__file__).with_name("postgres_schema.txt")
 # Columns named differently: `user` is a reserved word in Postgres.
 RENAMED = {("events", "user"): ("events", "user_data")}
 # Indexes only Postgres has (listings ordered by time; SQLite sorts those small results).
-POSTGRES_ONLY_INDEXES = {"runs_by_time"}
+POSTGRES_ONLY_INDEXES: set[str] = set()
 
 
 def postgres_schema(url: str) -> list[str]:

@@ -85,9 +85,25 @@ def path_value(payload: Mapping[str, Any], path: str) -> Any:
     return value
 
 
+# `json.dumps(value, sort_keys=True, separators=(",", ":"))`, without building an encoder per
+# call: an event offers a key per leaf, so this runs for every leaf of every event ingested.
+_KEY_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+_encode_str = getattr(json.encoder, "c_encode_basestring_ascii",
+                      None) or json.encoder.encode_basestring_ascii
+
+
 def match_key(path: str, value: Any) -> str:
-    """The index key of a wait with `match=path` whose run's event has `value` at that path."""
-    return f"{path}={json.dumps(value, sort_keys=True, separators=(',', ':'))}"
+    """The index key of a wait with `match=path` whose run's event has `value` at that path.
+
+    The text after `=` is exactly `json.dumps(value, sort_keys=True, separators=(",", ":"))`
+    (stored keys were made that way): strings and plain integers, the usual leaves, are
+    written directly, as the encoder itself writes them."""
+    kind = type(value)
+    if kind is str:
+        return f"{path}={_encode_str(value)}"
+    if kind is int:
+        return f"{path}={int.__repr__(value)}"
+    return f"{path}={_KEY_ENCODER.encode(value)}"
 
 
 def event_match_keys(event: Mapping[str, Any]) -> list[str] | None:

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
     from stepwell.runtime.clock import Clock
     from stepwell.runtime.stats import Stats
+    from stepwell.runtime.threads import StepThreads
     from stepwell.runtime.tracing import NoTracing
 
 R = TypeVar("R")
@@ -68,7 +69,7 @@ class Host(Protocol):
     tracing: NoTracing
     retry_interval_ms: int | None
     check_determinism: bool
-    step_pool: Executor
+    step_pool: StepThreads
     handler_pool: Executor
 
     @property

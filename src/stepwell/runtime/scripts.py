@@ -8,10 +8,12 @@ arguments and their return value: the store may run a script again if its group 
 
 from __future__ import annotations
 
+import base64
+import os
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
-
-from ulid import ULID
 
 from stepwell.core.config import FunctionSpec
 from stepwell.core.eventsize import fit_lifecycle
@@ -28,9 +30,32 @@ from stepwell.core.queue import EXEC, TIMEOUT, exec_key, timeout_key
 from stepwell.core.routing import Router, match_key, path_value
 from stepwell.store.base import RunRow, Tx, WaitRow
 
+# RFC 4648 base32 (which `base64` encodes in C) to Crockford's, the ULID alphabet.
+_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567",
+                             b"0123456789ABCDEFGHJKMNPQRSTVWXYZ")
+_RANDOM_MAX = (1 << 80) - 1
+_id_lock = threading.Lock()
+_last_id = [0, 0]          # (milliseconds, randomness) of the previous id
+
 
 def new_id() -> str:
-    return str(ULID())
+    """A new ULID, strictly increasing within the process (as python-ulid's generator: the
+    same millisecond adds one to the randomness). Made here rather than with `str(ULID())`,
+    whose base32 is a Python loop: every event and run gets one, and that was ~10% of
+    ingesting a batch of events."""
+    ms = time.time_ns() // 1_000_000
+    with _id_lock:
+        last_ms, last_random = _last_id
+        if ms > last_ms:
+            random = int.from_bytes(os.urandom(10), "big")
+        elif last_random < _RANDOM_MAX:
+            ms, random = last_ms, last_random + 1
+        else:                            # 2^80 ids in one millisecond: borrow the next one
+            ms, random = last_ms + 1, int.from_bytes(os.urandom(10), "big")
+        _last_id[0], _last_id[1] = ms, random
+    # 160 bits hold the 130 that 26 base32 characters spell; the first 6 characters are zeros.
+    raw = ((ms << 80) | random).to_bytes(20, "big")
+    return base64.b32encode(raw).translate(_CROCKFORD)[6:].decode()
 
 
 class LeaseLost(Exception):

@@ -490,10 +490,7 @@ class RunSession(RunDriver):
         assert fn is not None
         if inspect.iscoroutinefunction(fn):
             return await fn(*request.args, **request.kwargs)
-        loop = asyncio.get_running_loop()
-        call = functools.partial(fn, *request.args, **request.kwargs)
-        result = await loop.run_in_executor(self.host.step_pool,
-                                            contextvars.copy_context().run, call)
+        result = await self.host.step_pool.run(fn, *request.args, **request.kwargs)
         if inspect.isawaitable(result):
             result = await result
         return result

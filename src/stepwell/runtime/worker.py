@@ -47,6 +47,7 @@ from stepwell.runtime.registry import Registry
 from stepwell.runtime.remote import RemoteFunction, RemoteSettings
 from stepwell.runtime.scripts import Effects, Placement, Routing
 from stepwell.runtime.stats import Stats, backlog
+from stepwell.runtime.threads import StepThreads
 from stepwell.runtime.watchdog import LoopWatchdog
 from stepwell.sdk.app import App, Function
 from stepwell.store import open_store
@@ -115,7 +116,7 @@ class Worker:
         # as `inngest dev --retry-interval` offers for quick local loops.
         self.retry_interval_ms = (None if retry_interval_seconds is None
                                   else int(retry_interval_seconds * 1000))
-        self.step_pool: Executor = ThreadPoolExecutor(1)
+        self.step_pool = StepThreads(1, "stepwell-step")
         self.handler_pool: Executor = ThreadPoolExecutor(1)
         # Each session task and the queue item it works on (only those leases are renewed).
         self._sessions: dict[asyncio.Task[None], int] = {}
@@ -149,7 +150,7 @@ class Worker:
         # Two pools: sync handlers block their thread while waiting on their steps, so sharing
         # one pool with the step callables could deadlock. Made here so a stopped engine can
         # start again.
-        self.step_pool = ThreadPoolExecutor(self.sync_threads, thread_name_prefix="stepwell-step")
+        self.step_pool = StepThreads(self.sync_threads, "stepwell-step")
         self.handler_pool = ThreadPoolExecutor(self.sync_threads, thread_name_prefix="stepwell-fn")
         self.running = True
         if self._watchdog is not None:
