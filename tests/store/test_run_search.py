@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from stepwell.core.models import Memo
-from stepwell.store.base import NewRun, RunQuery, Store, Tx, WaitRow
+from stepwell.store.base import RunQuery, RunRow, Store, Tx, WaitRow
 
 pytestmark = pytest.mark.postgres_strict
 
@@ -20,8 +20,8 @@ async def test_search_runs_filters_pages_and_derives_what_runs_are_doing(store: 
     def script(tx: Tx) -> None:
         for i, (run_id, fn) in enumerate([("a", "app/f"), ("b", "app/f"), ("c", "app/g"),
                                           ("d", "app/f"), ("e", "app/f"), ("f", "app/f")]):
-            tx.insert_run(NewRun(run_id, fn, [f"e{i}"], NOW + i))
-        tx.insert_run(NewRun("batch", "app/g", ["x1", "x2"], NOW + 10))
+            tx.insert_run(RunRow(run_id, fn, [f"e{i}"], NOW + i))
+        tx.insert_run(RunRow("batch", "app/g", ["x1", "x2"], NOW + 10))
         for run_id in "abcdef":
             tx.start_run(run_id, NOW + 20)
         tx.insert_memo("a", Memo("h1", "nap", "sleep", 0, due_at=NOW + 100, started_at=NOW))
@@ -61,9 +61,9 @@ async def test_search_runs_filters_pages_and_derives_what_runs_are_doing(store: 
 
 async def test_run_work_gives_each_runs_item_waits_and_invoked_runs(store: Store) -> None:
     def script(tx: Tx) -> None:
-        tx.insert_run(NewRun("p", "app/f", ["e1"], NOW))
-        tx.insert_run(NewRun("q", "app/f", ["e2"], NOW))
-        tx.insert_run(NewRun("child", "app/g", ["e3"], NOW + 1, parent_run_id="p",
+        tx.insert_run(RunRow("p", "app/f", ["e1"], NOW))
+        tx.insert_run(RunRow("q", "app/f", ["e2"], NOW))
+        tx.insert_run(RunRow("child", "app/g", ["e3"], NOW + 1, parent_run_id="p",
                              parent_step="h2"))
         tx.enqueue("exec", "exec:p", NOW + 60, run_id="p", concurrency=[("c:fn:x", 2)])
         tx.insert_wait(WaitRow(run_id="p", kind="wait", event_name="app/ok",
