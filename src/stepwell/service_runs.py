@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final
 
 from stepwell.core.config import FunctionSpec
 from stepwell.core.expressions import Expression, ExpressionError, compile_expression
 from stepwell.core.flow import FlowKeyError, evaluate_key
-from stepwell.core.models import TERMINAL_STATUSES, Event, Run, RunStatus
+from stepwell.core.models import TERMINAL_STATUSES, Event, Memo, Run, RunStatus
 from stepwell.runtime.views import run_view
 from stepwell.service_views import ACTIVITIES, STATUS_NAMES, activity, iso
 from stepwell.store.base import RunQuery, RunRow, RunState, RunWork
@@ -206,16 +206,13 @@ def derive_state(service: Service, run: Run, state: RunState | None, work: RunWo
     elif work.blocked:
         out |= {"kind": "concurrency_limited",
                 "keys": [{"key": k, "limit": n} for k, n in work.concurrency]}
-    elif doing == "sleeping":
-        memo = next(m for m in sorted(state.memos.values(), key=lambda m: m.seq)
-                    if m.sleeping(now))
+    elif doing == "sleeping" and (memo := _first(state, lambda m: m.sleeping(now))):
         out |= {"kind": "sleeping", "step": memo.step_id, "until": iso(memo.due_at)}
-    elif doing in ("waiting", "invoking"):
-        memo = next(m for m in sorted(state.memos.values(), key=lambda m: m.seq)
-                    if m.pending and m.kind == ("wait" if doing == "waiting" else "invoke"))
+    elif doing in ("waiting", "invoking") and (memo := _first(
+            state, lambda m: m.pending and (m.kind == "wait") == (doing == "waiting"))):
         out |= _pending(service, memo.step_id, memo.hash, memo.due_at, work)
-    elif doing == "retrying":
-        step = next(s for s in run.steps if s.status == "retrying")
+    elif doing == "retrying" and (step := next(
+            (s for s in run.steps if s.status == "retrying"), None)):
         retries = spec.retries if spec is not None else 0
         out |= {"kind": "retrying", "step": step.id, "attempt": step.attempts + 1,
                 "max_attempts": retries + 1, "at": iso(work.due_at), "error": step.error}
@@ -233,6 +230,14 @@ def derive_state(service: Service, run: Run, state: RunState | None, work: RunWo
         out["filter"] = doing
     out["summary"] = _summary(out)
     return out
+
+
+def _first(state: RunState, wanted: Callable[[Memo], bool]) -> Memo | None:
+    """The first recorded step (in the run's order) that `wanted` picks, if any: the view's
+    step statuses and the memos can disagree for an instant (another clock reading, an SDK
+    step kind the view maps differently), and a state must never fail the whole request."""
+    return next((m for m in sorted(state.memos.values(), key=lambda m: m.seq) if wanted(m)),
+                None)
 
 
 def _pending(service: Service, step_id: str, step_hash: str, due_at: int | None,

@@ -278,7 +278,7 @@ async def test_orphaned_runs_can_be_filtered(start: Any, tmp_path: Path) -> None
     await expect(page.locator("tbody tr")).to_have_count(2)
     await page.select_option("#filter-status", "orphaned")
     await expect(page.locator("tbody tr")).to_have_text(
-        [re.compile("Running.*orphaned.*shop/gone")])
+        [re.compile("Running.*orphaned.*shop/gone", re.IGNORECASE)])
     await expect(page).to_have_url(f"{dash.url}/dashboard/runs?status=orphaned")
     assert dash.problems == []
 

@@ -42,8 +42,9 @@ def test_a_memo_round_trips_with_its_outcome_wrapper(memo: Memo) -> None:
 
 def test_events_waits_and_failures_round_trip() -> None:
     event = Event("app/e", {"k": 1}, id="e1", ts=3, user={"u": 2})
-    values = rows.event_values(event, 9, True)
-    assert len(values) == len(rows.events_table("user")) and values[5:] == (9, True)
+    values = rows.event_values(event, 9, True, 4)
+    assert len(values) == len(rows.events_table("user")) and values[5:] == (9, True, 4)
+    assert rows.event_values(event, 9, True)[7] == 0          # events from outside: generation 0
     assert rows.event_from_row(values) == event
     wait = WaitRow(run_id="r", kind="wait", event_name="app/e", expires_at=5, step_hash="h",
                    match_key="data.k=1", expr="x", event_ctx={"name": "a"}, id=4)
