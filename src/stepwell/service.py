@@ -439,25 +439,6 @@ class Service(SdkApps):
                                     status: str | None = None, event_id: str | None = None,
                                     limit: int = 100, outputs: bool = True
                                     ) -> list[dict[str, Any]]:
-        """`list_runs`, each run with the name of the event that triggered it (`event_name`),
-        so a runs table can show what started each run without one request per row. All the
-        names come from one read of the distinct event ids on the page.
-
-        `outputs=False` leaves out each run's `output` and `error` (set to null): a table that
-        refreshes every 2 s should not download a hundred large outputs it does not show."""
-        runs = await self.list_runs(function_id=function_id, status=status, event_id=event_id,
-                                    limit=limit)
-        if not outputs:
-            for run in runs:
-                run["output"] = run["error"] = None
-        ids = sorted({run["event_id"] for run in runs if run["event_id"]})
-        names: dict[str, str] = {}
-        if ids:
-            events = await self.worker.read(lambda tx: tx.get_events(ids))
-            names = {event.id: event.name for event in events}
-        for run in runs:
-            run["event_name"] = names.get(run["event_id"]) if run["event_id"] else None
-        return runs
         """`list_runs`, each run with the name of its triggering event (`event_name`);
         `outputs=False` leaves out outputs and errors (see `service_runs.page`)."""
         filters = RunFilters(function_id=function_id, status=status, event_id=event_id,
