@@ -27,6 +27,7 @@ from stepwell.runtime.worker import Worker
 from stepwell.sdk.app import App, Function
 from stepwell.store import open_store
 from stepwell.store.base import RunState, Tx
+from stepwell.store.sqlite import sqlite_path
 
 __all__ = ["CheckReport", "HistoryError", "check_database", "check_histories", "export_history",
            "read_folder"]
@@ -100,6 +101,9 @@ class CheckReport:
             lines.append(f"{function_id}: {count} unfinished run(s), but the code has no such "
                          "function (renamed or deleted): they would stop where they are; keep "
                          "the function until they finish, or cancel them")
+        if not self.histories:
+            lines.append("no recorded runs were found: nothing to check (is this the "
+                         "deployment's database?)")
         verdict = "OK: safe to deploy" if self.ok else "FAILED: unfinished runs would diverge"
         lines.append(f"{verdict} ({self.histories} histories checked in {self.seconds:.2f} s)")
         return "\n".join(lines)
@@ -191,6 +195,12 @@ async def check_database(apps: Sequence[App], db_url: str, *, sample: int = 100
                          ) -> CheckReport:
     """`stepwell check APP --db URL`: the apps' functions' runs, and unfinished runs of
     functions the apps no longer have."""
+    if db_url.startswith("sqlite:") or "://" not in db_url:
+        path = Path(sqlite_path(db_url))
+        if not path.is_file():
+            # Opening would create (and migrate) an empty database and report "OK".
+            raise HistoryError(f"no database at {path}: give the --db of the deployment "
+                               "(e.g. sqlite:///.stepwell/stepwell.db or postgresql://...)")
     functions = sorted(_functions(apps))
     histories = await load_histories(db_url, sample=sample, function_ids=functions)
     wanted = set(functions)

@@ -330,3 +330,12 @@ def test_a_bad_version_is_a_config_error() -> None:
     app = stepwell.App("x")
     with pytest.raises(stepwell.ConfigError, match="function 'f': version must be"):
         app.function(id="f", trigger="x/y", version="a\nb")
+
+
+async def test_a_missing_sqlite_database_is_named_not_created(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.db"
+    with pytest.raises(service_deploy.HistoryError, match="no database at"):
+        await service_deploy.check_database([v1([])], f"sqlite:///{missing}")
+    assert not missing.exists()
+    empty = await service_deploy.check_histories([v1([])], [])
+    assert "no recorded runs were found" in empty.text()
