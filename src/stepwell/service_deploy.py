@@ -191,16 +191,21 @@ def _states(tx: Tx, *, run_ids: list[str]) -> dict[str, RunState]:
     return tx.load_run_states(run_ids)
 
 
+def _require_database(db_url: str) -> None:
+    """A SQLite database must exist: opening it would create (and migrate) an empty one, and
+    the check would report "OK" over nothing."""
+    if db_url.startswith("sqlite:") or "://" not in db_url:
+        path = Path(sqlite_path(db_url))
+        if not path.is_file():
+            raise HistoryError(f"no database at {path}: give the --db of the deployment "
+                               "(e.g. sqlite:///.stepwell/stepwell.db or postgresql://...)")
+
+
 async def check_database(apps: Sequence[App], db_url: str, *, sample: int = 100
                          ) -> CheckReport:
     """`stepwell check APP --db URL`: the apps' functions' runs, and unfinished runs of
     functions the apps no longer have."""
-    if db_url.startswith("sqlite:") or "://" not in db_url:
-        path = Path(sqlite_path(db_url))
-        if not path.is_file():
-            # Opening would create (and migrate) an empty database and report "OK".
-            raise HistoryError(f"no database at {path}: give the --db of the deployment "
-                               "(e.g. sqlite:///.stepwell/stepwell.db or postgresql://...)")
+    _require_database(db_url)
     functions = sorted(_functions(apps))
     histories = await load_histories(db_url, sample=sample, function_ids=functions)
     wanted = set(functions)
