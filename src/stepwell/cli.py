@@ -411,6 +411,7 @@ main.add_command(cli_client.send)
 main.add_command(cli_client.runs)
 cli_client.runs.add_command(cli_deploy.runs_export)
 main.add_command(cli_deploy.check)
+main.add_command(cli_deploy.versions)
 
 
 if __name__ == "__main__":

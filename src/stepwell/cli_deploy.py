@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from stepwell.cli_client import call, json_option, url_option
+from stepwell.cli_client import call, json_option, table, url_option
 from stepwell.core.urls import DEFAULT_DB
 
 
@@ -74,3 +74,30 @@ def check(target: str, db: str | None, histories: str | None, sample: int,
     click.echo(json.dumps(report.to_json(), indent=2) if as_json else report.text())
     if not report.ok:
         sys.exit(1)
+
+
+@click.command("versions")
+@url_option
+@json_option
+def versions(url: str, as_json: bool) -> None:
+    """Per function: the version of the code the server runs and the versions its unfinished
+    runs started on (how many, the oldest). An old version is drained once it is gone from
+    the list; until then its runs replay on the current code (check them: `stepwell check`)."""
+    found = call("GET", url, "/v1/versions")["data"]
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    rows = []
+    for fn in found:
+        current = fn["current"] or "-"
+        if not fn["versions"]:
+            rows.append([fn["function_id"], current, "-", "0", "-"])
+        for v in fn["versions"]:
+            state = "current" if v["current"] else ("no such function here" if not fn["defined"]
+                                                     else "old: draining")
+            rows.append([fn["function_id"], str(v["version"] or "-"), state, str(v["runs"]),
+                         v["oldest"]])
+    if not rows:
+        click.echo("no functions")
+        return
+    click.echo(table(["FUNCTION", "VERSION", "STATE", "UNFINISHED", "OLDEST"], rows))

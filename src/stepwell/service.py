@@ -216,6 +216,10 @@ class Service(SdkApps):
             raise NotFound(f"no run with id {run_id!r}")
         return self._run_dict(run) | {"state": await service_runs.run_state(self, run)}
 
+    async def versions(self) -> list[dict[str, Any]]:
+        """Per function, its code's version here and those of its unfinished runs."""
+        return await service_deploy.versions(self.worker)
+
     async def run_history(self, run_id: str) -> dict[str, Any]:
         """The run's recorded history as a self-contained file (`runtime.history`)."""
         history = await service_deploy.export_history(self.worker, run_id)

@@ -25,12 +25,13 @@ from stepwell.runtime.determinism import Divergence
 from stepwell.runtime.history import History, HistoryError, read_history, replay_history
 from stepwell.runtime.worker import Worker
 from stepwell.sdk.app import App, Function
+from stepwell.service_views import iso
 from stepwell.store import open_store
 from stepwell.store.base import RunState, Tx
 from stepwell.store.sqlite import sqlite_path
 
 __all__ = ["CheckReport", "HistoryError", "check_database", "check_histories", "export_history",
-           "read_folder"]
+           "read_folder", "versions"]
 LOAD_CHUNK = 500           # run states read per transaction
 
 
@@ -181,6 +182,30 @@ async def export_history(worker: Worker, run_id: str) -> dict[str, Any] | None:
     """`GET /v1/runs/{id}/history`: the run's history as JSON, or None for an unknown run."""
     state = await worker.read(functools.partial(_state, run_id=run_id))
     return None if state is None else History.from_state(state).to_json()
+
+
+async def versions(worker: Worker) -> list[dict[str, Any]]:
+    """`GET /v1/versions`: per function, the version its code has here now and the versions
+    its unfinished runs started on (how many, the oldest), so an operator sees when the runs
+    of an old version have drained. A version absent from the list has no run in flight."""
+    rows = await worker.read(_active_versions)
+    functions = dict(worker.registry.items())
+    out: dict[str, dict[str, Any]] = {
+        qid: {"function_id": fn.spec.public_id, "current": fn.spec.version, "versions": []}
+        for qid, fn in sorted(functions.items())}
+    for function_id, version, count, oldest in rows:
+        entry = out.setdefault(function_id, {"function_id": function_id, "current": None,
+                                             "versions": [], "defined": False})
+        entry["versions"].append({"version": version, "runs": count, "oldest": iso(oldest),
+                                  "current": version == entry["current"]})
+    for entry in out.values():
+        entry.setdefault("defined", True)
+        entry["drained"] = all(v["current"] for v in entry["versions"])
+    return list(out.values())
+
+
+def _active_versions(tx: Tx) -> list[tuple[str, str | None, int, int]]:
+    return tx.active_versions()
 
 
 def _state(tx: Tx, *, run_id: str) -> RunState | None:

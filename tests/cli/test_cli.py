@@ -664,6 +664,12 @@ def test_export_a_run_then_check_new_code_against_it(dev: DevServer, tmp_path: P
     [divergence] = slow["divergences"]
     assert (divergence["run_id"], divergence["kind"], divergence["step"]) == (
         run["run_id"], "changed-args", "first")
+    listed = cli("versions", url=dev.url)
+    assert listed.returncode == 0, listed.stderr
+    [slow] = [line for line in listed.stdout.splitlines() if line.startswith("demo/slow ")]
+    assert "current" in slow and slow.split()[1].startswith("code:"), listed.stdout
+    as_json = json.loads(cli("versions", "--json", url=dev.url).stdout)
+    assert any(f["function_id"] == "demo/slow" and f["versions"] for f in as_json)
     missing = cli("runs", "export", "no-such-run", url=dev.url)
     assert missing.returncode == 1 and "no run with id 'no-such-run'" in missing.stderr
     cli("runs", "cancel", run["run_id"], url=dev.url)

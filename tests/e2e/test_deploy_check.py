@@ -339,3 +339,23 @@ async def test_a_missing_sqlite_database_is_named_not_created(tmp_path: Path) ->
     assert not missing.exists()
     empty = await service_deploy.check_histories([v1([])], [])
     assert "no recorded runs were found" in empty.text()
+
+
+async def test_versions_show_old_runs_draining_then_drained(
+        make_engine: Any, clock: VirtualClock) -> None:
+    old_id = await start_old_run(make_engine)
+    new_app = changed_args([])
+    async with make_engine(new_app) as engine:
+        service = Service(engine)
+        await engine.send("shop/order", {})
+        await engine.idle()
+        [order] = await service.versions()
+        assert (order["function_id"], order["current"]) == (
+            "shop/order", new_app.functions["order"].version)
+        by_version = {v["version"]: (v["runs"], v["current"]) for v in order["versions"]}
+        assert by_version == {v1([]).functions["order"].version: (1, False),
+                              new_app.functions["order"].version: (1, True)}
+        assert not order["drained"]
+        await engine.cancel(old_id)
+        [order] = await service.versions()
+        assert order["drained"] and [v["runs"] for v in order["versions"]] == [1]

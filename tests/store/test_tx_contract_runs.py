@@ -358,3 +358,21 @@ async def test_a_step_failure_is_recorded_once_per_attempt(store: Store) -> None
     assert state is not None
     assert state.failures == {"h1": [{"attempt": 0, "error": {"message": "first"}, "at": NOW,
                                       "step_id": "one"}]}
+
+
+async def test_active_versions_group_unfinished_runs_by_function_and_version(
+        store: Store) -> None:
+    def fill(tx: Tx) -> None:
+        tx.insert_run(RunRow("a1", "app/f", ["e1"], NOW + 5, version="v1"))
+        tx.insert_run(RunRow("a2", "app/f", ["e2"], NOW + 1, version="v1"))
+        tx.insert_run(RunRow("a3", "app/f", ["e3"], NOW + 2, version="v2"))
+        tx.insert_run(RunRow("a4", "app/f", ["e4"], NOW + 3))               # no version
+        tx.insert_run(RunRow("b1", "app/g", ["e5"], NOW, version="v1"))
+        tx.insert_run(RunRow("done", "app/f", ["e6"], NOW, version="v0"))
+        tx.finish_run("done", "completed", NOW + 9)
+
+    await store.write(fill)
+    rows = await store.read(lambda tx: tx.active_versions())
+    assert sorted(rows, key=lambda r: (r[0], r[1] or "")) == [
+        ("app/f", None, 1, NOW + 3), ("app/f", "v1", 2, NOW + 1), ("app/f", "v2", 1, NOW + 2),
+        ("app/g", "v1", 1, NOW)]

@@ -377,6 +377,9 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
     async def run_history(request: Request) -> Response:
         return JSONOut(await service.run_history(request.path_params["run_id"]))
 
+    async def versions(request: Request) -> Response:
+        return envelope(await service.versions())
+
     async def function_stats(request: Request) -> Response:
         return envelope(await service.function_run_counts())
 
@@ -429,6 +432,7 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
         Route("/v1/signals", api(send_signal), methods=["POST"]),
         Route("/v1/functions", api(functions), methods=["GET"]),
         Route("/v1/stats/functions", api(function_stats), methods=["GET"]),
+        Route("/v1/versions", api(versions), methods=["GET"]),
         # The dashboard's page and assets: public; the data they show comes from /v1/.
         *dashboard_routes(),
     ]

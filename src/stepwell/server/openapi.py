@@ -164,6 +164,21 @@ def openapi_document() -> dict[str, Any]:
                     "application/json": {"schema": {"type": "object", "required": [
                         "format", "format_version", "run", "events", "steps"]}}}},
                     "404": {"description": "no such run"}}}},
+            "/v1/versions": {"get": {
+                "summary": "Per function: the version of its code here now and the versions "
+                           "its unfinished runs started on (runs, oldest); `drained` once no "
+                           "unfinished run is of another version (`stepwell versions`)",
+                "x-stepwell": True,
+                "responses": _ok("functions", {"type": "array", "items": {
+                    "type": "object", "properties": {
+                        "function_id": {"type": "string"},
+                        "current": {"type": ["string", "null"]},
+                        "defined": {"type": "boolean"}, "drained": {"type": "boolean"},
+                        "versions": {"type": "array", "items": {
+                            "type": "object", "properties": {
+                                "version": {"type": ["string", "null"]},
+                                "runs": {"type": "integer"}, "oldest": {"type": "string"},
+                                "current": {"type": "boolean"}}}}}}})}},
             "/v1/stats/functions": {"get": {
                 "summary": "Each function's number of runs by status (counted up to 1000 per "
                            "status; `capped` lists the statuses that reached it)",

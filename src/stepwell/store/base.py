@@ -346,6 +346,11 @@ class Tx(Protocol):
         slot), grouped by function and first concurrency key: (function id, key or None,
         how many, the earliest due time). For `/metrics`; one row per key in the backlog."""
 
+    def active_versions(self) -> list[tuple[str, str | None, int, int]]:
+        """The unfinished (queued or running) runs grouped by function and the version of the
+        code they started on: (function id, version or None, how many, the oldest one's
+        created_at), ordered by function then version. For `stepwell versions`."""
+
     # --- retention -------------------------------------------------------------------------------
     def prune(self, ended_before: int, now: int, limit: int) -> tuple[int, int, int]:
         """Delete up to `limit` finished runs that ended before `ended_before` (with their

@@ -408,6 +408,13 @@ class PostgresTx(Pipe):
             "AND q.due_at <= %s GROUP BY r.function_id, q.ck1", (now,))
         return [(r[0], r[1], int(r[2]), int(r[3])) for r in rows]
 
+    def active_versions(self) -> list[tuple[str, str | None, int, int]]:
+        rows = self._rows(
+            "SELECT function_id, version, count(*), min(created_at) FROM runs "
+            "WHERE status IN ('queued', 'running') GROUP BY function_id, version "
+            "ORDER BY function_id, version", tables=("runs",))
+        return [(r[0], r[1], int(r[2]), int(r[3])) for r in rows]
+
     def get_item(self, unique_key: str) -> QueueItem | None:
         # Debounce and batch items are read, then updated from what was read: serialize that.
         self.lock(unique_key)

@@ -344,6 +344,13 @@ class SqliteTx:
             "AND q.due_at <= ? GROUP BY r.function_id, q.ck1", (now,)).fetchall()
         return [(r[0], r[1], int(r[2]), int(r[3])) for r in rows]
 
+    def active_versions(self) -> list[tuple[str, str | None, int, int]]:
+        rows = self.c.execute(
+            "SELECT function_id, version, count(*), min(created_at) FROM runs "
+            "WHERE status IN ('queued', 'running') GROUP BY function_id, version "
+            "ORDER BY function_id, version").fetchall()
+        return [(r[0], r[1], int(r[2]), int(r[3])) for r in rows]
+
     def get_item(self, unique_key: str) -> QueueItem | None:
         row = self.c.execute(f"SELECT {r.QUEUE_COLUMNS} FROM queue WHERE unique_key=?",
                              (unique_key,)).fetchone()
