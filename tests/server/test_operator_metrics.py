@@ -46,10 +46,33 @@ async def until_running(engine: stepwell.Engine, count: int) -> None:
         await asyncio.sleep(0.01)
 
 
-def gated_app(gate: asyncio.Event) -> stepwell.App:
+async def until_true(condition: Any, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while not condition():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+async def until_scraped(http: httpx.AsyncClient, name: str, value: float
+                        ) -> dict[str, float]:
+    """The samples once `name` has `value` (polled, with a deadline)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while (samples := await scrape(http)).get(name) != value:
+        assert loop.time() < deadline, f"{name} stayed at {samples.get(name)}, not {value}"
+        await asyncio.sleep(0.01)
+    return samples
+
+
+def gated_app(gate: asyncio.Event, started: list[str] | None = None) -> stepwell.App:
+    """Steps that wait for `gate`; each appends to `started` when it begins (a run can be
+    `running` before its step has started: tests that time the steps wait for this)."""
     app = stepwell.App("ops")
 
     async def work() -> str:
+        if started is not None:
+            started.append("work")
         await gate.wait()
         return "done"
 
@@ -68,13 +91,17 @@ def gated_app(gate: asyncio.Event) -> stepwell.App:
 async def test_backlog_per_function_and_concurrency_key_then_throughput(
         make_engine: Any, clock: VirtualClock) -> None:
     gate = asyncio.Event()
-    async with make_engine(gated_app(gate)) as engine, scraper(engine) as http:
+    started: list[str] = []
+    async with make_engine(gated_app(gate, started)) as engine, scraper(engine) as http:
         for customer in ["a", "a", "a", "b", "b"]:
             await engine.send("ops/export", {"customer": customer})
         await until_running(engine, 2)           # one per customer; the rest wait for a slot
+        await until_true(lambda: len(started) == 2, "both first steps to start")
         clock._set(clock.now() + 30_000)         # virtual time passes while they wait
-        samples = await scrape(http)
         fn = 'function="ops/export"'
+        # A worker may hold one of the waiting runs for an instant while it finds the slot
+        # taken (a claim, then back to the queue): wait for the three to be back.
+        samples = await until_scraped(http, f"stepwell_function_backlog{{{fn}}}", 3)
         assert samples[f"stepwell_function_backlog{{{fn}}}"] == 3
         assert samples[f"stepwell_function_backlog_oldest_seconds{{{fn}}}"] == 30.0
         keyed = {name: value for name, value in samples.items()
