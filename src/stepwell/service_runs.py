@@ -22,7 +22,7 @@ from stepwell.core.expressions import Expression, ExpressionError, compile_expre
 from stepwell.core.flow import FlowKeyError, evaluate_key
 from stepwell.core.models import TERMINAL_STATUSES, Event, Memo, Run, RunStatus
 from stepwell.runtime.views import run_view
-from stepwell.service_views import ACTIVITIES, STATUS_NAMES, activity, iso
+from stepwell.service_views import ACTIVITIES, STATUS_NAMES, activity, is_orphaned, iso
 from stepwell.store.base import RunQuery, RunRow, RunState, RunWork
 from stepwell.store.run_search import DOING
 
@@ -201,7 +201,7 @@ def derive_state(service: Service, run: Run, state: RunState | None, work: RunWo
     fn = service.worker.registry.get(run.function_id)
     spec: FunctionSpec | None = fn.spec if fn else None
     doing = activity(run)
-    if spec is None and any(w.startswith("orphaned:") for w in run.warnings):
+    if is_orphaned(run, lambda qid: service.worker.registry.get(qid) is not None):
         out |= {"kind": "orphaned", "filter": "orphaned", "function": run.function_id}
     elif work.blocked:
         out |= {"kind": "concurrency_limited",
