@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from concurrent.futures import Executor
 
     from stepwell.runtime.clock import Clock
+    from stepwell.runtime.interrupts import Interrupts
     from stepwell.runtime.stats import Stats
     from stepwell.runtime.threads import StepThreads
     from stepwell.runtime.tracing import NoTracing
@@ -71,6 +72,7 @@ class Host(Protocol):
     check_determinism: bool
     step_pool: StepThreads
     handler_pool: Executor
+    interrupts: Interrupts
 
     @property
     def routing(self) -> scripts.Routing: ...

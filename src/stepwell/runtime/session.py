@@ -31,6 +31,7 @@ from stepwell.runtime.determinism import (
     ran_in_parallel,
 )
 from stepwell.runtime.driver import Host, RunDriver
+from stepwell.runtime.interrupts import LiveRun
 from stepwell.runtime.scripts import LeaseLost
 from stepwell.runtime.usercode import user_traceback
 from stepwell.sdk.context import (
@@ -80,7 +81,8 @@ def _retry_after(exc: BaseException, now: int) -> int | None:
 
 
 def run_context(fn: Function, events: list[Event], run_id: str, *, attempt: Callable[[], int],
-                replaying: Callable[[], bool]) -> Context:
+                replaying: Callable[[], bool],
+                cancelled: Callable[[], bool] = lambda: False) -> Context:
     """The `ctx` a handler gets: the first event (typed if the function declares its data; for
     an on_failure handler the original event and the failure, Inngest's shape), all events,
     and a logger that stays quiet while `replaying()`."""
@@ -101,7 +103,7 @@ def run_context(fn: Function, events: list[Event], run_id: str, *, attempt: Call
                                    what=f"the data of event '{event.name}' ({event.id})"))
     logger = ReplayAwareLogger(log, replaying, {"run_id": run_id, "function_id": fn.qualified_id})
     return Context(event=event, events=events, run_id=run_id, function_id=fn.qualified_id,
-                   logger=logger, function_attempt=attempt, error=error)
+                   logger=logger, function_attempt=attempt, error=error, cancelled=cancelled)
 
 
 class RunSession(RunDriver):
@@ -129,6 +131,7 @@ class RunSession(RunDriver):
         # Arguments of the `run` steps seen by this execution, to say what changed when a
         # determinism check finds other arguments (memos keep only a hash).
         self._args_seen: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+        self._live: LiveRun | None = None
 
     # --- driving the handler ---------------------------------------------------------------
 
@@ -137,10 +140,23 @@ class RunSession(RunDriver):
 
     def _context(self) -> Context:
         return run_context(self.fn, self.state.events, self.run_id,
-                           attempt=self.function_attempt, replaying=self.replaying)
+                           attempt=self.function_attempt, replaying=self.replaying,
+                           cancelled=self._cancelled)
+
+    def _cancelled(self) -> bool:
+        return self._live is not None and self._live.cancelled
 
     async def execute(self) -> None:
-        """Run (or resume) the handler until it returns, fails or must wait."""
+        """Run (or resume) the handler until it returns, fails or must wait. While it runs,
+        the run is registered with `host.interrupts`, so that a cancellation stops a step body
+        in progress (runtime/interrupts.py)."""
+        self._live = self.host.interrupts.enter(self.run_id)
+        try:
+            await self._execute()
+        finally:
+            self.host.interrupts.leave(self._live)
+
+    async def _execute(self) -> None:
         step = Step(self)
         try:
             ctx = self._context()       # typed event data that does not fit fails the run here
@@ -488,12 +504,19 @@ class RunSession(RunDriver):
     async def _call(self, request: StepRequest) -> Any:
         fn = request.fn
         assert fn is not None
-        if inspect.iscoroutinefunction(fn):
-            return await fn(*request.args, **request.kwargs)
-        result = await self.host.step_pool.run(fn, *request.args, **request.kwargs)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
+        live = self._live
+        if live is not None:
+            live.body_started()
+        try:
+            if inspect.iscoroutinefunction(fn):
+                return await fn(*request.args, **request.kwargs)
+            result = await self.host.step_pool.run(fn, *request.args, **request.kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+        finally:
+            if live is not None:
+                live.body_ended()
 
     async def _sleep(self, request: StepRequest, step_hash: str, seq: int) -> None:
         now = self.now()

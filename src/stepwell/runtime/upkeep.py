@@ -1,5 +1,6 @@
 """Housekeeping a worker does besides running work: the maintenance loop (renewing its leases,
-releasing expired ones, picking up apps synced elsewhere and events left unprocessed),
+releasing expired ones, picking up apps synced elsewhere and events left unprocessed), the
+cancellation loop (stopping step bodies whose run another process cancelled),
 retention (pruning old runs, events and flow-control state), telling its own leases from a dead
 process's, and tuning the collector."""
 
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from stepwell.core.config import ConfigError
 from stepwell.core.durations import parse_duration_ms
+from stepwell.runtime import interrupts
 from stepwell.runtime.clock import Clock, wall_ms
 from stepwell.store.base import Store, Tx
 
@@ -40,6 +42,30 @@ async def maintenance_loop(worker: Worker) -> None:
             await maintain(worker)
         except Exception:
             log.exception("maintenance failed; will retry")
+
+
+async def cancellation_loop(worker: Worker) -> None:
+    """Stop the step bodies running here whose run another process cancelled (see
+    runtime/interrupts.py): about once a second, re-read the runs whose body has been running
+    for longer than that. Costs nothing while no step body runs that long."""
+    while worker.running:
+        await asyncio.sleep(interrupts.POLL_SECONDS)
+        run_ids = worker.interrupts.long_running()
+        if not run_ids:
+            continue
+        try:
+            ended = await worker.store.read(functools.partial(_ended, run_ids=run_ids))
+        except Exception:
+            log.exception("checking running steps for cancellation failed; will retry")
+            continue
+        if ended:
+            worker.interrupts.interrupt(ended)
+
+
+def _ended(tx: Tx, run_ids: list[str]) -> list[str]:
+    """Those of `run_ids` that are over (cancelled, or ended by another process)."""
+    rows = [tx.get_run(run_id) for run_id in run_ids]
+    return [row.id for row in rows if row is not None and row.status not in ("queued", "running")]
 
 
 async def maintain(worker: Worker) -> None:

@@ -42,6 +42,7 @@ from stepwell.runtime import (
     upkeep,
 )
 from stepwell.runtime.clock import Clock, SystemClock, wall_ms
+from stepwell.runtime.interrupts import Interrupts
 from stepwell.runtime.registration import Registrar
 from stepwell.runtime.registry import Registry
 from stepwell.runtime.remote import RemoteFunction, RemoteSettings
@@ -120,6 +121,7 @@ class Worker:
         self.handler_pool: Executor = ThreadPoolExecutor(1)
         # Each session task and the queue item it works on (only those leases are renewed).
         self._sessions: dict[asyncio.Task[None], int] = {}
+        self.interrupts = Interrupts()           # runs executing here, for cancellations
         self._background: set[asyncio.Task[Any]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self.wake = asyncio.Event()
@@ -168,7 +170,9 @@ class Worker:
             await upkeep.reclaim_dead_local_workers(self)
             self._tasks = [asyncio.create_task(self._work_loop(), name="stepwell-worker"),
                            asyncio.create_task(upkeep.maintenance_loop(self),
-                                               name="stepwell-maintenance")]
+                                               name="stepwell-maintenance"),
+                           asyncio.create_task(upkeep.cancellation_loop(self),
+                                               name="stepwell-cancellations")]
 
     async def stop(self) -> None:
         """Stop claiming work and hand the runs in progress back (see `Engine.stop`)."""
@@ -322,10 +326,12 @@ class Worker:
         if effects.wake:
             self.wake.set()
         self.stats.count(effects)
-        if self.tracing.enabled and effects.unsuccessful:
+        if effects.unsuccessful:
             cancelled = [u[0] for u in effects.unsuccessful if u[2] == "cancelled"]
             if cancelled:
-                self._spawn_background(tracing.trace_cancelled(self, cancelled))
+                self.interrupts.interrupt(cancelled)    # step bodies running here stop
+                if self.tracing.enabled:
+                    self._spawn_background(tracing.trace_cancelled(self, cancelled))
         for run_id, function_id, status, error in effects.unsuccessful:
             spec = self.routing.functions.get(function_id)
             runlog.run_ended(run_id, spec.public_id if spec else function_id, status, error)

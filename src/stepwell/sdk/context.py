@@ -73,13 +73,17 @@ class Context(Generic[D]):
     `on_failure` handler, `error` holds the failure (`name`, `message`, `stack`) and `event` is
     the original triggering event.
 
+    `cancelled` turns True when the run is cancelled while this execution is running (see
+    `Context.cancelled`).
+
     `Context[Model]` types `ctx.event.data` as `Model` when the function's trigger is declared
     `Event[Model]("name")` (the data is rebuilt as one).
     """
 
     def __init__(self, *, event: Event[D], events: list[Event], run_id: str, function_id: str,
                  logger: ReplayAwareLogger, function_attempt: Callable[[], int],
-                 error: FailureInfo | None = None) -> None:
+                 error: FailureInfo | None = None,
+                 cancelled: Callable[[], bool] = lambda: False) -> None:
         self.event: Event[D] = event
         self.events = events
         self.run_id = run_id
@@ -87,6 +91,7 @@ class Context(Generic[D]):
         self.logger = logger
         self.error = error
         self._function_attempt = function_attempt
+        self._cancelled = cancelled
 
     @property
     def attempt(self) -> int:
@@ -94,6 +99,15 @@ class Context(Generic[D]):
         work (the code after the last recorded step: each new unit starts again at 0)."""
         step_attempt = current_attempt.get()
         return self._function_attempt() if step_attempt is None else step_attempt
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the run has been cancelled while a step body of this execution runs, for
+        long steps to stop early: a plain `def` body polls it (an `async def` body also gets
+        `asyncio.CancelledError` at its next `await`). Whatever the step returns afterwards
+        is not recorded. Seen within a moment when the cancellation is committed in this
+        process, within about a second from another process."""
+        return self._cancelled()
 
     def __repr__(self) -> str:
         return f"Context(run_id={self.run_id!r}, function_id={self.function_id!r})"
