@@ -8,6 +8,8 @@ import asyncio
 import threading
 from typing import Any
 
+import pytest
+
 import stepwell
 
 DEADLINE_S = 30.0
@@ -69,33 +71,22 @@ async def assert_cancelled_without_result(engine: stepwell.Engine, run_id: str) 
     assert not [s for s in run.steps if s.id == "after"]
 
 
-async def test_an_async_step_body_is_interrupted_when_its_run_is_cancelled(
-        make_engine: Any) -> None:
+@pytest.mark.parametrize(("trigger", "expected"), [
+    ("t/async", "async body interrupted, ctx.cancelled=True"),
+    ("t/sync", "def body saw ctx.cancelled"),
+], ids=["async-def-body-gets-CancelledError", "def-body-sees-ctx-cancelled"])
+async def test_a_running_step_body_stops_when_its_run_is_cancelled(
+        make_engine: Any, trigger: str, expected: str) -> None:
     seen: list[str] = []
     started = threading.Event()
     async with make_engine(long_app(seen, started)) as engine:
-        await engine.send("t/async", {})
-        await until(started.is_set, "the step body to start")
-        [run] = await engine.runs()
-        assert await engine.cancel(run.id)
-        await until(lambda: seen, "the body to be interrupted")
-        await asyncio.wait_for(engine.idle(), DEADLINE_S)
-        assert seen == ["async body interrupted, ctx.cancelled=True"]
-        await assert_cancelled_without_result(engine, run.id)
-
-
-async def test_a_def_step_body_sees_ctx_cancelled_and_its_result_is_dropped(
-        make_engine: Any) -> None:
-    seen: list[str] = []
-    started = threading.Event()
-    async with make_engine(long_app(seen, started)) as engine:
-        await engine.send("t/sync", {})
+        await engine.send(trigger, {})
         await until(started.is_set, "the step body to start")
         [run] = await engine.runs()
         assert await engine.cancel(run.id, reason="user pressed stop")
-        await until(lambda: seen, "the body to see ctx.cancelled")
+        await until(lambda: seen, "the body to be interrupted")
         await asyncio.wait_for(engine.idle(), DEADLINE_S)
-        assert seen == ["def body saw ctx.cancelled"]
+        assert seen == [expected]
         await assert_cancelled_without_result(engine, run.id)
 
 
