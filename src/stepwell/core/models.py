@@ -126,7 +126,7 @@ def stored_data_json(event: Event[Any]) -> str | None:
     """The compact JSON text of `event.data` as `normalize_send` wrote it to validate the
     event, if it is still the same object and the text is ASCII (then byte-identical to what
     the store's codec writes: encoding the event once, not again to store it), else None."""
-    cached = getattr(event, _DATA_JSON, None)
+    cached: tuple[object, str] | None = getattr(event, _DATA_JSON, None)
     if cached is None or cached[0] is not event.data:
         return None
     return cached[1]
