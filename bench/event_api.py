@@ -4,9 +4,9 @@ Per repetition, a fresh `stepwell serve` (SQLite file, `synchronous=FULL`, no ap
 are validated, given ids and committed, and trigger nothing) and a bare Starlette app on the
 same uvicorn protocol (httptools) that parses the JSON body and answers the same shape
 (`{"ids": [...], "status": 200}`) without storing anything: the ceiling. Then for 1, 16 and 64
-concurrent keep-alive clients, each sending its next request when the previous answer is in (closed loop),
-for `--seconds`: single events and batches of 100, first to stepwell and then, back to back, to
-the ceiling. The client is raw asyncio HTTP/1.1 with TCP_NODELAY (no pool bookkeeping), so it is
+concurrent keep-alive clients, each sending its next request when the previous answer is in
+(closed loop), for `--seconds`: single events and batches of 100, first to stepwell and then,
+back to back, to the ceiling. The client is raw asyncio HTTP/1.1 with TCP_NODELAY (no pool bookkeeping), so it is
 the servers that are measured.
 
 Printed: events/s, request latency p50/p99, stepwell / ceiling, and the server's CPU ms per
