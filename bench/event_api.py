@@ -6,8 +6,8 @@ same uvicorn protocol (httptools) that parses the JSON body and answers the same
 (`{"ids": [...], "status": 200}`) without storing anything: the ceiling. Then for 1, 16 and 64
 concurrent keep-alive clients, each sending its next request when the previous answer is in
 (closed loop), for `--seconds`: single events and batches of 100, first to stepwell and then,
-back to back, to the ceiling. The client is raw asyncio HTTP/1.1 with TCP_NODELAY (no pool bookkeeping), so it is
-the servers that are measured.
+back to back, to the ceiling. The client is raw asyncio HTTP/1.1 with TCP_NODELAY (no pool
+bookkeeping), so it is the servers that are measured.
 
 Printed: events/s, request latency p50/p99, stepwell / ceiling, and the server's CPU ms per
 1,000 events (what a loaded machine distorts least). `--ref REF` adds a third server, stepwell
