@@ -69,6 +69,18 @@ class _Response:
         self.complete = True
 
 
+class _LazyRequest:
+    """The `httpx.Request` an httpx error must carry, made only when one is raised."""
+
+    __slots__ = ("url",)
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def get(self) -> httpx.Request:
+        return httpx.Request("POST", self.url)
+
+
 class AppConnection:
     """A connection to one origin (`scheme://host:port`), opened on first use and again after
     the app closes it. One request at a time (the slot that owns it guarantees that)."""
@@ -94,7 +106,7 @@ class AppConnection:
         lines += [f"{name}: {value}" for name, value in headers.items()
                   if name.lower() not in ("host", "content-length")]
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        request = httpx.Request("POST", url)
+        request = _LazyRequest(url)
         try:
             return await self._exchange(head + content, timeout, request)
         except BaseException:
@@ -102,7 +114,7 @@ class AppConnection:
             raise
 
     async def _exchange(self, data: bytes, timeout: float,
-                        request: httpx.Request) -> httpx.Response:
+                        request: _LazyRequest) -> httpx.Response:
         if self._writer is None or self._stale():
             self.close()
             await self._connect(timeout, request)
@@ -115,26 +127,28 @@ class AppConnection:
                     chunk = await self._reader.read(READ_CHUNK)
             except TimeoutError:
                 raise httpx.ReadTimeout(f"no answer within {timeout:g} s",
-                                        request=request) from None
+                                        request=request.get()) from None
             except OSError as exc:
-                raise httpx.ReadError(str(exc) or type(exc).__name__, request=request) from exc
+                raise httpx.ReadError(str(exc) or type(exc).__name__,
+                                      request=request.get()) from exc
             if not chunk:
                 if response.headers_done and not _framed(response.headers):
                     break                          # a body that ends with the connection
                 raise httpx.RemoteProtocolError("the app closed the connection before its "
-                                                "response was complete", request=request)
+                                                "response was complete", request=request.get())
             try:
                 response.parser.feed_data(chunk)
             except httptools.HttpParserError as exc:
                 raise httpx.RemoteProtocolError(f"the app's response is not HTTP/1.1: {exc}",
-                                                request=request) from None
+                                                request=request.get()) from None
         if not response.keep_alive or not response.complete:
             self.close()
         body, headers = _decoded(b"".join(response.body), response.headers, request)
-        return httpx.Response(response.status, headers=headers, content=body,
-                              request=request)
+        # No `request` on it: building an httpx.Request (its URL parsed) for every call cost
+        # a tenth of the call; errors, which httpx requires one for, build it then.
+        return httpx.Response(response.status, headers=headers, content=body)
 
-    async def _connect(self, timeout: float, request: httpx.Request) -> None:
+    async def _connect(self, timeout: float, request: _LazyRequest) -> None:
         tls = self.tls if self.scheme == "https" else None
         try:
             async with asyncio.timeout(timeout):
@@ -143,9 +157,10 @@ class AppConnection:
                     limit=READ_CHUNK)
         except TimeoutError:
             raise httpx.ConnectTimeout(f"no connection within {timeout:g} s",
-                                       request=request) from None
+                                       request=request.get()) from None
         except OSError as exc:
-            raise httpx.ConnectError(str(exc) or type(exc).__name__, request=request) from exc
+            raise httpx.ConnectError(str(exc) or type(exc).__name__,
+                                     request=request.get()) from exc
         sock = self._writer.get_extra_info("socket")
         if sock is not None:
             # Headers and body go in one write, but the next request must not wait for a
@@ -189,7 +204,7 @@ def _framed(headers: list[tuple[bytes, bytes]]) -> bool:
 Headers = list[tuple[bytes, bytes]]
 
 
-def _decoded(body: bytes, headers: Headers, request: httpx.Request) -> tuple[bytes, Headers]:
+def _decoded(body: bytes, headers: Headers, request: _LazyRequest) -> tuple[bytes, Headers]:
     """The body without its content coding, and the headers without `content-encoding` (an
     `httpx.Response` given content would decode it again)."""
     encoding = next((value.strip().lower() for name, value in headers
@@ -207,7 +222,7 @@ def _decoded(body: bytes, headers: Headers, request: httpx.Request) -> tuple[byt
                 return zlib.decompress(body, -zlib.MAX_WBITS), plain   # raw deflate
     except zlib.error as exc:
         raise httpx.DecodingError(f"the app's {encoding.decode()} body is corrupt: {exc}",
-                                  request=request) from None
+                                  request=request.get()) from None
     raise httpx.DecodingError(f"the app answered with content-encoding {encoding.decode()!r}, "
-                              "which was not asked for (gzip, deflate)", request=request)
+                              "which was not asked for (gzip, deflate)", request=request.get())
 
