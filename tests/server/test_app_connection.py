@@ -167,6 +167,19 @@ async def test_failures_are_httpx_errors(serve: Any) -> None:
         await closed.post("http://127.0.0.1:1/", content=b"{}", headers={}, timeout=5)
 
 
+async def test_a_header_or_url_cannot_carry_a_line_break(serve: Any) -> None:
+    app = await serve(lambda request: ok(b"{}"))
+    conn = connection(app)
+    for headers in ({"x-inngest-step-id": "a\r\nx-evil: 1"}, {"x-run-id": "a\x00"}):
+        with pytest.raises(httpx.LocalProtocolError):
+            await conn.post(app.url, content=b"{}", headers=headers, timeout=5)
+    assert app.requests == []                          # nothing was sent
+    # In the URL, urlsplit drops CR and LF (as Python does since 3.9.5): no header either.
+    await conn.post(f"{app.url}/?stepId=a\r\nx-evil:1", content=b"{}", headers={}, timeout=5)
+    assert b"\r\nx-evil" not in app.requests[0]
+    await conn.aclose()
+
+
 async def test_with_a_proxy_configured_the_slots_are_httpx_clients(
         serve: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     app = await serve(lambda request: ok(b"{}"))

@@ -105,8 +105,14 @@ class AppConnection:
                  f"content-length: {len(content)}"]
         lines += [f"{name}: {value}" for name, value in headers.items()
                   if name.lower() not in ("host", "content-length")]
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         request = _LazyRequest(url)
+        text = "\r\n".join(lines)
+        breaks = len(lines) - 1
+        if text.count("\n") != breaks or text.count("\r") != breaks or "\x00" in text:
+            # A value that came from an app (a step id) must not write headers of its own.
+            raise httpx.LocalProtocolError("a request header or the URL holds CR, LF or NUL",
+                                           request=request.get())
+        head = (text + "\r\n\r\n").encode("utf-8")
         try:
             return await self._exchange(head + content, timeout, request)
         except BaseException:
