@@ -2,12 +2,12 @@
 
 Per repetition, a fresh `stepwell serve` (SQLite file, `synchronous=FULL`, no app: the events
 are validated, given ids and committed, and trigger nothing) and a bare Starlette app on the
-same uvicorn h11 protocol that parses the JSON body and answers the same shape (`{"ids": [...],
-"status": 200}`) without storing anything: the ceiling. Then for 1, 16 and 64 concurrent
-keep-alive clients, each sending its next request when the previous answer is in (closed loop),
-for `--seconds`: single events and batches of 100, first to stepwell and then, back to back, to
-the ceiling. The client is raw asyncio HTTP/1.1 with TCP_NODELAY (no pool bookkeeping), so it is
-the servers that are measured.
+same uvicorn protocol (httptools) that parses the JSON body and answers the same shape
+(`{"ids": [...], "status": 200}`) without storing anything: the ceiling. Then for 1, 16 and 64
+concurrent keep-alive clients, each sending its next request when the previous answer is in
+(closed loop), for `--seconds`: single events and batches of 100, first to stepwell and then,
+back to back, to the ceiling. The client is raw asyncio HTTP/1.1 with TCP_NODELAY (no pool
+bookkeeping), so it is the servers that are measured.
 
 Printed: events/s, request latency p50/p99, stepwell / ceiling, and the server's CPU ms per
 1,000 events (what a loaded machine distorts least). `--ref REF` adds a third server, stepwell
@@ -46,9 +46,10 @@ RESULTS = HERE / "results"
 LENGTH = re.compile(rb"(?i)content-length:\s*(\d+)")
 
 
-def ceiling_server() -> None:
-    """The bare endpoint: Starlette on uvicorn (h11, as `stepwell serve`), TCP_NODELAY on the
-    accepted connections (a listening socket made with IPPROTO_TCP, so asyncio sets it)."""
+def ceiling_server(http: str) -> None:
+    """The bare endpoint: Starlette on uvicorn with the HTTP protocol `stepwell serve` uses
+    (httptools; `--ceiling-http h11` for the one it used before), TCP_NODELAY on the accepted
+    connections (a listening socket made with IPPROTO_TCP, so asyncio sets it)."""
     import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -66,7 +67,7 @@ def ceiling_server() -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     print(f"ceiling on http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
-    config = uvicorn.Config(app, http="h11", log_level="warning", timeout_keep_alive=5)
+    config = uvicorn.Config(app, http=http, log_level="warning", timeout_keep_alive=5)
     asyncio.run(uvicorn.Server(config).serve(sockets=[sock]))
 
 
@@ -206,8 +207,8 @@ def table(reps: list[dict[str, Any]], with_baseline: bool) -> str:
 
 
 def main() -> None:
-    if sys.argv[1:] == ["--ceiling-server"]:
-        ceiling_server()
+    if sys.argv[1:2] == ["--ceiling-server"]:
+        ceiling_server(sys.argv[2])
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", default="1,16,64")
@@ -215,6 +216,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--ref", help="also measure stepwell at this git ref (baseline)")
+    parser.add_argument("--ceiling-http", default="httptools", choices=["httptools", "h11"],
+                        help="the ceiling's uvicorn protocol (stepwell serves with httptools)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="sw-event-bench-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("INNGEST_", "STEPWELL_"))}
@@ -229,7 +232,7 @@ def main() -> None:
             print(f"repetition {rep + 1}/{args.repeat}", flush=True)
             servers = {"stepwell": serve("stepwell", {}),
                        "ceiling": ([sys.executable, str(Path(__file__).resolve()),
-                                    "--ceiling-server"], env)}
+                                    "--ceiling-server", args.ceiling_http], env)}
             if args.ref:
                 src = export_ref(args.ref, Path(tempfile.mkdtemp(dir=tmp)))
                 servers["baseline"] = serve("baseline", {"PYTHONPATH": str(src)})

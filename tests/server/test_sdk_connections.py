@@ -20,6 +20,7 @@ from starlette.routing import Route
 import stepwell
 from stepwell.cli_serve import listen
 from stepwell.core.config import ConfigError
+from stepwell.runtime.appconn import AppConnection
 from stepwell.runtime.sdkclient import AppClients
 from stepwell.server.app import create_app
 from stepwell.server.connections import server_config
@@ -113,11 +114,10 @@ async def test_connections_to_apps_have_nodelay(held: HeldApp) -> None:
             assert response.status_code == 200
         assert len(held.peers) == 1                # one keep-alive connection, reused
         [origin] = clients._origins.values()
-        [client] = origin.made
-        pool = client._transport._pool              # type: ignore[attr-defined]
-        [connection] = pool.connections
-        stream = connection._connection._network_stream
-        assert nodelay(stream.get_extra_info("socket")) == 1
+        [connection] = origin.made
+        assert isinstance(connection, AppConnection)
+        assert connection._writer is not None
+        assert nodelay(connection._writer.get_extra_info("socket")) == 1
     finally:
         await clients.aclose()
 

@@ -25,7 +25,7 @@ import uvicorn
 
 import stepwell
 from stepwell.server.app import create_app
-from stepwell.server.connections import ConnectionLimits, server_config
+from stepwell.server.connections import MAX_HEAD_BYTES, ConnectionLimits, server_config
 from stepwell.service import Service
 
 SLOW_SOCKETS = 300
@@ -184,3 +184,41 @@ async def test_a_keep_alive_connection_cannot_trickle_its_next_request(tmp_path:
             break
         writer.close()
         assert answer.startswith(b"HTTP/1.1 408"), answer
+
+
+async def test_a_request_head_over_the_limit_is_refused_with_431(tmp_path: Path) -> None:
+    """httptools has no limit on a request head: the protocol keeps h11's (MAX_HEAD_BYTES), so
+    a client cannot make the server buffer headers without end, however fast it sends."""
+    async with in_process(tmp_path, ConnectionLimits()) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Big: "
+                     + b"a" * (MAX_HEAD_BYTES + 1) + b"\r\n\r\n")
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        answer = await read_until_closed(reader)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large"), answer[:200]
+        assert f"over {MAX_HEAD_BYTES} bytes".encode() in answer
+        # A head just under the limit, on a new connection, is answered as usual.
+        async with httpx.AsyncClient() as http:
+            reply = await http.get(f"http://127.0.0.1:{port}/health",
+                                   headers={"x-big": "a" * (MAX_HEAD_BYTES - 200)})
+            assert reply.status_code == 200
+
+
+async def test_pipelined_requests_are_answered_in_order(tmp_path: Path) -> None:
+    """Two requests in one write (HTTP/1.1 pipelining): both answered, in order, and the
+    connection then waits for a head again (the guard's phases follow the parser)."""
+    async with in_process(tmp_path, ConnectionLimits(header_timeout=1)) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        event = b'{"name": "pipe/one"}'
+        post = (b"POST /e/key HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                b"Content-Length: " + str(len(event)).encode() + b"\r\n\r\n" + event)
+        writer.write(post + b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        await writer.drain()
+        answer = await read_until_closed(reader)   # closed by the header deadline, 1 s later
+        writer.close()
+        first, _, rest = answer.partition(b"HTTP/1.1 200")[2].partition(b"HTTP/1.1 ")
+        assert b'"ids"' in first, answer
+        assert rest.startswith(b"200"), answer
+        assert b"HTTP/1.1 408" in answer                  # then the idle connection timed out

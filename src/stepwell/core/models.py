@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, get_args
 
@@ -112,14 +113,55 @@ class Event(Generic[D]):
 MAX_EVENT_TS_MS = 253_402_300_799_999      # 9999-12-31T23:59:59.999Z: fits every column
 
 
+# Where an event keeps the JSON text of its `data` written while it was validated (see
+# `stored_data_json`): an attribute, not a field, so that it is no part of the public Event.
+_DATA_JSON = "_stepwell_data_json"
+# Every integer beyond ±(2^53 - 1) is written with at least 16 digits: a JSON text without
+# 16 digits in a row holds none, and need not be walked for them.
+_LONG_DIGITS = re.compile(rb"[0-9]{16}")
+_ABSENT: Any = object()
+
+
+def stored_data_json(event: Event[Any]) -> str | None:
+    """The compact JSON text of `event.data` as `normalize_send` wrote it to validate the
+    event, if it is still the same object and the text is ASCII (then byte-identical to what
+    the store's codec writes: encoding the event once, not again to store it), else None."""
+    cached: tuple[object, str] | None = getattr(event, _DATA_JSON, None)
+    if cached is None or cached[0] is not event.data:
+        return None
+    return cached[1]
+
+
 def validate_event_payload(raw: object) -> int:
     """Reject what cannot be an event, naming the field and what is allowed. Returns its size
     as compact JSON in UTF-8 bytes (limited by the callers that store it: `normalize_send`)."""
+    return _validated(raw)[0]
+
+
+def _validated(raw: object) -> tuple[int, bytes | None]:
+    """`validate_event_payload`, and the compact JSON of the event's `data` (None if it has
+    none). The event is encoded in parts (its data, its user, the rest) and the size summed:
+    the same bytes as encoding it whole, and the data's text can be stored as it is."""
     if not isinstance(raw, dict):
         raise InvalidEventError(
             f"an event must be an object with 'name' and 'data', got {type(raw).__name__}")
+    data_json: bytes | None = None
+    user_json: bytes | None = None
     try:   # first, so that no message below can carry text that cannot be shown
-        size = len(jsonsafe.dumps_checked(raw))
+        rest = {k: v for k, v in raw.items() if k not in ("data", "user")}
+        size = len(jsonsafe.dumps_checked(rest))
+        for key in ("data", "user"):
+            value = raw.get(key, _ABSENT)
+            if value is _ABSENT:
+                continue
+            # One level below the event's own object, as when the event was encoded whole.
+            text = jsonsafe.dumps_checked(value, key, max_depth=jsonsafe.MAX_JSON_DEPTH - 1)
+            # `"key":` and the value, and a comma unless the object was empty ("{}").
+            size += len(key) + 3 + len(text) + (1 if size > 2 else 0)
+            if key == "data":
+                data_json = text
+            else:
+                user_json = text
     except jsonsafe.UnsafeJSON as exc:
         raise InvalidEventError(f"event field '{exc.path}' {exc.reason}") from None
     name = raw.get("name")
@@ -151,10 +193,11 @@ def validate_event_payload(raw: object) -> int:
         raise InvalidEventError(
             f"event '{name}' has unknown fields {sorted(unknown)}; allowed: name, data, id, ts, "
             "user, v")
-    big = unsafe_integer({"data": data, "user": user})
-    if big is not None:
-        raise InvalidEventError(unsafe_integer_message(f"event '{name}'", big))
-    return size
+    if any(text is not None and _LONG_DIGITS.search(text) for text in (data_json, user_json)):
+        big = unsafe_integer({"data": data, "user": user})
+        if big is not None:
+            raise InvalidEventError(unsafe_integer_message(f"event '{name}'", big))
+    return size, data_json
 
 
 def check_size(name: str, size: int) -> None:
@@ -204,13 +247,16 @@ def normalize_send(args: tuple[Any, ...], *, limit_size: bool = True
                     payload["data"], dict):
                 payload = {**payload,
                            "data": _plain_data(str(payload.get("name")), payload["data"])}
-            size = validate_event_payload(payload)
+            size, data_json = _validated(payload)
             if limit_size:
                 check_size(str(payload.get("name")), size)
         except InvalidEventError as exc:
             exc.index = None if single else index     # the batch's invalid event, for callers
             raise
-        events.append(Event.from_dict(payload))
+        event = Event.from_dict(payload)
+        if data_json is not None and data_json.isascii():
+            setattr(event, _DATA_JSON, (event.data, data_json.decode("ascii")))
+        events.append(event)
     return single, events
 
 

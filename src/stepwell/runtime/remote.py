@@ -518,7 +518,7 @@ class RemoteExecutor(RunDriver):
                 "name": "NotAnSDKResponse", "stack": "",
                 "message": f"{url} answered HTTP {response.status_code} without an "
                            "x-inngest-sdk header: is an Inngest SDK app served there?"})
-        status, text = response.status_code, response.text
+        status, text = response.status_code, _text(response)
         if status == 201:
             # Streaming: keep-alive whitespace, then {"status", "headers", "body"}.
             try:
@@ -550,3 +550,11 @@ class RemoteExecutor(RunDriver):
                           retry_at=_retry_after(response.headers.get("retry-after"), now),
                           output_error=dict(body) if isinstance(body, dict) else None)
 
+
+def _text(response: httpx.Response) -> str:
+    """`response.text` without its cost when no charset is declared (httpx parses the
+    content type with the email package for every response): then it is UTF-8, as httpx
+    would decode it, invalid bytes replaced."""
+    if "charset" not in response.headers.get("content-type", "").lower():
+        return response.content.decode("utf-8", errors="replace")
+    return response.text

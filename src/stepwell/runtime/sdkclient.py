@@ -5,7 +5,8 @@ each request (`_assign_requests_to_connections`): with a thousand runs calling o
 the runs queue *inside* the pool and each request costs milliseconds of CPU before it is even
 sent (measured: one shared pool answers ~65 trivial POSTs/s at 64 concurrent requests, against
 ~700/s for one). So the runs queue here instead, in order: each app origin (scheme, host, port)
-gets `limit` slots, each slot its own client holding one keep-alive connection; a call waits
+gets `limit` slots, each holding one keep-alive connection (`appconn.AppConnection`: a
+lean HTTP/1.1 client, httpx's per-request cost was most of the server's CPU); a call waits
 (FIFO, so no run is starved) for a free slot, and the pool it then uses has nothing else in it.
 
 A run also holds a *run slot* of its app while it executes (`run_slot`, again `limit` per
@@ -28,9 +29,12 @@ import socket
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import httpx
+
+from stepwell.runtime.appconn import AppConnection, proxy_configured
 
 DEFAULT_LIMIT = 32          # concurrent requests per app origin (`--sdk-concurrency`)
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
@@ -81,27 +85,42 @@ class _Fifo:
         self.free += 1
 
 
-class _Origin:
-    """The slots of one app origin: idle clients (made on demand, up to `limit`) and the calls
-    waiting for one, served strictly in arrival order (a freed slot is handed to the oldest
-    waiter directly, so a newcomer never overtakes it); and its run slots."""
+class _Slot(Protocol):
+    """What a connection slot holds: an `AppConnection`, or an httpx client (with a proxy)."""
 
-    def __init__(self, limit: int, timeout: float) -> None:
+    async def post(self, url: str, *, content: bytes, headers: dict[str, str],
+                   timeout: float) -> httpx.Response: ...
+
+    async def aclose(self) -> None: ...
+
+
+class _Origin:
+    """The slots of one app origin: idle connections (made on demand, up to `limit`) and the
+    calls waiting for one, served strictly in arrival order (a freed slot is handed to the
+    oldest waiter directly, so a newcomer never overtakes it); and its run slots."""
+
+    def __init__(self, origin: str, limit: int, timeout: float) -> None:
+        self.origin = origin
         self.runs = _Fifo(limit)
-        self.idle: list[httpx.AsyncClient] = []
-        self.made: list[httpx.AsyncClient] = []
-        self.waiters: deque[asyncio.Future[httpx.AsyncClient]] = deque()
+        self.idle: list[_Slot] = []
+        self.made: list[_Slot] = []
+        self.waiters: deque[asyncio.Future[_Slot]] = deque()
         self.limit = limit
         self.timeout = timeout
 
-    async def acquire(self) -> httpx.AsyncClient:
+    def _new_slot(self) -> _Slot:
+        if proxy_configured():      # httpx knows proxies; AppConnection does not
+            return nodelay_client(timeout=self.timeout)
+        return AppConnection(self.origin, _tls())
+
+    async def acquire(self) -> _Slot:
         if self.idle:
             return self.idle.pop()
         if len(self.made) < self.limit:
-            client = nodelay_client(timeout=self.timeout)
-            self.made.append(client)
-            return client
-        waiter: asyncio.Future[httpx.AsyncClient] = asyncio.get_running_loop().create_future()
+            slot = self._new_slot()
+            self.made.append(slot)
+            return slot
+        waiter: asyncio.Future[_Slot] = asyncio.get_running_loop().create_future()
         self.waiters.append(waiter)
         try:
             return await waiter
@@ -110,13 +129,13 @@ class _Origin:
                 self.release(waiter.result())        # handed over just as we were cancelled
             raise
 
-    def release(self, client: httpx.AsyncClient) -> None:
+    def release(self, slot: _Slot) -> None:
         while self.waiters:
             waiter = self.waiters.popleft()
             if not waiter.done():
-                waiter.set_result(client)
+                waiter.set_result(slot)
                 return
-        self.idle.append(client)
+        self.idle.append(slot)
 
 
 class AppClients:
@@ -134,7 +153,7 @@ class AppClients:
         key = f"{parts.scheme}://{parts.netloc}"
         origin = self._origins.get(key)
         if origin is None:
-            origin = self._origins[key] = _Origin(self.limit, self.timeout)
+            origin = self._origins[key] = _Origin(key, self.limit, self.timeout)
         return origin
 
     @contextlib.asynccontextmanager

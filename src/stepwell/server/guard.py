@@ -39,6 +39,7 @@ LOOPBACK_HOSTS: Final = ("localhost", "127.0.0.1", "[::1]")
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 JSON_MEDIA_TYPE: Final = "application/json"
 HOSTS_ENV: Final = "STEPWELL_ALLOWED_HOSTS"
+HOST_CACHE: Final = 256
 _WILDCARD_BINDS: Final = frozenset({"", "0.0.0.0", "::", "[::]"})
 _HOST_RE = re.compile(
     r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<name>[^\[\]:/@\s]+))(?::(?P<port>\d{1,5}))?$")
@@ -149,6 +150,7 @@ class RequestGuard:
         self.app = app
         self.hosts = hosts
         self.routes = list(routes)
+        self._hosts_seen: dict[str, bool] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -165,7 +167,7 @@ class RequestGuard:
         host = headers.get("host")
         if not host:
             return 400, "the request has no Host header; send the server's host name"
-        if not self.hosts.allows(host):
+        if not self._host_allowed(host):
             return 421, (f"this server does not answer to the host name {host!r} (a DNS "
                          f"rebinding defence); it answers to: {self.hosts.shown}. Add names "
                          f"with --allowed-host or {HOSTS_ENV}")
@@ -182,13 +184,27 @@ class RequestGuard:
             return 403, (f"{method} {scope['path']} from the page at {origin!r} is refused: "
                          "state-changing requests must come from this server's own pages "
                          "or from a non-browser client (no Origin header)")
-        if _has_body(headers) and self._routed(scope):
+        if _has_body(headers):
             media_type = headers.get("content-type", "").split(";")[0].strip().lower()
-            if media_type != JSON_MEDIA_TYPE:
+            # JSON first: matching the path against every route costs more than this check,
+            # and a JSON body passes either way.
+            if media_type != JSON_MEDIA_TYPE and self._routed(scope):
                 got = f"'{headers['content-type']}'" if "content-type" in headers else "none"
                 return 415, (f"{method} {scope['path']} takes a JSON body: send it with "
                              f"'Content-Type: {JSON_MEDIA_TYPE}' (got {got})")
         return None
+
+    def _host_allowed(self, host: str) -> bool:
+        """`hosts.allows`, remembered: a server hears the same few Host values on every
+        request, and parsing one is a regular expression and an IP address check. The cache
+        is bounded (a client making up names cannot grow it past HOST_CACHE entries)."""
+        known = self._hosts_seen.get(host)
+        if known is None:
+            known = self.hosts.allows(host)
+            if len(self._hosts_seen) >= HOST_CACHE:
+                self._hosts_seen.clear()
+            self._hosts_seen[host] = known
+        return known
 
     def _routed(self, scope: Scope) -> bool:
         """Whether a route takes this path and method (else the router answers 404 / 405)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from stepwell.core.models import Event, Memo
+from stepwell.core.models import Event, Memo, stored_data_json
 from stepwell.store.base import QueueItem, RunRow, RunState, WaitRow
 from stepwell.store.codec import dumps, loads
 
@@ -82,7 +82,9 @@ def event_values(event: Event, received_at: int, processed: bool,
                  generation: int = 0) -> tuple[Any, ...]:
     """An event as stored; `generation` counts the runs it descends from (see
     `Tx.insert_event`)."""
-    return (event.id, event.name, dumps(event.data), dumps(event.user) if event.user else None,
+    data = stored_data_json(event)       # the text written when it was validated, if any
+    return (event.id, event.name, dumps(event.data) if data is None else data,
+            dumps(event.user) if event.user else None,
             event.ts, received_at, processed, generation)
 
 
