@@ -171,7 +171,7 @@ def compact(value: Any, width: int = 60) -> str:
               help="Runs queued at or after this time (ISO 8601, or a duration ago: 30m, 2h).")
 @click.option("--until", default=None, help="Runs queued before this time (as --since).")
 @click.option("--query", default=None,
-              help="A CEL condition on the triggering event, e.g. 'event.data.userId == 42' "
+              help="A CEL condition on the triggering event, e.g. 'data.userId == 42' "
                    "or 'event.data.plan == \"pro\"'.")
 @click.option("--cursor", default=None, help="The next page: the cursor the last page printed.")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))

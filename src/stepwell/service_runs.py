@@ -18,7 +18,11 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final
 
 from stepwell.core.config import FunctionSpec
-from stepwell.core.expressions import Expression, ExpressionError, compile_expression
+from stepwell.core.expressions import (
+    Expression,
+    ExpressionError,
+    compile_event_query,
+)
 from stepwell.core.flow import FlowKeyError, evaluate_key
 from stepwell.core.models import TERMINAL_STATUSES, Event, Memo, Run, RunStatus
 from stepwell.runtime.views import run_view
@@ -124,10 +128,11 @@ def build_query(service: Service, filters: RunFilters, now: int
     condition = None
     if filters.query is not None:
         try:
-            condition = compile_expression(filters.query)
+            condition = compile_event_query(filters.query)
         except ExpressionError as exc:
             raise _error(f"invalid 'query' (a CEL expression over the triggering event, "
-                         f"e.g. event.data.userId == 42): {exc}") from None
+                         f"e.g. data.userId == 42 or event.data.userId == 42): {exc}"
+                         ) from None
     query = RunQuery(function_ids=function_ids, statuses=statuses, doing=doing, now=now,
                      run_id=filters.run_id, event_id=filters.event_id, created_from=since,
                      created_until=until,

@@ -470,6 +470,7 @@ def test_runs_list_pages_with_a_cursor_and_searches_event_data(dev: DevServer) -
     assert sent[2] in first.stdout and sent[1] in first.stdout
     one = runs_json(dev.url, "--query", f"{query} && event.data.n == 1", "--since", "1h")
     assert [r["event_id"] for r in one] == [sent[1]]
+    assert runs_json(dev.url, "--query", f'data.name == "{tag}" && data.n == 1') == one
     assert runs_json(dev.url, "--query", query, "--until", "1h") == []
     bad = cli("runs", "list", "--query", "event.data.n ==", url=dev.url)
     assert bad.returncode == 1 and "invalid 'query'" in bad.stderr

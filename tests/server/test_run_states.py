@@ -190,6 +190,9 @@ async def test_the_runs_list_pages_with_a_cursor_and_searches_events(
         assert pro["metadata"]["next_cursor"] is None
         one = (await http.get("/v1/runs", params={"query": "event.data.n == 2"})).json()["data"]
         assert [r["event_id"] for r in one] == [sent[2]]
+        bare = (await http.get("/v1/runs", params={"query": 'data.n == 2 && name != "data"'})
+                ).json()["data"]    # the documented short form: the event is implied
+        assert [r["event_id"] for r in bare] == [sent[2]]
         by_event = (await http.get("/v1/runs", params={"event_id": sent[0]})).json()["data"]
         assert [r["event_id"] for r in by_event] == [sent[0]]
         window = (await http.get("/v1/runs", params={

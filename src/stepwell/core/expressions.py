@@ -311,3 +311,30 @@ def match_expression(path: str) -> str:
     fields = "".join(f'["{s}"]' if s in _CEL_WORDS else f".{s}" for s in segments)
     return f"event{fields} == async{fields}"
 
+
+
+EVENT_FIELDS: Final = frozenset({"id", "name", "data", "user", "ts", "v"})
+
+
+def compile_event_query(source: str) -> Expression:
+    """Compile a condition on one event where its fields may also be named bare.
+
+    The runs search documents ``data.userId == 42`` (the event is implied) and the trigger form
+    ``event.data.userId == 42``; both mean the same. A bare top-level ``id``, ``name``, ``data``,
+    ``user``, ``ts`` or ``v`` (not after a ``.``, not called as a function) becomes
+    ``event.<field>``; strings and comments are left alone (they are whole tokens). The source is
+    compiled as written first, so syntax errors point at what the user typed.
+    """
+    compile_expression(source)  # validation and error positions against the user's text
+    tokens = [(m.lastgroup or "other", m.group()) for m in _TOKEN_RE.finditer(source)]
+    solid = [i for i, (kind, _) in enumerate(tokens) if kind not in ("space", "comment")]
+    out = [text for _, text in tokens]
+    for n, i in enumerate(solid):
+        kind, text = tokens[i]
+        if kind != "ident" or text not in EVENT_FIELDS:
+            continue
+        before = tokens[solid[n - 1]][1] if n else ""
+        after = tokens[solid[n + 1]][1] if n + 1 < len(solid) else ""
+        if before != "." and after != "(":
+            out[i] = f"event.{text}"
+    return compile_expression("".join(out))

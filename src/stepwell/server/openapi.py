@@ -135,7 +135,8 @@ def openapi_document() -> dict[str, Any]:
                     "what an active run is doing (sleeping, waiting, invoking, retrying, "
                     "orphaned). `since`/`until`: when the run was queued (RFC 3339 or epoch "
                     "ms). `query`: a CEL condition on the triggering event such as "
-                    "`event.data.userId == 42`, evaluated on at most 1000 runs per request. "
+                    "`data.userId == 42` or `event.data.userId == 42`, evaluated on at most "
+                    "1000 runs per request. "
                     "`cursor`: the previous page's `metadata.next_cursor` (null on the last "
                     "page); pages are stable while runs are added. Each run has its derived "
                     "`state` (docs/rest-api.md)."),
