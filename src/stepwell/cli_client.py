@@ -7,6 +7,7 @@ mode also wants INNGEST_SIGNING_KEY).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import http.client
 import json
@@ -295,20 +296,28 @@ def runs_show(run_id: str, url: str, as_json: bool) -> None:
 @click.option("--since", default=None, metavar="TIME|DURATION",
               help="With --function: only runs queued at or after this time (ISO 8601, or a "
                    "duration ago such as 2h).")
+@click.option("--query", default=None,
+              help="With --function: only runs whose triggering event matches this CEL "
+                   "condition (as in runs list: 'data.userId == 42').")
+@click.option("--status", default=None,
+              help="With --function: only runs in these active states, comma-separated "
+                   "(queued, running, sleeping, waiting, invoking, retrying, orphaned).")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @url_option
 @json_option
-def runs_cancel(run_id: str | None, function_id: str | None, since: str | None, yes: bool,
-                url: str, as_json: bool) -> None:
+def runs_cancel(run_id: str | None, function_id: str | None, since: str | None,
+                query: str | None, status: str | None, yes: bool, url: str,
+                as_json: bool) -> None:
     """Cancel a queued or running run (it stops at its next step boundary), or with
     --function every active run of a function."""
     if (run_id is None) == (function_id is None):
         raise click.UsageError("give a RUN_ID or --function FUNCTION (not both)")
     if function_id is not None:
-        bulk_cancel(url, function_id, since, yes=yes, as_json=as_json)
+        bulk_cancel(url, function_id, since, yes=yes, as_json=as_json,
+                    match=RunMatch(query, active_statuses(status)))
         return
-    if since is not None:
-        raise click.UsageError("--since goes with --function")
+    if since is not None or query is not None or status is not None:
+        raise click.UsageError("--since, --query and --status go with --function")
     assert run_id is not None
     run = call("POST", url, f"/v1/runs/{run_id}/cancel")["data"]
     if as_json:
@@ -340,20 +349,43 @@ def parse_iso(value: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-def active_runs(url: str, function_id: str, since: datetime.datetime | None
-                ) -> list[dict[str, Any]]:
-    """The queued and running runs of a function (oldest first), queued at or after `since`."""
+ACTIVE_FILTERS = ("queued", "running", "sleeping", "waiting", "invoking", "retrying", "orphaned")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunMatch:
+    """What a bulk cancel selects beyond the function: an event query and active states."""
+    query: str | None = None
+    statuses: tuple[str, ...] = ("queued", "running")
+
+
+def active_statuses(value: str | None) -> tuple[str, ...]:
+    if value is None:
+        return ("queued", "running")
+    names = tuple(dict.fromkeys(v.strip().lower() for v in value.split(",") if v.strip()))
+    wrong = [n for n in names if n not in ACTIVE_FILTERS]
+    if wrong or not names:
+        raise click.BadParameter(f"{(wrong or [value])[0]!r} is not an active state; use "
+                                 f"{', '.join(ACTIVE_FILTERS)}", param_hint="--status")
+    return names
+
+
+def active_runs(url: str, function_id: str, since: datetime.datetime | None,
+                match: RunMatch = RunMatch()) -> list[dict[str, Any]]:
+    """The active runs of a function (oldest first) in `match`'s states and matching its
+    query, queued at or after `since`."""
     found: dict[str, dict[str, Any]] = {}
-    for status in ("queued", "running"):
+    for status in match.statuses:
         for run in call("GET", url, "/v1/runs", params={
-                "function_id": function_id, "status": status, "limit": 1000})["data"]:
+                "function_id": function_id, "status": status, "query": match.query,
+                "limit": 1000})["data"]:
             if since is None or parse_iso(run["run_started_at"]) >= since:
                 found[run["run_id"]] = run
     return sorted(found.values(), key=lambda r: str(r["run_started_at"]))
 
 
 def bulk_cancel(url: str, function_id: str, since: str | None, *, yes: bool,
-                as_json: bool) -> None:
+                as_json: bool, match: RunMatch = RunMatch()) -> None:
     """Cancel the function's active runs one by one, with a confirmation and a progress bar;
     repeats while new pages of active runs appear (the listing is capped per call)."""
     cutoff = parse_since(since, datetime.datetime.now(datetime.UTC)) if since else None
@@ -363,13 +395,16 @@ def bulk_cancel(url: str, function_id: str, since: str | None, *, yes: bool,
     except click.ClickException as exc:
         # A function no longer defined (renamed or deleted) can still have orphaned runs.
         qualified, unknown = function_id, exc
-    todo = active_runs(url, qualified, cutoff)
+    todo = active_runs(url, qualified, cutoff, match)
     if unknown is not None:
         if not todo:
             raise unknown
         click.echo(f"{qualified} is not defined by the server: these runs are orphaned",
                    err=True)
     window = f" queued since {cutoff.isoformat(timespec='seconds')}" if cutoff else ""
+    window += f" matching {match.query!r}" if match.query else ""
+    if match.statuses != ("queued", "running"):
+        window += f" ({', '.join(match.statuses)})"
     if not todo:
         click.echo(json.dumps({"cancelled": [], "ended": []}) if as_json else
                    f"no queued or running runs of {qualified}{window}")
@@ -395,7 +430,8 @@ def bulk_cancel(url: str, function_id: str, since: str | None, *, yes: bool,
                     ended.append(run["run_id"])
                 else:
                     cancelled.append(run["run_id"])
-        todo = [r for r in active_runs(url, qualified, cutoff) if r["run_id"] not in seen]
+        todo = [r for r in active_runs(url, qualified, cutoff, match)
+                if r["run_id"] not in seen]
     if as_json:
         click.echo(json.dumps({"cancelled": cancelled, "ended": ended}))
         return
