@@ -69,6 +69,20 @@ async def test_a_versioned_claim_takes_only_runs_of_its_versions(store: Store) -
     assert await claimed(store, None) == {"exec:r3"}
 
 
+async def test_a_versioned_claim_skips_refused_runs_of_adopted_versions(store: Store) -> None:
+    def fill(tx: Tx) -> None:
+        for run_id in ("r1", "r2"):
+            tx.insert_run(RunRow(run_id, "shop/a", [], NOW, version="v1"))
+            tx.enqueue("exec", f"exec:{run_id}", NOW, run_id=run_id)
+
+    await store.write(fill)
+    # A refused run is skipped as an adoption only: its own version's workers still take it.
+    refusing = ClaimVersions(own=(), adopt=(("shop/a", "v1"),), refused=("r1", "r9"))
+    assert await claimed(store, refusing) == {"exec:r2"}
+    assert await claimed(store, ClaimVersions(own=(("shop/a", "v1"),), refused=("r1",))
+                         ) == {"exec:r1"}
+
+
 async def test_an_unversioned_claim_takes_every_run(store: Store) -> None:
     await store.write(fill_versions)
     assert await claimed(store, None) == {"exec:r1", "exec:r2", "exec:r3", "exec:r4",

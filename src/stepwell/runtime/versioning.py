@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("stepwell.engine")
 
 EXPIRY_LEASES = 3               # a worker silent for this many lease periods is dead
-ADOPT_RETRY_MS = 60_000         # a run that diverged from this code is looked at again after
 
 
 def moved_warning(old: str | None, new: str) -> str:
@@ -73,7 +72,7 @@ class Versioning:
                              for version in [fn.spec.version] if version is not None})
         self.started_at = wall_ms()
         self.claim: ClaimVersions | None = ClaimVersions(self.own) if self.versioned else None
-        self.stays_logged: set[str] = set()
+        self.refused: set[str] = set()       # runs whose history diverges from this code
 
     def rows(self, now: int) -> list[WorkerRow]:
         host, pid = socket.gethostname(), os.getpid()
@@ -96,7 +95,9 @@ class Versioning:
             tx.remove_workers(dead)
             released = sum(tx.release_leases_of(owner) for owner in dead)
         if self.claim is not None:
-            self.claim = ClaimVersions(self.own, self._adoptable(tx))
+            adopt = self._adoptable(tx)
+            self.claim = ClaimVersions(self.own, adopt, tuple(sorted(self.refused)) if adopt
+                                       else ())
         return released > 0
 
     def _adoptable(self, tx: Tx) -> tuple[tuple[str, str], ...]:
@@ -111,6 +112,14 @@ class Versioning:
                      and version != auto[qid].spec.version
                      and (auto[qid].app.id, version) not in live)
 
+    def refuse(self, run_id: str) -> None:
+        """This code diverges from the run's history: claim it no more (the same code always
+        diverges on the same history, and the history cannot move without its own version)."""
+        self.refused.add(run_id)
+        if self.claim is not None:
+            self.claim = ClaimVersions(self.claim.own, self.claim.adopt,
+                                       tuple(sorted(self.refused)))
+
     def may_adopt(self, function_id: str, version: str) -> bool:
         return self.claim is not None and (function_id, version) in self.claim.adopt
 
@@ -118,8 +127,9 @@ class Versioning:
 async def admit(worker: Worker, item_id: int, state: RunState, fn: Function) -> bool:
     """Whether this (versioned) worker may drive this run now. A run of its function's version
     (or of none) goes on; one of an older version it may adopt is replayed against this code
-    first and moved (its version updated) if clean; any other is handed back, due now, for a
-    worker of its version (this worker's claims skip it)."""
+    first and moved (its version updated) if clean, else refused (this worker claims it no
+    more); a run it may not take is handed back, due now, for a worker of its version (this
+    worker's claims skip it)."""
     versioning, run = worker.versioning, state.run
     new = fn.spec.version
     if run.version is None or new is None or run.version == new:
@@ -132,15 +142,15 @@ async def admit(worker: Worker, item_id: int, state: RunState, fn: Function) -> 
     if replayed.divergence is not None:
         found = replayed.divergence
         text = stays_warning(old, new, f"step {found.step_id!r}: {found.kind}")
-        if run.id not in versioning.stays_logged:
-            versioning.stays_logged.add(run.id)
+        if run.id not in versioning.refused:
+            versioning.refuse(run.id)
             log.warning("run %s of %s stays on version %s: its history diverges from this "
                         "code (%s) at step %r", run.id, run.function_id, old, found.kind,
                         found.step_id)
 
         def stay(tx: Tx) -> None:
             tx.add_run_warning(run.id, text)
-            tx.release_item(item_id, owner, now + ADOPT_RETRY_MS, now)
+            tx.release_item(item_id, owner, now, now)
 
         await worker.store.write(stay)
         return False

@@ -488,6 +488,10 @@ class Worker:
             due = await self.store.read(wake_at) if ready or timers else None
         except Exception:
             due = None
+        if due is not None and self.versioning.claim is not None and due <= self.clock.now():
+            # Due work this versioned worker just did not claim is another version's (see
+            # runtime.versioning): wait for news or the poll, not spin on it.
+            due = None
         waits: list[asyncio.Task[Any]] = [asyncio.create_task(self.wake.wait())]
         if due is not None:
             waits.append(asyncio.create_task(self.clock.sleep_until(due)))

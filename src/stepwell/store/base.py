@@ -156,17 +156,22 @@ class WorkerRow:
 class ClaimVersions:
     """Which exec items a versioned worker may claim (`claim_due`, `claim_timers`): those of
     runs with no recorded version, or whose (function id, version) is in `own` (this worker's
-    code) or `adopt` (runs of an `upgrade="auto"` function whose version has no live worker,
-    that it may take over once the replay check passes). Other kinds of item (cron, timeouts,
-    flow control, routing) are claimed whatever the version."""
+    code) or in `adopt` (runs of an `upgrade="auto"` function whose version has no live
+    worker, that it may take over once the replay check passes), except the runs in `refused`
+    (their check failed here). Other kinds of item (cron, timeouts, flow control, routing) are
+    claimed whatever the version."""
 
     own: tuple[tuple[str, str], ...]
     adopt: tuple[tuple[str, str], ...] = ()
+    refused: tuple[str, ...] = ()
 
-    def keys(self) -> list[str]:
-        """`own` and `adopt` as the claim SQL compares them: function id, unit separator
-        (U+001F), version."""
-        return [f"{fn}\x1f{version}" for fn, version in (*self.own, *self.adopt)]
+    def own_keys(self) -> list[str]:
+        """`own` as the claim SQL compares it: function id, unit separator (U+001F), version."""
+        return [f"{fn}\x1f{version}" for fn, version in self.own]
+
+    def adopt_keys(self) -> list[str]:
+        """`adopt`, as `own_keys`."""
+        return [f"{fn}\x1f{version}" for fn, version in self.adopt]
 
 
 class Tx(Protocol):

@@ -11,18 +11,24 @@ from stepwell.store.base import ClaimVersions, WorkerRow
 from stepwell.store.postgres_sql import Pipe
 
 _WORKER_COLUMNS = "id, app_id, version, host, pid, started_at, heartbeat_at"
+_KEY = "v.function_id || chr(31) || v.version"
 
 
 def version_filter(versions: ClaimVersions | None) -> tuple[str, tuple[Any, ...]]:
     """The claim's extra condition for a versioned worker: an exec item is claimable if its run
-    has no version or its (function, version) is allowed (`ClaimVersions.keys`), judged by one
+    has no version or its (function, version) is allowed (`ClaimVersions`), judged by one
     primary-key lookup of the run per candidate. None (an unversioned worker): no condition,
     the claim's SQL is exactly what it was before versions."""
     if versions is None:
         return "", ()
+    if not versions.adopt:
+        return (" AND (kind <> 'exec' OR (SELECT v.version IS NULL "
+                f"OR {_KEY} = ANY(%s::text[]) FROM runs v WHERE v.id = queue.run_id) "
+                "IS NOT FALSE)", (versions.own_keys(),))
     return (" AND (kind <> 'exec' OR (SELECT v.version IS NULL "
-            "OR v.function_id || chr(31) || v.version = ANY(%s::text[]) "
-            "FROM runs v WHERE v.id = queue.run_id) IS NOT FALSE)", (versions.keys(),))
+            f"OR {_KEY} = ANY(%s::text[]) OR ({_KEY} = ANY(%s::text[]) "
+            "AND v.id <> ALL(%s::text[])) FROM runs v WHERE v.id = queue.run_id) IS NOT FALSE)",
+            (versions.own_keys(), versions.adopt_keys(), list(versions.refused)))
 
 
 class WorkersTx(Pipe):

@@ -519,10 +519,15 @@ def _worker_values(row: WorkerRow) -> tuple[Any, ...]:
 def _version_filter(versions: ClaimVersions | None) -> tuple[str, tuple[Any, ...]]:
     """The claim's extra condition for a versioned worker (`ClaimVersions`): an exec item is
     claimable if its run has no version or its (function, version) is allowed
-    (`ClaimVersions.keys`; one primary-key lookup of the run per candidate). None: no
+    (`ClaimVersions`; one primary-key lookup of the run per candidate). None: no
     condition, the SQL of an unversioned worker is unchanged."""
     if versions is None:
         return "", ()
+    key = "v.function_id || char(31) || v.version"
     return (" AND (kind <> 'exec' OR (SELECT v.version IS NULL "
-            "OR v.function_id || char(31) || v.version IN (SELECT value FROM json_each(?)) "
-            "FROM runs v WHERE v.id = queue.run_id) IS NOT 0)", (json.dumps(versions.keys()),))
+            f"OR {key} IN (SELECT value FROM json_each(?)) "
+            f"OR ({key} IN (SELECT value FROM json_each(?)) "
+            "AND v.id NOT IN (SELECT value FROM json_each(?))) "
+            "FROM runs v WHERE v.id = queue.run_id) IS NOT 0)",
+            (json.dumps(versions.own_keys()), json.dumps(versions.adopt_keys()),
+             json.dumps(list(versions.refused))))

@@ -1,0 +1,210 @@
+"""Versioned workers on Postgres, with real worker processes of two versions of one app.
+
+`versioned_app.py` runs a worker of `App("shop", version=$SHOP_VERSION)`. The test sends events
+from this process through non-executing engines of each version (so the runs record the
+version of the code that created them) and watches where each run goes:
+
+1. v1 runs in flight (waiting for an event) stay with the v1 worker while a v2 worker takes the
+   new runs; resumed while v1 lives, they finish on v1 (pinned and auto alike).
+2. The v1 worker is SIGKILLed mid-drain, holding runs that sleep. Its registry row and leases
+   go at once (same host, pid gone). Then: the `auto` run moves to v2 (its history replays
+   cleanly on v2) and finishes there; the `diverging` auto run stays on v1 (the check fails),
+   marked; the `pinned` run stays on v1; `stepwell versions` shows v1 *stranded*.
+3. A new v1 worker finishes the stranded runs on v1, and v1 shows *drained*.
+
+Every wait polls a condition with a deadline; nothing sleeps a fixed time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+import stepwell
+from stepwell.service import Service
+
+APP = Path(__file__).with_name("versioned_app.py")
+
+
+def _load_app_module() -> Any:
+    spec = importlib.util.spec_from_file_location("versioned_app", APP)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+make_app: Callable[[str], stepwell.App] = _load_app_module().make_app
+DEADLINE_S = 60.0
+
+
+class Workers:
+    """The worker processes a test started (each stopped, or killed, at the end)."""
+
+    def __init__(self, db: str, tmp: Path) -> None:
+        self.db, self.tmp, self.procs = db, tmp, list[subprocess.Popen[str]]()
+
+    def start(self, version: str) -> subprocess.Popen[str]:
+        with (self.tmp / f"worker-{len(self.procs)}-{version}.stderr").open("w") as err:
+            proc = subprocess.Popen([sys.executable, str(APP), self.db],
+                                    stdout=subprocess.PIPE, stderr=err, text=True,
+                                    env={**os.environ, "SHOP_VERSION": version})
+        self.procs.append(proc)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip() == "ready", f"worker {version} did not start: {line!r}\n" + (
+            self.tmp / f"worker-{len(self.procs) - 1}-{version}.stderr").read_text()
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+@pytest.fixture
+def workers(pg_database: str, tmp_path: Path) -> Iterator[Workers]:
+    started = Workers(pg_database, tmp_path)
+    try:
+        yield started
+    finally:
+        started.stop_all()
+
+
+async def until(what: str, check: Callable[[], Any], deadline: float) -> Any:
+    """Poll `check` (sync or async) until it returns something truthy, or fail naming `what`."""
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def sql(db: str, query: str, *args: Any) -> list[tuple[Any, ...]]:
+    with closing(psycopg.connect(db, autocommit=True)) as conn:
+        return conn.execute(query, args).fetchall()
+
+
+async def test_old_workers_drain_and_a_killed_one_leaves_each_run_to_its_policy(
+        workers: Workers, pg_database: str) -> None:
+    db, deadline = pg_database, time.monotonic() + DEADLINE_S
+    v1_sender = stepwell.Engine(make_app("v1"), db=db, worker=False)
+    v2_sender = stepwell.Engine(make_app("v2"), db=db, worker=False)
+    async with v1_sender, v2_sender:
+        service = Service(v2_sender)
+
+        async def run_of(event_id: str) -> stepwell.Run:
+            [run] = await v2_sender.runs(event_id=event_id)
+            return run
+
+        async def completed(event_id: str) -> stepwell.Run | None:
+            run = await run_of(event_id)
+            assert run.status in ("queued", "running", "completed"), run
+            return run if run.status == "completed" else None
+
+        async def waiting(event_id: str) -> bool:
+            rows = sql(db, "SELECT count(*) FROM waits w JOIN runs r ON r.id = w.run_id "
+                           "WHERE r.event_id = %s", event_id)
+            return rows[0][0] == 1
+
+        old_worker = workers.start("v1")
+        # v1 runs that wait for an event: two of each policy, one diverging.
+        started = {}
+        for name, fn in [("p1", "pinned"), ("p2", "pinned"), ("a1", "auto"), ("a2", "auto"),
+                         ("d1", "diverging")]:
+            started[name] = await v1_sender.send(f"shop/{fn}", {"wait": True, "key": name})
+        for name, event_id in started.items():
+            await until(f"{name} waiting", lambda e=event_id: waiting(e), deadline)
+
+        new_worker = workers.start("v2")
+        fresh = await v2_sender.send("shop/auto", {})
+        done = await until("the new run done", lambda: completed(fresh), deadline)
+        assert (done.version, done.output) == ("v2", {"started": "v2", "finished": "v2"})
+
+        [pinned_fn] = [f for f in await service.versions() if f["function_id"] == "shop/pinned"]
+        by_version = {v["version"]: v for v in pinned_fn["versions"]}
+        assert by_version["v1"]["runs"] == 2 and by_version["v1"]["state"] == "draining"
+        assert [w["pid"] for w in by_version["v1"]["workers"]] == [old_worker.pid]
+        assert [w["pid"] for w in by_version["v2"]["workers"]] == [new_worker.pid]
+        assert by_version["v2"]["state"] == "current" and not pinned_fn["drained"]
+
+        # Resumed while the v1 worker lives, v1 runs finish on v1 (auto ones too).
+        for name in ("p1", "a1"):
+            await v1_sender.send("shop/go", {"key": name})
+        for name in ("p1", "a1"):
+            run = await until(f"{name} done", lambda n=name: completed(started[n]), deadline)
+            assert (run.version, run.output) == ("v1", {"started": "v1", "finished": "v1"})
+
+        # Resume the rest: they sleep (COOL_OFF) in the v1 worker; kill it mid-drain.
+        for name in ("p2", "a2", "d1"):
+            await v1_sender.send("shop/go", {"key": name})
+
+        def held_by_old() -> bool:
+            rows = sql(db, "SELECT count(*) FROM queue q JOIN runs r ON r.id = q.run_id "
+                           "JOIN memos m ON m.run_id = r.id AND m.step_id = 'cool-off' "
+                           "WHERE q.kind = 'exec' AND q.owner LIKE %s AND r.event_id = ANY(%s)",
+                       f"%:{old_worker.pid}:%", [started[n] for n in ("p2", "a2", "d1")])
+            return rows[0][0] == 3
+
+        await until("the v1 worker holding the sleeping runs", held_by_old, deadline)
+        old_worker.send_signal(signal.SIGKILL)
+        old_worker.wait()
+
+        # auto: moved to v2 (its history replays cleanly there) and finished there.
+        moved = await until("a2 moved and done", lambda: completed(started["a2"]), deadline)
+        assert (moved.version, moved.output) == ("v2", {"started": "v1", "finished": "v2"})
+        assert any("moved from v1 to v2" in w for w in moved.warnings), moved.warnings
+
+        # diverging: the check refuses the move; it stays on v1, marked.
+        async def flagged() -> stepwell.Run | None:
+            run = await run_of(started["d1"])
+            return run if any("stays on v1" in w for w in run.warnings) else None
+
+        stuck = await until("d1 flagged as staying on v1", flagged, deadline)
+        assert stuck.status == "running" and stuck.version == "v1"
+        assert any("changed-args" in w for w in stuck.warnings), stuck.warnings
+
+        # pinned: its sleep is over (it was due with a2's), yet no v2 worker touched it.
+        pinned = await run_of(started["p2"])
+        assert pinned.status == "running" and pinned.version == "v1", pinned
+        assert not any(s.id == "finish" for s in pinned.steps)
+
+        [pinned_fn] = [f for f in await service.versions() if f["function_id"] == "shop/pinned"]
+        by_version = {v["version"]: v for v in pinned_fn["versions"]}
+        assert by_version["v1"]["runs"] == 1, by_version
+        assert (by_version["v1"]["state"], by_version["v1"]["workers"]) == ("stranded", [])
+
+        # A new v1 worker finishes the stranded runs on v1; then v1 has drained.
+        workers.start("v1")
+        for name in ("p2", "d1"):
+            run = await until(f"{name} done on v1", lambda n=name: completed(started[n]),
+                              deadline)
+            assert (run.version, run.output) == ("v1", {"started": "v1", "finished": "v1"})
+        for fn in await service.versions():
+            states = {v["version"]: (v["state"], v["runs"]) for v in fn["versions"]}
+            assert states.get("v1", ("drained", 0)) == ("drained", 0), (fn["function_id"], states)
+            assert fn["drained"], fn
