@@ -46,7 +46,7 @@ def _load_app_module() -> Any:
     return module
 
 
-make_app: Callable[[str], stepwell.App] = _load_app_module().make_app
+make_app: Callable[..., stepwell.App] = _load_app_module().make_app
 DEADLINE_S = 60.0
 
 
@@ -191,7 +191,8 @@ async def test_old_workers_drain_and_a_killed_one_leaves_each_run_to_its_policy(
         # pinned: its sleep is over (it was due with a2's), yet no v2 worker touched it.
         pinned = await run_of(started["p2"])
         assert pinned.status == "running" and pinned.version == "v1", pinned
-        assert not any(s.id == "finish" for s in pinned.steps)
+        shown = await v2_sender.get_run(pinned.id)
+        assert shown is not None and [s.id for s in shown.steps] == ["start", "go", "cool-off"]
 
         [pinned_fn] = [f for f in await service.versions() if f["function_id"] == "shop/pinned"]
         by_version = {v["version"]: v for v in pinned_fn["versions"]}
@@ -208,3 +209,85 @@ async def test_old_workers_drain_and_a_killed_one_leaves_each_run_to_its_policy(
             states = {v["version"]: (v["state"], v["runs"]) for v in fn["versions"]}
             assert states.get("v1", ("drained", 0)) == ("drained", 0), (fn["function_id"], states)
             assert fn["drained"], fn
+
+
+async def test_on_sqlite_a_stopped_version_leaves_auto_runs_to_the_new_one(
+        tmp_path: Path) -> None:
+    """In one process, on SQLite: engines of v1 and v2 side by side. v1 stops cleanly (its
+    registry rows go with it); the events resuming its runs are stored by the v2 engine, which
+    leases them to itself at once (the fast path) and must hand back what it may not take."""
+    db, deadline = f"sqlite:///{tmp_path / 'shop.db'}", time.monotonic() + DEADLINE_S
+    options: dict[str, Any] = {"db": db, "lease_seconds": 0.6, "poll_seconds": 0.1}
+    v2 = stepwell.Engine(make_app("v2", cool_off="10ms"), **options)
+    async with v2:
+        async def completed(event_id: str) -> stepwell.Run | None:
+            [run] = await v2.runs(event_id=event_id)
+            return run if run.status == "completed" else None
+
+        async def waiting(event_id: str) -> bool:
+            [listed] = await v2.runs(event_id=event_id)
+            run = await v2.get_run(listed.id)
+            assert run is not None
+            return any(s.id == "go" and s.status == "waiting" for s in run.steps)
+
+        async with stepwell.Engine(make_app("v1", cool_off="10ms"), **options) as v1:
+            started = {fn: await v1.send(f"shop/{fn}", {"wait": True, "key": fn})
+                       for fn in ("pinned", "auto", "diverging")}
+            for fn, event_id in started.items():
+                await until(f"{fn} waiting", lambda e=event_id: waiting(e), deadline)
+            fresh = await v2.send("shop/auto", {})
+            done = await until("the v2 run", lambda: completed(fresh), deadline)
+            assert done.output == {"started": "v2", "finished": "v2"}
+            [auto_fn] = [f for f in await Service(v2).versions() if f["function_id"] ==
+                         "shop/auto"]
+            states = {v["version"]: (v["state"], v["runs"], len(v["workers"]))
+                      for v in auto_fn["versions"]}
+            assert states == {"v1": ("draining", 1, 1), "v2": ("current", 0, 1)}
+            # Resumed by an event the v2 engine stores (and so leases to itself at once),
+            # a v1 run still goes back to the live v1 worker.
+            early = await v1.send("shop/auto", {"wait": True, "key": "early"})
+            await until("early waiting", lambda: waiting(early), deadline)
+            await v2.send("shop/go", {"key": "early"})
+            run = await until("early on v1", lambda: completed(early), deadline)
+            assert (run.version, run.output) == ("v1", {"started": "v1", "finished": "v1"})
+        for fn in started:
+            await v2.send("shop/go", {"key": fn})
+        moved = await until("auto moved", lambda: completed(started["auto"]), deadline)
+        assert (moved.version, moved.output) == ("v2", {"started": "v1", "finished": "v2"})
+
+        async def refused() -> bool:
+            [run] = await v2.runs(event_id=started["diverging"])
+            return any("stays on v1" in w for w in run.warnings)
+
+        await until("diverging refused", refused, deadline)
+        for fn in ("pinned", "diverging"):
+            [run] = await v2.runs(event_id=started[fn])
+            assert (run.status, run.version) == ("running", "v1"), run
+            shown = await v2.get_run(run.id)
+            assert shown is not None and not any(s.id == "finish" for s in shown.steps)
+        [pinned_fn] = [f for f in await Service(v2).versions()
+                       if f["function_id"] == "shop/pinned"]
+        assert {v["version"]: v["state"] for v in pinned_fn["versions"]} == {
+            "v1": "stranded", "v2": "current"}
+        async with stepwell.Engine(make_app("v1", cool_off="10ms"), **options):
+            for fn in ("pinned", "diverging"):
+                run = await until(f"{fn} on v1", lambda f=fn: completed(started[f]), deadline)
+                assert (run.version, run.output) == ("v1", {"started": "v1", "finished": "v1"})
+
+
+def test_upgrade_must_be_auto_or_pinned() -> None:
+    with pytest.raises(stepwell.ConfigError, match="upgrade must be 'auto'"):
+        stepwell.App("x", upgrade="sometimes")
+    app = stepwell.App("x", upgrade="pinned")
+    with pytest.raises(stepwell.ConfigError, match="function 'f': upgrade must be"):
+        app.function(id="f", trigger="x/y", upgrade="never")
+
+    @app.function(id="g", trigger="x/g")
+    async def g(ctx: stepwell.Context, step: stepwell.Step) -> None: ...
+
+    @app.function(id="h", trigger="x/h", upgrade="auto", on_failure=lambda ctx, step: None)
+    async def h(ctx: stepwell.Context, step: stepwell.Step) -> None: ...
+
+    assert (g.spec.upgrade, h.spec.upgrade, app.functions["h-failure"].spec.upgrade) == (
+        "pinned", "auto", "auto")
+    assert stepwell.App("y").upgrade == "auto"

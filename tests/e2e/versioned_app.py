@@ -21,7 +21,7 @@ LEASE_S = 1.5            # short, so a killed worker's leases and registry rows 
 COOL_OFF = "3s"          # the sleep after "go": the window in which the test kills a worker
 
 
-def make_app(version: str) -> stepwell.App:
+def make_app(version: str, *, cool_off: str = COOL_OFF) -> stepwell.App:
     """Three functions with the same steps: `pinned` (upgrade="pinned"), `auto` (the default,
     "auto") and `diverging` (auto, but its first step's arguments differ between versions, so
     the replay check refuses to move its runs)."""
@@ -32,7 +32,7 @@ def make_app(version: str) -> stepwell.App:
         started = await step.run("start", lambda n: version, first_arg)
         if ctx.event.data.get("wait"):
             await step.wait_for_event("go", event="shop/go", match="data.key", timeout="1h")
-            await step.sleep("cool-off", COOL_OFF)
+            await step.sleep("cool-off", cool_off)
         finished = await step.run("finish", lambda: version)
         return {"started": started, "finished": finished}
 
