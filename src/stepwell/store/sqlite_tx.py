@@ -523,11 +523,15 @@ def _version_filter(versions: ClaimVersions | None) -> tuple[str, tuple[Any, ...
     condition, the SQL of an unversioned worker is unchanged."""
     if versions is None:
         return "", ()
+    # Placeholders, not json_each: the list is parsed once per statement, not per candidate.
+    own, adopt, refused = versions.own_keys(), versions.adopt_keys(), list(versions.refused)
     key = "v.function_id || char(31) || v.version"
-    return (" AND (kind <> 'exec' OR (SELECT v.version IS NULL "
-            f"OR {key} IN (SELECT value FROM json_each(?)) "
-            f"OR ({key} IN (SELECT value FROM json_each(?)) "
-            "AND v.id NOT IN (SELECT value FROM json_each(?))) "
-            "FROM runs v WHERE v.id = queue.run_id) IS NOT 0)",
-            (json.dumps(versions.own_keys()), json.dumps(versions.adopt_keys()),
-             json.dumps(list(versions.refused))))
+    adopting = (f" OR ({key} IN ({_marks(len(adopt))}) AND v.id NOT IN "
+                f"({_marks(len(refused))}))") if adopt else ""
+    return (f" AND (kind <> 'exec' OR (SELECT v.version IS NULL OR {key} IN "
+            f"({_marks(len(own))}){adopting} FROM runs v WHERE v.id = queue.run_id) IS NOT 0)",
+            (*own, *adopt, *refused) if adopt else tuple(own))
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
