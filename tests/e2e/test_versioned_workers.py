@@ -291,3 +291,56 @@ def test_upgrade_must_be_auto_or_pinned() -> None:
     assert (g.spec.upgrade, h.spec.upgrade, app.functions["h-failure"].spec.upgrade) == (
         "pinned", "auto", "auto")
     assert stepwell.App("y").upgrade == "auto"
+
+
+async def test_a_worker_elsewhere_counts_while_its_heartbeat_is_fresh(tmp_path: Path) -> None:
+    """Registry rows of another host: a fresh one keeps its version live (its auto runs are not
+    adopted), one silent for three lease periods is expired, and then they are."""
+    from stepwell.runtime.clock import wall_ms
+    from stepwell.store.base import WorkerRow
+
+    db, deadline = f"sqlite:///{tmp_path / 'shop.db'}", time.monotonic() + DEADLINE_S
+    options: dict[str, Any] = {"db": db, "lease_seconds": 0.6, "poll_seconds": 0.1}
+    async with stepwell.Engine(make_app("v1", cool_off="10ms"), **options) as v1:
+        event_id = await v1.send("shop/auto", {"wait": True, "key": "k"})
+        [run] = await v1.runs(event_id=event_id)
+
+        async def waiting() -> bool:
+            shown = await v1.get_run(run.id)
+            return shown is not None and any(s.id == "go" and s.status == "waiting"
+                                             for s in shown.steps)
+
+        await until("the run waiting", waiting, deadline)
+        # A v1 worker on another host, registered before any v2 worker looks.
+        await v1._worker.store.write(lambda tx: tx.register_workers(
+            [WorkerRow("far:1:a", "shop", "v1", "elsewhere", 1, wall_ms(), wall_ms())]))
+    async with stepwell.Engine(make_app("v2", cool_off="10ms"), **options) as v2:
+        store = v2._worker.store
+        await v2.send("shop/go", {"key": "k"})
+
+        async def heartbeat_then_state() -> tuple[str | None, int]:
+            shown = await v2.get_run(run.id)
+            assert shown is not None
+            assert shown.version == "v1" or shown.status == "completed", shown
+            workers = await store.read(lambda tx: tx.list_workers())
+            finished = [s.id for s in shown.steps if s.id == "finish"]
+            return (shown.status if not finished else "finished"), len(
+                [w for w in workers if w.host == "elsewhere"])
+
+        # A few maintenance passes (each 0.2 s) with the far worker alive: the run stays.
+        await until("v2 registered", lambda: store.read(lambda tx: [
+            w for w in tx.list_workers() if w.version == "v2"]), deadline)
+        passes_end = time.monotonic() + 0.6
+        while time.monotonic() < passes_end:
+            await store.write(lambda tx: tx.heartbeat_worker("far:1:a", wall_ms()))
+            assert await heartbeat_then_state() == ("running", 1)
+            await asyncio.sleep(0.05)
+        # Its heartbeat stops: expired after three leases (1.8 s), then the run moves to v2.
+        moved = await until("the run moved", lambda: _completed(v2, event_id), deadline)
+        assert (moved.version, moved.output) == ("v2", {"started": "v1", "finished": "v2"})
+        assert (await heartbeat_then_state())[1] == 0
+
+
+async def _completed(engine: stepwell.Engine, event_id: str) -> stepwell.Run | None:
+    [run] = await engine.runs(event_id=event_id)
+    return run if run.status == "completed" else None
