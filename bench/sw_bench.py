@@ -28,9 +28,11 @@ from common import MARKS, Marks
 import stepwell
 
 
-def make_app(workload: str, *, sync_steps: bool, steps: int | None = None) -> stepwell.App:
-    """The functions of one workload. Bodies record instants in `MARKS` (see `common`)."""
-    app = stepwell.App("bench")
+def make_app(workload: str, *, sync_steps: bool, steps: int | None = None,
+             version: str | None = None) -> stepwell.App:
+    """The functions of one workload. Bodies record instants in `MARKS` (see `common`).
+    `version`: `App(version=...)`, so the engine is a versioned worker (bench/versions.py)."""
+    app = stepwell.App("bench", version=version)
     m = MARKS
 
     async def body_async(i: int, n: int) -> int:
@@ -122,7 +124,8 @@ async def run(args: Any) -> dict[str, Any]:
     pg_name = f"stepwell_bench_sw_{os.getpid()}"
     pg_settings = _fresh_postgres(pg_base, pg_name) if postgres else {}
     db = f"{pg_base}/{pg_name}" if postgres else f"sqlite:///{path}"
-    app = make_app(workload, sync_steps=sync_steps, steps=steps)
+    app = make_app(workload, sync_steps=sync_steps, steps=steps,
+                   version=opts.get("version") or None)
     m: Marks = MARKS
     result: dict[str, Any]
     tune_gc = opts.get("tune_gc", "1") != "0"

@@ -80,9 +80,11 @@ def check(target: str, db: str | None, histories: str | None, sample: int,
 @url_option
 @json_option
 def versions(url: str, as_json: bool) -> None:
-    """Per function: the version of the code the server runs and the versions its unfinished
-    runs started on (how many, the oldest). An old version is drained once it is gone from
-    the list; until then its runs replay on the current code (check them: `stepwell check`)."""
+    """Per function and version: the unfinished runs (how many, the oldest) and the live
+    workers serving it (how many, the latest heartbeat). STATE: current (the server's code),
+    draining (older, its workers finish its runs), stranded (runs but no live worker: pinned
+    runs wait for one; upgrade="auto" runs move once a newer worker's replay check passes),
+    drained (no unfinished run: its workers can be stopped)."""
     found = call("GET", url, "/v1/versions")["data"]
     if as_json:
         click.echo(json.dumps(found, indent=2))
@@ -91,13 +93,14 @@ def versions(url: str, as_json: bool) -> None:
     for fn in found:
         current = fn["current"] or "-"
         if not fn["versions"]:
-            rows.append([fn["function_id"], current, "-", "0", "-"])
+            rows.append([fn["function_id"], current, "-", "0", "-", "0", "-"])
         for v in fn["versions"]:
-            state = "current" if v["current"] else ("no such function here" if not fn["defined"]
-                                                     else "old: draining")
+            state = v["state"] if fn["defined"] else f"{v['state']} (no such function here)"
+            beats = [w["heartbeat_at"] for w in v["workers"]]
             rows.append([fn["function_id"], str(v["version"] or "-"), state, str(v["runs"]),
-                         v["oldest"]])
+                         v["oldest"] or "-", str(len(beats)), max(beats) if beats else "-"])
     if not rows:
         click.echo("no functions")
         return
-    click.echo(table(["FUNCTION", "VERSION", "STATE", "UNFINISHED", "OLDEST"], rows))
+    click.echo(table(["FUNCTION", "VERSION", "STATE", "UNFINISHED", "OLDEST", "WORKERS",
+                      "LAST HEARTBEAT"], rows))

@@ -27,7 +27,7 @@ from stepwell.runtime.worker import Worker
 from stepwell.sdk.app import App, Function
 from stepwell.service_views import iso
 from stepwell.store import open_store
-from stepwell.store.base import RunState, Tx
+from stepwell.store.base import RunState, Tx, WorkerRow
 from stepwell.store.sqlite import sqlite_path
 
 __all__ = ["CheckReport", "HistoryError", "check_database", "check_histories", "export_history",
@@ -185,27 +185,56 @@ async def export_history(worker: Worker, run_id: str) -> dict[str, Any] | None:
 
 
 async def versions(worker: Worker) -> list[dict[str, Any]]:
-    """`GET /v1/versions`: per function, the version its code has here now and the versions
-    its unfinished runs started on (how many, the oldest), so an operator sees when the runs
-    of an old version have drained. A version absent from the list has no run in flight."""
-    rows = await worker.read(_active_versions)
+    """`GET /v1/versions`: per function, the version its code has here now and, per version,
+    its unfinished runs (how many, the oldest) and the live workers serving it (the worker
+    registry: id, host, pid, started, last heartbeat), so an operator sees old versions drain.
+    A version's `state`: `current` (this code's), `draining` (older, with runs and live
+    workers), `stranded` (runs but no live worker: pinned runs wait for one, `upgrade="auto"`
+    runs move once a newer worker's replay check passes), `drained` (no unfinished run; its
+    workers may be stopped). A version with workers but no run is listed when it is this
+    code's or an explicit (app-wide) one; one with neither is absent."""
+    rows, registered = await worker.read(_active_versions)
     functions = dict(worker.registry.items())
     out: dict[str, dict[str, Any]] = {
         qid: {"function_id": fn.spec.public_id, "current": fn.spec.version, "versions": []}
         for qid, fn in sorted(functions.items())}
+    serving: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in registered:
+        serving.setdefault((row.app_id, row.version), []).append({
+            "id": row.id, "host": row.host, "pid": row.pid, "started_at": iso(row.started_at),
+            "heartbeat_at": iso(row.heartbeat_at)})
     for function_id, version, count, oldest in rows:
         entry = out.setdefault(function_id, {"function_id": function_id, "current": None,
                                              "versions": [], "defined": False})
-        entry["versions"].append({"version": version, "runs": count, "oldest": iso(oldest),
-                                  "current": version == entry["current"]})
-    for entry in out.values():
+        entry["versions"].append({"version": version, "runs": count, "oldest": iso(oldest)})
+    for qid, entry in out.items():
+        app_id = qid.split("/", 1)[0]
+        listed = {v["version"] for v in entry["versions"]}
+        for app, version in sorted(serving):
+            if app == app_id and version not in listed and (
+                    version == entry["current"] or not version.startswith("code:")):
+                entry["versions"].append({"version": version, "runs": 0, "oldest": None})
+        for v in entry["versions"]:
+            v["current"] = v["version"] == entry["current"]
+            v["workers"] = serving.get((app_id, v["version"]), [])
+            v["state"] = _state_of(v)
+        entry["versions"].sort(key=lambda v: (not v["current"], str(v["version"])))
         entry.setdefault("defined", True)
-        entry["drained"] = all(v["current"] for v in entry["versions"])
+        entry["drained"] = all(v["current"] or not v["runs"] for v in entry["versions"])
     return list(out.values())
 
 
-def _active_versions(tx: Tx) -> list[tuple[str, str | None, int, int]]:
-    return tx.active_versions()
+def _state_of(version: dict[str, Any]) -> str:
+    if version["current"]:
+        return "current"
+    if not version["runs"]:
+        return "drained"
+    return "draining" if version["workers"] else "stranded"
+
+
+def _active_versions(tx: Tx) -> tuple[list[tuple[str, str | None, int, int]],
+                                       list[WorkerRow]]:
+    return tx.active_versions(), tx.list_workers()
 
 
 def _state(tx: Tx, *, run_id: str) -> RunState | None:

@@ -419,6 +419,11 @@ async def test_functions_show_flow_control_and_run_counts(start: Any) -> None:
     broken = page.locator("tr[data-function='shop/broken']")
     await expect(broken.locator("a.count[data-status='Failed'] .n")).to_have_text("1")
     await expect(broken.locator("a.count[data-status='Completed'] .n")).to_have_text("0")
+    # Versions: the one this code records, current, served by the dashboard's own worker.
+    version = dash.engine._worker.registry.native["shop/broken"].spec.version
+    current = broken.locator(f"li[data-version='{version}']")
+    await expect(current).to_have_attribute("data-state", "current")
+    await expect(current).to_contain_text("0 unfinished · 1 worker")
 
     await dash.engine.wait(await dash.run_of(str(await dash.engine.send("shop/greet",
                                                                         {"name": "z"}))))

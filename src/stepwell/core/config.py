@@ -257,6 +257,7 @@ class FunctionSpec:
     failure_of: str | None = None     # set on the generated on_failure function
     remote: bool = False              # served by an official-SDK app over HTTP
     version: str | None = None        # what runs started now record (`Function.version`)
+    upgrade: str = "auto"             # may a run move to newer code (`App.function(upgrade=)`)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property

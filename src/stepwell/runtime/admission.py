@@ -48,7 +48,7 @@ from stepwell.runtime.scripts import (
     enqueue_exec,
     record_unstarted_run,
 )
-from stepwell.store.base import QueueItem, Tx
+from stepwell.store.base import ClaimVersions, QueueItem, Tx
 
 IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
 
@@ -328,14 +328,16 @@ def fire_debounce(tx: Tx, spec: FunctionSpec, item: QueueItem, owner: str, now: 
         start_run(tx, spec, events, now, place, effects, routing=routing)
 
 
-def claim(tx: Tx, now: int, owner: str, lease_until: int, limit: int) -> list[QueueItem]:
+def claim(tx: Tx, now: int, owner: str, lease_until: int, limit: int, *,
+          versions: ClaimVersions | None = None) -> list[QueueItem]:
     """Lease ready items in priority order; those whose concurrency key is full are parked
     (blocked) in order, to be woken FIFO as slots free.
 
     Every claimed item is leased (and so counted as holding its keys) until decided, so the
     slots in use before an item are the held count minus this claim's undecided items.
+    `versions`: a versioned worker's filter (`runtime.versioning`).
     """
-    items = tx.claim_due(now, owner, lease_until, limit)
+    items = tx.claim_due(now, owner, lease_until, limit, versions=versions)
     undecided: dict[str, int] = {}
     for item in items:
         for key, _ in item.concurrency:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from stepwell.core.config import CronTrigger, FunctionSpec
 from stepwell.core.models import SCHEDULED_TIMER, Event
 from stepwell.core.queue import BATCH, CRON, DEBOUNCE, EXEC, ROUTE, TIMEOUT
-from stepwell.runtime import admission, faults, scripts
+from stepwell.runtime import admission, faults, scripts, versioning
 from stepwell.runtime.remote import RemoteExecutor, RemoteFunction
 from stepwell.runtime.scripts import Dispatch, Effects, Placement
 from stepwell.runtime.session import RunSession
@@ -139,6 +139,9 @@ async def _execute(engine: Worker, item_id: int, state: RunState, *, started: bo
         await orphaned(engine, item_id, state.run.id, state.run.function_id)
         return
     native = not isinstance(fn, RemoteFunction)
+    if (native and engine.versioning.claim is not None and state.run.version is not None
+            and not await versioning.admit(engine, item_id, state, fn)):  # type: ignore[arg-type]
+        return
     if not_before is not None and (not native or state.run.started_at is None):
         await engine.park_until(not_before)
         not_before = None

@@ -80,6 +80,7 @@ async def maintain(worker: Worker) -> None:
                                                     tx.unblock_all())[1:])
     if any(released):
         worker.wake.set()
+    await refresh_versions(worker)
     await worker.registrar.load_stored()
     if worker.retention_ms is not None:
         await prune(worker.store, worker.clock, worker.retention_ms)
@@ -95,6 +96,14 @@ async def reclaim_dead_local_workers(worker: Worker) -> None:
     dead = dead_local_owners(owners, worker.owner)
     if dead:
         await worker.store.write(lambda tx: [tx.release_leases_of(o) for o in dead])
+
+
+async def refresh_versions(worker: Worker) -> None:
+    """Renew this worker's rows in the worker registry and refresh what a versioned worker may
+    adopt (`runtime.versioning`); dead local workers' leases are handed back."""
+    versioning, now = worker.versioning, wall_ms()
+    if await worker.store.write(lambda tx: versioning.refresh(tx, now)):
+        worker.wake.set()
 
 
 def tune_gc() -> None:

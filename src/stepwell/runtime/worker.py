@@ -49,10 +49,11 @@ from stepwell.runtime.remote import RemoteFunction, RemoteSettings
 from stepwell.runtime.scripts import Effects, Placement, Routing
 from stepwell.runtime.stats import Stats, backlog
 from stepwell.runtime.threads import StepThreads
+from stepwell.runtime.versioning import Versioning
 from stepwell.runtime.watchdog import LoopWatchdog
 from stepwell.sdk.app import App, Function
 from stepwell.store import open_store
-from stepwell.store.base import QueueItem, RunState, Tx
+from stepwell.store.base import ClaimVersions, QueueItem, RunState, Tx
 from stepwell.store.sqlite import SqliteStore
 
 R = TypeVar("R")
@@ -96,6 +97,7 @@ class Worker:
         self.executes = executes
         self.owner = upkeep.owner_id()
         self.lease_ms = int(lease_seconds * 1000)
+        self.versioning = Versioning(self.owner, apps, dict(self.registry.native), self.lease_ms)
         self.max_concurrency = max_concurrency
         self.poll_seconds = poll_seconds
         # Timers (runs that only sleep or back off) due within this horizon are leased ahead,
@@ -168,6 +170,7 @@ class Worker:
             if subscribe is not None:
                 subscribe(self.wake.set)
             await upkeep.reclaim_dead_local_workers(self)
+            await upkeep.refresh_versions(self)
             self._tasks = [asyncio.create_task(self._work_loop(), name="stepwell-worker"),
                            asyncio.create_task(upkeep.maintenance_loop(self),
                                                name="stepwell-maintenance"),
@@ -191,7 +194,8 @@ class Worker:
             # rather than after the lease expires.
             owner = self.owner
             with contextlib.suppress(Exception):
-                await self.store.write(lambda tx: tx.release_leases_of(owner))
+                await self.store.write(lambda tx: (tx.release_leases_of(owner),
+                                                   tx.remove_workers([owner])))
         if self._http is not None:
             await self._http.aclose()
             self._http = None
@@ -450,7 +454,8 @@ class Worker:
                 now = self.clock.now()
                 claim = functools.partial(_claim, now=now, owner=self.owner,
                                           lease_until=self.lease_until(), limit=max(room, 0),
-                                          until=now + self.prefetch_ms, ahead=max(ahead, 0))
+                                          until=now + self.prefetch_ms, ahead=max(ahead, 0),
+                                          versions=self.versioning.claim)
                 try:
                     claimed = await self.store.write(claim)
                 except Exception:
@@ -483,6 +488,10 @@ class Worker:
             due = await self.store.read(wake_at) if ready or timers else None
         except Exception:
             due = None
+        if due is not None and self.versioning.claim is not None and due <= self.clock.now():
+            # Due work this versioned worker just did not claim is another version's (see
+            # runtime.versioning): wait for news or the poll, not spin on it.
+            due = None
         waits: list[asyncio.Task[Any]] = [asyncio.create_task(self.wake.wait())]
         if due is not None:
             waits.append(asyncio.create_task(self.clock.sleep_until(due)))
@@ -503,8 +512,9 @@ def _load_states(tx: Tx, *, run_ids: list[str]) -> dict[str, RunState]:
 
 
 def _claim(tx: Tx, *, now: int, owner: str, lease_until: int, limit: int, until: int,
-           ahead: int) -> list[QueueItem]:
-    found = admission.claim(tx, now, owner, lease_until, limit) if limit > 0 else []
+           ahead: int, versions: ClaimVersions | None) -> list[QueueItem]:
+    found = admission.claim(tx, now, owner, lease_until, limit,
+                            versions=versions) if limit > 0 else []
     if ahead > 0:
-        found += tx.claim_timers(until, owner, lease_until, ahead)
+        found += tx.claim_timers(until, owner, lease_until, ahead, versions=versions)
     return found

@@ -10,7 +10,12 @@ from typing import Any
 
 from stepwell.core.config import ConfigError, FunctionSpec, build_spec
 from stepwell.core.models import FUNCTION_FAILED, Event
-from stepwell.sdk.versions import check_version, code_fingerprint
+from stepwell.sdk.versions import (
+    DEFAULT_UPGRADE,
+    check_upgrade,
+    check_version,
+    code_fingerprint,
+)
 
 Handler = Callable[..., Any]
 
@@ -80,13 +85,17 @@ def declared_types(trigger: Any) -> dict[str, Any]:
 class App:
     """A group of functions; its id prefixes theirs (`"shop/process-order"`)."""
 
-    def __init__(self, id: str, *, version: str | None = None) -> None:
+    def __init__(self, id: str, *, version: str | None = None,
+                 upgrade: str | None = None) -> None:
         """`version`: the version of this code (a release tag, a commit) that runs started on
-        it record; default: a fingerprint of each handler's code (`Function.version`)."""
+        it record; default: a fingerprint of each handler's code (`Function.version`). Set,
+        it also makes this app's workers *versioned*: each claims only runs of its version
+        (docs/guides/deploying.md). `upgrade`: the default of its functions' `upgrade=`."""
         if not isinstance(id, str) or not id.strip() or "/" in id:
             raise ConfigError(f"app id {id!r} is invalid: a non-empty string without '/'")
         self.id = id
         self.version = check_version(f"app {id!r}", version)
+        self.upgrade = check_upgrade(f"app {id!r}", upgrade) or DEFAULT_UPGRADE
         self.functions: dict[str, Function] = {}
 
     def function(self, *, id: str, trigger: Any, name: str | None = None, retries: int = 4,
@@ -94,7 +103,8 @@ class App:
                  debounce: Any = None, batch: Any = None, priority: Any = None,
                  idempotency: str | None = None, singleton: Any = None, cancel_on: Any = None,
                  timeouts: Any = None, on_failure: Handler | None = None,
-                 version: str | None = None) -> Callable[[Handler], Function]:
+                 version: str | None = None,
+                 upgrade: str | None = None) -> Callable[[Handler], Function]:
         """Define a function: `@app.function(id=..., trigger=...)` over its handler.
 
         Every option is validated here, never at run time: a wrong one raises `ConfigError`
@@ -120,6 +130,10 @@ class App:
                 has failed for good (`ctx.error`, and the original `ctx.event`).
             version: the version of this function's code that its runs record (default: the
                 app's `version=`, else a fingerprint of the handler's code).
+            upgrade: what versioned workers may do with a run of an older version:
+                `"auto"` (default: move it to this code once no live worker of its version
+                is left and its history replays cleanly here) or `"pinned"` (never: it waits
+                for a worker of its own version). Default: the app's `upgrade=`.
 
         Every option also takes a plain dict with the same keys as its class.
         """
@@ -132,6 +146,8 @@ class App:
                           batch=batch, priority=priority, idempotency=idempotency,
                           singleton=singleton)
         explicit = check_version(f"function '{id}'", version)
+        spec = dataclasses.replace(
+            spec, upgrade=check_upgrade(f"function '{id}'", upgrade) or self.upgrade)
         failure = None
         if on_failure is not None:
             _check_handler(id, "on_failure", on_failure)
@@ -142,7 +158,8 @@ class App:
                               if_=f"event.data.function_id == '{spec.qualified_id}'"),
                 failure_of=spec.qualified_id)
             failure_spec = dataclasses.replace(
-                failure_spec, version=explicit or self.version or code_fingerprint(on_failure))
+                failure_spec, version=explicit or self.version or code_fingerprint(on_failure),
+                upgrade=spec.upgrade)
             failure = Function(failure_spec, on_failure, self)
 
         def decorate(handler: Handler) -> Function:

@@ -47,3 +47,18 @@ def check_version(owner: str, version: object) -> str | None:
         raise ConfigError(f"{owner}: version must be a non-empty printable string of at most "
                           f"64 characters (a release tag or commit), got {version!r}")
     return version
+
+
+UPGRADES = ("auto", "pinned")
+DEFAULT_UPGRADE = "auto"
+
+
+def check_upgrade(owner: str, upgrade: object) -> str | None:
+    """An `upgrade=` option: None (inherit) or one of `UPGRADES`."""
+    from stepwell.core.config import ConfigError
+
+    if upgrade is None or upgrade in UPGRADES:
+        return upgrade
+    raise ConfigError(f"{owner}: upgrade must be 'auto' (a run may move to a worker of newer "
+                      "code once its version has no live worker and the replay check passes) "
+                      f"or 'pinned' (it only ever runs on its own version), got {upgrade!r}")

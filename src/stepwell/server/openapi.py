@@ -166,9 +166,11 @@ def openapi_document() -> dict[str, Any]:
                         "format", "format_version", "run", "events", "steps"]}}}},
                     "404": {"description": "no such run"}}}},
             "/v1/versions": {"get": {
-                "summary": "Per function: the version of its code here now and the versions "
-                           "its unfinished runs started on (runs, oldest); `drained` once no "
-                           "unfinished run is of another version (`stepwell versions`)",
+                "summary": "Per function: the version of its code here now and, per "
+                           "version, its unfinished runs (runs, oldest), the live workers "
+                           "serving it and its state (current, draining, stranded, drained); "
+                           "`drained` once no unfinished run is of another version "
+                           "(`stepwell versions`)",
                 "x-stepwell": True,
                 "responses": _ok("functions", {"type": "array", "items": {
                     "type": "object", "properties": {
@@ -178,8 +180,17 @@ def openapi_document() -> dict[str, Any]:
                         "versions": {"type": "array", "items": {
                             "type": "object", "properties": {
                                 "version": {"type": ["string", "null"]},
-                                "runs": {"type": "integer"}, "oldest": {"type": "string"},
-                                "current": {"type": "boolean"}}}}}}})}},
+                                "runs": {"type": "integer"},
+                                "oldest": {"type": ["string", "null"]},
+                                "current": {"type": "boolean"},
+                                "state": {"type": "string", "enum": [
+                                    "current", "draining", "stranded", "drained"]},
+                                "workers": {"type": "array", "items": {
+                                    "type": "object", "properties": {
+                                        "id": {"type": "string"}, "host": {"type": "string"},
+                                        "pid": {"type": "integer"},
+                                        "started_at": {"type": "string"},
+                                        "heartbeat_at": {"type": "string"}}}}}}}}}})}},
             "/v1/stats/functions": {"get": {
                 "summary": "Each function's number of runs by status (counted up to 1000 per "
                            "status; `capped` lists the statuses that reached it)",

@@ -137,6 +137,43 @@ class RunState:
     failures: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
+@dataclass(slots=True, frozen=True)
+class WorkerRow:
+    """A live worker process serving one version of an app (the worker registry): one row per
+    (worker, app, version); `heartbeat_at` (wall-clock ms) is renewed while it runs, and a row
+    not renewed for long enough is expired (`expire_workers`): its process is dead."""
+
+    id: str                  # the worker's lease owner name (host:pid:random)
+    app_id: str
+    version: str
+    host: str
+    pid: int
+    started_at: int
+    heartbeat_at: int
+
+
+@dataclass(slots=True, frozen=True)
+class ClaimVersions:
+    """Which exec items a versioned worker may claim (`claim_due`, `claim_timers`): those of
+    runs with no recorded version, or whose (function id, version) is in `own` (this worker's
+    code) or in `adopt` (runs of an `upgrade="auto"` function whose version has no live
+    worker, that it may take over once the replay check passes), except the runs in `refused`
+    (their check failed here). Other kinds of item (cron, timeouts, flow control, routing) are
+    claimed whatever the version."""
+
+    own: tuple[tuple[str, str], ...]
+    adopt: tuple[tuple[str, str], ...] = ()
+    refused: tuple[str, ...] = ()
+
+    def own_keys(self) -> list[str]:
+        """`own` as the claim SQL compares it: function id, unit separator (U+001F), version."""
+        return [f"{fn}\x1f{version}" for fn, version in self.own]
+
+    def adopt_keys(self) -> list[str]:
+        """`adopt`, as `own_keys`."""
+        return [f"{fn}\x1f{version}" for fn, version in self.adopt]
+
+
 class Tx(Protocol):
     """One transaction. All methods are synchronous; the backend runs them on its own thread.
 
@@ -246,16 +283,19 @@ class Tx(Protocol):
         The rule is `store.queue_rules.merge_enqueue` (the SQL is generated next to it).
         `event_id`: an event the item holds back (kept from `prune` while the item exists)."""
 
-    def claim_due(self, now: int, owner: str, lease_until: int, limit: int) -> list[QueueItem]:
+    def claim_due(self, now: int, owner: str, lease_until: int, limit: int, *,
+                  versions: ClaimVersions | None = None) -> list[QueueItem]:
         """Lease up to `limit` ready items (free, unblocked, due by `now`) to `owner` until
         `lease_until`, returned in priority order (`priority_at`, then id). Concurrency keys
         do not limit the claim: the caller decides which claimed items may hold their slots
-        (`count_held`, `block_item`; see `runtime.admission.claim`)."""
+        (`count_held`, `block_item`; see `runtime.admission.claim`). `versions`: only exec
+        items of runs those allow (a versioned worker); None: any item (unchanged SQL)."""
 
     def claim_timers(self, until: int, owner: str, lease_until: int,
-                     limit: int) -> list[QueueItem]:
+                     limit: int, *, versions: ClaimVersions | None = None) -> list[QueueItem]:
         """Lease up to `limit` timer items (see `release_item`) due by `until`, earliest first:
-        the worker holds them in memory until they are due (prefetch)."""
+        the worker holds them in memory until they are due (prefetch). `versions`: as for
+        `claim_due`."""
 
     def next_timer_at(self) -> int | None:
         """The due time of the earliest unleased timer item."""
@@ -350,6 +390,28 @@ class Tx(Protocol):
         """The unfinished (queued or running) runs grouped by function and the version of the
         code they started on: (function id, version or None, how many, the oldest one's
         created_at), ordered by function then version. For `stepwell versions`."""
+
+    def move_run_version(self, run_id: str, old: str | None, new: str) -> bool:
+        """Compare-and-set an active run's version from `old` to `new` (it moved to newer
+        code: `upgrade="auto"`); False if the run ended, is unknown or has another version."""
+
+    # --- worker registry -------------------------------------------------------------------------
+    def register_workers(self, rows: Sequence[WorkerRow]) -> None:
+        """Insert or replace these registry rows (keyed by worker id, app and version)."""
+
+    def heartbeat_worker(self, worker_id: str, now: int) -> int:
+        """Renew every row of this worker to `now`; returns how many (0: it was expired as dead
+        meanwhile, and must register again)."""
+
+    def remove_workers(self, worker_ids: Sequence[str]) -> int:
+        """Delete every row of these workers (stopped, or found dead); returns how many."""
+
+    def expire_workers(self, heartbeat_before: int) -> int:
+        """Delete the rows not renewed since `heartbeat_before` (their process died or hung);
+        returns how many."""
+
+    def list_workers(self) -> list[WorkerRow]:
+        """Every registered worker row, by app, version, then started_at and id."""
 
     # --- retention -------------------------------------------------------------------------------
     def prune(self, ended_before: int, now: int, limit: int) -> tuple[int, int, int]:

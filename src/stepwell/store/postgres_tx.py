@@ -26,17 +26,25 @@ from typing import Any
 from stepwell.core.models import Event, Memo, RunStatus
 from stepwell.store import rows as r
 from stepwell.store import run_search
-from stepwell.store.base import QueueItem, RunQuery, RunRow, RunState, RunWork, WaitRow
+from stepwell.store.base import (
+    ClaimVersions,
+    QueueItem,
+    RunQuery,
+    RunRow,
+    RunState,
+    RunWork,
+    WaitRow,
+)
 from stepwell.store.codec import dumps, loads
 from stepwell.store.postgres_rows import EVENT_COLUMNS, RUN_STATE_SQL, run_state
 from stepwell.store.postgres_sql import (
     WORK_CHANNEL,
     Conn,
     Misprediction,
-    Pipe,
     Row,
     WriterState,
 )
+from stepwell.store.postgres_workers import WorkersTx, version_filter
 from stepwell.store.queue_rules import (
     CLAIM_ORDER,
     POSTGRES,
@@ -64,7 +72,7 @@ _REARM = ("UPDATE queue SET " + rearm_set(POSTGRES, due="%s::bigint", now="%s::b
                                           timer="%s::boolean")
           + " WHERE id=%s AND owner=%s RETURNING ck1, ck2, %s::text")
 
-class PostgresTx(Pipe):
+class PostgresTx(WorkersTx):
     """`Tx` over one connection in pipeline mode, inside an open transaction."""
 
     # --- events ------------------------------------------------------------------------------
@@ -267,26 +275,29 @@ class PostgresTx(Pipe):
         self.notify = True
         return None
 
-    def claim_due(self, now: int, owner: str, lease_until: int, limit: int) -> list[QueueItem]:
+    def claim_due(self, now: int, owner: str, lease_until: int, limit: int, *,
+                  versions: ClaimVersions | None = None) -> list[QueueItem]:
+        where, args = version_filter(versions)
         rows = self._rows(
             # The candidates as an array (one index probe each), whatever the planner guesses
             # of their number from a generic plan.
             "UPDATE queue SET owner=%s, lease_until=%s WHERE id = ANY(ARRAY("
-            "SELECT id FROM queue WHERE owner IS NULL AND NOT blocked AND due_at <= %s "
+            f"SELECT id FROM queue WHERE owner IS NULL AND NOT blocked AND due_at <= %s{where} "
             f"ORDER BY {CLAIM_ORDER} LIMIT %s FOR UPDATE SKIP LOCKED)) "
-            f"RETURNING {r.QUEUE_COLUMNS}", (owner, lease_until, now, limit))
+            f"RETURNING {r.QUEUE_COLUMNS}", (owner, lease_until, now, *args, limit))
         items = sorted(map(r.item_from_row, rows), key=claim_key)
         # Lock every concurrency key the claim touches at once, in order (see count_held).
         self.lock(*(f"c:{key}" for item in items for key, _ in item.concurrency))
         return items
 
     def claim_timers(self, until: int, owner: str, lease_until: int,
-                     limit: int) -> list[QueueItem]:
+                     limit: int, *, versions: ClaimVersions | None = None) -> list[QueueItem]:
+        where, args = version_filter(versions)
         rows = self._rows(
             "UPDATE queue SET owner=%s, lease_until=%s WHERE id = ANY(ARRAY("
-            "SELECT id FROM queue WHERE owner IS NULL AND NOT blocked AND timer AND due_at <= %s "
-            f"ORDER BY {TIMER_ORDER} LIMIT %s FOR UPDATE SKIP LOCKED)) "
-            f"RETURNING {r.QUEUE_COLUMNS}", (owner, lease_until, until, limit))
+            "SELECT id FROM queue WHERE owner IS NULL AND NOT blocked AND timer AND due_at <= %s"
+            f"{where} ORDER BY {TIMER_ORDER} LIMIT %s FOR UPDATE SKIP LOCKED)) "
+            f"RETURNING {r.QUEUE_COLUMNS}", (owner, lease_until, until, *args, limit))
         return sorted(map(r.item_from_row, rows), key=timer_key)
 
     def next_timer_at(self) -> int | None:

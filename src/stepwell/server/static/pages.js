@@ -474,16 +474,28 @@ function countsList(fn, stats) {
   }));
 }
 
+function versionsList(entry) {
+  // GET /v1/versions: per version its state, unfinished runs and live workers (deploying.md).
+  if (!entry || !entry.versions.length) return h("span", {class: "muted"}, "—");
+  return h("ul", {class: "versions"}, entry.versions.map((v) => h("li", {
+    "data-version": v.version || "", "data-state": v.state},
+  h("span", {class: "mono"}, v.version || "(none)"), " ",
+  h("span", {class: `badge version-${v.state}`}, v.state),
+  h("span", {class: "muted small"}, ` ${v.runs} unfinished · ${v.workers.length} worker` +
+    (v.workers.length === 1 ? "" : "s")))));
+}
+
 export async function functions(view) {
   const body = h("div", {class: "table-wrap", id: "functions"});
   const flash = h("div", {class: "flash"});
   const load = async () => {
-    const [list, stats] = await Promise.all([api("GET", "/v1/functions"),
-      api("GET", "/v1/stats/functions")]);
+    const [list, stats, versions] = await Promise.all([api("GET", "/v1/functions"),
+      api("GET", "/v1/stats/functions"), api("GET", "/v1/versions")]);
     const byId = new Map(stats.map((s) => [s.id, s]));
+    const versionsOf = new Map(versions.map((v) => [v.function_id, v]));
     body.replaceChildren(list.length ? h("table", {class: "table functions-table"},
       h("thead", {}, h("tr", {}, h("th", {}, "Function"), h("th", {}, "Triggers"),
-        h("th", {}, "Configuration"), h("th", {}, "Runs"))),
+        h("th", {}, "Configuration"), h("th", {}, "Runs"), h("th", {}, "Versions"))),
       h("tbody", {}, list.map((fn) => h("tr", {"data-function": fn.id},
         h("td", {}, h("div", {class: "fn"}, fn.id),
           h("div", {class: "muted small fn-meta"}, `app ${fn.app_id}`,
@@ -493,7 +505,8 @@ export async function functions(view) {
           }}, "Invoke…")),
         h("td", {}, triggerList(fn)),
         h("td", {}, configList(fn)),
-        h("td", {}, countsList(fn, byId.get(fn.id)))))))
+        h("td", {}, countsList(fn, byId.get(fn.id))),
+        h("td", {}, versionsList(versionsOf.get(fn.id)))))))
       : empty("No functions are registered. Define them with @app.function, or sync an SDK app.",
         h("a", {href: "/dashboard/apps"}, "Sync an app")));
   };
