@@ -98,6 +98,10 @@ class Placement:
     lease_until: int
     capacity: int                            # how many more runs this process may take now
 
+    @property
+    def has_room(self) -> bool:
+        return self.owner is not None and self.capacity > 0
+
     def take(self) -> str | None:
         if self.owner is None or self.capacity <= 0:
             return None
@@ -145,11 +149,18 @@ class Admission:
 def create_run(tx: Tx, spec: FunctionSpec, events: list[Event], now: int, place: Placement,
                effects: Effects, *, parent: tuple[str, str] | None = None,
                admission: Admission | None = None, replay_of: str | None = None) -> str:
-    """Insert a run and its exec item. A run due now with no concurrency limit is leased to this
-    process at once (the fast path); a delayed or concurrency-limited one waits in the queue,
-    whose claim order (priority, then age) keeps limited keys FIFO."""
+    """Insert a run and its exec item. A run due now is leased to this process at once (the
+    fast path) if it has no concurrency limit, or if every one of its keys has a free slot and
+    nothing waiting (`Tx.slots_free_now`: no run queued ahead of it, so keys stay FIFO); a
+    delayed one, or one that would have to wait, goes to the queue, whose claim order
+    (priority, then age) and parking decide. A limited function with a `priority` always
+    queues: runs arriving together (one send, one commit group) are ordered by priority, and
+    the first of them cannot know that a later one outranks it."""
     adm = admission or Admission(now, now)
-    owner = place.take() if adm.due_at <= now and not adm.concurrency else None
+    owner = None
+    if adm.due_at <= now and place.has_room and (not adm.concurrency or (
+            spec.priority is None and tx.slots_free_now(adm.concurrency, now))):
+        owner = place.take()
     run = RunRow(adm.run_id, spec.qualified_id, [e.id for e in events], now,
                  parent_run_id=parent[0] if parent else None,
                  parent_step=parent[1] if parent else None, replay_of=replay_of,

@@ -33,6 +33,15 @@ _ENQUEUE = (f"INSERT INTO queue ({r.names(r.QUEUE)}) VALUES ({', '.join('?' * le
 _REARM = f"UPDATE queue SET {rearm_set(SQLITE, due='?', now='?', timer='?')} WHERE id=? AND owner=?"
 
 
+# Held slots of a key, and whether an unleased item on it is due (`queue_held_*`,
+# `queue_waiting_*`: one probe each).
+_SLOT_STATE = (
+    "SELECT (SELECT count(*) FROM queue WHERE owner IS NOT NULL AND ck1 = ?) + "
+    "(SELECT count(*) FROM queue WHERE owner IS NOT NULL AND ck2 = ?), "
+    "EXISTS (SELECT 1 FROM queue WHERE owner IS NULL AND ck1 = ? AND due_at <= ?) OR "
+    "EXISTS (SELECT 1 FROM queue WHERE owner IS NULL AND ck2 = ? AND due_at <= ?)")
+
+
 class SqliteTx:
     """`Tx` over one SQLite connection inside an open transaction."""
 
@@ -250,6 +259,14 @@ class SqliteTx:
             "(SELECT count(*) FROM queue WHERE owner IS NOT NULL AND ck2 = ?)",
             (key, key)).fetchone()
         return int(row[0])
+
+    def slots_free_now(self, concurrency: Sequence[tuple[str, int]], now: int) -> bool:
+        # One writer at a time: the transaction itself makes this and the insert atomic.
+        for key, limit in concurrency:
+            held, waiting = self.c.execute(_SLOT_STATE, (key, key, key, now, key, now)).fetchone()
+            if waiting or held >= limit:
+                return False
+        return True
 
     def block_item(self, item_id: int, owner: str) -> None:
         self.c.execute("UPDATE queue SET owner=NULL, lease_until=NULL, blocked=1 "
