@@ -70,6 +70,7 @@ class Dispatch:
     run_id: str
     new_run: RunRow | None = None          # set when the run was just created (nothing to load)
     events: list[Event] = field(default_factory=list)
+    limited: bool = False                  # its item holds concurrency slots (may not park)
 
 
 @dataclass(slots=True)
@@ -175,7 +176,8 @@ def create_run(tx: Tx, spec: FunctionSpec, events: list[Event], now: int, place:
                       lease_until=place.lease_until if owner else None,
                       priority_at=adm.priority_at, concurrency=adm.concurrency)
     if owner is not None and item is not None:
-        effects.dispatch.append(Dispatch(item, run.id, run, list(events)))
+        effects.dispatch.append(Dispatch(item, run.id, run, list(events),
+                                         limited=bool(adm.concurrency)))
         if spec.timeout_finish_ms is not None:
             schedule_finish_timeout(tx, run.id, now, spec.timeout_finish_ms)
     else:
