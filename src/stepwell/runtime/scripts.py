@@ -8,7 +8,6 @@ arguments and their return value: the store may run a script again if its group 
 
 from __future__ import annotations
 
-import base64
 import os
 import threading
 import time
@@ -30,9 +29,9 @@ from stepwell.core.queue import EXEC, TIMEOUT, exec_key, timeout_key
 from stepwell.core.routing import Router, match_key, path_value
 from stepwell.store.base import RunRow, Tx, WaitRow
 
-# RFC 4648 base32 (which `base64` encodes in C) to Crockford's, the ULID alphabet.
-_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567",
-                             b"0123456789ABCDEFGHJKMNPQRSTVWXYZ")
+# Every pair of characters of Crockford's base32 (the ULID alphabet), by its 10-bit value.
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
 _RANDOM_MAX = (1 << 80) - 1
 _id_lock = threading.Lock()
 _last_id = [0, 0]          # (milliseconds, randomness) of the previous id
@@ -41,7 +40,7 @@ _last_id = [0, 0]          # (milliseconds, randomness) of the previous id
 def new_id() -> str:
     """A new ULID, strictly increasing within the process (as python-ulid's generator: the
     same millisecond adds one to the randomness). Made here rather than with `str(ULID())`,
-    whose base32 is a Python loop: every event and run gets one, and that was ~10% of
+    whose base32 is a slow Python loop: every event and run gets one, and that was ~10% of
     ingesting a batch of events."""
     ms = time.time_ns() // 1_000_000
     with _id_lock:
@@ -53,9 +52,18 @@ def new_id() -> str:
         else:                            # 2^80 ids in one millisecond: borrow the next one
             ms, random = last_ms + 1, int.from_bytes(os.urandom(10), "big")
         _last_id[0], _last_id[1] = ms, random
-    # 160 bits hold the 130 that 26 base32 characters spell; the first 6 characters are zeros.
-    raw = ((ms << 80) | random).to_bytes(20, "big")
-    return base64.b32encode(raw).translate(_CROCKFORD)[6:].decode()
+    return _crockford((ms << 80) | random)
+
+
+def _crockford(value: int) -> str:
+    """The 130-bit `value` as 26 Crockford base32 characters, two (10 bits) per lookup:
+    a third of the time of `base64.b32encode` (a Python loop too) and a translation."""
+    p = _PAIRS
+    return (p[value >> 120] + p[(value >> 110) & 1023] + p[(value >> 100) & 1023]
+            + p[(value >> 90) & 1023] + p[(value >> 80) & 1023] + p[(value >> 70) & 1023]
+            + p[(value >> 60) & 1023] + p[(value >> 50) & 1023] + p[(value >> 40) & 1023]
+            + p[(value >> 30) & 1023] + p[(value >> 20) & 1023] + p[(value >> 10) & 1023]
+            + p[value & 1023])
 
 
 class LeaseLost(Exception):
