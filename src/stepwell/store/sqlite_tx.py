@@ -319,9 +319,12 @@ class SqliteTx:
         return cur.rowcount == 1
 
     def delete_items(self, *, run_id: str) -> None:
-        freed = self._held_keys("run_id=?", (run_id,))
-        self.c.execute("DELETE FROM queue WHERE run_id=?", (run_id,))
-        self._wake(freed)
+        # One statement (every run's end comes here): the freed keys are those of the deleted
+        # items that were leased.
+        rows = self.c.execute("DELETE FROM queue WHERE run_id=? RETURNING ck1, ck2, owner",
+                              (run_id,)).fetchall()
+        self._wake([k for ck1, ck2, owner in rows if owner is not None
+                    for k in (ck1, ck2) if k is not None])
 
     def release_expired_leases(self, wall_now: int) -> int:
         freed = self._held_keys("lease_until < ?", (wall_now,))
