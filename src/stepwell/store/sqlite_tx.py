@@ -24,6 +24,7 @@ from stepwell.store.queue_rules import (
 )
 
 _CHUNK = 500        # ids per IN (...) list, well under SQLite's variable limit
+_MAX_PAGES_GIVEN_BACK = 20_000   # per prune transaction (80 MB of 4 KiB pages), to bound it
 _EVENTS = r.event_read_columns("user")
 _RUN_INSERT = (f"INSERT INTO runs ({r.RUN_COLUMNS}) VALUES ({', '.join('?' * r.RUN_WIDTH)})")
 _MEMO_INSERT = (f"INSERT INTO memos ({r.names(r.MEMOS)}) "
@@ -437,11 +438,26 @@ class SqliteTx:
             "AND NOT EXISTS (SELECT 1 FROM run_events x WHERE x.event_id = e.id) "
             "AND NOT EXISTS (SELECT 1 FROM batch_events b WHERE b.event_id = e.id) "
             "AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.event_id = e.id) "
-            "ORDER BY e.received_at LIMIT ?)", (ended_before, limit)).rowcount
+            # No more than the runs deleted above (a chunk): asked for more than are
+            # deletable, the sweep would walk every older event still referenced (bench/README).
+            "ORDER BY e.received_at LIMIT ?)", (ended_before, min(limit, _CHUNK))).rowcount
         flows = self.c.execute(
             "DELETE FROM flow_state WHERE key IN (SELECT key FROM flow_state "
             "WHERE expires_at IS NOT NULL AND expires_at < ? LIMIT ?)", (now, limit)).rowcount
+        if runs or events or flows:
+            self._give_back_free_pages()
         return runs, events, flows
+
+    def _give_back_free_pages(self) -> None:
+        """Truncate the pages this prune freed off the file (a database created with
+        `auto_vacuum=INCREMENTAL`, see sqlite._connect; others keep them for reuse). One page
+        per statement: Python's sqlite3 steps a PRAGMA that returns no rows once, and one step
+        of `incremental_vacuum` moves one page."""
+        if self.c.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+            return
+        free = int(self.c.execute("PRAGMA freelist_count").fetchone()[0])
+        for _ in range(min(free, _MAX_PAGES_GIVEN_BACK)):
+            self.c.execute("PRAGMA incremental_vacuum(1)")
 
     # --- apps (official-SDK apps) ---------------------------------------------------------------
     def save_app(self, app_id: str, url: str, config: dict[str, Any], checksum: str,
