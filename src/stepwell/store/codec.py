@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-
 # Built once: `json.dumps` with any non-default argument builds a new encoder per call, which
 # was a third of the cost of encoding a step's small result.
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
