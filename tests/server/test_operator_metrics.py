@@ -97,6 +97,9 @@ async def test_backlog_per_function_and_concurrency_key_then_throughput(
             await engine.send("ops/export", {"customer": customer})
         await until_running(engine, 2)           # one per customer; the rest wait for a slot
         await until_true(lambda: len(started) == 2, "both first steps to start")
+        # The first run of each customer was leased when it was created; the others are
+        # parked once the worker has claimed them and found their slot taken.
+        await until_scraped(http, "stepwell_queue_ready", 0)
         clock._set(clock.now() + 30_000)         # virtual time passes while they wait
         fn = 'function="ops/export"'
         # A worker may hold one of the waiting runs for an instant while it finds the slot

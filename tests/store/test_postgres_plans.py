@@ -169,6 +169,7 @@ HOT_CALLS: list[tuple[str, Callable[[PostgresTx], Any]]] = [
     ("release_item (timer)", lambda t: t.release_item(11, "w1", NOW + 5, NOW, timer=True)),
     ("load_run_states", lambda t: t.load_run_states(["run3", "run4", "run5"])),
     ("count_held", lambda t: t.count_held("c:fn:3")),
+    ("slots_free_now", lambda t: t.slots_free_now([("c:fn:3", 5), ("c:x", 2)], 100)),
     ("renew_lease", lambda t: t.renew_lease(11, "w1", NOW + 60_000)),
     ("renew_leases", lambda t: t.renew_leases("w1", NOW + 60_000, [11, 12, 13])),
     ("release_item", lambda t: t.release_item(11, "w1", None, NOW)),

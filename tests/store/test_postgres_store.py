@@ -202,6 +202,47 @@ def test_concurrency_slots_are_counted_across_processes(pg_database: str) -> Non
         assert held == [("w1", False), (None, True)]
 
 
+def test_a_limited_run_leased_at_creation_is_counted_by_a_concurrent_claimer(
+        pg_database: str) -> None:
+    """The fast path of a new limited run (limit 1) and a claimer of the same key in another
+    process: the claimer waits for the creating transaction, then counts its leased item and
+    parks its own, so the limit holds."""
+    seed_runs(pg_database, 1, owner=None, concurrency=[("c:fn:k", 1)])
+    with closing(connect(pg_database)) as c1, closing(connect(pg_database)) as c2:
+        c1.execute("UPDATE queue SET due_at = 200")          # not due for the fast path's now
+        with transaction(c1) as tx1:
+            assert tx1.slots_free_now([("c:fn:k", 1)], 100)
+            tx1.enqueue("exec", "exec:new", 100, run_id="new", owner="w1",
+                        lease_until=10**13, concurrency=[("c:fn:k", 1)])
+
+            def second() -> list[Any]:
+                with transaction(c2) as tx2:
+                    return admission.claim(tx2, 300, "w2", 10**13, 1)
+
+            thread, out = in_thread(second)
+            wait_until_blocked(pg_database, c2.info.backend_pid)
+            assert thread.is_alive(), "the claimer did not wait for the fast path's commit"
+        thread.join(10)
+        assert out == [[]], out
+        rows = c1.execute("SELECT unique_key, owner, blocked FROM queue ORDER BY id").fetchall()
+        assert rows == [("exec:run0", None, True), ("exec:new", "w1", False)]
+
+
+def test_the_fast_path_does_not_wait_for_a_key_another_transaction_decides_on(
+        pg_database: str) -> None:
+    """While a claimer holds a key's lock (deciding on its slots), a new run on that key does
+    not wait for it (that wait could deadlock): it answers "no slot now", and queues."""
+    seed_runs(pg_database, 1, owner=None, concurrency=[("c:fn:k", 5)])
+    with closing(connect(pg_database)) as c1, closing(connect(pg_database)) as c2:
+        with transaction(c1) as tx1:
+            assert len(admission.claim(tx1, 100, "w1", 10**13, 1)) == 1
+            with transaction(c2) as tx2:           # would hang here if it waited for tx1
+                assert not tx2.slots_free_now([("c:fn:k", 5)], 100)
+                assert tx2.slots_free_now([("c:fn:other", 5)], 100)
+        with transaction(c2) as tx2:
+            assert tx2.slots_free_now([("c:fn:k", 5)], 100)   # committed: 1 of 5 held
+
+
 def test_flow_state_updates_are_serialized(pg_database: str) -> None:
     """GCRA state: read, decide, write. A second transaction waits, then reads the first's
     write (no lost update)."""

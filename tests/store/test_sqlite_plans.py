@@ -51,6 +51,7 @@ HOT_CALLS: list[tuple[str, Callable[[SqliteTx], Any]]] = [
     ("release_expired_leases", lambda t: t.release_expired_leases(10)),
     ("next_due_at", lambda t: t.next_due_at()),
     ("count_ready", lambda t: t.count_ready(100)),
+    ("slots_free_now", lambda t: t.slots_free_now([("c:fn:3", 5), ("c:x", 2)], 100)),
     ("enqueue", lambda t: t.enqueue("exec", "exec:run3", 5, run_id="run3")),
     ("find_waits", lambda t: t.find_waits("e/1", ["data.id=3", "name=\"e/1\""])),
     ("delete_step_wait", lambda t: t.delete_step_wait("run3", "h")),

@@ -6,10 +6,11 @@ from __future__ import annotations
 import sqlite3
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from stepwell.store.base import StoreError, migration_files
+from stepwell.store.base import RunRow, StoreError, migration_files
 from stepwell.store.sqlite import SCHEMA_VERSION, SqliteStore
 
 
@@ -50,3 +51,55 @@ async def test_a_database_from_a_newer_stepwell_is_refused(tmp_path: Path) -> No
     with pytest.raises(StoreError, match="schema version 99, written by a newer stepwell; "
                                          f"this stepwell knows up to version {SCHEMA_VERSION}"):
         await store.open()
+
+
+def _file_pages(path: Path) -> tuple[int, int, int]:
+    """(auto_vacuum mode, pages in the file, free pages) after a WAL checkpoint."""
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return tuple(int(conn.execute(f"PRAGMA {p}").fetchone()[0])    # type: ignore[return-value]
+                     for p in ("auto_vacuum", "page_count", "freelist_count"))
+
+
+async def _fill_and_prune(path: Path, runs: int) -> tuple[tuple[int, int, int], ...]:
+    """`runs` finished runs with a 2 KB output each, then prune them all: the file's pages
+    before and after."""
+    store = SqliteStore(f"sqlite:///{path}")
+    await store.open()
+    try:
+        def fill(tx: Any) -> None:
+            for n in range(runs):
+                tx.insert_run(RunRow(f"r{n}", "app/fn", [f"e{n}"], n, status="completed",
+                                     ended_at=n, output="x" * 2000))
+
+        await store.write(fill)
+        full = _file_pages(path)
+        while sum(await store.write(lambda tx: tx.prune(10**12, 10**12, 500))):
+            pass
+    finally:
+        await store.close()
+    return full, _file_pages(path)
+
+
+async def test_a_new_database_gives_pruned_pages_back_to_the_file_system(
+        tmp_path: Path) -> None:
+    """Created with auto_vacuum=INCREMENTAL, so `prune` truncates the pages it frees: the
+    file shrinks, nothing is left on the free list."""
+    (mode, full_pages, _), (_, pruned_pages, free) = await _fill_and_prune(
+        tmp_path / "new.db", 3000)
+    assert mode == 2                           # INCREMENTAL
+    assert full_pages > 1500                   # ~6 MB of outputs
+    assert pruned_pages < full_pages // 5, (full_pages, pruned_pages)
+    assert free == 0
+
+
+async def test_an_older_database_keeps_pruned_pages_for_reuse(tmp_path: Path) -> None:
+    """A database created before (auto_vacuum=NONE, which only an offline VACUUM changes)
+    keeps the freed pages on its free list, for new rows to reuse."""
+    path = tmp_path / "old.db"
+    with closing(create_at_version(path, SCHEMA_VERSION)):
+        pass
+    (mode, full_pages, _), (_, pruned_pages, free) = await _fill_and_prune(path, 3000)
+    assert mode == 0
+    assert pruned_pages == full_pages
+    assert free > full_pages // 2

@@ -201,6 +201,55 @@ async def test_count_held_counts_leased_items_holding_the_key_in_either_slot(
     assert await store.read(lambda tx: tx.count_held("c:none")) == 0
 
 
+async def test_slots_free_now_needs_a_free_slot_and_nothing_waiting_on_every_key(
+        store: Store) -> None:
+    """The fast path's question for a new limited run: below the limit on each key (counting
+    leased holders in either slot) and no unleased item on it due by now (blocked or ready),
+    so a new run never goes ahead of one already waiting."""
+    def free(*concurrency: tuple[str, int], now: int = NOW) -> Callable[[Tx], bool]:
+        return lambda tx: tx.slots_free_now(list(concurrency), now)
+
+    def seed(tx: Tx) -> None:
+        tx.enqueue("exec", "held", NOW, owner="w", lease_until=LEASE,
+                   concurrency=[("c:j", 9), ("c:k", 2)])
+        tx.enqueue("exec", "later", NOW + 50, concurrency=[("c:late", 1)])
+        tx.enqueue("exec", "ready", NOW, concurrency=[("c:x", 5), ("c:ready", 5)])
+
+    await store.write(seed)
+    assert await store.write(free(("c:k", 2)))                   # one of two slots held
+    assert not await store.write(free(("c:k", 1)))               # full
+    assert not await store.write(free(("c:j", 1)))               # held as second key
+    assert await store.write(free(("c:none", 1), ("c:k", 2)))
+    assert not await store.write(free(("c:none", 1), ("c:k", 1)))   # every key must be free
+    assert await store.write(free(("c:late", 1)))                # waiting, but not due yet
+    assert not await store.write(free(("c:late", 1), now=NOW + 50))
+    assert not await store.write(free(("c:ready", 5)))           # a ready item waits first
+    assert not await store.write(free(("c:x", 5)))               # ... whatever its slot
+    # A parked (blocked) item waits too, with no slot held at all.
+    [claimed] = await store.write(lambda tx: tx.claim_due(NOW, "w2", LEASE, 1))
+    assert claimed.unique_key == "ready"
+    assert await store.write(free(("c:ready", 5)))               # leased: holds one of 5
+    await store.write(lambda tx: tx.block_item(claimed.id, "w2"))
+    assert await store.read(lambda tx: tx.count_held("c:ready")) == 0
+    assert not await store.write(free(("c:ready", 5)))
+
+
+async def test_slots_free_now_sees_the_items_of_its_own_transaction(store: Store) -> None:
+    """Several runs created in one transaction (one send, one commit group) take the slots
+    one after another, and the first one that must wait stops the rest."""
+    def script(tx: Tx) -> list[bool]:
+        answers = []
+        for n in range(4):
+            slot = tx.slots_free_now([("c:k", 2)], NOW)
+            answers.append(slot)
+            tx.enqueue("exec", f"r{n}", NOW, run_id=f"r{n}", concurrency=[("c:k", 2)],
+                       owner="w" if slot else None, lease_until=LEASE if slot else None)
+        return answers
+
+    assert await store.write(script) == [True, True, False, False]
+    assert await store.read(lambda tx: tx.count_held("c:k")) == 2
+
+
 async def test_block_item_parks_only_the_owners_item(store: Store) -> None:
     await store.write(lambda tx: tx.enqueue("exec", "k", NOW, concurrency=[("c:k", 1)]))
     [claimed] = await store.write(lambda tx: tx.claim_due(NOW, "w", LEASE, 10))

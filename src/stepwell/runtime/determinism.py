@@ -55,8 +55,17 @@ def fingerprint(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     private); replays compare it to tell "the same step" from "the same id, other inputs"."""
     if not args and not kwargs:
         return ""
-    text = json.dumps([args, kwargs], sort_keys=True, default=lambda o: type(o).__name__)
+    text = _FINGERPRINT_ENCODE([args, kwargs])
     return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+# Built once (as `json.dumps(..., sort_keys=True, default=...)` would per call): the text,
+# and so every stored fingerprint, is the same.
+_FINGERPRINT_ENCODE = json.JSONEncoder(sort_keys=True, default=_type_name).encode
 
 
 def describe_change(step_id: str, old: tuple[tuple[Any, ...], dict[str, Any]] | None,

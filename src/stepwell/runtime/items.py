@@ -73,10 +73,10 @@ async def run_dispatch(engine: Worker, dispatch: Dispatch) -> None:
     """A run this process leased inside a script: a new run (its state is at hand) or one an
     event, an invoke or a timeout just resumed."""
     if dispatch.new_run is not None:
-        # The row just inserted is the run's state; a new run leased here by create_run never
-        # has concurrency keys.
+        # The row just inserted is the run's state. One holding concurrency slots (leased by
+        # create_run's fast path) must not sleep in memory: a sleeping run holds no slot.
         await execute(engine, dispatch.item_id, RunState(dispatch.new_run, dispatch.events),
-                      started=True, may_park=True)
+                      started=True, may_park=not dispatch.limited)
         return
     try:
         state = await engine.store.read(lambda tx: tx.load_run_state(dispatch.run_id))

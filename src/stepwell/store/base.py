@@ -305,6 +305,16 @@ class Tx(Protocol):
         In a write, counting and then keeping or blocking the claimed items is atomic across
         workers (a concurrent claimer of the key waits, then counts these)."""
 
+    def slots_free_now(self, concurrency: Sequence[tuple[str, int]], now: int) -> bool:
+        """Whether an item holding these (key, limit) slots may be leased at once, ahead of no
+        one: every key has fewer leased holders than its limit (`count_held`) and no unleased
+        item on it (blocked, or ready and not yet claimed) is due by `now`. Items this
+        transaction wrote count. In a write it is atomic with the insert that follows (a
+        leased `enqueue`), across workers; on a backend with concurrent writers a key that
+        another transaction is deciding on right now answers False at once rather than
+        waiting (the item then queues, and the claim decides). Used by the fast path of new
+        concurrency-limited runs (`runtime.scripts.create_run`)."""
+
     def block_item(self, item_id: int, owner: str) -> None:
         """Park a claimed item until a slot of one of its keys frees (FIFO per key): it is
         unleased, and neither claimable nor counted ready until woken. No-op unless `owner`

@@ -45,6 +45,12 @@ _SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
 def _connect(path: str, *, fsync: bool) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                            timeout=LOCK_WAIT_MS / 1000)
+    if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+        # A new database: keep a map of its pages so that retention can hand the pages it
+        # frees back to the file system (`incremental_vacuum` after `prune`). Only possible
+        # before the first table (and before WAL is set); an older database keeps NONE until
+        # an offline VACUUM (docs/operations.md).
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
     conn.execute(f"PRAGMA busy_timeout={LOCK_WAIT_MS}")

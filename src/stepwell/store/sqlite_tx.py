@@ -33,6 +33,7 @@ from stepwell.store.queue_rules import (
 )
 
 _CHUNK = 500        # ids per IN (...) list, well under SQLite's variable limit
+_MAX_PAGES_GIVEN_BACK = 20_000   # per prune transaction (80 MB of 4 KiB pages), to bound it
 _EVENTS = r.event_read_columns("user")
 _RUN_INSERT = (f"INSERT INTO runs ({r.RUN_COLUMNS}) VALUES ({', '.join('?' * r.RUN_WIDTH)})")
 _MEMO_INSERT = (f"INSERT INTO memos ({r.names(r.MEMOS)}) "
@@ -40,6 +41,15 @@ _MEMO_INSERT = (f"INSERT INTO memos ({r.names(r.MEMOS)}) "
 _ENQUEUE = (f"INSERT INTO queue ({r.names(r.QUEUE)}) VALUES ({', '.join('?' * len(r.QUEUE))}) "
             + upsert_sql(SQLITE))
 _REARM = f"UPDATE queue SET {rearm_set(SQLITE, due='?', now='?', timer='?')} WHERE id=? AND owner=?"
+
+
+# Held slots of a key, and whether an unleased item on it is due (`queue_held_*`,
+# `queue_waiting_*`: one probe each).
+_SLOT_STATE = (
+    "SELECT (SELECT count(*) FROM queue WHERE owner IS NOT NULL AND ck1 = ?) + "
+    "(SELECT count(*) FROM queue WHERE owner IS NOT NULL AND ck2 = ?), "
+    "EXISTS (SELECT 1 FROM queue WHERE owner IS NULL AND ck1 = ? AND due_at <= ?) OR "
+    "EXISTS (SELECT 1 FROM queue WHERE owner IS NULL AND ck2 = ? AND due_at <= ?)")
 
 
 class SqliteTx:
@@ -263,6 +273,14 @@ class SqliteTx:
             (key, key)).fetchone()
         return int(row[0])
 
+    def slots_free_now(self, concurrency: Sequence[tuple[str, int]], now: int) -> bool:
+        # One writer at a time: the transaction itself makes this and the insert atomic.
+        for key, limit in concurrency:
+            held, waiting = self.c.execute(_SLOT_STATE, (key, key, key, now, key, now)).fetchone()
+            if waiting or held >= limit:
+                return False
+        return True
+
     def block_item(self, item_id: int, owner: str) -> None:
         self.c.execute("UPDATE queue SET owner=NULL, lease_until=NULL, blocked=1 "
                        "WHERE id=? AND owner=?", (item_id, owner))
@@ -314,9 +332,12 @@ class SqliteTx:
         return cur.rowcount == 1
 
     def delete_items(self, *, run_id: str) -> None:
-        freed = self._held_keys("run_id=?", (run_id,))
-        self.c.execute("DELETE FROM queue WHERE run_id=?", (run_id,))
-        self._wake(freed)
+        # One statement (every run's end comes here): the freed keys are those of the deleted
+        # items that were leased.
+        rows = self.c.execute("DELETE FROM queue WHERE run_id=? RETURNING ck1, ck2, owner",
+                              (run_id,)).fetchall()
+        self._wake([k for ck1, ck2, owner in rows if owner is not None
+                    for k in (ck1, ck2) if k is not None])
 
     def release_expired_leases(self, wall_now: int) -> int:
         freed = self._held_keys("lease_until < ?", (wall_now,))
@@ -456,11 +477,26 @@ class SqliteTx:
             "AND NOT EXISTS (SELECT 1 FROM run_events x WHERE x.event_id = e.id) "
             "AND NOT EXISTS (SELECT 1 FROM batch_events b WHERE b.event_id = e.id) "
             "AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.event_id = e.id) "
-            "ORDER BY e.received_at LIMIT ?)", (ended_before, limit)).rowcount
+            # No more than the runs deleted above (a chunk): asked for more than are
+            # deletable, the sweep would walk every older event still referenced (bench/README).
+            "ORDER BY e.received_at LIMIT ?)", (ended_before, min(limit, _CHUNK))).rowcount
         flows = self.c.execute(
             "DELETE FROM flow_state WHERE key IN (SELECT key FROM flow_state "
             "WHERE expires_at IS NOT NULL AND expires_at < ? LIMIT ?)", (now, limit)).rowcount
+        if runs or events or flows:
+            self._give_back_free_pages()
         return runs, events, flows
+
+    def _give_back_free_pages(self) -> None:
+        """Truncate the pages this prune freed off the file (a database created with
+        `auto_vacuum=INCREMENTAL`, see sqlite._connect; others keep them for reuse). One page
+        per statement: Python's sqlite3 steps a PRAGMA that returns no rows once, and one step
+        of `incremental_vacuum` moves one page."""
+        if self.c.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+            return
+        free = int(self.c.execute("PRAGMA freelist_count").fetchone()[0])
+        for _ in range(min(free, _MAX_PAGES_GIVEN_BACK)):
+            self.c.execute("PRAGMA incremental_vacuum(1)")
 
     # --- apps (official-SDK apps) ---------------------------------------------------------------
     def save_app(self, app_id: str, url: str, config: dict[str, Any], checksum: str,
