@@ -44,6 +44,7 @@ from stepwell.service_views import (
     iso,
     run_dict,
     trigger_dict,
+    usage_dict,
 )
 
 # Bulk cancellation reads this many active runs of one function at most per status.
@@ -214,7 +215,9 @@ class Service(SdkApps):
         run = await self.engine.get_run(run_id)
         if run is None:
             raise NotFound(f"no run with id {run_id!r}")
-        return self._run_dict(run) | {"state": await service_runs.run_state(self, run)}
+        usage = await self.worker.read(lambda tx: tx.run_model_usage(run_id))
+        return self._run_dict(run) | {"state": await service_runs.run_state(self, run),
+                                      "usage": usage_dict(usage)}
 
     async def versions(self) -> list[dict[str, Any]]:
         """Per function, its code's version here and those of its unfinished runs."""

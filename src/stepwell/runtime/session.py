@@ -43,6 +43,7 @@ from stepwell.sdk.context import (
 from stepwell.sdk.errors import NonDeterminismError, NonRetriableError, RetryAfterError, StepError
 from stepwell.sdk.step import Step, StepRequest, SyncStep
 from stepwell.sdk.types import rebuild
+from stepwell.sdk.usage import collecting_usage
 from stepwell.store.base import RunState
 
 if TYPE_CHECKING:
@@ -450,7 +451,8 @@ class RunSession(RunDriver):
         token = current_attempt.set(failures)
         step_token = current_step.set(request.step_id)
         try:
-            value = await self._call(request)
+            with collecting_usage() as usage:
+                value = await self._call(request)
             data = to_json_value(value, what=f"step '{request.step_id}'")
         except Exception as exc:
             error = error_dict(exc, stack=user_traceback(exc))
@@ -458,7 +460,8 @@ class RunSession(RunDriver):
                      or failures >= self.spec.retries)
             due = None if final else self.retry_due(step_hash, failures + 1,
                                                     after_ms=_retry_after(exc, self.now()))
-            await self.record_failure(step_hash, request.step_id, failures, error, next_at=due)
+            await self.record_failure(step_hash, request.step_id, failures, error, next_at=due,
+                                      usage=usage)
             self._traced(request.step_id, failures, started, error, final=due is None)
             if due is None:
                 await self.checkpoint(Memo(step_hash, request.step_id, "run", seq, error=error,
@@ -472,7 +475,8 @@ class RunSession(RunDriver):
             current_step.reset(step_token)
         await self.checkpoint(Memo(step_hash, request.step_id, "run", seq, data=data,
                                    fingerprint=fingerprint, attempts=failures + 1,
-                                   started_at=started, ended_at=self.now()))
+                                   started_at=started, ended_at=self.now()),
+                              usage=usage)
         self._traced(request.step_id, failures, started, None, final=True)
         self._consumed.add(step_hash)
         return data
