@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from stepwell.core.models import Event, Memo, error_dict, hash_step_id
 from stepwell.core.serialize import NotSerializableError, to_json_value
+from stepwell.core.signing import sign_token
 from stepwell.runtime.determinism import (
     ReplayCheck,
     check_replay,
@@ -32,12 +33,14 @@ from stepwell.runtime.determinism import (
 )
 from stepwell.runtime.driver import Host, RunDriver
 from stepwell.runtime.scripts import LeaseLost
+from stepwell.runtime.secrets import server_secret
 from stepwell.runtime.usercode import user_traceback
 from stepwell.sdk.context import (
     Context,
     FailureInfo,
     ReplayAwareLogger,
     current_attempt,
+    current_signer,
     current_step,
 )
 from stepwell.sdk.errors import NonDeterminismError, NonRetriableError, RetryAfterError, StepError
@@ -140,9 +143,15 @@ class RunSession(RunDriver):
         return run_context(self.fn, self.state.events, self.run_id,
                            attempt=self.function_attempt, replaying=self.replaying)
 
+    async def _sign(self, claims: dict[str, Any], ttl: float) -> str:
+        """A token signed with the server's secret, valid `ttl` seconds (`current_signer`)."""
+        secret = await server_secret(self.host)
+        return sign_token(secret, claims, now=self.now() / 1000, ttl=ttl)
+
     async def execute(self) -> None:
         """Run (or resume) the handler until it returns, fails or must wait."""
         step = Step(self)
+        signer = current_signer.set(self._sign)
         try:
             ctx = self._context()       # typed event data that does not fit fails the run here
             if self.fn.is_async:
@@ -193,6 +202,7 @@ class RunSession(RunDriver):
             else:
                 await self.end("completed", output=value)
         finally:
+            current_signer.reset(signer)
             step.never_awaited()           # close the rest, so Python does not warn later
             if self._unwind.done():
                 self._unwind.exception()   # mark retrieved
