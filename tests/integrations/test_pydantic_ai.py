@@ -31,7 +31,6 @@ from stepwell.service import Service
 from stepwell.testing import VirtualClock
 
 
-
 def agent_app(agent: Agent[Any, Any], **run_options: Any) -> stepwell.App:
     app = stepwell.App("desk")
     durable = StepwellAgent(agent)
