@@ -238,3 +238,36 @@ async def test_model_events_stream_live_from_the_model_step_and_not_again_on_rep
         text = "".join(re.findall(r"'content_delta': '([^']*)'", str(published))) or "".join(
             d["part"]["content"] for _, d in published if d["event_kind"] == "part_start")
         assert "hello" in text
+
+
+@pytest.mark.counts_executions
+async def test_a_decision_sent_before_the_run_waits_is_told_to_retry(
+        make_engine: Any, tmp_path: Path) -> None:
+    notes: list[ApprovalRequest] = []
+    delivered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow_notify(request: ApprovalRequest) -> None:
+        notes.append(request)
+        delivered.set()
+        await release.wait()          # the wait is recorded only after the notice returns
+
+    agent = Agent(TestModel(call_tools=["refund"]), name="refunds",
+                  capabilities=[StepwellDurability(), StepwellApproval(notify=slow_notify)])
+    journal = Journal(tmp_path / "refunds.log")
+
+    @agent.tool_plain(requires_approval=True)
+    def refund(order: int) -> str:
+        journal.write(f"refund:{order}")
+        return "refunded"
+
+    async with served(make_engine, agent_app(agent)) as (http, engine):
+        run_id = await start(engine, "refund order 7")
+        await asyncio.wait_for(delivered.wait(), 20)
+        early = await http.post(notes[0].path, json={"approved": True})
+        assert early.status_code == 425 and "retry" in early.json()["error"]
+        release.set()
+        await until(parked_on_approval(engine, run_id), "the run to wait for approval")
+        assert (await http.post(notes[0].path, json={"approved": True})).status_code == 200
+        assert (await engine.wait(run_id, timeout=30)).status == "completed"
+        assert len(journal.lines()) == 1

@@ -220,8 +220,9 @@ def openapi_document() -> dict[str, Any]:
             "/v1/approvals/{token}": {"post": {
                 "summary": "Approve or deny a tool call a run waits on (a Pydantic AI agent's "
                            "`requires_approval` tool): the signed token from the run is the "
-                           "credential, no API key; it works once (409 after), and an expired "
-                           "or forged token is refused (403)", "x-stepwell": True,
+                           "credential, no API key; it works once (409 after), an expired "
+                           "or forged token is refused (403), and a decision sent before the "
+                           "run records its wait gets 425 (retry)", "x-stepwell": True,
                 "security": [],
                 "parameters": [_param("token", "path")],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {

@@ -97,6 +97,7 @@ class StepwellApproval(AbstractCapability[AgentDepsT]):
         async def make_token() -> dict[str, Any]:
             signal = f"approval:{run_id}:{secrets.token_urlsafe(18)}"
             token = await sign({"kind": "approval", "run": run_id, "signal": signal,
+                                "step": f"{base}.wait",
                                 "calls": [c["tool_call_id"] for c in calls]}, ttl)
             expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=ttl)
             return {"signal": signal, "token": token, "expires_at": expires.isoformat()}
