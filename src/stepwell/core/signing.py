@@ -28,7 +28,8 @@ def _unb64(text: str) -> bytes:
 
 
 def _mac(secret: bytes, body: str) -> str:
-    return _b64(hmac.new(secret, body.encode(), hashlib.sha256).digest())
+    return _b64(hmac.new(secret, body.encode("utf-8", "surrogateescape"),
+                         hashlib.sha256).digest())
 
 
 def sign_token(secret: bytes, claims: dict[str, Any], *, now: float, ttl: float) -> str:
@@ -45,12 +46,13 @@ def verify_token(secret: bytes, token: str, *, now: float) -> dict[str, Any]:
     body, dot, mac = token.partition(".")
     if not dot or not body or not mac:
         raise TokenError("the token is malformed (expected <claims>.<signature>)")
-    if not hmac.compare_digest(mac, _mac(secret, body)):
+    if not hmac.compare_digest(mac.encode("utf-8", "surrogateescape"),
+                               _mac(secret, body).encode()):
         raise TokenError("the token's signature does not match: it was not issued by this "
                          "server, or it was altered")
     try:
         claims = json.loads(_unb64(body))
-    except ValueError:
+    except (ValueError, UnicodeDecodeError):
         raise TokenError("the token's claims are not valid JSON") from None
     if not isinstance(claims, dict) or not isinstance(claims.get("exp"), int):
         raise TokenError("the token has no expiry")

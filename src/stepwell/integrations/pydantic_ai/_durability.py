@@ -53,8 +53,6 @@ class Scope:
     run_id: str
     # Agent runs started at each position, for replay-stable Pydantic AI run ids.
     runs: dict[str, int] = field(default_factory=dict)
-    # Waits for external events per name, for replay-stable approval signals.
-    waits: dict[str, int] = field(default_factory=dict)
     stream: str | None = None           # the durable stream topic model events go to
 
 
