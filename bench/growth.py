@@ -42,6 +42,7 @@ import stepwell
 from stepwell.runtime import upkeep
 from stepwell.runtime.scripts import new_id
 from stepwell.service import Service
+from stepwell.store import open_store
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -219,7 +220,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         out["pragmas_full"] = pragmas(path)
         report("bytes_per_run", out["bytes_per_run"])
         # Retention: prune the older half as upkeep does, then refill as many.
-        store = stepwell.Engine(make_app(), db=db, retention=None).store
+        store = open_store(db)
         await store.open()
         cutoff = start + 15 * DAY_MS
         now = int(time.time() * 1000)

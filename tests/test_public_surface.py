@@ -17,7 +17,7 @@ PUBLIC = [
     "Cron", "Debounce", "Engine", "Event", "FailureInfo", "Function", "InvalidEventError",
     "InvalidStepError", "NonDeterminismError", "NonRetriableError", "Priority", "RateLimit",
     "RetryAfterError", "Run", "Singleton", "Step", "StepError", "StepInfo", "SyncStep",
-    "Throttle", "Timeouts",
+    "Throttle", "Timeouts", "record_model_usage",
 ]
 
 # The methods the docs describe (docs/reference.md renders them from their docstrings).
@@ -45,3 +45,17 @@ def test_the_reference_documents_every_engine_method() -> None:
     [line] = [ln for ln in reference.splitlines() if ln.strip().startswith("members: [start")]
     documented = line.split("[", 1)[1].rstrip("]").split(", ")
     assert sorted(documented) == ENGINE
+
+
+def test_import_stepwell_needs_no_optional_extra() -> None:
+    """`stepwell.integrations.pydantic_ai` is the only module that imports Pydantic AI (the
+    `pydantic-ai` extra): importing stepwell and its engine loads none of it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, stepwell; stepwell.Engine; stepwell.record_model_usage; "
+            "import stepwell.server.app, stepwell.service; "
+            "print(sorted(m for m in sys.modules if m.startswith('pydantic_ai')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
         StepError,
     )
     from stepwell.sdk.step import Step, SyncStep
+    from stepwell.sdk.usage import record_model_usage
 
 # Public name -> the module that defines it.
 _HOMES: dict[str, str] = {
@@ -53,6 +54,7 @@ _HOMES: dict[str, str] = {
     **dict.fromkeys(["InvalidStepError", "NonDeterminismError", "NonRetriableError",
                      "RetryAfterError", "StepError"], "stepwell.sdk.errors"),
     **dict.fromkeys(["Step", "SyncStep"], "stepwell.sdk.step"),
+    "record_model_usage": "stepwell.sdk.usage",
 }
 
 __all__ = [
@@ -85,6 +87,7 @@ __all__ = [
     "SyncStep",
     "Throttle",
     "Timeouts",
+    "record_model_usage",
 ]
 
 

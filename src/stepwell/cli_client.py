@@ -265,6 +265,12 @@ def show_run(run: dict[str, Any]) -> str:
     error = run.get("error")
     if error:
         fields.append(("error", error_line(error)))
+    usage = run.get("usage") or {}
+    if usage.get("requests"):
+        models = ", ".join(f"{m['model']} {m['input_tokens']}/{m['output_tokens']}"
+                           for m in usage["models"])
+        fields.append(("tokens", f"{usage['input_tokens']} in, {usage['output_tokens']} out, "
+                                 f"{usage['requests']} model requests ({models})"))
     lines = [f"{key:<9} {value}" for key, value in fields]
     lines += [f"warning   {w}" for w in run.get("warnings", [])]
     steps = run.get("steps") or []

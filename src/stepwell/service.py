@@ -14,7 +14,7 @@ import operator
 from dataclasses import dataclass
 from typing import Any, Final
 
-from stepwell import service_actions, service_deploy, service_runs
+from stepwell import service_actions, service_approvals, service_deploy, service_runs
 from stepwell.core.eventids import parse_seed, seeded_id
 from stepwell.core.expressions import ExpressionError, compile_expression
 from stepwell.core.models import (
@@ -44,6 +44,7 @@ from stepwell.service_views import (
     iso,
     run_dict,
     trigger_dict,
+    usage_dict,
 )
 
 # Bulk cancellation reads this many active runs of one function at most per status.
@@ -214,7 +215,9 @@ class Service(SdkApps):
         run = await self.engine.get_run(run_id)
         if run is None:
             raise NotFound(f"no run with id {run_id!r}")
-        return self._run_dict(run) | {"state": await service_runs.run_state(self, run)}
+        usage = await self.worker.read(lambda tx: tx.run_model_usage(run_id))
+        return self._run_dict(run) | {"state": await service_runs.run_state(self, run),
+                                      "usage": usage_dict(usage)}
 
     async def versions(self) -> list[dict[str, Any]]:
         """Per function, its code's version here and those of its unfinished runs."""
@@ -405,6 +408,10 @@ class Service(SdkApps):
         if run_id is None:
             raise NotFound(f"no run is waiting for signal {signal!r}")
         return {"run_id": run_id}
+
+    async def decide_approval(self, token: str, body: object) -> dict[str, Any]:
+        """`POST /v1/approvals/{token}`: approve or deny a waiting tool call (service_approvals)."""
+        return await service_approvals.decide(self, token, body)
 
     # --- functions ---------------------------------------------------------------------------
 

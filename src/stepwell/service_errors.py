@@ -43,6 +43,12 @@ class Conflict(ServiceError):
     status = 409
 
 
+class TooEarly(ServiceError):
+    """The request is right but came before the state it needs (retry in a moment)."""
+
+    status = 425
+
+
 class SyncRefused(InvalidInput):
     """An SDK app's registration was refused: retrying the same app cannot succeed."""
 

@@ -4,7 +4,7 @@ JSON-ready dicts, in the shapes of Inngest's REST API v1 (plus stepwell's own fi
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any, Final
 
@@ -201,3 +201,22 @@ def function_config(spec: FunctionSpec) -> dict[str, Any]:
     if timeouts:
         out["timeouts"] = timeouts
     return out
+
+
+def usage_dict(rows: Sequence[Any]) -> dict[str, Any]:
+    """A run's model usage (`Tx.run_model_usage` rows: one per step attempt and model) as the
+    run view shows it: totals, then per model (most tokens first). Failed attempts count:
+    their tokens were spent."""
+    models: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        entry = models.setdefault(row.model, {"model": row.model, "input_tokens": 0,
+                                               "output_tokens": 0, "requests": 0})
+        entry["input_tokens"] += row.input_tokens
+        entry["output_tokens"] += row.output_tokens
+        entry["requests"] += row.calls
+    ranked = sorted(models.values(),
+                    key=lambda m: (-(m["input_tokens"] + m["output_tokens"]), m["model"]))
+    return {"input_tokens": sum(m["input_tokens"] for m in ranked),
+            "output_tokens": sum(m["output_tokens"] for m in ranked),
+            "requests": sum(m["requests"] for m in ranked),
+            "models": ranked}

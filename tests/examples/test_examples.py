@@ -422,3 +422,22 @@ async def test_flow_control_as_the_guide_configures_it(flow: ModuleType, make_en
     assert len(skipped) == 2                                 # the rest are recorded as skipped
     assert flow.INDEXED == [{"productId": "p1", "price": 2}]  # debounce: once, latest data
     assert flow.REPORTS == ["free-1", "big", "free-2"]       # enterprise jumped the backlog
+
+
+# --- agent.py ----------------------------------------------------------------------------------
+
+
+def test_the_agent_example_runs_offline_and_exits_zero(tmp_path: Path) -> None:
+    """`python examples/agent.py`: a Pydantic AI agent with a scripted model (no network), a
+    tool, an approved refund and the run's token totals."""
+    done = subprocess.run([sys.executable, str(EXAMPLES / "agent.py")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    for line in ["approval requested for ['refund']", "approved: HTTP 200",
+                 "the link used again: HTTP 409",
+                 "run completed: Sorry for the delay. order 1042 was refunded.",
+                 "step support__approval.wait", "tokens: 750 in, 60 out, 3 model requests",
+                 "all as expected"]:
+        assert line in out, f"missing {line!r} in:\n{out}"
+    assert (tmp_path / ".stepwell" / "agent.db").is_file()

@@ -82,6 +82,9 @@ def _check_ai(sdk: SdkHarness, upstream: Upstream, key: str, ai_event: str,
     assert ai["status"] == "Completed", ai
     assert ai["output"] == {"summary": f"summary of: {key}", "model": "gpt-test"}
     assert step(ai, "summarize")["output"]["usage"]["total_tokens"] == 7
+    # The tokens the provider reported are the run's model usage.
+    assert ai["usage"] == {"input_tokens": 3, "output_tokens": 4, "requests": 1, "models": [
+        {"model": "gpt-test", "input_tokens": 3, "output_tokens": 4, "requests": 1}]}, ai
     [ai_req] = [r for r in upstream.seen("/ai/chat/completions")
                 if r["body"]["messages"][0]["content"] == key]
     assert ai_req["headers"]["authorization"] == f"Bearer {API_KEY}"

@@ -49,7 +49,11 @@ def make_app() -> stepwell.App:
                   throttle={"limit": 5, "period": "1s", "key": "event.data.name"},
                   concurrency=[{"limit": 2, "key": "event.data.name"}])
     async def greet(ctx: stepwell.Context, step: stepwell.Step) -> dict[str, str]:
-        name = await step.run("get-name", lambda: ctx.event.data.get("name", "world"))
+        def get_name() -> str:
+            stepwell.record_model_usage("tiny-model", input_tokens=12, output_tokens=3)
+            return str(ctx.event.data.get("name", "world"))
+
+        name = await step.run("get-name", get_name)
         return {"greeting": f"hello {name}"}
 
     @app.function(id="slow", trigger="shop/slow")
@@ -212,6 +216,7 @@ async def test_a_new_run_appears_and_its_page_shows_steps_and_output(start: Any)
     await expect(step).to_contain_text("1 attempt")
     await expect(step).to_contain_text('"ada"')
     await expect(page.locator("#cancel-run")).to_have_count(0)
+    await expect(page.locator("#run-tokens")).to_have_text("12 in, 3 out (1 model request)")
     assert dash.problems == []
 
 

@@ -83,9 +83,15 @@ def concrete(path: str) -> str:
 
 async def test_every_rest_route_needs_the_signing_key_in_production_mode(client: Client) -> None:
     async with client(signing_keys=[SIGNING_KEY], event_keys=[EVENT_KEY]) as (http, _, asgi):
+        # An approval link's signed token is its credential (`security: []` in the OpenAPI
+        # document): it takes no signing key, and without a valid token gets 403.
+        open_routes = {"/v1/approvals/{token}"}
         guarded = [(route.path, method) for route in asgi.routes if isinstance(route, Route)
                    and (route.path.startswith("/v1/") or route.path == "/dev")
+                   and route.path not in open_routes
                    for method in sorted(route.methods or ()) if method != "HEAD"]
+        reply = await http.post("/v1/approvals/x", json={"approved": True})
+        assert reply.status_code == 403 and "not valid" in reply.json()["error"]
         assert len(guarded) >= 15
         for path, method in guarded:
             for headers in ({}, bearer("signkey-test-" + "0" * 64), {"authorization": "Basic x"}):

@@ -202,6 +202,7 @@ HOT_CALLS: list[tuple[str, Callable[[PostgresTx], Any]]] = [
     ("insert_memo", lambda t: t.insert_memo("run3", _memo(1))),
     ("resolve_memo", lambda t: t.resolve_memo("run3", "h1", {"data": 1}, NOW)),
     ("insert_step_failure", lambda t: t.insert_step_failure("run3", "h1", "s", 1, {}, NOW)),
+    ("run_model_usage", lambda t: t.run_model_usage("run3")),
     ("insert_wait", lambda t: t.insert_wait(WaitRow("run3", "wait", "e/3", NOW, "h",
                                                     "data.id=3", None, {}))),
     ("find_waits", lambda t: t.find_waits("e/1", ["data.id=51", "data.id=52"])),

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from stepwell.core.models import Event, Memo
-from stepwell.store.base import RunRow, Store, Tx, WaitRow
+from stepwell.store.base import RunRow, Store, Tx, UsageRow, WaitRow
 
 pytestmark = pytest.mark.postgres_strict
 
@@ -38,6 +38,24 @@ async def test_a_batch_counts_its_events_and_is_taken_oldest_first(store: Store)
     assert await store.write(lambda tx: tx.take_batch("b:1")) == []
     assert await store.write(lambda tx: tx.add_batch_event("b:1", "n")) == 1
     assert await store.write(lambda tx: tx.take_batch("b:2")) == ["x"]
+
+
+# --- model usage -----------------------------------------------------------------------------
+
+
+async def test_model_usage_is_recorded_once_per_step_attempt_and_model(store: Store) -> None:
+    rows = [UsageRow("r1", "h1", 0, "gpt-x", "ask", 100, 10, 1, NOW),
+            UsageRow("r1", "h1", 1, "gpt-x", "ask", 120, 12, 1, NOW + 5),
+            UsageRow("r1", "h2", 0, "claude-y", "tool", 7, 3, 2, NOW + 9),
+            UsageRow("r2", "h1", 0, "gpt-x", "ask", 1, 1, 1, NOW)]
+    await store.write(lambda tx: tx.insert_model_usage(rows))
+    # A script run again (the same attempt) keeps the first record.
+    await store.write(lambda tx: tx.insert_model_usage(
+        [UsageRow("r1", "h1", 0, "gpt-x", "ask", 999, 999, 9, NOW + 50)]))
+    await store.write(lambda tx: tx.insert_model_usage([]))
+    assert await store.read(lambda tx: tx.run_model_usage("r1")) == rows[:3]
+    assert await store.read(lambda tx: tx.run_model_usage("r2")) == rows[3:]
+    assert await store.read(lambda tx: tx.run_model_usage("nobody")) == []
 
 
 # --- waits -----------------------------------------------------------------------------------
@@ -136,6 +154,7 @@ def seed_retention(tx: Tx) -> None:
         tx.finish_run(run_id, status, NOW + 10 + n)
         tx.insert_memo(run_id, memo)
         tx.insert_step_failure(run_id, "h", "s", 0, {"m": 1}, NOW)
+        tx.insert_model_usage([UsageRow(run_id, "h", 0, "m", "s", 1, 2, 1, NOW)])
         tx.insert_wait(WaitRow(run_id=run_id, kind="cancel", event_name="app/x",
                                expires_at=None))
         tx.enqueue("timeout", f"timeout:{run_id}", NOW, run_id=run_id)
@@ -172,6 +191,7 @@ async def test_prune_deletes_only_what_retention_no_longer_keeps(store: Store) -
     # The pruned runs' steps, waits and queue items are gone too.
     states = await store.read(lambda tx: tx.load_run_states(["old-failed"]))
     assert states == {}
+    assert await store.read(lambda tx: tx.run_model_usage("old-failed")) == []
     assert await store.read(lambda tx: tx.find_waits("app/x", [])) == []
     assert await store.read(lambda tx: tx.get_item("timeout:old-failed")) is None
     assert await store.read(lambda tx: tx.get_item("debounce:app/fn:k")) is not None

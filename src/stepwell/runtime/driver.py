@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from stepwell.core.backoff import retry_delay_ms
@@ -30,7 +30,8 @@ from stepwell.core.traceparent import stamp
 from stepwell.runtime import admission, runlog, scripts, signals
 from stepwell.runtime.scripts import Effects, Ending, LeaseLost, Placement
 from stepwell.sdk.errors import StepError
-from stepwell.store.base import RunState, Tx, WaitRow
+from stepwell.sdk.usage import ModelUsage
+from stepwell.store.base import RunState, Tx, UsageRow, WaitRow
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
@@ -121,20 +122,35 @@ class RunDriver:
 
         return script
 
+    def _usage_rows(self, step_hash: str, step_id: str, attempt: int,
+                    usage: Mapping[str, ModelUsage] | None) -> list[UsageRow]:
+        if not usage:
+            return []
+        now = self.now()
+        return [UsageRow(self.run_id, step_hash, attempt, u.model, step_id, u.input_tokens,
+                         u.output_tokens, u.calls, now) for u in usage.values()]
+
     async def checkpoint(self, memo: Memo,
-                         extra: Callable[[Tx, Placement, Effects], None] | None = None) -> None:
-        """Commit a step's memo (and `extra` effects) once; LeaseLost if it already exists."""
+                         extra: Callable[[Tx, Placement, Effects], None] | None = None, *,
+                         usage: Mapping[str, ModelUsage] | None = None) -> None:
+        """Commit a step's memo (and `extra` effects, and the tokens its attempt spent on
+        models) once; LeaseLost if it already exists."""
         run_id = self.run_id
+        rows = self._usage_rows(memo.hash, memo.step_id, max(0, memo.attempts - 1), usage)
 
         def script(tx: Tx, place: Placement, effects: Effects) -> bool:
             if not tx.insert_memo(run_id, memo):
                 return False
             if extra is not None:
                 extra(tx, place, effects)
+            if rows:
+                tx.insert_model_usage(rows)
             return True
 
         if not await self.host.commit(self._held(script)):
             raise LeaseLost(f"step {memo.step_id} of run {run_id} was committed elsewhere")
+        if rows:
+            self.host.stats.tokens_used(self.spec.qualified_id, rows)
         self.memos[memo.hash] = memo
         stats = self.host.stats
         stats.steps_committed[memo.kind] += 1
@@ -143,15 +159,21 @@ class RunDriver:
                             max(0, memo.ended_at - memo.started_at) / 1000)
 
     async def record_failure(self, step_hash: str, step_id: str, attempt: int,
-                             error: dict[str, Any], *, next_at: int | None) -> None:
+                             error: dict[str, Any], *, next_at: int | None,
+                             usage: Mapping[str, ModelUsage] | None = None) -> None:
         """Record a failed attempt (0-based) and log it; `next_at`: when the next attempt may
-        start, None when none follows."""
+        start, None when none follows. The tokens the attempt spent are recorded with it."""
         run_id, now = self.run_id, self.now()
+        rows = self._usage_rows(step_hash, step_id, attempt, usage)
 
         def script(tx: Tx, place: Placement, effects: Effects) -> None:
             tx.insert_step_failure(run_id, step_hash, step_id, attempt, error, now)
+            if rows:
+                tx.insert_model_usage(rows)
 
         await self.host.commit(self._held(script))
+        if rows:
+            self.host.stats.tokens_used(self.spec.qualified_id, rows)
         self.host.stats.step_attempts_failed += 1
         runlog.attempt_failed(run_id, self.spec.public_id, step_id, attempt, self.spec.retries,
                               error, now=now, next_at=next_at)

@@ -26,6 +26,7 @@ import httpx
 
 from stepwell.core.protocol import Op, ProtocolError
 from stepwell.core.urlpolicy import AppUrlNotAllowed, AppUrlPolicy
+from stepwell.sdk.usage import MAX_MODEL_NAME, ModelUsage
 
 # A fetch is a plain HTTP call: generous, but a dead upstream must not hold a run for minutes.
 FETCH_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
@@ -198,3 +199,30 @@ async def infer(client: httpx.AsyncClient, op: Op, policy: AppUrlPolicy | None =
                       f"step.ai.infer: {shown} answered HTTP {response.status_code} with a "
                       f"body that is not JSON: {_excerpt(response.text) or '(empty body)'}")
     return Outcome(data=data)
+
+
+def infer_usage(op: Op, data: object) -> dict[str, ModelUsage]:
+    """The tokens a `step.ai.infer` response reports, by model, in whichever shape its
+    provider uses (OpenAI chat: `usage.prompt_tokens` / `completion_tokens`; OpenAI responses
+    and Anthropic: `usage.input_tokens` / `output_tokens`; Gemini: `usageMetadata.
+    promptTokenCount` / `candidatesTokenCount`). The model is the one the response names, else
+    the request's. Nothing when the response reports no usage."""
+    if not isinstance(data, dict):
+        return {}
+    usage = data.get("usage")
+    inp = out = None
+    if isinstance(usage, dict):
+        inp = usage.get("prompt_tokens", usage.get("input_tokens"))
+        out = usage.get("completion_tokens", usage.get("output_tokens"))
+    meta = data.get("usageMetadata")
+    if isinstance(meta, dict):
+        inp = meta.get("promptTokenCount", inp)
+        out = meta.get("candidatesTokenCount", out)
+    if not isinstance(inp, int) and not isinstance(out, int):
+        return {}
+    body = op.opts.get("body")
+    model = data.get("model") or data.get("modelVersion") or (
+        body.get("model") if isinstance(body, dict) else None) or "unknown"
+    name = str(model)[:MAX_MODEL_NAME]
+    return {name: ModelUsage(name, inp if isinstance(inp, int) else 0,
+                             out if isinstance(out, int) else 0, 1)}

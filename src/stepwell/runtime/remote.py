@@ -343,9 +343,10 @@ class RemoteExecutor(RunDriver):
         if outcome.error is not None:
             await self._step_error(op, outcome.error, retry=outcome.retry)
             return
+        usage = gateway.infer_usage(op, outcome.data) if op.op == "AIGateway" else None
         await self.checkpoint(Memo(op.id, op.display_name or op.id, "run", self._seq(),
                                    data=outcome.data, attempts=self._attempt(op.id) + 1,
-                                   started_at=started, ended_at=self.now()))
+                                   started_at=started, ended_at=self.now()), usage=usage)
 
     async def _replayed(self, memo: Memo) -> None:
         """The SDK reported a step we already know (it is still sleeping, waiting or invoking):

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from stepwell.core.models import Event, Memo, error_dict, hash_step_id
 from stepwell.core.serialize import NotSerializableError, to_json_value
+from stepwell.core.signing import sign_token
 from stepwell.runtime.determinism import (
     ReplayCheck,
     check_replay,
@@ -33,17 +34,20 @@ from stepwell.runtime.determinism import (
 from stepwell.runtime.driver import Host, RunDriver
 from stepwell.runtime.interrupts import LiveRun
 from stepwell.runtime.scripts import LeaseLost
+from stepwell.runtime.secrets import server_secret
 from stepwell.runtime.usercode import user_traceback
 from stepwell.sdk.context import (
     Context,
     FailureInfo,
     ReplayAwareLogger,
     current_attempt,
+    current_signer,
     current_step,
 )
 from stepwell.sdk.errors import NonDeterminismError, NonRetriableError, RetryAfterError, StepError
 from stepwell.sdk.step import Step, StepRequest, SyncStep
 from stepwell.sdk.types import rebuild
+from stepwell.sdk.usage import collecting_usage
 from stepwell.store.base import RunState
 
 if TYPE_CHECKING:
@@ -146,6 +150,11 @@ class RunSession(RunDriver):
     def _cancelled(self) -> bool:
         return self._live is not None and self._live.cancelled
 
+    async def _sign(self, claims: dict[str, Any], ttl: float) -> str:
+        """A token signed with the server's secret, valid `ttl` seconds (`current_signer`)."""
+        secret = await server_secret(self.host)
+        return sign_token(secret, claims, now=self.now() / 1000, ttl=ttl)
+
     async def execute(self) -> None:
         """Run (or resume) the handler until it returns, fails or must wait. While it runs,
         the run is registered with `host.interrupts`, so that a cancellation stops a step body
@@ -158,6 +167,7 @@ class RunSession(RunDriver):
 
     async def _execute(self) -> None:
         step = Step(self)
+        signer = current_signer.set(self._sign)
         try:
             ctx = self._context()       # typed event data that does not fit fails the run here
             if self.fn.is_async:
@@ -208,6 +218,7 @@ class RunSession(RunDriver):
             else:
                 await self.end("completed", output=value)
         finally:
+            current_signer.reset(signer)
             step.never_awaited()           # close the rest, so Python does not warn later
             if self._unwind.done():
                 self._unwind.exception()   # mark retrieved
@@ -466,7 +477,8 @@ class RunSession(RunDriver):
         token = current_attempt.set(failures)
         step_token = current_step.set(request.step_id)
         try:
-            value = await self._call(request)
+            with collecting_usage() as usage:
+                value = await self._call(request)
             data = to_json_value(value, what=f"step '{request.step_id}'")
         except Exception as exc:
             error = error_dict(exc, stack=user_traceback(exc))
@@ -474,7 +486,8 @@ class RunSession(RunDriver):
                      or failures >= self.spec.retries)
             due = None if final else self.retry_due(step_hash, failures + 1,
                                                     after_ms=_retry_after(exc, self.now()))
-            await self.record_failure(step_hash, request.step_id, failures, error, next_at=due)
+            await self.record_failure(step_hash, request.step_id, failures, error, next_at=due,
+                                      usage=usage)
             self._traced(request.step_id, failures, started, error, final=due is None)
             if due is None:
                 await self.checkpoint(Memo(step_hash, request.step_id, "run", seq, error=error,
@@ -488,7 +501,8 @@ class RunSession(RunDriver):
             current_step.reset(step_token)
         await self.checkpoint(Memo(step_hash, request.step_id, "run", seq, data=data,
                                    fingerprint=fingerprint, attempts=failures + 1,
-                                   started_at=started, ended_at=self.now()))
+                                   started_at=started, ended_at=self.now()),
+                              usage=usage)
         self._traced(request.step_id, failures, started, None, final=True)
         self._consumed.add(step_hash)
         return data

@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from stepwell.runtime.scripts import Effects
+    from stepwell.store.base import UsageRow
 
 # Upper bounds in seconds: from a fast in-process step to a slow API call or a long queue.
 BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -54,6 +57,10 @@ class Stats:
     sdk_checkpoints: int = 0            # checkpoint requests from SDK apps applied
     step_seconds: Histogram = field(default_factory=Histogram)       # `run` steps' bodies
     queue_wait_seconds: Histogram = field(default_factory=Histogram)  # due -> claimed
+    # Tokens steps spent on models, by (function, model, "input" | "output"); "calls" counts
+    # requests. Model names are capped per function (`TOP_MODELS`, the rest as "other").
+    model_tokens: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    _models: defaultdict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
 
     def count(self, effects: Effects) -> None:
         """What a committed script did."""
@@ -65,11 +72,26 @@ class Stats:
             self.runs_finished.update(status for _, status in effects.ended)
             self.function_runs_finished.update(effects.ended)
 
+    def tokens_used(self, function_id: str, rows: Iterable[UsageRow]) -> None:
+        """Count the tokens of committed usage rows (a bounded set of model labels)."""
+        for row in rows:
+            seen = self._models[function_id]
+            model = row.model
+            if model not in seen:
+                if len(seen) >= TOP_MODELS:
+                    model = OTHER
+                else:
+                    seen.add(model)
+            self.model_tokens[(function_id, model, "input")] += row.input_tokens
+            self.model_tokens[(function_id, model, "output")] += row.output_tokens
+            self.model_tokens[(function_id, model, "calls")] += row.calls
+
     def step_took(self, function_id: str, seconds: float) -> None:
         self.step_seconds.observe(seconds)
         self.function_step_seconds[function_id].observe(seconds)
 
 
+TOP_MODELS = 20         # model names counted per function in /metrics; the rest is "other"
 TOP_KEYS = 10           # concurrency keys shown per function in /metrics; the rest is "other"
 OTHER = "other"
 

@@ -427,6 +427,7 @@ class Worker:
             "runs_started": dict(stats.runs_started),
             "function_runs_finished": dict(stats.function_runs_finished),
             "function_step_seconds": dict(stats.function_step_seconds),
+            "model_tokens": dict(stats.model_tokens),
             "backlog": functions, "concurrency_backlog": keys,
             "events_received": stats.events_received, "runs_created": stats.runs_created,
             "runs_finished": dict(stats.runs_finished),

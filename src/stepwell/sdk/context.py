@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic
 
@@ -16,6 +16,12 @@ current_attempt: contextvars.ContextVar[int | None] = contextvars.ContextVar(
 # The id of the step currently executing (for `ctx.logger` lines), set alongside it.
 current_step: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "stepwell_step", default=None)
+
+# Signs a token with the server's secret (`claims`, ttl in seconds) for the run executing now,
+# set by the runtime around the handler: how integrations make approval URLs the server honours.
+current_signer: contextvars.ContextVar[
+    Callable[[dict[str, Any], float], Awaitable[str]] | None] = contextvars.ContextVar(
+    "stepwell_signer", default=None)
 
 
 @dataclass(frozen=True, slots=True)

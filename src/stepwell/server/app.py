@@ -344,6 +344,10 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
     async def bulk_cancel(request: Request) -> Response:
         return envelope(await service.bulk_cancel(await read_json(request)))
 
+    async def decide_approval(request: Request) -> Response:
+        body = await read_json(request)
+        return envelope(await service.decide_approval(request.path_params["token"], body))
+
     async def send_signal(request: Request) -> Response:
         return envelope(await service.send_signal(await read_json(request)))
 
@@ -409,6 +413,8 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
         Route("/v1/checkpoint", checkpoint_sync, methods=["POST"]),
         Route("/v1/checkpoint/{run_id}/steps", checkpoint_sync, methods=["POST"]),
         Route("/v1/runs/{run_id}/metadata", run_metadata, methods=["POST"]),
+        # A signed, single-use approval token is the credential (service_approvals).
+        Route("/v1/approvals/{token}", decide_approval, methods=["POST"]),
         # The REST API and the dev-server info: the signing key, raw or hashed.
         Route("/dev", api(dev_info), methods=["GET"]),
         Route("/v1/apps", api(list_apps), methods=["GET"]),

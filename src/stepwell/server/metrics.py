@@ -92,6 +92,21 @@ def _per_function(v: dict[str, Any]) -> Iterator[Metric]:
     for function_id, histogram in sorted(v["function_step_seconds"].items()):
         steps.add_metric([function_id], histogram.cumulative(), histogram.total)
     yield steps
+    tokens = CounterMetricFamily(
+        "stepwell_function_model_tokens",
+        "Tokens steps of this process spent on models, by function, model and direction "
+        "(input or output; the 20 first models of a function by name, the rest as \"other\").",
+        labels=["function", "model", "direction"])
+    calls = CounterMetricFamily("stepwell_function_model_requests",
+                                "Model requests steps of this process made, by function and "
+                                "model.", labels=["function", "model"])
+    for (function_id, model, direction), count in sorted(v.get("model_tokens", {}).items()):
+        if direction == "calls":
+            calls.add_metric([function_id, model], count)
+        else:
+            tokens.add_metric([function_id, model, direction], count)
+    yield tokens
+    yield calls
     for labels, values, name, what in (
             (["function"], v["backlog"], "stepwell_function_backlog", "function"),
             (["function", "key"], v["concurrency_backlog"], "stepwell_concurrency_backlog",

@@ -80,11 +80,12 @@ def _dashboard_paths() -> dict[str, Any]:
 
 
 def _secured(paths: dict[str, Any]) -> dict[str, Any]:
-    """Mark the REST API's operations (`/v1/...`, `/dev`, `/metrics`) with the signing key."""
+    """Mark the REST API's operations (`/v1/...`, `/dev`, `/metrics`) with the signing key,
+    except those that name their own credential (`"security": []`: a signed token)."""
     for path, operations in paths.items():
         if path.startswith("/v1/") or path in ("/dev", "/metrics"):
             for operation in operations.values():
-                operation["security"] = _API_AUTH
+                operation.setdefault("security", _API_AUTH)
     return paths
 
 
@@ -228,6 +229,21 @@ def openapi_document() -> dict[str, Any]:
                     "properties": {"signal": {"type": "string", "minLength": 1}, "data": {}}}}}},
                 "responses": _ok("the run the signal resumed", {
                     "type": "object", "properties": {"run_id": {"type": "string"}}})}},
+            "/v1/approvals/{token}": {"post": {
+                "summary": "Approve or deny a tool call a run waits on (a Pydantic AI agent's "
+                           "`requires_approval` tool): the signed token from the run is the "
+                           "credential, no API key; it works once (409 after), an expired "
+                           "or forged token is refused (403), and a decision sent before the "
+                           "run records its wait gets 425 (retry)", "x-stepwell": True,
+                "security": [],
+                "parameters": [_param("token", "path")],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["approved"], "additionalProperties": False,
+                    "properties": {"approved": {"type": "boolean"},
+                                   "reason": {"type": "string", "maxLength": 2000}}}}}},
+                "responses": _ok("the run the decision resumed", {
+                    "type": "object", "properties": {"run_id": {"type": "string"},
+                                                     "approved": {"type": "boolean"}}})}},
             "/v1/functions/{function_id}/invoke": {"post": {
                 "summary": "Start a run of a function now with {data} as its event's data (an "
                            "inngest/function.invoked event)", "x-stepwell": True,
@@ -360,7 +376,11 @@ def openapi_document() -> dict[str, Any]:
                               "`summary`, and the fields of its kind"},
                     "version": {"type": ["string", "null"],
                                 "description": "the version of the function's code the run "
-                                               "started on"}}},
+                                               "started on"},
+                    "usage": {"type": "object", "description": "tokens the run's steps spent "
+                              "on models (`GET /v1/runs/{run_id}` only): `input_tokens`, "
+                              "`output_tokens`, `requests`, and `models` (the same per model, "
+                              "most tokens first); failed attempts count"}}},
             },
             "securitySchemes": {"signingKey": {
                 "type": "http", "scheme": "bearer",

@@ -72,6 +72,21 @@ class QueueItem:
 
 
 @dataclass(slots=True)
+class UsageRow:
+    """Tokens one attempt of a step spent on one model (`calls` requests summed)."""
+
+    run_id: str
+    step_hash: str
+    attempt: int
+    model: str
+    step_id: str
+    input_tokens: int
+    output_tokens: int
+    calls: int
+    at: int
+
+
+@dataclass(slots=True)
 class WaitRow:
     """A pending `wait_for_event` (kind `wait`) or `cancel_on` rule (kind `cancel`).
 
@@ -265,6 +280,13 @@ class Tx(Protocol):
                             error: dict[str, Any], at: int) -> None:
         """Record a failed attempt of a step, once per (run, step, attempt): a repeat of the
         same attempt (a script run again) keeps the first record."""
+
+    def insert_model_usage(self, rows: Sequence[UsageRow]) -> None:
+        """Record the tokens steps spent, once per (run, step, attempt, model): a repeat (a
+        script run again) keeps the first record."""
+
+    def run_model_usage(self, run_id: str) -> list[UsageRow]:
+        """The run's usage rows, in the order they were recorded (time, then step)."""
 
     # --- queue ---------------------------------------------------------------------------
     def enqueue(self, kind: str, unique_key: str, due_at: int, *, run_id: str | None = None,

@@ -33,6 +33,7 @@ from stepwell.store.base import (
     RunRow,
     RunState,
     RunWork,
+    UsageRow,
     WaitRow,
 )
 from stepwell.store.codec import dumps, loads
@@ -263,6 +264,17 @@ class PostgresTx(WorkersTx):
             return
         self._send(f"INSERT INTO step_failures ({r.names(r.FAILURES)}) "
                    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", row)
+
+    def insert_model_usage(self, rows: Sequence[UsageRow]) -> None:
+        for row in rows:     # a handful per step: one statement each, pipelined
+            self._send(f"INSERT INTO model_usage ({r.names(r.USAGE)}) "
+                       f"VALUES ({_marks(len(r.USAGE))}) ON CONFLICT DO NOTHING",
+                       r.usage_values(row), tables=("model_usage",))
+
+    def run_model_usage(self, run_id: str) -> list[UsageRow]:
+        return [r.usage_from_row(row) for row in self._rows(
+            f"SELECT {r.names(r.USAGE)} FROM model_usage WHERE run_id=%s "
+            "ORDER BY at, step_hash, attempt, model", (run_id,), tables=("model_usage",))]
 
     # --- queue -------------------------------------------------------------------------------
     def enqueue(self, kind: str, unique_key: str, due_at: int, *, run_id: str | None = None,
@@ -521,7 +533,8 @@ class PostgresTx(WorkersTx):
             "FOR UPDATE SKIP LOCKED", (ended_before, limit))]
         runs = 0
         if ids:
-            for table in ("memos", "step_failures", "run_events", "waits", "queue"):
+            for table in ("memos", "step_failures", "run_events", "waits", "queue",
+                          "model_usage"):
                 self._send(f"DELETE FROM {table} WHERE run_id = ANY(%s)", (ids,))
             runs = self._count("DELETE FROM runs WHERE id = ANY(%s)", (ids,))
         # Scalar subqueries, not NOT EXISTS: the planner would turn those into anti-joins that

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from stepwell.core.models import Event, Memo, stored_data_json
-from stepwell.store.base import QueueItem, RunRow, RunState, WaitRow
+from stepwell.store.base import QueueItem, RunRow, RunState, UsageRow, WaitRow
 from stepwell.store.codec import dumps, loads
 
 Row = Sequence[Any]
@@ -143,6 +143,22 @@ FAILURE_READ: Columns = (("hash", "text"), ("attempt", "int"), ("error", "text")
 def failure_values(run_id: str, step_hash: str, step_id: str, attempt: int,
                    error: dict[str, Any], at: int) -> tuple[Any, ...]:
     return (run_id, step_hash, step_id, attempt, dumps(error), at)
+
+
+USAGE: Columns = (("run_id", "text"), ("step_hash", "text"), ("attempt", "int"),
+                  ("model", "text"), ("step_id", "text"), ("input_tokens", "bigint"),
+                  ("output_tokens", "bigint"), ("calls", "int"), ("at", "bigint"))
+
+
+def usage_values(row: UsageRow) -> tuple[Any, ...]:
+    return (row.run_id, row.step_hash, row.attempt, row.model, row.step_id,
+            int(row.input_tokens), int(row.output_tokens), int(row.calls), row.at)
+
+
+def usage_from_row(row: Row) -> UsageRow:
+    """A row of `USAGE` columns."""
+    return UsageRow(str(row[0]), str(row[1]), int(row[2]), str(row[3]), str(row[4]),
+                    int(row[5]), int(row[6]), int(row[7]), int(row[8]))
 
 
 def failure_from_row(row: Row) -> tuple[str, dict[str, Any]]:

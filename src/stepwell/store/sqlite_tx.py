@@ -17,6 +17,7 @@ from stepwell.store.base import (
     RunRow,
     RunState,
     RunWork,
+    UsageRow,
     WaitRow,
     WorkerRow,
 )
@@ -228,6 +229,18 @@ class SqliteTx:
             f"INSERT INTO step_failures ({r.names(r.FAILURES)}) "
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             r.failure_values(run_id, step_hash, step_id, attempt, error, at))
+
+    def insert_model_usage(self, rows: Sequence[UsageRow]) -> None:
+        if rows:
+            self.c.executemany(
+                f"INSERT INTO model_usage ({r.names(r.USAGE)}) "
+                f"VALUES ({', '.join('?' * len(r.USAGE))}) ON CONFLICT DO NOTHING",
+                [r.usage_values(row) for row in rows])
+
+    def run_model_usage(self, run_id: str) -> list[UsageRow]:
+        return [r.usage_from_row(row) for row in self.c.execute(
+            f"SELECT {r.names(r.USAGE)} FROM model_usage WHERE run_id=? "
+            "ORDER BY at, step_hash, attempt, model", (run_id,))]
 
     # --- queue -------------------------------------------------------------------------------
     def enqueue(self, kind: str, unique_key: str, due_at: int, *, run_id: str | None = None,
@@ -467,7 +480,8 @@ class SqliteTx:
             (ended_before, min(limit, _CHUNK))))
         if ids:
             marks = ",".join("?" * len(ids))      # a list, so each table is probed by index
-            for table in ("memos", "step_failures", "run_events", "waits", "queue"):
+            for table in ("memos", "step_failures", "run_events", "waits", "queue",
+                          "model_usage"):
                 self.c.execute(f"DELETE FROM {table} WHERE run_id IN ({marks})", ids)
             runs = self.c.execute(f"DELETE FROM runs WHERE id IN ({marks})", ids).rowcount
         events = self.c.execute(

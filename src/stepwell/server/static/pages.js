@@ -276,6 +276,12 @@ export async function run(view) {
           id: "replay-of"}, current.replay_of)] : null,
         current.version ? ["Version", h("span", {class: "mono", id: "run-version"},
           current.version)] : null,
+        current.usage && current.usage.requests ? ["Tokens", h("span", {id: "run-tokens",
+          title: current.usage.models.map((m) =>
+            `${m.model}: ${m.input_tokens} in, ${m.output_tokens} out`).join("\n")},
+          `${current.usage.input_tokens} in, ${current.usage.output_tokens} out ` +
+          `(${current.usage.requests} model request${current.usage.requests === 1 ? "" : "s"})`)]
+          : null,
       ]),
       current.warnings.length ? h("div", {class: "warnings"}, current.warnings.map(
         (w) => notice("warning", w))) : null,
