@@ -137,6 +137,9 @@ class _LocalSteps:
     def __init__(self) -> None:
         self.executed: list[str] = []
 
+    async def publish(self, topic: str, data: Any, channel: str | None) -> int:
+        return 0                  # nothing is published by a local replay
+
     async def perform(self, request: StepRequest) -> Any:
         self.executed.append(request.step_id)
         if request.kind == "run":

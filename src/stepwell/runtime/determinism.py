@@ -195,6 +195,10 @@ class ReplayCheck:
             "unfinished run recorded it" if gone[0].kind == "patch" else
             "keep the removed step for the runs recorded with it: " + PATCH_FIX)
 
+    async def publish(self, topic: str, data: Any, channel: str | None) -> int:
+        """The check has no side effects: nothing is published (the offset is 0)."""
+        return 0
+
     async def perform(self, request: StepRequest) -> Any:
         occurrence = self._occurrences.get(request.key, 0)
         self._occurrences[request.key] = occurrence + 1

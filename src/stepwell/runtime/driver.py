@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from stepwell.runtime.clock import Clock
     from stepwell.runtime.interrupts import Interrupts
     from stepwell.runtime.stats import Stats
+    from stepwell.runtime.streams import StreamHub
     from stepwell.runtime.threads import StepThreads
     from stepwell.runtime.tracing import NoTracing
 
@@ -74,6 +75,7 @@ class Host(Protocol):
     step_pool: StepThreads
     handler_pool: Executor
     interrupts: Interrupts
+    streams: StreamHub
 
     @property
     def routing(self) -> scripts.Routing: ...

@@ -14,12 +14,17 @@ import datetime
 from collections.abc import Sequence
 from typing import Any
 
+from stepwell.core import streams as core_streams
+from stepwell.core.durations import DurationError, parse_duration_ms
 from stepwell.core.models import TERMINAL_STATUSES, Event, Run, normalize_send
+from stepwell.core.signing import sign_token
 from stepwell.core.traceparent import caller_traceparent, stamp
 from stepwell.core.urls import DEFAULT_DB
 from stepwell.runtime import admission, scripts, sdkclient, signals, upkeep
 from stepwell.runtime.clock import Clock
 from stepwell.runtime.remote import RemoteFunction
+from stepwell.runtime.secrets import server_secret
+from stepwell.runtime.streams import item_view
 from stepwell.runtime.views import run_view
 from stepwell.runtime.worker import Worker
 from stepwell.sdk.app import App
@@ -179,10 +184,36 @@ class Engine:
             self._worker.finished.pop(run_id, None)
 
     async def cancel(self, run_id: str, reason: str = "cancelled by request") -> bool:
-        """Cancel a queued or running run; it stops at its next step boundary."""
+        """Cancel a queued or running run. A step body running now is interrupted
+        (`ctx.cancelled`, and `asyncio.CancelledError` in an `async def` body)."""
         now, routing = self._worker.clock.now(), self._worker.routing
         return await self._worker.commit(lambda tx, place, effects: scripts.cancel_run(
             tx, run_id, now, place, effects, reason=reason, routing=routing))
+
+    async def stream_token(self, channel: str, *, topics: list[str] | None = None,
+                           ttl: str | int | float | datetime.timedelta = "1h") -> str:
+        """A token that lets its holder (a browser) subscribe to `channel` (only `topics`, if
+        given) until it expires, without any other credential: `GET /v1/streams/{channel}
+        ?token=...`. Signed with the database's server secret, so any process serving the
+        same database accepts it (docs: guides/streams.md)."""
+        try:
+            claims = core_streams.token_claims(channel, topics)
+            ttl_ms = parse_duration_ms(ttl, what="ttl")
+        except (core_streams.StreamNameError, DurationError) as exc:
+            raise ValueError(str(exc)) from None
+        if ttl_ms <= 0:
+            raise ValueError("ttl must be positive")
+        secret = await server_secret(self._worker)
+        return sign_token(secret, claims, now=self._worker.clock.now() / 1000,
+                          ttl=ttl_ms / 1000)
+
+    async def stream_items(self, channel: str, *, after: int = 0,
+                           limit: int = 100) -> list[dict[str, Any]]:
+        """The items of `channel` with an offset above `after`, oldest first (what a
+        subscriber gets; for an embedded engine, which has no HTTP server)."""
+        found = await self._worker.store.read(
+            lambda tx: tx.read_stream(channel, after, max(1, min(limit, 1000))))
+        return [item_view(item) for item in found]
 
     async def send_signal(self, signal: str, data: Any = None) -> str | None:
         """Send a signal: resolve the step waiting for it (an SDK app's `step.waitForSignal`)

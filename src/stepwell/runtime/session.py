@@ -35,6 +35,7 @@ from stepwell.runtime.driver import Host, RunDriver
 from stepwell.runtime.interrupts import LiveRun
 from stepwell.runtime.scripts import LeaseLost
 from stepwell.runtime.secrets import server_secret
+from stepwell.runtime.streams import Publisher
 from stepwell.runtime.usercode import user_traceback
 from stepwell.sdk.context import (
     Context,
@@ -136,6 +137,7 @@ class RunSession(RunDriver):
         # determinism check finds other arguments (memos keep only a hash).
         self._args_seen: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
         self._live: LiveRun | None = None
+        self._publisher = Publisher(self)
 
     # --- driving the handler ---------------------------------------------------------------
 
@@ -306,6 +308,10 @@ class RunSession(RunDriver):
         raise AssertionError("unreachable: a parked session always raises Suspend")
 
     # --- the step driver ---------------------------------------------------------------------
+
+    async def publish(self, topic: str, data: Any, channel: str | None) -> int:
+        """`step.publish` (runtime/streams.py)."""
+        return await self._publisher.publish(topic, data, channel)
 
     async def perform(self, request: StepRequest) -> Any:
         """A step, as the handler awaits it. Its outcome reaches the handler as a value,
@@ -486,6 +492,7 @@ class RunSession(RunDriver):
                      or failures >= self.spec.retries)
             due = None if final else self.retry_due(step_hash, failures + 1,
                                                     after_ms=_retry_after(exc, self.now()))
+            await self._publisher.retract(request.step_id, failures)
             await self.record_failure(step_hash, request.step_id, failures, error, next_at=due,
                                       usage=usage)
             self._traced(request.step_id, failures, started, error, final=due is None)

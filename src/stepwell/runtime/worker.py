@@ -48,6 +48,7 @@ from stepwell.runtime.registry import Registry
 from stepwell.runtime.remote import RemoteFunction, RemoteSettings
 from stepwell.runtime.scripts import Effects, Placement, Routing
 from stepwell.runtime.stats import Stats, backlog
+from stepwell.runtime.streams import StreamHub
 from stepwell.runtime.threads import StepThreads
 from stepwell.runtime.versioning import Versioning
 from stepwell.runtime.watchdog import LoopWatchdog
@@ -124,6 +125,7 @@ class Worker:
         # Each session task and the queue item it works on (only those leases are renewed).
         self._sessions: dict[asyncio.Task[None], int] = {}
         self.interrupts = Interrupts()           # runs executing here, for cancellations
+        self.streams = StreamHub()               # this process's stream subscribers
         self._background: set[asyncio.Task[Any]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self.wake = asyncio.Event()

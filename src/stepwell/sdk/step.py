@@ -24,6 +24,7 @@ from stepwell.core.expressions import (
     match_expression,
 )
 from stepwell.core.models import D, Event, InvalidEventError, normalize_send
+from stepwell.core.streams import StreamNameError, check_name
 from stepwell.sdk.errors import InvalidStepError
 from stepwell.sdk.types import rebuild, return_type
 
@@ -64,6 +65,8 @@ class StepRequest:
 
 class StepDriver(Protocol):
     async def perform(self, request: StepRequest) -> Any: ...
+
+    async def publish(self, topic: str, data: Any, channel: str | None) -> int: ...
 
 
 def _check_id(step_id: object) -> str:
@@ -147,6 +150,23 @@ class Step:
                 coro.close()
         self._calls.clear()
         return missed
+
+    async def publish(self, topic: str, data: Any, *, channel: str | None = None) -> int:
+        """Append `data` (JSON) to a durable stream and return its offset there: the run's
+        own channel (`run:<run id>`) unless `channel` names another (e.g. `user:42`).
+        Subscribers (`GET /v1/streams/{channel}`, `Client.subscribe`) see it at once.
+
+        In the handler a publish happens once, even on replay. Inside a step body it is live
+        (token-by-token output) and belongs to that attempt: if the attempt fails, a
+        `stepwell/retracted` marker follows, telling subscribers to drop what it published
+        (docs: guides/streams.md)."""
+        try:
+            check_name("topic", topic)
+            if channel is not None:
+                check_name("channel", channel)
+        except StreamNameError as exc:
+            raise InvalidStepError(str(exc)) from None
+        return await self._driver.publish(topic, data, channel)
 
     @overload
     async def run(self, step_id: str, fn: Callable[..., Any], *args: Any,
@@ -374,3 +394,7 @@ class SyncStep:
 
     def deprecate_patch(self, change_id: str) -> None:
         self._call(self._step.deprecate_patch(change_id))
+
+    def publish(self, topic: str, data: Any, *, channel: str | None = None) -> int:
+        offset: int = self._call(self._step.publish(topic, data, channel=channel))
+        return offset

@@ -87,6 +87,21 @@ class UsageRow:
 
 
 @dataclass(slots=True)
+class StreamItem:
+    """One item of a durable stream (`step.publish`): `offset` counts from 1 per channel.
+    `step_id` / `attempt` name the step attempt that published it (None: the handler)."""
+
+    channel: str
+    offset: int
+    topic: str
+    data: Any
+    run_id: str | None
+    step_id: str | None
+    attempt: int | None
+    created_at: int
+
+
+@dataclass(slots=True)
 class WaitRow:
     """A pending `wait_for_event` (kind `wait`) or `cancel_on` rule (kind `cancel`).
 
@@ -287,6 +302,19 @@ class Tx(Protocol):
 
     def run_model_usage(self, run_id: str) -> list[UsageRow]:
         """The run's usage rows, in the order they were recorded (time, then step)."""
+
+    # --- durable streams ---------------------------------------------------------------------
+    def publish_item(self, item: StreamItem, key: str | None) -> int:
+        """Append `item` to its channel and return its offset (the channel's last + 1; the
+        given `item.offset` is ignored). With a `key`, publishing again with the same key
+        appends nothing and returns the first offset (a handler's publish, replayed)."""
+
+    def read_stream(self, channel: str, after: int, limit: int) -> list[StreamItem]:
+        """The channel's items with an offset above `after`, in order, at most `limit`."""
+
+    def attempt_channels(self, run_id: str, step_id: str, attempt: int) -> list[str]:
+        """The channels that attempt `attempt` of the run's step `step_id` published to (an
+        execution that died mid-attempt leaves items the next one must retract)."""
 
     # --- queue ---------------------------------------------------------------------------
     def enqueue(self, kind: str, unique_key: str, due_at: int, *, run_id: str | None = None,

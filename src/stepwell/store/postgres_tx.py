@@ -45,6 +45,7 @@ from stepwell.store.postgres_sql import (
     Row,
     WriterState,
 )
+from stepwell.store.postgres_streams import StreamsTx
 from stepwell.store.postgres_workers import WorkersTx, version_filter
 from stepwell.store.queue_rules import (
     CLAIM_ORDER,
@@ -86,7 +87,7 @@ _SLOT_STATE = (
     "FROM unnest(%s::text[]) AS u(k)")
 
 
-class PostgresTx(WorkersTx):
+class PostgresTx(WorkersTx, StreamsTx):
     """`Tx` over one connection in pipeline mode, inside an open transaction."""
 
     # --- events ------------------------------------------------------------------------------
@@ -534,7 +535,7 @@ class PostgresTx(WorkersTx):
         runs = 0
         if ids:
             for table in ("memos", "step_failures", "run_events", "waits", "queue",
-                          "model_usage"):
+                          "model_usage", "stream_items"):
                 self._send(f"DELETE FROM {table} WHERE run_id = ANY(%s)", (ids,))
             runs = self._count("DELETE FROM runs WHERE id = ANY(%s)", (ids,))
         # Scalar subqueries, not NOT EXISTS: the planner would turn those into anti-joins that

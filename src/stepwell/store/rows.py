@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from stepwell.core.models import Event, Memo, stored_data_json
-from stepwell.store.base import QueueItem, RunRow, RunState, UsageRow, WaitRow
+from stepwell.store.base import QueueItem, RunRow, RunState, StreamItem, UsageRow, WaitRow
 from stepwell.store.codec import dumps, loads
 
 Row = Sequence[Any]
@@ -250,3 +250,20 @@ def wait_from_row(row: Row) -> WaitRow:
     """A row selected with `WAIT_COLUMNS`."""
     return WaitRow(id=row[0], run_id=row[1], kind=row[2], step_hash=row[3], event_name=row[4],
                    match_key=row[5], expr=row[6], event_ctx=loads(row[7]), expires_at=row[8])
+
+
+# --- stream_items -----------------------------------------------------------------------------
+STREAM: Columns = (("channel", "text"), ("seq", "bigint"), ("topic", "text"), ("data", "text"),
+                   ("run_id", "text"), ("step_id", "text"), ("attempt", "int"),
+                   ("created_at", "bigint"))
+
+
+def stream_values(item: StreamItem, offset: int) -> tuple[Any, ...]:
+    return (item.channel, offset, item.topic, dumps(item.data), item.run_id, item.step_id,
+            item.attempt, item.created_at)
+
+
+def stream_from_row(row: Sequence[Any]) -> StreamItem:
+    channel, seq, topic, data, run_id, step_id, attempt, created_at = row
+    return StreamItem(channel, int(seq), topic, loads(data), run_id, step_id,
+                      None if attempt is None else int(attempt), int(created_at))

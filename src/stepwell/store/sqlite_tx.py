@@ -32,6 +32,7 @@ from stepwell.store.queue_rules import (
     timer_key,
     upsert_sql,
 )
+from stepwell.store.sqlite_streams import SqliteStreams
 
 _CHUNK = 500        # ids per IN (...) list, well under SQLite's variable limit
 _MAX_PAGES_GIVEN_BACK = 20_000   # per prune transaction (80 MB of 4 KiB pages), to bound it
@@ -53,7 +54,7 @@ _SLOT_STATE = (
     "EXISTS (SELECT 1 FROM queue WHERE owner IS NULL AND ck2 = ? AND due_at <= ?)")
 
 
-class SqliteTx:
+class SqliteTx(SqliteStreams):
     """`Tx` over one SQLite connection inside an open transaction."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -481,7 +482,7 @@ class SqliteTx:
         if ids:
             marks = ",".join("?" * len(ids))      # a list, so each table is probed by index
             for table in ("memos", "step_failures", "run_events", "waits", "queue",
-                          "model_usage"):
+                          "model_usage", "stream_items"):
                 self.c.execute(f"DELETE FROM {table} WHERE run_id IN ({marks})", ids)
             runs = self.c.execute(f"DELETE FROM runs WHERE id IN ({marks})", ids).rowcount
         events = self.c.execute(
