@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import os
 import time
+from collections.abc import AsyncIterator
 from typing import Any, Final, cast
 from urllib.parse import quote
 
@@ -195,6 +197,45 @@ class AsyncClient:
         """Cancel a queued or running run (it stops at its next step boundary)."""
         return run_from_api(await self._call("POST", f"/v1/runs/{quote(run_id, safe='')}/cancel"))
 
+    async def stream_token(self, channel: str, *, topics: list[str] | None = None,
+                           ttl: str | float = "1h") -> str:
+        """A subscription token for `channel` (see `Engine.stream_token`), to hand to a
+        browser: it opens that channel only, until it expires."""
+        body: dict[str, Any] = {"channel": channel, "ttl": ttl}
+        if topics is not None:
+            body["topics"] = topics
+        data = await self._call("POST", "/v1/stream-tokens", body=body)
+        return str(data["token"])
+
+    async def subscribe(self, channel: str, *, token: str | None = None, from_offset: int = 1,
+                        reconnect_delay: float = 0.5) -> AsyncIterator[dict[str, Any]]:
+        """The items of a durable stream, from `from_offset`, as they are published
+        (`{"offset", "topic", "data", "run_id", "step", "attempt", ...}`), forever: when the
+        connection drops (a restart, a network blip) it reconnects after `reconnect_delay`
+        seconds and resumes after the last item it yielded, so nothing is lost or repeated.
+        `token`: from `stream_token`; without one the client's signing key is used. An item
+        with topic `stepwell/retracted` withdraws what a failed step attempt published
+        (docs: guides/streams.md)."""
+        after = max(from_offset - 1, 0)
+        path = f"/v1/streams/{quote(channel, safe=':/@+=')}"
+        while True:
+            params = {"token": token} if token is not None else {}
+            headers = {"last-event-id": str(after)}
+            try:
+                async with self._client().stream(
+                        "GET", path, params=params, headers=headers,
+                        timeout=httpx.Timeout(self.timeout, read=None)) as reply:
+                    if reply.is_error:
+                        text = (await reply.aread()).decode(errors="replace")
+                        raise ClientError(reply.status_code, _error_text(text, reply))
+                    async for item in _sse_items(reply):
+                        if item["offset"] > after:
+                            after = item["offset"]
+                            yield item
+            except (httpx.TransportError, httpx.DecodingError):
+                pass                                  # dropped: reconnect and resume
+            await asyncio.sleep(reconnect_delay)
+
     async def aclose(self) -> None:
         if self._http is not None:
             await self._http.aclose()
@@ -205,6 +246,28 @@ class AsyncClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _error_text(text: str, reply: httpx.Response) -> str:
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        return text or reply.reason_phrase
+    detail = payload.get("error") if isinstance(payload, dict) else None
+    return str(detail or text)
+
+
+async def _sse_items(reply: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    """The `data:` of each Server-Sent Event (comments and `id:` lines skipped: the offset is
+    in the data)."""
+    data: list[str] = []
+    async for line in reply.aiter_lines():
+        if not line:
+            if data:
+                yield json.loads("\n".join(data))
+                data = []
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
 
 
 class Client:
@@ -243,6 +306,12 @@ class Client:
 
     def cancel(self, run_id: str) -> Run:
         return block_on(self._loop_client.cancel(run_id))
+
+    def stream_token(self, channel: str, *, topics: list[str] | None = None,
+                     ttl: str | float = "1h") -> str:
+        """A subscription token for `channel` (subscribe with `client.aio.subscribe`)."""
+        token: str = block_on(self._loop_client.stream_token(channel, topics=topics, ttl=ttl))
+        return token
 
     def close(self) -> None:
         block_on(self._loop_client.aclose())

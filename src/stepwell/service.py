@@ -14,7 +14,13 @@ import operator
 from dataclasses import dataclass
 from typing import Any, Final
 
-from stepwell import service_actions, service_approvals, service_deploy, service_runs
+from stepwell import (
+    service_actions,
+    service_approvals,
+    service_deploy,
+    service_runs,
+    service_streams,
+)
 from stepwell.core.eventids import parse_seed, seeded_id
 from stepwell.core.expressions import ExpressionError, compile_expression
 from stepwell.core.models import (
@@ -408,6 +414,10 @@ class Service(SdkApps):
         if run_id is None:
             raise NotFound(f"no run is waiting for signal {signal!r}")
         return {"run_id": run_id}
+
+    async def stream_token(self, body: object) -> dict[str, Any]:
+        """`POST /v1/stream-tokens`: a subscription token for a channel (service_streams)."""
+        return await service_streams.mint_token(self, body)
 
     async def decide_approval(self, token: str, body: object) -> dict[str, Any]:
         """`POST /v1/approvals/{token}`: approve or deny a waiting tool call (service_approvals)."""

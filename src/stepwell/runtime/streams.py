@@ -125,7 +125,7 @@ def _marker(channel: str, of: StreamItem) -> StreamItem:
 
 
 def item_view(item: StreamItem) -> dict[str, Any]:
-    """An item as subscribers get it (the SSE `data:`, `Client.subscribe`, `Engine.stream_items`)."""
+    """An item as subscribers get it (SSE `data:`, `Client.subscribe`, `Engine.stream_items`)."""
     return {"offset": item.offset, "channel": item.channel, "topic": item.topic,
             "data": item.data, "run_id": item.run_id, "step": item.step_id,
             "attempt": item.attempt, "created_at": item.created_at}

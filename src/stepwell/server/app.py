@@ -40,6 +40,7 @@ from stepwell.core.protocol import bearer_ok, event_key_ok, validate_event_key, 
 from stepwell.core.storage import StorageFailure
 from stepwell.core.traceparent import TRACEPARENT
 from stepwell.server import metrics as prometheus
+from stepwell.server import streams
 from stepwell.server.dashboard import dashboard_routes
 from stepwell.server.guard import LOOPBACK_HOSTS, HostAllowList, RequestGuard
 from stepwell.server.openapi import openapi_document
@@ -348,6 +349,18 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
         body = await read_json(request)
         return envelope(await service.decide_approval(request.path_params["token"], body))
 
+    async def stream_token(request: Request) -> Response:
+        return envelope(await service.stream_token(await read_json(request)))
+
+    async def subscribe_stream(request: Request) -> Response:
+        """SSE (server/streams.py): a stream token, or the REST API's credentials."""
+        try:
+            require_api_auth(request, signing)
+            authorized = True
+        except Unauthorized:
+            authorized = False
+        return await streams.subscribe(service, request, authorized)
+
     async def send_signal(request: Request) -> Response:
         return envelope(await service.send_signal(await read_json(request)))
 
@@ -415,6 +428,8 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
         Route("/v1/runs/{run_id}/metadata", run_metadata, methods=["POST"]),
         # A signed, single-use approval token is the credential (service_approvals).
         Route("/v1/approvals/{token}", decide_approval, methods=["POST"]),
+        # A stream token is the credential, or the REST API's (server/streams.py).
+        Route("/v1/streams/{channel:path}", subscribe_stream, methods=["GET"]),
         # The REST API and the dev-server info: the signing key, raw or hashed.
         Route("/dev", api(dev_info), methods=["GET"]),
         Route("/v1/apps", api(list_apps), methods=["GET"]),
@@ -436,6 +451,7 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
         Route("/api/v2/runs/{run_id}/rerun", api(rerun_run), methods=["POST"]),
         Route("/v1/cancellations", api(bulk_cancel), methods=["POST"]),
         Route("/v1/signals", api(send_signal), methods=["POST"]),
+        Route("/v1/stream-tokens", api(stream_token), methods=["POST"]),
         Route("/v1/functions", api(functions), methods=["GET"]),
         Route("/v1/stats/functions", api(function_stats), methods=["GET"]),
         Route("/v1/versions", api(versions), methods=["GET"]),

@@ -244,6 +244,32 @@ def openapi_document() -> dict[str, Any]:
                 "responses": _ok("the run the decision resumed", {
                     "type": "object", "properties": {"run_id": {"type": "string"},
                                                      "approved": {"type": "boolean"}}})}},
+            "/v1/stream-tokens": {"post": {
+                "summary": "A token that lets its holder (a browser) subscribe to one channel "
+                           "of durable streams (optionally some topics) until it expires",
+                "x-stepwell": True,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["channel"], "additionalProperties": False,
+                    "properties": {
+                        "channel": {"type": "string", "maxLength": 200},
+                        "topics": {"type": "array", "items": {"type": "string"}},
+                        "ttl": {"oneOf": [{"type": "string"}, {"type": "number"}]}}}}}},
+                "responses": _ok("the token", {"type": "object", "properties": {
+                    "token": {"type": "string"}, "channel": {"type": "string"},
+                    "expires_at": {"type": "string"}}})}},
+            "/v1/streams/{channel}": {"get": {
+                "summary": "A durable stream as Server-Sent Events (`id:` the offset, `data:` "
+                           "the item as JSON), from `from` (first offset wanted) or after the "
+                           "`Last-Event-ID` header; never ends by itself. Needs `token` (from "
+                           "/v1/stream-tokens) or the REST API's credentials",
+                "x-stepwell": True, "security": [],
+                "parameters": [_param("channel", "path"), _param("token"), _param("from"),
+                               {"name": "Last-Event-ID", "in": "header", "required": False,
+                                "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "the event stream",
+                                      "content": {"text/event-stream": {"schema": {
+                                          "type": "string"}}}},
+                              "default": {"$ref": "#/components/responses/Error"}}}},
             "/v1/functions/{function_id}/invoke": {"post": {
                 "summary": "Start a run of a function now with {data} as its event's data (an "
                            "inngest/function.invoked event)", "x-stepwell": True,
