@@ -23,7 +23,7 @@ PUBLIC = [
 # The methods the docs describe (docs/reference.md renders them from their docstrings).
 ENGINE = [
     "cancel", "events", "get_event", "get_run", "idle", "metrics", "prune", "replay", "runs",
-    "send", "send_signal", "start", "stop", "wait",
+    "send", "send_signal", "start", "stop", "stream_items", "stream_token", "wait",
 ]
 
 

@@ -240,6 +240,21 @@ async def test_model_events_stream_live_from_the_model_step_and_not_again_on_rep
         assert "hello" in text
 
 
+async def test_model_events_go_to_the_run_s_durable_stream_by_default(
+        make_engine: Any) -> None:
+    agent = Agent(TestModel(custom_output_text="hello there"), name="streamer",
+                  capabilities=[StepwellDurability(event_stream_handler=stream_handler())])
+    async with served(make_engine, agent_app(agent, stream="answer")) as (_, engine):
+        run = await engine.wait(await start(engine), timeout=30)
+        assert run.status == "completed", run.error
+        items = await engine.stream_items(f"run:{run.id}")
+        assert items and {i["topic"] for i in items} == {"answer"}
+        assert [i["offset"] for i in items] == list(range(1, len(items) + 1))
+        assert {i["step"] for i in items} == {"streamer__model.request_stream"}
+        kinds = [i["data"]["event_kind"] for i in items]
+        assert "part_start" in kinds and "final_result" in kinds
+
+
 @pytest.mark.counts_executions
 async def test_a_decision_sent_before_the_run_waits_is_told_to_retry(
         make_engine: Any, tmp_path: Path) -> None:

@@ -1,9 +1,6 @@
-"""Signed, expiring tokens (HMAC-SHA256 over compact JSON claims): what an approval URL
-carries, so the server can check one without a lookup and nobody can forge or extend one.
-
-TODO(streams): this duplicates `stepwell/core/tokens.py` of the `streams` branch (same API:
-`sign_token`, `verify_token`, `TokenError`); once both are merged, import from there and delete
-this module. Pure: the time is passed in.
+"""Signed, expiring tokens (HMAC-SHA256 over compact JSON claims): what an approval URL and a
+stream subscription token carry, so the server can check one without a lookup and nobody can
+forge or extend one. A `kind` claim tells them apart. Pure: the time is passed in.
 """
 
 from __future__ import annotations

@@ -1,11 +1,10 @@
-"""The server's persistent secret: what signs the tokens of approval URLs, shared by every
-process on one database (a worker signs, the server that serves `POST /v1/approvals/{token}`
-verifies).
+"""The server's persistent secret: what signs approval URLs and stream subscription tokens,
+shared by every process on one database (a worker or an app signs, the server that serves
+`POST /v1/approvals/{token}` or `GET /v1/streams/{channel}` verifies).
 
-TODO(streams): the `streams` branch stores a server secret of its own (migration 0014); once
-merged, read that one here and drop this interim row. Until then the secret is a flow-control
-entry without expiry (`secret:server`), which retention never prunes; it is created once, and
-every process reads back the value that was stored (so two starting at once agree).
+It is a flow-control entry without expiry (`secret:server`), which retention never prunes; it
+is created once, and every process reads back the value that was stored (so two starting at
+once agree). Deleting the row revokes every token and link handed out so far.
 """
 
 from __future__ import annotations

@@ -61,11 +61,7 @@ def stream_handler(publish: Callable[[Step, str, dict[str, Any]], Awaitable[Any]
             if publish is not None:
                 await publish(scope.step, scope.stream, data)
                 continue
-            send = getattr(scope.step, "publish", None)
-            if send is None:
-                raise RuntimeError("durable streams (step.publish) are not available in this "
-                                   "stepwell; pass stream_handler(publish=...)")
-            await send(scope.stream, data)
+            await scope.step.publish(scope.stream, data)
 
     return handle
 
