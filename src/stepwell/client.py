@@ -31,6 +31,7 @@ from stepwell.core.models import (
     StepInfo,
     normalize_send,
 )
+from stepwell.core.streams import RETRACTED_TOPIC
 from stepwell.core.traceparent import caller_traceparent, stamp
 from stepwell.loop_thread import block_on
 
@@ -246,6 +247,21 @@ class AsyncClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def drop_retracted(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What a subscriber should show of stream `items` (in offset order): the items minus those
+    a later `stepwell/retracted` marker withdraws (those of a failed step attempt), markers
+    removed. See docs/guides/streams.md."""
+    kept: list[dict[str, Any]] = []
+    for item in items:
+        if item["topic"] == RETRACTED_TOPIC:
+            gone = item["data"]
+            mark = (gone.get("run_id"), gone.get("step"), gone.get("attempt"))
+            kept = [i for i in kept if (i["run_id"], i["step"], i["attempt"]) != mark]
+        else:
+            kept.append(item)
+    return kept
 
 
 def _error_text(text: str, reply: httpx.Response) -> str:

@@ -10,22 +10,10 @@ from typing import Any
 import pytest
 
 import stepwell
+from stepwell.client import drop_retracted
 from stepwell.core.streams import RETRACTED_TOPIC
 
 DEADLINE_S = 60.0
-
-
-def kept(items: list[dict[str, Any]]) -> list[Any]:
-    """What a subscriber shows: items minus those a later marker retracts."""
-    out: list[dict[str, Any]] = []
-    for item in items:
-        if item["topic"] == RETRACTED_TOPIC:
-            gone = item["data"]
-            out = [i for i in out if (i["run_id"], i["step"], i["attempt"]) != (
-                gone["run_id"], gone["step"], gone["attempt"])]
-        else:
-            out.append(item)
-    return [i["data"] for i in out]
 
 
 @pytest.mark.counts_executions
@@ -65,7 +53,8 @@ async def test_handler_and_step_publishes_in_order_once_and_failed_attempts_retr
             ("status", "started"), ("tokens", "Hel"), ("tokens", "lo"),
             (RETRACTED_TOPIC, {"run_id": run.id, "step": "generate", "attempt": 0}),
             ("tokens", "Hel"), ("tokens", "lo"), ("status", {"text": "Hello"})]
-        assert kept(items) == ["started", "Hel", "lo", {"text": "Hello"}]
+        assert [i["data"] for i in drop_retracted(items)] == ["started", "Hel", "lo",
+                                                    {"text": "Hello"}]
         assert [(i["step"], i["attempt"]) for i in items[1:3]] == [("generate", 0)] * 2
         other = await engine.stream_items("user:42")
         assert [(i["offset"], i["data"], i["run_id"]) for i in other] == [(1, "done", run.id)]

@@ -18,8 +18,7 @@ from typing import Any
 import httpx
 
 import stepwell
-from stepwell.client import AsyncClient
-from stepwell.core.streams import RETRACTED_TOPIC
+from stepwell.client import AsyncClient, drop_retracted
 
 DEADLINE_S = 90.0
 CHUNKS = 12
@@ -69,19 +68,6 @@ def kill(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
-def kept(items: list[dict[str, Any]]) -> list[tuple[str, Any]]:
-    """What a subscriber shows: items minus those a later retraction marker withdraws."""
-    out: list[dict[str, Any]] = []
-    for item in items:
-        if item["topic"] == RETRACTED_TOPIC:
-            gone = item["data"]
-            out = [i for i in out if (i["run_id"], i["step"], i["attempt"]) != (
-                gone["run_id"], gone["step"], gone["attempt"])]
-        else:
-            out.append(item)
-    return [(i["topic"], i["data"]) for i in out]
-
-
 async def first_run(client: AsyncClient, event_id: str) -> str:
     deadline = time.monotonic() + DEADLINE_S
     while not (runs := await client.runs(event_id=event_id)):
@@ -121,7 +107,7 @@ async def test_a_subscriber_gets_every_item_once_across_a_sigkill_of_the_server(
             assert offsets == sorted(set(offsets)), offsets          # no item twice
             assert offsets == list(range(1, len(items) + 1)), offsets  # none lost
             expected = [(topic, i) for i in range(CHUNKS) for topic in ("tokens", "progress")]
-            assert kept(items) == expected
+            assert [(i['topic'], i['data']) for i in drop_retracted(items)] == expected
     finally:
         kill(proc)
 
