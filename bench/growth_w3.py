@@ -151,6 +151,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         out["bytes_per_run_by_table"] = {
             t: round((full[t] - before[t]) / args.runs) for t in ("events", "runs", "memos")}
         print(json.dumps({k: out[k] for k in ("fill_seconds", "bytes_per_run")}), flush=True)
+        # The dashboard's pages at this size (issue 16): the runs list as growth.py times it
+        # on SQLite, and one run's page (the REST run view).
+        out["dashboard"] = asyncio.run(growth.list_timings(url, args.list_calls))
+        out["dashboard"]["run page"] = asyncio.run(run_page_timing(url, args.list_calls))
+        print(json.dumps({"dashboard": out["dashboard"]}), flush=True)
+        if args.list_only:
+            return out
         cells: dict[str, list[dict[str, Any]]] = {"empty": [], "full": []}
         for _ in range(args.repeat):
             cells["empty"].append(measure(None, args.w3, args.latency))
@@ -173,6 +180,23 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         sw_bench._drop_postgres(PG_BASE, name)
     out["load_after"] = os.getloadavg()
     return out
+
+
+async def run_page_timing(url: str, calls: int) -> dict[str, float]:
+    """`GET /v1/runs/{id}`'s data (Service.get_run) for runs picked across the table."""
+    with psycopg.connect(url) as conn:
+        ids = [r[0] for r in conn.execute(
+            "SELECT id FROM runs TABLESAMPLE SYSTEM (1) LIMIT %s", (calls,))]
+    times = []
+    async with stepwell.Engine(growth.make_app(), db=url, retention=None) as engine:
+        service = growth.Service(engine)
+        for run_id in ids:
+            began = time.perf_counter()
+            await service.get_run(run_id)
+            times.append((time.perf_counter() - began) * 1000)
+    times.sort()
+    return {"p50_ms": round(statistics.median(times), 2),
+            "p95_ms": round(times[int(0.95 * (len(times) - 1))], 2), "rows": len(times)}
 
 
 async def prune(url: str, start: int, target: int) -> dict[str, Any]:
@@ -201,6 +225,10 @@ if __name__ == "__main__":
     parser.add_argument("--latency", type=int, default=200,
                         help="single sends per measurement (event-to-start)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--list-calls", type=int, default=20,
+                        help="calls per dashboard page timed")
+    parser.add_argument("--list-only", action="store_true",
+                        help="stop after the dashboard pages (no W3, latency or retention)")
     parser.add_argument("--prune", type=int, default=None,
                         help="runs to prune (default: 5%% of --runs)")
     result = main(parser.parse_args())

@@ -358,6 +358,8 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
             require_api_auth(request, signing)
             authorized = True
         except Unauthorized:
+            if "token" not in request.query_params:
+                raise                    # neither credential: the REST API's 401
             authorized = False
         return await streams.subscribe(service, request, authorized)
 
