@@ -38,6 +38,7 @@ from stepwell.store.base import (
 )
 from stepwell.store.codec import dumps, loads
 from stepwell.store.postgres_rows import EVENT_COLUMNS, RUN_STATE_SQL, run_state
+from stepwell.store.postgres_slots import SlotsTx
 from stepwell.store.postgres_sql import (
     WORK_CHANNEL,
     Conn,
@@ -74,20 +75,7 @@ _REARM = ("UPDATE queue SET " + rearm_set(POSTGRES, due="%s::bigint", now="%s::b
                                           timer="%s::boolean")
           + " WHERE id=%s AND owner=%s RETURNING ck1, ck2, %s::text")
 
-# Without waiting: true if every lock was free (or is held by this transaction already).
-_TRY_LOCKS = ("SELECT bool_and(pg_try_advisory_xact_lock(hashtextextended('stepwell:' || k, 0))) "
-              "FROM unnest(%s::text[]) AS u(k)")
-# Per key: held slots, and whether an unleased item on it is due (`queue_held_*`,
-# `queue_waiting_*`: one probe each).
-_SLOT_STATE = (
-    "SELECT k, (SELECT count(*) FROM queue WHERE owner IS NOT NULL AND ck1 = k) + "
-    "(SELECT count(*) FROM queue WHERE owner IS NOT NULL AND ck2 = k), "
-    "EXISTS (SELECT 1 FROM queue WHERE owner IS NULL AND ck1 = k AND due_at <= %s) OR "
-    "EXISTS (SELECT 1 FROM queue WHERE owner IS NULL AND ck2 = k AND due_at <= %s) "
-    "FROM unnest(%s::text[]) AS u(k)")
-
-
-class PostgresTx(WorkersTx, StreamsTx):
+class PostgresTx(WorkersTx, StreamsTx, SlotsTx):
     """`Tx` over one connection in pipeline mode, inside an open transaction."""
 
     # --- events ------------------------------------------------------------------------------
@@ -340,25 +328,6 @@ class PostgresTx(WorkersTx, StreamsTx):
             "SELECT (SELECT count(*) FROM queue WHERE owner IS NOT NULL AND ck1 = %s) + "
             "(SELECT count(*) FROM queue WHERE owner IS NOT NULL AND ck2 = %s)", (key, key))
         return 0 if row is None else int(row[0])
-
-    def slots_free_now(self, concurrency: Sequence[tuple[str, int]], now: int) -> bool:
-        # The keys' locks (see count_held), but only if free at once: a transaction deciding on
-        # a key now (a claim, a wake-up) may be about to take its slots, and waiting for it
-        # here could deadlock with it (this transaction may go on to lock other keys). So a
-        # contended key sends the run through the queue, where the claim decides. Both
-        # statements are sent together: the count, a later statement, sees every transaction
-        # committed before the locks were taken.
-        keys = sorted({key for key, _ in concurrency})
-        locks = (self._send(_TRY_LOCKS, ([f"c:{key}" for key in keys],), tables=())
-                 if self.writable else None)
-        state = self._rows(_SLOT_STATE, (now, now, keys))
-        if locks is not None:
-            row = locks.fetchone()
-            if row is None or not row[0]:
-                return False
-            self._locked.update(f"c:{key}" for key in keys)
-        found = {key: (int(held), bool(waiting)) for key, held, waiting in state}
-        return all(not found[key][1] and found[key][0] < limit for key, limit in concurrency)
 
     def block_item(self, item_id: int, owner: str) -> None:
         self._send("UPDATE queue SET owner=NULL, lease_until=NULL, blocked=true "
