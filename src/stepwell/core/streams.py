@@ -21,6 +21,7 @@ RETRACTED_TOPIC = "stepwell/retracted"
 TOKEN_KIND = "stream"
 MAX_NAME = 200
 MAX_ITEM_BYTES = 512 * 1024
+MAX_TOKEN_TTL_MS = 7 * 24 * 3600 * 1000
 _NAME = re.compile(r"[A-Za-z0-9._:/@+=-]+")
 ALLOWED = "letters, digits and . _ : / @ + = -"
 

@@ -193,16 +193,16 @@ class Engine:
     async def stream_token(self, channel: str, *, topics: list[str] | None = None,
                            ttl: str | int | float | datetime.timedelta = "1h") -> str:
         """A token that lets its holder (a browser) subscribe to `channel` (only `topics`, if
-        given) until it expires, without any other credential: `GET /v1/streams/{channel}
-        ?token=...`. Signed with the database's server secret, so any process serving the
-        same database accepts it (docs: guides/streams.md)."""
+        given) until it expires (`ttl`, at most 7 days), without any other credential:
+        `GET /v1/streams/{channel}?token=...`. Signed with the database's server secret, so
+        any process serving the same database accepts it (docs: guides/streams.md)."""
         try:
             claims = core_streams.token_claims(channel, topics)
             ttl_ms = parse_duration_ms(ttl, what="ttl")
         except (core_streams.StreamNameError, DurationError) as exc:
             raise ValueError(str(exc)) from None
-        if ttl_ms <= 0:
-            raise ValueError("ttl must be positive")
+        if not 0 < ttl_ms <= core_streams.MAX_TOKEN_TTL_MS:
+            raise ValueError(f"ttl must be more than 0 and at most 7d, got {ttl!r}")
         secret = await server_secret(self._worker)
         return sign_token(secret, claims, now=self._worker.clock.now() / 1000,
                           ttl=ttl_ms / 1000)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from typing import TYPE_CHECKING, Any
 
 from stepwell.core.serialize import to_json_value
@@ -14,6 +13,7 @@ from stepwell.core.streams import MAX_ITEM_BYTES, RETRACTED_TOPIC, run_channel
 from stepwell.sdk.context import current_attempt, current_step
 from stepwell.sdk.errors import InvalidStepError
 from stepwell.store.base import StreamItem, Tx
+from stepwell.store.codec import dumps
 
 if TYPE_CHECKING:
     from stepwell.runtime.driver import RunDriver
@@ -70,7 +70,7 @@ class Publisher:
         run_id = driver.run_id
         channel = run_channel(run_id) if channel is None else channel   # names checked by Step
         value = to_json_value(data, what=f"the data published to topic '{topic}'")
-        size = len(json.dumps(value, separators=(",", ":")))
+        size = len(dumps(value).encode())
         if size > MAX_ITEM_BYTES:
             raise InvalidStepError(f"the data published to topic '{topic}' is {size} bytes; "
                                    f"a stream item holds at most {MAX_ITEM_BYTES}")

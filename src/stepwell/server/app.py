@@ -353,15 +353,11 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
         return envelope(await service.stream_token(await read_json(request)))
 
     async def subscribe_stream(request: Request) -> Response:
-        """SSE (server/streams.py): a stream token, or the REST API's credentials."""
-        try:
+        """SSE (server/streams.py): a stream token is the credential, else the REST API's."""
+        token = request.query_params.get("token")
+        if token is None:
             require_api_auth(request, signing)
-            authorized = True
-        except Unauthorized:
-            if "token" not in request.query_params:
-                raise                    # neither credential: the REST API's 401
-            authorized = False
-        return await streams.subscribe(service, request, authorized)
+        return await streams.subscribe(service, request, token)
 
     async def send_signal(request: Request) -> Response:
         return envelope(await service.send_signal(await read_json(request)))

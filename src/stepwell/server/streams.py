@@ -28,14 +28,11 @@ HEARTBEAT_SECONDS = 15.0
 PAGE = 500
 
 
-async def subscribe(service: Service, request: Request, authorized: bool) -> StreamingResponse:
-    """The SSE response. `authorized`: the request carries the REST API's credentials (or the
-    server is in dev mode), so no token is needed; a token given is checked either way."""
+async def subscribe(service: Service, request: Request, token: str | None) -> StreamingResponse:
+    """The SSE response. `token`: the subscription token to check (None: the request was let
+    in by the REST API's credentials, which open every channel and topic)."""
     channel = request.path_params["channel"]
-    token = request.query_params.get("token")
-    topics: set[str] | None = None
-    if token is not None or not authorized:
-        topics = await authorize(service, channel, token or "")
+    topics = None if token is None else await authorize(service, channel, token)
     after = parse_start(request.query_params.get("from"), request.headers.get("last-event-id"))
     return StreamingResponse(_events(service, channel, topics, after),
                              media_type="text/event-stream",
