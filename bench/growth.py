@@ -35,6 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,11 +87,14 @@ def columns(conn: sqlite3.Connection, table: str) -> list[str]:
     return [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
 
 
-def fill(path: Path, count: int, start_ms: int, rng: random.Random) -> float:
-    """Insert `count` finished runs cloned from the seeded ones; seconds taken."""
-    conn = sqlite3.connect(path)
-    conn.execute("PRAGMA synchronous=OFF")
-    ev_cols, run_cols, memo_cols = (columns(conn, t) for t in ("events", "runs", "memos"))
+Rows = list[tuple[Any, ...]]
+
+
+def templates(conn: Any, cols: tuple[list[str], list[str], list[str]]) -> tuple[
+        list[dict[str, Any]], dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """The seeded completed runs (one per function), their events and their memos, as rows by
+    column name (`conn`: a sqlite3 or psycopg connection; both backends share this)."""
+    ev_cols, run_cols, memo_cols = cols
     runs = [dict(zip(run_cols, r, strict=True)) for r in conn.execute(
         f"SELECT {', '.join(run_cols)} FROM runs WHERE status='completed' LIMIT {FUNCTIONS}")]
     events = {r[0]: dict(zip(ev_cols, r, strict=True)) for r in conn.execute(
@@ -99,10 +103,21 @@ def fill(path: Path, count: int, start_ms: int, rng: random.Random) -> float:
     for r in conn.execute(f"SELECT {', '.join(memo_cols)} FROM memos"):
         row = dict(zip(memo_cols, r, strict=True))
         memos.setdefault(row["run_id"], []).append(row)
-    began = time.perf_counter()
-    chunk = 50_000
+    return runs, events, memos
+
+
+def clone_batches(conn: Any, cols: tuple[list[str], list[str], list[str]], count: int,
+                  start_ms: int, rng: random.Random, chunk: int = 50_000
+                  ) -> Iterator[list[tuple[str, list[str], Rows]]]:
+    """`count` finished runs cloned from the seeded ones (new ids, times spread over 30 days,
+    1% failed), `chunk` runs at a time: per chunk, (table, columns, rows) of events, runs and
+    memos, for the caller to write its backend's way."""
+    ev_cols, run_cols, memo_cols = cols
+    runs, events, memos = templates(conn, cols)
     for offset in range(0, count, chunk):
-        ev_rows, run_rows, memo_rows = [], [], []
+        ev_rows: Rows = []
+        run_rows: Rows = []
+        memo_rows: Rows = []
         for i in range(offset, min(count, offset + chunk)):
             template = runs[i % len(runs)]
             created = start_ms + int(i * 30 * DAY_MS / count)
@@ -118,11 +133,21 @@ def fill(path: Path, count: int, start_ms: int, rng: random.Random) -> float:
             for memo in memos[template["id"]]:
                 memo_rows.append(tuple({**memo, "run_id": run["id"], "started_at": created + 2,
                                         "ended_at": created + 3}[c] for c in memo_cols))
+        yield [("events", ev_cols, ev_rows), ("runs", run_cols, run_rows),
+               ("memos", memo_cols, memo_rows)]
+
+
+def fill(path: Path, count: int, start_ms: int, rng: random.Random) -> float:
+    """Insert `count` finished runs cloned from the seeded ones; seconds taken."""
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA synchronous=OFF")
+    cols = (columns(conn, "events"), columns(conn, "runs"), columns(conn, "memos"))
+    began = time.perf_counter()
+    for batch in clone_batches(conn, cols, count, start_ms, rng):
         with conn:
-            for table, cols, rows in (("events", ev_cols, ev_rows), ("runs", run_cols, run_rows),
-                                      ("memos", memo_cols, memo_rows)):
-                conn.executemany(f"INSERT INTO {table} ({', '.join(cols)}) VALUES "
-                                 f"({', '.join('?' * len(cols))})", rows)
+            for table, names, rows in batch:
+                conn.executemany(f"INSERT INTO {table} ({', '.join(names)}) VALUES "
+                                 f"({', '.join('?' * len(names))})", rows)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
     return time.perf_counter() - began

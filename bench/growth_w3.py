@@ -45,7 +45,6 @@ import sw_bench  # noqa: E402
 
 import stepwell  # noqa: E402
 from stepwell.runtime import upkeep  # noqa: E402
-from stepwell.runtime.scripts import new_id  # noqa: E402
 
 PG_BASE = "postgresql://postgres@127.0.0.1:5432"
 TABLES = ("events", "runs", "memos", "queue", "waits")
@@ -59,44 +58,17 @@ def columns(conn: psycopg.Connection[Any], table: str) -> list[str]:
 
 
 def fill(url: str, count: int, start_ms: int, rng: random.Random) -> float:
-    """COPY `count` finished runs cloned from the seeded ones; seconds taken."""
+    """COPY `count` finished runs cloned from the seeded ones (`growth.clone_batches`); seconds
+    taken."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SET synchronous_commit = off")
-        ev_cols, run_cols, memo_cols = (columns(conn, t) for t in ("events", "runs", "memos"))
-        runs = [dict(zip(run_cols, r, strict=True)) for r in conn.execute(
-            f"SELECT {', '.join(run_cols)} FROM runs WHERE status = 'completed' "
-            f"LIMIT {growth.FUNCTIONS}")]
-        events = {r[0]: dict(zip(ev_cols, r, strict=True)) for r in conn.execute(
-            f"SELECT {', '.join(ev_cols)} FROM events")}
-        memos: dict[str, list[dict[str, Any]]] = {}
-        for r in conn.execute(f"SELECT {', '.join(memo_cols)} FROM memos"):
-            row = dict(zip(memo_cols, r, strict=True))
-            memos.setdefault(row["run_id"], []).append(row)
+        cols = (columns(conn, "events"), columns(conn, "runs"), columns(conn, "memos"))
         began = time.perf_counter()
-        chunk = 50_000
-        for offset in range(0, count, chunk):
-            ev_rows, run_rows, memo_rows = [], [], []
-            for i in range(offset, min(count, offset + chunk)):
-                template = runs[i % len(runs)]
-                created = start_ms + int(i * 30 * growth.DAY_MS / count)
-                event = dict(events[template["event_id"]], id=new_id(), received_at=created,
-                             ts=created)
-                run = dict(template, id=new_id(), event_id=event["id"], created_at=created,
-                           started_at=created + 1, ended_at=created + 9)
-                if rng.random() < 0.01:
-                    run.update(status="failed", output=None,
-                               error=json.dumps({"name": "Error", "message": "boom"}))
-                ev_rows.append(tuple(event[c] for c in ev_cols))
-                run_rows.append(tuple(run[c] for c in run_cols))
-                for memo in memos[template["id"]]:
-                    memo_rows.append(tuple({**memo, "run_id": run["id"], "started_at": created + 2,
-                                            "ended_at": created + 3}[c] for c in memo_cols))
+        for batch in growth.clone_batches(conn, cols, count, start_ms, rng):
             with conn.transaction():
-                for table, cols, rows in (("events", ev_cols, ev_rows),
-                                          ("runs", run_cols, run_rows),
-                                          ("memos", memo_cols, memo_rows)):
+                for table, names, rows in batch:
                     with conn.cursor().copy(
-                            f"COPY {table} ({', '.join(cols)}) FROM STDIN") as copy:
+                            f"COPY {table} ({', '.join(names)}) FROM STDIN") as copy:
                         for row in rows:
                             copy.write_row(row)
         return time.perf_counter() - began
