@@ -148,14 +148,20 @@ def parked_on_approval(engine: stepwell.Engine, run_id: str) -> Any:
     return check
 
 
+async def start_refund_awaiting_approval(engine: stepwell.Engine) -> str:
+    """Start the refund agent's run and wait until it waits for a human's decision."""
+    run_id = await start(engine, "refund order 7")
+    await until(parked_on_approval(engine, run_id), "the run to wait for approval")
+    return run_id
+
+
 @pytest.mark.counts_executions
 async def test_an_approval_waits_for_the_signed_link_which_works_once(
         make_engine: Any, tmp_path: Path) -> None:
     notes: list[ApprovalRequest] = []
     app, journal = approval_app(notes, tmp_path)
     async with served(make_engine, app) as (http, engine):
-        run_id = await start(engine, "refund order 7")
-        await until(parked_on_approval(engine, run_id), "the run to wait for approval")
+        run_id = await start_refund_awaiting_approval(engine)
         [note] = notes
         assert note.run_id == run_id and note.path == f"/v1/approvals/{note.token}"
         assert [c["tool_name"] for c in note.calls] == ["refund"]
@@ -192,8 +198,7 @@ async def test_a_denied_call_is_not_made_and_the_model_is_told_why(
     notes: list[ApprovalRequest] = []
     app, journal = approval_app(notes, tmp_path)
     async with served(make_engine, app) as (http, engine):
-        run_id = await start(engine, "refund order 7")
-        await until(parked_on_approval(engine, run_id), "the run to wait for approval")
+        run_id = await start_refund_awaiting_approval(engine)
         answer = await http.post(notes[0].path, json={"approved": False,
                                                       "reason": "over the limit"})
         assert answer.status_code == 200
@@ -209,8 +214,7 @@ async def test_an_expired_approval_link_is_refused_and_the_call_denied(
     notes: list[ApprovalRequest] = []
     app, journal = approval_app(notes, tmp_path, timeout="1h")
     async with served(make_engine, app) as (http, engine):
-        run_id = await start(engine, "refund order 7")
-        await until(parked_on_approval(engine, run_id), "the run to wait for approval")
+        run_id = await start_refund_awaiting_approval(engine)
         await clock.advance("2h")
         run = await engine.wait(run_id, timeout=30)
         assert run.status == "completed", run.error
