@@ -70,17 +70,18 @@ def _ended(tx: Tx, run_ids: list[str]) -> list[str]:
 
 async def maintain(worker: Worker) -> None:
     """One maintenance pass: renew the leases of the worker's live sessions (a dead session's
-    lease is left to expire), release expired leases and unblock blocked items (a safety net
+    lease is left to expire) and its rows in the worker registry (`Versioning.refresh`, in
+    the same transaction), release expired leases and unblock blocked items (a safety net
     for a missed wake-up), load apps synced through other processes, apply the retention
     policy, and ingest events stored but left unprocessed (by a process that died)."""
     owner, until, wall = worker.owner, worker.lease_until(), wall_ms()
-    held = worker.held_items()
+    held, versioning = worker.held_items(), worker.versioning
     released = await worker.store.write(lambda tx: (tx.renew_leases(owner, until, held),
                                                     tx.release_expired_leases(wall),
-                                                    tx.unblock_all())[1:])
+                                                    tx.unblock_all(),
+                                                    versioning.refresh(tx, wall))[1:])
     if any(released):
         worker.wake.set()
-    await refresh_versions(worker)
     await worker.registrar.load_stored()
     if worker.retention_ms is not None:
         await prune(worker.store, worker.clock, worker.retention_ms)

@@ -88,25 +88,28 @@ class Versioning:
             tx.register_workers(self.rows(now))
         tx.expire_workers(now - self.expiry_ms)
         host = socket.gethostname()
-        dead = sorted({row.id for row in tx.list_workers() if row.host == host
+        workers = tx.list_workers()
+        dead = sorted({row.id for row in workers if row.host == host
                        and row.id != self.worker_id and not pid_alive(row.pid)})
         released = 0
         if dead:
             tx.remove_workers(dead)
             released = sum(tx.release_leases_of(owner) for owner in dead)
         if self.claim is not None:
-            adopt = self._adoptable(tx)
+            alive = [row for row in workers if row.id not in dead]
+            adopt = self._adoptable(tx, alive)
             self.claim = ClaimVersions(self.own, adopt, tuple(sorted(self.refused)) if adopt
                                        else ())
         return released > 0
 
-    def _adoptable(self, tx: Tx) -> tuple[tuple[str, str], ...]:
+    def _adoptable(self, tx: Tx, workers: list[WorkerRow]) -> tuple[tuple[str, str], ...]:
         """(function, version) of unfinished runs this worker may take over: an `auto` function
-        here, another version, and no live worker of that version of the app."""
+        here, another version, and no live worker of that version of the app (`workers`: the
+        registry's live rows, read once per pass)."""
         auto = {qid: fn for qid, fn in self.functions.items() if fn.spec.upgrade == "auto"}
         if not auto:
             return ()
-        live = {(row.app_id, row.version) for row in tx.list_workers()}
+        live = {(row.app_id, row.version) for row in workers}
         return tuple((qid, version) for qid, version, _, _ in tx.active_versions()
                      if qid in auto and version is not None
                      and version != auto[qid].spec.version
