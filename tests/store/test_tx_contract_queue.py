@@ -86,6 +86,22 @@ async def test_enqueue_on_a_leased_item_flags_it_to_run_again_on_release(store: 
     assert await store.read(lambda tx: tx.get_item("k")) is None
 
 
+async def test_enqueue_on_an_item_the_same_owner_holds_does_not_lease_it_twice(
+        store: Store) -> None:
+    """A session of w is suspending the run when an event resumes it in the same process: the
+    enqueue must not hand w the item again (two sessions would run the run at once); the
+    flag makes the holder's release re-arm it, and a claim then resumes the run once."""
+    held = await store.write(lambda tx: tx.enqueue("exec", "k", NOW, run_id="r1", owner="w",
+                                                   lease_until=LEASE))
+    assert held is not None
+    assert await store.write(lambda tx: tx.enqueue("exec", "k", NOW + 1, run_id="r1",
+                                                   owner="w", lease_until=LEASE)) is None
+    assert await store.write(lambda tx: tx.release_item(held, "w", None, NOW + 5))
+    got = await item(store, "k")
+    assert (got.id, got.owner, got.due_at) == (held, None, NOW + 5)
+    assert await claim_keys(store, now=NOW + 5) == ["k"]
+
+
 async def test_a_flagged_item_re_armed_for_later_runs_again_now(store: Store) -> None:
     held = await store.write(lambda tx: tx.enqueue("exec", "k", NOW, run_id="r1", owner="w",
                                                    lease_until=LEASE))

@@ -324,7 +324,8 @@ class Tx(Protocol):
                 event_id: str | None = None) -> int | None:
         """Insert, or for an existing key move its due time earlier and, if it is leased, flag it
         to run again when its holder releases it. Returns the id if this call leased it to
-        `owner`, else None; an existing item with concurrency keys is never leased here (it
+        `owner`, else None (an item already leased, even to `owner` itself, is only flagged:
+        its holder runs it again); an existing item with concurrency keys is never leased here (it
         must be claimed, which checks its slots). `priority_at` orders ready items (default:
         `due_at`); `concurrency` lists the (key, limit) slots the item holds while leased.
 

@@ -54,6 +54,7 @@ from stepwell.store.queue_rules import (
     TIMER_ORDER,
     WAKE_ORDER,
     claim_key,
+    leased_to,
     rearm_set,
     timer_key,
     upsert_sql,
@@ -284,10 +285,10 @@ class PostgresTx(WorkersTx, StreamsTx, SlotsTx):
             return item_id
         row = self._one(_ENQUEUE, values)
         assert row is not None
-        if owner is not None and row[1] == owner:
-            return int(row[0])
-        self.notify = True
-        return None
+        leased = leased_to(row, owner)
+        if leased is None:
+            self.notify = True
+        return leased
 
     def claim_due(self, now: int, owner: str, lease_until: int, limit: int, *,
                   versions: ClaimVersions | None = None) -> list[QueueItem]:

@@ -14,7 +14,9 @@ and checks the result against the Python function.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from stepwell.core.queue import EXEC
 from stepwell.store.base import QueueItem
@@ -56,8 +58,9 @@ def merge_enqueue(old: Slot, due_at: int, priority_at: int, owner: str | None,
                   lease_until: int | None) -> Slot:
     """`Tx.enqueue` on an existing key: its due time and priority only move earlier; a leased
     item is flagged to run again when released; a free, unblocked item without concurrency keys
-    is leased to the caller (if it asks), a keyed one never (it must be claimed, which checks
-    its slots); a blocked one stays blocked and unleased; the timer flag is cleared."""
+    is leased to the caller (if it asks; its flag is then cleared: the caller runs it now), a
+    keyed one never (it must be claimed, which checks its slots); a blocked one stays blocked
+    and unleased; the timer flag is cleared."""
     free = old.owner is None
     leasable = free and not old.blocked and not old.keyed
     return replace(
@@ -65,7 +68,17 @@ def merge_enqueue(old: Slot, due_at: int, priority_at: int, owner: str | None,
         owner=None if old.blocked else old.owner if not free else owner if not old.keyed
         else None,
         lease_until=lease_until if leasable else old.lease_until,
-        rerun=old.rerun if free else True, timer=False)
+        rerun=True if not free else False if leasable and owner is not None else old.rerun,
+        timer=False)
+
+
+def leased_to(row: Sequence[Any], owner: str | None) -> int | None:
+    """`Tx.enqueue`'s answer from the upsert's (id, owner, rerun): the id if this call leased
+    the item to `owner`. An item already leased, even to `owner` (another of its sessions is
+    working on the run right now), was flagged to run again instead: leasing it a second time
+    would run the run twice at once."""
+    item_id, holder, rerun = row
+    return int(item_id) if owner is not None and holder == owner and not rerun else None
 
 
 def rearm(old: Slot, due_at: int, now: int, timer: bool) -> Slot:
@@ -92,19 +105,23 @@ POSTGRES = Dialect(least="least", true="true", false="false")
 
 
 def upsert_sql(d: Dialect) -> str:
-    """`merge_enqueue` as the `ON CONFLICT` clause of the insert (it returns the id and the
-    owner, which tells the caller whether it got the lease)."""
+    """`merge_enqueue` as the `ON CONFLICT` clause of the insert. It returns the id, the owner
+    and the rerun flag: the caller got the lease if the owner is the caller and the flag is not
+    set (set, the item was already leased, possibly to the caller's own process, whose holder
+    will run it again: `leased_to`)."""
     return (
         "ON CONFLICT (unique_key) DO UPDATE SET "
         f"due_at = {d.least}(queue.due_at, excluded.due_at), "
         f"priority_at = {d.least}(queue.priority_at, excluded.priority_at), "
-        f"rerun = CASE WHEN queue.owner IS NULL THEN queue.rerun ELSE {d.true} END, "
+        f"rerun = CASE WHEN queue.owner IS NOT NULL THEN {d.true} "
+        "WHEN excluded.owner IS NOT NULL AND NOT queue.blocked AND queue.ck1 IS NULL "
+        f"THEN {d.false} ELSE queue.rerun END, "
         f"timer = {d.false}, "
         "lease_until = CASE WHEN queue.owner IS NULL AND NOT queue.blocked "
         "AND queue.ck1 IS NULL THEN excluded.lease_until ELSE queue.lease_until END, "
         "owner = CASE WHEN queue.blocked THEN NULL WHEN queue.owner IS NOT NULL "
         "THEN queue.owner WHEN queue.ck1 IS NULL THEN excluded.owner END "
-        "RETURNING id, owner")
+        "RETURNING id, owner, rerun")
 
 
 def rearm_set(d: Dialect, *, due: str, now: str, timer: str) -> str:

@@ -28,6 +28,7 @@ from stepwell.store.queue_rules import (
     TIMER_ORDER,
     WAKE_ORDER,
     claim_key,
+    leased_to,
     rearm_set,
     timer_key,
     upsert_sql,
@@ -252,7 +253,7 @@ class SqliteTx(SqliteStreams):
         row = self.c.execute(_ENQUEUE, r.queue_values(
             kind, unique_key, due_at, run_id, payload, owner, lease_until, priority_at,
             concurrency, event_id)).fetchone()
-        return row[0] if owner is not None and row[1] == owner else None
+        return leased_to(row, owner)
 
     def claim_due(self, now: int, owner: str, lease_until: int, limit: int, *,
                   versions: ClaimVersions | None = None) -> list[QueueItem]:
