@@ -163,6 +163,22 @@ def parse_ms(value: str | None) -> float | None:
     return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
+async def all_finished_runs(client: httpx.AsyncClient, server: str, fn_id: str
+                            ) -> list[dict[str, Any]]:
+    """Every ended run of the function, page by page (a page holds at most 1,000)."""
+    out: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"function_id": fn_id, "limit": 1000, "outputs": "false"}
+    while True:
+        response = await client.get(f"{server}/v1/runs", params=params)
+        response.raise_for_status()
+        page = response.json()
+        out += [r for r in page["data"] if r["ended_at"]]
+        cursor = page.get("metadata", {}).get("next_cursor")
+        if not cursor:
+            return out
+        params["cursor"] = cursor
+
+
 async def burst(server: str, fn_id: str, steps: int, runs: int, timeout: float
                 ) -> dict[str, Any]:
     sent: dict[str, float] = {}
@@ -181,14 +197,22 @@ async def burst(server: str, fn_id: str, steps: int, runs: int, timeout: float
             await asyncio.sleep(0.5)
             response = await client.get(f"{server}/v1/stats/functions")
             response.raise_for_status()
-            counts = next((f["counts"] for f in response.json()["data"]
-                           if f["id"].endswith(f"-steps-{steps}")), {})
-            if sum(counts.get(s, 0) for s in ("Completed", "Failed", "Cancelled")) >= runs:
+            stats = next((f for f in response.json()["data"]
+                          if f["id"].endswith(f"-steps-{steps}")), {})
+            counts = stats.get("counts", {})
+            done = sum(counts.get(s, 0) for s in ("Completed", "Failed", "Cancelled"))
+            # Counts stop at 1,000 per status ("capped"): past that, ask whether any run of
+            # the function is still unfinished instead.
+            if stats.get("capped") and done >= 1000:
+                response = await client.get(f"{server}/v1/runs", params={
+                    "function_id": fn_id, "status": "queued,running", "limit": 1,
+                    "outputs": "false"})
+                response.raise_for_status()
+                if not response.json()["data"]:
+                    break
+            elif done >= runs:
                 break
-        response = await client.get(f"{server}/v1/runs", params={
-            "function_id": fn_id, "limit": runs, "outputs": "false"})
-        response.raise_for_status()
-        finished = [r for r in response.json()["data"] if r["ended_at"]]
+        finished = await all_finished_runs(client, server, fn_id)
     ends = {r["event_id"]: parse_ms(r["ended_at"]) for r in finished}
     latencies = [end - sent[eid] for eid, end in ends.items() if end and eid in sent]
     last = max((e for e in ends.values() if e), default=first)
