@@ -9,12 +9,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from stepwell.core.canonical import canonical_json
 from stepwell.core.config import CronTrigger, EventTrigger, id_for_key
 from stepwell.core.models import InvalidEventError, Memo, validate_event_payload
 from stepwell.core.protocol import (
     ProtocolError,
     bearer_ok,
-    canonical_json,
     hashed_key,
     invoke_request,
     match_path_of,

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import rfc8785
-
 from stepwell.core.config import Cancel, ConfigError, Cron, FunctionSpec, build_spec
 from stepwell.core.durations import DurationError, parse_duration_ms, parse_timestamp_ms
 from stepwell.core.expressions import ExpressionError, compile_expression
@@ -203,11 +201,6 @@ def steps_map(memos: Iterable[Memo], now: int) -> tuple[dict[str, Any], list[str
         if m.kind == "input" and target not in steps:
             steps[target] = {"input": m.data}
     return steps, [m.hash for m in done]
-
-
-def canonical_json(value: Any) -> bytes:
-    """RFC 8785 canonical JSON: the Python SDK verifies signatures over this form (§6)."""
-    return rfc8785.dumps(value)
 
 
 # --- responses (§3) --------------------------------------------------------------------------

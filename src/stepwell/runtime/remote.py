@@ -23,12 +23,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 
+from stepwell.core.canonical import canonical_json
 from stepwell.core.config import FunctionSpec
 from stepwell.core.models import INPUT_PREFIX, Memo
 from stepwell.core.protocol import (
     Op,
     ProtocolError,
-    canonical_json,
     invoke_request,
     parse_ops,
     sdk_error,
