@@ -23,7 +23,7 @@ import pytest
 from psycopg import sql
 
 from stepwell.core.models import Event, Memo
-from stepwell.store.base import RunRow, WaitRow
+from stepwell.store.base import RunQuery, RunRow, WaitRow
 from stepwell.store.postgres_tx import PostgresTx, WriterState
 
 HOT_TABLES = {"runs", "queue", "waits", "memos", "step_failures", "events", "run_events",
@@ -54,6 +54,11 @@ def populate(conn: psycopg.Connection[Any]) -> None:
         INSERT INTO memos (run_id, hash, step_id, kind, seq, outcome, started_at, ended_at)
         SELECT 'run' || i, 'h' || s, 's' || s, 'run', s, '{{"data":1}}', i, i
         FROM generate_series(1, {N}) i, generate_series(1, 3) s;
+        INSERT INTO memos (run_id, hash, step_id, kind, seq, outcome, due_at, started_at,
+                           ended_at)
+        SELECT 'run' || i, 'z', 'nap', CASE WHEN i % 2 = 0 THEN 'sleep' ELSE 'wait' END, 4,
+               CASE WHEN i % 2 = 0 THEN '{{"data":null}}' END, {NOW} - 5000 + i, i, i
+        FROM generate_series(1, {N}, 5) i;
         INSERT INTO step_failures (run_id, hash, step_id, attempt, error, at)
         SELECT 'run' || (i * 10), 'h1', 's1', 0, '{{}}', i FROM generate_series(1, 2000) i;
         INSERT INTO queue (unique_key, kind, run_id, due_at, priority_at, owner, lease_until,
@@ -135,7 +140,7 @@ def explain(url: str, query: str, args: Any) -> dict[str, Any]:
             row = conn.execute(f"EXPLAIN (FORMAT JSON) {query}", args).fetchone()
             assert row is not None
             plans["custom"] = row[0][0]["Plan"]
-            numbered = iter(range(1, 1000))
+            numbered = iter(range(1, 100_000))
             positional = re.sub(r"%s", lambda _: f"${next(numbered)}", query)
             conn.execute(f"PREPARE hot AS {positional}".encode())
             conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
@@ -198,6 +203,11 @@ HOT_CALLS: list[tuple[str, Callable[[PostgresTx], Any]]] = [
     ("runs by event", lambda t: t.list_runs(event_id="ev3")),
     ("runs by function", lambda t: t.list_runs(function_id="app/fn3", limit=5)),
     ("runs by status", lambda t: t.list_runs(status="queued", limit=5)),
+    ("runs sleeping", lambda t: t.search_runs(RunQuery(doing="sleeping", now=NOW))),
+    ("runs waiting", lambda t: t.search_runs(RunQuery(doing="waiting", now=NOW))),
+    ("runs invoking", lambda t: t.search_runs(RunQuery(doing="invoking", now=NOW))),
+    ("runs retrying", lambda t: t.search_runs(RunQuery(doing="retrying", now=NOW))),
+    ("runs orphaned", lambda t: t.search_runs(RunQuery(doing="orphaned", now=NOW))),
     ("recent runs", lambda t: t.list_runs(limit=5)),
     ("insert_memo", lambda t: t.insert_memo("run3", _memo(1))),
     ("resolve_memo", lambda t: t.resolve_memo("run3", "h1", {"data": 1}, NOW)),

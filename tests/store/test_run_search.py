@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from stepwell.core.models import Memo
+from stepwell.store import run_search
 from stepwell.store.base import RunQuery, RunRow, Store, Tx, WaitRow
 
 pytestmark = pytest.mark.postgres_strict
@@ -57,6 +58,54 @@ async def test_search_runs_filters_pages_and_derives_what_runs_are_doing(store: 
     assert await ids(doing="retrying") == ["e"]
     assert await ids(doing="orphaned") == ["f"]
     assert await ids(doing="sleeping", function_ids=("app/g",)) == []
+
+
+@pytest.mark.parametrize("drive_limit", [run_search.MARKED_DRIVE_LIMIT, 2, 0],
+                         ids=["from the marks", "too many marks", "walking the runs"])
+async def test_doing_filters_agree_whether_read_from_marks_or_walked(
+        store: Store, drive_limit: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A state's filter reads its marked runs (migration 0020's partial indexes) when there
+    are few, else walks the running runs: the same runs, pages and cursor either way, and a
+    mark that outlived its run (cancelled while asleep, waiting) or a wait since resolved
+    selects nothing."""
+    monkeypatch.setattr(run_search, "MARKED_DRIVE_LIMIT", drive_limit)
+
+    def script(tx: Tx) -> None:
+        for i in range(8):
+            run_id = f"r{i}"
+            tx.insert_run(RunRow(run_id, "app/f", [f"e{i}"], NOW + i))
+            tx.start_run(run_id, NOW + 20)
+            if i % 2 == 0:      # two sleeps at once (parallel): the run is listed once
+                for h in ("h1", "h2"):
+                    tx.insert_memo(run_id, Memo(h, "nap", "sleep", 0, due_at=NOW + 100,
+                                                started_at=NOW))
+            else:
+                tx.insert_memo(run_id, Memo("h1", "wait", "wait", 0, due_at=NOW + 99,
+                                            started_at=NOW, pending=True))
+        tx.resolve_memo("r7", "h1", {"data": {"name": "ok"}}, NOW + 30)
+        tx.finish_run("r6", "cancelled", NOW + 30)
+        tx.finish_run("r5", "cancelled", NOW + 30)
+        tx.add_run_warning("r3", "orphaned: no worker defines app/f")
+        tx.add_run_warning("r6", "orphaned: no worker defines app/f")     # ended: not orphaned
+
+    await store.write(script)
+
+    async def ids(**fields: Any) -> list[str]:
+        query = RunQuery(now=NOW + 50, **fields)
+        return [r.id for r in await store.read(lambda tx: tx.search_runs(query))]
+
+    assert await ids(doing="sleeping") == ["r4", "r2", "r0"]
+    assert await ids(doing="sleeping", limit=2) == ["r4", "r2"]
+    assert await ids(doing="sleeping", before=(NOW + 4, "r4")) == ["r2", "r0"]
+    assert await ids(doing="sleeping", statuses=("running",), created_from=NOW + 1) == [
+        "r4", "r2"]
+    assert await ids(doing="waiting") == ["r3", "r1"]
+    assert await ids(doing="waiting", function_ids=("app/g",)) == []
+    assert await ids(doing="invoking") == []
+    assert await ids(doing="orphaned") == ["r3"]
+    # Once every sleep is due, nothing is sleeping.
+    late = RunQuery(now=NOW + 100, doing="sleeping")
+    assert await store.read(lambda tx: tx.search_runs(late)) == []
 
 
 async def test_run_work_gives_each_runs_item_waits_and_invoked_runs(store: Store) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from stepwell.core.models import Event, Memo
-from stepwell.store.base import RunRow, WaitRow
+from stepwell.store.base import RunQuery, RunRow, WaitRow
 from stepwell.store.sqlite import migrate
 from stepwell.store.sqlite_tx import SqliteTx
 
@@ -33,6 +33,10 @@ def tx(tmp_path: Path) -> SqliteTx:
         t.enqueue("exec", f"exec:run{i}", i, run_id=f"run{i}")
         t.insert_wait(WaitRow(f"run{i}", "wait", "e/1", 10**12, "h", f"data.id={i}", None, {}))
         t.insert_memo(f"run{i}", Memo("h", "s", "run", 0, data=i))
+        if i % 5 == 0:      # sleeps, past and future, and unresolved waits
+            t.insert_memo(f"run{i}", Memo("z", "nap", "sleep", 1, due_at=i * 10))
+        if i % 7 == 0:
+            t.insert_memo(f"run{i}", Memo("w", "wait", "wait", 1, due_at=10**12, pending=True))
     conn.execute("ANALYZE")
     return t
 
@@ -59,6 +63,11 @@ HOT_CALLS: list[tuple[str, Callable[[SqliteTx], Any]]] = [
     ("runs by event", lambda t: t.list_runs(event_id="ev3")),
     ("runs by function", lambda t: t.list_runs(function_id="app/fn", limit=5)),
     ("runs by status", lambda t: t.list_runs(status="queued", limit=5)),
+    ("runs sleeping", lambda t: t.search_runs(RunQuery(doing="sleeping", now=100))),
+    ("runs waiting", lambda t: t.search_runs(RunQuery(doing="waiting", now=100))),
+    ("runs invoking", lambda t: t.search_runs(RunQuery(doing="invoking", now=100))),
+    ("runs retrying", lambda t: t.search_runs(RunQuery(doing="retrying", now=100))),
+    ("runs orphaned", lambda t: t.search_runs(RunQuery(doing="orphaned", now=100))),
     ("insert_memo", lambda t: t.insert_memo("run3", Memo("h2", "s", "run", 1, data=1))),
     ("resolve_memo", lambda t: t.resolve_memo("run3", "h", {"data": 1}, 5)),
     ("start_run", lambda t: t.start_run("run3", 5)),

@@ -27,6 +27,7 @@ See docs/checkpointing.md and shared/reference/inngest-protocol.md, section 2.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -64,9 +65,11 @@ class UnknownRun(CheckpointError):
     status = 404
 
 
+@functools.lru_cache(maxsize=1024)
 def function_uuid(qualified_id: str) -> str:
     """The `ctx.fn_id` sent to the SDK: Inngest sends its function UUID; the SDK only echoes
-    it back, so a stable UUID derived from the function's id does."""
+    it back, so a stable UUID derived from the function's id does (cached: it is in every
+    checkpointing request, and uuid5 hashes each time)."""
     return str(uuid.uuid5(_FN_NAMESPACE, qualified_id))
 
 

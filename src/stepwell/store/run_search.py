@@ -4,7 +4,9 @@ The two dialects differ here only in the placeholder (`?` or `%s`) and the order
 columns, so one builder serves both and the filters cannot drift apart. What a running run is
 doing is derived from the tables the engine already maintains (memos, step failures, warnings),
 never stored twice: each state is one `EXISTS` over the primary key of `memos` or
-`step_failures` (both lead with `run_id`), so filtering a page costs one statement.
+`step_failures` (both lead with `run_id`). Walking every running run with it costs a probe
+per run, so a state that marks few runs (`MARKED`, a partial index each) is read from its
+marks instead: a filtered page costs one count and one statement.
 """
 
 from __future__ import annotations
@@ -25,23 +27,71 @@ DOING: Final[dict[str, str]] = {
                 "m.run_id = runs.id AND m.kind = 'wait' AND m.outcome IS NULL)"),
     "invoking": ("runs.status = 'running' AND EXISTS (SELECT 1 FROM memos m WHERE "
                  "m.run_id = runs.id AND m.kind = 'invoke' AND m.outcome IS NULL)"),
+    # OFFSET 0 keeps Postgres from turning the probe into a join that hashes all of
+    # `step_failures` and `memos` (its choice on some statistics); SQLite ignores it.
     "retrying": ("runs.status = 'running' AND EXISTS (SELECT 1 FROM step_failures f WHERE "
                  "f.run_id = runs.id AND NOT EXISTS (SELECT 1 FROM memos m WHERE "
-                 "m.run_id = f.run_id AND m.hash = f.hash))"),
+                 "m.run_id = f.run_id AND m.hash = f.hash) LIMIT 1 OFFSET 0)"),
     "orphaned": "runs.status IN ('queued', 'running') AND runs.warnings LIKE {orphan}",
 }
 ORPHAN_PATTERN: Final = '%"orphaned: %'
+
+# The rows that mark a state, each read from a small partial index (migration 0020): future
+# sleeps, unresolved waits and invokes, runs with warnings. Every run in the state has one
+# (runs that ended may too: a run cancelled while it slept). `retrying` (a failure with no
+# memo after it) has no such mark: its filter always walks the running runs.
+MARKED: Final[dict[str, str]] = {
+    "sleeping": "SELECT run_id FROM memos WHERE kind = 'sleep' AND due_at > {now}",
+    "waiting": "SELECT run_id FROM memos WHERE kind = 'wait' AND outcome IS NULL",
+    "invoking": "SELECT run_id FROM memos WHERE kind = 'invoke' AND outcome IS NULL",
+    "orphaned": "SELECT id AS run_id FROM runs WHERE warnings IS NOT NULL",
+}
+# Up to this many marked runs, a filter reads them all and sorts them (a page costs what the
+# state holds); past it, it walks the runs newest first and checks each (`DOING`), which
+# finds a page after about (running runs / marked runs) x page size: either way a page
+# reads at most a few thousand index entries (bench/run_states.py).
+MARKED_DRIVE_LIMIT: Final = 5000
 
 
 def _marks(mark: str, count: int) -> str:
     return ", ".join([mark] * count)
 
 
-def search_sql(query: RunQuery, columns: str, mark: str) -> tuple[str, list[Any]]:
-    """One SELECT of `columns` (qualified with `runs.`) for `query`, and its arguments."""
+def _doing_args(template: str, query: RunQuery) -> list[Any]:
+    """A `DOING` or `MARKED` template's arguments, in the order they appear in it."""
+    return ([query.now] if "{now}" in template else []) + (
+        [ORPHAN_PATTERN] if "{orphan}" in template else [])
+
+
+def marked_sql(query: RunQuery, mark: str) -> tuple[str, list[Any]] | None:
+    """The marks of `query.doing`, up to `MARKED_DRIVE_LIMIT + 1` of them (one range of a
+    partial index), a run id each (a run may have two: parallel sleeps), for `search_sql`'s
+    `marked`; None when the state has no mark."""
+    template = MARKED.get(query.doing or "")
+    if template is None:
+        return None
+    return (f"{template.format(now=mark)} LIMIT {MARKED_DRIVE_LIMIT + 1}",
+            _doing_args(template, query))
+
+
+def search_sql(query: RunQuery, columns: str, mark: str, *,
+               marked: Sequence[str] | None = None) -> tuple[str, list[Any]]:
+    """One SELECT of `columns` (qualified with `runs.`) for `query`, and its arguments.
+    `marked` is what `marked_sql` found: when it is all of them, the runs are looked up by
+    id, not walked."""
     where: list[str] = []
     args: list[Any] = []
     source = "runs"
+    if query.doing is not None and marked is not None and len(marked) <= MARKED_DRIVE_LIMIT:
+        marked = list(dict.fromkeys(marked))
+        if not marked:
+            return "SELECT NULL WHERE 1 = 0", []
+        # The ids first, then each run by primary key: a CROSS JOIN keeps SQLite's planner,
+        # which has no statistics, from walking the runs index in order instead.
+        rows = ", ".join([f"({mark})"] * len(marked))
+        source = f"(VALUES {rows}) AS marked CROSS JOIN runs"
+        where.append("runs.id = marked.column1")
+        args += list(marked)
     if query.event_id is not None:
         # Batched runs list all their events in run_events; others only in runs.event_id.
         where.append(f"(runs.event_id = {mark} OR runs.id IN (SELECT run_id FROM run_events "
@@ -58,11 +108,7 @@ def search_sql(query: RunQuery, columns: str, mark: str) -> tuple[str, list[Any]
         args += list(query.statuses)
     if query.doing is not None:
         template = DOING[query.doing]
-        # Placeholders in the order they appear in the template.
-        if "{now}" in template:
-            args.append(query.now)
-        if "{orphan}" in template:
-            args.append(ORPHAN_PATTERN)
+        args += _doing_args(template, query)
         where.append(template.format(now=mark, orphan=mark))
     if query.created_from is not None:
         where.append(f"runs.created_at >= {mark}")

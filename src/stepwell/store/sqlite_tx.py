@@ -176,7 +176,9 @@ class SqliteTx(SqliteStreams):
                       reverse=True)[:limit]
 
     def search_runs(self, query: RunQuery) -> list[RunRow]:
-        sql, args = run_search.search_sql(query, r.RUN_COLUMNS, "?")
+        marked = run_search.marked_sql(query, "?")
+        ids = None if marked is None else [row[0] for row in self.c.execute(*marked)]
+        sql, args = run_search.search_sql(query, r.RUN_COLUMNS, "?", marked=ids)
         return [r.run_from_row(row) for row in self.c.execute(sql, args)]
 
     def run_work(self, run_ids: Sequence[str]) -> dict[str, RunWork]:
