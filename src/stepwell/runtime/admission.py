@@ -118,6 +118,7 @@ def process_event(tx: Tx, event: Event, now: int, routing: Routing, place: Place
                        reason=f"cancelled by event '{event.name}' ({event.id})")
         elif wait.step_hash is not None and tx.resolve_memo(
                 wait.run_id, wait.step_hash, {"data": payload}, now):
+            effects.resolved.append((wait.run_id, wait.step_hash))
             enqueue_exec(tx, wait.run_id, now, place, effects)
 
 

@@ -29,6 +29,7 @@ from stepwell.core.routing import match_key, path_value
 from stepwell.core.traceparent import stamp
 from stepwell.runtime import admission, runlog, scripts, signals
 from stepwell.runtime.scripts import Effects, Ending, LeaseLost, Placement
+from stepwell.runtime.tracing import woken
 from stepwell.sdk.errors import StepError
 from stepwell.sdk.usage import ModelUsage
 from stepwell.store.base import RunState, Tx, UsageRow, WaitRow
@@ -208,6 +209,19 @@ class RunDriver:
         if ended and self.host.tracing.enabled:
             self.host.tracing.run_ended(self.state, run.function_id, status, now, error)
 
+    def trace_scheduled(self, memo: Memo, **details: str | None) -> None:
+        """A sleep, wait or invoke just recorded, in the run's trace (runtime/tracing.py)."""
+        if self.host.tracing.enabled:
+            self.host.tracing.wait_scheduled(self.state, memo, details)
+
+    def trace_woken(self, memos: list[Memo] | None = None) -> None:
+        """The spans of the sleeps this execution is the first to pass: `memos`, or those
+        that woke before it loaded the run (`tracing.woken`)."""
+        tracing = self.host.tracing
+        if tracing.enabled:
+            for memo in woken(self.state, self.now()) if memos is None else memos:
+                tracing.wait_resolved(self.state, memo)
+
     def trace_context(self) -> str | None:
         """The run span's `traceparent` for the events this run sends and the runs it
         invokes, so that they join its trace (None when tracing is not configured)."""
@@ -271,6 +285,8 @@ class RunDriver:
         if fresh is None:
             memo.pending, memo.data, memo.error = False, outcome.get("data"), outcome.get("error")
             memo.ended_at = now
+            if self.host.tracing.enabled:
+                self.host.tracing.wait_resolved(self.state, memo)
             return memo
         self.memos[step_hash] = fresh
         return fresh
@@ -279,6 +295,7 @@ class RunDriver:
         memo = Memo(step_hash, step_id, "sleep", seq, due_at=due, started_at=self.now(),
                     ended_at=due)
         await self.checkpoint(memo)
+        self.trace_scheduled(memo)
         return memo
 
     async def wait_for_event(self, step_hash: str, step_id: str, seq: int, *, event_name: str,
@@ -294,6 +311,8 @@ class RunDriver:
                        step_hash=step_hash, match_key=key, expr=condition, event_ctx=event)
         memo = Memo(step_hash, step_id, "wait", seq, due_at=due, started_at=now, pending=True)
         await self.checkpoint(memo, lambda tx, place, effects: tx.insert_wait(wait))
+        self.trace_scheduled(memo, **{"wait.event": event_name, "wait.match": match_path,
+                                      "wait.if": condition})
         return due
 
     async def wait_for_signal(self, step_hash: str, step_id: str, seq: int, *, signal: str,
@@ -323,6 +342,7 @@ class RunDriver:
         if memo is None:
             raise LeaseLost(f"step {step_id} of run {run_id} was committed elsewhere")
         self.memos[step_hash] = memo
+        self.trace_scheduled(memo, **{"wait.signal": signal})
         return due if memo.pending else None
 
     async def send_events(self, step_hash: str, step_id: str, seq: int,
@@ -412,6 +432,7 @@ class RunDriver:
             memo = Memo(step_hash, step_id, "invoke", seq, error=error, started_at=now,
                         ended_at=now)
             await self.checkpoint(memo)
+            self.trace_scheduled(memo)
             return memo
         assert target is not None
         due = None if timeout_ms is None else now + timeout_ms
@@ -426,4 +447,5 @@ class RunDriver:
                                 parent=(run_id, step_hash))
 
         await self.checkpoint(memo, start_child)
+        self.trace_scheduled(memo, **{"invoke.function": spec.qualified_id})
         return memo

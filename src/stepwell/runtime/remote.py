@@ -87,6 +87,9 @@ class CallResult:
     retry_at: int | None = None
     # The SDK's own error body (a JSON object), kept verbatim as the failed run's output.
     output_error: dict[str, Any] | None = None
+    # The call's span (tracing configured) and start: the steps it ran are its children.
+    span: Any = None
+    started: int = 0
 
 
 def with_step(url: str, step_id: str) -> str:
@@ -130,11 +133,14 @@ class RemoteExecutor(RunDriver):
         self.inflight = inflight if settings.checkpointing and item_id is not None else None
         self._in_flight: dict[str, asyncio.Task[CallResult]] = {}   # targeted calls
         self._planned: dict[str, Op] = {}
+        # The checkpointing call in progress: its span and when its last step ended.
+        self._checkpointed: tuple[Any, int] | None = None
 
     async def execute(self) -> None:
         # A started run keeps its app's run slot until it suspends or ends (sdkclient).
         slot = (contextlib.nullcontext() if self.calls is None
                 else self.calls.run_slot(self.fn.url))
+        self.trace_woken()
         async with slot:
             await self._execute()
 
@@ -200,7 +206,7 @@ class RemoteExecutor(RunDriver):
                 await self.end("completed", output=op.data)
                 return False
             else:
-                await self._apply(op, no_retry=not result.retry)
+                await self._apply(op, result, no_retry=not result.retry)
         return True
 
     def _edited_step(self) -> str | None:
@@ -252,7 +258,7 @@ class RemoteExecutor(RunDriver):
         if sub.kind == "ops":
             for inner in sub.ops or []:
                 if inner.op not in ("StepPlanned", "RunComplete"):
-                    await self._apply(inner, no_retry=not sub.retry)
+                    await self._apply(inner, sub, no_retry=not sub.retry)
         elif sub.kind == "error":
             assert sub.error is not None
             attempt = self._attempt(op.id)
@@ -260,8 +266,10 @@ class RemoteExecutor(RunDriver):
                 due = self.retry_due(op.id, attempt + 1, after_ms=sub.retry_at)
                 await self.record_failure(op.id, op.display_name or op.id, attempt, sub.error,
                                           next_at=due)
+                self._traced(sub, op, attempt, sub.error, final=False)
                 self._dues.append(due)
                 return True
+            self._traced(sub, op, attempt, sub.error, final=True)
             self._cancel_in_flight()
             await self.end("failed", error=sub.output_error or sub.error,
                            event_error=sub.error)
@@ -281,7 +289,19 @@ class RemoteExecutor(RunDriver):
         """Inngest's own error for an invoke of an unknown function, which SDK code may test."""
         return {"name": "Error", "message": f"could not find function with ID: {ref}"}
 
-    async def _apply(self, op: Op, *, no_retry: bool = False) -> None:
+    def _traced(self, call: CallResult | None, op: Op, attempt: int,
+                error: dict[str, Any] | None, *, final: bool, started: int | None = None) -> None:
+        """The span of a step attempt the SDK reported, under the span of the call it ran in
+        (from the call's start, or `started`, to now), as native attempts are traced."""
+        tracing = self.host.tracing
+        if tracing.enabled and call is not None:
+            tracing.step_attempt(self.state, self.fn.qualified_id, op.id,
+                                 op.display_name or op.name or op.id, attempt,
+                                 call.started if started is None else started, self.now(),
+                                 error, final=final, parent=call.span)
+
+    async def _apply(self, op: Op, call: CallResult | None = None, *,
+                     no_retry: bool = False) -> None:
         existing = self.memos.get(op.id)
         if existing is not None:
             if op.op in ("StepRun", "Step") and existing.kind == "run" and not existing.pending:
@@ -292,14 +312,16 @@ class RemoteExecutor(RunDriver):
             return
         try:
             if op.op in ("StepRun", "Step"):
+                attempt = self._attempt(op.id)
                 await self.checkpoint(Memo(op.id, op.display_name or op.id, "run", self._seq(),
-                                           data=op.data, attempts=self._attempt(op.id) + 1,
+                                           data=op.data, attempts=attempt + 1,
                                            started_at=self.now(), ended_at=self.now()))
+                self._traced(call, op, attempt, None, final=True)
             elif op.op == "StepError":
                 # `x-inngest-no-retry: true` on the response fails the step at once.
-                await self._step_error(op, op.error or {}, retry=not no_retry)
+                await self._step_error(op, op.error or {}, call, retry=not no_retry)
             elif op.op == "StepFailed":
-                await self._step_error(op, op.error or {}, retry=False)
+                await self._step_error(op, op.error or {}, call, retry=False)
             elif op.op == "Sleep":
                 due = sleep_until(op, self.now())
                 await self.sleep(op.id, op.display_name or op.id, self._seq(), due)
@@ -324,7 +346,7 @@ class RemoteExecutor(RunDriver):
                 if held is not None:
                     self._dues.append(held)
             elif op.op in ("Gateway", "AIGateway"):
-                await self._gateway(op)
+                await self._gateway(op, call)
             else:
                 raise ProtocolError(f"opcode {op.op} is not supported by stepwell")
         except ProtocolError as exc:
@@ -333,7 +355,7 @@ class RemoteExecutor(RunDriver):
                                        error=error, started_at=self.now(),
                                        ended_at=self.now()))
 
-    async def _gateway(self, op: Op) -> None:
+    async def _gateway(self, op: Op, call: CallResult | None) -> None:
         """Make the request a Gateway/AIGateway op asks for and save the response as the step's
         result; a failed request is a step error, retried with the function's retries and
         backoff (the SDK reports the op again on the next call, and it is made again)."""
@@ -341,12 +363,15 @@ class RemoteExecutor(RunDriver):
         perform = gateway.fetch if op.op == "Gateway" else gateway.infer
         outcome = await perform(self.client, op, self.settings.app_urls)
         if outcome.error is not None:
-            await self._step_error(op, outcome.error, retry=outcome.retry)
+            await self._step_error(op, outcome.error, call, retry=outcome.retry,
+                                   started=started)
             return
         usage = gateway.infer_usage(op, outcome.data) if op.op == "AIGateway" else None
+        attempt = self._attempt(op.id)
         await self.checkpoint(Memo(op.id, op.display_name or op.id, "run", self._seq(),
-                                   data=outcome.data, attempts=self._attempt(op.id) + 1,
+                                   data=outcome.data, attempts=attempt + 1,
                                    started_at=started, ended_at=self.now()), usage=usage)
+        self._traced(call, op, attempt, None, final=True, started=started)
 
     async def _replayed(self, memo: Memo) -> None:
         """The SDK reported a step we already know (it is still sleeping, waiting or invoking):
@@ -372,9 +397,16 @@ class RemoteExecutor(RunDriver):
         for op in cp.results:
             if op.id in self.memos:
                 continue
-            await self.checkpoint(checkpoint.result_memo(op, self._seq(), self._attempt(op.id) + 1,
+            attempt = self._attempt(op.id)
+            await self.checkpoint(checkpoint.result_memo(op, self._seq(), attempt + 1,
                                                          self.now()))
             stored += 1
+            if self._checkpointed is not None:
+                # Steps run one after the other in the call: each from the previous one's end.
+                span, since = self._checkpointed
+                self._traced(CallResult("ops", span=span), op, attempt, None, final=True,
+                             started=since)
+                self._checkpointed = (span, self.now())
         return stored
 
     async def _reload(self) -> None:
@@ -391,12 +423,13 @@ class RemoteExecutor(RunDriver):
     def _attempt(self, step_hash: str) -> int:
         return len(self.failures.get(step_hash, ()))
 
-    async def _step_error(self, op: Op, error: dict[str, Any], *, retry: bool,
-                          after_ms: int | None = None) -> None:
+    async def _step_error(self, op: Op, error: dict[str, Any], call: CallResult | None, *,
+                          retry: bool, started: int | None = None) -> None:
         attempt = self._attempt(op.id)
         retrying = retry and attempt < self.spec.retries
-        due = self.retry_due(op.id, attempt + 1, after_ms=after_ms) if retrying else None
+        due = self.retry_due(op.id, attempt + 1) if retrying else None
         await self.record_failure(op.id, op.display_name or op.id, attempt, error, next_at=due)
+        self._traced(call, op, attempt, error, final=due is None, started=started)
         if due is not None:
             self._dues.append(due)
             return
@@ -464,16 +497,24 @@ class RemoteExecutor(RunDriver):
                     "name": "AppUrlNotAllowed", "stack": "", "message": str(exc)})
         checkpointing = self._checkpointing(step_id, disable_immediate)
         self.host.stats.sdk_calls += 1
+        started = self.now()
         span = self.host.tracing.start_call(self.state, self.fn.qualified_id, step_id,
-                                            body["ctx"]["attempt"], self.now())
+                                            body["ctx"]["attempt"], started)
         traceparent = call_traceparent(span)
         if traceparent is not None:
             headers[TRACEPARENT] = traceparent       # the app's spans join the run's trace
         result: CallResult | None = None
+        if checkpointing and span is not None:
+            self._checkpointed = (span, started)
         try:
             result = await self._post(url, raw, headers, checkpointing)
+            result.span, result.started = span, started
+            if checkpointing and self._checkpointed is not None:
+                result.started = self._checkpointed[1]   # its ops ran after the checkpoints
             return result
         finally:
+            if checkpointing:
+                self._checkpointed = None
             if span is not None:
                 self._end_span(span, result)
 

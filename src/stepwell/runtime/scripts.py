@@ -95,6 +95,8 @@ class Effects:
         default_factory=list)
     runs_created: int = 0
     event_ids: list[str] = field(default_factory=list)
+    # (run id, step hash) of each wait or invoke resolved: its span is emitted (tracing)
+    resolved: list[tuple[str, str]] = field(default_factory=list)
     wake: bool = False          # ready work was queued for any worker: poll now
 
 
@@ -287,6 +289,7 @@ def end_run(tx: Tx, ending: Ending, now: int, place: Placement, routing: Routing
                    {"error": ending.reported_error or {"name": "Cancelled",
                                                        "message": ending.status}})
         if tx.resolve_memo(ending.parent_run_id, ending.parent_step, outcome, now):
+            effects.resolved.append((ending.parent_run_id, ending.parent_step))
             enqueue_exec(tx, ending.parent_run_id, now, place, effects)
     emitted = lifecycle_events(ending, now, routing)
     trigger = (ending.event or {}).get("id")
@@ -309,6 +312,7 @@ def fail_bare(tx: Tx, run: RunRow, error: dict[str, Any], now: int, place: Place
     effects.unsuccessful.append((run.id, run.function_id, "failed", error))
     if run.parent_run_id and run.parent_step and tx.resolve_memo(
             run.parent_run_id, run.parent_step, {"error": error}, now):
+        effects.resolved.append((run.parent_run_id, run.parent_step))
         enqueue_exec(tx, run.parent_run_id, now, place, effects)
 
 

@@ -162,6 +162,7 @@ class RunSession(RunDriver):
         the run is registered with `host.interrupts`, so that a cancellation stops a step body
         in progress (runtime/interrupts.py)."""
         self._live = self.host.interrupts.enter(self.run_id)
+        self.trace_woken()
         try:
             await self._execute()
         finally:
@@ -465,6 +466,7 @@ class RunSession(RunDriver):
             if not self._may_park(memo.due_at):
                 return await self._suspend(memo.hash, memo.due_at, timer=True)
             await self._park_until(memo.due_at)
+            self.trace_woken([memo])
         if memo.pending:
             if memo.due_at is None or memo.due_at > now:
                 return await self._suspend(memo.hash, memo.due_at)
@@ -542,10 +544,11 @@ class RunSession(RunDriver):
     async def _sleep(self, request: StepRequest, step_hash: str, seq: int) -> None:
         now = self.now()
         due = request.until_ms if request.until_ms is not None else now + (request.sleep_ms or 0)
-        await self.sleep(step_hash, request.step_id, seq, due)
+        memo = await self.sleep(step_hash, request.step_id, seq, due)
         self._consumed.add(step_hash)
         if due > now:
             if self._may_park(due):
                 await self._park_until(due)
+                self.trace_woken([memo])
             else:
                 await self._suspend(step_hash, due, timer=True)

@@ -72,6 +72,7 @@ def deliver(tx: Tx, signal: str, data: Any, now: int, place: Placement,
         outcome = {"data": {"signal": signal, "data": data}}
         if wait.step_hash is not None and tx.resolve_memo(wait.run_id, wait.step_hash,
                                                           outcome, now):
+            effects.resolved.append((wait.run_id, wait.step_hash))
             enqueue_exec(tx, wait.run_id, now, place, effects)
             return wait.run_id
     return None

@@ -10,13 +10,44 @@ stored:
   invokes. An event without one starts a new trace whose id is derived from the run id.
 - The run span's id is derived from the run id, so every process that executes a part of the
   run parents its spans on the same span. The run span itself is emitted when the run ends
-  (with its real start time, `started_at`), together with a span for each sleep, wait and
-  invoke the run recorded (from its memos). A run cancelled from outside an executor gets it
+  (with its real start time, `started_at`). A run cancelled from outside an executor gets it
   from the process that cancelled it (`trace_cancelled`).
 - A step attempt's span is emitted by the process that ran it, when the attempt ends: error
-  status and an `exception` event when it failed; a retry is a new attempt, a new span.
+  status and an `exception` event when it failed; a retry is a new attempt, a new span. The
+  attempts of steps of official-SDK apps are read from the SDK's answer (StepRun, StepError,
+  StepFailed, the results it checkpointed during the call) and parented on the span of the call
+  they ran in, so native and SDK runs look alike (`parent`).
 - A call to an SDK app is a span whose context goes to the app as the `traceparent` header,
   so the app's own spans join the run's trace.
+
+Sleeps, waits (`wait_for_event`, signals) and invokes can last days, and a span can only be
+exported once it has ended: an OTLP backend (Jaeger, Tempo) shows nothing of a span still open,
+and nothing of a span can change once exported. So each one is two spans, both children of the
+run span, with ids derived from the run id and the step, so whichever process emits them names
+the same spans:
+
+- `<kind> <step> (scheduled)`, when the step is recorded: a zero-length span at that instant
+  with what it waits for as attributes: `stepwell.step.due_at` (ISO 8601, UTC: when the sleep
+  wakes or the wait times out), the event name and `match`/`if`, the signal, the invoked
+  function. A zero-length span rather than a span running to the due time: the wait may end
+  sooner (the event arrives), and a span ending in the future would show a wait that has not
+  happened; rather than an event on the run span: that span is exported only when the run ends.
+  Jaeger and Tempo show it in the trace's waterfall at once, with its tags (and a search for
+  `stepwell.step.status=scheduled` finds what runs are waiting on).
+- `<kind> <step>`, its real span from the step's start to its resolution, when it resolves: by
+  the process that resolved a wait or invoke (the compare-and-set of its memo, `resolve_memo`:
+  an event, a signal, a timeout, the invoked run's end; `trace_resolved`), and for a sleep by
+  the first execution of the run after its wake time. "First" is read from the stored state:
+  the sleep woke after the last thing the run recorded (a step started or ended, an attempt
+  failed) when the execution loaded it; the execution that passed it first records the steps
+  after it, so later ones do not emit it again (`woken`).
+- When the run ends, only what had not resolved yet is emitted (a pending wait, a sleep still
+  ahead), cut short at the run's end: what resolved earlier was emitted then. A step recorded
+  already resolved (a zero sleep, an invoke of an unknown function) is emitted at once.
+
+Emitting is not transactional with the store: a process that dies between committing and
+emitting loses the span, and one that emits and dies before its commit may have it emitted
+again by the next process, with the same span id (backends show or merge the duplicate).
 
 Nothing of OpenTelemetry is imported unless tracing is configured (`configure`): the engine
 then holds `NO_TRACING`, whose hooks do nothing.
@@ -24,6 +55,7 @@ then holds `NO_TRACING`, whose hooks do nothing.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import hashlib
 import logging
@@ -50,9 +82,39 @@ INSTALL_HINT = "pip install 'stepwell[otel]'"
 ENDPOINT_ENV = "STEPWELL_OTLP_ENDPOINT"
 
 
+WAIT_KINDS = ("sleep", "wait", "invoke")     # the steps traced as time spent waiting
+
+
 def _derived(kind: str, run_id: str, size: int) -> int:
     digest = hashlib.sha256(f"stepwell:{kind}:{run_id}".encode()).digest()
     return int.from_bytes(digest[:size], "big") or 1
+
+
+def _iso(ms: int) -> str:
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
+
+
+def last_recorded(state: RunState) -> int:
+    """The latest instant the run recorded something an execution of it did: a step started or
+    ended, an attempt failed (not the resolution of a wait or invoke: another process makes it,
+    without executing the run). A sleep that woke after it was not passed yet (`woken`)."""
+    latest = 0
+    for memo in state.memos.values():
+        latest = max(latest, memo.started_at,
+                     memo.ended_at if memo.kind not in WAIT_KINDS else 0)
+    for failures in state.failures.values():
+        for failure in failures:
+            latest = max(latest, int(failure.get("at") or 0))
+    return latest
+
+
+def woken(state: RunState, now: int) -> list[Memo]:
+    """The sleeps an execution of the run that loaded `state` at `now` is the first to pass:
+    due by now, and after everything the run had recorded (see the module doc)."""
+    since = last_recorded(state)
+    return [m for m in state.memos.values() if m.kind == "sleep" and m.due_at is not None
+            and since < m.due_at <= now]
 
 
 class RunTrace:
@@ -86,7 +148,15 @@ class NoTracing:
 
     def step_attempt(self, state: RunState, function_id: str, step_id: str, name: str,
                      attempt: int, start_ms: int, end_ms: int,
-                     error: Mapping[str, Any] | None, *, final: bool) -> None:
+                     error: Mapping[str, Any] | None, *, final: bool,
+                     parent: Span | None = None) -> None:
+        return None
+
+    def wait_scheduled(self, state: RunState, memo: Memo,
+                       details: Mapping[str, str | None]) -> None:
+        return None
+
+    def wait_resolved(self, state: RunState, memo: Memo) -> None:
         return None
 
     def run_ended(self, state: RunState, function_id: str, status: str, end_ms: int,
@@ -199,11 +269,15 @@ class OtelTracing(NoTracing):
     @_safe
     def step_attempt(self, state: RunState, function_id: str, step_id: str, name: str,
                      attempt: int, start_ms: int, end_ms: int,
-                     error: Mapping[str, Any] | None, *, final: bool) -> None:
-        _, parent = self._under_run(state)
+                     error: Mapping[str, Any] | None, *, final: bool,
+                     parent: Span | None = None) -> None:
+        """An attempt of a step, under the run span, or under `parent` (the call to an SDK app
+        the attempt ran in)."""
+        under = (self._under_run(state)[1] if parent is None
+                 else self._trace.set_span_in_context(parent))
         status = "completed" if error is None else "failed" if final else "retrying"
         span = self.tracer.start_span(
-            f"step {name}", context=parent, start_time=_ns(start_ms),
+            f"step {name}", context=under, start_time=_ns(start_ms),
             attributes={"stepwell.function.id": function_id, "stepwell.run.id": state.run.id,
                         "stepwell.step.id": step_id, "stepwell.step.name": name,
                         "stepwell.step.attempt": attempt, "stepwell.step.status": status})
@@ -229,24 +303,57 @@ class OtelTracing(NoTracing):
         if status != "completed":
             self._fail(span, error or {"name": status, "message": f"the run was {status}"})
         span.end(end_time=_ns(end_ms))
-        _, under = self._under_run(state)
         for memo in state.memos.values():
-            self._wait_span(memo, under, function_id, run.run_id, end_ms)
+            if memo.kind in WAIT_KINDS and (memo.pending or memo.sleeping(end_ms)):
+                self._wait_span(state, memo, end_ms)     # cut short: it never resolved
 
-    def _wait_span(self, memo: Memo, parent: Any, function_id: str, run_id: str,
-                   end_ms: int) -> None:
-        """A sleep, wait or invoke the run recorded, as a span of the time it waited."""
-        if memo.kind not in ("sleep", "wait", "invoke") or memo.started_at is None:
+    def _step_span(self, state: RunState, memo: Memo, name: str, at_ms: int,
+                   attributes: Mapping[str, Any], key: str) -> Span:
+        """A span of a sleep, wait or invoke under the run span, its id derived from the
+        run and the step (`key` tells the scheduled span from the real one)."""
+        _, under = self._under_run(state)
+        self._ids.span = _derived(f"{key}:{memo.hash}", state.run.id, 8)
+        try:
+            return self.tracer.start_span(
+                name, context=under, start_time=_ns(at_ms),
+                attributes={"stepwell.function.id": state.run.function_id,
+                            "stepwell.run.id": state.run.id, "stepwell.step.id": memo.hash,
+                            "stepwell.step.name": memo.step_id,
+                            "stepwell.step.kind": memo.kind, **attributes})
+        finally:
+            self._ids.span = None
+
+    @_safe
+    def wait_scheduled(self, state: RunState, memo: Memo,
+                       details: Mapping[str, str | None]) -> None:
+        """A sleep, wait or invoke just recorded: the zero-length `(scheduled)` span (see the
+        module doc), or the real span at once when it was recorded resolved."""
+        if not memo.pending and not memo.sleeping(memo.started_at):
+            self._wait_span(state, memo, memo.ended_at or memo.started_at)
             return
-        ended = memo.ended_at if memo.ended_at is not None else memo.due_at
-        span = self.tracer.start_span(
-            f"{memo.kind} {memo.step_id}", context=parent, start_time=_ns(memo.started_at),
-            attributes={"stepwell.function.id": function_id, "stepwell.run.id": run_id,
-                        "stepwell.step.id": memo.hash, "stepwell.step.name": memo.step_id,
-                        "stepwell.step.kind": memo.kind})
+        attributes: dict[str, Any] = {"stepwell.step.status": "scheduled"}
+        if memo.due_at is not None:
+            attributes["stepwell.step.due_at"] = _iso(memo.due_at)
+        attributes.update({f"stepwell.{k}": v for k, v in details.items() if v is not None})
+        span = self._step_span(state, memo, f"{memo.kind} {memo.step_id} (scheduled)",
+                               memo.started_at, attributes, "scheduled")
+        span.end(end_time=_ns(memo.started_at))
+
+    @_safe
+    def wait_resolved(self, state: RunState, memo: Memo) -> None:
+        """A sleep that woke, a wait or invoke that resolved: its real span."""
+        end = memo.due_at if memo.kind == "sleep" else memo.ended_at
+        self._wait_span(state, memo, end if end is not None else memo.started_at)
+
+    def _wait_span(self, state: RunState, memo: Memo, end_ms: int) -> None:
+        """A sleep, wait or invoke the run recorded, as a span of the time it waited."""
+        status = ("failed" if memo.error is not None else "cancelled" if memo.pending
+                  or memo.sleeping(end_ms) else "completed")
+        span = self._step_span(state, memo, f"{memo.kind} {memo.step_id}", memo.started_at,
+                               {"stepwell.step.status": status}, "wait")
         if memo.error is not None:
             self._fail(span, memo.error)
-        span.end(end_time=_ns(min(ended if ended is not None else end_ms, end_ms)))
+        span.end(end_time=_ns(max(end_ms, memo.started_at)))
 
     @_safe
     def start_call(self, state: RunState, function_id: str, step_id: str, attempt: int,
@@ -276,6 +383,20 @@ class OtelTracing(NoTracing):
             self.provider.force_flush()
         except Exception:
             log.exception("flushing the OpenTelemetry spans failed")
+
+
+async def trace_resolved(host: Host, resolved: list[tuple[str, str]]) -> None:
+    """The spans of the waits and invokes (run id, step hash) a committed script resolved,
+    read back from the store (the script holds only the compare-and-set of their memos)."""
+    for run_id in dict.fromkeys(r for r, _ in resolved):
+        def load(tx: Tx, run_id: str = run_id) -> RunState | None:
+            return tx.load_run_state(run_id)
+
+        state = await host.read(load)
+        for hash_ in (h for r, h in resolved if r == run_id):
+            memo = None if state is None else state.memos.get(hash_)
+            if state is not None and memo is not None and not memo.pending:
+                host.tracing.wait_resolved(state, memo)
 
 
 async def trace_cancelled(host: Host, run_ids: list[str]) -> None:

@@ -332,6 +332,8 @@ class Worker:
         if effects.wake:
             self.wake.set()
         self.stats.count(effects)
+        if effects.resolved and self.tracing.enabled:
+            self._spawn_background(tracing.trace_resolved(self, effects.resolved))
         if effects.unsuccessful:
             cancelled = [u[0] for u in effects.unsuccessful if u[2] == "cancelled"]
             if cancelled:
