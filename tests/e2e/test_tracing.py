@@ -230,3 +230,137 @@ async def test_a_run_cancelled_from_outside_has_its_run_span(
     assert sleep.end_time == root.end_time
     assert sleep.parent is not None and root.context is not None
     assert sleep.parent.span_id == root.context.span_id
+
+
+def waiting_app() -> stepwell.App:
+    """A run that sleeps, waits for an event, waits for a signal and invokes a child that
+    sleeps: each of these lasts until the test moves it on."""
+    app = stepwell.App("t")
+
+    @app.function(id="child", trigger="t/child")
+    async def child(ctx: stepwell.Context, step: stepwell.Step) -> int:
+        await step.sleep("child-nap", "10m")
+        return 1
+
+    @app.function(id="flow", trigger="t/flow")
+    async def flow(ctx: stepwell.Context, step: stepwell.Step) -> int:
+        await step.sleep("nap", "1h")
+        approval = await step.wait_for_event("approval", event="t/approved", timeout="1d",
+                                             match="data.order")
+        assert approval is not None
+        go = await step.wait_for_signal("go", signal=f"go-{ctx.event.data['order']}",
+                                        timeout="1d")
+        assert go is not None
+        return int(await step.invoke("call-child", function=child, data={}))
+
+    return app
+
+
+def names(*exporters: InMemorySpanExporter) -> list[str]:
+    return sorted(s.name for e in exporters for s in e.get_finished_spans())
+
+
+def one(exporter: InMemorySpanExporter, name: str) -> ReadableSpan:
+    [span] = [s for s in exporter.get_finished_spans() if s.name == name]
+    return span
+
+
+async def test_sleeps_waits_and_invokes_are_traced_while_they_happen(
+        make_engine: Any, clock: VirtualClock, exporter: InMemorySpanExporter) -> None:
+    """Each sleep, wait and invoke is a `(scheduled)` span when it is recorded and its real span
+    when it resolves, long before the run ends; the run's end emits none of them again. The
+    run starts on one engine and goes on on another (a restart): still once each."""
+    first = InMemorySpanExporter()
+    start = clock.now()
+    async with make_engine(waiting_app(), tracer_provider=provider_for(first)) as engine:
+        [run] = await engine.runs(event_id=str(await engine.send("t/flow", {"order": 42})))
+        run_id = run.id
+        await engine.idle()
+    scheduled = one(first, "sleep nap (scheduled)")
+    assert scheduled.attributes is not None
+    assert scheduled.attributes["stepwell.step.status"] == "scheduled"
+    assert scheduled.attributes["stepwell.step.due_at"] == "2026-01-01T01:00:00.000Z"
+    assert scheduled.start_time == scheduled.end_time == start * 1_000_000
+    assert not [n for n in names(first) if not n.endswith("(scheduled)")]
+
+    async with make_engine(waiting_app(), tracer_provider=provider_for(exporter)) as engine:
+        await clock.advance("2h")
+        await engine.idle()
+        nap = one(exporter, "sleep nap")              # woke: its real span, the run still on
+        assert (nap.start_time, nap.end_time) == (start * 1_000_000,
+                                                  (start + 3_600_000) * 1_000_000)
+        wait = one(exporter, "wait approval (scheduled)")
+        assert wait.attributes is not None
+        assert (wait.attributes["stepwell.wait.event"], wait.attributes["stepwell.wait.match"],
+                wait.attributes["stepwell.step.due_at"]) == (
+            "t/approved", "data.order", "2026-01-02T01:00:00.000Z")   # from the wake
+        assert "wait approval" not in names(exporter)
+
+        await clock.advance("5m")
+        await engine.send("t/approved", {"order": 7})     # not this run's order
+        await engine.send("t/approved", {"order": 42})
+        await engine.idle()
+        approval = one(exporter, "wait approval")      # from the wake to the event
+        assert (approval.start_time, approval.end_time) == (
+            (start + 3_600_000) * 1_000_000, (start + 7_500_000) * 1_000_000)
+        signal = one(exporter, "wait go (scheduled)")
+        assert signal.attributes is not None
+        assert signal.attributes["stepwell.wait.signal"] == "go-42"
+
+        await clock.advance("1m")
+        assert await engine.send_signal("go-42", {"ok": True}) == run_id
+        await engine.idle()
+        assert one(exporter, "wait go").status.status_code is StatusCode.UNSET
+        invoke = one(exporter, "invoke call-child (scheduled)")
+        assert invoke.attributes is not None
+        assert invoke.attributes["stepwell.invoke.function"] == "t/child"
+        assert "invoke call-child" not in names(exporter) and "run t/flow" not in names(exporter)
+
+        await clock.advance("1h")
+        run = await engine.wait(run_id, timeout=10)
+        await engine.idle()
+    assert run.status == "completed" and run.output == 1
+    every = names(first, exporter)
+    for name in ("sleep nap", "wait approval", "wait go", "invoke call-child", "sleep child-nap",
+                 "sleep nap (scheduled)", "wait approval (scheduled)", "wait go (scheduled)",
+                 "invoke call-child (scheduled)", "run t/flow", "run t/child"):
+        assert every.count(name) == 1, (name, every)
+    root = one(exporter, "run t/flow")
+    assert root.context is not None
+    spans = [*first.get_finished_spans(), *exporter.get_finished_spans()]
+    assert {s.context.trace_id for s in spans if s.context} == {root.context.trace_id}
+    for name in ("sleep nap", "wait approval", "wait go", "invoke call-child",
+                 "invoke call-child (scheduled)"):
+        [span] = [s for s in spans if s.name == name]
+        assert span.parent is not None and span.parent.span_id == root.context.span_id
+        assert span.attributes is not None
+        assert span.attributes["stepwell.step.status"] == (
+            "scheduled" if name.endswith("(scheduled)") else "completed")
+
+
+async def test_a_timed_out_wait_and_a_short_sleep_are_traced_once(
+        make_engine: Any, clock: VirtualClock, exporter: InMemorySpanExporter) -> None:
+    app = stepwell.App("t")
+
+    @app.function(id="patient", trigger="t/patient")
+    async def patient(ctx: stepwell.Context, step: stepwell.Step) -> bool:
+        await step.sleep("blink", "1s")               # short: spent in memory
+        got = await step.wait_for_event("reply", event="t/reply", timeout="1h")
+        await step.run("after", lambda: 1)
+        return got is None
+
+    async with make_engine(app, tracer_provider=provider_for(exporter)) as engine:
+        run_id = await run_of(engine, "t/patient")
+        await clock.advance("2s")
+        await engine.idle()
+        assert names(exporter).count("sleep blink") == 1
+        assert "wait reply" not in names(exporter)
+        await clock.advance("2h")
+        run = await engine.wait(run_id, timeout=10)
+        await engine.idle()
+    assert run.status == "completed" and run.output is True
+    every = names(exporter)
+    assert every.count("sleep blink") == every.count("wait reply") == 1
+    reply = one(exporter, "wait reply")
+    assert reply.start_time is not None and reply.end_time is not None
+    assert reply.end_time - reply.start_time == 3_600_000 * 1_000_000
