@@ -26,6 +26,7 @@ class ReceivedSpan:
     attributes: dict[str, object]
     status_code: int         # 0 unset, 1 ok, 2 error
     service: str
+    exception_message: str = ""     # of its `exception` event, if it has one
 
 
 class Receiver:
@@ -51,9 +52,12 @@ class Receiver:
                     for a in span.attributes:
                         kind = a.value.WhichOneof("value")
                         attributes[a.key] = getattr(a.value, kind) if kind else None
+                    exception = next((a.value.string_value for e in span.events
+                                      if e.name == "exception" for a in e.attributes
+                                      if a.key == "exception.message"), "")
                     found.append(ReceivedSpan(span.name, span.trace_id.hex(), span.span_id.hex(),
                                               span.parent_span_id.hex(), attributes,
-                                              span.status.code, service))
+                                              span.status.code, service, exception))
         with self.lock:
             self.spans.extend(found)
 
