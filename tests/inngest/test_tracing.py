@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 from otlp_receiver import ReceivedSpan, otlp_receiver
-from sdk_harness import python_app_spec, start_harness, wait_for
+from sdk_harness import (
+    TS_APP_DIR,
+    AppSpec,
+    python_app_spec,
+    start_harness,
+    typescript_app_spec,
+    wait_for,
+)
 
 
 def test_an_sdk_run_is_one_trace_from_the_sender_to_the_app(
@@ -117,3 +124,32 @@ def test_sdk_step_attempts_and_waits_are_spans_of_one_trace(
     for name in ("sleep wait-for-payment (scheduled)", "sleep wait-for-payment",
                  "wait wait-payment (scheduled)", "wait wait-payment"):
         assert names.count(name) == 1, (name, names)
+
+
+def test_steps_a_typescript_app_checkpointed_are_spans_of_the_call_they_ran_in(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpointing SDK (TypeScript v4) runs three steps in one call, posting each result
+    to /v1/checkpoint: three step spans under that call's span."""
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
+    node = typescript_app_spec("v4")              # checks Node and the npm packages
+    app = AppSpec("ts-ckpt", [node.cmd[0], str(TS_APP_DIR / "app_checkpoint.mjs"), "0"],
+                  node.cwd)
+    with otlp_receiver() as receiver, contextmanager(start_harness)(
+            app, f"sqlite:///{tmp_path / 'stepwell.db'}", tmp_path,
+            serve_args=("--otlp-endpoint", receiver.url)) as sdk:
+        run = sdk.finish(sdk.send_one("ckpt/three", {"key": "k"}), "three-steps")
+        assert run["status"] == "Completed"
+
+        def ended() -> list[ReceivedSpan]:
+            spans = [s for s in receiver.received() if s.attributes["stepwell.run.id"]
+                     == run["run_id"]]
+            return spans if any(s.name.startswith("run ") for s in spans) else []
+
+        spans = wait_for(ended, "the run's span", context=sdk.logs)
+    [root] = [s for s in spans if s.name.startswith("run ")]
+    [call] = [s for s in spans if s.name.startswith("call ")]
+    assert call.parent_span_id == root.span_id
+    steps = [s for s in spans if s.name.startswith("step ")]
+    assert sorted(s.attributes["stepwell.step.name"] for s in steps) == ["a", "b", "c"]
+    assert all(s.parent_span_id == call.span_id and s.trace_id == root.trace_id
+               and s.attributes["stepwell.step.status"] == "completed" for s in steps)
