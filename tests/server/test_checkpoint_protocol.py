@@ -13,6 +13,9 @@ from typing import Any
 
 import pytest
 import uvicorn
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -51,6 +54,12 @@ async def scripted() -> AsyncIterator[ScriptedApp]:
     server.should_exit = True
     await task
     sock.close()
+
+
+def provider_for(exporter: InMemorySpanExporter) -> TracerProvider:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider
 
 
 def registration(url: str) -> dict[str, Any]:
@@ -116,10 +125,18 @@ async def test_checkpoint_through_another_process_is_lease_checked(
         return 200, {"a": call["steps"]["a"]["data"]}
 
     scripted.script = script
-    async with make_engine() as engine, make_engine(worker=False) as other:
+    here, there = InMemorySpanExporter(), InMemorySpanExporter()
+    async with make_engine(tracer_provider=provider_for(here)) as engine, make_engine(
+            worker=False, tracer_provider=provider_for(there)) as other:
         run = await run_once(engine, scripted)
     assert run.status == "completed" and run.output == {"a": "from-b"}
     assert [s.id for s in run.steps] == ["A", "nap"]
+    # The step's span comes from the process that committed it, under the run span (the
+    # call's span is the other process's).
+    [root] = [s for s in here.get_finished_spans() if s.name.startswith("run ")]
+    [step] = there.get_finished_spans()
+    assert step.name == "step A" and step.parent is not None and root.context is not None
+    assert step.parent.span_id == root.context.span_id
 
 
 async def test_checkpoint_after_cancel_is_refused(make_engine: Any,

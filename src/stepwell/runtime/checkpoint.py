@@ -37,7 +37,7 @@ from stepwell.core.models import Memo
 from stepwell.core.protocol import Op, ProtocolError, parse_ops
 from stepwell.runtime import scripts
 from stepwell.runtime.scripts import Effects, LeaseLost, Placement
-from stepwell.store.base import Tx
+from stepwell.store.base import RunState, Tx
 
 if TYPE_CHECKING:
     from stepwell.runtime.remote import RemoteExecutor
@@ -158,23 +158,25 @@ def commit_elsewhere(checkpoint: Checkpoint, now: int, lease_until: int
                      ) -> Any:
     """The transaction script for a checkpoint whose call another process is making: hold
     that process's lease (compare-and-set), then insert each new step result. Returns the
-    number of results stored; raises LeaseLost (-> 409) or UnknownRun."""
+    run's state as loaded and the memos stored; raises LeaseLost (-> 409) or UnknownRun."""
     run_id, ref, results = checkpoint.run_id, checkpoint.ref, checkpoint.results
 
-    def script(tx: Tx, place: Placement, effects: Effects) -> int:
+    def script(tx: Tx, place: Placement, effects: Effects) -> tuple[RunState, list[Memo]]:
         scripts.hold(tx, ref.item_id, ref.owner, lease_until)
         state = tx.load_run_state(run_id)
         if state is None:
             raise UnknownRun(f"no run {run_id!r}")
-        stored, seq = 0, len(state.memos)
+        stored: list[Memo] = []
+        seq = len(state.memos)
         for op in results:
             if op.id in state.memos:
                 continue                        # posted again: stored once
             attempts = len(state.failures.get(op.id, ())) + 1
-            if tx.insert_memo(run_id, result_memo(op, seq, attempts, now)):
-                stored += 1
+            memo = result_memo(op, seq, attempts, now)
+            if tx.insert_memo(run_id, memo):
+                stored.append(memo)
                 seq += 1
-        return stored
+        return state, stored
 
     return script
 

@@ -299,8 +299,14 @@ class Worker:
                     and cp.ref.owner == self.owner):
                 stored = await executor.accept_checkpoint(cp)
             elif cp.results:
-                stored = await self.commit(checkpoint.commit_elsewhere(
+                state, memos = await self.commit(checkpoint.commit_elsewhere(
                     cp, self.clock.now(), self.lease_until()))
+                stored = len(memos)
+                for memo in memos if self.tracing.enabled else ():
+                    # The call's span is another process's: these hang on the run span.
+                    self.tracing.step_attempt(state, state.run.function_id, memo.hash,
+                                              memo.step_id, memo.attempts - 1, memo.started_at,
+                                              memo.ended_at, None, final=True)
             else:
                 stored = 0
         except scripts.LeaseLost as exc:
