@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import textwrap
@@ -364,3 +365,26 @@ async def test_a_timed_out_wait_and_a_short_sleep_are_traced_once(
     reply = one(exporter, "wait reply")
     assert reply.start_time is not None and reply.end_time is not None
     assert reply.end_time - reply.start_time == 3_600_000 * 1_000_000
+
+
+async def test_a_sleep_that_wakes_during_a_parallel_step_is_traced_once(
+        make_engine: Any, clock: VirtualClock, exporter: InMemorySpanExporter) -> None:
+    """The execution holding the run when the sleep wakes records a step after the wake: the
+    next execution cannot tell from the stored state that nobody passed the sleep, so the
+    execution that hands the run back emits it."""
+    app = stepwell.App("t")
+
+    @app.function(id="both", trigger="t/both")
+    async def both(ctx: stepwell.Context, step: stepwell.Step) -> int:
+        async def slow() -> str:
+            clock._set(clock.now() + 120_000)      # the step lasts two (virtual) minutes
+            return "done"
+
+        await asyncio.gather(step.sleep("nap", "1m"), step.run("slow", slow))
+        return int(await step.run("after", lambda: 1))
+
+    async with make_engine(app, tracer_provider=provider_for(exporter)) as engine:
+        run = await engine.wait(await run_of(engine, "t/both"), timeout=10)
+        await engine.idle()
+    assert run.status == "completed"
+    assert names(exporter).count("sleep nap") == 1

@@ -29,7 +29,7 @@ from stepwell.core.routing import match_key, path_value
 from stepwell.core.traceparent import stamp
 from stepwell.runtime import admission, runlog, scripts, signals
 from stepwell.runtime.scripts import Effects, Ending, LeaseLost, Placement
-from stepwell.runtime.tracing import woken
+from stepwell.runtime.tracing import last_recorded, woken
 from stepwell.sdk.errors import StepError
 from stepwell.sdk.usage import ModelUsage
 from stepwell.store.base import RunState, Tx, UsageRow, WaitRow
@@ -106,6 +106,8 @@ class RunDriver:
         self.item_id = item_id
         self.memos = state.memos
         self.failures = state.failures
+        self.loaded_at = host.clock.now()
+        self._sleeps_traced: set[str] = set()      # sleeps whose span this execution emitted
 
     def now(self) -> int:
         return self.host.clock.now()
@@ -215,12 +217,26 @@ class RunDriver:
             self.host.tracing.wait_scheduled(self.state, memo, details)
 
     def trace_woken(self, memos: list[Memo] | None = None) -> None:
-        """The spans of the sleeps this execution is the first to pass: `memos`, or those
-        that woke before it loaded the run (`tracing.woken`)."""
+        """The spans of the sleeps this execution is the first to pass: `memos` (it slept
+        through them), or those that woke before it loaded the run (`tracing.woken`)."""
         tracing = self.host.tracing
         if tracing.enabled:
-            for memo in woken(self.state, self.now()) if memos is None else memos:
-                tracing.wait_resolved(self.state, memo)
+            for memo in woken(self.state, self.loaded_at) if memos is None else memos:
+                if memo.hash not in self._sleeps_traced:
+                    self._sleeps_traced.add(memo.hash)
+                    tracing.wait_resolved(self.state, memo)
+
+    def trace_due_sleeps(self, *, handing_back: bool) -> None:
+        """The sleeps that woke while this execution held the run, not passed by it yet:
+        before a call to an SDK app, all of them (the app passes them now); when the run is
+        handed back, those the next execution would take for passed, since this one
+        recorded something after their wake (see `tracing.woken`)."""
+        if not self.host.tracing.enabled:
+            return
+        now, since = self.now(), last_recorded(self.state)
+        self.trace_woken([m for m in self.memos.values() if m.kind == "sleep"
+                          and m.due_at is not None and self.loaded_at < m.due_at <= now
+                          and (not handing_back or since >= m.due_at)])
 
     def trace_context(self) -> str | None:
         """The run span's `traceparent` for the events this run sends and the runs it

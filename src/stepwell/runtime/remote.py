@@ -174,6 +174,7 @@ class RemoteExecutor(RunDriver):
                 return
             if self._dues and not self._in_flight:
                 dues = [d for d in self._dues if d is not None]
+                self.trace_due_sleeps(handing_back=True)
                 await self.release(min(dues) if dues else None)
                 return
         # A step-per-call loop this long means the app never finishes: let others run.
@@ -465,6 +466,7 @@ class RemoteExecutor(RunDriver):
                 "version": 2, "use_api": False}
 
     async def _call(self, step_id: str, *, disable_immediate: bool) -> CallResult:
+        self.trace_due_sleeps(handing_back=False)     # the app is told they are over
         body = self._request_body(step_id, disable_immediate)
         try:
             raw = canonical_json(body)

@@ -189,6 +189,7 @@ class RunSession(RunDriver):
                 return
             dues = [due for due, _ in self._suspends.values() if due is not None]
             timer = all(is_timer for _, is_timer in self._suspends.values())
+            self.trace_due_sleeps(handing_back=True)
             await self.release(min(dues) if dues else None, timer=timer)
         except LeaseLost:
             log.info("run %s: lease lost (cancelled or reclaimed); stopping", self.run_id)
