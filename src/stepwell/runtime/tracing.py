@@ -16,7 +16,10 @@ stored:
   status and an `exception` event when it failed; a retry is a new attempt, a new span. The
   attempts of steps of official-SDK apps are read from the SDK's answer (StepRun, StepError,
   StepFailed, the results it checkpointed during the call) and parented on the span of the call
-  they ran in, so native and SDK runs look alike (`parent`).
+  they ran in, so native and SDK runs look alike (`parent`). A result checkpointed through
+  another process (several servers behind one address) hangs on the run span instead: the
+  call's span is not known there. An SDK reports no step timings: an attempt spans its call
+  (a checkpointed one, from the previous checkpoint of the call to its own).
 - A call to an SDK app is a span whose context goes to the app as the `traceparent` header,
   so the app's own spans join the run's trace.
 
@@ -37,10 +40,14 @@ the same spans:
 - `<kind> <step>`, its real span from the step's start to its resolution, when it resolves: by
   the process that resolved a wait or invoke (the compare-and-set of its memo, `resolve_memo`:
   an event, a signal, a timeout, the invoked run's end; `trace_resolved`), and for a sleep by
-  the first execution of the run after its wake time. "First" is read from the stored state:
-  the sleep woke after the last thing the run recorded (a step started or ended, an attempt
-  failed) when the execution loaded it; the execution that passed it first records the steps
-  after it, so later ones do not emit it again (`woken`).
+  the execution of the run that passes it first. "First" is read from the stored state: the
+  sleep woke after the last thing the run recorded (a step started or ended, an attempt
+  failed) when the execution loaded it (`woken`); the execution that passes it records the
+  steps after it, so later ones do not emit it again. An execution that slept through it
+  emits it as it wakes; one that held the run while it woke without passing it (a parallel
+  step still running) and recorded something after the wake emits it when it hands the run
+  back, since the next one would take it for passed; before a call to an SDK app, the sleeps
+  due by then are emitted (the app passes them).
 - When the run ends, only what had not resolved yet is emitted (a pending wait, a sleep still
   ahead), cut short at the run's end: what resolved earlier was emitted then. A step recorded
   already resolved (a zero sleep, an invoke of an unknown function) is emitted at once.
@@ -48,6 +55,8 @@ the same spans:
 Emitting is not transactional with the store: a process that dies between committing and
 emitting loses the span, and one that emits and dies before its commit may have it emitted
 again by the next process, with the same span id (backends show or merge the duplicate).
+So may a sleep that an execution passed after its wake, recording nothing after it (the rest
+of the run waits on something else), when the next execution passes it again.
 
 Nothing of OpenTelemetry is imported unless tracing is configured (`configure`): the engine
 then holds `NO_TRACING`, whose hooks do nothing.
