@@ -54,9 +54,9 @@ MARKED: Final[dict[str, str]] = {
 }
 # Up to this many marked runs, a filter reads them all and sorts them (a page costs what the
 # state holds); past it, it walks the runs newest first and checks each (`DOING`), which
-# finds a page after about (running runs / marked runs) x page size: either way a page
-# reads at most a few thousand index entries (bench/run_states.py).
-MARKED_DRIVE_LIMIT: Final = 5000
+# finds a page after about (running runs / marked runs) x page size. Reading the marks costs
+# about a microsecond each, so the limit stays low (bench/run_states.py).
+MARKED_DRIVE_LIMIT: Final = 2000
 
 
 def _marks(mark: str, count: int) -> str:
