@@ -71,6 +71,12 @@ def populate(conn: psycopg.Connection[Any]) -> None:
                CASE WHEN i % 25 = 2 THEN 'c:fn:' || (i % 7) END,
                CASE WHEN i % 25 = 2 THEN 2 END, i % 50 = 2
         FROM generate_series(1, {N}) i;
+        INSERT INTO queue (unique_key, kind, due_at, priority_at, payload, event_id)
+        SELECT (ARRAY['batch', 'debounce'])[1 + i % 2] || ':app/fn' || (i % 20) || ':' || i,
+               (ARRAY['batch', 'debounce'])[1 + i % 2], {NOW} + i, {NOW} + i,
+               '{{"function_id":"app/fn' || (i % 20) || '","first_at":1}}',
+               CASE WHEN i % 2 = 1 THEN 'ev' || i END
+        FROM generate_series(1, 2000) i;
         INSERT INTO waits (run_id, kind, step_hash, event_name, match_key, expires_at)
         SELECT 'run' || i, 'wait', 'h9', 'e/' || (i % 50),
                CASE WHEN i % 3 = 0 THEN NULL ELSE 'data.id=' || i END, {NOW} + i
@@ -231,6 +237,7 @@ HOT_CALLS: list[tuple[str, Callable[[PostgresTx], Any]]] = [
     ("flow state", lambda t: (t.get_flow("throttle:fn:9"),
                               t.put_flow("throttle:fn:9", text="2"))),
     ("batch", lambda t: (t.add_batch_event("batch:fn:7", "ev9"), t.take_batch("batch:fn:7"))),
+    ("held_windows", lambda t: t.held_windows("app/fn3", 100)),
 ]
 
 

@@ -37,6 +37,10 @@ def tx(tmp_path: Path) -> SqliteTx:
             t.insert_memo(f"run{i}", Memo("z", "nap", "sleep", 1, due_at=i * 10))
         if i % 7 == 0:
             t.insert_memo(f"run{i}", Memo("w", "wait", "wait", 1, due_at=10**12, pending=True))
+        kind = ("batch", "debounce")[i % 2]
+        t.enqueue(kind, f"{kind}:app/fn{i % 5}:{i}", i, event_id=f"ev{i}",
+                  payload={"function_id": f"app/fn{i % 5}", "first_at": i})
+        t.add_batch_event(f"{kind}:app/fn{i % 5}:{i}", f"ev{i}")
     conn.execute("ANALYZE")
     return t
 
@@ -77,6 +81,7 @@ HOT_CALLS: list[tuple[str, Callable[[SqliteTx], Any]]] = [
     ("unprocessed_events", lambda t: t.unprocessed_events(100, 10)),
     ("mark_event_processed", lambda t: t.mark_event_processed("ev3")),
     ("event_generation", lambda t: t.event_generation(["ev3", "ev4"])),
+    ("held_windows", lambda t: t.held_windows("app/fn3", 100)),
 ]
 
 

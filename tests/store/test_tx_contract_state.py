@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from stepwell.core.models import Event, Memo
-from stepwell.store.base import RunRow, Store, Tx, UsageRow, WaitRow
+from stepwell.store.base import HeldWindow, RunRow, Store, Tx, UsageRow, WaitRow
 
 pytestmark = pytest.mark.postgres_strict
 
@@ -38,6 +38,66 @@ async def test_a_batch_counts_its_events_and_is_taken_oldest_first(store: Store)
     assert await store.write(lambda tx: tx.take_batch("b:1")) == []
     assert await store.write(lambda tx: tx.add_batch_event("b:1", "n")) == 1
     assert await store.write(lambda tx: tx.take_batch("b:2")) == ["x"]
+
+
+
+def open_windows(tx: Tx) -> None:
+    """Windows as `runtime.admission` writes them: of app/fn (two batches, one holding two
+    events, and a debounce without a key), of app/fn:x (whose keys share app/fn's prefix) and
+    of app/other, next to an exec item."""
+    for fn, key, events in (("app/fn", "b:1", ["e1", "e2"]), ("app/fn", "a", ["e3"]),
+                            ("app/fn:x", "k", ["e4"]), ("app/other", "k", ["e5"])):
+        tx.enqueue("batch", f"batch:{fn}:{key}", NOW + 60_000,
+                   payload={"function_id": fn, "first_at": NOW - len(events)})
+        for event_id in events:
+            tx.add_batch_event(f"batch:{fn}:{key}", event_id)
+    tx.enqueue("debounce", "debounce:app/fn:", NOW + 5_000,
+               payload={"function_id": "app/fn", "first_at": NOW - 7}, event_id="e6")
+    tx.enqueue("exec", "exec:app/fn:r1", NOW, run_id="r1")
+
+
+async def test_held_windows_lists_a_functions_batches_then_debounces_in_key_order(
+        store: Store) -> None:
+    await store.write(open_windows)
+    found = await store.read(lambda tx: tx.held_windows("app/fn", 100))
+    assert found == [
+        HeldWindow("batch", "a", NOW + 60_000, NOW - 1, 1, "e3"),
+        HeldWindow("batch", "b:1", NOW + 60_000, NOW - 2, 2, "e1"),   # its oldest event
+        HeldWindow("debounce", "", NOW + 5_000, NOW - 7, 1, "e6"),
+    ]
+    assert await store.read(lambda tx: tx.held_windows("app/fn:x", 100)) == [
+        HeldWindow("batch", "k", NOW + 60_000, NOW - 1, 1, "e4")]
+    assert await store.read(lambda tx: tx.held_windows("app/none", 100)) == []
+
+
+async def test_held_windows_stops_at_the_limit_across_kinds(store: Store) -> None:
+    await store.write(open_windows)
+    assert [w.key for w in await store.read(lambda tx: tx.held_windows("app/fn", 1))] == ["a"]
+    two = await store.read(lambda tx: tx.held_windows("app/fn", 2))
+    assert [(w.kind, w.key) for w in two] == [("batch", "a"), ("batch", "b:1")]
+
+
+async def test_held_windows_follow_the_window_until_it_fires(store: Store) -> None:
+    """A debounce moved by a later event shows that event and the new due time; a batch
+    taken (it fired) is gone; one written before `first_at` was recorded has no opened time."""
+    await store.write(open_windows)
+
+    def move_and_fire(tx: Tx) -> None:
+        item = tx.get_item("debounce:app/fn:")
+        assert item is not None and item.payload is not None
+        tx.update_item(item.id, NOW + 9_000, item.payload, event_id="e7")
+        batch = tx.get_item("batch:app/fn:a")
+        assert batch is not None
+        tx.delete_item(batch.id)
+        tx.take_batch("batch:app/fn:a")
+        tx.enqueue("batch", "batch:app/fn:old", NOW + 1, payload={"function_id": "app/fn"})
+        tx.add_batch_event("batch:app/fn:old", "e8")
+
+    await store.write(move_and_fire)
+    found = await store.read(lambda tx: tx.held_windows("app/fn", 100))
+    assert [(w.key, w.due_at, w.opened_at, w.events, w.event_id) for w in found] == [
+        ("b:1", NOW + 60_000, NOW - 2, 2, "e1"), ("old", NOW + 1, None, 1, "e8"),
+        ("", NOW + 9_000, NOW - 7, 1, "e7")]
 
 
 # --- model usage -----------------------------------------------------------------------------

@@ -278,8 +278,9 @@ def _collect_batch(tx: Tx, spec: FunctionSpec, event: Event, now: int, place: Pl
     if batch_is_full(size, batch.max_size):
         flush_batch(tx, spec, key, now, place, effects, routing)
     elif size == 1:
+        # `first_at`: when the window opened (shown by `Tx.held_windows`), as a debounce's.
         tx.enqueue(BATCH, key, now + batch.timeout_ms,
-                   payload={"function_id": spec.qualified_id})
+                   payload={"function_id": spec.qualified_id, "first_at": now})
 
 
 def flush_batch(tx: Tx, spec: FunctionSpec, key: str, now: int, place: Placement,

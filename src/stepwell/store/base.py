@@ -71,6 +71,23 @@ class QueueItem:
     event_id: str | None = None
 
 
+@dataclass(slots=True, frozen=True)
+class HeldWindow:
+    """A debounce or batch window of a function that has not fired yet (`Tx.held_windows`):
+    events flow control holds back, with no run yet. `key` is the evaluated key ("" for an
+    option without one); `due_at` is when it fires (a batch fires sooner if it fills);
+    `opened_at` when its first event came (None for a batch stored before stepwell recorded
+    it); `events` how many it holds (a debounce: 1, its latest); `event_id` the one a debounce
+    will run with, or a batch's oldest."""
+
+    kind: str
+    key: str
+    due_at: int
+    opened_at: int | None
+    events: int
+    event_id: str | None
+
+
 @dataclass(slots=True)
 class UsageRow:
     """Tokens one attempt of a step spent on one model (`calls` requests summed)."""
@@ -395,6 +412,11 @@ class Tx(Protocol):
     def put_flow(self, key: str, *, text: str | None = None,
                  expires_at: int | None = None) -> None:
         """Store (replace) the state under a key; `prune` deletes it once `expires_at` passed."""
+
+    def held_windows(self, function_id: str, limit: int) -> list[HeldWindow]:
+        """Up to `limit` pending batch and debounce windows of the function with this qualified
+        id (`HeldWindow`), in key order (batches first); a function whose id extends this one
+        (`fn` and `fn:x`) is not mixed in. One walk of the queue's flow-window index."""
 
     def add_batch_event(self, batch_key: str, event_id: str) -> int:
         """Append an event to a pending batch; returns the batch's size."""

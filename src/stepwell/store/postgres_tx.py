@@ -24,10 +24,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from stepwell.core.models import Event, Memo, RunStatus
+from stepwell.store import flow_windows, run_search
 from stepwell.store import rows as r
-from stepwell.store import run_search
 from stepwell.store.base import (
     ClaimVersions,
+    HeldWindow,
     QueueItem,
     RunQuery,
     RunRow,
@@ -61,6 +62,10 @@ from stepwell.store.queue_rules import (
 )
 
 __all__ = ["WORK_CHANNEL", "Conn", "Misprediction", "PostgresTx", "WriterState"]
+
+# Keys compared byte-wise (the `queue_flow_windows` index), whatever the database's collation.
+_WINDOWS = flow_windows.window_sqls(mark="%s", key='q.unique_key COLLATE "C"',
+                                    owner="(q.payload::jsonb ->> 'function_id')")
 
 
 def _marks(n: int) -> str:
@@ -477,6 +482,11 @@ class PostgresTx(WorkersTx, StreamsTx, SlotsTx):
             "ON CONFLICT (key) DO UPDATE SET text=excluded.text, "
             "expires_at=excluded.expires_at", (key, text, expires_at),
             tables=("flow_state",))
+
+    def held_windows(self, function_id: str, limit: int) -> list[HeldWindow]:
+        return flow_windows.read_windows(
+            _WINDOWS, function_id, limit,
+            lambda sql, args: self._rows(sql, args, tables=("queue", "batch_events")))
 
     def add_batch_event(self, batch_key: str, event_id: str) -> int:
         # Same lock as the batch's timer item (get_item): size checks and flushes serialize.

@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from stepwell.core.models import Event, Memo, RunStatus
+from stepwell.store import flow_windows, run_search
 from stepwell.store import rows as r
-from stepwell.store import run_search
 from stepwell.store.base import (
     ClaimVersions,
+    HeldWindow,
     QueueItem,
     RunQuery,
     RunRow,
@@ -43,6 +44,8 @@ _MEMO_INSERT = (f"INSERT INTO memos ({r.names(r.MEMOS)}) "
                 f"VALUES ({', '.join('?' * len(r.MEMOS))}) ON CONFLICT DO NOTHING")
 _ENQUEUE = (f"INSERT INTO queue ({r.names(r.QUEUE)}) VALUES ({', '.join('?' * len(r.QUEUE))}) "
             + upsert_sql(SQLITE))
+_WINDOWS = flow_windows.window_sqls(mark="?", key="q.unique_key",
+                                    owner="json_extract(q.payload, '$.function_id')")
 _REARM = f"UPDATE queue SET {rearm_set(SQLITE, due='?', now='?', timer='?')} WHERE id=? AND owner=?"
 
 
@@ -456,6 +459,10 @@ class SqliteTx(SqliteStreams):
             "INSERT INTO flow_state (key, text, expires_at) VALUES (?, ?, ?) "
             "ON CONFLICT (key) DO UPDATE SET text=excluded.text, "
             "expires_at=excluded.expires_at", (key, text, expires_at))
+
+    def held_windows(self, function_id: str, limit: int) -> list[HeldWindow]:
+        return flow_windows.read_windows(_WINDOWS, function_id, limit,
+                                         lambda sql, args: self.c.execute(sql, args).fetchall())
 
     def add_batch_event(self, batch_key: str, event_id: str) -> int:
         self.c.execute("INSERT INTO batch_events (batch_key, event_id) VALUES (?, ?)",
