@@ -405,10 +405,11 @@ async def run_worker(service: Service, apps: Sequence[App], db: str) -> None:
         click.echo("stepwell worker stopped")
 
 
-# --- HTTP client commands (send, runs ...) live in cli_client ---------------------------------
+# --- HTTP client commands (send, runs ..., functions ...) live in cli_client ----------------------
 
 main.add_command(cli_client.send)
 main.add_command(cli_client.runs)
+main.add_command(cli_client.functions)
 cli_client.runs.add_command(cli_deploy.runs_export)
 main.add_command(cli_deploy.check)
 main.add_command(cli_deploy.versions)

@@ -515,3 +515,32 @@ def runs_invoke(function_id: str, data: dict[str, Any], url: str, as_json: bool)
     (`POST /v1/functions/{id}/invoke`, the dashboard's "Invoke")."""
     reply = call("POST", url, f"/v1/functions/{function_id}/invoke", body={"data": data})
     click.echo(json.dumps(reply["data"]) if as_json else reply["data"]["run_id"])
+
+
+@click.group()
+def functions() -> None:
+    """What functions are holding back."""
+
+
+@functions.command("pending")
+@click.argument("function_id")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1000))
+@url_option
+@json_option
+def functions_pending(function_id: str, limit: int, url: str, as_json: bool) -> None:
+    """The function's batch and debounce windows that have not fired yet: events flow control
+    holds back, with no run yet (`GET /v1/functions/{id}/pending`, the function page's "Held
+    back by flow control")."""
+    path = f"/v1/functions/{urllib.parse.quote(function_id, safe='/')}/pending"
+    found = call("GET", url, path, params={"limit": limit})["data"]
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    if not found:
+        click.echo("nothing held back")
+        return
+    click.echo(table(
+        ["KIND", "KEY", "EVENTS", "FIRES AT", "OPENED", "EVENT"],
+        [[w["kind"], w["key"] if w["key"] else "(no key)", str(w["events"]),
+          short_time(w["fires_at"]), short_time(w["created_at"]), w["event_id"] or "-"]
+         for w in found]))

@@ -47,6 +47,7 @@ from stepwell.service_views import (
     STATUS_NAMES,
     event_dict,
     function_config,
+    held_dict,
     iso,
     run_dict,
     trigger_dict,
@@ -428,6 +429,18 @@ class Service(SdkApps):
     async def invoke_function(self, function_id: str, body: object) -> dict[str, Any]:
         """Start a run of a function with `{"data": ...}` (service_actions)."""
         return await service_actions.invoke_function(self, function_id, body)
+
+    async def held_back(self, function_id: str, limit: int) -> list[dict[str, Any]]:
+        """`GET /v1/functions/{id}/pending`: the function's batch and debounce windows that
+        have not fired (events held back with no run yet; `held_dict`), at most `limit`, in
+        key order. Unknown function: 404."""
+        fn = self.worker.find_function(function_id)
+        if fn is None:
+            known = ", ".join(sorted(qid for qid, _ in self.worker.registry.items())) or "none"
+            raise NotFound(f"no function {function_id!r} is registered (known: {known})")
+        qualified = fn.spec.qualified_id
+        windows = await self.worker.read(lambda tx: tx.held_windows(qualified, limit))
+        return [held_dict(window) for window in windows]
 
     def list_functions(self) -> list[dict[str, Any]]:
         out = []

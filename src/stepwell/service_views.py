@@ -13,6 +13,7 @@ from stepwell.core.config import CancelRule, CronTrigger, EventTrigger, Function
 from stepwell.core.durations import format_duration
 from stepwell.core.expressions import Expression, match_expression
 from stepwell.core.models import Event, Run, RunStatus, StepInfo
+from stepwell.store.base import HeldWindow
 
 # Inngest's run statuses, plus the two stepwell has that Inngest folds into others.
 STATUS_NAMES: Final[dict[RunStatus, str]] = {
@@ -220,3 +221,13 @@ def usage_dict(rows: Sequence[Any]) -> dict[str, Any]:
             "output_tokens": sum(m["output_tokens"] for m in ranked),
             "requests": sum(m["requests"] for m in ranked),
             "models": ranked}
+
+
+def held_dict(window: HeldWindow) -> dict[str, Any]:
+    """A pending batch or debounce window (`Tx.held_windows`): events flow control holds back
+    before any run exists. `fires_at` is when it starts its run (a batch: sooner if it fills),
+    `key` the evaluated key ("" for an option without one), `events` how many it holds and
+    `event_id` the one a debounce will run with (a batch: its oldest)."""
+    return {"kind": window.kind, "key": window.key, "fires_at": iso(window.due_at),
+            "created_at": iso(window.created_at), "events": window.events,
+            "event_id": window.event_id}

@@ -95,7 +95,7 @@ async def test_held_windows_follow_the_window_until_it_fires(store: Store) -> No
 
     await store.write(move_and_fire)
     found = await store.read(lambda tx: tx.held_windows("app/fn", 100))
-    assert [(w.key, w.due_at, w.opened_at, w.events, w.event_id) for w in found] == [
+    assert [(w.key, w.due_at, w.created_at, w.events, w.event_id) for w in found] == [
         ("b:1", NOW + 60_000, NOW - 2, 2, "e1"), ("old", NOW + 1, None, 1, "e8"),
         ("", NOW + 9_000, NOW - 7, 1, "e7")]
 

@@ -59,6 +59,7 @@ MAX_EVENT_REQUEST_BYTES: Final = 32 * 1024 * 1024
 EVENT_ID_SEED: Final = "x-inngest-event-id-seed"
 DEFAULT_EVENT_LIMIT: Final = 20       # Inngest's default page size for GET /v1/events
 DEFAULT_RUN_LIMIT: Final = 100
+DEFAULT_PENDING_LIMIT: Final = 100    # GET /v1/functions/{id}/pending
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -342,6 +343,10 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
         body = await read_json(request) if await request.body() else None
         return envelope(await service.invoke_function(request.path_params["function_id"], body))
 
+    async def held_back(request: Request) -> Response:
+        limit = parse_limit(request.query_params.get("limit"), DEFAULT_PENDING_LIMIT)
+        return envelope(await service.held_back(request.path_params["function_id"], limit))
+
     async def bulk_cancel(request: Request) -> Response:
         return envelope(await service.bulk_cancel(await read_json(request)))
 
@@ -438,6 +443,7 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
         Route("/v1/events/{event_id}/runs", api(event_runs), methods=["GET"]),
         Route("/v1/runs", api(list_runs), methods=["GET"]),
         Route("/v1/functions/{function_id:path}/invoke", api(invoke_function), methods=["POST"]),
+        Route("/v1/functions/{function_id:path}/pending", api(held_back), methods=["GET"]),
         Route("/v1/runs/{run_id}", api(get_run), methods=["GET"]),
         Route("/v1/runs/{run_id}", api(cancel_run), methods=["DELETE"]),  # Inngest's cancel
         Route("/v1/runs/{run_id}/cancel", api(cancel_run), methods=["POST"]),

@@ -279,6 +279,26 @@ def openapi_document() -> dict[str, Any]:
                     "properties": {"data": {"type": "object"}}}}}},
                 "responses": _ok("the new run", {"type": "object", "properties": {
                     "run_id": {"type": "string"}, "event_id": {"type": "string"}}})}},
+            "/v1/functions/{function_id}/pending": {"get": {
+                "summary": "What flow control holds back for a function: its batch and "
+                           "debounce windows that have not fired (events with no run yet), in "
+                           "key order", "x-stepwell": True,
+                "parameters": [_param("function_id", "path"), {
+                    "name": "limit", "in": "query", "required": False,
+                    "description": "at most this many windows (1 to 1000; default 100)",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
+                "responses": _ok("the windows", {"type": "array", "items": {
+                    "type": "object", "properties": {
+                        "kind": {"enum": ["batch", "debounce"]},
+                        "key": {"type": "string", "description": "the evaluated key "
+                                "(empty for an option without one)"},
+                        "fires_at": {"type": ["string", "null"], "description":
+                                     "when the run starts (a batch: sooner if it fills)"},
+                        "created_at": {"type": ["string", "null"],
+                                       "description": "when the window's first event came"},
+                        "events": {"type": "integer", "description": "events held"},
+                        "event_id": {"type": ["string", "null"], "description":
+                                     "the event a debounce will run with; a batch's oldest"}}}})}},
             "/v1/functions": {"get": {
                 "summary": "Registered functions with their triggers, retries and flow-control "
                            "settings (`config`)", "x-stepwell": True,

@@ -76,14 +76,14 @@ class HeldWindow:
     """A debounce or batch window of a function that has not fired yet (`Tx.held_windows`):
     events flow control holds back, with no run yet. `key` is the evaluated key ("" for an
     option without one); `due_at` is when it fires (a batch fires sooner if it fills);
-    `opened_at` when its first event came (None for a batch stored before stepwell recorded
+    `created_at` when its first event came (None for a batch stored before stepwell recorded
     it); `events` how many it holds (a debounce: 1, its latest); `event_id` the one a debounce
     will run with, or a batch's oldest."""
 
     kind: str
     key: str
     due_at: int
-    opened_at: int | None
+    created_at: int | None
     events: int
     event_id: str | None
 

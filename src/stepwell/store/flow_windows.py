@@ -65,8 +65,8 @@ def read_windows(sqls: dict[str, str], function_id: str, limit: int,
 def _window(kind: str, prefix_length: int, row: Sequence[Any]) -> HeldWindow:
     unique_key, due_at, payload, event_id, batched, oldest = row
     opened = (loads(payload) or {}).get("first_at")
-    opened_at = None if opened is None else int(opened)
+    created_at = None if opened is None else int(opened)
     key = unique_key[prefix_length:]
     if kind == BATCH:
-        return HeldWindow(kind, key, int(due_at), opened_at, int(batched), oldest)
-    return HeldWindow(kind, key, int(due_at), opened_at, int(event_id is not None), event_id)
+        return HeldWindow(kind, key, int(due_at), created_at, int(batched), oldest)
+    return HeldWindow(kind, key, int(due_at), created_at, int(event_id is not None), event_id)
