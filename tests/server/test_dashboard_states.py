@@ -77,6 +77,17 @@ def make_app(gate: asyncio.Event) -> stepwell.App:
             await gate.wait()
         await step.run("hold", hold)
 
+    # Windows of an hour (real clock): they stay open, holding their events, during the test.
+    @app.function(id="digest", trigger="shop/note",
+                  debounce={"period": "1h", "key": "event.data.user"})
+    async def digest(ctx: stepwell.Context, step: stepwell.Step) -> None:
+        return None
+
+    @app.function(id="bundle", trigger="shop/item",
+                  batch={"max_size": 50, "timeout": "1h", "key": "event.data.team"})
+    async def bundle(ctx: stepwell.Context, step: stepwell.Step) -> None:
+        return None
+
     @app.function(id="two", trigger="shop/two")
     async def two(ctx: stepwell.Context, step: stepwell.Step) -> list[Any]:
         a = await step.run("a", lambda: ctx.event.data.get("n", 0))
@@ -321,4 +332,45 @@ async def test_rerun_from_a_step_with_edited_input_resend_invoke_and_bulk_cancel
         assert (await engine.wait(run_id, timeout=10)).status == "cancelled"
     # The sleeping run of the same function without the batch tag is untouched.
     assert (await engine.get_run(setup.runs["sleeping"])).status == "running"  # type: ignore[union-attr]
+    assert setup.problems == []
+
+
+async def test_a_function_page_shows_what_flow_control_holds_back(setup: Setup) -> None:
+    engine = setup.engine
+    page = await setup.open("/dashboard/functions")
+    await page.locator("tr[data-function='shop/digest'] a.fn").click()
+    await expect(page).to_have_url(f"{setup.url}/dashboard/functions/shop/digest")
+    held = page.locator("[data-section='held']")
+    await expect(held).to_contain_text("Nothing is held back")
+    # Events arriving while the page is open appear with its live refresh.
+    await engine.send("shop/note", {"user": "ada"})
+    ada = await engine.send("shop/note", {"user": "ada"})
+    bob = await engine.send("shop/note", {"user": "bob"})
+    for team, count in (("red", 3), ("blue", 1)):
+        for _ in range(count):
+            await engine.send("shop/item", {"team": team})
+    row = held.locator("tr[data-kind='debounce'][data-key='ada']")
+    await expect(row.locator(".key")).to_have_text("ada")
+    await expect(row.locator(".events")).to_have_text("1")
+    await expect(row).to_contain_text(str(ada))         # the event the run will get
+    fires = row.locator(".fires time")
+    await expect(fires).to_have_text(
+        re.compile(r"^(\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d (CET|GMT\+1)$"))
+    await expect(fires).to_have_attribute("title", re.compile(r"Z \(UTC\)$"))
+    await expect(row.locator(".fires")).to_contain_text(re.compile(r"in (59m|1h)"))
+    await expect(held.locator("tr[data-key='bob']")).to_contain_text(str(bob))
+    if os.environ.get("STEPWELL_SCREENSHOTS"):
+        await page.screenshot(path=str(SHOTS / "dashboard-function-held.png"), full_page=True)
+
+    page = await setup.open("/dashboard/functions/shop/bundle")
+    red = page.locator("[data-section='held'] tr[data-kind='batch'][data-key='red']")
+    await expect(red.locator(".events")).to_have_text("3")
+    await expect(page.locator("[data-section='held'] tr[data-key='blue'] .events")
+                 ).to_have_text("1")
+    page = await setup.open("/dashboard/functions/shop/two")
+    await expect(page.locator("[data-section='held'] .empty")).to_contain_text(
+        "no batch or debounce setting")
+    page = await setup.open("/dashboard/functions/shop/nope")
+    await expect(page.locator("h1")).to_have_text("Function not found")
+    await expect(page.locator(".not-found")).to_contain_text("no function 'shop/nope'")
     assert setup.problems == []

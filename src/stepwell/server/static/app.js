@@ -7,6 +7,7 @@
 // server's message.
 
 import {ApiError, BASE, h, notice, session} from "./lib.js";
+import * as functions from "./functions.js";
 import * as pages from "./pages.js";
 
 const ROUTES = [
@@ -15,7 +16,8 @@ const ROUTES = [
   [/^\/dashboard\/runs\/([^/]+)\/?$/, pages.run, "runs"],
   [/^\/dashboard\/events\/?$/, pages.events, "events"],
   [/^\/dashboard\/events\/([^/]+)\/?$/, pages.event, "events"],
-  [/^\/dashboard\/functions\/?$/, pages.functions, "functions"],
+  [/^\/dashboard\/functions\/?$/, functions.functions, "functions"],
+  [/^\/dashboard\/functions\/(.+?)\/?$/, functions.fn, "functions"],
   [/^\/dashboard\/apps\/?$/, pages.apps, "apps"],
 ];
 
@@ -91,7 +93,7 @@ class View {
     }
     this.close();
     if (status === 404) {
-      const what = {runs: "Run", events: "Event"}[this.section] || "Page";
+      const what = {runs: "Run", events: "Event", functions: "Function"}[this.section] || "Page";
       this.root.replaceChildren(notFound(err.message, this.params.length ? what : "Page"));
       return;
     }

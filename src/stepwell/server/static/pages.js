@@ -6,17 +6,17 @@ import {
   ApiError, BASE, api, apiEnvelope, between, duration, empty, errorBlock, h, jsonBlock, notice,
   shortId, statusBadge, time, withQuery,
 } from "./lib.js";
-import {bulkCancelPanel, invokePanel, rerunPanel, resendPanel} from "./actions.js";
+import {bulkCancelPanel, rerunPanel, resendPanel} from "./actions.js";
 import {stateLine, waterfall} from "./timeline.js";
 
-const RUN_STATUSES = ["Queued", "Running", "Completed", "Failed", "Cancelled", "Skipped"];
+export const RUN_STATUSES = ["Queued", "Running", "Completed", "Failed", "Cancelled", "Skipped"];
 // What an active run is doing, as the `status` filter takes it (derived by the server).
 const DOING = ["sleeping", "waiting", "invoking", "retrying", "orphaned"];
 const ACTIVE = new Set(["Queued", "Running"]);
-const REFRESH_MS = 2000;
+export const REFRESH_MS = 2000;
 
 const runHref = (id) => `/dashboard/runs/${encodeURIComponent(id)}`;
-const eventHref = (id) => `/dashboard/events/${encodeURIComponent(id)}`;
+export const eventHref = (id) => `/dashboard/events/${encodeURIComponent(id)}`;
 
 /** Run `load` now and on every refresh, rendering only the newest answer (a slow answer to
  * an old filter must not overwrite a newer one). */
@@ -36,12 +36,12 @@ function runDuration(run) {
   return duration(between(start, run.ended_at));
 }
 
-function section(title, ...body) {
+export function section(title, ...body) {
   const name = title.split(" ")[0].toLowerCase();
   return h("section", {class: "section", "data-section": name}, h("h2", {}, title), ...body);
 }
 
-function pageHeader(title, ...extra) {
+export function pageHeader(title, ...extra) {
   return h("header", {class: "page-header"}, h("h1", {}, title), ...extra);
 }
 
@@ -440,85 +440,6 @@ export async function event(view) {
     section("Runs", runsBox));
   // Runs can appear after the event (debounce, batches, throttles) and change status.
   view.every(REFRESH_MS, async () => drawRuns(await api("GET", runsPath)));
-}
-
-// --- functions -----------------------------------------------------------------------------------
-
-function describe(value) {
-  if (value === null || typeof value !== "object") return String(value);
-  return Object.entries(value).map(([k, v]) => `${k} ${typeof v === "object"
-    ? JSON.stringify(v) : v}`).join(" · ");
-}
-
-function configList(fn) {
-  const rows = [["retries", String(fn.retries)]];
-  for (const [option, value] of Object.entries(fn.config || {})) {
-    const values = Array.isArray(value) ? value : [value];
-    rows.push([option, values.map((v) => h("div", {}, describe(v)))]);
-  }
-  if (fn.failure_of) rows.push(["on failure of", fn.failure_of]);
-  return h("dl", {class: "config"}, rows.map(([k, v]) => [
-    h("dt", {}, k), h("dd", {class: "mono"}, v)]));
-}
-
-function triggerList(fn) {
-  if (!fn.triggers.length) return h("span", {class: "muted"}, "invoke only");
-  return h("ul", {class: "triggers"}, fn.triggers.map((t) => h("li", {},
-    t.cron ? [h("span", {class: "kind"}, "cron"), " ", h("code", {}, t.cron)]
-      : [h("span", {class: "kind"}, "event"), " ", h("code", {}, t.event),
-        t.expression ? [" if ", h("code", {}, t.expression)] : null])));
-}
-
-function countsList(fn, stats) {
-  if (!stats) return h("span", {class: "muted"}, "—");
-  return h("div", {class: "counts"}, RUN_STATUSES.map((status) => {
-    const n = stats.counts[status] || 0;
-    const label = `${n}${stats.capped.includes(status) ? "+" : ""}`;
-    return h("a", {class: `count ${n ? "" : "zero"}`, "data-status": status,
-      href: withQuery("/dashboard/runs", {function: fn.id, status})},
-    statusBadge(status), " ", h("span", {class: "n"}, label));
-  }));
-}
-
-function versionsList(entry) {
-  // GET /v1/versions: per version its state, unfinished runs and live workers (deploying.md).
-  if (!entry || !entry.versions.length) return h("span", {class: "muted"}, "—");
-  return h("ul", {class: "versions"}, entry.versions.map((v) => h("li", {
-    "data-version": v.version || "", "data-state": v.state},
-  h("span", {class: "mono"}, v.version || "(none)"), " ",
-  h("span", {class: `badge version-${v.state}`}, v.state),
-  h("span", {class: "muted small"}, ` ${v.runs} unfinished · ${v.workers.length} worker` +
-    (v.workers.length === 1 ? "" : "s")))));
-}
-
-export async function functions(view) {
-  const body = h("div", {class: "table-wrap", id: "functions"});
-  const flash = h("div", {class: "flash"});
-  const load = async () => {
-    const [list, stats, versions] = await Promise.all([api("GET", "/v1/functions"),
-      api("GET", "/v1/stats/functions"), api("GET", "/v1/versions")]);
-    const byId = new Map(stats.map((s) => [s.id, s]));
-    const versionsOf = new Map(versions.map((v) => [v.function_id, v]));
-    body.replaceChildren(list.length ? h("table", {class: "table functions-table"},
-      h("thead", {}, h("tr", {}, h("th", {}, "Function"), h("th", {}, "Triggers"),
-        h("th", {}, "Configuration"), h("th", {}, "Runs"), h("th", {}, "Versions"))),
-      h("tbody", {}, list.map((fn) => h("tr", {"data-function": fn.id},
-        h("td", {}, h("div", {class: "fn"}, fn.id),
-          h("div", {class: "muted small fn-meta"}, `app ${fn.app_id}`,
-            h("span", {class: `badge kind-${fn.kind}`}, fn.kind === "sdk" ? "SDK" : "native")),
-          h("button", {type: "button", class: "link invoke", onclick: () => {
-            flash.replaceChildren(invokePanel(view, fn));
-          }}, "Invoke…")),
-        h("td", {}, triggerList(fn)),
-        h("td", {}, configList(fn)),
-        h("td", {}, countsList(fn, byId.get(fn.id))),
-        h("td", {}, versionsList(versionsOf.get(fn.id)))))))
-      : empty("No functions are registered. Define them with @app.function, or sync an SDK app.",
-        h("a", {href: "/dashboard/apps"}, "Sync an app")));
-  };
-  view.show(pageHeader("Functions"), flash, body);
-  await load();
-  view.every(REFRESH_MS * 2.5, load);
 }
 
 // --- apps ----------------------------------------------------------------------------------------
