@@ -76,7 +76,7 @@ def populate(conn: psycopg.Connection[Any]) -> None:
                (ARRAY['batch', 'debounce'])[1 + i % 2], {NOW} + i, {NOW} + i,
                '{{"function_id":"app/fn' || (i % 20) || '","first_at":1}}',
                CASE WHEN i % 2 = 1 THEN 'ev' || i END
-        FROM generate_series(1, 2000) i;
+        FROM generate_series(1, 20000) i;
         INSERT INTO waits (run_id, kind, step_hash, event_name, match_key, expires_at)
         SELECT 'run' || i, 'wait', 'h9', 'e/' || (i % 50),
                CASE WHEN i % 3 = 0 THEN NULL ELSE 'data.id=' || i END, {NOW} + i
@@ -252,3 +252,25 @@ def test_hot_query_uses_an_index(database: str, name: str, call: Callable[[Postg
             scans = seq_scans(plan)
             assert not scans, (f"{name}: {mode} plan scans {scans}:\n{query}\n"
                                f"{json.dumps(plan, indent=1)[:3000]}")
+
+
+def sorts(plan: Any) -> list[str]:
+    found, stack = [], [plan]
+    while stack:
+        node = stack.pop()
+        if node.get("Node Type") in ("Sort", "Incremental Sort", "Bitmap Heap Scan") and \
+                node.get("Relation Name", "queue") == "queue":
+            found.append(node["Node Type"])
+        stack.extend(node.get("Plans", []))
+    return found
+
+
+def test_held_windows_walk_one_functions_entries_in_key_order(database: str) -> None:
+    """A function's windows are read in the order of `queue_flow_windows` and the read stops at
+    the limit: no sort, or bitmap read, of every window of the function (a filter the planner
+    misjudged once made it read and sort them all: 15 ms for a function with 5,000 windows)."""
+    statements = record(database, lambda t: t.held_windows("app/fn3", 10), optimistic=False)
+    [(query, args)] = statements
+    for mode, plan in explain(database, query, args).items():
+        assert plan["Node Type"] == "Limit", (mode, plan)
+        assert not sorts(plan["Plans"][0]), f"{mode}: {json.dumps(plan, indent=1)[:3000]}"

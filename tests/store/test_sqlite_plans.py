@@ -130,3 +130,17 @@ def test_runs_list_walks_an_index_in_its_order(tx: SqliteTx, name: str,
         plan = [row[3] for row in tx.c.execute(f"EXPLAIN QUERY PLAN {sql}")]
         assert any("USING INDEX" in p or "USING COVERING INDEX" in p for p in plan), plan
         assert not [p for p in plan if "TEMP B-TREE" in p], f"{name}: sorts: {plan}"
+
+
+def test_held_windows_walk_one_functions_entries_in_key_order(tx: SqliteTx) -> None:
+    """A function's batch and debounce windows are read in the order of `queue_flow_windows`,
+    stopping at the limit: no sort of all of the function's windows."""
+    statements: list[str] = []
+    tx.c.set_trace_callback(statements.append)
+    found = tx.held_windows("app/fn3", 3)
+    tx.c.set_trace_callback(None)
+    assert [w.key for w in found] == ["18", "28", "38"]    # batches (even i), in key order
+    [sql] = statements
+    plan = [row[3] for row in tx.c.execute(f"EXPLAIN QUERY PLAN {sql}")]
+    assert any("USING INDEX queue_flow_windows" in p for p in plan), plan
+    assert not [p for p in plan if "TEMP B-TREE" in p], plan

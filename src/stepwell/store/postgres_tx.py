@@ -63,9 +63,7 @@ from stepwell.store.queue_rules import (
 
 __all__ = ["WORK_CHANNEL", "Conn", "Misprediction", "PostgresTx", "WriterState"]
 
-# Keys compared byte-wise (the `queue_flow_windows` index), whatever the database's collation.
-_WINDOWS = flow_windows.window_sqls(mark="%s", key='q.unique_key COLLATE "C"',
-                                    owner="(q.payload::jsonb ->> 'function_id')")
+_WINDOWS = flow_windows.window_sql(mark="%s", function="(q.payload::jsonb ->> 'function_id')")
 
 
 def _marks(n: int) -> str:
@@ -484,9 +482,8 @@ class PostgresTx(WorkersTx, StreamsTx, SlotsTx):
             tables=("flow_state",))
 
     def held_windows(self, function_id: str, limit: int) -> list[HeldWindow]:
-        return flow_windows.read_windows(
-            _WINDOWS, function_id, limit,
-            lambda sql, args: self._rows(sql, args, tables=("queue", "batch_events")))
+        rows = self._rows(_WINDOWS, (function_id, limit), tables=("queue", "batch_events"))
+        return flow_windows.read_windows(rows, function_id)
 
     def add_batch_event(self, batch_key: str, event_id: str) -> int:
         # Same lock as the batch's timer item (get_item): size checks and flushes serialize.

@@ -44,8 +44,7 @@ _MEMO_INSERT = (f"INSERT INTO memos ({r.names(r.MEMOS)}) "
                 f"VALUES ({', '.join('?' * len(r.MEMOS))}) ON CONFLICT DO NOTHING")
 _ENQUEUE = (f"INSERT INTO queue ({r.names(r.QUEUE)}) VALUES ({', '.join('?' * len(r.QUEUE))}) "
             + upsert_sql(SQLITE))
-_WINDOWS = flow_windows.window_sqls(mark="?", key="q.unique_key",
-                                    owner="json_extract(q.payload, '$.function_id')")
+_WINDOWS = flow_windows.window_sql(mark="?", function="json_extract(q.payload, '$.function_id')")
 _REARM = f"UPDATE queue SET {rearm_set(SQLITE, due='?', now='?', timer='?')} WHERE id=? AND owner=?"
 
 
@@ -461,8 +460,8 @@ class SqliteTx(SqliteStreams):
             "expires_at=excluded.expires_at", (key, text, expires_at))
 
     def held_windows(self, function_id: str, limit: int) -> list[HeldWindow]:
-        return flow_windows.read_windows(_WINDOWS, function_id, limit,
-                                         lambda sql, args: self.c.execute(sql, args).fetchall())
+        rows = self.c.execute(_WINDOWS, (function_id, limit)).fetchall()
+        return flow_windows.read_windows(rows, function_id)
 
     def add_batch_event(self, batch_key: str, event_id: str) -> int:
         self.c.execute("INSERT INTO batch_events (batch_key, event_id) VALUES (?, ?)",

@@ -1,7 +1,6 @@
 -- stepwell schema v21 (postgres): a function's pending batch and debounce windows (the
--- dashboard's "Held back by flow control", `GET /v1/functions/{id}/pending`) are the queue keys
--- under `<kind>:<function>:`, read as a range. The range is compared byte-wise (`COLLATE "C"`),
--- since a database with a language collation does not order those keys by their bytes; this
--- index serves that comparison, over the flow-control items only.
-CREATE INDEX queue_flow_windows ON queue ((unique_key COLLATE "C"))
+-- dashboard's "Held back by flow control", `GET /v1/functions/{id}/pending`): the flow-control
+-- items by the function in their payload, then key, so one probe walks a function's windows in
+-- key order and stops at the page's limit (`store.flow_windows`).
+CREATE INDEX queue_flow_windows ON queue ((payload::jsonb ->> 'function_id'), unique_key)
     WHERE kind IN ('batch', 'debounce');
