@@ -309,7 +309,7 @@ class PostgresTx(WorkersTx, StreamsTx, SlotsTx):
         items = sorted(map(r.item_from_row, rows), key=claim_key)
         # Lock every concurrency key the claim touches at once, in order (see count_held).
         self.lock(*(f"c:{key}" for item in items for key, _ in item.concurrency))
-        return items
+        return self.yield_to_woken(items, owner, now)
 
     def claim_timers(self, until: int, owner: str, lease_until: int,
                      limit: int, *, versions: ClaimVersions | None = None) -> list[QueueItem]:
@@ -351,7 +351,8 @@ class PostgresTx(WorkersTx, StreamsTx, SlotsTx):
         keys = [k for row in rows if row[2] is not None for k in row[:2] if k is not None]
         # Under the key's lock (see count_held): a claim deciding on the same key either
         # committed already, so its parked item is visible here and competes by priority, or
-        # waits for this transaction and then counts the freed slot.
+        # waits for this transaction, then yields to the item woken here if it is older
+        # (`yield_to_woken`) and else counts the freed slot.
         self.lock(*(f"c:{key}" for key in keys))
         for key in keys:
             self.notify = True
