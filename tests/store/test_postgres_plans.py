@@ -61,6 +61,9 @@ def populate(conn: psycopg.Connection[Any]) -> None:
         FROM generate_series(1, {N}, 5) i;
         INSERT INTO step_failures (run_id, hash, step_id, attempt, error, at)
         SELECT 'run' || (i * 10), 'h1', 's1', 0, '{{}}', i FROM generate_series(1, 2000) i;
+        INSERT INTO step_failures (run_id, hash, step_id, attempt, error, at, unresolved)
+        SELECT 'run' || i, 'hf', 'sf', 0, '{{}}', i, CASE WHEN i % 200 = 0 THEN 1 END
+        FROM generate_series(1, {N}) i;     -- most settled (retried, or their run ended)
         INSERT INTO queue (unique_key, kind, run_id, due_at, priority_at, owner, lease_until,
                            ck1, cl1, blocked)
         SELECT 'exec:run' || i, 'exec', 'run' || i,

@@ -87,6 +87,13 @@ async def test_doing_filters_agree_whether_read_from_marks_or_walked(
         tx.finish_run("r5", "cancelled", NOW + 30)
         tx.add_run_warning("r3", "orphaned: no worker defines app/f")
         tx.add_run_warning("r6", "orphaned: no worker defines app/f")     # ended: not orphaned
+        # Retrying: r2's step failed and waits for its next attempt; r4's failed, then its
+        # retry recorded the memo; r0's failed and then the run ended.
+        for run_id, step_hash in (("r2", "hx"), ("r4", "hy"), ("r0", "hz")):
+            tx.insert_step_failure(run_id, step_hash, "charge", 0, {"message": "no"}, NOW)
+        tx.insert_memo("r4", Memo("hy", "charge", "run", 2, data=1, attempts=2,
+                                  started_at=NOW, ended_at=NOW))
+        tx.finish_run("r0", "failed", NOW + 30)
 
     await store.write(script)
 
@@ -94,11 +101,11 @@ async def test_doing_filters_agree_whether_read_from_marks_or_walked(
         query = RunQuery(now=NOW + 50, **fields)
         return [r.id for r in await store.read(lambda tx: tx.search_runs(query))]
 
-    assert await ids(doing="sleeping") == ["r4", "r2", "r0"]
-    assert await ids(doing="sleeping", limit=2) == ["r4", "r2"]
-    assert await ids(doing="sleeping", before=(NOW + 4, "r4")) == ["r2", "r0"]
-    assert await ids(doing="sleeping", statuses=("running",), created_from=NOW + 1) == [
-        "r4", "r2"]
+    assert await ids(doing="sleeping") == ["r4", "r2"]
+    assert await ids(doing="sleeping", limit=1) == ["r4"]
+    assert await ids(doing="sleeping", before=(NOW + 4, "r4")) == ["r2"]
+    assert await ids(doing="sleeping", statuses=("running",), created_from=NOW + 3) == ["r4"]
+    assert await ids(doing="retrying") == ["r2"]
     assert await ids(doing="waiting") == ["r3", "r1"]
     assert await ids(doing="waiting", function_ids=("app/g",)) == []
     assert await ids(doing="invoking") == []
@@ -106,6 +113,11 @@ async def test_doing_filters_agree_whether_read_from_marks_or_walked(
     # Once every sleep is due, nothing is sleeping.
     late = RunQuery(now=NOW + 100, doing="sleeping")
     assert await store.read(lambda tx: tx.search_runs(late)) == []
+    # Only r2's failure still marks its run (schema v22): the retried step's and the ended
+    # run's were settled in the transactions that recorded the memo and the end.
+    marks = await store.read(lambda tx: tx.c.execute(
+        "SELECT run_id, hash FROM step_failures WHERE unresolved IS NOT NULL").fetchall())
+    assert [tuple(row) for row in marks] == [("r2", "hx")]
 
 
 async def test_run_work_gives_each_runs_item_waits_and_invoked_runs(store: Store) -> None:

@@ -43,6 +43,28 @@ async def test_a_v7_database_is_upgraded_keeping_its_flow_state(tmp_path: Path) 
     assert columns == ["key", "text", "expires_at"]
 
 
+async def test_a_v21_database_keeps_only_unresolved_failures_marked(tmp_path: Path) -> None:
+    """Schema v22 marks failed attempts `unresolved` (what `status=retrying` reads): on
+    upgrade, only those of active runs whose step has no memo yet keep the mark."""
+    path = tmp_path / "old.db"
+    with closing(create_at_version(path, 21)) as conn:
+        for run_id, status in (("waiting", "running"), ("retried", "running"),
+                               ("over", "failed")):
+            conn.execute("INSERT INTO runs (id, function_id, status, created_at) "
+                         "VALUES (?, 'app/fn', ?, 1)", (run_id, status))
+            conn.execute("INSERT INTO step_failures (run_id, hash, step_id, attempt, error, at) "
+                         "VALUES (?, 'h', 's', 0, '{}', 1)", (run_id,))
+        conn.execute("INSERT INTO memos (run_id, hash, step_id, kind, seq, outcome, "
+                     "started_at, ended_at, attempts) "
+                     "VALUES ('retried', 'h', 's', 'run', 0, '{\"data\": 1}', 1, 2, 2)")
+    store = SqliteStore(f"sqlite:///{path}")
+    await store.open()
+    await store.close()
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT run_id FROM step_failures WHERE unresolved IS NOT NULL"
+                            ).fetchall() == [("waiting",)]
+
+
 async def test_a_database_from_a_newer_stepwell_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "new.db"
     with closing(create_at_version(path, SCHEMA_VERSION)) as conn:

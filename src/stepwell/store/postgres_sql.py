@@ -104,6 +104,13 @@ KINDS: list[Bulk] = [
          "AND memos.outcome IS NULL RETURNING memos.run_id, memos.hash", check=True, keys=2),
     Bulk("failure", "step_failures",
          _insert("step_failures", FAILURES) + " ON CONFLICT DO NOTHING"),
+    # Failed attempts stop marking their run `retrying` (schema v22): a step's once it records
+    # a memo, a run's when it ends (after "failure": a final failure inserts both).
+    Bulk("settle_step", "step_failures",
+         "UPDATE step_failures SET unresolved = NULL "
+         f"FROM unnest({_arrays('text', 'text')}) AS v(run_id, hash) "
+         "WHERE step_failures.run_id = v.run_id AND step_failures.hash = v.hash "
+         "AND step_failures.unresolved IS NOT NULL"),
     Bulk("wait", "waits", _insert("waits", WAITS)),
     Bulk("take_wait", "waits",
          f"DELETE FROM waits WHERE id = ANY({_arrays('bigint')}) RETURNING id", check=True),
@@ -114,6 +121,9 @@ KINDS: list[Bulk] = [
          + ") AS v(id, status, now, output, error) "
          "WHERE runs.id = v.id AND runs.status IN ('queued', 'running') RETURNING runs.id",
          check=True),
+    Bulk("settle_run", "step_failures",
+         f"UPDATE step_failures SET unresolved = NULL WHERE run_id = ANY({_arrays('text')}) "
+         "AND unresolved IS NOT NULL"),
     Bulk("release", "queue",
          "DELETE FROM queue USING unnest(" + _arrays("bigint", "text") + ") AS v(id, owner) "
          "WHERE queue.id = v.id AND queue.owner = v.owner AND NOT queue.rerun "

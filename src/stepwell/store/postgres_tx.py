@@ -73,6 +73,9 @@ def _marks(n: int) -> str:
 _RUN_INSERT = f"INSERT INTO runs ({r.RUN_COLUMNS}) VALUES ({_marks(r.RUN_WIDTH)})"
 _MEMO_INSERT = (f"INSERT INTO memos ({r.names(r.MEMOS)}) VALUES ({_marks(len(r.MEMOS))}) "
                 "ON CONFLICT DO NOTHING")
+# A run's failed attempts stop marking it `retrying` (as in sqlite_tx; bulk: postgres_sql).
+_SETTLE_FAILURES = ("UPDATE step_failures SET unresolved=NULL "
+                    "WHERE run_id=%s AND unresolved IS NOT NULL")
 _ENQUEUE = (f"INSERT INTO queue ({r.names(r.QUEUE)}) VALUES ({_marks(len(r.QUEUE))}) "
             + upsert_sql(POSTGRES))
 _REARM = ("UPDATE queue SET " + rearm_set(POSTGRES, due="%s::bigint", now="%s::bigint",
@@ -156,10 +159,14 @@ class PostgresTx(WorkersTx, StreamsTx, SlotsTx):
                None if error is None else dumps(error))
         if self.optimistic:
             self._buffer("finish", row)
+            self._buffer("settle_run", (run_id,))
             return True
-        return self._count(
-            "UPDATE runs SET status=%s, ended_at=%s, output=%s, error=%s "
-            "WHERE id=%s AND status IN ('queued', 'running')", (*row[1:], run_id)) == 1
+        if self._count(
+                "UPDATE runs SET status=%s, ended_at=%s, output=%s, error=%s "
+                "WHERE id=%s AND status IN ('queued', 'running')", (*row[1:], run_id)) != 1:
+            return False
+        self._send(_SETTLE_FAILURES, (run_id,))
+        return True
 
     def add_run_warning(self, run_id: str, warning: str) -> None:
         lock = " FOR UPDATE" if self.writable else ""
@@ -237,10 +244,16 @@ class PostgresTx(WorkersTx, StreamsTx, SlotsTx):
     # --- steps -------------------------------------------------------------------------------
     def insert_memo(self, run_id: str, memo: Memo) -> bool:
         row = r.memo_values(run_id, memo)
+        settles = r.settles_failures(memo)
         if self.optimistic:
             self._buffer("memo", row)
+            if settles:
+                self._buffer("settle_step", (run_id, memo.hash))
             return True
-        return self._count(_MEMO_INSERT, row) == 1
+        inserted = self._count(_MEMO_INSERT, row) == 1
+        if inserted and settles:
+            self._send(_SETTLE_FAILURES + " AND hash=%s", (run_id, memo.hash))
+        return inserted
 
     def resolve_memo(self, run_id: str, step_hash: str, outcome: dict[str, Any],
                      now: int) -> bool:

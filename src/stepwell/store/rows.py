@@ -140,6 +140,13 @@ FAILURE_READ: Columns = (("hash", "text"), ("attempt", "int"), ("error", "text")
                          ("at", "bigint"), ("step_id", "text"))
 
 
+def settles_failures(memo: Memo) -> bool:
+    """Whether this memo ends its step's failed attempts (a retry that succeeded, or the final
+    failure), so they stop marking the run `retrying` (schema v22): a memo of a step that
+    never failed, the common case, costs no statement."""
+    return memo.attempts > 1 or memo.error is not None
+
+
 def failure_values(run_id: str, step_hash: str, step_id: str, attempt: int,
                    error: dict[str, Any], at: int) -> tuple[Any, ...]:
     return (run_id, step_hash, step_id, attempt, dumps(error), at)

@@ -42,11 +42,12 @@ DOING: Final[dict[str, str]] = {
 }
 ORPHAN_PATTERN: Final = '%"orphaned: %'
 
-# The rows that mark a state, each read from a small partial index (migration 0020): future
-# sleeps, unresolved waits and invokes, runs with warnings. Every run in the state has one
-# (runs that ended may too: a run cancelled while it slept). `retrying` (a failure with no
-# memo after it) has no such mark: its filter always walks the running runs.
+# The rows that mark a state, each read from a small partial index (migrations 0020, 0022):
+# future sleeps, unresolved waits and invokes, failed attempts not yet followed by their
+# step's memo or their run's end, runs with warnings. Every run in the state has one (runs
+# that ended may too: a run cancelled while it slept).
 MARKED: Final[dict[str, str]] = {
+    "retrying": "SELECT run_id FROM step_failures WHERE unresolved IS NOT NULL",
     "sleeping": "SELECT run_id FROM memos WHERE kind = 'sleep' AND due_at > {now}",
     "waiting": "SELECT run_id FROM memos WHERE kind = 'wait' AND outcome IS NULL",
     "invoking": "SELECT run_id FROM memos WHERE kind = 'invoke' AND outcome IS NULL",

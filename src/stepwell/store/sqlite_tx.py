@@ -42,6 +42,10 @@ _EVENTS = r.event_read_columns("user")
 _RUN_INSERT = (f"INSERT INTO runs ({r.RUN_COLUMNS}) VALUES ({', '.join('?' * r.RUN_WIDTH)})")
 _MEMO_INSERT = (f"INSERT INTO memos ({r.names(r.MEMOS)}) "
                 f"VALUES ({', '.join('?' * len(r.MEMOS))}) ON CONFLICT DO NOTHING")
+# A run's failed attempts stop marking it `retrying` (`run_search.MARKED`): all of them when
+# it ends; one step's (`AND hash=?`) once that step records a memo.
+_SETTLE_FAILURES = ("UPDATE step_failures SET unresolved=NULL "
+                    "WHERE run_id=? AND unresolved IS NOT NULL")
 _ENQUEUE = (f"INSERT INTO queue ({r.names(r.QUEUE)}) VALUES ({', '.join('?' * len(r.QUEUE))}) "
             + upsert_sql(SQLITE))
 _WINDOWS = flow_windows.window_sql(mark="?", function="json_extract(q.payload, '$.function_id')")
@@ -134,7 +138,10 @@ class SqliteTx(SqliteStreams):
             "WHERE id=? AND status IN ('queued', 'running')",
             (status, now, None if output is None else dumps(output),
              None if error is None else dumps(error), run_id))
-        return cur.rowcount == 1
+        if cur.rowcount != 1:
+            return False
+        self.c.execute(_SETTLE_FAILURES, (run_id,))
+        return True
 
     def add_run_warning(self, run_id: str, warning: str) -> None:
         row = self.c.execute("SELECT warnings FROM runs WHERE id=?", (run_id,)).fetchone()
@@ -220,7 +227,10 @@ class SqliteTx(SqliteStreams):
 
     # --- steps -------------------------------------------------------------------------------
     def insert_memo(self, run_id: str, memo: Memo) -> bool:
-        return self.c.execute(_MEMO_INSERT, r.memo_values(run_id, memo)).rowcount == 1
+        inserted = self.c.execute(_MEMO_INSERT, r.memo_values(run_id, memo)).rowcount == 1
+        if inserted and r.settles_failures(memo):
+            self.c.execute(_SETTLE_FAILURES + " AND hash=?", (run_id, memo.hash))
+        return inserted
 
     def resolve_memo(self, run_id: str, step_hash: str, outcome: dict[str, Any],
                      now: int) -> bool:
