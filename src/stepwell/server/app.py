@@ -5,7 +5,9 @@ Who may call what: `/health`, `/openapi.json` and the dashboard's page and asset
 the hashed signing key as the official SDKs send it; the REST API (`/v1/...`, which is also all
 the dashboard reads) and `/dev` need the signing key as a bearer token. In dev mode (no keys)
 everything is open, as on Inngest's dev server. Before any of that, `stepwell.server.guard`
-refuses foreign Host names, cross-site writes and non-JSON bodies on every route.
+refuses foreign Host names, cross-site writes and non-JSON bodies on every route. `POST /e/{key}`,
+the route called most, is taken before Starlette's router (`stepwell.server.fastpath`) through
+the same guards, handler and exception handlers.
 
 Handlers are thin: they decode the request, call the service layer, and wrap its JSON-ready
 result in Inngest's envelope (`{"data": ..., "metadata": ...}` for v1 routes). Every failure,
@@ -42,6 +44,7 @@ from stepwell.core.traceparent import TRACEPARENT
 from stepwell.server import metrics as prometheus
 from stepwell.server import streams
 from stepwell.server.dashboard import dashboard_routes
+from stepwell.server.fastpath import ErrorHandler, StepwellApp, event_endpoint
 from stepwell.server.guard import LOOPBACK_HOSTS, HostAllowList, RequestGuard
 from stepwell.server.openapi import openapi_document
 from stepwell.service import EventBatch, RunFilters, Service
@@ -513,8 +516,13 @@ def create_app(service: Service, *, event_keys: Collection[str] | None = None,
             if manage_engine:
                 await service.stop()
 
-    guard = Middleware(RequestGuard, hosts=hosts, routes=routes)
-    return Starlette(routes=routes, lifespan=lifespan,
-                     middleware=[guard, Middleware(RejectNulInUrl)], exception_handlers={
+    handlers: dict[Any, ErrorHandler] = {
         ServiceError: on_service_error, HTTPException: on_http_error,
-        StorageFailure: on_storage_failure, Exception: on_crash})
+        StorageFailure: on_storage_failure, Exception: on_crash}
+    # The event API's hot path: the same guards and handler without the router (fastpath.py).
+    event_app = RequestGuard(RejectNulInUrl(event_endpoint(send_events, handlers)), hosts=hosts,
+                             routes=routes)
+    guard = Middleware(RequestGuard, hosts=hosts, routes=routes)
+    return StepwellApp(event_app=event_app, routes=routes, lifespan=lifespan,
+                       middleware=[guard, Middleware(RejectNulInUrl)],
+                       exception_handlers=handlers)
