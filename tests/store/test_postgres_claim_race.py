@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 
-from stepwell.store.base import QueueItem
+from stepwell.store.base import ClaimVersions, QueueItem
 from stepwell.store.postgres_tx import PostgresTx, WriterState
 
 NOW = 1_000
@@ -26,15 +26,24 @@ def _items(conn: psycopg.Connection[Any]) -> dict[str, tuple[Any, ...]]:
     return {row[0]: (row[1], row[2]) for row in rows}
 
 
-def test_a_claim_yields_the_freed_slot_to_the_item_woken_meanwhile(pg_database: str) -> None:
-    with closing(psycopg.connect(pg_database, autocommit=True)) as setup:
+def race(url: str, limit: int, versions: ClaimVersions | None = None
+         ) -> tuple[list[str], dict[str, tuple[Any, ...]]]:
+    """Key k (`limit` slots) held by 'holder', 'parked' blocked on it, 'newer' ready on it,
+    'other key' ready on key j. A waker frees k's slot and wakes 'parked' under k's lock
+    while a claim (`versions`: its filter) that chose 'newer' and 'other key' waits for that
+    lock. What the claim returned and the items after."""
+    with closing(psycopg.connect(url, autocommit=True)) as setup:
+        setup.execute(
+            "INSERT INTO runs (id, function_id, status, created_at, version) VALUES "
+            "('r2', 'app/fn', 'running', 1, 'v1'), ('r3', 'app/fn', 'running', 2, 'v2'), "
+            "('r4', 'app/fn', 'running', 3, 'v2')")
         setup.execute(
             "INSERT INTO queue (unique_key, kind, run_id, due_at, priority_at, owner, "
             "lease_until, ck1, cl1, blocked) VALUES "
-            "('holder', 'exec', 'r1', 100, 100, 'w1', 10000, 'k', 1, false), "
-            "('parked', 'exec', 'r2', 200, 200, NULL, NULL, 'k', 1, true), "
-            "('newer', 'exec', 'r3', 300, 300, NULL, NULL, 'k', 1, false), "
-            "('other key', 'exec', 'r4', 400, 400, NULL, NULL, 'j', 1, false)")
+            "('holder', 'exec', 'r1', 100, 100, 'w1', 10000, 'k', %(n)s, false), "
+            "('parked', 'exec', 'r2', 200, 200, NULL, NULL, 'k', %(n)s, true), "
+            "('newer', 'exec', 'r3', 300, 300, NULL, NULL, 'k', %(n)s, false), "
+            "('other key', 'exec', 'r4', 400, 400, NULL, NULL, 'j', 1, false)", {"n": limit})
 
     claimed: list[QueueItem] = []
     errors: list[BaseException] = []
@@ -42,18 +51,18 @@ def test_a_claim_yields_the_freed_slot_to_the_item_woken_meanwhile(pg_database: 
 
     def claim() -> None:
         try:
-            with closing(psycopg.connect(pg_database, autocommit=True)) as conn:
+            with closing(psycopg.connect(url, autocommit=True)) as conn:
                 claimer_pid.append(conn.info.backend_pid)
                 with conn.pipeline() as pipeline:
                     conn.execute("BEGIN")
                     tx = PostgresTx(conn, pipeline, writable=True, state=WriterState())
-                    claimed.extend(tx.claim_due(NOW, "w2", 10_000, 10))
+                    claimed.extend(tx.claim_due(NOW, "w2", 10_000, 10, versions=versions))
                     tx.finish()
                 conn.execute("COMMIT")
-        except BaseException as exc:    # reported by the test below
+        except BaseException as exc:    # reported by the caller
             errors.append(exc)
 
-    with closing(psycopg.connect(pg_database, autocommit=True)) as waker:
+    with closing(psycopg.connect(url, autocommit=True)) as waker:
         # The slot frees: the holder's release and the wake-up of the parked item, under the
         # key's lock, not yet committed.
         waker.execute("BEGIN")
@@ -75,10 +84,29 @@ def test_a_claim_yields_the_freed_slot_to_the_item_woken_meanwhile(pg_database: 
         thread.join(30)
         assert not thread.is_alive()
         assert not errors, errors
-        items = _items(waker)
+        return [item.unique_key for item in claimed], _items(waker)
 
-    # The newer item was parked again behind the woken one; the other key's item was kept.
-    assert [item.unique_key for item in claimed] == ["other key"]
+
+def test_a_claim_yields_the_freed_slot_to_the_item_woken_meanwhile(pg_database: str) -> None:
+    claimed, items = race(pg_database, limit=1)
+    assert claimed == ["other key"]             # 'newer' was parked again behind 'parked'
     assert items["newer"] == (None, True)
-    assert items["parked"] == (None, False)
+    assert items["parked"] == (None, False)     # woken: the next claim takes it
     assert items["other key"] == ("w2", False)
+
+
+def test_a_claim_does_not_yield_a_slot_the_key_has_to_spare(pg_database: str) -> None:
+    claimed, items = race(pg_database, limit=2)
+    assert claimed == ["newer", "other key"]    # a slot for 'parked' and one for 'newer'
+    assert items["newer"] == ("w2", False)
+    assert items["parked"] == (None, False)
+
+
+def test_a_versioned_claim_does_not_yield_to_an_item_it_may_not_claim(pg_database: str
+                                                                      ) -> None:
+    """'parked' is a run of version v1; a v2 worker never claims it, so waiting behind it
+    would leave the key idle until a v1 worker comes back."""
+    claimed, items = race(pg_database, limit=1,
+                          versions=ClaimVersions(own=(("app/fn", "v2"),)))
+    assert claimed == ["newer", "other key"]
+    assert items["newer"] == ("w2", False)

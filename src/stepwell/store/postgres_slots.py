@@ -6,6 +6,7 @@ claim yielding to an item a concurrent wake-up let go ahead of it (`yield_to_wok
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from stepwell.store.base import QueueItem
 from stepwell.store.postgres_sql import Pipe
@@ -24,41 +25,61 @@ _SLOT_STATE = (
     "FROM unnest(%s::text[]) AS u(k)")
 
 
-# Of the claimed items (id, first key, second key, priority), those behind an unleased,
-# unblocked item due by now on one of their keys (`queue_order`: only such items, in claim
-# order, so the walk stops at the claimed item's place).
-_BEHIND = (
-    "SELECT c.id FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::bigint[]) "
-    "AS c(id, k1, k2, p) WHERE EXISTS (SELECT 1 FROM queue q WHERE q.owner IS NULL "
-    "AND NOT q.blocked AND q.due_at <= %s AND (q.priority_at, q.id) < (c.p, c.id) "
-    "AND (q.ck1 IN (c.k1, c.k2) OR q.ck2 IN (c.k1, c.k2)))")
+# Per claimed item and key (id, key, claim priority): the unleased, unblocked items due by now
+# on the key ahead of it in claim order (`queue_order`: only such items, in that order, so the
+# walk stops at the claimed item's place; `{where}`: a versioned worker's filter, so items it
+# may not claim do not count), and the key's leased items (this claim's included).
+_AHEAD = (
+    "SELECT c.id, c.k, (SELECT count(*) FROM queue WHERE owner IS NULL AND NOT blocked "
+    "AND due_at <= %s AND (priority_at, id) < (c.p, c.id) AND (ck1 = c.k OR ck2 = c.k){where}), "
+    "(SELECT count(*) FROM queue WHERE owner IS NOT NULL AND ck1 = c.k) + "
+    "(SELECT count(*) FROM queue WHERE owner IS NOT NULL AND ck2 = c.k) "
+    "FROM unnest(%s::bigint[], %s::text[], %s::bigint[]) AS c(id, k, p)")
 
 
 class SlotsTx(Pipe):
-    def yield_to_woken(self, items: list[QueueItem], owner: str, now: int) -> list[QueueItem]:
-        """The claimed `items` less those that must wait behind an item a wake-up unblocked
-        while this claim was choosing (parked again, blocked, and left out).
+    def yield_to_woken(self, items: list[QueueItem], owner: str, now: int,
+                       versions: tuple[str, tuple[Any, ...]]) -> list[QueueItem]:
+        """The claimed `items` less those that must leave a slot to older items a wake-up let
+        go while this claim was choosing (parked again, blocked, and left out).
 
         A claim picks its items, then waits for the locks of their keys. A transaction that
         freed a slot of such a key meanwhile held the lock and unblocked the oldest item
         parked on it; that item was not a candidate (blocked when the claim chose). Without
         this, the claim would take the freed slot for a newer item, and the woken one would
         park again behind it: FIFO per key broken (a new run overtaking runs waiting for its
-        key). Called with the keys locked; the item woken runs next, and a slot it frees
-        wakes the oldest parked item again."""
+        key). So a claimed item is kept only if the key's slots cover everything ahead of it:
+        the leased items of others, the older items still waiting (unleased, unblocked, due,
+        claimable by this worker: `versions` is its claim filter) and the items this claim
+        kept before it. Those ahead get the slots (the next claim takes them); a slot they
+        free wakes the oldest parked item again. Called with the keys locked. An item counted
+        ahead that no one claims after all (its run was cancelled while it waited) leaves the
+        parked ones to the maintenance pass's `unblock_all`."""
         limited = [item for item in items if item.concurrency]
         if not limited:
             return items
-        keys = [[k for k, _ in item.concurrency] + [None] for item in limited]
-        behind = {int(row[0]) for row in self._rows(_BEHIND, (
-            [item.id for item in limited], [k[0] for k in keys], [k[1] for k in keys],
-            [claim_key(item)[0] for item in limited], now), tables=("queue",))}
-        if not behind:
+        where, args = versions
+        pairs = [(item, key) for item in limited for key, _ in item.concurrency]
+        found = {(int(row[0]), row[1]): (int(row[2]), int(row[3])) for row in self._rows(
+            _AHEAD.format(where=where),
+            (now, *args, [item.id for item, _ in pairs], [key for _, key in pairs],
+             [claim_key(item)[0] for item, _ in pairs]), tables=("queue",))}
+        mine = {key: sum(1 for item, k in pairs if k == key) for _, key in pairs}
+        kept: dict[str, int] = {}
+        parked: set[int] = set()
+        for item in limited:       # claim order
+            slots = [(key, limit, found[(item.id, key)]) for key, limit in item.concurrency]
+            if any(ahead > 0 and held - mine[key] + ahead + kept.get(key, 0) >= limit
+                   for key, limit, (ahead, held) in slots):
+                parked.add(item.id)
+                continue
+            for key, _ in item.concurrency:
+                kept[key] = kept.get(key, 0) + 1
+        if not parked:
             return items
         self._send("UPDATE queue SET owner=NULL, lease_until=NULL, blocked=true "
-                   "WHERE id = ANY(%s) AND owner=%s", (sorted(behind), owner), tables=("queue",))
-        return [item for item in items if item.id not in behind]
-
+                   "WHERE id = ANY(%s) AND owner=%s", (sorted(parked), owner), tables=("queue",))
+        return [item for item in items if item.id not in parked]
 
     def slots_free_now(self, concurrency: Sequence[tuple[str, int]], now: int) -> bool:
         # The keys' locks (see count_held), but only if free at once: a transaction deciding on

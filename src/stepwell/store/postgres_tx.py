@@ -216,7 +216,7 @@ class PostgresTx(WorkersTx, StreamsTx, SlotsTx):
     def search_runs(self, query: RunQuery) -> list[RunRow]:
         marked = run_search.marked_sql(query, "%s")
         ids = None if marked is None else [
-            row[0] for row in self._rows(*marked, tables=("memos", "runs"))]
+            row[0] for row in self._rows(*marked, tables=("memos", "runs", "step_failures"))]
         sql, args = run_search.search_sql(query, r.RUN_COLUMNS, "%s", marked=ids)
         rows = self._rows(sql, args, tables=("runs", "run_events", "memos", "step_failures"))
         return [r.run_from_row(row) for row in rows]
@@ -322,7 +322,7 @@ class PostgresTx(WorkersTx, StreamsTx, SlotsTx):
         items = sorted(map(r.item_from_row, rows), key=claim_key)
         # Lock every concurrency key the claim touches at once, in order (see count_held).
         self.lock(*(f"c:{key}" for item in items for key, _ in item.concurrency))
-        return self.yield_to_woken(items, owner, now)
+        return self.yield_to_woken(items, owner, now, (where, args))
 
     def claim_timers(self, until: int, owner: str, lease_until: int,
                      limit: int, *, versions: ClaimVersions | None = None) -> list[QueueItem]:
