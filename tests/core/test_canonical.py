@@ -46,6 +46,28 @@ def test_examples_match_rfc8785(value: Any) -> None:
     assert canonical_json(value) == rfc8785.dumps(value)
 
 
+def _cycle() -> list[Any]:
+    loop: list[Any] = [1]
+    loop.append(loop)
+    return loop
+
+
+def _deep(depth: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(depth):
+        value = {"a": [value]}
+    return value
+
+
+def test_shared_and_deep_values_match_and_a_cycle_is_refused() -> None:
+    event = {"name": "e", "data": {"n": 1}}
+    shared = {"event": event, "events": [event, event]}     # one dict three times: no cycle
+    assert canonical_json(shared) == rfc8785.dumps(shared)
+    assert canonical_json(_deep(200)) == rfc8785.dumps(_deep(200))
+    with pytest.raises((ValueError, RecursionError)):
+        canonical_json(_cycle())
+
+
 @pytest.mark.parametrize("value", [
     2**53, -(2**53), {"n": [2**60]}, float("nan"), float("inf"), "lone \ud800 surrogate",
     {"k": {1, 2}}, {1: "int key"},

@@ -29,6 +29,7 @@ from typing import Any, Final
 import rfc8785
 
 _MAX_INT: Final = 2**53 - 1
+_MAX_DEPTH: Final = 500
 _ENCODER: Final = json.JSONEncoder(ensure_ascii=False, allow_nan=False, sort_keys=True,
                                    separators=(",", ":"), check_circular=False)
 
@@ -36,22 +37,28 @@ _ENCODER: Final = json.JSONEncoder(ensure_ascii=False, allow_nan=False, sort_key
 def _plain(value: Any) -> bool:
     """Whether the standard encoder writes `value` exactly as JCS does (module doc). A loop
     over a stack, not recursion: the walk is on the hot path, and strings (most values) are
-    passed over without a push."""
-    stack = [value]
+    passed over without a push. Nesting deeper than `_MAX_DEPTH` (a cycle, or a hostile
+    value) is left to `rfc8785`, which refuses it as it always did."""
+    stack = [(value, 0)]
     push, pop = stack.append, stack.pop
     while stack:
-        item = pop()
+        item, depth = pop()
         kind = type(item)
         if kind is str or item is None or kind is bool:
             continue
-        if kind is dict:
-            for key, inner in item.items():
-                if type(key) is not str or (not key.isascii() and max(key) >= "\ud800"):
-                    return False
-                if type(inner) is not str:
-                    push(inner)
-        elif kind is list or kind is tuple:
-            stack.extend(item)
+        if kind is dict or kind is list or kind is tuple:
+            if depth >= _MAX_DEPTH:
+                return False
+            if kind is dict:
+                for key, inner in item.items():
+                    if type(key) is not str or (not key.isascii() and max(key) >= "\ud800"):
+                        return False
+                    if type(inner) is not str:
+                        push((inner, depth + 1))
+            else:
+                for inner in item:
+                    if type(inner) is not str:
+                        push((inner, depth + 1))
         elif kind is int:
             if not -_MAX_INT <= item <= _MAX_INT:
                 return False
