@@ -124,8 +124,9 @@ _ABSENT: Any = object()
 
 def stored_data_json(event: Event[Any]) -> str | None:
     """The compact JSON text of `event.data` as `normalize_send` wrote it to validate the
-    event, if it is still the same object and the text is ASCII (then byte-identical to what
-    the store's codec writes: encoding the event once, not again to store it), else None."""
+    event, if it is still the same object and the text is ASCII without DEL (then
+    byte-identical to what the store's codec writes: encoding the event once, not again to
+    store it), else None."""
     cached: tuple[object, str] | None = getattr(event, _DATA_JSON, None)
     if cached is None or cached[0] is not event.data:
         return None
@@ -254,7 +255,8 @@ def normalize_send(args: tuple[Any, ...], *, limit_size: bool = True
             exc.index = None if single else index     # the batch's invalid event, for callers
             raise
         event = Event.from_dict(payload)
-        if data_json is not None and data_json.isascii():
+        # ASCII without DEL: the codec (`ensure_ascii`) escapes U+007F, which isascii() allows.
+        if data_json is not None and data_json.isascii() and b"\x7f" not in data_json:
             setattr(event, _DATA_JSON, (event.data, data_json.decode("ascii")))
         events.append(event)
     return single, events
