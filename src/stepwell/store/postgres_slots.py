@@ -1,16 +1,18 @@
 """`Tx` for Postgres, the concurrency slots' decisions apart from the queue's main statements
-(postgres_tx): the fast path of a concurrency-limited run (`Tx.slots_free_now`, documented in
-store/base.py), whether a new run may be leased in the transaction that creates it; and a
-claim yielding to an item a concurrent wake-up let go ahead of it (`yield_to_woken`)."""
+(postgres_tx; documented in store/base.py): the fast path of a concurrency-limited run
+(`slots_free_now`), whether a new run may be leased in the transaction that creates it; the
+held count a claim decides on (`count_held`), parking and waking items (`block_item`,
+`_wake`, `unblock_all`); and a claim yielding to an item a concurrent wake-up let go ahead
+of it (`yield_to_woken`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from stepwell.store.base import QueueItem
-from stepwell.store.postgres_sql import Pipe
-from stepwell.store.queue_rules import claim_key
+from stepwell.store.postgres_sql import Pipe, Row
+from stepwell.store.queue_rules import WAKE_ORDER, claim_key
 
 # Without waiting: true if every lock was free (or is held by this transaction already).
 _TRY_LOCKS = ("SELECT bool_and(pg_try_advisory_xact_lock(hashtextextended('stepwell:' || k, 0))) "
@@ -99,3 +101,38 @@ class SlotsTx(Pipe):
             self._locked.update(f"c:{key}" for key in keys)
         found = {key: (int(held), bool(waiting)) for key, held, waiting in state}
         return all(not found[key][1] and found[key][0] < limit for key, limit in concurrency)
+
+    def count_held(self, key: str) -> int:
+        # The lock makes "count, then keep or park the claimed item" atomic across processes:
+        # a concurrent claimer of the same key waits until this transaction commits, and its
+        # count (a later statement) then sees this one's claims.
+        self.lock(f"c:{key}")
+        row = self._one(
+            "SELECT (SELECT count(*) FROM queue WHERE owner IS NOT NULL AND ck1 = %s) + "
+            "(SELECT count(*) FROM queue WHERE owner IS NOT NULL AND ck2 = %s)", (key, key))
+        return 0 if row is None else int(row[0])
+
+    def block_item(self, item_id: int, owner: str) -> None:
+        self._send("UPDATE queue SET owner=NULL, lease_until=NULL, blocked=true "
+                   "WHERE id=%s AND owner=%s", (item_id, owner))
+
+    def unblock_all(self) -> int:
+        count = self._count("UPDATE queue SET blocked=false WHERE blocked")
+        self.notify = self.notify or count > 0
+        return count
+
+    def _wake(self, rows: Iterable[Row]) -> None:
+        """Slots freed for these (ck1, ck2, owner) rows: for each key a held item released, let
+        the oldest item blocked on it compete again."""
+        keys = [k for row in rows if row[2] is not None for k in row[:2] if k is not None]
+        # Under the key's lock (see count_held): a claim deciding on the same key either
+        # committed already, so its parked item is visible here and competes by priority, or
+        # waits for this transaction, then yields to the item woken here if it is older
+        # (`yield_to_woken`) and else counts the freed slot.
+        self.lock(*(f"c:{key}" for key in keys))
+        for key in keys:
+            self.notify = True
+            self._send(
+                "UPDATE queue SET blocked=false WHERE id = (SELECT id FROM queue "
+                f"WHERE blocked AND (ck1 = %s OR ck2 = %s) ORDER BY {WAKE_ORDER} "
+                "LIMIT 1 FOR UPDATE SKIP LOCKED)", (key, key))

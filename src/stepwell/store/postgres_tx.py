@@ -20,7 +20,7 @@ safe explicitly (SQLite gets this for free from its single writer):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from stepwell.core.models import Event, Memo, RunStatus
@@ -44,7 +44,6 @@ from stepwell.store.postgres_sql import (
     WORK_CHANNEL,
     Conn,
     Misprediction,
-    Row,
     WriterState,
 )
 from stepwell.store.postgres_streams import StreamsTx
@@ -53,7 +52,6 @@ from stepwell.store.queue_rules import (
     CLAIM_ORDER,
     POSTGRES,
     TIMER_ORDER,
-    WAKE_ORDER,
     claim_key,
     leased_to,
     rearm_set,
@@ -338,41 +336,6 @@ class PostgresTx(WorkersTx, StreamsTx, SlotsTx):
         row = self._one("SELECT due_at FROM queue WHERE owner IS NULL AND NOT blocked AND timer "
                         "ORDER BY due_at LIMIT 1")
         return None if row is None else int(row[0])
-
-    def count_held(self, key: str) -> int:
-        # The lock makes "count, then keep or park the claimed item" atomic across processes:
-        # a concurrent claimer of the same key waits until this transaction commits, and its
-        # count (a later statement) then sees this one's claims.
-        self.lock(f"c:{key}")
-        row = self._one(
-            "SELECT (SELECT count(*) FROM queue WHERE owner IS NOT NULL AND ck1 = %s) + "
-            "(SELECT count(*) FROM queue WHERE owner IS NOT NULL AND ck2 = %s)", (key, key))
-        return 0 if row is None else int(row[0])
-
-    def block_item(self, item_id: int, owner: str) -> None:
-        self._send("UPDATE queue SET owner=NULL, lease_until=NULL, blocked=true "
-                   "WHERE id=%s AND owner=%s", (item_id, owner))
-
-    def unblock_all(self) -> int:
-        count = self._count("UPDATE queue SET blocked=false WHERE blocked")
-        self.notify = self.notify or count > 0
-        return count
-
-    def _wake(self, rows: Iterable[Row]) -> None:
-        """Slots freed for these (ck1, ck2, owner) rows: for each key a held item released, let
-        the oldest item blocked on it compete again."""
-        keys = [k for row in rows if row[2] is not None for k in row[:2] if k is not None]
-        # Under the key's lock (see count_held): a claim deciding on the same key either
-        # committed already, so its parked item is visible here and competes by priority, or
-        # waits for this transaction, then yields to the item woken here if it is older
-        # (`yield_to_woken`) and else counts the freed slot.
-        self.lock(*(f"c:{key}" for key in keys))
-        for key in keys:
-            self.notify = True
-            self._send(
-                "UPDATE queue SET blocked=false WHERE id = (SELECT id FROM queue "
-                f"WHERE blocked AND (ck1 = %s OR ck2 = %s) ORDER BY {WAKE_ORDER} "
-                "LIMIT 1 FOR UPDATE SKIP LOCKED)", (key, key))
 
     def renew_lease(self, item_id: int, owner: str, lease_until: int) -> bool:
         if self.optimistic:

@@ -20,7 +20,6 @@ from stepwell.store.base import (
     RunWork,
     UsageRow,
     WaitRow,
-    WorkerRow,
 )
 from stepwell.store.codec import dumps, loads
 from stepwell.store.queue_rules import (
@@ -35,6 +34,7 @@ from stepwell.store.queue_rules import (
     upsert_sql,
 )
 from stepwell.store.sqlite_streams import SqliteStreams
+from stepwell.store.sqlite_workers import SqliteWorkers, version_filter
 
 _CHUNK = 500        # ids per IN (...) list, well under SQLite's variable limit
 _MAX_PAGES_GIVEN_BACK = 20_000   # per prune transaction (80 MB of 4 KiB pages), to bound it
@@ -61,7 +61,7 @@ _SLOT_STATE = (
     "EXISTS (SELECT 1 FROM queue WHERE owner IS NULL AND ck2 = ? AND due_at <= ?)")
 
 
-class SqliteTx(SqliteStreams):
+class SqliteTx(SqliteStreams, SqliteWorkers):
     """`Tx` over one SQLite connection inside an open transaction."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -271,7 +271,7 @@ class SqliteTx(SqliteStreams):
 
     def claim_due(self, now: int, owner: str, lease_until: int, limit: int, *,
                   versions: ClaimVersions | None = None) -> list[QueueItem]:
-        where, args = _version_filter(versions)
+        where, args = version_filter(versions)
         rows = self.c.execute(
             "UPDATE queue SET owner=?, lease_until=? WHERE id IN (SELECT id FROM queue "
             f"WHERE owner IS NULL AND blocked = 0 AND due_at <= ?{where} ORDER BY {CLAIM_ORDER} "
@@ -281,7 +281,7 @@ class SqliteTx(SqliteStreams):
 
     def claim_timers(self, until: int, owner: str, lease_until: int,
                      limit: int, *, versions: ClaimVersions | None = None) -> list[QueueItem]:
-        where, args = _version_filter(versions)
+        where, args = version_filter(versions)
         rows = self.c.execute(
             "UPDATE queue SET owner=?, lease_until=? WHERE id IN (SELECT id FROM queue "
             f"WHERE owner IS NULL AND blocked = 0 AND timer = 1 AND due_at <= ?{where} "
@@ -405,40 +405,6 @@ class SqliteTx(SqliteStreams):
             "JOIN runs r ON r.id = q.run_id WHERE q.kind = 'exec' AND q.owner IS NULL "
             "AND q.due_at <= ? GROUP BY r.function_id, q.ck1", (now,)).fetchall()
         return [(r[0], r[1], int(r[2]), int(r[3])) for r in rows]
-
-    def active_versions(self) -> list[tuple[str, str | None, int, int]]:
-        rows = self.c.execute(
-            "SELECT function_id, version, count(*), min(created_at) FROM runs "
-            "WHERE status IN ('queued', 'running') GROUP BY function_id, version "
-            "ORDER BY function_id, version").fetchall()
-        return [(r[0], r[1], int(r[2]), int(r[3])) for r in rows]
-
-    def move_run_version(self, run_id: str, old: str | None, new: str) -> bool:
-        return self.c.execute(
-            "UPDATE runs SET version=? WHERE id=? AND version IS ? "
-            "AND status IN ('queued', 'running')", (new, run_id, old)).rowcount == 1
-
-    def register_workers(self, rows: Sequence[WorkerRow]) -> None:
-        self.c.executemany(
-            f"INSERT OR REPLACE INTO workers ({_WORKER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [_worker_values(row) for row in rows])
-
-    def heartbeat_worker(self, worker_id: str, now: int) -> int:
-        return self.c.execute("UPDATE workers SET heartbeat_at=? WHERE id=?",
-                              (now, worker_id)).rowcount
-
-    def remove_workers(self, worker_ids: Sequence[str]) -> int:
-        return self.c.execute("DELETE FROM workers WHERE id IN (SELECT value FROM json_each(?))",
-                              (json.dumps(list(worker_ids)),)).rowcount
-
-    def expire_workers(self, heartbeat_before: int) -> int:
-        return self.c.execute("DELETE FROM workers WHERE heartbeat_at < ?",
-                              (heartbeat_before,)).rowcount
-
-    def list_workers(self) -> list[WorkerRow]:
-        rows = self.c.execute(f"SELECT {_WORKER_COLUMNS} FROM workers "
-                              "ORDER BY app_id, version, started_at, id").fetchall()
-        return [WorkerRow(*row) for row in rows]
 
     def get_item(self, unique_key: str) -> QueueItem | None:
         row = self.c.execute(f"SELECT {r.QUEUE_COLUMNS} FROM queue WHERE unique_key=?",
@@ -576,31 +542,6 @@ class SqliteTx(SqliteStreams):
 
     def delete_run_waits(self, run_id: str) -> None:
         self.c.execute("DELETE FROM waits WHERE run_id=?", (run_id,))
-
-
-_WORKER_COLUMNS = "id, app_id, version, host, pid, started_at, heartbeat_at"
-
-
-def _worker_values(row: WorkerRow) -> tuple[Any, ...]:
-    return (row.id, row.app_id, row.version, row.host, row.pid, row.started_at,
-            row.heartbeat_at)
-
-
-def _version_filter(versions: ClaimVersions | None) -> tuple[str, tuple[Any, ...]]:
-    """The claim's extra condition for a versioned worker (`ClaimVersions`): an exec item is
-    claimable if its run has no version or its (function, version) is allowed
-    (`ClaimVersions`; one primary-key lookup of the run per candidate). None: no
-    condition, the SQL of an unversioned worker is unchanged."""
-    if versions is None:
-        return "", ()
-    # Placeholders, not json_each: the list is parsed once per statement, not per candidate.
-    own, adopt, refused = versions.own_keys(), versions.adopt_keys(), list(versions.refused)
-    key = "v.function_id || char(31) || v.version"
-    adopting = (f" OR ({key} IN ({_marks(len(adopt))}) AND v.id NOT IN "
-                f"({_marks(len(refused))}))") if adopt else ""
-    return (f" AND (kind <> 'exec' OR (SELECT v.version IS NULL OR {key} IN "
-            f"({_marks(len(own))}){adopting} FROM runs v WHERE v.id = queue.run_id) IS NOT 0)",
-            (*own, *adopt, *refused) if adopt else tuple(own))
 
 
 def _marks(n: int) -> str:
