@@ -1,4 +1,4 @@
-"""User code that blocks the engine's event loop is reported, once per place, with the fix."""
+"""User code that blocks the engine's event loop is reported, once per function, with the fix."""
 
 from __future__ import annotations
 

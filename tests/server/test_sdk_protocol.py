@@ -419,9 +419,12 @@ async def test_wait_for_signal_resolves_conflicts_and_times_out(
     fake_sdk.script = script
     async with make_engine(clock=clock) as engine:
         await engine._worker.registrar.register(registration(fake_sdk.url))
-        ids = [await engine.send("fake/go", data) for data in (
-            {"signal": "approve"}, {"signal": "approve", "conflict": "fail"},
-            {"signal": "never"})]
+        # The holder first, on its own: which wait holds a name depends on the order the
+        # waits are registered in, and runs sent together may register in either order.
+        ids = [await engine.send("fake/go", {"signal": "approve"})]
+        await engine.idle()
+        ids += [await engine.send("fake/go", data) for data in (
+            {"signal": "approve", "conflict": "fail"}, {"signal": "never"})]
         await engine.idle()
         holder, loser, lonely = [(await engine.runs(event_id=i))[0].id for i in ids]
         loser_run = await engine.wait(loser)

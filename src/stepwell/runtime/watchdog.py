@@ -7,10 +7,11 @@ it blocks. Nothing fails, so nothing says so: this module makes it visible.
 How: the loop stamps a heartbeat a few times per `threshold`; a daemon thread checks it. When
 the heartbeat is older than the threshold, the thread reads the loop thread's current stack
 (`sys._current_frames`) and looks for the innermost frame of *user* code (not stepwell, asyncio
-or the standard library). It logs one warning per code location, naming the function that
-owns it and the fix. A stall with no user frame on the stack (a slow machine, a long GC) is
-not reported: it is not something the user can fix in their handler. Costs one thread waking
-a few times per threshold and one loop callback per tick; nothing when disabled.
+or the standard library). It logs one warning per user function (at the line it was caught
+on), naming the stepwell function that owns it and the fix. A stall with no user frame on the
+stack (a slow machine, a long GC) is not reported: it is not something the user can fix in
+their handler. Costs one thread waking a few times per threshold and one loop callback per
+tick; nothing when disabled.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class LoopWatchdog:
         self._owners = owners
         self._beat = time.monotonic()
         self._stop = threading.Event()
+        # Functions already reported (file, first line): a loop that blocks is sampled at
+        # whichever of its lines is running, and should be reported once, not once per line.
         self._reported: set[tuple[str, int]] = set()
         self._loop_thread = 0
         self._handle: asyncio.TimerHandle | None = None
@@ -83,9 +86,10 @@ class LoopWatchdog:
         if user is None:
             return
         where = (user.f_code.co_filename, user.f_lineno)
-        if where in self._reported:
+        function_key = (user.f_code.co_filename, user.f_code.co_firstlineno)
+        if function_key in self._reported:
             return
-        self._reported.add(where)
+        self._reported.add(function_key)
         owners = self._owners()
         function = next((owners[f.f_code] for f in stack if f.f_code in owners), None)
         who = f"function {function!r}" if function else "user code"
@@ -94,4 +98,4 @@ class LoopWatchdog:
             "the HTTP API and the dashboard of this process wait meanwhile. Make the handler "
             "(or the step function) a plain `def` (stepwell runs those on worker threads), or "
             "use an async call (`await asyncio.sleep(...)`, an async HTTP client). Reported "
-            "once per code location.", stalled, who, where[0], where[1], user.f_code.co_name)
+            "once per function.", stalled, who, where[0], where[1], user.f_code.co_name)
