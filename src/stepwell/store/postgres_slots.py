@@ -7,12 +7,13 @@ of it (`yield_to_woken`)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from stepwell.store.base import QueueItem
 from stepwell.store.postgres_sql import Pipe, Row
-from stepwell.store.queue_rules import WAKE_ORDER, claim_key
+from stepwell.store.queue_rules import WAKE_ORDER, claim_key, held_sql
 
 # Without waiting: true if every lock was free (or is held by this transaction already).
 _TRY_LOCKS = ("SELECT bool_and(pg_try_advisory_xact_lock(hashtextextended('stepwell:' || k, 0))) "
@@ -20,8 +21,7 @@ _TRY_LOCKS = ("SELECT bool_and(pg_try_advisory_xact_lock(hashtextextended('stepw
 # Per key: held slots, and whether an unleased item on it is due (`queue_held_*`,
 # `queue_waiting_*`: one probe each).
 _SLOT_STATE = (
-    "SELECT k, (SELECT count(*) FROM queue WHERE owner IS NOT NULL AND ck1 = k) + "
-    "(SELECT count(*) FROM queue WHERE owner IS NOT NULL AND ck2 = k), "
+    f"SELECT k, {held_sql('k')}, "
     "EXISTS (SELECT 1 FROM queue WHERE owner IS NULL AND ck1 = k AND due_at <= %s) OR "
     "EXISTS (SELECT 1 FROM queue WHERE owner IS NULL AND ck2 = k AND due_at <= %s) "
     "FROM unnest(%s::text[]) AS u(k)")
@@ -34,8 +34,7 @@ _SLOT_STATE = (
 _AHEAD = (
     "SELECT c.id, c.k, (SELECT count(*) FROM queue WHERE owner IS NULL AND NOT blocked "
     "AND due_at <= %s AND (priority_at, id) < (c.p, c.id) AND (ck1 = c.k OR ck2 = c.k){where}), "
-    "(SELECT count(*) FROM queue WHERE owner IS NOT NULL AND ck1 = c.k) + "
-    "(SELECT count(*) FROM queue WHERE owner IS NOT NULL AND ck2 = c.k) "
+    f"{held_sql('c.k')} "
     "FROM unnest(%s::bigint[], %s::text[], %s::bigint[]) AS c(id, k, p)")
 
 
@@ -66,7 +65,7 @@ class SlotsTx(Pipe):
             _AHEAD.format(where=where),
             (now, *args, [item.id for item, _ in pairs], [key for _, key in pairs],
              [claim_key(item)[0] for item, _ in pairs]), tables=("queue",))}
-        mine = {key: sum(1 for item, k in pairs if k == key) for _, key in pairs}
+        mine = Counter(key for _, key in pairs)
         kept: dict[str, int] = {}
         parked: set[int] = set()
         for item in limited:       # claim order
@@ -107,9 +106,7 @@ class SlotsTx(Pipe):
         # a concurrent claimer of the same key waits until this transaction commits, and its
         # count (a later statement) then sees this one's claims.
         self.lock(f"c:{key}")
-        row = self._one(
-            "SELECT (SELECT count(*) FROM queue WHERE owner IS NOT NULL AND ck1 = %s) + "
-            "(SELECT count(*) FROM queue WHERE owner IS NOT NULL AND ck2 = %s)", (key, key))
+        row = self._one(f"SELECT {held_sql('%s')}", (key, key))
         return 0 if row is None else int(row[0])
 
     def block_item(self, item_id: int, owner: str) -> None:

@@ -212,12 +212,9 @@ class PostgresTx(WorkersTx, StreamsTx, SlotsTx):
         return [r.run_from_row(row) for row in rows]
 
     def search_runs(self, query: RunQuery) -> list[RunRow]:
-        marked = run_search.marked_sql(query, "%s")
-        ids = None if marked is None else [
-            row[0] for row in self._rows(*marked, tables=("memos", "runs", "step_failures"))]
-        sql, args = run_search.search_sql(query, r.RUN_COLUMNS, "%s", marked=ids)
-        rows = self._rows(sql, args, tables=("runs", "run_events", "memos", "step_failures"))
-        return [r.run_from_row(row) for row in rows]
+        tables = ("runs", "run_events", "memos", "step_failures")
+        return run_search.search(query, r.RUN_COLUMNS, "%s",
+                                 lambda sql, args: self._rows(sql, args, tables=tables))
 
     def run_work(self, run_ids: Sequence[str]) -> dict[str, RunWork]:
         if not run_ids:

@@ -29,6 +29,13 @@ WAKE_ORDER = CLAIM_ORDER
 TIMER_ORDER = "due_at, id"
 
 
+def held_sql(key: str) -> str:
+    """SQL for the slots of concurrency key `key` (a placeholder or a column) in use: the
+    leased items holding it as their first or second key (`queue_held_*`, a probe each)."""
+    return (f"(SELECT count(*) FROM queue WHERE owner IS NOT NULL AND ck1 = {key}) + "
+            f"(SELECT count(*) FROM queue WHERE owner IS NOT NULL AND ck2 = {key})")
+
+
 def claim_key(item: QueueItem) -> tuple[int, int]:
     """`CLAIM_ORDER` for items in memory (a claim's `RETURNING` rows come in any order)."""
     return (item.priority_at if item.priority_at is not None else item.due_at, item.id)

@@ -11,10 +11,11 @@ marks instead: a filtered page costs one count and one statement.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
-from stepwell.store.base import RunQuery, RunWork, WaitRow
+from stepwell.store.base import RunQuery, RunRow, RunWork, WaitRow
+from stepwell.store.rows import run_from_row
 
 # What an active run may be doing, as SQL over `runs` (the alias is the table's name). The
 # runtime's `views.run_view` says the same in Python; the service checks each page's runs
@@ -135,6 +136,16 @@ def search_sql(query: RunQuery, columns: str, mark: str, *,
     sql += f" ORDER BY runs.created_at DESC, runs.id DESC LIMIT {mark}"
     args.append(query.limit)
     return sql, args
+
+
+def search(query: RunQuery, columns: str, mark: str,
+           rows: Callable[[str, list[Any]], Iterable[Sequence[Any]]]) -> list[RunRow]:
+    """`Tx.search_runs` for a backend whose `rows(sql, args)` runs one SELECT: the state's
+    marks first (`marked_sql`, when it has any), then the page (`search_sql`)."""
+    marked = marked_sql(query, mark)
+    ids = None if marked is None else [row[0] for row in rows(*marked)]
+    sql, args = search_sql(query, columns, mark, marked=ids)
+    return [run_from_row(row) for row in rows(sql, args)]
 
 
 def work_sql(run_ids: Sequence[str], mark: str) -> tuple[str, str, str]:

@@ -28,6 +28,7 @@ from stepwell.store.queue_rules import (
     TIMER_ORDER,
     WAKE_ORDER,
     claim_key,
+    held_sql,
     leased_to,
     rearm_set,
     timer_key,
@@ -55,8 +56,7 @@ _REARM = f"UPDATE queue SET {rearm_set(SQLITE, due='?', now='?', timer='?')} WHE
 # Held slots of a key, and whether an unleased item on it is due (`queue_held_*`,
 # `queue_waiting_*`: one probe each).
 _SLOT_STATE = (
-    "SELECT (SELECT count(*) FROM queue WHERE owner IS NOT NULL AND ck1 = ?) + "
-    "(SELECT count(*) FROM queue WHERE owner IS NOT NULL AND ck2 = ?), "
+    f"SELECT {held_sql('?')}, "
     "EXISTS (SELECT 1 FROM queue WHERE owner IS NULL AND ck1 = ? AND due_at <= ?) OR "
     "EXISTS (SELECT 1 FROM queue WHERE owner IS NULL AND ck2 = ? AND due_at <= ?)")
 
@@ -185,10 +185,8 @@ class SqliteTx(SqliteStreams, SqliteWorkers):
                       reverse=True)[:limit]
 
     def search_runs(self, query: RunQuery) -> list[RunRow]:
-        marked = run_search.marked_sql(query, "?")
-        ids = None if marked is None else [row[0] for row in self.c.execute(*marked)]
-        sql, args = run_search.search_sql(query, r.RUN_COLUMNS, "?", marked=ids)
-        return [r.run_from_row(row) for row in self.c.execute(sql, args)]
+        return run_search.search(query, r.RUN_COLUMNS, "?",
+                                 lambda sql, args: self.c.execute(sql, args).fetchall())
 
     def run_work(self, run_ids: Sequence[str]) -> dict[str, RunWork]:
         out: dict[str, RunWork] = {}
@@ -296,10 +294,7 @@ class SqliteTx(SqliteStreams, SqliteWorkers):
         return None if row is None else int(row[0])
 
     def count_held(self, key: str) -> int:
-        row = self.c.execute(
-            "SELECT (SELECT count(*) FROM queue WHERE owner IS NOT NULL AND ck1 = ?) + "
-            "(SELECT count(*) FROM queue WHERE owner IS NOT NULL AND ck2 = ?)",
-            (key, key)).fetchone()
+        row = self.c.execute(f"SELECT {held_sql('?')}", (key, key)).fetchone()
         return int(row[0])
 
     def slots_free_now(self, concurrency: Sequence[tuple[str, int]], now: int) -> bool:
