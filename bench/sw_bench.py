@@ -44,7 +44,7 @@ def make_app(workload: str, *, sync_steps: bool, steps: int | None = None,
     body: Any = body_sync if sync_steps else body_async
 
     if workload in common.STEPS:
-        n_steps = steps or common.STEPS[workload]
+        n_steps = common.STEPS[workload] if steps is None else steps
 
         @app.function(id="work", trigger="bench/go", retries=0)
         async def work(ctx: stepwell.Context, step: stepwell.Step) -> int:

@@ -28,10 +28,13 @@ from typing import Any, Final
 
 import rfc8785
 
+from stepwell.core.jsontext import encode_with
+
 _MAX_INT: Final = 2**53 - 1
 _MAX_DEPTH: Final = 500
-_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, allow_nan=False, sort_keys=True,
-                                   separators=(",", ":"), check_circular=False)
+_ENCODE: Final = encode_with(json.JSONEncoder(ensure_ascii=False, allow_nan=False,
+                                              sort_keys=True, separators=(",", ":"),
+                                              check_circular=False))
 
 
 def _plain(value: Any) -> bool:
@@ -76,5 +79,5 @@ def canonical_json(value: Any) -> bytes:
     if _plain(value):
         # A lone surrogate passes the walk; UTF-8 refuses it (UnicodeEncodeError, a
         # ValueError), as rfc8785 does.
-        return _ENCODER.encode(value).encode("utf-8")
+        return _ENCODE(value).encode("utf-8")
     return rfc8785.dumps(value)

@@ -28,6 +28,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
+from stepwell.core.jsontext import encode_with
+
 # The deepest nesting of arrays and objects accepted anywhere JSON enters (a document's root
 # is depth 1). Real event payloads and step results are a few levels deep; 128 leaves room
 # for generated data and stays far below what serializing and expression evaluation recurse
@@ -188,7 +190,8 @@ def parse(text: str, path: str = "", *, max_depth: int = MAX_JSON_DEPTH) -> Any:
 
 # What `json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))` uses,
 # built once: that call makes a new encoder each time, a noticeable share of ingesting an event.
-_COMPACT = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_COMPACT = encode_with(json.JSONEncoder(ensure_ascii=False, allow_nan=False,
+                                        separators=(",", ":")))
 
 
 def dumps_checked(value: Any, path: str = "", *, max_depth: int = MAX_JSON_DEPTH) -> bytes:
@@ -197,7 +200,7 @@ def dumps_checked(value: Any, path: str = "", *, max_depth: int = MAX_JSON_DEPTH
     non-finite numbers, non-JSON types and lone surrogates at C speed; only then, or when the
     text shows NUL or enough brackets to be deep, is the value walked."""
     try:
-        text = _COMPACT.encode(value)
+        text = _COMPACT(value)
         data = text.encode("utf-8")
     except (ValueError, TypeError, RecursionError):
         check(value, path, max_depth=max_depth)

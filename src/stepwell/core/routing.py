@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from stepwell.core.config import EventTrigger, FunctionSpec
+from stepwell.core.jsontext import encode_with
 from stepwell.core.models import is_internal_event, is_lifecycle_event
 
 MAX_INDEX_KEYS = 200
@@ -87,7 +88,7 @@ def path_value(payload: Mapping[str, Any], path: str) -> Any:
 
 # `json.dumps(value, sort_keys=True, separators=(",", ":"))`, without building an encoder per
 # call: an event offers a key per leaf, so this runs for every leaf of every event ingested.
-_KEY_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+_KEY_ENCODE = encode_with(json.JSONEncoder(sort_keys=True, separators=(",", ":")))
 _encode_str = getattr(json.encoder, "c_encode_basestring_ascii",
                       None) or json.encoder.encode_basestring_ascii
 
@@ -103,7 +104,7 @@ def match_key(path: str, value: Any) -> str:
         return f"{path}={_encode_str(value)}"
     if kind is int:
         return f"{path}={int.__repr__(value)}"
-    return f"{path}={_KEY_ENCODER.encode(value)}"
+    return f"{path}={_KEY_ENCODE(value)}"
 
 
 def event_match_keys(event: Mapping[str, Any]) -> list[str] | None:

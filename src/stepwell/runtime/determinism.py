@@ -23,6 +23,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from stepwell.core.jsontext import encode_with
 from stepwell.core.models import Memo, hash_step_id
 from stepwell.sdk.context import Context
 from stepwell.sdk.errors import StepError
@@ -65,7 +66,7 @@ def _type_name(value: Any) -> str:
 
 # Built once (as `json.dumps(..., sort_keys=True, default=...)` would per call): the text,
 # and so every stored fingerprint, is the same.
-_FINGERPRINT_ENCODE = json.JSONEncoder(sort_keys=True, default=_type_name).encode
+_FINGERPRINT_ENCODE = encode_with(json.JSONEncoder(sort_keys=True, default=_type_name))
 
 
 def describe_change(step_id: str, old: tuple[tuple[Any, ...], dict[str, Any]] | None,

@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-# Built once: `json.dumps` with any non-default argument builds a new encoder per call, which
-# was a third of the cost of encoding a step's small result.
-_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+from stepwell.core.jsontext import encode_with
+
+# Built once: `json.dumps` with any non-default argument builds a new encoder per call, and
+# even a kept encoder's `encode` builds its C encoder per call (core/jsontext.py).
+_ENCODE = encode_with(json.JSONEncoder(separators=(",", ":")))
 
 
 def dumps(value: Any) -> str:
