@@ -9,6 +9,7 @@ share one state format and one set of guarantees.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
@@ -108,6 +109,11 @@ class RunDriver:
         self.failures = state.failures
         self.loaded_at = host.clock.now()
         self._sleeps_traced: set[str] = set()      # sleeps whose span this execution emitted
+        # A finished step's memo waiting for the run's next transaction (`defer_checkpoint`),
+        # and the task committing it alone when no transaction followed at once.
+        self._deferred: Memo | None = None
+        self._flushing: asyncio.Task[None] | None = None
+        self._flush_error: Exception | None = None
 
     def now(self) -> int:
         return self.host.clock.now()
@@ -116,16 +122,88 @@ class RunDriver:
     def first_event(self) -> dict[str, Any]:
         return self.state.events[0].to_dict() if self.state.events else {}
 
-    def _held(self, fn: Callable[[Tx, Placement, Effects], R]) -> Callable[
-            [Tx, Placement, Effects], R]:
-        """Wrap a script so it first renews (compare-and-set) this worker's lease."""
-        owner, until, item = self.host.owner, self.host.lease_until(), self.item_id
+    async def write(self, fn: Callable[[Tx, Placement, Effects], R], *,
+                    held: bool = True) -> R:
+        """Commit `fn` for this run. `held`: first renew this worker's lease (compare-and-set;
+        LeaseLost if it is gone). A memo left by `defer_checkpoint` is written in the same
+        transaction, before `fn`, and always under the lease."""
+        await self._settle_flush()
+        return await self._write(fn, held=held)
+
+    async def _write(self, fn: Callable[[Tx, Placement, Effects], R], *, held: bool) -> R:
+        memo, self._deferred = self._deferred, None
+        if memo is None and not held:
+            return await self.host.commit(fn)
+        owner, until, item, run_id = (self.host.owner, self.host.lease_until(), self.item_id,
+                                      self.run_id)
 
         def script(tx: Tx, place: Placement, effects: Effects) -> R:
             scripts.hold(tx, item, owner, until)
+            if memo is not None and not tx.insert_memo(run_id, memo):
+                raise LeaseLost(f"step {memo.step_id} of run {run_id} was committed elsewhere")
             return fn(tx, place, effects)
 
-        return script
+        try:
+            value = await self.host.commit(script)
+        except LeaseLost:
+            raise
+        except BaseException:
+            if memo is not None and self._deferred is None:
+                self._deferred = memo        # not written: the run's next transaction takes it
+            raise
+        if memo is not None:
+            self._count_committed(memo)
+        return value
+
+    def defer_checkpoint(self, memo: Memo) -> bool:
+        """Leave a finished `run` step's memo to the run's next transaction instead of giving
+        it one of its own, when the handler goes straight on to one: its end (the last step
+        of most functions), a sleep, a wait, a retry. If the handler does anything else first
+        (awaits something that is not a step), the memo is committed alone as soon as it
+        yields, and before any other step body starts (`flush_deferred`): a step whose
+        successor has started is never run again for want of its memo. Returns False (and
+        defers nothing) when another memo is still waiting; the caller then checkpoints."""
+        if self._deferred is not None or self._flushing is not None:
+            return False
+        self._deferred = memo
+        self.memos[memo.hash] = memo
+        asyncio.get_running_loop().call_soon(self._flush_later)
+        return True
+
+    async def flush_deferred(self) -> None:
+        """Commit a deferred memo now, if one waits (before a step body starts)."""
+        await self._settle_flush()
+        if self._deferred is not None:
+            await self._write(_nothing, held=False)
+
+    def _flush_later(self) -> None:
+        """The handler yielded with a memo still deferred: commit it alone."""
+        if self._deferred is not None and self._flushing is None:
+            self._flushing = asyncio.ensure_future(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            if self._deferred is not None:       # else a write took it meanwhile
+                await self._write(_nothing, held=False)
+        except Exception as exc:
+            self._flush_error = exc        # raised where the run next writes
+        finally:
+            self._flushing = None
+
+    async def _settle_flush(self) -> None:
+        """Wait for a memo being committed alone, and raise what stopped it."""
+        while self._flushing is not None:
+            await asyncio.wait([self._flushing])
+        if self._flush_error is not None:
+            error, self._flush_error = self._flush_error, None
+            raise error
+
+    def _count_committed(self, memo: Memo) -> None:
+        stats = self.host.stats
+        stats.steps_committed[memo.kind] += 1
+        if memo.kind == "run" and memo.ended_at is not None:
+            stats.step_took(self.spec.qualified_id,
+                            max(0, memo.ended_at - memo.started_at) / 1000)
 
     def _usage_rows(self, step_hash: str, step_id: str, attempt: int,
                     usage: Mapping[str, ModelUsage] | None) -> list[UsageRow]:
@@ -152,16 +230,12 @@ class RunDriver:
                 tx.insert_model_usage(rows)
             return True
 
-        if not await self.host.commit(self._held(script)):
+        if not await self.write(script):
             raise LeaseLost(f"step {memo.step_id} of run {run_id} was committed elsewhere")
         if rows:
             self.host.stats.tokens_used(self.spec.qualified_id, rows)
         self.memos[memo.hash] = memo
-        stats = self.host.stats
-        stats.steps_committed[memo.kind] += 1
-        if memo.kind == "run" and memo.ended_at is not None:
-            stats.step_took(self.spec.qualified_id,
-                            max(0, memo.ended_at - memo.started_at) / 1000)
+        self._count_committed(memo)
 
     async def record_failure(self, step_hash: str, step_id: str, attempt: int,
                              error: dict[str, Any], *, next_at: int | None,
@@ -176,7 +250,7 @@ class RunDriver:
             if rows:
                 tx.insert_model_usage(rows)
 
-        await self.host.commit(self._held(script))
+        await self.write(script)
         if rows:
             self.host.stats.tokens_used(self.spec.qualified_id, rows)
         self.host.stats.step_attempts_failed += 1
@@ -205,9 +279,9 @@ class RunDriver:
         now, routing = self.now(), self.host.routing
         ended = False
         with contextlib.suppress(LeaseLost):
-            ended = await self.host.commit(self._held(
+            ended = await self.write(
                 lambda tx, place, effects: scripts.end_run(tx, ending, now, place, routing,
-                                                           effects)))
+                                                           effects))
         if ended and self.host.tracing.enabled:
             self.host.tracing.run_ended(self.state, run.function_id, status, now, error)
 
@@ -275,14 +349,16 @@ class RunDriver:
         when only time will resume the run (see `Tx.release_item`)."""
         owner, item, now = self.host.owner, self.item_id, self.now()
         if item is None:
+            await self.flush_deferred()
             return
-        await self.host.commit(lambda tx, place, effects: tx.release_item(
-            item, owner, due, now, timer=timer))
+        await self.write(lambda tx, place, effects: tx.release_item(
+            item, owner, due, now, timer=timer), held=False)
 
     async def warn(self, text: str) -> None:
         run_id = self.run_id
         log.warning("run %s: %s", run_id, text)
-        await self.host.commit(lambda tx, place, effects: tx.add_run_warning(run_id, text))
+        await self.write(lambda tx, place, effects: tx.add_run_warning(run_id, text),
+                         held=False)
 
     async def resolve_timeout(self, memo: Memo) -> Memo:
         """A wait or invoke whose time is up: resolve it (unless an event won the race)."""
@@ -297,7 +373,7 @@ class RunDriver:
             state = tx.load_run_state(run_id)
             return None if state is None else state.memos.get(step_hash)
 
-        fresh = await self.host.commit(script)
+        fresh = await self.write(script, held=False)
         if fresh is None:
             memo.pending, memo.data, memo.error = False, outcome.get("data"), outcome.get("error")
             memo.ended_at = now
@@ -354,7 +430,7 @@ class RunDriver:
                 signals.hold(tx, wait, holders)
             return memo
 
-        memo = await self.host.commit(self._held(script))
+        memo = await self.write(script)
         if memo is None:
             raise LeaseLost(f"step {step_id} of run {run_id} was committed elsewhere")
         self.memos[step_hash] = memo
@@ -465,3 +541,7 @@ class RunDriver:
         await self.checkpoint(memo, start_child)
         self.trace_scheduled(memo, **{"invoke.function": spec.qualified_id})
         return memo
+
+
+def _nothing(tx: Tx, place: Placement, effects: Effects) -> None:
+    """A script that writes nothing of its own (a deferred memo, or the lease, goes with it)."""

@@ -284,7 +284,7 @@ class RunSession(RunDriver):
         before a step body runs: renew the lease, or raise LeaseLost."""
         if self._unverified:
             self._unverified = False
-            await self.host.commit(self._held(lambda tx, place, effects: None))
+            await self.write(lambda tx, place, effects: None)
 
     def _may_park(self, due: int) -> bool:
         """Whether a sleep until `due` may be spent in memory. A timer item leased ahead parks
@@ -482,6 +482,7 @@ class RunSession(RunDriver):
 
     async def _run(self, request: StepRequest, step_hash: str, seq: int, fingerprint: str) -> Any:
         failures = len(self.failures.get(step_hash, ()))
+        await self.flush_deferred()          # the previous step's memo, before this body
         started = self.now()
         token = current_attempt.set(failures)
         step_token = current_step.set(request.step_id)
@@ -509,10 +510,12 @@ class RunSession(RunDriver):
         finally:
             current_attempt.reset(token)
             current_step.reset(step_token)
-        await self.checkpoint(Memo(step_hash, request.step_id, "run", seq, data=data,
-                                   fingerprint=fingerprint, attempts=failures + 1,
-                                   started_at=started, ended_at=self.now()),
-                              usage=usage)
+        memo = Memo(step_hash, request.step_id, "run", seq, data=data, fingerprint=fingerprint,
+                    attempts=failures + 1, started_at=started, ended_at=self.now())
+        # The only step running, with no tokens to record: its memo goes with the run's next
+        # transaction, usually its end (RunDriver.defer_checkpoint).
+        if usage or self._in_flight != 1 or not self.defer_checkpoint(memo):
+            await self.checkpoint(memo, usage=usage)
         self._traced(request.step_id, failures, started, None, final=True)
         self._consumed.add(step_hash)
         return data

@@ -96,7 +96,7 @@ class Publisher:
                     tx.publish_item(_marker(stale_channel, item), None)
             return tx.publish_item(item, key), retracted
 
-        offset, retracted = await driver.host.commit(driver._held(script))
+        offset, retracted = await driver.write(script)
         driver.host.streams.notify({channel, *retracted})
         return offset
 
@@ -113,7 +113,7 @@ class Publisher:
             for channel in sorted(channels):
                 tx.publish_item(_marker(channel, base), None)
 
-        await driver.host.commit(driver._held(script))
+        await driver.write(script)
         driver.host.streams.notify(channels)
 
 

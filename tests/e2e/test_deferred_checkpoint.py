@@ -1,0 +1,160 @@
+"""A finished step's memo goes with the run's next transaction (RunDriver.defer_checkpoint):
+one transaction fewer for the last step of a run, and no weaker guarantees. The memo is
+stored before the next step's body starts, and promptly when the handler awaits something
+that is not a step; a run whose lease is lost meanwhile writes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+import stepwell
+from stepwell.runtime import driver
+from stepwell.testing import VirtualClock
+
+DEADLINE_S = 30.0
+
+
+def count_commits(engine: stepwell.Engine, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the engine's transaction scripts (`Worker.commit`: ingesting, the runs' own
+    writes) from now on; the worker's polls for due work are not among them."""
+    worker = engine._worker
+    original = worker.commit
+    calls = [0]
+
+    async def commit(fn: Any) -> Any:
+        calls[0] += 1
+        return await original(fn)
+
+    monkeypatch.setattr(worker, "commit", commit)
+    return calls
+
+
+async def one_run(engine: stepwell.Engine, event: object) -> stepwell.Run:
+    [listed] = await engine.runs(event_id=str(event))
+    run = await engine.get_run(listed.id)
+    assert run is not None
+    return run
+
+
+async def until(predicate: Any, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + DEADLINE_S
+    while not await predicate():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
+
+
+async def test_the_last_step_commits_with_the_end(
+        make_engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = stepwell.App("deferred")
+
+    @app.function(id="one", trigger="deferred/one", retries=0)
+    async def one(ctx: stepwell.Context, step: stepwell.Step) -> int:
+        return int(await step.run("only", lambda: 41)) + 1
+
+    @app.function(id="three", trigger="deferred/three", retries=0)
+    async def three(ctx: stepwell.Context, step: stepwell.Step) -> list[int]:
+        return [await step.run(f"s{n}", lambda n=n: n) for n in range(3)]
+
+    async with make_engine(app) as engine:
+        writes = count_commits(engine, monkeypatch)
+        event = await engine.send("deferred/one", {})
+        await asyncio.wait_for(engine.idle(), DEADLINE_S)
+        assert writes[0] == 2            # the event and its run; the step with the end
+        run = await one_run(engine, event)
+        assert (run.status, run.output) == ("completed", 42)
+        assert [(s.id, s.status, s.output) for s in run.steps] == [("only", "completed", 41)]
+
+        writes[0] = 0
+        event = await engine.send("deferred/three", {})
+        await asyncio.wait_for(engine.idle(), DEADLINE_S)
+        assert writes[0] == 4            # ingest, s0, s1, s2 with the end
+        run = await one_run(engine, event)
+        assert run.output == [0, 1, 2]
+        assert [s.id for s in run.steps] == ["s0", "s1", "s2"]
+
+
+async def test_a_memo_is_stored_before_the_next_body_starts(make_engine: Any) -> None:
+    app = stepwell.App("deferred")
+    seen: list[list[str]] = []
+    engine_box: list[stepwell.Engine] = []
+
+    async def look() -> str:
+        [listed] = await engine_box[0].runs(function_id="deferred/chain")
+        run = await engine_box[0].get_run(listed.id)
+        assert run is not None
+        seen.append([s.id for s in run.steps])
+        return "looked"
+
+    @app.function(id="chain", trigger="deferred/chain", retries=0)
+    async def chain(ctx: stepwell.Context, step: stepwell.Step) -> str:
+        await step.run("first", lambda: 1)
+        return str(await step.run("second", look))
+
+    async with make_engine(app) as engine:
+        engine_box.append(engine)
+        await engine.send("deferred/chain", {})
+        await asyncio.wait_for(engine.idle(), DEADLINE_S)
+        [run] = await engine.runs(function_id="deferred/chain")
+        assert run.status == "completed", run
+    assert seen == [["first"]]           # read by the second body, from the database
+
+
+async def test_a_memo_is_stored_while_the_handler_awaits_something_else(
+        make_engine: Any) -> None:
+    app = stepwell.App("deferred")
+    release = asyncio.Event()
+
+    @app.function(id="pause", trigger="deferred/pause", retries=0)
+    async def pause(ctx: stepwell.Context, step: stepwell.Step) -> int:
+        value = int(await step.run("before", lambda: 7))
+        await release.wait()             # not a step: the memo must not wait for it
+        return value
+
+    async with make_engine(app) as engine:
+        event = await engine.send("deferred/pause", {})
+
+        async def stored() -> bool:
+            runs = await engine.runs(event_id=str(event))
+            run = runs and await engine.get_run(runs[0].id)
+            return bool(run) and [s.id for s in run.steps] == ["before"]
+
+        await until(stored, "the step's memo while the handler waits")
+        [run] = await engine.runs(event_id=str(event))
+        assert run.status == "running"
+        release.set()
+        done = await engine.wait(run.id, DEADLINE_S)
+        assert (done.status, done.output) == ("completed", 7)
+
+
+@pytest.mark.counts_executions
+async def test_a_cancelled_run_writes_no_deferred_memo(
+        make_engine: Any, clock: VirtualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cancelled while its last memo waits for the run's next transaction: that transaction
+    finds the lease gone and writes nothing (the memo included)."""
+    app = stepwell.App("deferred")
+    taken = asyncio.Event()
+    go_on = asyncio.Event()
+
+    @app.function(id="late", trigger="deferred/late", retries=0)
+    async def late(ctx: stepwell.Context, step: stepwell.Step) -> str:
+        await step.run("last", lambda: "done")
+        taken.set()
+        await go_on.wait()
+        return "ended"
+
+    # Hold the memo back from the background flush, so the cancel lands first.
+    monkeypatch.setattr(driver.RunDriver, "_flush_later", lambda self: None)
+    async with make_engine(app) as engine:
+        event = await engine.send("deferred/late", {})
+        await asyncio.wait_for(taken.wait(), DEADLINE_S)
+        [run] = await engine.runs(event_id=str(event))
+        await engine.cancel(run.id)
+        go_on.set()
+        await asyncio.wait_for(engine.idle(), DEADLINE_S)
+        found = await engine.get_run(run.id)
+        assert found is not None and found.status == "cancelled", found
+        assert found.steps == []
+        assert found.output is None
