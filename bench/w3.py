@@ -1,7 +1,7 @@
 """W3 (1 event -> 3 async steps), native engine, one process: runs/s and CPU ms per run.
 
     python bench/w3.py [--db sqlite|postgres|both] [--runs 10000] [--repeat 3] [--ref REF]
-                       [--ceiling]
+                       [--ceiling] [--latency 300]
 
 The workload of `bench/run.py`'s W3 (`bench/sw_bench.py`: 200 senders, `async def` step
 bodies, `max_concurrency=5000`, SQLite `synchronous=FULL` / Postgres `synchronous_commit=on`,
@@ -72,15 +72,18 @@ async def child(db_kind: str, runs: int, senders: int, *, url: str | None = None
             elapsed, used = time.perf_counter() - start, cpu_seconds() - cpu
             out = {"runs_per_s": runs / elapsed, "cpu_ms_per_run": used * 1000 / runs}
             await engine.idle()
-            waits = []
+            waits, ends = [], []
             for i in range(runs, runs + latency):
                 sent = time.perf_counter()
                 await engine.send("bench/go", {"i": i})
-                await common.until(lambda i=i: i in MARKS.started, 60, "the run to start")
+                await common.until(lambda i=i: i in MARKS.finished, 60, "the run to finish")
                 waits.append((MARKS.started[i] - sent) * 1000)
+                ends.append((MARKS.finished[i] - sent) * 1000)
             if waits:
                 out["start_p50_ms"] = statistics.median(waits)
                 out["start_p99_ms"] = sorted(waits)[int(len(waits) * 0.99) - 1]
+                out["finish_p50_ms"] = statistics.median(ends)
+                out["finish_p99_ms"] = sorted(ends)[int(len(ends) * 0.99) - 1]
             await engine.idle()
     finally:
         if db_kind == "postgres" and url is None:
@@ -119,7 +122,10 @@ def main() -> None:
                         help="also measure the bare group-commit loop (bench/w3_ceiling.py)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)        # child: an existing database
-    parser.add_argument("--latency", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--latency", type=int, default=0,
+                        help="then N single sends one after another, each waiting for its "
+                             "run: event-to-start and event-to-finish (the body's last line, "
+                             "as bench/run.py marks it) p50 / p99 ms")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(asyncio.run(child(args.child, args.runs, args.senders, url=args.url,
@@ -137,7 +143,7 @@ def main() -> None:
             for db in dbs:
                 for tree, src in trees.items():
                     cmd = [__file__, "--child", db, "--runs", str(args.runs),
-                           "--senders", str(args.senders)]
+                           "--senders", str(args.senders), "--latency", str(args.latency)]
                     cells.setdefault(f"{db} {tree}", []).append(measure(cmd, src))
                     loads.append(os.getloadavg()[0])
                 if args.ceiling:
@@ -147,7 +153,9 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     table = {name: {key: round(statistics.median(c[key] for c in values), 3)
-                    for key in ("runs_per_s", "cpu_ms_per_run")}
+                    for key in ("runs_per_s", "cpu_ms_per_run", "start_p50_ms",
+                                "finish_p50_ms", "finish_p99_ms")
+                    if all(key in c for c in values)}
              | {"all_runs_per_s": [round(c["runs_per_s"]) for c in values],
                 "all_cpu_ms_per_run": [round(c["cpu_ms_per_run"], 3) for c in values]}
              for name, values in cells.items()}
