@@ -190,6 +190,14 @@ class RunDriver:
         finally:
             self._flushing = None
 
+    async def settle_writes(self) -> None:
+        """Wait for a memo being committed alone to be done (an execution ending waits for
+        it, so that nothing of the run outlives its session). Its failure is not raised: the
+        execution is over, and the memo, not written, is simply not there."""
+        while self._flushing is not None:
+            await asyncio.wait([self._flushing])
+        self._flush_error = None
+
     async def _settle_flush(self) -> None:
         """Wait for a memo being committed alone, and raise what stopped it."""
         while self._flushing is not None:

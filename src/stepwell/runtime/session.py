@@ -167,6 +167,7 @@ class RunSession(RunDriver):
             await self._execute()
         finally:
             self.host.interrupts.leave(self._live)
+            await self.settle_writes()
 
     async def _execute(self) -> None:
         step = Step(self)
@@ -512,9 +513,11 @@ class RunSession(RunDriver):
             current_step.reset(step_token)
         memo = Memo(step_hash, request.step_id, "run", seq, data=data, fingerprint=fingerprint,
                     attempts=failures + 1, started_at=started, ended_at=self.now())
-        # The only step running, with no tokens to record: its memo goes with the run's next
-        # transaction, usually its end (RunDriver.defer_checkpoint).
-        if usage or self._in_flight != 1 or not self.defer_checkpoint(memo):
+        # The only step running, with no tokens to record, in an `async def` handler (a plain
+        # `def` one runs in a thread, so the loop is free at once and would commit it alone
+        # anyway): its memo goes with the run's next transaction (RunDriver.defer_checkpoint).
+        if (usage or self._in_flight != 1 or not self.fn.is_async
+                or not self.defer_checkpoint(memo)):
             await self.checkpoint(memo, usage=usage)
         self._traced(request.step_id, failures, started, None, final=True)
         self._consumed.add(step_hash)
