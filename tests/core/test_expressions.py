@@ -5,6 +5,8 @@ from typing import Any
 
 import cel
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stepwell.core.expressions import (
     Expression,
@@ -401,3 +403,32 @@ def test_match_expression_rejects_bad_paths(path: str) -> None:
 def test_match_expression_rejects_non_strings() -> None:
     with pytest.raises(ExpressionError, match="must be a string"):
         match_expression(None)  # type: ignore[arg-type]
+
+
+# --- plain field paths are read directly (module doc); CEL gives the same value or error ------
+
+_PATH_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
+              st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=5)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                            st.dictionaries(st.sampled_from(["k", "x", "in"]), inner,
+                                            max_size=3)),
+    max_leaves=8)
+
+
+def _outcome(expr: Any, event: Any) -> tuple[str, Any]:
+    try:
+        value = expr.evaluate(event)
+    except ExpressionEvalError as exc:
+        return "error", str(exc).replace("(event.data.k.x)", "event.data.k.x")
+    return type(value).__name__, value
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.none(), st.dictionaries(st.sampled_from(["data", "name"]), _PATH_VALUES,
+                                            max_size=2)))
+def test_a_plain_path_reads_what_cel_returns(event: Any) -> None:
+    direct = compile_expression("event.data.k.x")
+    through_cel = compile_expression("(event.data.k.x)")     # not a plain path: CEL alone
+    assert direct._path == ("data", "k", "x") and through_cel._path is None
+    assert _outcome(direct, event) == _outcome(through_cel, event)

@@ -14,6 +14,11 @@ Three things are added here:
 * The activation is pruned: the library converts every bound value to CEL on each evaluation,
   which costs about a microsecond per JSON value, so a 100-field event made a one-field
   comparison take ~0.8 ms. We bind only the parts of ``event``/``async`` the source can reach.
+* A key that is a plain field path (``event.data.customer_id``, the usual concurrency, throttle
+  or idempotency key) is read from the event directly when the value there is a string, a
+  boolean, null, a 64-bit integer or a float: what CEL returns for those (~0.3 us instead of
+  ~9). Anything else (a missing field, a list, a map, a larger integer) goes to CEL, which gives
+  the value or the error it always did.
 """
 
 from __future__ import annotations
@@ -95,12 +100,13 @@ class Expression:
     custom functions the source uses, so that each evaluation binds nothing else.
     """
 
-    __slots__ = ("_bindings", "_functions", "_program", "source")
+    __slots__ = ("_bindings", "_functions", "_path", "_program", "source")
 
     source: str
     _program: Any
     _bindings: tuple[tuple[str, _Plan | None], ...]
     _functions: dict[str, Callable[[object], str]]
+    _path: tuple[str, ...] | None
 
     def __init__(self, source: str, program: Any, bindings: dict[str, _Plan | None]) -> None:
         used = set(program.functions())
@@ -108,6 +114,8 @@ class Expression:
         object.__setattr__(self, "_program", program)
         object.__setattr__(self, "_bindings", tuple(bindings.items()))
         object.__setattr__(self, "_functions", {k: f for k, f in _FUNCTIONS.items() if k in used})
+        path = _EVENT_PATH_RE.fullmatch(source)
+        object.__setattr__(self, "_path", tuple(path.group(1).split(".")[1:]) if path else None)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Expression is immutable")
@@ -132,6 +140,10 @@ class Expression:
         Used for keys and priorities, where a failure must be reported, not guessed at: raises
         :class:`ExpressionEvalError` naming the expression. The result is plain JSON-like Python.
         """
+        if self._path is not None:
+            value = _read_path(event, self._path)
+            if value is not _MISSING:
+                return value
         try:
             return _to_plain(self._run(event, async_))
         except Exception as exc:
@@ -262,6 +274,25 @@ def _describe_syntax_error(source: str, message: str) -> str:
 
 
 _PLAIN: Final = frozenset({bool, int, float, str, type(None)})
+_EVENT_PATH_RE: Final = re.compile(r"\s*event((?:\.[A-Za-z_][A-Za-z0-9_]*)+)\s*")
+_MISSING: Final = object()
+_SCALARS: Final = frozenset({bool, float, str, type(None)})
+
+
+def _read_path(event: Mapping[str, Any] | None, path: tuple[str, ...]) -> Any:
+    """The value at `path` in `event` when CEL would return it unchanged (module doc), else
+    `_MISSING` (CEL then evaluates it: the value, or the error naming what is missing)."""
+    value: Any = event
+    for key in path:
+        if type(value) is not dict:
+            return _MISSING
+        value = value.get(key, _MISSING)
+        if value is _MISSING:
+            return _MISSING
+    kind = type(value)
+    if kind in _SCALARS or (kind is int and -(2**63) <= value < 2**63):
+        return value
+    return _MISSING
 
 
 def _to_plain(value: Any) -> Any:
