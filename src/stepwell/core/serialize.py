@@ -6,6 +6,8 @@ import dataclasses
 import json
 from typing import Any
 
+from stepwell.core.jsontext import encode_with
+
 
 class NotSerializableError(TypeError):
     """A value that cannot be stored as JSON; the message names where it came from and its type."""
@@ -22,10 +24,16 @@ def _default(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
+# `json.dumps(value, default=_default, separators=(",", ":"), allow_nan=False)`, with the
+# encoder built once (core/jsontext.py): every step result and run output is written here.
+_ENCODE = encode_with(json.JSONEncoder(default=_default, separators=(",", ":"),
+                                       allow_nan=False))
+
+
 def to_json_text(value: Any, *, what: str) -> str:
     """JSON text for `value`, or NotSerializableError naming `what` and the offending type."""
     try:
-        return json.dumps(value, default=_default, separators=(",", ":"), allow_nan=False)
+        return _ENCODE(value)
     except (TypeError, ValueError) as exc:
         raise NotSerializableError(
             f"{what} returned a value that is not JSON-serialisable ({exc}); return JSON "
