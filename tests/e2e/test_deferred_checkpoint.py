@@ -6,12 +6,14 @@ that is not a step; a run whose lease is lost meanwhile writes nothing."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 from typing import Any
 
 import pytest
 
 import stepwell
-from stepwell.runtime import driver
+from stepwell.runtime import driver, scripts, session
 from stepwell.testing import VirtualClock
 
 DEADLINE_S = 30.0
@@ -158,3 +160,115 @@ async def test_a_cancelled_run_writes_no_deferred_memo(
         assert found is not None and found.status == "cancelled", found
         assert found.steps == []
         assert found.output is None
+
+
+@pytest.mark.counts_executions
+async def test_a_memo_waiting_when_stepwell_fails_at_the_next_step_is_kept(
+        make_engine: Any, clock: VirtualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """stepwell's own code fails at the next step before anything yields: the execution ends
+    on that engine fault, and the finished step's memo is still committed (the step is not
+    run again when the run is retried), by the session itself, not by a write outliving it."""
+    app = stepwell.App("deferred")
+    ran: list[str] = []
+
+    @app.function(id="fault", trigger="deferred/fault", retries=2)
+    async def fault(ctx: stepwell.Context, step: stepwell.Step) -> str:
+        await step.run("a", lambda: ran.append("a") or "A")
+        return str(await step.run("b", lambda: ran.append("b") or "B"))
+
+    original = session.RunSession._run
+    failures = [0]
+
+    async def failing_run(self: Any, request: Any, *args: Any) -> Any:
+        if request.step_id == "b" and failures[0] == 0:
+            failures[0] += 1
+            raise RuntimeError("injected fault before step b")
+        return await original(self, request, *args)
+
+    monkeypatch.setattr(session.RunSession, "_run", failing_run)
+    async with make_engine(app) as engine:
+        event = await engine.send("deferred/fault", {})
+        await asyncio.wait_for(engine.idle(), DEADLINE_S)
+        run = await one_run(engine, event)
+        assert failures == [1] and run.status == "running", run
+        assert [(s.id, s.status) for s in run.steps if s.id == "a"] == [("a", "completed")]
+        for _ in range(3):                   # the engine fault's backoff
+            await clock.advance("1h")
+            await asyncio.wait_for(engine.idle(), DEADLINE_S)
+        run = await one_run(engine, event)
+    assert (run.status, run.output) == ("completed", "B"), run
+    assert ran == ["a", "b"]                 # "a" ran once: its memo survived the fault
+
+
+@pytest.mark.counts_executions
+async def test_a_lease_lost_while_a_parallel_branch_waits_stops_quietly(
+        make_engine: Any, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """One branch waits for an event; the other's step finishes after the lease was lost (as
+    when another process presumed this one dead). Handing the run back carries that memo
+    under the lease, finds it gone, and the session stops as for any lost lease: reported as
+    such, not as a crash, and the memo is not written by this execution."""
+    app = stepwell.App("deferred")
+    started = asyncio.Event()
+    finish = threading.Event()
+    loop = asyncio.get_running_loop()
+    calls: list[str] = []
+
+    def prep() -> str:
+        calls.append("prep")
+        loop.call_soon_threadsafe(started.set)
+        finish.wait(DEADLINE_S)
+        return "prepared"
+
+    @app.function(id="branches", trigger="deferred/branches", retries=0)
+    async def branches(ctx: stepwell.Context, step: stepwell.Step) -> Any:
+        return await asyncio.gather(
+            step.wait_for_event("never", event="deferred/never", timeout="1h"),
+            step.run("prep", prep))
+
+    monkeypatch.setattr(driver.RunDriver, "_flush_later", lambda self: None)
+    async with make_engine(app) as engine:
+        await engine.send("deferred/branches", {})
+        await asyncio.wait_for(started.wait(), DEADLINE_S)
+        worker = engine._worker
+        await worker.store.write(lambda tx: tx.release_leases_of(worker.owner))
+        with caplog.at_level(logging.INFO, logger="stepwell"):
+            finish.set()
+            await asyncio.wait_for(engine.idle(), DEADLINE_S)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert any("lease lost" in r.getMessage() for r in caplog.records), caplog.text
+
+
+@pytest.mark.counts_executions
+async def test_a_memo_whose_carrying_transaction_fails_is_written_after_all(
+        make_engine: Any, clock: VirtualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run's end carries the last step's memo, and the end script fails (rolled back):
+    the memo is kept for the execution's next write, here the one it makes as it ends, so
+    the step is not run again when the run is retried."""
+    app = stepwell.App("deferred")
+    ran: list[str] = []
+
+    @app.function(id="end-fault", trigger="deferred/end-fault", retries=2)
+    async def end_fault(ctx: stepwell.Context, step: stepwell.Step) -> str:
+        return str(await step.run("only", lambda: ran.append("only") or "done"))
+
+    original = scripts.end_run
+    failures = [0]
+
+    def failing_end(*args: Any, **kwargs: Any) -> bool:
+        if failures[0] < 2:          # the group's attempt, then the script's own (groupcommit)
+            failures[0] += 1
+            raise RuntimeError("injected end script fault")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(scripts, "end_run", failing_end)
+    async with make_engine(app) as engine:
+        event = await engine.send("deferred/end-fault", {})
+        await asyncio.wait_for(engine.idle(), DEADLINE_S)
+        for _ in range(3):                   # the engine fault's backoff
+            await clock.advance("1h")
+            await asyncio.wait_for(engine.idle(), DEADLINE_S)
+        run = await one_run(engine, event)
+    assert failures == [2]
+    assert (run.status, run.output) == ("completed", "done"), run
+    assert ran == ["only"]

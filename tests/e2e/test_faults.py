@@ -87,8 +87,9 @@ def inject(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, fault: Fault,
 
 
 def inject_checkpoint(monkeypatch: pytest.MonkeyPatch, fault: Fault) -> None:
-    """A fault committing a step's memo, whichever way it is committed: on its own
-    (`checkpoint`), or left to the run's next transaction (`defer_checkpoint`)."""
+    """A fault as a step's memo is handed over to be committed, whichever way: on its own
+    (`checkpoint`), or to the run's next transaction (`defer_checkpoint`). A failure of the
+    transaction that carries a deferred memo is tested in test_deferred_checkpoint.py."""
     for name in ("checkpoint", "defer_checkpoint"):
         inject(monkeypatch, driver.RunDriver, name, fault, "checkpoint")
 

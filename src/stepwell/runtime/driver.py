@@ -27,6 +27,7 @@ from stepwell.core.models import (
     validate_event_payload,
 )
 from stepwell.core.routing import match_key, path_value
+from stepwell.core.storage import StorageFailure
 from stepwell.core.traceparent import stamp
 from stepwell.runtime import admission, runlog, scripts, signals
 from stepwell.runtime.scripts import Effects, Ending, LeaseLost, Placement
@@ -114,6 +115,7 @@ class RunDriver:
         self._deferred: Memo | None = None
         self._flushing: asyncio.Task[None] | None = None
         self._flush_error: Exception | None = None
+        self._closed = False           # the execution ended (`settle_writes`)
 
     def now(self) -> int:
         return self.host.clock.now()
@@ -137,18 +139,29 @@ class RunDriver:
         owner, until, item, run_id = (self.host.owner, self.host.lease_until(), self.item_id,
                                       self.run_id)
 
+        failed: list[BaseException] = []
+
         def script(tx: Tx, place: Placement, effects: Effects) -> R:
-            scripts.hold(tx, item, owner, until)
-            if memo is not None and not tx.insert_memo(run_id, memo):
-                raise LeaseLost(f"step {memo.step_id} of run {run_id} was committed elsewhere")
-            return fn(tx, place, effects)
+            try:
+                scripts.hold(tx, item, owner, until)
+                if memo is not None and not tx.insert_memo(run_id, memo):
+                    raise LeaseLost(
+                        f"step {memo.step_id} of run {run_id} was committed elsewhere")
+                return fn(tx, place, effects)
+            except BaseException as exc:
+                failed.append(exc)
+                raise
 
         try:
             value = await self.host.commit(script)
         except LeaseLost:
             raise
-        except BaseException:
-            if memo is not None and self._deferred is None:
+        except BaseException as exc:
+            # Rolled back for sure only if the script itself raised or the database failed;
+            # after a cancellation or a failure acting on the effects it may be committed,
+            # and writing the memo again would fail its insert-once.
+            if (memo is not None and self._deferred is None
+                    and (failed or isinstance(exc, StorageFailure))):
                 self._deferred = memo        # not written: the run's next transaction takes it
             raise
         if memo is not None:
@@ -178,7 +191,7 @@ class RunDriver:
 
     def _flush_later(self) -> None:
         """The handler yielded with a memo still deferred: commit it alone."""
-        if self._deferred is not None and self._flushing is None:
+        if self._deferred is not None and self._flushing is None and not self._closed:
             self._flushing = asyncio.ensure_future(self._flush())
 
     async def _flush(self) -> None:
@@ -190,12 +203,19 @@ class RunDriver:
         finally:
             self._flushing = None
 
-    async def settle_writes(self) -> None:
-        """Wait for a memo being committed alone to be done (an execution ending waits for
-        it, so that nothing of the run outlives its session). Its failure is not raised: the
-        execution is over, and the memo, not written, is simply not there."""
+    async def settle_writes(self, *, flush: bool) -> None:
+        """End of the execution: wait for a memo being committed alone, and (`flush`) commit
+        one still deferred (its step finished; the execution may be ending on an engine fault
+        before any other write), so that nothing of the run outlives its session. Failures
+        are not raised: the execution is over, and a memo not written is simply not there.
+        Not `flush` when the execution was cancelled (the engine is stopping)."""
+        self._closed = True
         while self._flushing is not None:
             await asyncio.wait([self._flushing])
+        if flush and self._deferred is not None:
+            with contextlib.suppress(Exception):
+                await self._write(_nothing, held=False)
+        self._deferred = None
         self._flush_error = None
 
     async def _settle_flush(self) -> None:

@@ -163,11 +163,15 @@ class RunSession(RunDriver):
         in progress (runtime/interrupts.py)."""
         self._live = self.host.interrupts.enter(self.run_id)
         self.trace_woken()
+        cancelled = False
         try:
             await self._execute()
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
         finally:
             self.host.interrupts.leave(self._live)
-            await self.settle_writes()
+            await self.settle_writes(flush=not cancelled)
 
     async def _execute(self) -> None:
         step = Step(self)
@@ -185,15 +189,19 @@ class RunSession(RunDriver):
             self._raise_fault()
         except Suspend:
             self._raise_fault()
-            await self._gate()
-            if await self._diverged():
-                return
-            dues = [due for due, _ in self._suspends.values() if due is not None]
-            timer = all(is_timer for _, is_timer in self._suspends.values())
-            self.trace_due_sleeps(handing_back=True)
-            await self.release(min(dues) if dues else None, timer=timer)
+            try:
+                await self._gate()
+                if await self._diverged():
+                    return
+                dues = [due for due, _ in self._suspends.values() if due is not None]
+                timer = all(is_timer for _, is_timer in self._suspends.values())
+                self.trace_due_sleeps(handing_back=True)
+                # Under the lease when it carries a deferred memo: LeaseLost if it is gone.
+                await self.release(min(dues) if dues else None, timer=timer)
+            except LeaseLost:
+                self._lease_lost()
         except LeaseLost:
-            log.info("run %s: lease lost (cancelled or reclaimed); stopping", self.run_id)
+            self._lease_lost()
         except StepError as exc:
             self._raise_fault()
             await self._gate()
@@ -227,6 +235,9 @@ class RunSession(RunDriver):
             step.never_awaited()           # close the rest, so Python does not warn later
             if self._unwind.done():
                 self._unwind.exception()   # mark retrieved
+
+    def _lease_lost(self) -> None:
+        log.info("run %s: lease lost (cancelled or reclaimed); stopping", self.run_id)
 
     async def _diverged(self) -> bool:
         """`Engine(check_determinism=True)` (`stepwell dev`, the virtual clock): replay the
