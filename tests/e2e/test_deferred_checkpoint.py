@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import stepwell
-from stepwell.runtime import driver, scripts, session
+from stepwell.runtime import driver, scripts, session, worker
 from stepwell.testing import VirtualClock
 
 DEADLINE_S = 30.0
@@ -272,3 +272,45 @@ async def test_a_memo_whose_carrying_transaction_fails_is_written_after_all(
     assert failures == [2]
     assert (run.status, run.output) == ("completed", "done"), run
     assert ran == ["only"]
+
+
+@pytest.mark.counts_executions
+async def test_a_memo_committed_before_a_failure_acting_on_effects_is_not_written_again(
+        make_engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The transaction carrying a deferred memo commits, then acting on its effects fails and
+    the handler swallows the error: the memo is stored, so the run's end must not try to
+    write it again (an insert-once that fails would look like a lost lease and leave the run
+    unfinished)."""
+    app = stepwell.App("deferred")
+    armed = [False]
+    raised: list[str] = []
+
+    async def first() -> str:
+        armed[0] = True                      # the next commit of this run carries this memo
+        return "A"
+
+    @app.function(id="swallow", trigger="deferred/swallow", retries=0)
+    async def swallow(ctx: stepwell.Context, step: stepwell.Step) -> str:
+        value = str(await step.run("a", first))
+        try:
+            await step.publish("progress", {"done": "a"})
+        except RuntimeError as exc:
+            raised.append(str(exc))
+        return value
+
+    original = worker.Worker._apply
+
+    def failing_apply(self: Any, effects: Any) -> None:
+        original(self, effects)
+        if armed[0]:
+            armed[0] = False
+            raise RuntimeError("injected effects fault")
+
+    monkeypatch.setattr(worker.Worker, "_apply", failing_apply)
+    async with make_engine(app) as engine:
+        event = await engine.send("deferred/swallow", {})
+        await asyncio.wait_for(engine.idle(), DEADLINE_S)
+        run = await one_run(engine, event)
+    assert raised == ["injected effects fault"]
+    assert (run.status, run.output) == ("completed", "A"), run
+    assert [s.id for s in run.steps if s.kind == "run"] == ["a"]
