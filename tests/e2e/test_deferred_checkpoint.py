@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -230,8 +231,14 @@ async def test_a_lease_lost_while_a_parallel_branch_waits_stops_quietly(
     async with make_engine(app) as engine:
         await engine.send("deferred/branches", {})
         await asyncio.wait_for(started.wait(), DEADLINE_S)
-        worker = engine._worker
-        await worker.store.write(lambda tx: tx.release_leases_of(worker.owner))
+        worker, now = engine._worker, engine._worker.clock.now()
+        wall = int(time.time() * 1000)
+
+        def taken_over(tx: Any) -> int:         # another process now holds the run
+            tx.release_leases_of(worker.owner)
+            return len(tx.claim_due(now, "another-process", wall + 600_000, 10))
+
+        assert await worker.store.write(taken_over) == 1
         with caplog.at_level(logging.INFO, logger="stepwell"):
             finish.set()
             await asyncio.wait_for(engine.idle(), DEADLINE_S)
