@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from stepwell.runtime import appconn
 from stepwell.runtime.appconn import AppConnection
 from stepwell.runtime.sdkclient import AppClients
 
@@ -191,3 +192,40 @@ async def test_with_a_proxy_configured_the_slots_are_httpx_clients(
         assert isinstance(origin.made[0], httpx.AsyncClient)
     finally:
         await clients.aclose()
+
+
+@pytest.mark.parametrize(("headers", "body"), [
+    ([("Content-Type", "application/json"), ("X-Inngest-SDK", "js:v4")], b'{"a": 1}'),
+    ([("content-type", "text/plain; charset=latin-1")], "caf\u00e9".encode("latin-1")),
+    ([("content-type", 'text/plain; charset="utf-8"')], "\u65e5".encode()),
+    ([("content-type", "text/plain; charset=no-such-codec")], b"ok \xff"),
+    ([("content-type", "application/json")], b"bad \xff utf-8"),
+    ([("Set-Cookie", "a=1"), ("set-cookie", "b=2"), ("Retry-After", "5")], b""),
+])
+def test_a_reply_reads_as_the_httpx_response_it_replaces(
+        headers: list[tuple[str, str]], body: bytes) -> None:
+    """`AppResponse` (what a connection hands back) against `httpx.Response` built from the
+    same status, headers and body: the same text, and the same header values by any case."""
+    ours = appconn.AppResponse(200, appconn.ReplyHeaders(headers), body)
+    theirs = httpx.Response(200, headers=headers, content=body)
+    assert ours.text == theirs.text
+    assert appconn.reply_text(ours) == appconn.reply_text(theirs)
+    for name, _ in headers:
+        for spelled in (name, name.lower(), name.upper()):
+            assert ours.headers.get(spelled) == theirs.headers.get(spelled)
+            assert ours.headers[spelled] == theirs.headers[spelled]
+            assert spelled in ours.headers
+    assert "x-absent" not in ours.headers and ours.headers.get("x-absent", "d") == "d"
+
+
+def test_a_streamed_reply_is_unwrapped_or_refused() -> None:
+    outer = appconn.AppResponse(201, appconn.ReplyHeaders([("x-inngest-sdk", "py:v0.5")]), b"")
+    inner = appconn.unwrap_streamed(
+        outer, '  \n {"status": 206, "headers": {"X-Inngest-No-Retry": "true"}, "body": "[]"}')
+    assert (inner.status_code, inner.content) == (206, b"[]")
+    assert inner.headers["x-inngest-no-retry"] == "true"
+    assert inner.headers["x-inngest-sdk"] == "py:v0.5"
+    for text in ('{"status": 200, "headers": {"retry-after": 5}}', '{"headers": {}}', "nope",
+                 '{"status": "x"}'):
+        with pytest.raises((ValueError, KeyError, TypeError)):
+            appconn.unwrap_streamed(outer, text)

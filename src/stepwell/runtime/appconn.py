@@ -5,8 +5,10 @@ anyio cancel scopes, httpcore's pool and h11's pure-Python state machine. Profil
 `stepwell serve` running the Python SDK app (issue 13), that was two thirds of the server's
 CPU; the call itself is one POST on a connection the slot already holds. So a slot now holds
 this: the request written as one buffer, the response parsed by httptools (llhttp, in C; the
-parser uvicorn serves with), and an `httpx.Response` handed back, so that everything reading
-responses (`remote._classify`) and catching `httpx.HTTPError` is unchanged.
+parser uvicorn serves with), and an `AppResponse` handed back: the status, the headers, the
+body, which is all `remote._classify` reads (an `httpx.Response` built for every call was a
+fifth of the server's CPU on the SDK path). Errors are still `httpx.HTTPError`s, so the
+code catching them is unchanged.
 
 What it keeps of httpx's behaviour: TLS with the shared context, TCP_NODELAY, a timeout for
 connecting and for each read (an app streaming keep-alive whitespace is not cut), no
@@ -18,12 +20,16 @@ does not do: proxies. `sdkclient` uses httpx when a proxy is configured in the e
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
+import json
 import os
 import select
 import socket
 import ssl
 import zlib
+from collections.abc import Iterable
+from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
 import httptools
@@ -37,6 +43,97 @@ _SAFE_TARGET = "/?&=%:@!$'()*+,;~-._"
 def proxy_configured() -> bool:
     """Whether the environment names a proxy (httpx would use it: then so does stepwell)."""
     return any(os.environ.get(v) or os.environ.get(v.upper()) for v in _PROXY_VARS)
+
+
+class Reply(Protocol):
+    """What is read of an app's answer: an `AppResponse`, or an `httpx.Response` (the httpx
+    client used with a proxy)."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> Any: ...          # a case-insensitive str -> str mapping
+
+    @property
+    def content(self) -> bytes: ...
+
+    @property
+    def text(self) -> str: ...
+
+
+class ReplyHeaders(dict[str, str]):
+    """Response headers by lower-case name (a repeated header's values joined by ", ", as
+    `httpx.Headers.get` gives them); looked up in any case."""
+
+    def __init__(self, pairs: Iterable[tuple[str, str]] = ()) -> None:
+        super().__init__()
+        for name, value in pairs:
+            key = name.lower()
+            super().__setitem__(key, f"{self[key]}, {value}" if key in self else value)
+
+    def __getitem__(self, name: str) -> str:
+        return super().__getitem__(name.lower())
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and super().__contains__(name.lower())
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return super().get(name.lower(), default)
+
+
+class AppResponse:
+    """An app's answer: status, headers and (decoded) body."""
+
+    __slots__ = ("content", "headers", "status_code")
+
+    def __init__(self, status_code: int, headers: ReplyHeaders, content: bytes) -> None:
+        self.status_code = status_code
+        self.headers = headers
+        self.content = content
+
+    @property
+    def text(self) -> str:
+        """The body as text, as httpx decodes it: the declared charset if Python knows it,
+        else UTF-8, invalid bytes replaced."""
+        return self.content.decode(_charset(self.headers.get("content-type", "")),
+                                   errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+def reply_text(reply: Reply) -> str:
+    """`reply.text` without its cost when no charset is declared (httpx parses the content
+    type with the email package for every response): then it is UTF-8, as httpx would
+    decode it, invalid bytes replaced."""
+    if "charset" not in reply.headers.get("content-type", "").lower():
+        return reply.content.decode("utf-8", errors="replace")
+    return reply.text
+
+
+def unwrap_streamed(reply: Reply, text: str) -> AppResponse:
+    """A streamed answer (HTTP 201: keep-alive whitespace, then `{"status", "headers",
+    "body"}`) as the response it wraps, keeping the SDK header of the outer one. ValueError,
+    KeyError or TypeError when it is malformed."""
+    wrapped = json.loads(text.strip())
+    pairs = [*dict(wrapped.get("headers", {})).items(),
+             ("x-inngest-sdk", reply.headers["x-inngest-sdk"])]
+    if not all(isinstance(part, str) for pair in pairs for part in pair):
+        raise TypeError("header names and values must be strings")
+    return AppResponse(int(wrapped["status"]), ReplyHeaders(pairs),
+                       str(wrapped.get("body", "")).encode())
+
+
+def _charset(content_type: str) -> str:
+    for param in content_type.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            try:
+                return codecs.lookup(value.strip().strip('"')).name
+            except LookupError:
+                break
+    return "utf-8"
 
 
 class _Response:
@@ -95,7 +192,7 @@ class AppConnection:
         self._writer: asyncio.StreamWriter | None = None
 
     async def post(self, url: str, *, content: bytes, headers: dict[str, str],
-                   timeout: float) -> httpx.Response:
+                   timeout: float) -> AppResponse:
         parts = urlsplit(url)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         if not target.isascii() or " " in target:
@@ -120,7 +217,7 @@ class AppConnection:
             raise
 
     async def _exchange(self, data: bytes, timeout: float,
-                        request: _LazyRequest) -> httpx.Response:
+                        request: _LazyRequest) -> AppResponse:
         if self._writer is None or self._stale():
             self.close()
             await self._connect(timeout, request)
@@ -150,9 +247,8 @@ class AppConnection:
         if not response.keep_alive or not response.complete:
             self.close()
         body, headers = _decoded(b"".join(response.body), response.headers, request)
-        # No `request` on it: building an httpx.Request (its URL parsed) for every call cost
-        # a tenth of the call; errors, which httpx requires one for, build it then.
-        return httpx.Response(response.status, headers=headers, content=body)
+        return AppResponse(response.status, ReplyHeaders(
+            (name.decode("latin-1"), value.decode("latin-1")) for name, value in headers), body)
 
     async def _connect(self, timeout: float, request: _LazyRequest) -> None:
         tls = self.tls if self.scheme == "https" else None
@@ -211,8 +307,8 @@ Headers = list[tuple[bytes, bytes]]
 
 
 def _decoded(body: bytes, headers: Headers, request: _LazyRequest) -> tuple[bytes, Headers]:
-    """The body without its content coding, and the headers without `content-encoding` (an
-    `httpx.Response` given content would decode it again)."""
+    """The body without its content coding, and the headers without `content-encoding` (the
+    body handed on is the decoded one)."""
     encoding = next((value.strip().lower() for name, value in headers
                      if name.lower() == b"content-encoding"), b"identity")
     if encoding in (b"", b"identity"):

@@ -41,6 +41,7 @@ from stepwell.core.protocol import (
 from stepwell.core.traceparent import TRACEPARENT
 from stepwell.core.urlpolicy import AppUrlNotAllowed, AppUrlPolicy
 from stepwell.runtime import checkpoint, gateway
+from stepwell.runtime.appconn import Reply, reply_text, unwrap_streamed
 from stepwell.runtime.driver import FUNCTION_KEY, Host, RunDriver
 from stepwell.runtime.scripts import LeaseLost
 from stepwell.runtime.sdkclient import AppClients
@@ -555,22 +556,17 @@ class RemoteExecutor(RunDriver):
             await self._reload()
         return result
 
-    def _classify(self, response: httpx.Response, url: str) -> CallResult:
+    def _classify(self, response: Reply, url: str) -> CallResult:
         now = self.now()
         if "x-inngest-sdk" not in response.headers:
             return CallResult("error", error={
                 "name": "NotAnSDKResponse", "stack": "",
                 "message": f"{url} answered HTTP {response.status_code} without an "
                            "x-inngest-sdk header: is an Inngest SDK app served there?"})
-        status, text = response.status_code, _text(response)
+        status, text = response.status_code, reply_text(response)
         if status == 201:
-            # Streaming: keep-alive whitespace, then {"status", "headers", "body"}.
             try:
-                wrapped = json.loads(text.strip())
-                inner = httpx.Response(int(wrapped["status"]),
-                                       headers={**wrapped.get("headers", {}),
-                                                "x-inngest-sdk": response.headers["x-inngest-sdk"]},
-                                       content=str(wrapped.get("body", "")).encode())
+                inner = unwrap_streamed(response, text)
             except (ValueError, KeyError, TypeError):
                 return CallResult("error", error={"name": "ProtocolError", "stack": "",
                                                   "message": "malformed streamed SDK response"})
@@ -595,10 +591,3 @@ class RemoteExecutor(RunDriver):
                           output_error=dict(body) if isinstance(body, dict) else None)
 
 
-def _text(response: httpx.Response) -> str:
-    """`response.text` without its cost when no charset is declared (httpx parses the
-    content type with the email package for every response): then it is UTF-8, as httpx
-    would decode it, invalid bytes replaced."""
-    if "charset" not in response.headers.get("content-type", "").lower():
-        return response.content.decode("utf-8", errors="replace")
-    return response.text

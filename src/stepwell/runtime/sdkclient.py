@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from stepwell.runtime.appconn import AppConnection, proxy_configured
+from stepwell.runtime.appconn import AppConnection, Reply, proxy_configured
 
 DEFAULT_LIMIT = 32          # concurrent requests per app origin (`--sdk-concurrency`)
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
@@ -89,7 +89,7 @@ class _Slot(Protocol):
     """What a connection slot holds: an `AppConnection`, or an httpx client (with a proxy)."""
 
     async def post(self, url: str, *, content: bytes, headers: dict[str, str],
-                   timeout: float) -> httpx.Response: ...
+                   timeout: float) -> Reply: ...
 
     async def aclose(self) -> None: ...
 
@@ -167,7 +167,7 @@ class AppClients:
             runs.release()
 
     async def post(self, url: str, *, content: bytes, headers: dict[str, str],
-                   timeout: float) -> httpx.Response:
+                   timeout: float) -> Reply:
         origin = self._origin(url)
         client = await origin.acquire()
         try:
