@@ -321,3 +321,64 @@ async def test_a_memo_committed_before_a_failure_acting_on_effects_is_not_writte
     assert raised == ["injected effects fault"]
     assert (run.status, run.output) == ("completed", "A"), run
     assert [s.id for s in run.steps if s.kind == "run"] == ["a"]
+
+
+@pytest.mark.counts_executions
+async def test_a_step_then_a_sleep_in_memory_then_a_step(
+        make_engine: Any, clock: VirtualClock) -> None:
+    """The sleep's own transaction carries the step before it; the run then sleeps in memory
+    (a short sleep, leased ahead) with both recorded, and resumes without running it again."""
+    app = stepwell.App("deferred")
+    ran: list[str] = []
+
+    @app.function(id="nap", trigger="deferred/nap", retries=0)
+    async def nap(ctx: stepwell.Context, step: stepwell.Step) -> str:
+        first = str(await step.run("before", lambda: ran.append("before") or "B"))
+        await step.sleep("nap", "2s")
+        return first + str(await step.run("after", lambda: ran.append("after") or "A"))
+
+    async with make_engine(app) as engine:
+        event = await engine.send("deferred/nap", {})
+        await asyncio.wait_for(engine.idle(), DEADLINE_S)
+        run = await one_run(engine, event)
+        assert run.status == "running"
+        assert [(s.id, s.status) for s in run.steps] == [("before", "completed"),
+                                                          ("nap", "sleeping")]
+        await clock.advance("2s")
+        await asyncio.wait_for(engine.idle(), DEADLINE_S)
+        run = await one_run(engine, event)
+    assert (run.status, run.output) == ("completed", "BA"), run
+    assert ran == ["before", "after"]
+
+
+@pytest.mark.counts_executions
+async def test_an_error_after_a_step_is_retried_with_the_step_kept(
+        make_engine: Any, clock: VirtualClock) -> None:
+    """The handler fails after its step (outside any step): the failed attempt's record
+    carries the step's memo, and the retry replays the step instead of running it again."""
+    app = stepwell.App("deferred")
+    ran: list[str] = []
+    attempts: list[int] = []
+
+    @app.function(id="flaky", trigger="deferred/flaky", retries=2)
+    async def flaky(ctx: stepwell.Context, step: stepwell.Step) -> str:
+        value = str(await step.run("once", lambda: ran.append("once") or "V"))
+        attempts.append(ctx.attempt)
+        if len(attempts) == 1:
+            raise ValueError("fails the first time, after the step")
+        return value
+
+    async with make_engine(app) as engine:
+        event = await engine.send("deferred/flaky", {})
+        await asyncio.wait_for(engine.idle(), DEADLINE_S)
+        run = await one_run(engine, event)
+        assert run.status == "running"
+        assert [(s.id, s.status) for s in run.steps if s.id == "once"] == [("once",
+                                                                            "completed")]
+        for _ in range(3):                   # the retry's backoff
+            await clock.advance("1h")
+            await asyncio.wait_for(engine.idle(), DEADLINE_S)
+        run = await one_run(engine, event)
+    assert (run.status, run.output) == ("completed", "V"), run
+    assert ran == ["once"]
+    assert attempts == [0, 1]
