@@ -25,19 +25,17 @@ import json
 import os
 import resource
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH.parent / "src"))
+import sw_bench
 
-from stepwell.core.models import Event, Memo, hash_step_id  # noqa: E402
-from stepwell.runtime.scripts import new_id  # noqa: E402
-from stepwell.store import open_store  # noqa: E402
-from stepwell.store.base import RunRow, Tx  # noqa: E402
+from stepwell.core.models import Event, Memo, hash_step_id
+from stepwell.runtime.scripts import new_id
+from stepwell.store import open_store
+from stepwell.store.base import RunRow, Tx
 
 PG_BASE = "postgresql://postgres@127.0.0.1:5432"
 OWNER = "ceiling:1"
@@ -121,9 +119,6 @@ def main() -> None:
     name = f"stepwell_bench_ceiling_{os.getpid()}"
     try:
         if args.db == "postgres":
-            sys.path.insert(0, str(BENCH))
-            import sw_bench
-
             sw_bench._fresh_postgres(PG_BASE, name)
             url = f"{PG_BASE}/{name}"
         else:

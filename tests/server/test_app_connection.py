@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import json
 import ssl
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -96,7 +97,7 @@ async def test_one_connection_is_reused_and_the_request_is_as_sent(serve: Any) -
         reply = await conn.post(f"{app.url}/api/inngest?fnId=f%20g&stepId=s",
                                 content=b'{"n":%d}' % n, timeout=5,
                                 headers={"content-type": "application/json", "x-run-id": "r"})
-        assert reply.status_code == 200 and reply.json() == {"ok": True}
+        assert reply.status_code == 200 and json.loads(reply.content) == {"ok": True}
         assert reply.headers["x-inngest-sdk"] == "js:v4"
     assert len(set(app.peers)) == 1
     head, _, body = app.requests[2].partition(b"\r\n\r\n")
@@ -113,9 +114,10 @@ async def test_chunked_and_gzip_bodies_are_read_whole(serve: Any) -> None:
     answers = iter([chunked, ok(packed, "content-encoding: gzip")])
     app = await serve(lambda request: next(answers))
     conn = connection(app)
-    assert (await conn.post(app.url, content=b"{}", headers={}, timeout=5)).json() == {"a": 1}
+    first = await conn.post(app.url, content=b"{}", headers={}, timeout=5)
+    assert json.loads(first.content) == {"a": 1}
     reply = await conn.post(app.url, content=b"{}", headers={}, timeout=5)
-    assert len(reply.json()["big"]) == 200_000
+    assert len(json.loads(reply.content)["big"]) == 200_000
     assert "content-encoding" not in reply.headers      # decoded once, not again by httpx
     assert len(set(app.peers)) == 1
     await conn.aclose()
@@ -144,7 +146,7 @@ async def test_connection_close_and_bodies_ending_with_the_connection(serve: Any
     conn = connection(app)
     for _ in range(2):
         reply = await conn.post(app.url, content=b"{}", headers={}, timeout=5)
-        assert reply.json() == {"end": 1}
+        assert json.loads(reply.content) == {"end": 1}
         assert conn._writer is None                       # closed, as the app asked
     assert len(set(app.peers)) == 2
     await conn.aclose()

@@ -276,7 +276,7 @@ def _describe_syntax_error(source: str, message: str) -> str:
 _PLAIN: Final = frozenset({bool, int, float, str, type(None)})
 _EVENT_PATH_RE: Final = re.compile(r"\s*event((?:\.[A-Za-z_][A-Za-z0-9_]*)+)\s*")
 _MISSING: Final = object()
-_SCALARS: Final = frozenset({bool, float, str, type(None)})
+_SCALARS: Final = _PLAIN - {int}       # ints only within CEL's 64 bits (`_read_path`)
 
 
 def _read_path(event: Mapping[str, Any] | None, path: tuple[str, ...]) -> Any:

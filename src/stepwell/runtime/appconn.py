@@ -28,7 +28,7 @@ import select
 import socket
 import ssl
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
@@ -53,7 +53,7 @@ class Reply(Protocol):
     def status_code(self) -> int: ...
 
     @property
-    def headers(self) -> Any: ...          # a case-insensitive str -> str mapping
+    def headers(self) -> Mapping[str, str]: ...      # looked up in any case
 
     @property
     def content(self) -> bytes: ...
@@ -98,9 +98,6 @@ class AppResponse:
         else UTF-8, invalid bytes replaced."""
         return self.content.decode(_charset(self.headers.get("content-type", "")),
                                    errors="replace")
-
-    def json(self) -> Any:
-        return json.loads(self.content)
 
 
 def reply_text(reply: Reply) -> str:

@@ -186,6 +186,10 @@ class RunDriver:
     async def flush_deferred(self) -> None:
         """Commit a deferred memo now, if one waits (before a step body starts)."""
         await self._settle_flush()
+        await self._commit_deferred()
+
+    async def _commit_deferred(self) -> None:
+        """The deferred memo, if one waits, in a transaction of its own (under the lease)."""
         if self._deferred is not None:
             await self._write(_nothing, held=False)
 
@@ -196,8 +200,7 @@ class RunDriver:
 
     async def _flush(self) -> None:
         try:
-            if self._deferred is not None:       # else a write took it meanwhile
-                await self._write(_nothing, held=False)
+            await self._commit_deferred()        # unless a write took it meanwhile
         except Exception as exc:
             self._flush_error = exc        # raised where the run next writes
         finally:
@@ -210,18 +213,21 @@ class RunDriver:
         are not raised: the execution is over, and a memo not written is simply not there.
         Not `flush` when the execution was cancelled (the engine is stopping)."""
         self._closed = True
-        while self._flushing is not None:
-            await asyncio.wait([self._flushing])
-        if flush and self._deferred is not None:
+        await self._await_flush()
+        if flush:
             with contextlib.suppress(Exception):
-                await self._write(_nothing, held=False)
+                await self._commit_deferred()
         self._deferred = None
         self._flush_error = None
 
-    async def _settle_flush(self) -> None:
-        """Wait for a memo being committed alone, and raise what stopped it."""
+    async def _await_flush(self) -> None:
+        """Wait for a memo being committed alone (not cancelling it if the waiter is)."""
         while self._flushing is not None:
             await asyncio.wait([self._flushing])
+
+    async def _settle_flush(self) -> None:
+        """Wait for a memo being committed alone, and raise what stopped it."""
+        await self._await_flush()
         if self._flush_error is not None:
             error, self._flush_error = self._flush_error, None
             raise error
